@@ -1,0 +1,37 @@
+# The two commands of the README:
+#   make run    serve on the embedded default with the demo inventory (127.0.0.1:50051)
+#   make test   install everything (Python deps, stubs, real Elasticsearch and MinIO) and run the tests
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PROTOS := $(wildcard protos/flowlog/v1/*.proto)
+
+.PHONY: run test install stubs services bench lint clean
+
+$(STAMP): requirements.lock pyproject.toml $(PROTOS) scripts/gen_protos.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) scripts/gen_protos.py
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+stubs: install
+	$(PY) scripts/gen_protos.py
+
+run: install
+	$(VENV)/bin/flowlog-server $(ARGS)
+
+services: install
+	$(PY) scripts/services fetch all
+
+test: install services
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install services
+	$(PY) -m bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) flowlog build *.egg-info data

@@ -1,0 +1,87 @@
+"""Domain errors -> gRPC status codes with google.rpc details, for unary and streaming handlers."""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from server.core import errors as E
+
+log = logging.getLogger("flowlog.api")
+
+_CODES: list[tuple[type, grpc.StatusCode, int]] = [
+    (E.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT, code_pb2.INVALID_ARGUMENT),
+    (E.NotFound, grpc.StatusCode.NOT_FOUND, code_pb2.NOT_FOUND),
+    (E.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS, code_pb2.ALREADY_EXISTS),
+    (E.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION, code_pb2.FAILED_PRECONDITION),
+    (E.QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED),
+    (E.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, code_pb2.RESOURCE_EXHAUSTED),
+    (E.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, code_pb2.UNAUTHENTICATED),
+    (E.Unavailable, grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
+]
+
+
+def to_status(err: E.DomainError) -> grpc.Status:
+    for cls, _, code in _CODES:
+        if isinstance(err, cls):
+            break
+    else:  # pragma: no cover - every DomainError subclass is listed
+        code = code_pb2.INTERNAL
+    status = status_pb2.Status(code=code, message=err.message)
+    detail = None
+    if isinstance(err, E.InvalidArgument):
+        detail = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in err.violations])
+    elif isinstance(err, E.QuotaExceeded):
+        detail = error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(subject=err.subject, description=err.description)])
+    if detail is not None:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return rpc_status.to_status(status)
+
+
+def _internal(method: str, exc: BaseException) -> grpc.Status:
+    log.exception("internal error in %s", method, exc_info=exc)
+    return rpc_status.to_status(status_pb2.Status(
+        code=code_pb2.INTERNAL, message="internal error; the server log has the details"))
+
+
+def handle_errors(fn):
+    """Wrap an async servicer method (unary or streaming) so domain errors become statuses.
+
+    Unexpected exceptions become INTERNAL with the traceback logged, never a crashed server.
+    """
+    name = fn.__qualname__
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def stream(self, request, context):
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except E.DomainError as err:
+                await context.abort_with_status(to_status(err))
+            except (grpc.aio.AbortError, GeneratorExit):
+                raise
+            except Exception as exc:  # noqa: BLE001 - last line of defence
+                await context.abort_with_status(_internal(name, exc))
+        return stream
+
+    @functools.wraps(fn)
+    async def unary(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except E.DomainError as err:
+            await context.abort_with_status(to_status(err))
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            await context.abort_with_status(_internal(name, exc))
+    return unary

@@ -1,0 +1,195 @@
+"""The composition root: build_app(config) wires metadata, backends, pipeline, generator and the
+gRPC server. Nothing heavy happens at import time; backends are imported only when chosen, so
+the embedded default never loads the Elasticsearch or MinIO clients.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from server.config import Config, ConfigError
+from server.core.model import FlowLogState, LogStoreKey
+from server.core.paging import TokenSigner
+from server.core.query import Scope
+from server.core.service import Service
+
+log = logging.getLogger("flowlog.app")
+
+
+# -- backend registry: an explicit name -> factory map (no lookup by class-name suffix) -------
+
+def _embedded_records(cfg: Config):
+    from backends.embedded.records import EmbeddedRecordStore
+    return EmbeddedRecordStore(cfg.data_path / "records.duckdb")
+
+
+def _elasticsearch_records(cfg: Config):
+    from backends.elasticsearch.config import ElasticsearchConfig
+    from backends.elasticsearch.records import ElasticsearchRecordStore
+    es = cfg.elasticsearch
+    return ElasticsearchRecordStore(ElasticsearchConfig(
+        url=es.url, username=es.username, password=es.password, api_key=es.api_key, ca_certs=es.ca_file or None,
+        verify_certs=es.verify_certs, index_prefix=es.index_prefix, shards=es.shards, replicas=es.replicas))
+
+
+def _embedded_objects(cfg: Config):
+    from backends.embedded.objects import LocalObjectStore
+    return LocalObjectStore(cfg.data_path / "archive")
+
+
+def _minio_objects(cfg: Config):
+    from backends.minio.objects import S3ObjectStore
+    m = cfg.minio
+    return S3ObjectStore(m.endpoint, m.access_key, m.secret_key, m.bucket, secure=m.secure, region=m.region,
+                         ca_file=m.ca_file or None)
+
+
+QUERY_BACKENDS: dict[str, Callable[[Config], Any]] = {"embedded": _embedded_records,
+                                                      "elasticsearch": _elasticsearch_records}
+ARCHIVE_BACKENDS: dict[str, Callable[[Config], Any]] = {"embedded": _embedded_objects, "minio": _minio_objects}
+
+
+def check_listen_address(cfg: Config) -> None:
+    """Without API keys the server serves one local account: refuse anything but loopback."""
+    host = cfg.listen.rsplit(":", 1)[0].strip("[]")
+    if cfg.api_keys:
+        return
+    if host == "localhost":
+        return
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(f"refusing to listen on {cfg.listen} without API keys: with no keys anyone who can reach "
+                          "the port would act as the local account. Configure api_keys (FLOWLOG_API_KEYS="
+                          "'<key>=<account>') or listen on 127.0.0.1")
+
+
+class App:
+    """Everything the API layer needs, built once."""
+
+    def __init__(self, cfg: Config) -> None:
+        from backends.embedded.metadata import SqliteMetadataStore
+        from server.api.auth import LOCAL_ACCOUNT, Authenticator
+        from server.archive import Archive
+        from server.pipeline import Pipeline
+
+        check_listen_address(cfg)
+        self.config = cfg
+        cfg.data_path.mkdir(parents=True, exist_ok=True)
+        self.metadata = SqliteMetadataStore(cfg.data_path / "metadata.db")
+        secret = self.metadata.setting("token_secret", secrets.token_bytes(32))
+        self.signer = TokenSigner(secret)
+        self.auth = Authenticator(cfg.api_keys)
+        self.records = QUERY_BACKENDS[cfg.query_backend](cfg)
+        self.archive = Archive(ARCHIVE_BACKENDS[cfg.archive_backend](cfg)) if cfg.archive_backend != "none" else None
+        p = cfg.pipeline
+        self.pipeline = Pipeline(cfg.data_path, self.records, self.archive, max_spool_bytes=p.max_spool_bytes,
+                                 tail_retention_s=p.tail_retention_seconds, archive_max_records=p.archive_max_records,
+                                 archive_max_age_s=p.archive_max_age_seconds, cursor_secret=secret,
+                                 tail_buffer_records=cfg.limits.tail_buffer_records)
+        self.service = Service(self.metadata, self.signer, flow_log_quota=cfg.flow_log_quota,
+                               on_log_store_deleted=self._drop_log_store)
+        self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="flowlog-rpc")
+        self.stream_executor = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="flowlog-stream")
+        self.generator = None
+        if cfg.generator.enabled:
+            from server.generator_loop import GeneratorLoop
+            self.generator = GeneratorLoop(self._active_flow_logs, self.pipeline.submit,
+                                           window_seconds=cfg.generator.window_seconds, seed=cfg.generator.seed,
+                                           intensity=cfg.generator.intensity)
+        self._stop = threading.Event()
+        self._retention = threading.Thread(target=self._retention_loop, name="flowlog-retention", daemon=True)
+        if cfg.demo:
+            self._load_demo(LOCAL_ACCOUNT)
+
+    def _load_demo(self, account: str) -> None:
+        from dataclasses import replace
+
+        from server.demo import demo_resources
+        now = time.time_ns() // 1_000_000
+        with self.metadata.transaction() as tx:
+            for r in demo_resources():
+                if tx.get_resource(account, r.id) is None:
+                    tx.insert_resource(replace(r, account_id=account, create_time_ms=now))
+
+    def _active_flow_logs(self):
+        out = []
+        cache: dict = {}
+        for fl in self.metadata.all_flow_logs():
+            if fl.state != FlowLogState.ACTIVE:
+                continue
+            key = (fl.account_id, fl.resource_id)
+            if key not in cache:
+                cache[key] = self.metadata.resource_of(fl.account_id, fl.resource_id)
+            if cache[key] is not None:
+                out.append((fl, cache[key]))
+        return out
+
+    def _drop_log_store(self, account: str, key: LogStoreKey) -> None:
+        self.pipeline.drop_log_store(account, key)
+        self.records.drop_log_store(account, key)
+        if self.archive is not None:
+            self.archive.delete_log_store(account, key)
+
+    def _retention_loop(self) -> None:
+        """Drop whole days past each LogStore's retention, every 10 minutes."""
+        while not self._stop.wait(600):
+            self.enforce_retention()
+
+    def enforce_retention(self) -> None:
+        now = time.time_ns() // 1_000_000
+        for ls in self.metadata.all_log_stores():
+            try:
+                self.records.enforce_retention(ls.account_id, ls.key, ls.retention_days, now)
+                if self.archive is not None:
+                    self.archive.enforce_retention(ls.account_id, ls.key, ls.retention_days, now)
+            except Exception:  # noqa: BLE001 - retry next round
+                log.exception("retention failed for LogStore %s", ls.key)
+
+    def tail(self, scope: Scope, predicate, *, start_ms, cursor, heartbeat_s):
+        return self.pipeline.tail(scope.account_id, scope.region, scope.project, scope.log_stores, predicate,
+                                  start_ms=start_ms, cursor=cursor, heartbeat_s=heartbeat_s)
+
+    def health(self) -> dict[str, tuple[bool, str]]:
+        """(ok, detail) per backend role."""
+        out: dict[str, tuple[bool, str]] = {}
+        sinks = self.pipeline.health()
+        q_ok = self.records.healthy()
+        q_sink = sinks.get("query", (True, ""))
+        out["query"] = (q_ok and q_sink[0], q_sink[1] if not q_sink[0] else ("" if q_ok else "backend unreachable"))
+        if self.archive is not None:
+            a_ok = self.archive.store.healthy()
+            a_sink = sinks.get("archive", (True, ""))
+            out["archive"] = (a_ok and a_sink[0], a_sink[1] if not a_sink[0] else ("" if a_ok else "backend unreachable"))
+        return out
+
+    def start(self) -> None:
+        self.pipeline.start()
+        if self.generator is not None:
+            self.generator.start()
+        self._retention.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop producing, drain what was acknowledged to the backends (bounded), close."""
+        self._stop.set()
+        if self.generator is not None:
+            self.generator.stop()
+        self.pipeline.stop(timeout=timeout)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.stream_executor.shutdown(wait=False, cancel_futures=True)
+        self.records.close()
+        if self.archive is not None:
+            self.archive.store.close()
+        self.metadata.close()
+
+
+def build_app(cfg: Config) -> App:
+    return App(cfg)

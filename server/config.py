@@ -1,0 +1,236 @@
+"""All server settings in one typed object, read from defaults, a YAML file, the environment
+and flags, in that order of precedence (flags win).
+
+Every setting has an environment variable: FLOWLOG_ + its path in upper case joined by "_",
+e.g. `generator.window_seconds` -> FLOWLOG_GENERATOR_WINDOW_SECONDS,
+`elasticsearch.url` -> FLOWLOG_ELASTICSEARCH_URL. API keys come as `api_keys` in the file
+(a mapping key -> account) or FLOWLOG_API_KEYS="key1=account1,key2=account2".
+Unknown keys in the file are refused (a typo never silently does nothing).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ConfigError(Exception):
+    """A bad setting; the message names it and says what is expected."""
+
+
+@dataclass
+class GeneratorConfig:
+    # Produce records for every ACTIVE flow log. Off when only real collectors push records.
+    enabled: bool = True
+    # Aggregation window length. 60 s by default; the demo uses a few seconds.
+    window_seconds: float = 60.0
+    # Fixed seed for reproducible records (tests); empty = random per process.
+    seed: int | None = None
+    # Flows per window scale with this (1.0 ~ tens to hundreds per minute per flow log).
+    intensity: float = 1.0
+
+
+@dataclass
+class ElasticsearchConfig:
+    url: str = ""
+    username: str = ""
+    password: str = ""
+    api_key: str = ""
+    ca_file: str = ""
+    verify_certs: bool = True
+    index_prefix: str = "flowlog"
+    shards: int = 1
+    replicas: int = 0
+
+
+@dataclass
+class MinioConfig:
+    endpoint: str = ""  # host:port
+    access_key: str = ""
+    secret_key: str = ""
+    bucket: str = "flowlog-archive"
+    secure: bool = False
+    region: str = "us-east-1"
+    ca_file: str = ""
+
+
+@dataclass
+class PipelineConfig:
+    # Refuse ingestion (RESOURCE_EXHAUSTED) once this much undelivered data is spooled.
+    max_spool_bytes: int = 2 * 1024**3
+    # How long stored batches stay in the spool for Tail replay and resume cursors.
+    tail_retention_seconds: float = 3600.0
+    # Archive objects are written when this many records or this age is reached.
+    archive_max_records: int = 50_000
+    archive_max_age_seconds: float = 60.0
+
+
+@dataclass
+class TlsConfig:
+    cert_file: str = ""
+    key_file: str = ""
+    # When set, clients must present a certificate signed by this CA.
+    client_ca_file: str = ""
+
+
+@dataclass
+class LimitsConfig:
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_records_per_message: int = 10_000
+    # Records one Tail subscriber may have queued before it is told to resume from its cursor.
+    tail_buffer_records: int = 50_000
+    tail_heartbeat_seconds: float = 15.0
+    query_page_size: int = 1000
+
+
+@dataclass
+class Config:
+    listen: str = "127.0.0.1:50051"
+    data_dir: str = "./data"
+    # api key -> account id. Empty: one local account ("local"), loopback only.
+    api_keys: dict[str, str] = field(default_factory=dict)
+    flow_log_quota: int = 10
+    # Load the demo inventory (resources of every type in two regions) for the local account.
+    demo: bool = False
+    # Query backend: "embedded" (DuckDB under data_dir) or "elasticsearch".
+    query_backend: str = "embedded"
+    # Archive backend: "embedded" (a folder under data_dir), "minio" (any S3) or "none".
+    archive_backend: str = "embedded"
+    log_level: str = "INFO"
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
+    minio: MinioConfig = field(default_factory=MinioConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def validate(self) -> None:
+        if self.query_backend not in ("embedded", "elasticsearch"):
+            raise ConfigError(f"query_backend must be 'embedded' or 'elasticsearch', not {self.query_backend!r}")
+        if self.archive_backend not in ("embedded", "minio", "none"):
+            raise ConfigError(f"archive_backend must be 'embedded', 'minio' or 'none', not {self.archive_backend!r}")
+        if self.query_backend == "elasticsearch" and not self.elasticsearch.url:
+            raise ConfigError("query_backend is 'elasticsearch' but elasticsearch.url (FLOWLOG_ELASTICSEARCH_URL) is empty")
+        if self.archive_backend == "minio" and not (self.minio.endpoint and self.minio.access_key and self.minio.secret_key):
+            raise ConfigError("archive_backend is 'minio' but minio.endpoint/access_key/secret_key "
+                              "(FLOWLOG_MINIO_ENDPOINT, FLOWLOG_MINIO_ACCESS_KEY, FLOWLOG_MINIO_SECRET_KEY) are not all set")
+        if self.flow_log_quota < 1:
+            raise ConfigError("flow_log_quota must be at least 1")
+        if self.generator.window_seconds < 0.5:
+            raise ConfigError("generator.window_seconds must be at least 0.5")
+        if bool(self.tls.cert_file) != bool(self.tls.key_file):
+            raise ConfigError("tls.cert_file and tls.key_file go together")
+        if self.tls.client_ca_file and not self.tls.cert_file:
+            raise ConfigError("tls.client_ca_file needs tls.cert_file and tls.key_file")
+        for key, account in self.api_keys.items():
+            if len(key) < 16:
+                raise ConfigError(f"API key for account {account!r} is too short: use at least 16 random characters")
+            if not account:
+                raise ConfigError("every API key needs an account id")
+
+
+def _convert(value: Any, typ: Any, name: str) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or value == "":
+            return None
+        return _convert(value, args[0], name)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if typ in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        try:
+            return typ(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if typ is str:
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{name}: expected text, got {value!r}")
+        return str(value)
+    if origin is dict:
+        if isinstance(value, str):
+            pairs = [p for p in value.split(",") if p.strip()]
+            out = {}
+            for p in pairs:
+                if "=" not in p:
+                    raise ConfigError(f"{name}: expected key=account pairs separated by commas")
+                k, v = p.split("=", 1)
+                out[k.strip()] = v.strip()
+            return out
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a mapping")
+        return {str(k): str(v) for k, v in value.items()}
+    return value
+
+
+def _apply(obj: Any, data: Mapping[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"unknown setting {prefix}{key!r}; known: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{prefix}{key}: expected a section (mapping)")
+            _apply(current, value, f"{prefix}{key}.")
+        else:
+            setattr(obj, key, _convert(value, hints[key], prefix + key))
+
+
+def _apply_env(obj: Any, env: Mapping[str, str], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        current = getattr(obj, f.name)
+        var = f"{prefix}_{f.name.upper()}"
+        if dataclasses.is_dataclass(current):
+            _apply_env(current, env, var)
+        elif var in env:
+            setattr(obj, f.name, _convert(env[var], hints[f.name], var))
+
+
+def load(path: str | None = None, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Defaults < file < environment < overrides (flags). With no file, the demo inventory is on
+    and the generator uses 5-second windows, so a newcomer sees records at once."""
+    env = os.environ if env is None else env
+    cfg = Config()
+    if path is None:
+        cfg.demo = True
+        cfg.generator.window_seconds = 5.0
+    else:
+        import yaml  # only needed with a file
+
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config file {path} must hold a mapping of settings")
+        _apply(cfg, data, "")
+    _apply_env(cfg, env, "FLOWLOG")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _apply(cfg, {key: value}, "")
+    cfg.validate()
+    return cfg

@@ -1,0 +1,98 @@
+"""Flow records: the stable record id and the validation of records pushed by collectors.
+
+The record id is a hash of the flow window (flow log, five-tuple, direction, start, end), so the
+same window always gets the same id and a retried write never duplicates. It is derived, not
+stored, in the archive: the archive recomputes it on read with this same function.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+from functools import lru_cache
+
+from server.core.model import Action, Direction, FlowRecord, LogStatus, RECORD_VERSION
+
+# A record may start at most this far in the future of the server's clock (clock skew allowance).
+MAX_FUTURE_MS = 5 * 60 * 1000
+# ...and at most this far in the past (older records would fall outside any retention at once).
+MAX_PAST_MS = 3650 * 86_400_000
+MAX_U64 = 2**64 - 1
+
+
+def record_id(flow_log_id: str, src_addr: str, dst_addr: str, src_port: int, dst_port: int,
+              protocol: int, direction: int, start_time: int, end_time: int) -> str:
+    """32 hex characters (128 bits of BLAKE2b) over the fields that identify a flow window."""
+    key = f"{flow_log_id}|{src_addr}|{dst_addr}|{src_port}|{dst_port}|{protocol}|{direction}|{start_time}|{end_time}"
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+
+@lru_cache(maxsize=65536)
+def canonical_address(text: str) -> str:
+    """The canonical text of an IP address ("" stays ""); raises ValueError when it is not one.
+
+    Cached: collectors repeat the same few thousand addresses endlessly.
+    """
+    if text == "":
+        return ""
+    if len(text) > 45:
+        raise ValueError("too long for an IP address")
+    return ipaddress.ip_address(text).compressed
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    field: str
+    reason: str
+
+
+def check_record(r: FlowRecord, now_ms: int) -> RecordProblem | None:
+    """The first problem of a record pushed by a collector, or None when it is valid.
+
+    Addresses must already be canonical (see canonical_address); the caller checks ownership of
+    the flow log. Returns a problem instead of raising: one bad record never fails its batch.
+    """
+    if r.log_status not in (LogStatus.OK, LogStatus.NODATA, LogStatus.SKIPDATA):
+        return RecordProblem("log_status", "must be LOG_STATUS_OK, LOG_STATUS_NODATA or LOG_STATUS_SKIPDATA")
+    if r.start_time <= 0:
+        return RecordProblem("start_time", "is required")
+    if r.end_time < r.start_time:
+        return RecordProblem("end_time", "must not be before start_time")
+    if r.start_time > now_ms + MAX_FUTURE_MS:
+        return RecordProblem("start_time", "is more than 5 minutes in the future; check the collector's clock")
+    if r.start_time < now_ms - MAX_PAST_MS:
+        return RecordProblem("start_time", "is more than 3650 days in the past")
+    if r.end_time - r.start_time > 86_400_000:
+        return RecordProblem("end_time", "a flow window may last at most 24 hours")
+    if r.log_status == LogStatus.NODATA:
+        return None
+    if r.src_addr == "":
+        return RecordProblem("src_addr", "is required unless log_status is LOG_STATUS_NODATA")
+    if r.dst_addr == "":
+        return RecordProblem("dst_addr", "is required unless log_status is LOG_STATUS_NODATA")
+    if (":" in r.src_addr) != (":" in r.dst_addr):
+        return RecordProblem("dst_addr", "must be of the same IP version as src_addr")
+    if not 0 <= r.src_port <= 65535:
+        return RecordProblem("src_port", "must be 0-65535")
+    if not 0 <= r.dst_port <= 65535:
+        return RecordProblem("dst_port", "must be 0-65535")
+    if not 0 <= r.protocol <= 255:
+        return RecordProblem("protocol", "must be an IANA protocol number 0-255")
+    if r.packets > r.bytes:
+        return RecordProblem("packets", "cannot exceed bytes (every packet has at least one byte)")
+    if r.packets > MAX_U64 or r.bytes > MAX_U64:
+        return RecordProblem("bytes", "out of range")
+    if r.action not in (Action.ACCEPT, Action.REJECT):
+        return RecordProblem("action", "must be ACTION_ACCEPT or ACTION_REJECT")
+    if r.direction not in (Direction.INGRESS, Direction.EGRESS):
+        return RecordProblem("direction", "must be DIRECTION_INGRESS or DIRECTION_EGRESS")
+    if r.tcp_flags > 0xFFF:
+        return RecordProblem("tcp_flags", "must fit in 12 bits")
+    return None
+
+
+def with_id(r: FlowRecord) -> FlowRecord:
+    """The record with its stable record_id and the current version filled in."""
+    rid = record_id(r.flow_log_id, r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol,
+                    r.direction, r.start_time, r.end_time)
+    return r._replace(record_id=rid, version=RECORD_VERSION)

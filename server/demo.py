@@ -1,0 +1,51 @@
+"""The demo inventory: a few resources of every type in two regions, so a newcomer can create a
+flow log the moment the server starts. Addresses are from the documentation ranges (RFC 5737,
+RFC 3849) so nothing here points at a real host."""
+from __future__ import annotations
+
+from server.core.model import Action, Direction, Resource, ResourceType, SecurityRule
+
+_I, _E = Direction.INGRESS, Direction.EGRESS
+_A, _R = Action.ACCEPT, Action.REJECT
+
+WEB_RULES = (
+    SecurityRule(10, _I, _A, 6, "", 443, 443),
+    SecurityRule(20, _I, _A, 6, "", 80, 80),
+    SecurityRule(30, _I, _A, 6, "10.0.0.0/8", 22, 22),
+    SecurityRule(40, _I, _A, 1, "", 0, 0),
+    SecurityRule(50, _I, _A, 17, "", 53, 53),
+    SecurityRule(900, _I, _R, 0, "", 0, 0),
+    SecurityRule(10, _E, _A, 0, "", 0, 0),
+)
+PRIVATE_RULES = (
+    SecurityRule(10, _I, _A, 0, "10.0.0.0/8", 0, 0),
+    SecurityRule(20, _I, _A, 0, "172.16.0.0/12", 0, 0),
+    SecurityRule(30, _I, _A, 6, "192.168.0.0/16", 3306, 3306),
+    SecurityRule(900, _I, _R, 0, "", 0, 0),
+    SecurityRule(10, _E, _A, 0, "", 0, 0),
+)
+V6_RULES = (
+    SecurityRule(10, _I, _A, 6, "", 443, 443),
+    SecurityRule(20, _I, _A, 58, "", 0, 0),
+    SecurityRule(900, _I, _R, 0, "", 0, 0),
+    SecurityRule(10, _E, _A, 0, "", 0, 0),
+)
+
+
+def _region(region: str, n: int) -> list[Resource]:
+    vpc = f"vpc-{region}demo"
+    return [
+        Resource(f"eip-{region}-01", ResourceType.EIP, region, vpc, "web frontend EIP", (f"203.0.113.{10 + n}",), WEB_RULES),
+        Resource(f"eip-{region}-02", ResourceType.EIP, region, vpc, "bastion EIP", (f"203.0.113.{20 + n}",), WEB_RULES),
+        Resource(f"nat-{region}-01", ResourceType.NAT_GATEWAY, region, vpc, "egress NAT", (f"198.51.100.{10 + n}", f"10.{n}.0.1"), WEB_RULES),
+        Resource(f"ip6gw-{region}-01", ResourceType.IPV6_GATEWAY, region, vpc, "IPv6 gateway", (f"2001:db8:{n}::/64",), V6_RULES),
+        Resource(f"peer-{region}-01", ResourceType.PEERING_CONNECTION, region, vpc, "peering to shared services", (f"10.{n}.8.0/24",), PRIVATE_RULES),
+        Resource(f"dcgw-{region}-01", ResourceType.DEDICATED_GATEWAY, region, vpc, "dedicated line to IDC", (f"10.{n}.16.0/24",), PRIVATE_RULES),
+        Resource(f"vpn-{region}-01", ResourceType.SSL_VPN_GATEWAY, region, vpc, "SSL VPN for staff", (f"198.51.100.{30 + n}", f"10.{n}.32.0/24"), WEB_RULES),
+        Resource(f"csn-{region}-01", ResourceType.CSN, region, "csn-demo", "Cloud Smart Network attachment", (f"10.{n}.64.0/20",), PRIVATE_RULES),
+    ]
+
+
+def demo_resources() -> list[Resource]:
+    """Regions 'bj' and 'gz', every resource type in each."""
+    return _region("bj", 1) + _region("gz", 2)
