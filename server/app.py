@@ -108,7 +108,8 @@ class App:
         self._stop = threading.Event()
         self._retention = threading.Thread(target=self._retention_loop, name="flowlog-retention", daemon=True)
         if cfg.demo:
-            self._load_demo(LOCAL_ACCOUNT)
+            for account in sorted(set(cfg.api_keys.values())) or [LOCAL_ACCOUNT]:
+                self._load_demo(account)
 
     def _load_demo(self, account: str) -> None:
         from dataclasses import replace

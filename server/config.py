@@ -94,7 +94,7 @@ class Config:
     # api key -> account id. Empty: one local account ("local"), loopback only.
     api_keys: dict[str, str] = field(default_factory=dict)
     flow_log_quota: int = 10
-    # Load the demo inventory (resources of every type in two regions) for the local account.
+    # Load the demo inventory (resources of every type in two regions) into every account.
     demo: bool = False
     # Query backend: "embedded" (DuckDB under data_dir) or "elasticsearch".
     query_backend: str = "embedded"

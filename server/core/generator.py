@@ -495,7 +495,7 @@ def _flows(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
         if egress:
             direction = _EGRESS
             src, dst, sport, dport = ltext, ptext, client_port, port
-            action = decide(_EGRESS, proto, ver, pint, client_port)
+            action = decide(_EGRESS, proto, ver, pint, port)  # rules match the destination (service) port
         else:
             direction = _INGRESS
             src, dst, sport, dport = ptext, ltext, client_port, port

@@ -146,7 +146,8 @@ def decide(rules: Sequence[SecurityRule] | CompiledRules, direction: Direction |
     """ACCEPT or REJECT for one flow: first matching rule by ascending priority, else REJECT.
 
     `peer_addr` is the remote side of the flow (the source of an ingress flow, the destination
-    of an egress flow); `local_port` is the resource's own port of the flow.
+    of an egress flow); `local_port` is the flow's destination (service) port: the resource's own
+    port for ingress, the remote port for egress, as security groups match them.
     """
     return compile_rules(rules).decide(direction, protocol, peer_addr, local_port)
 
