@@ -1,0 +1,889 @@
+"""`flowlog`: the command-line client of a flowlog server.
+
+`main(argv)` returns the exit code and writes to whatever sys.stdout / sys.stderr are at
+call time, so tests run it in-process. Exit codes: 0 success, 1 a failed call (server
+error, connection failure, unreadable file, rejected ingest records), 2 a usage error,
+130 interrupted (except `tail`, where Ctrl-C is the normal way to stop and exits 0).
+
+Every failure is one `flowlog: CODE: message` line on stderr, then one line per field
+violation and a hint; never a traceback for anything the server or the network did.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Callable, Iterable, Sequence, TextIO
+
+from clients import format as fmt
+from clients.client import DEFAULT_TARGET, MAX_INGEST_BATCH, FlowLogClient, FlowLogError, PagedQuery
+from flowlog.v1 import query_pb2, record_pb2, resource_pb2, types_pb2
+
+PROG = "flowlog"
+ENV_SERVER = "FLOWLOG_SERVER"
+ENV_API_KEY = "FLOWLOG_API_KEY"
+DEFAULT_TIMEOUT = 30.0
+
+
+class UsageError(Exception):
+    """A command line that parses but does not make sense (exit code 2)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Argument types: validate at parse time so mistakes are usage errors with the choices listed
+# --------------------------------------------------------------------------------------------
+
+
+def _enum_type(enum_type: Any) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            return fmt.parse_enum(enum_type, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = enum_type.DESCRIPTOR.name
+    return parse
+
+
+def _enum_metavar(enum_type: Any) -> str:
+    return "{" + ",".join(fmt.enum_choices(enum_type)) + "}"
+
+
+def _time_type(text: str) -> str:
+    """Checks the form now, but keeps the text: relative times count from when the command
+    runs, not from when it was parsed."""
+    try:
+        fmt.parse_time(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _store_ref(text: str) -> tuple[str, str]:
+    """`PROJECT/NAME` -> (project, name)."""
+    project, sep, name = text.partition("/")
+    if not sep or not project or not name or "/" in name:
+        raise argparse.ArgumentTypeError(f"expected PROJECT/NAME, got {text!r}")
+    return project, name
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {value}")
+    return value
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    value = _positive_int(text)
+    if not 1 <= value <= MAX_INGEST_BATCH:
+        raise argparse.ArgumentTypeError(f"must be 1-{MAX_INGEST_BATCH}")
+    return value
+
+
+_RULE_KEYS = {"priority", "direction", "action", "protocol", "peer", "ports"}
+
+
+def parse_rule(text: str) -> resource_pb2.SecurityRule:
+    """`priority=100,action=accept,direction=ingress,protocol=tcp,peer=0.0.0.0/0,ports=22`.
+
+    priority and action are required. Optional, each defaulting to "any": direction,
+    protocol (name or number), peer (an IP or CIDR), ports (`22` or `1024-2048`).
+    """
+    values: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        key = {"peer_cidr": "peer", "port": "ports"}.get(key, key)
+        if not sep or key not in _RULE_KEYS:
+            raise argparse.ArgumentTypeError(
+                f"invalid rule part {part!r}: use key=value with keys priority, action, direction, protocol, peer, ports"
+            )
+        values[key] = value.strip()
+    anything = ("", "any", "*")
+    try:
+        if "priority" not in values or "action" not in values:
+            raise ValueError("a rule needs priority= and action=")
+        rule = resource_pb2.SecurityRule(
+            priority=int(values["priority"]),
+            action=fmt.parse_enum(types_pb2.Action, values["action"]),
+            protocol=fmt.parse_protocol(values.get("protocol", "any")),
+        )
+        if values.get("direction", "any").lower() not in anything:
+            rule.direction = fmt.parse_enum(types_pb2.Direction, values["direction"])
+        if values.get("peer", "any").lower() not in anything:
+            rule.peer_cidr = values["peer"]
+        ports = values.get("ports", "any").lower()
+        if ports not in anything:
+            low, _, high = ports.partition("-")
+            rule.port_from = int(low)
+            rule.port_to = int(high or low)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"invalid rule {text!r}: {e}") from None
+    return rule
+
+
+# --------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The connection/output options, accepted before or after the command.
+
+    On subcommands their default is SUPPRESS, so an option given after the command
+    overrides the top-level value and an absent one leaves it alone.
+    """
+
+    def d(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    g = parser.add_argument_group("connection and output options")
+    g.add_argument("--server", metavar="HOST:PORT", default=d(None),
+                   help=f"server address (env {ENV_SERVER}, default {DEFAULT_TARGET})")
+    g.add_argument("--api-key", metavar="KEY", default=d(None), help=f"API key (env {ENV_API_KEY})")
+    g.add_argument("--tls", action="store_true", default=d(False), help="connect with TLS")
+    g.add_argument("--ca-file", metavar="PEM", default=d(None), help="CA certificates to trust (implies --tls)")
+    g.add_argument("--cert-file", metavar="PEM", default=d(None), help="client certificate for mutual TLS")
+    g.add_argument("--key-file", metavar="PEM", default=d(None), help="client private key for mutual TLS")
+    g.add_argument("--json", action="store_true", default=d(False),
+                   help="JSON output: one document, or JSON lines for query/tail")
+    g.add_argument("--timeout", type=_timeout, metavar="SECONDS", default=d(DEFAULT_TIMEOUT),
+                   help=f"deadline of each call (default {DEFAULT_TIMEOUT:g}; tail has none)")
+    g.add_argument("-v", "--verbose", action="store_true", default=d(False),
+                   help="more detail on stderr (tail heartbeats, tracebacks of client bugs)")
+
+
+def _sub(subparsers: Any, name: str, common: argparse.ArgumentParser, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(name, help=help, description=help, parents=[common], **kwargs)
+    parser.set_defaults(_parser=parser)
+    return parser
+
+
+def _add_store_address(p: argparse.ArgumentParser) -> None:
+    """A LogStore is addressed by (region, project, name): positionally or by flags."""
+    p.add_argument("pos_region", nargs="?", metavar="REGION")
+    p.add_argument("pos_project", nargs="?", metavar="PROJECT")
+    p.add_argument("pos_name", nargs="?", metavar="NAME")
+    p.add_argument("--region")
+    p.add_argument("--project", help="the log set grouping LogStores")
+    p.add_argument("--name")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; parse-only use is fine (`build_parser().parse_args([...])`)."""
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, top=False)
+
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Command-line client of a flowlog server: resources, LogStores, flow logs, "
+        "query, live tail and ingest.",
+        epilog="examples:\n"
+        "  flowlog resource list --region ap-guangzhou\n"
+        "  flowlog flowlog create --region ap-guangzhou --name web --resource-type eip \\\n"
+        "      --resource-id eip-1a2b3c4d --traffic-type all --new-log-store ops/eip-flows\n"
+        "  flowlog query --region ap-guangzhou --project ops --log-store eip-flows \\\n"
+        "      --since 1h --filter 'action = REJECT AND dst_port = 22'\n"
+        "  flowlog tail --region ap-guangzhou --project ops --log-store eip-flows",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_global_options(parser, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    # -- resource ----------------------------------------------------------------------------
+    resource = _sub(commands, "resource", common, "the network inventory flow logs attach to",
+                    aliases=["resources"])
+    rs = resource.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = _sub(rs, "list", common, "list resources (every filter optional)")
+    p.add_argument("--region")
+    p.add_argument("--type", type=_enum_type(types_pb2.ResourceType), metavar=_enum_metavar(types_pb2.ResourceType))
+    p.add_argument("--network-id", metavar="ID", help="VPC (vpc-...) or CSN instance (csn-...)")
+    p.set_defaults(handler=cmd_resource_list)
+    p = _sub(rs, "get", common, "show one resource")
+    p.add_argument("id", metavar="ID")
+    p.set_defaults(handler=cmd_resource_get)
+    p = _sub(rs, "register", common, "register a resource")
+    p.add_argument("--type", required=True, type=_enum_type(types_pb2.ResourceType),
+                   metavar=_enum_metavar(types_pb2.ResourceType))
+    p.add_argument("--region", required=True)
+    p.add_argument("--network-id", required=True, metavar="ID", help="VPC (vpc-...) or CSN instance (csn-...)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--address", dest="addresses", action="append", required=True, metavar="IP_OR_CIDR",
+                   help="an IP or CIDR the resource owns (repeat for several)")
+    p.add_argument("--id", default="", help="the id to use (default: assigned by the server)")
+    p.add_argument("--rule", dest="rules", action="append", type=parse_rule, default=[], metavar="SPEC",
+                   help="a security rule, repeatable: priority=100,action=accept[,direction=ingress]"
+                   "[,protocol=tcp][,peer=10.0.0.0/8][,ports=22 or 1024-2048]")
+    p.set_defaults(handler=cmd_resource_register)
+    p = _sub(rs, "delete", common, "delete a resource (refused while a flow log uses it)")
+    p.add_argument("id", metavar="ID")
+    p.set_defaults(handler=cmd_resource_delete)
+
+    # -- logstore ----------------------------------------------------------------------------
+    logstore = _sub(commands, "logstore", common, "LogStores (log topics) that keep records",
+                    aliases=["logstores", "log-store"])
+    ls = logstore.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = _sub(ls, "create", common, "create a LogStore")
+    p.add_argument("--region", required=True)
+    p.add_argument("--project", required=True, help="the log set grouping LogStores")
+    p.add_argument("--name", required=True)
+    p.add_argument("--retention-days", type=_positive_int, default=0, metavar="N", help="1-3650 (default 7)")
+    p.add_argument("--description", default="")
+    p.set_defaults(handler=cmd_logstore_create)
+    p = _sub(ls, "get", common, "show one LogStore: REGION PROJECT NAME, or the flags")
+    _add_store_address(p)
+    p.set_defaults(handler=cmd_logstore_get)
+    p = _sub(ls, "list", common, "list LogStores")
+    p.add_argument("--region")
+    p.add_argument("--project")
+    p.set_defaults(handler=cmd_logstore_list)
+    p = _sub(ls, "update", common, "change retention and/or description (only the flags given)")
+    _add_store_address(p)
+    p.add_argument("--retention-days", type=_positive_int, metavar="N")
+    p.add_argument("--description")
+    p.set_defaults(handler=cmd_logstore_update)
+    p = _sub(ls, "delete", common, "delete a LogStore and its records")
+    _add_store_address(p)
+    p.set_defaults(handler=cmd_logstore_delete)
+
+    # -- flowlog -----------------------------------------------------------------------------
+    flowlog = _sub(commands, "flowlog", common, "flow-log configurations", aliases=["flowlogs", "fl"])
+    fs = flowlog.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = _sub(fs, "create", common, "create a flow log")
+    p.add_argument("--region", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--resource-id", required=True, metavar="ID")
+    p.add_argument("--resource-type", type=_enum_type(types_pb2.ResourceType),
+                   metavar=_enum_metavar(types_pb2.ResourceType), help="default: the resource's type")
+    p.add_argument("--network-id", metavar="ID", help="default: the resource's network")
+    p.add_argument("--traffic-type", required=True, type=_enum_type(types_pb2.TrafficType),
+                   metavar=_enum_metavar(types_pb2.TrafficType))
+    dest = p.add_mutually_exclusive_group(required=True)
+    dest.add_argument("--log-store", type=_store_ref, metavar="PROJECT/NAME", help="an existing LogStore")
+    dest.add_argument("--new-log-store", type=_store_ref, metavar="PROJECT/NAME",
+                      help="a LogStore created with the flow log")
+    p.add_argument("--retention-days", type=_positive_int, metavar="N", help="of --new-log-store (default 7)")
+    p.add_argument("--description", default="")
+    p.add_argument("--client-token", default="", metavar="TOKEN", help="idempotency key for safe retries")
+    p.add_argument("--paused", action="store_true", help="create it paused")
+    p.set_defaults(handler=cmd_flowlog_create)
+    p = _sub(fs, "get", common, "show one flow log")
+    p.add_argument("id", metavar="ID")
+    p.set_defaults(handler=cmd_flowlog_get)
+    p = _sub(fs, "list", common, "list flow logs")
+    p.add_argument("--region")
+    p.add_argument("--resource-id", default="", metavar="ID")
+    p.add_argument("--state", type=_enum_type(types_pb2.FlowLogState), metavar=_enum_metavar(types_pb2.FlowLogState))
+    p.set_defaults(handler=cmd_flowlog_list)
+    p = _sub(fs, "update", common, "change name, description, traffic type and/or state (only the flags given)")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--name")
+    p.add_argument("--description")
+    p.add_argument("--traffic-type", type=_enum_type(types_pb2.TrafficType), metavar=_enum_metavar(types_pb2.TrafficType))
+    p.add_argument("--state", type=_enum_type(types_pb2.FlowLogState), metavar=_enum_metavar(types_pb2.FlowLogState))
+    p.set_defaults(handler=cmd_flowlog_update)
+    p = _sub(fs, "delete", common, "delete a flow log (its LogStore and records stay)")
+    p.add_argument("id", metavar="ID")
+    p.set_defaults(handler=cmd_flowlog_delete)
+
+    # -- query / tail ------------------------------------------------------------------------
+    def stores(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--region", required=True)
+        p.add_argument("--project", required=True)
+        p.add_argument("--log-store", dest="log_stores", action="append", required=True, metavar="NAME",
+                       help="a LogStore of the project; repeat (or comma-separate) for several")
+        p.add_argument("--filter", default="", metavar="EXPR", help="e.g. 'action = REJECT AND dst_port = 22'")
+
+    p = _sub(commands, "query", common, "search records")
+    stores(p)
+    p.add_argument("--since", "--start", dest="start", type=_time_type, default="15m", metavar="TIME",
+                   help="from: a duration before now (15m, 2h, 1d) or RFC 3339 (default 15m)")
+    p.add_argument("--until", "--end", dest="end", type=_time_type, metavar="TIME",
+                   help="to (exclusive): a duration before now or RFC 3339 (default now)")
+    p.add_argument("--limit", type=_positive_int, default=0, metavar="N",
+                   help="records per call (default: the server's page size)")
+    p.add_argument("--oldest-first", action="store_true", help="oldest records first (default newest first)")
+    paging = p.add_mutually_exclusive_group()
+    paging.add_argument("--all", action="store_true", help="follow page tokens to the last record")
+    paging.add_argument("--page-token", default="", metavar="TOKEN", help="continue a previous query")
+    p.set_defaults(handler=cmd_query)
+
+    p = _sub(commands, "tail", common, "follow records live (Ctrl-C to stop)")
+    stores(p)
+    p.add_argument("--since", "--start", dest="start", type=_time_type, metavar="TIME",
+                   help="first replay records stored from this time (a duration before now or RFC 3339)")
+    p.add_argument("--cursor", default="", help="resume exactly after a previous tail (printed when it stops)")
+    p.set_defaults(handler=cmd_tail)
+
+    # -- ingest ------------------------------------------------------------------------------
+    p = _sub(commands, "ingest", common, "upload records from a JSON-lines file")
+    p.add_argument("--flow-log-id", required=True, metavar="ID")
+    p.add_argument("--file", required=True, metavar="PATH",
+                   help="one FlowRecord JSON object per line ('-' for stdin)")
+    p.add_argument("--batch-size", type=_batch_size, default=1000, metavar="N",
+                   help=f"records per message, 1-{MAX_INGEST_BATCH} (default 1000)")
+    p.set_defaults(handler=cmd_ingest)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ctx:
+    """What a command needs: its arguments and the output streams of this invocation."""
+
+    args: argparse.Namespace
+    out: TextIO
+    err: TextIO
+
+    @property
+    def json(self) -> bool:
+        return bool(self.args.json)
+
+
+def make_client(args: argparse.Namespace) -> FlowLogClient:
+    return FlowLogClient(
+        args.server or os.environ.get(ENV_SERVER) or DEFAULT_TARGET,
+        args.api_key or os.environ.get(ENV_API_KEY) or None,
+        tls=bool(args.tls),
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+        timeout=args.timeout,
+    )
+
+
+def print_error(err: TextIO, error: FlowLogError) -> None:
+    """`flowlog: CODE: message`, one `  - field: description` per violation, the hint."""
+    err.write(f"{PROG}: {error.one_line()}\n")
+    for line in error.detail_lines():
+        err.write(f"  - {line}\n")
+    if error.hint:
+        err.write(f"  hint: {error.hint}\n")
+    err.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command; returns the exit code (never raises SystemExit)."""
+    out, err = sys.stdout, sys.stderr
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed)
+        return e.code if isinstance(e.code, int) else 2
+    ctx = Ctx(args, out, err)
+    try:
+        client = make_client(args)
+    except OSError as e:
+        err.write(f"{PROG}: cannot read {e.filename or 'a TLS file'}: {e.strerror or e}\n")
+        return 1
+    try:
+        with client:
+            return int(args.handler(ctx, client) or 0)
+    except UsageError as e:
+        sub: argparse.ArgumentParser = getattr(args, "_parser", parser)
+        sub.print_usage(err)
+        err.write(f"{sub.prog}: error: {e}\n")
+        return 2
+    except FlowLogError as e:
+        print_error(err, e)
+        return 1
+    except OSError as e:
+        if isinstance(e, BrokenPipeError):  # `flowlog query ... | head`: the reader is done
+            return 0
+        err.write(f"{PROG}: {e.filename + ': ' if e.filename else ''}{e.strerror or e}\n")
+        return 1
+    except KeyboardInterrupt:
+        err.write(f"{PROG}: interrupted\n")
+        return 130
+    except Exception as e:  # a bug in this client: say so in one line, details with -v
+        if getattr(args, "verbose", False):
+            traceback.print_exc(file=err)
+        err.write(f"{PROG}: unexpected error: {type(e).__name__}: {e} (run with -v for the traceback)\n")
+        return 1
+
+
+def run() -> None:
+    """Console-script entry point (`flowlog = clients.cli:run`)."""
+    code = main()
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would complain again at exit while flushing a closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(code)
+
+
+# --------------------------------------------------------------------------------------------
+# Output helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _show_one(ctx: Ctx, message: Any, fields: Callable[[Any], list[tuple[str, Any]]]) -> None:
+    if ctx.json:
+        ctx.out.write(fmt.to_json(message))
+    else:
+        ctx.out.write(fmt.render_fields(fields(message)))
+    ctx.out.flush()
+
+
+def _show_list(
+    ctx: Ctx,
+    items: Iterable[Any],
+    headers: list[str],
+    row: Callable[[Any], list[str]],
+    what: str,
+    align: list[str] | None = None,
+) -> None:
+    collected = list(items)
+    if ctx.json:
+        ctx.out.write(fmt.to_json(collected))
+    elif collected:
+        ctx.out.write(fmt.render_table(headers, [row(i) for i in collected], align=align))
+    else:
+        ctx.err.write(f"No {what} found.\n")
+    ctx.out.flush()
+
+
+def _deleted(ctx: Ctx, what: str, ident: str) -> int:
+    if ctx.json:
+        ctx.out.write(fmt.to_json({"deleted": ident}))
+    else:
+        ctx.out.write(f"Deleted {what} {ident}.\n")
+    return 0
+
+
+class RecordWriter:
+    """Records to stdout as they arrive, a batch at a time: table rows or JSON lines."""
+
+    def __init__(self, ctx: Ctx) -> None:
+        self._ctx = ctx
+        self._table = None if ctx.json else fmt.record_table(ctx.out)
+        self.count = 0
+
+    def write(self, records: Sequence[record_pb2.FlowRecord]) -> None:
+        if not records:
+            return
+        if self._table is not None:
+            self._table.write_rows(fmt.record_row(r) for r in records)
+        else:
+            self._ctx.out.write("".join(fmt.to_json_line(r) for r in records))
+            self._ctx.out.flush()
+        self.count += len(records)
+
+
+class Progress:
+    """`12,000 records, page 12…` on stderr: one line rewritten with \\r on a terminal, a
+    plain line per page otherwise (logs stay readable)."""
+
+    def __init__(self, err: TextIO, out: TextIO) -> None:
+        self._err = err
+        self._tty = _isatty(err)
+        self._shares_screen = self._tty and _isatty(out)
+        self._shown = 0
+
+    @staticmethod
+    def _text(q: PagedQuery) -> str:
+        total = f" of {q.matched:,}" if q.matched else ""
+        return f"{q.returned:,}{total} records, page {q.pages}…"
+
+    def clear(self) -> None:
+        """Before stdout writes to the same terminal: blank the progress line."""
+        if self._shares_screen and self._shown:
+            self._err.write("\r" + " " * self._shown + "\r")
+            self._err.flush()
+            self._shown = 0
+
+    def _rewrite(self, text: str, end: str = "") -> None:
+        self._err.write("\r" + text + " " * max(0, self._shown - len(text)) + end)
+        self._err.flush()
+        self._shown = 0 if end else len(text)
+
+    def batch(self, q: PagedQuery) -> None:
+        """After each batch: a terminal sees the count move."""
+        if self._tty:
+            self._rewrite(self._text(q))
+
+    def page(self, q: PagedQuery) -> None:
+        """After each page: elsewhere (a log file), one line per page."""
+        if not self._tty:
+            self._err.write(self._text(q) + "\n")
+            self._err.flush()
+
+    def done(self, q: PagedQuery) -> None:
+        """On a terminal, the progress line becomes the final count."""
+        if self._tty:
+            self._rewrite(f"{q.returned:,} records in {q.pages} page{'' if q.pages == 1 else 's'}", "\n")
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# resource
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_resource_list(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    items = client.iter_resources(region=a.region or "", type=a.type, network_id=a.network_id or "")
+    _show_list(ctx, items, fmt.RESOURCE_HEADERS, fmt.resource_row, "resources")
+    return 0
+
+
+def cmd_resource_get(ctx: Ctx, client: FlowLogClient) -> int:
+    _show_one(ctx, client.get_resource(ctx.args.id), fmt.resource_fields)
+    return 0
+
+
+def cmd_resource_register(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    resource = client.register_resource(
+        type=a.type,
+        region=a.region,
+        network_id=a.network_id,
+        name=a.name,
+        addresses=[x.strip() for addr in a.addresses for x in addr.split(",") if x.strip()],
+        id=a.id,
+        rules=a.rules,
+    )
+    _show_one(ctx, resource, fmt.resource_fields)
+    return 0
+
+
+def cmd_resource_delete(ctx: Ctx, client: FlowLogClient) -> int:
+    client.delete_resource(ctx.args.id)
+    return _deleted(ctx, "resource", ctx.args.id)
+
+
+# --------------------------------------------------------------------------------------------
+# logstore
+# --------------------------------------------------------------------------------------------
+
+
+def _store_address(ctx: Ctx) -> tuple[str, str, str]:
+    """(region, project, name) from flags and/or positionals: the positionals fill, in
+    order, whichever of the three the flags did not give (`get ap-x ops flows`,
+    `get --region ap-x ops flows`)."""
+    a = ctx.args
+    labels = ("region", "project", "name")
+    flags = {label: getattr(a, label) for label in labels}
+    positionals = [p for p in (a.pos_region, a.pos_project, a.pos_name) if p]
+    missing = [label for label in labels if not flags[label]]
+    if len(positionals) > len(missing):
+        raise UsageError(f"too many arguments: {' '.join(positionals)} (give REGION PROJECT NAME, or --region --project --name)")
+    values = dict(flags)
+    for label, value in zip(missing, positionals):
+        values[label] = value
+    still_missing = [label for label in labels if not values[label]]
+    if still_missing:
+        raise UsageError(
+            f"missing {', '.join(still_missing)}: give REGION PROJECT NAME, or --region --project --name"
+        )
+    return values["region"], values["project"], values["name"]
+
+
+def cmd_logstore_create(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    store = client.create_log_store(
+        a.region, a.project, a.name, retention_days=a.retention_days, description=a.description
+    )
+    _show_one(ctx, store, fmt.log_store_fields)
+    return 0
+
+
+def cmd_logstore_get(ctx: Ctx, client: FlowLogClient) -> int:
+    _show_one(ctx, client.get_log_store(*_store_address(ctx)), fmt.log_store_fields)
+    return 0
+
+
+def cmd_logstore_list(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    items = client.iter_log_stores(region=a.region or "", project=a.project or "")
+    _show_list(ctx, items, fmt.LOG_STORE_HEADERS, fmt.log_store_row, "LogStores", fmt.LOG_STORE_ALIGN)
+    return 0
+
+
+def cmd_logstore_update(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    address = _store_address(ctx)
+    fields: dict[str, Any] = {}
+    if a.retention_days is not None:
+        fields["retention_days"] = a.retention_days
+    if a.description is not None:
+        fields["description"] = a.description
+    if not fields:
+        raise UsageError("nothing to update: give --retention-days and/or --description")
+    _show_one(ctx, client.update_log_store(*address, **fields), fmt.log_store_fields)
+    return 0
+
+
+def cmd_logstore_delete(ctx: Ctx, client: FlowLogClient) -> int:
+    region, project, name = _store_address(ctx)
+    client.delete_log_store(region, project, name)
+    return _deleted(ctx, "LogStore", f"{region}/{project}/{name}")
+
+
+# --------------------------------------------------------------------------------------------
+# flowlog
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_flowlog_create(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    if a.retention_days is not None and a.new_log_store is None:
+        raise UsageError("--retention-days applies only with --new-log-store")
+    resource_type, network_id = a.resource_type, a.network_id
+    if resource_type is None or not network_id:
+        # Saves typing what the inventory already knows; the server still checks them.
+        resource = client.get_resource(a.resource_id)
+        resource_type = resource_type if resource_type is not None else resource.type
+        network_id = network_id or resource.network_id
+    flow_log = client.create_flow_log(
+        region=a.region,
+        name=a.name,
+        resource_type=resource_type,
+        resource_id=a.resource_id,
+        network_id=network_id,
+        traffic_type=a.traffic_type,
+        log_store=a.log_store,
+        new_log_store=a.new_log_store,
+        retention_days=a.retention_days or 0,
+        description=a.description,
+        client_token=a.client_token,
+        paused=a.paused,
+    )
+    _show_one(ctx, flow_log, fmt.flow_log_fields)
+    return 0
+
+
+def cmd_flowlog_get(ctx: Ctx, client: FlowLogClient) -> int:
+    _show_one(ctx, client.get_flow_log(ctx.args.id), fmt.flow_log_fields)
+    return 0
+
+
+def cmd_flowlog_list(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    items = client.iter_flow_logs(region=a.region or "", resource_id=a.resource_id, state=a.state)
+    _show_list(ctx, items, fmt.FLOW_LOG_HEADERS, fmt.flow_log_row, "flow logs")
+    return 0
+
+
+def cmd_flowlog_update(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    fields = {
+        key: getattr(a, key)
+        for key in ("name", "description", "traffic_type", "state")
+        if getattr(a, key) is not None
+    }
+    if not fields:
+        raise UsageError("nothing to update: give --name, --description, --traffic-type and/or --state")
+    _show_one(ctx, client.update_flow_log(a.id, **fields), fmt.flow_log_fields)
+    return 0
+
+
+def cmd_flowlog_delete(ctx: Ctx, client: FlowLogClient) -> int:
+    client.delete_flow_log(ctx.args.id)
+    return _deleted(ctx, "flow log", ctx.args.id)
+
+
+# --------------------------------------------------------------------------------------------
+# query / tail
+# --------------------------------------------------------------------------------------------
+
+
+def _log_stores(values: Sequence[str]) -> list[str]:
+    return [s.strip() for v in values for s in v.split(",") if s.strip()]
+
+
+def _continue_command(ctx: Ctx, request: query_pb2.QueryRequest, token: str) -> str:
+    """The exact command that fetches the next page: same absolute window, same filter."""
+    a = ctx.args
+    argv = [PROG, "query", "--region", request.region, "--project", request.project]
+    for store in request.log_stores:
+        argv += ["--log-store", store]
+    argv += ["--start", fmt.format_time(request.start_time), "--end", fmt.format_time(request.end_time)]
+    if request.filter:
+        argv += ["--filter", request.filter]
+    if request.limit:
+        argv += ["--limit", str(request.limit)]
+    if a.oldest_first:
+        argv.append("--oldest-first")
+    if a.json:
+        argv.append("--json")
+    argv += ["--page-token", token]
+    return shlex.join(argv)
+
+
+def cmd_query(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    now = datetime.now(timezone.utc)
+    start = fmt.parse_time(a.start, now=now)
+    end = fmt.parse_time(a.end, now=now) if a.end else now
+    if end <= start:
+        raise UsageError(f"the window is empty: --start {fmt.format_time(start)} is not before --end {fmt.format_time(end)}")
+    request = client.build_query(
+        region=a.region,
+        project=a.project,
+        log_stores=_log_stores(a.log_stores),
+        start=start,
+        end=end,
+        filter=a.filter,
+        limit=a.limit,
+        order="oldest-first" if a.oldest_first else None,
+        page_token=a.page_token,
+    )
+    writer = RecordWriter(ctx)
+    if a.all:
+        _query_all(ctx, client.query_all(request), writer)
+        if writer.count == 0:
+            ctx.err.write("No records matched.\n")
+        return 0
+    stream = client.query(request)
+    for batch in stream.batches():
+        writer.write(batch)
+    summary = stream.summary
+    if writer.count == 0:
+        ctx.err.write("No records matched.\n")
+    if summary is not None and summary.more and summary.next_page_token:
+        ctx.err.write(
+            f"{writer.count:,} of {summary.matched:,} matching records shown; more remain. Continue with:\n"
+            f"  {_continue_command(ctx, request, summary.next_page_token)}\n"
+            "or add --all to fetch everything.\n"
+        )
+    ctx.err.flush()
+    return 0
+
+
+def _query_all(ctx: Ctx, paged: PagedQuery, writer: RecordWriter) -> None:
+    """Every page, with a progress report on stderr."""
+    progress = Progress(ctx.err, ctx.out)
+    paged.on_page = progress.page
+    try:
+        for batch in paged.batches():
+            progress.clear()
+            writer.write(batch)
+            progress.batch(paged)
+    finally:
+        progress.done(paged)
+
+
+def cmd_tail(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    stream = client.tail(
+        region=a.region,
+        project=a.project,
+        log_stores=_log_stores(a.log_stores),
+        filter=a.filter,
+        start=a.start,
+        cursor=a.cursor,
+        heartbeats=bool(a.verbose),
+    )
+    writer = RecordWriter(ctx)
+
+    def resume_hint() -> None:
+        cursor = stream.cursor or a.cursor
+        if cursor:
+            ctx.err.write(f"{PROG}: resume with: --cursor {cursor}\n")
+        ctx.err.flush()
+
+    try:
+        for response in stream:
+            if response.WhichOneof("result") == "batch":
+                writer.write(response.batch.records)
+            elif response.WhichOneof("result") == "heartbeat":
+                ctx.err.write(f"heartbeat {fmt.format_time(response.heartbeat.time)} cursor {response.cursor}\n")
+                ctx.err.flush()
+    except KeyboardInterrupt:
+        stream.cancel()
+        ctx.err.write(f"\n{PROG}: stopped after {writer.count:,} records\n")
+        resume_hint()
+        return 0
+    except FlowLogError as e:
+        print_error(ctx.err, e)
+        resume_hint()
+        return 1
+    ctx.err.write(f"{PROG}: the server ended the tail after {writer.count:,} records\n")
+    resume_hint()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# ingest
+# --------------------------------------------------------------------------------------------
+
+
+def _record_lines(path: str, stdin_lines: list[str] | None) -> Iterable[tuple[int, str]]:
+    """(line number, text) of every non-blank line."""
+    if stdin_lines is not None:
+        lines: Iterable[str] = stdin_lines
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                yield number, line
+        return
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                yield number, line
+
+
+def cmd_ingest(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    name = "<stdin>" if a.file == "-" else a.file
+    stdin_lines = sys.stdin.readlines() if a.file == "-" else None
+    # Check the whole file before sending anything: a typo on line 90,000 must not leave
+    # the first 89,999 records ingested and the rest not.
+    line_numbers: list[int] = []
+    for number, line in _record_lines(a.file, stdin_lines):
+        try:
+            fmt.parse_record_json(line)
+        except ValueError as e:
+            ctx.err.write(f"{PROG}: {name}:{number}: not a FlowRecord: {e}\n")
+            return 1
+        line_numbers.append(number)
+    records = (fmt.parse_record_json(line) for _, line in _record_lines(a.file, stdin_lines))
+    response = client.ingest_records(a.flow_log_id, records, batch_size=a.batch_size)
+    if ctx.json:
+        ctx.out.write(fmt.to_json(response))
+    else:
+        ctx.out.write(f"accepted {response.accepted:,}, rejected {response.rejected:,}\n")
+        for rejection in response.rejections:
+            where = f"record {rejection.index}"
+            if rejection.index < len(line_numbers):
+                where += f" ({name}:{line_numbers[rejection.index]})"
+            field = f"{rejection.field}: " if rejection.field else ""
+            ctx.out.write(f"  - {where}: {field}{rejection.reason}\n")
+        if response.rejected > len(response.rejections):
+            ctx.out.write(f"  ... and {response.rejected - len(response.rejections):,} more\n")
+    ctx.out.flush()
+    return 1 if response.rejected else 0
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,576 @@
+"""Human-facing forms of flowlog values, both ways: parsing what people type and rendering
+what the server returns.
+
+Kept free of gRPC and argparse so the client library, the CLI and the tests share one
+definition of "what does `nat-gateway` mean" and "how is a record shown", with no
+dependency beyond protobuf.
+
+- Enums: friendly names (`eip`, `nat-gateway`, `allow`, `ACCEPT`) <-> proto enum numbers.
+- Times: durations (`15m`, `2h`, `1d`, `1h30m`), RFC 3339 and `now` -> aware UTC datetimes;
+  Timestamps -> `2024-05-01T12:00:00Z`.
+- Tables: plain-text columns sized to their content (East Asian wide characters count as
+  two cells, since names may be Chinese), and a streaming variant for records.
+- JSON: json_format with proto field names; one document for objects and lists, one line
+  per message for streams.
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from datetime import datetime, timedelta, timezone
+from typing import Any, Iterable, Sequence, TextIO
+
+from google.protobuf import json_format
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from flowlog.v1 import flow_log_pb2, log_store_pb2, record_pb2, resource_pb2, types_pb2
+
+# --------------------------------------------------------------------------------------------
+# Enums
+# --------------------------------------------------------------------------------------------
+
+# Enums whose friendly form is upper case: these are the words flow-log users already know
+# from the record format and the filter language (`action = REJECT`, log status NODATA).
+_UPPER_CASE_ENUMS = frozenset({"flowlog.v1.Action", "flowlog.v1.LogStatus"})
+
+
+def _enum_prefix(enum_type: EnumTypeWrapper) -> str:
+    """The `RESOURCE_TYPE_` part, found from the zero value `*_UNSPECIFIED` (AIP style)."""
+    zero = enum_type.Name(0)
+    if not zero.endswith("UNSPECIFIED"):
+        return ""
+    return zero[: -len("UNSPECIFIED")]
+
+
+def enum_name(enum_type: EnumTypeWrapper, value: int) -> str:
+    """Friendly name of an enum value: `eip`, `nat-gateway`, `allow`, `ACCEPT`.
+
+    UNSPECIFIED shows as an empty string (nothing was set); a number this client does not
+    know (a newer server) shows as the number, so output never fails on it.
+    """
+    if value == 0:
+        return ""
+    try:
+        name = enum_type.Name(value)
+    except ValueError:
+        return str(value)
+    short = name[len(_enum_prefix(enum_type)):]
+    if enum_type.DESCRIPTOR.full_name in _UPPER_CASE_ENUMS:
+        return short
+    return short.lower().replace("_", "-")
+
+
+def enum_choices(enum_type: EnumTypeWrapper) -> list[str]:
+    """Every friendly name except UNSPECIFIED, in declaration order (for --help and errors)."""
+    return [enum_name(enum_type, v.number) for v in enum_type.DESCRIPTOR.values if v.number != 0]
+
+
+def parse_enum(enum_type: EnumTypeWrapper, text: str | int, *, allow_unspecified: bool = False) -> int:
+    """Parse what a person or script may write for an enum value.
+
+    Accepts the friendly name in any case with `-`, `_` or spaces (`nat-gateway`,
+    `NAT_GATEWAY`), the full proto name (`RESOURCE_TYPE_NAT_GATEWAY`) and the number.
+    Raises ValueError listing the valid names, since that is what the user needs next.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"not a {enum_type.DESCRIPTOR.name}: {text!r}")
+    if isinstance(text, int):
+        value: int | None = text
+    else:
+        raw = text.strip()
+        value = None
+        if raw.isdigit():
+            value = int(raw)
+        else:
+            norm = re.sub(r"[\s\-]+", "_", raw).upper()
+            prefix = _enum_prefix(enum_type)
+            for candidate in (norm, prefix + norm):
+                try:
+                    value = enum_type.Value(candidate)
+                    break
+                except ValueError:
+                    continue
+    valid = value is not None and value in {v.number for v in enum_type.DESCRIPTOR.values}
+    if not valid or (value == 0 and not allow_unspecified):
+        choices = ", ".join(enum_choices(enum_type))
+        raise ValueError(f"invalid {_enum_label(enum_type)} {text!r} (choose from {choices})")
+    assert value is not None
+    return value
+
+
+def _enum_label(enum_type: EnumTypeWrapper) -> str:
+    """`ResourceType` -> `resource type`, for error messages."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", enum_type.DESCRIPTOR.name).lower()
+
+
+# IANA protocol numbers worth a name; anything else is shown as its number.
+PROTOCOL_NAMES: dict[int, str] = {
+    1: "icmp",
+    6: "tcp",
+    17: "udp",
+    47: "gre",
+    50: "esp",
+    51: "ah",
+    58: "icmpv6",
+    132: "sctp",
+}
+_PROTOCOL_NUMBERS = {name: number for number, name in PROTOCOL_NAMES.items()}
+
+
+def protocol_name(number: int) -> str:
+    """`6` -> `tcp`; unknown numbers stay numbers."""
+    return PROTOCOL_NAMES.get(number, str(number))
+
+
+def parse_protocol(text: str) -> int:
+    """`tcp` / `TCP` / `6` -> 6; `any` / `*` -> 0 (the rule wildcard)."""
+    raw = text.strip().lower()
+    if raw in ("any", "*", "all"):
+        return 0
+    if raw.isdigit() and 0 <= int(raw) <= 255:
+        return int(raw)
+    if raw in _PROTOCOL_NUMBERS:
+        return _PROTOCOL_NUMBERS[raw]
+    raise ValueError(f"invalid protocol {text!r} (a number 0-255 or one of {', '.join(_PROTOCOL_NUMBERS)})")
+
+
+# --------------------------------------------------------------------------------------------
+# Times
+# --------------------------------------------------------------------------------------------
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])", re.IGNORECASE)
+
+
+def parse_duration(text: str) -> timedelta:
+    """`15m`, `2h`, `1d`, `1w`, `90s`, `1h30m`, `1.5h` -> timedelta. A bare number is refused:
+    minutes or seconds would be a guess."""
+    raw = text.strip()
+    if not raw:
+        raise ValueError("empty duration")
+    pos = 0
+    total = 0.0
+    for match in _DURATION_RE.finditer(raw):
+        if match.start() != pos and raw[pos:match.start()].strip():
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+        pos = match.end()
+    if pos == 0 or raw[pos:].strip():
+        raise ValueError(f"invalid duration {text!r} (examples: 90s, 15m, 2h, 1d, 1h30m)")
+    return timedelta(seconds=total)
+
+
+def parse_time(text: str, *, now: datetime | None = None) -> datetime:
+    """A point in time as people write it, as an aware UTC datetime.
+
+    - a duration (`15m`, `2h`, `1d`) means that long before `now`;
+    - `now`;
+    - RFC 3339 / ISO 8601 (`2024-05-01T12:00:00Z`, `2024-05-01T14:00:00+02:00`,
+      `2024-05-01 12:00`, `2024-05-01`); without an offset it is UTC, never local time,
+      so the same command means the same thing on every machine.
+    """
+    raw = text.strip()
+    current = now or datetime.now(timezone.utc)
+    if raw.lower() == "now":
+        return current
+    try:
+        return current - parse_duration(raw)
+    except ValueError:
+        pass
+    iso = raw[:-1] + "+00:00" if raw[-1:] in ("Z", "z") else raw
+    try:
+        parsed = datetime.fromisoformat(iso)
+    except ValueError:
+        raise ValueError(
+            f"invalid time {text!r} (a duration before now such as 15m, 2h, 1d, "
+            "or RFC 3339 such as 2024-05-01T12:00:00Z)"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+def to_timestamp(value: datetime | Timestamp | str) -> Timestamp:
+    """datetime, Timestamp or anything parse_time accepts -> Timestamp."""
+    if isinstance(value, Timestamp):
+        return value
+    if isinstance(value, str):
+        value = parse_time(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    ts = Timestamp()
+    ts.FromDatetime(value.astimezone(timezone.utc))
+    return ts
+
+
+def format_time(value: Timestamp | datetime | None) -> str:
+    """UTC ISO form, `2024-05-01T12:00:00Z`; unset -> ``.
+
+    Exact: the fraction is printed when present, with as few digit groups as it needs
+    (.250, .250001, .250000001), so a printed time can be passed back (e.g. as --start with
+    a page token) and mean the same instant.
+    """
+    if value is None:
+        return ""
+    if isinstance(value, Timestamp):
+        if value.seconds == 0 and value.nanos == 0:
+            return ""
+        seconds, nanos = value.seconds, value.nanos
+    else:
+        dt = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        seconds = int(dt.timestamp() // 1)
+        nanos = dt.microsecond * 1000
+    base = datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    if nanos == 0:
+        return base + "Z"
+    if nanos % 1_000_000 == 0:
+        return f"{base}.{nanos // 1_000_000:03d}Z"
+    if nanos % 1000 == 0:
+        return f"{base}.{nanos // 1000:06d}Z"
+    return f"{base}.{nanos:09d}Z"
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def display_width(text: str) -> int:
+    """Terminal cells: wide/full-width characters (CJK) take two, combining marks none."""
+    width = 0
+    for ch in text:
+        if unicodedata.combining(ch):
+            continue
+        width += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return width
+
+
+def _pad(text: str, width: int, align: str) -> str:
+    gap = max(0, width - display_width(text))
+    return " " * gap + text if align == "right" else text + " " * gap
+
+
+def _clean(value: Any) -> str:
+    """One cell is one line: newlines and tabs in descriptions must not break the grid."""
+    return re.sub(r"[\r\n\t]+", " ", "" if value is None else str(value))
+
+
+def render_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    align: Sequence[str] | None = None,
+    gap: str = "  ",
+) -> str:
+    """Plain columns sized to their widest cell; `align[i]` is "left" (default) or "right".
+
+    Trailing spaces are stripped so output diffs and pastes cleanly. Ends with a newline.
+    """
+    cells = [[_clean(c) for c in row] for row in rows]
+    aligns = list(align) if align else ["left"] * len(headers)
+    widths = [display_width(h) for h in headers]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], display_width(cell))
+    lines = [gap.join(_pad(h, widths[i], aligns[i]) for i, h in enumerate(headers)).rstrip()]
+    for row in cells:
+        lines.append(gap.join(_pad(c, widths[i], aligns[i]) for i, c in enumerate(row)).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def render_fields(pairs: Sequence[tuple[str, Any]]) -> str:
+    """A single object as `label:  value` lines, labels aligned; empty values are kept so
+    the shape of every object of a type is the same. An empty label continues the previous
+    field on another line (a list such as security rules)."""
+    width = max((display_width(label) for label, _ in pairs), default=0) + 1
+    lines = [
+        (_pad(label + ":" if label else "", width, "left") + "  " + _clean(value)).rstrip() for label, value in pairs
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class StreamTable:
+    """A table printed row by row while records stream in, so output starts immediately.
+
+    Column widths start at a sensible minimum and only grow, so an unusually long value
+    (an IPv6 address) shifts later rows instead of buffering the whole stream.
+    """
+
+    def __init__(self, out: TextIO, headers: Sequence[str], min_widths: Sequence[int], align: Sequence[str], gap: str = "  "):
+        self._out = out
+        self._headers = list(headers)
+        self._widths = [max(w, display_width(h)) for w, h in zip(min_widths, headers)]
+        self._align = list(align)
+        self._gap = gap
+        self._header_done = False
+        self.rows = 0
+
+    def _line(self, cells: Sequence[str]) -> str:
+        return self._gap.join(_pad(c, self._widths[i], self._align[i]) for i, c in enumerate(cells)).rstrip()
+
+    def write_rows(self, rows: Iterable[Sequence[Any]]) -> None:
+        """Writes rows (and the header before the first one) and flushes, once per batch."""
+        cells = [[_clean(c) for c in row] for row in rows]
+        if not cells:
+            return
+        if not self._header_done:
+            for row in cells:
+                for i, cell in enumerate(row):
+                    self._widths[i] = max(self._widths[i], display_width(cell))
+            self._out.write(self._line(self._headers) + "\n")
+            self._header_done = True
+        for row in cells:
+            for i, cell in enumerate(row):
+                self._widths[i] = max(self._widths[i], display_width(cell))
+            self._out.write(self._line(row) + "\n")
+            self.rows += 1
+        self._out.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# Views of the API's messages
+# --------------------------------------------------------------------------------------------
+
+
+def _join(values: Iterable[str]) -> str:
+    return ",".join(values)
+
+
+def rule_text(rule: resource_pb2.SecurityRule) -> str:
+    """`100 ingress ACCEPT tcp 0.0.0.0/0 22-22`: one security rule, the same words as --rule."""
+    ports = "any" if rule.port_from == 0 and rule.port_to == 0 else f"{rule.port_from}-{rule.port_to}"
+    proto = "any" if rule.protocol == 0 else protocol_name(rule.protocol)
+    return " ".join(
+        [
+            str(rule.priority),
+            enum_name(types_pb2.Direction, rule.direction) or "any",
+            enum_name(types_pb2.Action, rule.action) or "-",
+            proto,
+            rule.peer_cidr or "any",
+            ports,
+        ]
+    )
+
+
+RESOURCE_HEADERS = ["ID", "TYPE", "REGION", "NETWORK", "NAME", "ADDRESSES", "RULES", "CREATED"]
+
+
+def resource_row(r: resource_pb2.Resource) -> list[str]:
+    return [
+        r.id,
+        enum_name(types_pb2.ResourceType, r.type),
+        r.region,
+        r.network_id,
+        r.name,
+        _join(r.addresses),
+        str(len(r.rules)),
+        format_time(r.create_time),
+    ]
+
+
+def resource_fields(r: resource_pb2.Resource) -> list[tuple[str, Any]]:
+    pairs: list[tuple[str, Any]] = [
+        ("id", r.id),
+        ("type", enum_name(types_pb2.ResourceType, r.type)),
+        ("region", r.region),
+        ("network_id", r.network_id),
+        ("name", r.name),
+        ("addresses", _join(r.addresses)),
+        ("create_time", format_time(r.create_time)),
+    ]
+    if not r.rules:
+        pairs.append(("rules", ""))
+    for i, rule in enumerate(sorted(r.rules, key=lambda x: x.priority)):
+        pairs.append(("rules" if i == 0 else "", rule_text(rule)))
+    return pairs
+
+
+LOG_STORE_HEADERS = ["REGION", "PROJECT", "NAME", "RETENTION_DAYS", "DESCRIPTION", "CREATED"]
+LOG_STORE_ALIGN = ["left", "left", "left", "right", "left", "left"]
+
+
+def log_store_row(s: log_store_pb2.LogStore) -> list[str]:
+    return [s.region, s.project, s.name, str(s.retention_days), s.description, format_time(s.create_time)]
+
+
+def log_store_fields(s: log_store_pb2.LogStore) -> list[tuple[str, Any]]:
+    return [
+        ("region", s.region),
+        ("project", s.project),
+        ("name", s.name),
+        ("retention_days", s.retention_days),
+        ("description", s.description),
+        ("create_time", format_time(s.create_time)),
+        ("update_time", format_time(s.update_time)),
+    ]
+
+
+FLOW_LOG_HEADERS = ["ID", "REGION", "NAME", "RESOURCE", "NETWORK", "TRAFFIC", "DESTINATION", "STATE", "CREATED"]
+
+
+def _destination(f: flow_log_pb2.FlowLog) -> str:
+    d = f.destination
+    return f"{d.project}/{d.log_store}" if (d.project or d.log_store) else ""
+
+
+def flow_log_row(f: flow_log_pb2.FlowLog) -> list[str]:
+    kind = enum_name(types_pb2.ResourceType, f.resource_type)
+    return [
+        f.id,
+        f.region,
+        f.name,
+        f"{kind}:{f.resource_id}" if kind else f.resource_id,
+        f.network_id,
+        enum_name(types_pb2.TrafficType, f.traffic_type),
+        _destination(f),
+        enum_name(types_pb2.FlowLogState, f.state),
+        format_time(f.create_time),
+    ]
+
+
+def flow_log_fields(f: flow_log_pb2.FlowLog) -> list[tuple[str, Any]]:
+    return [
+        ("id", f.id),
+        ("region", f.region),
+        ("name", f.name),
+        ("resource_type", enum_name(types_pb2.ResourceType, f.resource_type)),
+        ("resource_id", f.resource_id),
+        ("network_id", f.network_id),
+        ("traffic_type", enum_name(types_pb2.TrafficType, f.traffic_type)),
+        ("destination", _destination(f)),
+        ("description", f.description),
+        ("state", enum_name(types_pb2.FlowLogState, f.state)),
+        ("create_time", format_time(f.create_time)),
+        ("update_time", format_time(f.update_time)),
+    ]
+
+
+RECORD_HEADERS = ["TIME", "SRC", "DST", "SPORT", "DPORT", "PROTO", "PACKETS", "BYTES", "ACTION", "LOG_STORE"]
+RECORD_ALIGN = ["left", "left", "left", "right", "right", "left", "right", "right", "left", "left"]
+# Sized for IPv4 so the common case lines up from the first row; IPv6 grows the column.
+RECORD_MIN_WIDTHS = [20, 15, 15, 5, 5, 5, 7, 8, 6, 9]
+
+
+def record_row(r: record_pb2.FlowRecord) -> list[str]:
+    """One record as a table row. A NODATA/SKIPDATA record carries no traffic, so its
+    ACTION column shows the log status instead of an empty cell."""
+    action = enum_name(types_pb2.Action, r.action)
+    if r.log_status not in (types_pb2.LOG_STATUS_UNSPECIFIED, types_pb2.LOG_STATUS_OK):
+        action = enum_name(types_pb2.LogStatus, r.log_status)
+    return [
+        format_time(r.start_time),
+        r.src_addr or "-",
+        r.dst_addr or "-",
+        str(r.src_port),
+        str(r.dst_port),
+        protocol_name(r.protocol),
+        f"{r.packets:,}",
+        f"{r.bytes:,}",
+        action or "-",
+        r.log_store,
+    ]
+
+
+def record_table(out: TextIO) -> StreamTable:
+    return StreamTable(out, RECORD_HEADERS, RECORD_MIN_WIDTHS, RECORD_ALIGN)
+
+
+# --------------------------------------------------------------------------------------------
+# JSON
+# --------------------------------------------------------------------------------------------
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """The proto JSON mapping, tuned for people and jq:
+
+    - proto field names (`src_addr`, not `srcAddr`), in declaration order;
+    - zero values included, so every object of a type has the same keys;
+    - 64-bit counters (packets, bytes) as JSON numbers where exact, not strings;
+    - enum names in their proto form (`ACTION_ACCEPT`), so output parses back with
+      json_format: `flowlog query --json` output is valid `flowlog ingest` input.
+    """
+    data = json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+        unquote_int64_if_possible=True,
+    )
+    return _in_field_order(message, data)
+
+
+def _in_field_order(message: Message, data: dict[str, Any]) -> dict[str, Any]:
+    """MessageToDict lists set fields before defaulted ones; declaration order reads better.
+    Well-known types (Timestamp, FieldMask...) are already scalars here and pass through."""
+    ordered: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        sub = field.message_type
+        if sub is not None and isinstance(value, dict) and not sub.GetOptions().map_entry:
+            value = _in_field_order(getattr(message, field.name), value)
+        elif sub is not None and isinstance(value, list) and field.is_repeated:
+            items = getattr(message, field.name)
+            value = [_in_field_order(m, v) if isinstance(v, dict) else v for m, v in zip(items, value)]
+        ordered[field.name] = value
+    for key, value in data.items():  # anything else (extensions): keep, at the end
+        ordered.setdefault(key, value)
+    return ordered
+
+
+def to_json(value: Message | Sequence[Message] | dict[str, Any] | list[Any]) -> str:
+    """One indented JSON document for one object or a whole list."""
+    if isinstance(value, Message):
+        data: Any = to_dict(value)
+    elif isinstance(value, (list, tuple)):
+        data = [to_dict(v) if isinstance(v, Message) else v for v in value]
+    else:
+        data = value
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def to_json_line(message: Message) -> str:
+    """One compact line per message, for streams (JSON lines)."""
+    return json.dumps(to_dict(message), ensure_ascii=False, separators=(",", ":")) + "\n"
+
+
+_RECORD_ENUMS = {
+    "resource_type": types_pb2.ResourceType,
+    "resourceType": types_pb2.ResourceType,
+    "action": types_pb2.Action,
+    "log_status": types_pb2.LogStatus,
+    "logStatus": types_pb2.LogStatus,
+    "direction": types_pb2.Direction,
+}
+
+
+def parse_record_json(line: str) -> record_pb2.FlowRecord:
+    """One JSON-lines row -> FlowRecord.
+
+    The proto JSON form (what `--json` prints) parses as is; beyond it, enums may use the
+    friendly names (`"action": "REJECT"`, `"resource_type": "eip"`) and `protocol` a name
+    (`"tcp"`), as hand-written or converted files tend to. Unknown fields are errors: a
+    misspelt field silently dropped would be a silently wrong record. Raises ValueError
+    with a one-line message.
+    """
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    for key, enum_type in _RECORD_ENUMS.items():
+        value = data.get(key)
+        if isinstance(value, str) and not value.isdigit():
+            data[key] = enum_type.Name(parse_enum(enum_type, value, allow_unspecified=True))
+    if isinstance(data.get("protocol"), str) and not data["protocol"].isdigit():
+        data["protocol"] = parse_protocol(data["protocol"])
+    record = record_pb2.FlowRecord()
+    try:
+        json_format.ParseDict(data, record)
+    except json_format.ParseError as e:
+        raise ValueError(str(e).splitlines()[0]) from None
+    return record
