@@ -26,7 +26,7 @@ log = logging.getLogger("flowlog.app")
 
 def _embedded_records(cfg: Config):
     from backends.embedded.records import EmbeddedRecordStore
-    return EmbeddedRecordStore(cfg.data_path / "records.duckdb")
+    return EmbeddedRecordStore(cfg.data_path / "records.duckdb", memory_limit=cfg.embedded.memory_limit or None)
 
 
 def _elasticsearch_records(cfg: Config):
@@ -34,8 +34,9 @@ def _elasticsearch_records(cfg: Config):
     from backends.elasticsearch.records import ElasticsearchRecordStore
     es = cfg.elasticsearch
     return ElasticsearchRecordStore(ElasticsearchConfig(
-        url=es.url, username=es.username, password=es.password, api_key=es.api_key, ca_certs=es.ca_file or None,
-        verify_certs=es.verify_certs, index_prefix=es.index_prefix, shards=es.shards, replicas=es.replicas))
+        hosts=es.url, username=es.username, password=es.password, api_key=es.api_key, ca_certs=es.ca_file,
+        verify_certs=es.verify_certs, index_prefix=es.index_prefix, number_of_shards=es.shards,
+        number_of_replicas=es.replicas))
 
 
 def _embedded_objects(cfg: Config):

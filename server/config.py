@@ -48,6 +48,12 @@ class ElasticsearchConfig:
 
 
 @dataclass
+class EmbeddedConfig:
+    # DuckDB's memory cap for the embedded record store (DuckDB's own default is 80% of RAM).
+    memory_limit: str = "1GB"
+
+
+@dataclass
 class MinioConfig:
     endpoint: str = ""  # host:port
     access_key: str = ""
@@ -102,6 +108,7 @@ class Config:
     archive_backend: str = "embedded"
     log_level: str = "INFO"
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
     minio: MinioConfig = field(default_factory=MinioConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)

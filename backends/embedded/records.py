@@ -1,0 +1,377 @@
+"""The embedded query backend: flow records in one DuckDB database file.
+
+Why DuckDB and not SQLite: on flow records it answers the time-range + REJECT + CIDR questions
+50-200x faster and stores a third of the bytes (ARCHITECTURE.md, "Records"), as long as it is
+fed whole Arrow tables rather than row-by-row inserts.
+
+Layout: one table `records` holding every FlowRecord field as a column of the same name (enums as
+proto numbers, times as epoch ms), plus `src_ip`/`dst_ip`: the 16-byte big-endian form of the
+address (IPv4 as IPv4-mapped, NULL on NODATA rows) so that CIDR filters are range filters. The
+filter translator (backends/embedded/filter_sql.py) depends on exactly this schema.
+
+There is deliberately no index: an ART index (e.g. a unique record_id) slows inserts badly.
+Rows arrive roughly in start_time order, so DuckDB's per-row-group min/max (zone maps) on
+start_time already prune most of the table for a time-range query; idempotency is an anti-join
+against the rows of the batch's time range instead of a unique constraint.
+
+Durability: write() returns after DuckDB has committed the batch, i.e. appended it to the
+write-ahead log and fsynced it. A background thread folds the WAL into the database file
+(CHECKPOINT) every `checkpoint_interval_s`, never on the write path; a crash before a checkpoint
+loses nothing, DuckDB replays the WAL on open.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from server.core.model import FlowRecord, LogStoreKey, RECORD_FIELDS
+from server.core.ports import RecordQuery
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+
+# Column types; FlowRecord field order, then the two derived address blobs.
+_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
+    ("record_id", "VARCHAR NOT NULL", pa.string()),
+    ("version", "INTEGER", pa.int32()),
+    ("account_id", "VARCHAR NOT NULL", pa.string()),
+    ("flow_log_id", "VARCHAR", pa.string()),
+    ("region", "VARCHAR NOT NULL", pa.string()),
+    ("project", "VARCHAR NOT NULL", pa.string()),
+    ("log_store", "VARCHAR NOT NULL", pa.string()),
+    ("resource_type", "INTEGER", pa.int32()),
+    ("resource_id", "VARCHAR", pa.string()),
+    ("network_id", "VARCHAR", pa.string()),
+    ("src_addr", "VARCHAR", pa.string()),
+    ("dst_addr", "VARCHAR", pa.string()),
+    ("src_port", "INTEGER", pa.int32()),
+    ("dst_port", "INTEGER", pa.int32()),
+    ("protocol", "INTEGER", pa.int32()),
+    ("packets", "UBIGINT", pa.uint64()),
+    ("bytes", "UBIGINT", pa.uint64()),
+    ("start_time", "BIGINT NOT NULL", pa.int64()),
+    ("end_time", "BIGINT", pa.int64()),
+    ("action", "INTEGER", pa.int32()),
+    ("log_status", "INTEGER", pa.int32()),
+    ("direction", "INTEGER", pa.int32()),
+    ("tcp_flags", "INTEGER", pa.int32()),
+)
+assert tuple(c[0] for c in _COLUMNS) == RECORD_FIELDS, "schema must follow FlowRecord"
+
+_SCHEMA = pa.schema([pa.field(name, typ) for name, _, typ in _COLUMNS]
+                    + [pa.field("src_ip", pa.binary()), pa.field("dst_ip", pa.binary())])
+
+_CREATE = ("CREATE TABLE IF NOT EXISTS records ("
+           + ", ".join(f"{name} {sql}" for name, sql, _ in _COLUMNS)
+           + ", src_ip BLOB, dst_ip BLOB)")
+
+_SELECT_FIELDS = ", ".join(RECORD_FIELDS)
+_KEY = "account_id, region, project, log_store, record_id"
+
+# The most rows one keyset query of search() asks for, in batches: bounds memory (DuckDB's
+# ORDER BY + LIMIT keeps a top-N heap of that many rows) while sparing most re-scans.
+_MAX_BATCHES_PER_QUERY = 4
+
+
+@functools.lru_cache(maxsize=65536)
+def _blob(addr: str) -> bytes | None:
+    """ip_to_blob, cached: collectors repeat the same few thousand addresses endlessly."""
+    from backends.embedded.filter_sql import ip_to_blob
+
+    return ip_to_blob(addr) if addr else None
+
+
+def day_start(ms: int) -> int:
+    """Start (epoch ms) of the UTC day holding `ms`."""
+    return ms - ms % DAY_MS
+
+
+def retention_cutoff(retention_days: int, now_ms: int) -> int:
+    """Records starting before this instant are past retention: the start of the UTC day
+    `retention_days` days before now. Shared rule of every backend (whole days are dropped)."""
+    return day_start(now_ms - retention_days * DAY_MS)
+
+
+class EmbeddedRecordStore:
+    """RecordStore on one DuckDB file: the default query backend, needs no other service.
+
+    Thread-safe. Writes (and deletes) are serialised by one lock on one connection; each search
+    and count runs on its own cursor (DuckDB MVCC), so a slow reader never blocks a writer.
+    """
+
+    name = "embedded"
+
+    def __init__(self, path: Path, *, memory_limit: str | None = None, threads: int | None = None,
+                 checkpoint_interval_s: float = 30.0) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        config: dict[str, str | int] = {
+            # Checkpoints belong to the background thread; this is only a safety net if it keeps
+            # failing (e.g. a reader holding a snapshot for a long time).
+            "checkpoint_threshold": "1GB",
+        }
+        if memory_limit:
+            config["memory_limit"] = memory_limit
+        if threads:
+            config["threads"] = threads
+        self._con = duckdb.connect(str(path), config=config)
+        self._con.execute(_CREATE)
+        self._lock = threading.Lock()
+        self._dirty = False
+        self._closed = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        if checkpoint_interval_s > 0:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, args=(checkpoint_interval_s,),
+                name="embedded-records-checkpoint", daemon=True)
+            self._checkpointer.start()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def write(self, records: Sequence[FlowRecord]) -> None:
+        """Store the records; durable (committed to the fsynced WAL) and searchable on return.
+
+        Idempotent by (LogStore, record_id): duplicates inside the batch are dropped, and rows
+        already stored are skipped by an anti-join restricted to the batch's start_time range
+        (the record id covers start_time, so an earlier copy can only be in that range).
+        """
+        if not records:
+            return
+        records = _dedupe(records)
+        table = _to_arrow(records)
+        bounds = pc.min_max(table.column("start_time"))
+        lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+        with self._lock:
+            self._check_open()
+            self._con.register("incoming", table)
+            try:
+                self._con.execute(
+                    f"INSERT INTO records SELECT i.* FROM incoming i ANTI JOIN "
+                    f"(SELECT {_KEY} FROM records WHERE start_time BETWEEN ? AND ?) r "
+                    f"USING ({_KEY})", [lo, hi])
+            finally:
+                self._con.unregister("incoming")
+            self._dirty = True
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def search(self, query: RecordQuery, batch_size: int = 1000) -> Iterator[list[FlowRecord]]:
+        """Matching records in (start_time, record_id) order, in batches of <= batch_size.
+
+        Reads in keyset chunks (ORDER BY ... LIMIT a few batches, then continue after the last
+        row), all inside one read transaction: every chunk sees the same snapshot, the first
+        batch comes after one small top-N query, and memory stays bounded whatever the limit.
+        """
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        remaining = query.limit
+        if remaining <= 0 or query.start_ms >= query.end_ms or not query.log_stores:
+            return
+        where, params = _where(query)
+        order = "DESC" if query.newest_first else "ASC"
+        cur = self._cursor()
+        try:
+            cur.begin()
+            after = query.after
+            chunk = batch_size
+            while remaining > 0:
+                want = min(remaining, chunk)
+                kw, kp = _keyset(query, after)
+                cur.execute(
+                    f"SELECT {_SELECT_FIELDS} FROM records WHERE {where}{kw} "
+                    f"ORDER BY start_time {order}, record_id {order} LIMIT ?",
+                    params + kp + [want])
+                got = 0
+                last: FlowRecord | None = None
+                while got < want:
+                    rows = cur.fetchmany(min(batch_size, want - got))
+                    if not rows:
+                        break
+                    batch = list(map(FlowRecord._make, rows))
+                    got += len(batch)
+                    last = batch[-1]
+                    yield batch
+                remaining -= got
+                if got < want or last is None:
+                    return
+                after = (last.start_time, last.record_id)
+                chunk = min(chunk * 2, batch_size * _MAX_BATCHES_PER_QUERY)
+        finally:
+            _release(cur)
+
+    def count(self, query: RecordQuery) -> int:
+        if query.start_ms >= query.end_ms or not query.log_stores:
+            return 0
+        where, params = _where(query)
+        cur = self._cursor()
+        try:
+            row = cur.execute(f"SELECT count(*) FROM records WHERE {where}", params).fetchone()
+            return int(row[0]) if row else 0
+        finally:
+            _release(cur)
+
+    # -- deleting ------------------------------------------------------------------------------
+
+    def drop_log_store(self, account_id: str, key: LogStoreKey) -> None:
+        """Delete every record of the LogStore (committed when this returns). DuckDB reuses the
+        space of deleted rows after a checkpoint; the file does not shrink."""
+        with self._lock:
+            self._check_open()
+            self._con.execute(
+                "DELETE FROM records WHERE account_id = ? AND region = ? AND project = ? AND log_store = ?",
+                [account_id, key.region, key.project, key.name])
+            self._dirty = True
+
+    def enforce_retention(self, account_id: str, key: LogStoreKey, retention_days: int, now_ms: int) -> int:
+        """Delete the LogStore's records of whole UTC days before (now - retention_days) and
+        return how many distinct days had records (the partitions dropped)."""
+        cutoff = retention_cutoff(retention_days, now_ms)
+        args = [account_id, key.region, key.project, key.name, cutoff]
+        cond = "account_id = ? AND region = ? AND project = ? AND log_store = ? AND start_time < ?"
+        with self._lock:
+            self._check_open()
+            self._con.begin()
+            try:
+                row = self._con.execute(
+                    f"SELECT count(DISTINCT start_time // {DAY_MS}) FROM records WHERE {cond}", args).fetchone()
+                days = int(row[0]) if row else 0
+                if days:
+                    self._con.execute(f"DELETE FROM records WHERE {cond}", args)
+                self._con.commit()
+            except BaseException:
+                self._con.rollback()
+                raise
+            if days:
+                self._dirty = True
+        if days:
+            log.info("retention dropped %d day(s) of %s (account %s) before %d", days, key, account_id, cutoff)
+        return days
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        try:
+            cur = self._cursor()
+        except Exception:  # noqa: BLE001 - any failure means not healthy
+            return False
+        try:
+            cur.execute("SELECT 1").fetchone()
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+        finally:
+            _release(cur)
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database file now (what the background thread does)."""
+        with self._lock:
+            self._check_open()
+            self._con.execute("CHECKPOINT")
+            self._dirty = False
+
+    def close(self) -> None:
+        """Checkpoint and close; idempotent. Open search generators must be closed first."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=10)
+        with self._lock:
+            try:
+                self._con.execute("CHECKPOINT")
+            except duckdb.Error as exc:  # the WAL is replayed on next open: nothing is lost
+                log.warning("checkpoint on close failed: %s", exc)
+            self._con.close()
+
+    def _checkpoint_loop(self, interval_s: float) -> None:
+        while not self._closed.wait(interval_s):
+            if not self._dirty:
+                continue
+            try:
+                with self._lock:
+                    if self._closed.is_set():
+                        return
+                    started = time.monotonic()
+                    self._con.execute("CHECKPOINT")
+                    self._dirty = False
+                log.debug("checkpoint took %.0f ms", (time.monotonic() - started) * 1000)
+            except duckdb.Error as exc:  # e.g. a long read transaction; try again next time
+                log.info("background checkpoint postponed: %s", exc)
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            self._check_open()
+            return self._con.cursor()
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise RuntimeError("EmbeddedRecordStore is closed")
+
+
+def _release(cur: duckdb.DuckDBPyConnection) -> None:
+    try:
+        cur.close()
+    except duckdb.Error:  # the store may already be closed
+        pass
+
+
+def _dedupe(records: Sequence[FlowRecord]) -> Sequence[FlowRecord]:
+    """The batch without repeated (LogStore, record_id), keeping the first copy."""
+    ids = [r.record_id for r in records]
+    if len(set(ids)) == len(ids):
+        return records
+    seen: set[tuple[str, str, str, str, str]] = set()
+    out = []
+    for r in records:
+        k = (r.account_id, r.region, r.project, r.log_store, r.record_id)
+        if k not in seen:
+            seen.add(k)
+            out.append(r)
+    return out
+
+
+def _to_arrow(records: Sequence[FlowRecord]) -> pa.Table:
+    columns = list(zip(*records))
+    src, dst = columns[RECORD_FIELDS.index("src_addr")], columns[RECORD_FIELDS.index("dst_addr")]
+    arrays = [pa.array(col, type=typ) for col, (_, _, typ) in zip(columns, _COLUMNS)]
+    arrays.append(pa.array([_blob(a) for a in src], type=pa.binary()))
+    arrays.append(pa.array([_blob(a) for a in dst], type=pa.binary()))
+    return pa.Table.from_arrays(arrays, schema=_SCHEMA)
+
+
+def _where(query: RecordQuery) -> tuple[str, list[object]]:
+    """The WHERE clause of a query without its keyset condition, and its parameters."""
+    stores = list(dict.fromkeys(query.log_stores))
+    sql = ("account_id = ? AND region = ? AND project = ? AND log_store IN ("
+           + ", ".join("?" * len(stores)) + ") AND start_time >= ? AND start_time < ?")
+    params: list[object] = [query.account_id, query.region, query.project, *stores,
+                            query.start_ms, query.end_ms]
+    if query.filter is not None:
+        from backends.embedded.filter_sql import to_sql
+
+        fsql, fparams = to_sql(query.filter)  # type: ignore[arg-type]
+        if fsql:
+            sql += f" AND ({fsql})"
+            params.extend(fparams)
+    return sql, params
+
+
+def _keyset(query: RecordQuery, after: tuple[int, str] | None) -> tuple[str, list[object]]:
+    """Strictly after (start_time, record_id) in the query's order. The plain bound on
+    start_time is redundant but lets DuckDB skip row groups by their min/max."""
+    if after is None:
+        return "", []
+    t, rid = after
+    if query.newest_first:
+        return " AND start_time <= ? AND (start_time < ? OR record_id < ?)", [t, t, rid]
+    return " AND start_time >= ? AND (start_time > ? OR record_id > ?)", [t, t, rid]
