@@ -9,8 +9,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from flowlog.v1 import (flow_log_pb2, flow_log_pb2_grpc, ingest_pb2, ingest_pb2_grpc, log_store_pb2,
-                        log_store_pb2_grpc, query_pb2, query_pb2_grpc, resource_pb2, resource_pb2_grpc)
+from google.protobuf import message as pb_message
+from google.protobuf.message_factory import GetMessageClass
+
+from flowlog.v1 import flow_log_pb2, ingest_pb2, log_store_pb2, query_pb2, resource_pb2
+from server.api.errors import to_status
+from server.core.errors import InvalidArgument
 from server.api.services import (FlowLogServicer, IngestServicer, LogStoreServicer, QueryServicer,
                                  ResourceServicer)
 
@@ -30,6 +34,57 @@ SERVICE_NAMES = [
 BACKEND_HEALTH = {"query": "flowlog.backend.query", "archive": "flowlog.backend.archive"}
 
 
+def _bad_message(cls, exc: Exception) -> InvalidArgument:
+    return InvalidArgument.field("request", f"is not a valid {cls.DESCRIPTOR.full_name} message ({exc}); "
+                                            "send a protobuf-encoded request of that type")
+
+
+def _handlers(service, servicer) -> grpc.GenericRpcHandler:
+    """The service's method handlers, parsing requests ourselves so that bytes that are not a
+    valid message are INVALID_ARGUMENT naming the message type (gRPC's own deserialiser would
+    answer UNKNOWN)."""
+    handlers = {}
+    for method in service.methods:
+        req_cls = GetMessageClass(method.input_type)
+        resp_cls = GetMessageClass(method.output_type)
+        impl = getattr(servicer, method.name)
+        handlers[method.name] = _wrap(method, req_cls, impl, resp_cls.SerializeToString)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _wrap(method, req_cls, impl, serialize) -> grpc.RpcMethodHandler:
+    def parse(raw: bytes):
+        try:
+            return req_cls.FromString(raw)
+        except pb_message.DecodeError as e:
+            raise _bad_message(req_cls, e) from None
+
+    if method.client_streaming:
+        async def stream_in(raw_iter, context):
+            async def parsed():
+                async for raw in raw_iter:
+                    yield parse(raw)
+            return await impl(parsed(), context)
+        return grpc.stream_unary_rpc_method_handler(stream_in, response_serializer=serialize)
+    if method.server_streaming:
+        async def stream_out(raw, context):
+            try:
+                request = parse(raw)
+            except InvalidArgument as e:
+                await context.abort_with_status(to_status(e))
+            async for item in impl(request, context):
+                yield item
+        return grpc.unary_stream_rpc_method_handler(stream_out, response_serializer=serialize)
+
+    async def unary(raw, context):
+        try:
+            request = parse(raw)
+        except InvalidArgument as e:
+            await context.abort_with_status(to_status(e))
+        return await impl(request, context)
+    return grpc.unary_unary_rpc_method_handler(unary, response_serializer=serialize)
+
+
 class GrpcServer:
     def __init__(self, app: "App") -> None:
         self.app = app
@@ -42,11 +97,13 @@ class GrpcServer:
             ("grpc.max_connection_age_grace_ms", 30_000),
         ]
         self.server = grpc.aio.server(options=options)
-        resource_pb2_grpc.add_ResourceServiceServicer_to_server(ResourceServicer(app), self.server)
-        log_store_pb2_grpc.add_LogStoreServiceServicer_to_server(LogStoreServicer(app), self.server)
-        flow_log_pb2_grpc.add_FlowLogServiceServicer_to_server(FlowLogServicer(app), self.server)
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(IngestServicer(app), self.server)
-        query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(app), self.server)
+        for module, name, servicer in ((resource_pb2, "ResourceService", ResourceServicer),
+                                       (log_store_pb2, "LogStoreService", LogStoreServicer),
+                                       (flow_log_pb2, "FlowLogService", FlowLogServicer),
+                                       (ingest_pb2, "IngestService", IngestServicer),
+                                       (query_pb2, "QueryService", QueryServicer)):
+            self.server.add_generic_rpc_handlers(
+                (_handlers(module.DESCRIPTOR.services_by_name[name], servicer(app)),))
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
