@@ -1,0 +1,184 @@
+"""The record pipeline: durable spool, fan-out to the query backend and the archive, live Tail.
+
+    submit(records) ──> Spool (SQLite WAL, group commit) ── durable: submit returns ──┐
+                          │ on commit, in seq order                                    │
+                          ▼                                                            │
+                        Hub ──> TailSession (replay from the spool, then live)         │
+                          RecordSinkWorker  ──> query backend  (own offset, retries) <─┤
+                          ArchiveSinkWorker ──> archive        (own offset, retries) <─┘
+
+`submit()` returning is the durability point: Ingest acknowledges after it. The backends
+receive the records asynchronously, each at its own pace; `wait_delivered()` tells when they
+have them (the query backend within milliseconds when healthy, the archive when its object is
+due: archive_max_records or archive_max_age_s).
+
+Nothing here imports gRPC or a particular backend: the query store (server.core.ports.
+RecordStore) and the archive (server.archive.Archive) are injected.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from server.core.errors import Unavailable
+from server.core.model import FlowRecord, LogStoreKey
+from server.core.ports import RecordStore
+from server.pipeline.fanout import ArchiveSinkWorker, ArchiveWriter, DropFence, RecordSinkWorker, SinkStatus, SinkWorker
+from server.pipeline.hub import Hub
+from server.pipeline.spool import BatchKey, Spool
+from server.pipeline.tail import CursorCodec, TailSession
+
+__all__ = ["Pipeline", "SinkStatus", "TailSession"]
+
+log = logging.getLogger(__name__)
+
+QUERY_SINK = "query"
+ARCHIVE_SINK = "archive"
+
+
+class Pipeline:
+    """Wires spool, hub and sink workers. start() before use; stop() drains and closes."""
+
+    def __init__(self, data_dir: Path | str, query_store: RecordStore, archive: ArchiveWriter | None = None, *,
+                 cursor_secret: bytes, max_spool_bytes: int = 2 * 1024**3, tail_retention_s: float = 3600.0,
+                 tail_retention_bytes: int = 1024**3, archive_max_records: int = 50_000,
+                 archive_max_age_s: float = 60.0, tail_buffer_records: int = 50_000, heartbeat_s: float = 15.0,
+                 coalesce_records: int = 20_000, backoff_min_s: float = 0.2, backoff_max_s: float = 30.0) -> None:
+        self.data_dir = Path(data_dir)
+        self.query_store = query_store
+        self.archive = archive
+        self._cursor_secret = cursor_secret
+        self.max_spool_bytes = max_spool_bytes
+        self.tail_retention_s = tail_retention_s
+        self.tail_retention_bytes = tail_retention_bytes
+        self._archive_max_records = archive_max_records
+        self._archive_max_age_s = archive_max_age_s
+        self._heartbeat_s = heartbeat_s
+        self._coalesce_records = coalesce_records
+        self._backoff_min_s = backoff_min_s
+        self._backoff_max_s = backoff_max_s
+        self.hub = Hub(max_records=tail_buffer_records)
+        self.fence = DropFence()
+        self.spool: Spool | None = None
+        self.workers: dict[str, SinkWorker] = {}
+        self._codec: CursorCodec | None = None
+        self._state_lock = threading.Condition()
+        self._accepting = False
+        self._inflight = 0
+        self._drop_lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open the spool and start the sink workers. They resume from their durable offsets
+        (a pending archive range is rewritten first)."""
+        spool = Spool(self.data_dir / "spool.db", max_spool_bytes=self.max_spool_bytes,
+                      tail_retention_s=self.tail_retention_s, tail_retention_bytes=self.tail_retention_bytes,
+                      on_commit=self.hub.publish)
+        self.spool = spool
+        self.hub.last_seq = spool.head_seq
+        sinks = [QUERY_SINK] + ([ARCHIVE_SINK] if self.archive is not None else [])
+        spool.register_sinks(sinks)
+        self._codec = CursorCodec(self._cursor_secret, spool.spool_id)
+        self.workers[QUERY_SINK] = RecordSinkWorker(QUERY_SINK, spool, self.query_store, self.fence,
+                                                    coalesce_records=self._coalesce_records,
+                                                    backoff_min_s=self._backoff_min_s, backoff_max_s=self._backoff_max_s)
+        if self.archive is not None:
+            self.workers[ARCHIVE_SINK] = ArchiveSinkWorker(
+                ARCHIVE_SINK, spool, self.archive, self.fence, max_records=self._archive_max_records,
+                max_age_s=self._archive_max_age_s, backoff_min_s=self._backoff_min_s,
+                backoff_max_s=self._backoff_max_s)
+        for w in self.workers.values():
+            w.start()
+        with self._state_lock:
+            self._accepting = True
+        log.info("pipeline started", extra={"head_seq": spool.head_seq, "sinks": sinks})
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Stop accepting, let the sinks deliver what is spooled (the archive writes its last
+        object) within `timeout` seconds, close Tail sessions and the spool. Records not
+        delivered by then stay in the spool and are delivered at the next start. Returns True
+        when every sink got everything."""
+        deadline = time.monotonic() + timeout
+        with self._state_lock:
+            self._accepting = False
+            self._state_lock.wait_for(lambda: self._inflight == 0, max(0.0, deadline - time.monotonic()))
+        self.hub.close()
+        for w in self.workers.values():
+            w.begin_stop(deadline)
+        drained = all([w.join(deadline) for w in self.workers.values()])
+        if self.spool is not None:
+            head = self.spool.head_seq
+            behind = {n: o.seq for n, o in self.spool.sink_offsets().items() if o.seq < head}
+            if behind:
+                log.warning("stopping with records not yet delivered; they stay spooled for the next start",
+                            extra={"head_seq": head, "sinks_behind": behind})
+            self.spool.close()
+        log.info("pipeline stopped", extra={"drained": drained})
+        return drained
+
+    # -- ingestion ----------------------------------------------------------------------------
+
+    def submit(self, records: Sequence[FlowRecord]) -> int:
+        """Spool the records (complete, validated, with record_id); durable when this returns.
+        Returns the highest seq given to them (for wait_delivered). Raises ResourceExhausted
+        when a backend is too far behind (spool bound), Unavailable when stopping."""
+        with self._state_lock:
+            if not self._accepting or self.spool is None:
+                raise Unavailable("the record pipeline is not running (the server is starting or stopping)")
+            self._inflight += 1
+        try:
+            return self.spool.append(records)
+        finally:
+            with self._state_lock:
+                self._inflight -= 1
+                if self._inflight == 0:
+                    self._state_lock.notify_all()
+
+    def wait_delivered(self, seq: int, timeout: float, sinks: Sequence[str] | None = None) -> bool:
+        """Wait until the sinks (default: all) have stored everything through seq."""
+        assert self.spool is not None
+        return self.spool.wait_offsets(seq, sinks, timeout)
+
+    # -- tail -----------------------------------------------------------------------------------
+
+    def tail(self, account_id: str, region: str, project: str, log_stores: Sequence[str],
+             predicate: Callable[[FlowRecord], bool] | None = None, *, start_ms: int | None = None,
+             cursor: str | None = None, heartbeat_s: float | None = None) -> TailSession:
+        """A Tail session over LogStores of one project (see server.pipeline.tail). The caller
+        has checked that the LogStores exist and belong to the account; `predicate` is the
+        compiled filter (server.core.filter.compile_predicate)."""
+        if self.spool is None or self._codec is None or not self._accepting:
+            raise Unavailable("the record pipeline is not running (the server is starting or stopping)")
+        return TailSession(self.spool, self.hub, self._codec, account_id, region, project, log_stores, predicate,
+                           start_ms=start_ms, cursor=cursor,
+                           heartbeat_s=self._heartbeat_s if heartbeat_s is None else heartbeat_s,
+                           buffer_records=self.hub.default_max_records)
+
+    # -- health, deletion -----------------------------------------------------------------------
+
+    def sink_status(self) -> dict[str, SinkStatus]:
+        return {name: w.status() for name, w in self.workers.items()}
+
+    def health(self) -> dict[str, tuple[bool, str]]:
+        """(healthy, detail) per sink ("query", "archive"): unhealthy while its writes fail."""
+        return {name: (s.healthy, s.message) for name, s in self.sink_status().items()}
+
+    def drop_log_store(self, account_id: str, key: LogStoreKey, timeout: float = 30.0) -> None:
+        """Forget the LogStore's spooled records: marks its batches skipped (their records are
+        deleted from the spool), then waits until no sink write that could still carry them is
+        in flight, so that the caller's following delete in the query backend and the archive
+        is final. Raises Unavailable if a sink write does not finish within `timeout`."""
+        if self.spool is None:
+            raise Unavailable("the record pipeline is not running")
+        bkey = BatchKey(account_id, key.region, key.project, key.name)
+        with self._drop_lock:
+            through = self.spool.mark_dropped(bkey)
+            generation = self.fence.add(bkey, through)
+            deadline = time.monotonic() + timeout
+            for w in self.workers.values():
+                if not w.wait_writes_before(generation, max(0.0, deadline - time.monotonic())):
+                    raise Unavailable(f"the {w.name} backend is slow to finish a write; retry the deletion")

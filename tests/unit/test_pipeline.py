@@ -1,0 +1,458 @@
+"""The record pipeline with real parts: the SQLite spool, the embedded DuckDB query store and
+the archive on a local folder. Failures are injected by wrapping the real store (our own port),
+crashes by SIGKILLing a child process."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from backends.embedded.objects import LocalObjectStore
+from backends.embedded.records import EmbeddedRecordStore
+from server.archive import Archive
+from server.core.errors import ResourceExhausted, Unavailable
+from server.core.model import Action, Direction, FlowRecord, LogStatus, LogStoreKey
+from server.core.ports import RecordQuery
+from server.core.records import with_id
+from server.pipeline import Pipeline
+from server.pipeline.fanout import ArchiveSinkWorker, DropFence
+from server.pipeline.hub import Hub, SubscriptionOverflow
+from server.pipeline.spool import BatchKey, MAX_BATCH_RECORDS, Spool, decode, encode, group_by_log_store
+
+REPO = Path(__file__).resolve().parents[2]
+ACCOUNT, REGION, PROJECT = "acct-1", "ap-guangzhou", "proj"
+SECRET = b"s" * 32
+BASE_MS = 1_700_000_000_000
+FOREVER = 2**62
+
+
+def make_records(n: int, start: int = 0, log_store: str = "web", account: str = ACCOUNT) -> list[FlowRecord]:
+    """n distinct records; record i has start_time BASE_MS + i*1000 (so a distinct record_id)."""
+    out = []
+    for i in range(start, start + n):
+        r = FlowRecord("", 0, account, "fl-abcdefgh", REGION, PROJECT, log_store, 1, "eip-1", "vpc-1",
+                       f"10.0.{i % 250}.{i % 200 + 1}", "203.0.113.7", 1024 + i % 60000, (22, 80, 443)[i % 3], 6,
+                       1 + i % 50, 100 + i, BASE_MS + i * 1000, BASE_MS + i * 1000 + 60_000,
+                       Action.ACCEPT if i % 4 else Action.REJECT, LogStatus.OK, Direction.INGRESS, 2)
+        out.append(with_id(r))
+    return out
+
+
+def count_query(store: EmbeddedRecordStore, log_store: str = "web", account: str = ACCOUNT) -> int:
+    return store.count(RecordQuery(account, REGION, PROJECT, (log_store,), 0, FOREVER))
+
+
+def count_archive(archive: Archive, log_store: str = "web", account: str = ACCOUNT) -> int:
+    return archive.count(account, LogStoreKey(REGION, PROJECT, log_store), 0, FOREVER)
+
+
+class FlakyStore:
+    """The real query store, failing on purpose while `down` is set (or for the first
+    `fail_first` calls): our own port wrapped, not an imitation of a backend."""
+
+    def __init__(self, store: EmbeddedRecordStore, fail_first: int = 0) -> None:
+        self.store = store
+        self.name = store.name
+        self.down = threading.Event()
+        self.fail_first = fail_first
+        self.calls = 0
+
+    def write(self, records):
+        self.calls += 1
+        if self.down.is_set() or self.calls <= self.fail_first:
+            raise ConnectionError("backend down (injected)")
+        self.store.write(records)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def wait_until(cond, timeout: float = 10.0, step: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = EmbeddedRecordStore(tmp_path / "records.duckdb", checkpoint_interval_s=0)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def archive(tmp_path):
+    return Archive(LocalObjectStore(tmp_path / "archive"))
+
+
+def make_pipeline(tmp_path, store, archive=None, **kw) -> Pipeline:
+    kw.setdefault("backoff_min_s", 0.02)
+    kw.setdefault("backoff_max_s", 0.1)
+    kw.setdefault("archive_max_age_s", 0.2)
+    p = Pipeline(tmp_path / "data", store, archive, cursor_secret=SECRET, **kw)
+    p.start()
+    return p
+
+
+# -- encoding -------------------------------------------------------------------------------------
+
+
+def test_payload_roundtrip_keeps_every_field_and_type():
+    recs = make_records(50)
+    key = BatchKey(ACCOUNT, REGION, PROJECT, "web")
+    back = decode(encode(recs), key)
+    assert back == recs
+    assert all(type(r) is FlowRecord for r in back)
+    # IntEnum values (what the generator builds) take the slower path and come back as ints.
+    assert isinstance(recs[0].action, Action)
+    assert type(back[0].action) is int
+
+
+def test_grouping_splits_by_log_store_and_size():
+    recs = make_records(3, log_store="a") + make_records(2, log_store="b") + make_records(1, start=10, log_store="a")
+    groups = group_by_log_store(recs)
+    assert [(k.log_store, len(rs)) for k, rs in groups] == [("a", 4), ("b", 2)]
+    big = group_by_log_store(make_records(MAX_BATCH_RECORDS + 5))
+    assert [len(rs) for _, rs in big] == [MAX_BATCH_RECORDS, 5]
+
+
+# -- spool ------------------------------------------------------------------------------------------
+
+
+def test_concurrent_appends_share_commits_and_keep_every_record(tmp_path):
+    spool = Spool(tmp_path / "spool.db")
+    spool.register_sinks(["q"])
+    seqs: list[int] = []
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        for i in range(20):
+            s = spool.append(make_records(100, start=(k * 20 + i) * 100))
+            with lock:
+                seqs.append(s)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seqs) == list(range(1, 161))
+    batches = spool.read_after(0, None)
+    assert [b.seq for b in batches] == list(range(1, 161))
+    starts = sorted(r.start_time for b in batches for r in b.records)
+    assert starts == [BASE_MS + i * 1000 for i in range(16_000)]
+    assert spool.backlog("q") == (16_000, sum(b.nbytes for b in batches))
+    spool.close()
+
+
+def test_reads_from_memory_and_from_the_file_agree(tmp_path):
+    spool = Spool(tmp_path / "spool.db", memory_records=2500)  # keeps only the last ~2 batches
+    spool.register_sinks(["q"])
+    for i in range(6):
+        spool.append(make_records(1000, start=i * 1000))
+    from_both = spool.read_after(0, None)
+    assert spool._recent_lo > 1 and len(spool._recent) >= 2
+    spool.close()
+    reopened = Spool(tmp_path / "spool.db")  # nothing in memory: all from the file
+    from_file = reopened.read_after(0, None)
+    assert [(b.seq, list(b.records)) for b in from_both] == [(b.seq, list(b.records)) for b in from_file]
+    assert [b.seq for b in reopened.read_after(2, 2500)] == [3, 4, 5]  # whole batches, about max_records
+    reopened.close()
+
+
+def test_one_process_per_spool(tmp_path):
+    spool = Spool(tmp_path / "spool.db")
+    with pytest.raises(RuntimeError, match="in use by another process"):
+        Spool(tmp_path / "spool.db")
+    spool.close()
+    Spool(tmp_path / "spool.db").close()
+
+
+CHILD_SPOOL = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from tests.unit.test_pipeline import make_records
+from server.pipeline.spool import Spool
+spool = Spool({path!r})
+spool.register_sinks(["q"])
+for i in range(20):
+    seq = spool.append(make_records(500, start=i * 500))
+    print("acked", seq, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_spool_survives_sigkill(tmp_path):
+    path = tmp_path / "spool.db"
+    out = subprocess.run([sys.executable, "-c", CHILD_SPOOL.format(repo=str(REPO), path=str(path))],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    acked = [int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("acked")]
+    assert acked == list(range(1, 21))
+    spool = Spool(path)
+    assert spool.head_seq == 20
+    assert spool.sink_offset("q").seq == 0
+    recs = [r for b in spool.read_after(0, None) for r in b.records]
+    assert recs == make_records(10_000)
+    assert spool.append(make_records(1, start=99_999)) == 21  # seq numbering continues
+    spool.close()
+
+
+CHILD_PIPELINE = """
+import os, signal, sys, time
+sys.path.insert(0, {repo!r})
+from tests.unit.test_pipeline import make_records, SECRET
+from backends.embedded.records import EmbeddedRecordStore
+from backends.embedded.objects import LocalObjectStore
+from server.archive import Archive
+from server.pipeline import Pipeline
+from pathlib import Path
+d = Path({dir!r})
+p = Pipeline(d / "data", EmbeddedRecordStore(d / "records.duckdb"), Archive(LocalObjectStore(d / "archive")),
+             cursor_secret=SECRET, archive_max_records=3000, archive_max_age_s=0.05)
+p.start()
+for i in range(30):
+    seq = p.submit(make_records(1000, start=i * 1000))
+    print("acked", seq, flush=True)
+    if i == 10:
+        p.wait_delivered(seq, 10)  # some delivered, the rest in flight or queued at the kill
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_pipeline_resumes_after_sigkill_and_delivers_exactly_once(tmp_path):
+    out = subprocess.run([sys.executable, "-c", CHILD_PIPELINE.format(repo=str(REPO), dir=str(tmp_path))],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    assert len([ln for ln in out.stdout.splitlines() if ln.startswith("acked")]) == 30
+    store = EmbeddedRecordStore(tmp_path / "records.duckdb", checkpoint_interval_s=0)
+    archive = Archive(LocalObjectStore(tmp_path / "archive"))
+    p = make_pipeline(tmp_path, store, archive, archive_max_records=3000)
+    try:
+        offsets = p.spool.sink_offsets()
+        assert offsets["query"].seq >= 11  # resumed from the durable offsets, not from zero
+        assert p.wait_delivered(30, 30)
+        assert count_query(store) == 30_000
+        assert count_archive(archive) == 30_000
+        got = sorted(r.start_time for batch in archive.read(ACCOUNT, LogStoreKey(REGION, PROJECT, "web"), 0, FOREVER)
+                     for r in batch)
+        assert got == [BASE_MS + i * 1000 for i in range(30_000)]
+    finally:
+        p.stop(5)
+        store.close()
+
+
+# -- fan-out ----------------------------------------------------------------------------------------
+
+
+def test_failing_query_sink_does_not_stop_archive_then_catches_up_exactly_once(tmp_path, store, archive):
+    flaky = FlakyStore(store)
+    flaky.down.set()
+    p = make_pipeline(tmp_path, flaky, archive)
+    try:
+        seq = 0
+        for i in range(5):
+            seq = p.submit(make_records(1000, start=i * 1000))
+        assert p.wait_delivered(seq, 10, sinks=["archive"])
+        assert count_archive(archive) == 5000
+        assert wait_until(lambda: not p.health()["query"][0])
+        ok, detail = p.health()["query"]
+        assert "backend down (injected)" in detail and "5000 records" in detail
+        assert p.health()["archive"][0]
+        assert count_query(store) == 0
+        calls = flaky.calls
+        assert wait_until(lambda: flaky.calls > calls + 2)  # it keeps retrying
+        flaky.down.clear()
+        assert p.wait_delivered(seq, 10)
+        assert count_query(store) == 5000
+        assert p.health()["query"] == (True, "0 records (0 batches) waiting")
+    finally:
+        p.stop(5)
+
+
+def test_archive_rewrites_a_pending_range_after_a_crash(tmp_path, archive):
+    spool = Spool(tmp_path / "spool.db")
+    spool.register_sinks(["archive"])
+    recs = make_records(3000)
+    for i in range(3):
+        spool.append(recs[i * 1000:(i + 1) * 1000])
+    # The crashed process: noted the range (0, 3] as pending and wrote part of it.
+    spool.set_pending("archive", 3)
+    worker = ArchiveSinkWorker("archive", spool, archive, DropFence(), max_records=10_000, max_age_s=3600)
+    batch_id = worker.batch_id(0, 3)
+    assert batch_id == f"{spool.spool_id}-000000000001-000000000003"
+    first_keys = archive.write_batch(batch_id, recs[:1500])
+    spool.close()
+
+    spool = Spool(tmp_path / "spool.db")
+    assert spool.sink_offset("archive").pending_to == 3
+    worker = ArchiveSinkWorker("archive", spool, archive, DropFence(), max_records=10_000, max_age_s=3600)
+    worker.start()
+    assert spool.wait_offsets(3, ["archive"], 10)  # redone although neither max_records nor max_age is due
+    assert spool.sink_offset("archive") .pending_to is None
+    assert count_archive(archive) == 3000
+    keys = {info.key for info in archive.store.list("")}
+    assert set(first_keys) <= keys and all(batch_id in k for k in keys if k.endswith(".parquet"))
+    worker.stop(5)
+    spool.close()
+
+
+def test_spool_bound_refuses_ingestion_and_never_drops(tmp_path, store):
+    flaky = FlakyStore(store)
+    flaky.down.set()
+    p = make_pipeline(tmp_path, flaky, max_spool_bytes=150_000)  # a few 1,000-record batches (~40 KB each)
+    try:
+        acked = 0
+        with pytest.raises(ResourceExhausted) as err:
+            for i in range(100):
+                p.submit(make_records(1000, start=i * 1000))
+                acked += 1000
+        assert "'query' backend" in err.value.message and "backend down (injected)" in err.value.message
+        assert 1000 <= acked < 10_000
+        assert p.spool.backlog("query")[1] <= 150_000
+        flaky.down.clear()
+        assert p.wait_delivered(p.spool.head_seq, 10)
+        seq = p.submit(make_records(1000, start=500_000))  # accepted again once caught up
+        assert p.wait_delivered(seq, 10)
+        assert count_query(store) == acked + 1000
+    finally:
+        p.stop(5)
+
+
+def test_stop_drains_every_sink_including_a_not_yet_due_archive_object(tmp_path, store, archive):
+    p = make_pipeline(tmp_path, store, archive, archive_max_records=1_000_000, archive_max_age_s=3600)
+    for i in range(4):
+        p.submit(make_records(1000, start=i * 1000))
+    time.sleep(0.3)
+    assert count_archive(archive) == 0  # not due yet
+    assert p.stop(10) is True
+    assert count_query(store) == 4000
+    assert count_archive(archive) == 4000
+    with pytest.raises(Unavailable):
+        p.submit(make_records(1))
+
+
+def test_stop_with_a_dead_sink_is_bounded_and_keeps_the_records(tmp_path, store):
+    flaky = FlakyStore(store)
+    flaky.down.set()
+    p = make_pipeline(tmp_path, flaky)
+    p.submit(make_records(1000))
+    t0 = time.monotonic()
+    assert p.stop(0.5) is False
+    assert time.monotonic() - t0 < 3
+    p2 = make_pipeline(tmp_path, store)  # next start delivers them
+    try:
+        assert p2.wait_delivered(1, 10)
+        assert count_query(store) == 1000
+    finally:
+        p2.stop(5)
+
+
+def test_drop_log_store_keeps_its_spooled_records_out_of_the_sinks(tmp_path, store, archive):
+    flaky = FlakyStore(store)
+    flaky.down.set()
+    p = make_pipeline(tmp_path, flaky, archive, archive_max_age_s=3600)
+    try:
+        p.submit(make_records(500, log_store="gone") + make_records(300, start=1000, log_store="kept"))
+        assert wait_until(lambda: flaky.calls >= 1)
+        p.drop_log_store(ACCOUNT, LogStoreKey(REGION, PROJECT, "gone"))
+        batches = p.spool.read_after(0, None)
+        assert {(b.key.log_store, b.skipped, len(b.records)) for b in batches} == {("gone", True, 0), ("kept", False, 300)}
+        seq = p.submit(make_records(200, start=5000, log_store="gone"))  # re-created later: kept
+        flaky.down.clear()
+        assert p.stop(10)
+        assert count_query(store, "gone") == 200
+        assert count_query(store, "kept") == 300
+        assert count_archive(archive, "gone") == 200
+        assert seq == 3
+    finally:
+        if p.spool is not None and p.workers["query"].alive:
+            p.stop(1)
+
+
+def test_trim_keeps_undelivered_and_recent_batches(tmp_path, store):
+    flaky = FlakyStore(store)
+    flaky.down.set()
+    p = make_pipeline(tmp_path, flaky, tail_retention_s=0)
+    try:
+        seq = p.submit(make_records(100))
+        assert p.spool.trim() == 0  # the query sink does not have it yet
+        flaky.down.clear()
+        assert p.wait_delivered(seq, 10)
+        assert p.spool.trim() == 1
+        assert p.spool.trimmed_through == seq and p.spool.read_after(0, None) == []
+        assert p.submit(make_records(1, start=7)) == seq + 1
+    finally:
+        p.stop(5)
+
+
+def test_trim_bounds_delivered_bytes_kept_for_tail(tmp_path, store):
+    p = make_pipeline(tmp_path, store, tail_retention_s=3600, tail_retention_bytes=60_000)
+    try:
+        for i in range(6):
+            seq = p.submit(make_records(1000, start=i * 1000))
+        assert p.wait_delivered(seq, 10)
+        p.spool.trim()
+        assert 0 < p.spool.total_bytes <= 60_000
+        assert p.spool.trimmed_through >= 4
+    finally:
+        p.stop(5)
+
+
+# -- hub --------------------------------------------------------------------------------------------
+
+
+def _batch(seq: int, log_store: str, n: int):
+    from server.pipeline.spool import SpoolBatch
+    return SpoolBatch(seq, 0, BatchKey(ACCOUNT, REGION, PROJECT, log_store), make_records(n, log_store=log_store), n)
+
+
+def test_hub_routes_by_log_store_and_frees_on_close():
+    hub = Hub()
+    sub = hub.subscribe(ACCOUNT, REGION, PROJECT, ["web", "db"])
+    other_account = hub.subscribe("acct-2", REGION, PROJECT, ["web"])
+    assert hub.subscriber_count == 2
+    hub.publish([_batch(1, "web", 2), _batch(2, "other", 3), _batch(3, "db", 1)])
+    assert [sub.get(0).seq, sub.get(0).seq, sub.get(0)] == [1, 3, None]
+    assert other_account.get(0) is None
+    assert hub.last_seq == 3 and sub.idle_through() == 3
+    sub.close()
+    other_account.close()
+    assert hub.subscriber_count == 0 and hub._routes == {}
+    hub.publish([_batch(4, "web", 1)])  # nobody left: nothing queued anywhere
+
+
+def test_hub_overflow_disconnects_only_the_slow_subscriber_and_never_blocks():
+    hub = Hub()
+    slow = hub.subscribe(ACCOUNT, REGION, PROJECT, ["web"], max_records=25)
+    fast = hub.subscribe(ACCOUNT, REGION, PROJECT, ["web"], max_records=1000)
+    t0 = time.monotonic()
+    for seq in range(1, 6):
+        hub.publish([_batch(seq, "web", 10)])
+        assert fast.get(0).seq == seq
+    assert time.monotonic() - t0 < 1
+    with pytest.raises(SubscriptionOverflow):
+        slow.get(0)
+    assert hub.subscriber_count == 1
+    fast.close()
+
+
+def test_hub_wakes_a_blocked_consumer():
+    hub = Hub()
+    sub = hub.subscribe(ACCOUNT, REGION, PROJECT, ["web"])
+    got = []
+    t = threading.Thread(target=lambda: got.append(sub.get(5)))
+    t.start()
+    time.sleep(0.05)
+    hub.publish([_batch(9, "web", 1)])
+    t.join(2)
+    assert got and got[0].seq == 9
+    sub.close()
