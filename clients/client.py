@@ -399,17 +399,22 @@ class TailStream:
         self._client = client
         self._call = call
         self._heartbeats = heartbeats
+        self._cancelled = False
         self.cursor = ""
 
     def __iter__(self) -> Iterator[query_pb2.TailResponse]:
         try:
             with self._client._errors():
-                for response in self._call:
-                    if response.cursor:
-                        self.cursor = response.cursor
-                    if response.WhichOneof("result") == "heartbeat" and not self._heartbeats:
-                        continue
-                    yield response
+                try:
+                    for response in self._call:
+                        if response.cursor:
+                            self.cursor = response.cursor
+                        if response.WhichOneof("result") == "heartbeat" and not self._heartbeats:
+                            continue
+                        yield response
+                except grpc.RpcError as e:
+                    if not (self._cancelled and e.code() == grpc.StatusCode.CANCELLED):
+                        raise  # cancel() ends the iteration quietly; anything else is an error
         finally:
             self._call.cancel()  # a tail never ends by itself: stopping to read means stop
 
@@ -419,6 +424,8 @@ class TailStream:
                 yield from response.batch.records
 
     def cancel(self) -> None:
+        """Stop following; an iteration in another thread ends without an error."""
+        self._cancelled = True
         self._call.cancel()
 
 
