@@ -769,6 +769,7 @@ def cmd_query(ctx: Ctx, client: FlowLogClient) -> int:
     for batch in stream.batches():
         writer.write(batch)
     summary = stream.summary
+    ctx.out.flush()  # the records come before what stderr says about them, even through a pipe
     if writer.count == 0:
         ctx.err.write("No records matched.\n")
     if summary is not None and summary.more and summary.next_page_token:

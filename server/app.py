@@ -142,9 +142,11 @@ class App:
             self.archive.delete_log_store(account, key)
 
     def _retention_loop(self) -> None:
-        """Drop whole days past each LogStore's retention, every 10 minutes."""
-        while not self._stop.wait(600):
+        """Drop whole days past each LogStore's retention: shortly after start, then every 10 minutes."""
+        delay = 30.0
+        while not self._stop.wait(delay):
             self.enforce_retention()
+            delay = 600.0
 
     def enforce_retention(self) -> None:
         now = time.time_ns() // 1_000_000
