@@ -37,8 +37,9 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from datetime import date, timedelta
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from elasticsearch import Elasticsearch, helpers
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, NotFoundError
@@ -153,6 +154,17 @@ def day_patterns(base: str, first_day: int, last_day: int) -> list[str]:
             out.append(f"{base}-{d.strftime('%Y.%m.%d')}")
             d += timedelta(days=1)
     return out
+
+
+# Stored records start after the epoch (start_time > 0 is required) and long before the year
+# 9999; a query's range is cut to these bounds so that the day arithmetic (Python dates end at
+# 9999-12-31) and Elasticsearch's date parsing only ever see representable days.
+_MIN_MS = 0
+_MAX_MS = (date(9999, 1, 1) - _EPOCH).days * DAY_MS
+
+
+def _clamp(start_ms: int, end_ms: int) -> tuple[int, int]:
+    return max(start_ms, _MIN_MS), min(end_ms, _MAX_MS)
 
 
 def _month_end(d: date) -> date:
@@ -315,16 +327,16 @@ class ElasticsearchRecordStore:
             filter_path=["pit_id", "hits.hits._source", "hits.hits.sort"])
         if remaining <= size:  # one page: no point in time needed
             with _translate_errors("search"):
-                resp = self._client.search(index=indices, size=size, ignore_unavailable=True,
-                                           allow_no_indices=True, **common)
+                resp = _while_shards_start(lambda: self._client.search(
+                    index=indices, size=size, ignore_unavailable=True, allow_no_indices=True, **common))
             hits = resp.get("hits", {}).get("hits", [])
             if hits:
                 yield [_record(h["_source"]) for h in hits]
             return
         with _translate_errors("open point in time"):
-            pit_id = self._client.open_point_in_time(
+            pit_id = _while_shards_start(lambda: self._client.open_point_in_time(
                 index=indices, keep_alive=self._cfg.pit_keep_alive, ignore_unavailable=True,
-                index_filter=self._time_range(query))["id"]
+                index_filter=self._time_range(query)))["id"]
         try:
             search_after: list[Any] | None = None
             while remaining > 0:
@@ -351,8 +363,9 @@ class ElasticsearchRecordStore:
         if not indices:
             return 0
         with _translate_errors("count"):
-            resp = self._client.count(index=indices, query=self._query(query, with_after=False),
-                                      ignore_unavailable=True, allow_no_indices=True)
+            resp = _while_shards_start(lambda: self._client.count(
+                index=indices, query=self._query(query, with_after=False), ignore_unavailable=True,
+                allow_no_indices=True))
         return int(resp["count"])
 
     def _close_pit(self, pit_id: str) -> None:
@@ -365,7 +378,7 @@ class ElasticsearchRecordStore:
 
     def _bounds(self, query: RecordQuery) -> tuple[int, int]:
         """[start, end) of start_time, narrowed by `after` (everything beyond it is excluded)."""
-        start, end = query.start_ms, query.end_ms
+        start, end = _clamp(query.start_ms, query.end_ms)
         if query.after is not None:
             t = query.after[0]
             if query.newest_first:
@@ -414,8 +427,8 @@ class ElasticsearchRecordStore:
                 {"range": {"record_id": {op: rid}}},
             ]}})
         else:
-            filters.append({"range": {"start_time": {"gte": query.start_ms, "lt": query.end_ms,
-                                                     "format": "epoch_millis"}}})
+            start, end = _clamp(query.start_ms, query.end_ms)
+            filters.append({"range": {"start_time": {"gte": start, "lt": end, "format": "epoch_millis"}}})
         if query.filter is not None:
             filters.append(to_query(query.filter))  # type: ignore[arg-type]
         return {"bool": {"filter": filters}}
@@ -503,6 +516,29 @@ _ENUM_NUMBERS = {f: {m.name: int(m) for m in cls} for f, cls in ENUM_FIELDS.item
 def _enum(field: str, name: str) -> int:
     number = _ENUM_NUMBERS[field].get(name)
     return number if number is not None else enum_number(field, name)
+
+
+_SHARD_START_WAITS = (0.1, 0.2, 0.4, 0.8, 1.5)
+
+
+def _while_shards_start(call: Callable[[], Any]) -> Any:
+    """call(), retried for about 3 s while it fails with 503 because a shard is not started yet.
+
+    The sink's bulk write creates a LogStore's day index (its first records, and every new UTC
+    day); until the new primary is STARTED, a search that names the index fails as a whole ("all
+    shards failed" / "missing shards", 503), although that index cannot hold a delivered record
+    yet. A fresh shard starts within a second, so a short wait turns that into a normal answer;
+    any other error, and a shard that stays down, still fail at once / after the waits.
+    """
+    for pause in _SHARD_START_WAITS:
+        try:
+            return call()
+        except ApiError as exc:
+            if exc.status_code != 503:
+                raise
+            log.info("a shard is not started yet; retrying the search in %.1fs: %s", pause, exc)
+            time.sleep(pause)
+    return call()
 
 
 def _chunks(names: list[str]) -> Iterator[str]:

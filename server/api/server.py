@@ -48,8 +48,18 @@ def _handlers(service, servicer) -> grpc.GenericRpcHandler:
         req_cls = GetMessageClass(method.input_type)
         resp_cls = GetMessageClass(method.output_type)
         impl = getattr(servicer, method.name)
-        handlers[method.name] = _wrap(method, req_cls, impl, resp_cls.SerializeToString)
+        handlers[method.name] = _wrap(method, req_cls, impl, _serializer(resp_cls))
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def _serializer(resp_cls):
+    """Messages are serialised by protobuf; a handler may also yield bytes it has already
+    encoded as that message (the streaming record batches, see server.api.wire)."""
+    serialize = resp_cls.SerializeToString
+
+    def ser(message) -> bytes:
+        return message if type(message) is bytes else serialize(message)
+    return ser
 
 
 def _wrap(method, req_cls, impl, serialize) -> grpc.RpcMethodHandler:
@@ -111,6 +121,7 @@ class GrpcServer:
             self.server)
         self.port = self._bind(cfg.listen)
         self._health_task: asyncio.Task | None = None
+        self._last_ok: dict[str, bool] = {}
 
     def _bind(self, listen: str) -> int:
         tls = self.app.config.tls
@@ -140,7 +151,14 @@ class GrpcServer:
             try:
                 states = await asyncio.get_running_loop().run_in_executor(self.app.executor, self.app.health)
                 for role, name in BACKEND_HEALTH.items():
-                    ok = states.get(role, (True, ""))[0]
+                    ok, detail = states.get(role, (True, ""))
+                    if ok != self._last_ok.get(role, True):
+                        # gRPC health carries no detail: the log says why, once per change.
+                        if ok:
+                            log.info("%s SERVING again", name)
+                        else:
+                            log.warning("%s NOT_SERVING: %s", name, detail or "unhealthy")
+                    self._last_ok[role] = ok
                     await self._set(name, ok)
                 overall = all(ok for ok, _ in states.values())
                 await self._set("", overall)

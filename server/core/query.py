@@ -18,6 +18,9 @@ from server.core.ports import MetadataStore, RecordQuery
 
 MAX_LOG_STORES = 20
 MAX_LIMIT = 100_000
+# google.protobuf.Timestamp's valid range (0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z), in ms.
+MIN_TIME_MS = -62_135_596_800_000
+MAX_TIME_MS = 253_402_300_799_999
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ def plan_query(scope: Scope, signer: TokenSigner, *, start_ms: int | None, end_m
         v.add("start_time", "is required")
     if end_ms is None:
         v.add("end_time", "is required")
+    for name, ms in (("start_time", start_ms), ("end_time", end_ms)):
+        if ms is not None and not MIN_TIME_MS <= ms <= MAX_TIME_MS:
+            v.add(name, "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z")
     if start_ms is not None and end_ms is not None and end_ms <= start_ms:
         v.add("end_time", "must be after start_time")
     if limit < 0:
