@@ -83,6 +83,9 @@ MINIO_VERSION = "v0.0.0-20251015172955-9e49d5e7a648"
 # versitygw: a maintained, Apache-2.0 S3 server; the fallback when MinIO cannot be built.
 VERSITYGW_PACKAGE = "github.com/versity/versitygw/cmd/versitygw"
 VERSITYGW_VERSION = "v1.7.0"
+# Not a server: the shell client the README's grpcurl examples are tested with.
+GRPCURL_PACKAGE = "github.com/fullstorydev/grpcurl/cmd/grpcurl"
+GRPCURL_VERSION = "v1.9.3"
 
 # Fixed test credentials (loopback-only throwaway servers).
 S3_ACCESS_KEY = "flowlog"
@@ -435,6 +438,8 @@ def _find_go() -> str:
 def _go_bin(name: str) -> str:
     if name == "minio":
         return os.path.join(cache_dir(), f"minio-{MINIO_VERSION}", "bin", "minio")
+    if name == "grpcurl":
+        return os.path.join(cache_dir(), f"grpcurl-{GRPCURL_VERSION}", "bin", "grpcurl")
     return os.path.join(cache_dir(), f"versitygw-{VERSITYGW_VERSION}", "bin", "versitygw")
 
 
@@ -496,8 +501,14 @@ def resolve(name: str) -> str:
 _S3_FALLBACK_REASON: list[str | None] = [None]
 
 
+def fetch_grpcurl() -> str:
+    return _go_install("grpcurl", f"{GRPCURL_PACKAGE}@{GRPCURL_VERSION}")
+
+
 def fetch(name: str) -> str:
-    """Obtain a server once into the cache; returns its home dir / binary path."""
+    """Obtain a server (or grpcurl) once into the cache; returns its home dir / binary path."""
+    if name == "grpcurl":
+        return fetch_grpcurl()
     name = resolve(name)
     if name == "es":
         return fetch_es()
@@ -571,9 +582,9 @@ def _spawn(cmd: list[str], env: dict, cwd: str, log_path: str) -> subprocess.Pop
     return p
 
 
-def _kill_group(pgid: int, timeout: float = STOP_TIMEOUT) -> None:
+def _kill_group(pgid: int, timeout: float = STOP_TIMEOUT, sig: int = signal.SIGTERM) -> None:
     try:
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(pgid, sig)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + timeout
@@ -685,7 +696,9 @@ def _es_java_opts() -> str:
     return " ".join(opts)
 
 
-def start_es(owner_pid: int | None = None, on_spawn=None) -> dict:
+def start_es(owner_pid: int | None = None, on_spawn=None, *, data_dir: str | None = None,
+             port: int | None = None, transport_port: int | None = None) -> dict:
+    """See start().  data_dir/port/transport_port: reuse an instance dir and ports (restart)."""
     home = fetch_es()
     java_home = _pick_java_home(ES_MIN_JAVA)
     as_root = os.geteuid() == 0
@@ -701,17 +714,20 @@ def start_es(owner_pid: int | None = None, on_spawn=None) -> dict:
                                "FLOWLOG_ES_INSTALL_ROOT to a readable location and re-run fetch")
     last_err: ServiceError | None = None
     for attempt in range(3):  # retry on a lost race for a "free" port
-        inst = tempfile.mkdtemp(prefix="flowlog-es-", dir=_tmp_parent())
+        own_dir = data_dir is None
+        inst = tempfile.mkdtemp(prefix="flowlog-es-", dir=_tmp_parent()) if own_dir else data_dir
         spawned = False
         try:
             for sub in ("data", "logs", "tmp"):
-                os.mkdir(os.path.join(inst, sub))
-            shutil.copytree(os.path.join(home, "config"), os.path.join(inst, "config"))
+                os.makedirs(os.path.join(inst, sub), exist_ok=True)
+            if not os.path.isdir(os.path.join(inst, "config")):
+                shutil.copytree(os.path.join(home, "config"), os.path.join(inst, "config"))
             if as_root:
                 _chown_tree(inst, uid, gid)
-            http_port, transport_port = free_port(), free_port()
-            while transport_port == http_port:
-                transport_port = free_port()
+            http_port = port or free_port()
+            t_port = transport_port or free_port()
+            while t_port == http_port:
+                t_port = free_port()
             log_path = os.path.join(inst, "console.log")
             env = {k: v for k, v in os.environ.items()
                    if k not in ("JAVA_HOME", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JAVA_OPTS")}
@@ -723,7 +739,7 @@ def start_es(owner_pid: int | None = None, on_spawn=None) -> dict:
                    "-Ecluster.name=flowlog-test", "-Enode.name=flowlog-test",
                    "-Expack.security.enabled=false", "-Ediscovery.type=single-node",
                    "-Enetwork.host=127.0.0.1", f"-Ehttp.port={http_port}",
-                   f"-Etransport.port={transport_port}",
+                   f"-Etransport.port={t_port}",
                    "-Ecluster.routing.allocation.disk.threshold_enabled=false",
                    f"-Epath.data={os.path.join(inst, 'data')}",
                    f"-Epath.logs={os.path.join(inst, 'logs')}"]
@@ -740,7 +756,7 @@ def start_es(owner_pid: int | None = None, on_spawn=None) -> dict:
             spawned = True
             url = f"http://127.0.0.1:{http_port}"
             info = {"service": "es", "version": ES_VERSION, "url": url, "host": "127.0.0.1",
-                    "port": http_port, "transport_port": transport_port, "pid": proc.pid,
+                    "port": http_port, "transport_port": t_port, "pid": proc.pid,
                     "pgid": proc.pid, "starttime": _proc_starttime(proc.pid), "data_dir": inst,
                     "log": log_path, "server_log": os.path.join(inst, "logs", "flowlog-test.log"),
                     "java_home": java_home}
@@ -760,9 +776,11 @@ def start_es(owner_pid: int | None = None, on_spawn=None) -> dict:
                 _wait_ready(proc, probe, ES_START_TIMEOUT, f"elasticsearch {ES_VERSION}", log_path,
                             (info["server_log"],))
             except ServiceError as e:
-                stop(info)
+                stop(info, keep_data=not own_dir)
                 if "BindException" in str(e) or "Address already in use" in str(e):
                     last_err = e
+                    if not own_dir or port:  # same dir/port asked for: give the old one time to go
+                        time.sleep(2.0)
                     continue
                 raise
             info["started_in"] = round(time.monotonic() - t0, 1)
@@ -770,22 +788,26 @@ def start_es(owner_pid: int | None = None, on_spawn=None) -> dict:
             return info
         except BaseException:
             if spawned:
-                stop(info)  # idempotent; also covers KeyboardInterrupt while waiting
-            else:
+                stop(info, keep_data=not own_dir)  # idempotent; also covers KeyboardInterrupt while waiting
+            elif own_dir:
                 shutil.rmtree(inst, ignore_errors=True)
             raise
     assert last_err is not None
     raise last_err
 
 
-def start_s3(name: str, owner_pid: int | None = None, on_spawn=None) -> dict:
+def start_s3(name: str, owner_pid: int | None = None, on_spawn=None, *, data_dir: str | None = None,
+             port: int | None = None) -> dict:
+    """See start().  data_dir/port: reuse an instance dir (its data/ survives) and port (restart)."""
     binary = fetch(name)
     last_err: ServiceError | None = None
+    wanted_port = port
     for attempt in range(3):
-        inst = tempfile.mkdtemp(prefix=f"flowlog-{name}-", dir=_tmp_parent())
+        own_dir = data_dir is None
+        inst = tempfile.mkdtemp(prefix=f"flowlog-{name}-", dir=_tmp_parent()) if own_dir else data_dir
         data = os.path.join(inst, "data")
-        os.mkdir(data)
-        port = free_port()
+        os.makedirs(data, exist_ok=True)
+        port = wanted_port or free_port()
         log_path = os.path.join(inst, "console.log")
         env = dict(os.environ)
         if name == "minio":
@@ -821,13 +843,15 @@ def start_s3(name: str, owner_pid: int | None = None, on_spawn=None) -> dict:
             _wait_ready(proc, lambda: _http_get(url + health, timeout=2)[0] == 200,
                         S3_START_TIMEOUT, f"{name} {version}", log_path)
         except ServiceError as e:
-            stop(info)
+            stop(info, keep_data=not own_dir)
             if "address already in use" in str(e).lower():
                 last_err = e
+                if wanted_port or not own_dir:
+                    time.sleep(2.0)
                 continue
             raise
         except BaseException:
-            stop(info)
+            stop(info, keep_data=not own_dir)
             raise
         info["started_in"] = round(time.monotonic() - t0, 1)
         log(f"{name} ready at {url} in {info['started_in']}s (pid {proc.pid})")
@@ -836,24 +860,31 @@ def start_s3(name: str, owner_pid: int | None = None, on_spawn=None) -> dict:
     raise last_err
 
 
-def start(name: str, owner_pid: int | None = None, on_spawn=None) -> dict:
+def start(name: str, owner_pid: int | None = None, on_spawn=None, *, data_dir: str | None = None,
+          port: int | None = None, transport_port: int | None = None) -> dict:
     """Fetch if needed, start on a free loopback port with a fresh temp data dir, wait until
     healthy, return a description dict.  The server runs in its own session and outlives the
     caller unless owner_pid is given (then a watchdog stops it when that process dies).
     on_spawn(info), if given, is called as soon as the process exists (before it is healthy),
-    so that a caller can stop() it even if it is interrupted while waiting."""
+    so that a caller can stop() it even if it is interrupted while waiting.
+
+    data_dir / port (/ transport_port for es): start on an existing instance dir (the
+    ``data_dir`` of an earlier info, stopped with ``stop(info, keep_data=True)``) and a given
+    port, so that clients of the earlier instance find the same server with the same data;
+    see restart()."""
     name = resolve(name)
     if name == "es":
-        return start_es(owner_pid, on_spawn)
-    info = start_s3(name, owner_pid, on_spawn)
+        return start_es(owner_pid, on_spawn, data_dir=data_dir, port=port, transport_port=transport_port)
+    info = start_s3(name, owner_pid, on_spawn, data_dir=data_dir, port=port)
     if _S3_FALLBACK_REASON[0]:
         info["fallback_reason"] = _S3_FALLBACK_REASON[0]
     return info
 
 
-def stop(info: dict) -> None:
+def stop(info: dict, keep_data: bool = False, kill: bool = False) -> None:
     """Terminate the server's process group (SIGTERM, SIGKILL after a timeout) and remove its
-    temporary data dir."""
+    temporary data dir.  keep_data=True keeps the data dir (for start(..., data_dir=) or
+    restart()); kill=True sends SIGKILL at once (a crash, not a clean stop)."""
     pid = int(info["pid"])
     pgid = int(info.get("pgid", pid))
     expected = info.get("starttime")
@@ -868,17 +899,29 @@ def stop(info: dict) -> None:
         if leader_pgid != pgid:
             log(f"pid {pid} is not the leader of process group {pgid}; not signalling it")
         else:
-            _kill_group(pgid)
+            _kill_group(pgid, sig=signal.SIGKILL if kill else signal.SIGTERM)
     else:
         p = _PROCS.pop(pgid, None)
         if p is not None:
             p.poll()
     data_dir = info.get("data_dir")
-    if data_dir and os.path.basename(data_dir).startswith("flowlog-") and os.path.isdir(data_dir):
+    if (not keep_data and data_dir and os.path.basename(data_dir).startswith("flowlog-")
+            and os.path.isdir(data_dir)):
         shutil.rmtree(data_dir, ignore_errors=True)
     if "service" in info:
         with contextlib.suppress(FileNotFoundError):
             os.remove(_registry_path(info))
+
+
+def restart(info: dict, owner_pid: int | None = None, on_spawn=None, down_s: float = 0.0,
+            kill: bool = False) -> dict:
+    """Stop the server described by info (SIGKILL if kill), stay down for down_s seconds, and
+    start the same service again on the same port(s) and data dir; returns the new info."""
+    stop(info, keep_data=True, kill=kill)
+    if down_s > 0:
+        time.sleep(down_s)
+    return start(info["service"], owner_pid=owner_pid, on_spawn=on_spawn, data_dir=info["data_dir"],
+                 port=int(info["port"]), transport_port=info.get("transport_port"))
 
 
 def running() -> list[dict]:

@@ -107,6 +107,7 @@ class App:
                                            window_seconds=cfg.generator.window_seconds, seed=cfg.generator.seed,
                                            intensity=cfg.generator.intensity)
         self._stop = threading.Event()
+        self._probe_ok: dict[str, bool] = {}
         self._retention = threading.Thread(target=self._retention_loop, name="flowlog-retention", daemon=True)
         if cfg.demo:
             for account in sorted(set(cfg.api_keys.values())) or [LOCAL_ACCOUNT]:
@@ -162,15 +163,23 @@ class App:
         return self.pipeline.tail(scope.account_id, scope.region, scope.project, scope.log_stores, predicate,
                                   start_ms=start_ms, cursor=cursor, heartbeat_s=heartbeat_s)
 
+    def _probe(self, role: str, ok: bool) -> bool:
+        """A backend probe's result; when it turns from failing to ok, the backend is back and its
+        sink, pausing between retries for up to 30 s, retries now."""
+        if ok and not self._probe_ok.get(role, True):
+            self.pipeline.retry_now(role)
+        self._probe_ok[role] = ok
+        return ok
+
     def health(self) -> dict[str, tuple[bool, str]]:
         """(ok, detail) per backend role."""
         out: dict[str, tuple[bool, str]] = {}
         sinks = self.pipeline.health()
-        q_ok = self.records.healthy()
+        q_ok = self._probe("query", self.records.healthy())
         q_sink = sinks.get("query", (True, ""))
         out["query"] = (q_ok and q_sink[0], q_sink[1] if not q_sink[0] else ("" if q_ok else "backend unreachable"))
         if self.archive is not None:
-            a_ok = self.archive.store.healthy()
+            a_ok = self._probe("archive", self.archive.store.healthy())
             a_sink = sinks.get("archive", (True, ""))
             out["archive"] = (a_ok and a_sink[0], a_sink[1] if not a_sink[0] else ("" if a_ok else "backend unreachable"))
         return out

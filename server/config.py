@@ -91,6 +91,10 @@ class LimitsConfig:
     tail_buffer_records: int = 50_000
     tail_heartbeat_seconds: float = 15.0
     query_page_size: int = 1000
+    # Tail streams one account may have open at once (0 = no limit); the next one is refused
+    # with RESOURCE_EXHAUSTED. An open Tail holds a thread of a pool shared by every account
+    # while it waits for records; without a bound, one account's tails could starve the others'.
+    max_tail_streams_per_account: int = 100
 
 
 @dataclass

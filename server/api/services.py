@@ -7,19 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
+import operator
+import queue
+import threading
 from typing import TYPE_CHECKING, Any, Callable
 
 from google.protobuf import empty_pb2
 
 from flowlog.v1 import (flow_log_pb2, flow_log_pb2_grpc, ingest_pb2, ingest_pb2_grpc, log_store_pb2,
                         log_store_pb2_grpc, query_pb2, query_pb2_grpc, resource_pb2, resource_pb2_grpc)
-from server.api import convert
+from server.api import convert, wire
 from server.api.errors import handle_errors
 from server.core import filter as flt
 from server.core import ingest as ingest_core
 from server.core import query as query_core
-from server.core.errors import InvalidArgument
+from server.core.errors import InvalidArgument, ResourceExhausted
 from server.core.model import LogStoreKey
 from server.core.service import CreateFlowLog, ExistingLogStoreSpec, NewLogStoreSpec, now_ms
 
@@ -156,7 +160,7 @@ MAX_REJECTION_DETAILS = 1000
 
 
 def _raw_rows(records) -> list[tuple]:
-    """Proto records -> plain tuples in the order server.core.ingest.accept expects (hot path)."""
+    """Proto records -> plain tuples in the order server.core.ingest.accept expects."""
     out = []
     append = out.append
     for r in records:
@@ -165,6 +169,34 @@ def _raw_rows(records) -> list[tuple]:
                 r.protocol, r.packets, r.bytes, s.seconds * 1000 + s.nanos // 1_000_000,
                 e.seconds * 1000 + e.nanos // 1_000_000, r.action, r.log_status, r.direction, r.tcp_flags))
     return out
+
+
+_RAW_FIELDS = operator.attrgetter(
+    "record_id", "account_id", "flow_log_id", "src_addr", "dst_addr", "src_port", "dst_port", "protocol", "packets",
+    "bytes", "start_time.seconds", "start_time.nanos", "end_time.seconds", "end_time.nanos", "action", "log_status",
+    "direction", "tcp_flags")
+
+
+def _ms(seconds, nanos) -> list[int]:
+    return list(map(operator.add, map(operator.mul, seconds, itertools.repeat(1000)),
+                    map(operator.floordiv, nanos, itertools.repeat(1_000_000))))
+
+
+def _raw_columns(records) -> tuple:
+    """Proto records -> the 16 columns of server.core.ingest.accept_columns (hot path: one C-level
+    attribute fetch per record, the rest column-wise; the same values as _raw_rows)."""
+    if not records:
+        return ((),) * 16
+    (rid, acc, flid, src, dst, sp, dp, proto, pk, by, ss, sn, es, en, act, st, di, fl) = zip(*map(_RAW_FIELDS, records))
+    return rid, acc, flid, src, dst, sp, dp, proto, pk, by, _ms(ss, sn), _ms(es, en), act, st, di, fl
+
+
+def _accept_and_submit(pipeline, fl, records, index: int):
+    """One message: check and complete the records, spool the good ones (durable on return)."""
+    ok, bad = ingest_core.accept_columns(fl, _raw_columns(records), index, now_ms())
+    if ok:
+        pipeline.submit(ok)
+    return len(ok), bad
 
 
 class IngestServicer(_Base, ingest_pb2_grpc.IngestServiceServicer):
@@ -185,11 +217,9 @@ class IngestServicer(_Base, ingest_pb2_grpc.IngestServiceServicer):
             if fl is None:
                 fl = await self.run(ingest_core.flow_log_for_ingest, self.app.metadata, account, msg.flow_log_id)
                 flow_logs[msg.flow_log_id] = fl
-            ok, bad = await self.run(lambda: ingest_core.accept(fl, _raw_rows(msg.records), index, now_ms()))
+            n_ok, bad = await self.run(_accept_and_submit, self.app.pipeline, fl, msg.records, index)
             index += n
-            if ok:
-                await self.run(self.app.pipeline.submit, ok)
-            accepted += len(ok)
+            accepted += n_ok
             rejected += len(bad)
             for b in bad:
                 if len(rejections) < MAX_REJECTION_DETAILS:
@@ -197,7 +227,167 @@ class IngestServicer(_Base, ingest_pb2_grpc.IngestServiceServicer):
         return ingest_pb2.IngestResponse(accepted=accepted, rejected=rejected, rejections=rejections)
 
 
+QUERY_BATCH = 1000  # records per QueryResponse batch
+
+
+def _arrow_chunks(tables, batch_size: int):
+    """Per Arrow chunk of the store: [(encoded QueryResponse, records, (start_time, record_id) of
+    its last record)] for each batch of the chunk (a chunk is encoded in one go, then cut)."""
+    try:
+        for table in tables:
+            starts = table.column("start_time")
+            ids = table.column("record_id")
+            n = table.num_rows
+            out = []
+            for i, (data, k) in enumerate(wire.encode_chunks(table, batch_size)):
+                end = min(n, i * batch_size + k) - 1
+                out.append((wire.query_batch_response(data), k, (starts[end].as_py(), ids[end].as_py())))
+            yield out
+    finally:
+        tables.close()
+
+
+def _list_chunks(batches):
+    """The same from a store that yields FlowRecord lists (one batch per chunk)."""
+    try:
+        for batch in batches:
+            if batch:
+                last = batch[-1]
+                yield [(wire.query_batch_response(wire.encode_batch(batch)), len(batch),
+                        (last.start_time, last.record_id))]
+    finally:
+        batches.close()
+
+
+class _Failed:
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class _ReadAhead:
+    """Runs a generator on a thread of `executor`, up to `depth` items ahead of its consumer:
+    reading and encoding the next chunk overlaps with sending the current one (DuckDB, pyarrow and
+    gRPC's transport all work outside the GIL). next_item() blocks: call it from a worker thread.
+    close() stops the producer and waits until it has closed the generator (and so the store's
+    cursor or point in time)."""
+
+    _END = object()
+
+    def __init__(self, gen, executor, depth: int = 1) -> None:
+        self._gen = gen
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._ended = False
+        self._done = executor.submit(self._run)
+
+    def _run(self) -> None:
+        try:
+            for item in self._gen:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self._put(_Failed(e))
+        finally:
+            self._gen.close()
+
+    def _put(self, item: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next_item(self):
+        if self._ended:
+            return None
+        item = self._queue.get()
+        if item is self._END:
+            self._ended = True
+            return None
+        if isinstance(item, _Failed):
+            self._ended = True
+            raise item.error
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._done.result()
+
+
+def _next_tail_response(session, shared: "wire.SharedBatches"):
+    """The session's next event as a TailResponse (records: already encoded, and encoded once for
+    every tail that receives the same batch), or None at the end. Runs on a stream thread."""
+    event = next(session, None)
+    if event is None:
+        return None
+    kind, payload, cursor = event
+    if kind == "records":
+        return wire.tail_batch_response(shared.get(payload), cursor)
+    return query_pb2.TailResponse(heartbeat=query_pb2.Heartbeat(time=convert.ts(now_ms())), cursor=cursor)
+
+
+class _TailFeed:
+    """Runs a Tail session on a stream thread, up to `depth` responses ahead of the coroutine that
+    sends them: the next batch is taken from the hub and encoded while the current one is sent,
+    instead of one thread round trip (and GIL hand-over) per response. In order; an error of the
+    session (fell behind, server stopping) arrives after the responses before it. Uses one thread
+    per Tail, as before. close() stops it; the caller then closes the session, which wakes a
+    producer blocked waiting for records."""
+
+    def __init__(self, session, shared: "wire.SharedBatches", executor, depth: int = 4) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._slots = threading.Semaphore(depth)
+        self._stop = threading.Event()
+        self._done = executor.submit(self._run, session, shared)
+
+    def _hand_over(self, item: object) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+        except RuntimeError:  # the event loop is gone (the server stopped)
+            self._stop.set()
+
+    def _run(self, session, shared) -> None:
+        try:
+            while not self._stop.is_set():
+                while not self._slots.acquire(timeout=0.2):  # `depth` responses not yet taken
+                    if self._stop.is_set():
+                        return
+                item = _next_tail_response(session, shared)
+                self._hand_over(item)
+                if item is None:
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the coroutine, which raises it
+            self._hand_over(_Failed(e))
+
+    async def get(self):
+        item = await self._queue.get()
+        self._slots.release()
+        if isinstance(item, _Failed):
+            raise item.error
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+
+
 class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
+    def __init__(self, app: "App") -> None:
+        super().__init__(app)
+        self._shared = wire.SharedBatches()
+        # Open Tail streams per account (only touched on the event loop: no lock). Each open
+        # Tail takes a thread of the shared stream pool while it waits for records, so one
+        # account must not be able to take them all (limits.max_tail_streams_per_account).
+        self._tails: dict[str, int] = {}
+
     @handle_errors
     async def Query(self, request, context):
         account = self.account(context)
@@ -213,23 +403,29 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
             default_limit=app.config.limits.query_page_size)
         q = planned.query
         store = app.records
-        batches = store.search(q, batch_size=1000)
+        # Batches go out already encoded (server.api.wire): no protobuf object per record; the
+        # next chunk is read and encoded while the current one is sent.
+        if hasattr(store, "search_arrow"):
+            chunks = _arrow_chunks(store.search_arrow(q, batch_size=QUERY_BATCH), QUERY_BATCH)
+        else:
+            chunks = _list_chunks(store.search(q, batch_size=QUERY_BATCH))
+        source = _ReadAhead(chunks, app.stream_executor)
         returned = 0
         last = None
         try:
             while True:
-                batch = await self.run(next, batches, None)
-                if batch is None:
+                chunk = await self.wait(source.next_item)
+                if chunk is None:
                     break
-                returned += len(batch)
-                last = batch[-1]
-                yield query_pb2.QueryResponse(batch=query_pb2.RecordBatch(records=convert.records_to_pb(batch)))
+                for data, n, last in chunk:
+                    returned += n
+                    yield data
         finally:
-            await self.run(batches.close)
+            await self.wait(source.close)
         more = False
         token = ""
         if last is not None and returned >= q.limit:
-            position = (last.start_time, last.record_id)
+            position = last
             probe = dataclasses.replace(q, after=position, limit=1)
             more = bool(await self.run(lambda: next(iter(store.search(probe, batch_size=1)), None)))
             if more:
@@ -238,28 +434,40 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
         yield query_pb2.QueryResponse(summary=query_pb2.QuerySummary(
             returned=returned, matched=matched, more=more, next_page_token=token))
 
+    def _open_tail(self, account: str) -> None:
+        limit = self.app.config.limits.max_tail_streams_per_account
+        if limit and self._tails.get(account, 0) >= limit:
+            raise ResourceExhausted(f"at most {limit} Tail streams may be open at once per account "
+                                    "(limits.max_tail_streams_per_account); close one and retry")
+        self._tails[account] = self._tails.get(account, 0) + 1
+
+    def _close_tail(self, account: str) -> None:
+        n = self._tails.pop(account, 1) - 1
+        if n > 0:
+            self._tails[account] = n
+
     @handle_errors
     async def Tail(self, request, context):
         account = self.account(context)
-        app = self.app
-        scope = await self.run(query_core.resolve_scope, app.metadata, account, request.region, request.project,
-                               list(request.log_stores))
-        predicate = flt.compile_predicate(flt.parse(request.filter))
-        start_ms = convert.ms_of(request.start_time) if request.HasField("start_time") else None
-        session = await self.run(lambda: app.tail(
-            scope, predicate, start_ms=start_ms, cursor=request.resume_cursor or None,
-            heartbeat_s=app.config.limits.tail_heartbeat_seconds))
+        self._open_tail(account)
         try:
-            while True:
-                event = await self.wait(next, session, None)
-                if event is None:
-                    break
-                kind, payload, cursor = event
-                if kind == "records":
-                    yield query_pb2.TailResponse(batch=query_pb2.RecordBatch(records=convert.records_to_pb(payload)),
-                                                 cursor=cursor)
-                else:
-                    yield query_pb2.TailResponse(heartbeat=query_pb2.Heartbeat(time=convert.ts(now_ms())),
-                                                 cursor=cursor)
+            app = self.app
+            scope = await self.run(query_core.resolve_scope, app.metadata, account, request.region, request.project,
+                                   list(request.log_stores))
+            predicate = flt.compile_predicate(flt.parse(request.filter))
+            start_ms = convert.ms_of(request.start_time) if request.HasField("start_time") else None
+            session = await self.run(lambda: app.tail(
+                scope, predicate, start_ms=start_ms, cursor=request.resume_cursor or None,
+                heartbeat_s=app.config.limits.tail_heartbeat_seconds))
+            feed = _TailFeed(session, self._shared, app.stream_executor)
+            try:
+                while True:
+                    response = await feed.get()
+                    if response is None:
+                        break
+                    yield response
+            finally:
+                feed.close()
+                session.close()
         finally:
-            session.close()
+            self._close_tail(account)

@@ -75,9 +75,12 @@ class Pipeline:
     def start(self) -> None:
         """Open the spool and start the sink workers. They resume from their durable offsets
         (a pending archive range is rewritten first)."""
+        # The spool keeps the latest records in memory for the sinks: enough for a whole archive
+        # range plus a query write, so that sinks keeping up never read back and decode the file.
         spool = Spool(self.data_dir / "spool.db", max_spool_bytes=self.max_spool_bytes,
                       tail_retention_s=self.tail_retention_s, tail_retention_bytes=self.tail_retention_bytes,
-                      on_commit=self.hub.publish)
+                      on_commit=self.hub.publish,
+                      memory_records=max(50_000, 2 * self._archive_max_records, 2 * self._coalesce_records))
         self.spool = spool
         self.hub.last_seq = spool.head_seq
         sinks = [QUERY_SINK] + ([ARCHIVE_SINK] if self.archive is not None else [])
@@ -162,6 +165,12 @@ class Pipeline:
 
     def sink_status(self) -> dict[str, SinkStatus]:
         return {name: w.status() for name, w in self.workers.items()}
+
+    def retry_now(self, sink: str) -> None:
+        """Tell a failing sink that its backend is reachable again (SinkWorker.retry_now)."""
+        worker = self.workers.get(sink)
+        if worker is not None:
+            worker.retry_now()
 
     def health(self) -> dict[str, tuple[bool, str]]:
         """(healthy, detail) per sink ("query", "archive"): unhealthy while its writes fail."""

@@ -3,7 +3,8 @@
 Each worker follows its own durable offset in the spool, so a slow or failing sink delays only
 itself: the other sink and ingestion go on (ingestion until the spool's byte bound). A failed
 write is logged, marks the sink unhealthy and is retried with exponential backoff (0.2 s to
-30 s, with jitter) forever: a batch is never skipped. Offsets advance only after the sink's
+30 s, with jitter) forever: a batch is never skipped. When the backend's health probe sees it
+come back, retry_now() ends the pause at once. Offsets advance only after the sink's
 write has returned (durable there), so a crash redelivers at most the batches in flight, which
 the sinks' idempotent writes absorb.
 
@@ -86,6 +87,7 @@ class SinkWorker:
         self._thread = threading.Thread(target=self._main, name=f"flowlog-sink-{name}", daemon=True)
         self._draining = threading.Event()  # stop() was called: deliver what is spooled, then exit
         self._abort = threading.Event()  # the drain deadline passed: exit now
+        self._wake = threading.Event()  # ends a backoff pause early: abort, or retry_now()
         self._deadline = float("inf")
         self._healthy = True
         self._last_error = ""
@@ -111,6 +113,7 @@ class SinkWorker:
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             self._abort.set()
+            self._wake.set()
             self._thread.join(1.0)
             if self._thread.is_alive():
                 log.warning("sink worker still inside a write at shutdown; leaving it",
@@ -137,6 +140,13 @@ class SinkWorker:
         delivered = self.spool.sink_offset(self.name).seq
         return SinkStatus(self.name, self._healthy, self._last_error, records, nbytes,
                           max(0, self.spool.head_seq - delivered), delivered)
+
+    def retry_now(self) -> None:
+        """The backend is reachable again (its health probe recovered): end the current backoff
+        pause now instead of after up to backoff_max_s, so delivery resumes within a health
+        interval of the backend's return."""
+        if not self._healthy:
+            self._wake.set()
 
     # -- fence ------------------------------------------------------------------------------
 
@@ -193,8 +203,11 @@ class SinkWorker:
             pause = delay * random.uniform(0.5, 1.0)
             if self._draining.is_set():
                 pause = min(pause, max(0.0, self._deadline - time.monotonic()))
-            self._abort.wait(pause)
-            delay = min(delay * 2, self.backoff_max_s)
+            if self._wake.wait(pause) and not self._abort.is_set():
+                delay = self.backoff_min_s  # retry_now(): the backend is back, start over
+            else:
+                delay = min(delay * 2, self.backoff_max_s)
+            self._wake.clear()
 
     def _commit(self, seq: int) -> None:
         self.spool.commit_offset(self.name, seq)
