@@ -16,8 +16,10 @@ against the rows of the batch's time range instead of a unique constraint.
 
 Durability: write() returns after DuckDB has committed the batch, i.e. appended it to the
 write-ahead log and fsynced it. A background thread folds the WAL into the database file
-(CHECKPOINT) every `checkpoint_interval_s`, never on the write path; a crash before a checkpoint
-loses nothing, DuckDB replays the WAL on open.
+(CHECKPOINT) every `checkpoint_interval_s`, or sooner once `checkpoint_rows` rows were written
+since the last one, never on the write path; a crash before a checkpoint loses nothing, DuckDB
+replays the WAL on open. (Rows appended since the last checkpoint are held in memory uncompressed,
+~280 bytes each: the row bound keeps a fast ingest from growing the server by that much per row.)
 """
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ _KEY = "account_id, region, project, log_store, record_id"
 # The most rows one keyset query of search() asks for, in batches: bounds memory (DuckDB's
 # ORDER BY + LIMIT keeps a top-N heap of that many rows) while sparing most re-scans.
 _MAX_BATCHES_PER_QUERY = 4
+_MAX_ARROW_BATCHES_PER_QUERY = 32
 
 
 @functools.lru_cache(maxsize=65536)
@@ -111,7 +114,7 @@ class EmbeddedRecordStore:
     name = "embedded"
 
     def __init__(self, path: Path, *, memory_limit: str | None = None, threads: int | None = None,
-                 checkpoint_interval_s: float = 30.0) -> None:
+                 checkpoint_interval_s: float = 30.0, checkpoint_rows: int = 100_000) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
@@ -129,6 +132,9 @@ class EmbeddedRecordStore:
         self._lock = threading.Lock()
         self._dirty = False
         self._closed = threading.Event()
+        self._checkpoint_rows = checkpoint_rows
+        self._rows_since_checkpoint = 0
+        self._checkpoint_due = threading.Event()  # wakes the checkpointer early
         self._checkpointer: threading.Thread | None = None
         if checkpoint_interval_s > 0:
             self._checkpointer = threading.Thread(
@@ -162,6 +168,9 @@ class EmbeddedRecordStore:
             finally:
                 self._con.unregister("incoming")
             self._dirty = True
+            self._rows_since_checkpoint += table.num_rows
+            if self._rows_since_checkpoint >= self._checkpoint_rows:
+                self._checkpoint_due.set()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -206,6 +215,63 @@ class EmbeddedRecordStore:
                     return
                 after = (last.start_time, last.record_id)
                 chunk = min(chunk * 2, batch_size * _MAX_BATCHES_PER_QUERY)
+        finally:
+            _release(cur)
+
+    def search_arrow(self, query: RecordQuery, batch_size: int = 1000) -> Iterator[pa.Table]:
+        """search(), as Arrow tables of whole batches (a multiple of batch_size rows, except the
+        last): the same records in the same order, without a Python object per record.
+
+        The first table holds one batch (a fast first batch); later keyset chunks double up to
+        _MAX_ARROW_BATCHES_PER_QUERY batches. Every later chunk is also bounded to a time window
+        sized from the density of the rows read so far (1.5x what should hold the chunk), so
+        DuckDB reads only the row groups of that window instead of the whole rest of the range.
+        The window only narrows the search: when it holds fewer rows than the chunk wants, the
+        chunk is read again with a 4x wider window (finally without one), so the result is
+        exactly search()'s.
+        """
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        remaining = query.limit
+        if remaining <= 0 or query.start_ms >= query.end_ms or not query.log_stores:
+            return
+        where, params = _where(query)
+        order = "DESC" if query.newest_first else "ASC"
+        cur = self._cursor()
+        try:
+            cur.begin()
+            after = query.after
+            chunk = batch_size
+            window: int | None = None  # ms of start_time expected to hold the next chunk
+            while remaining > 0:
+                want = min(remaining, chunk)
+                kw, kp = _keyset(query, after)
+                bound, bp = "", []
+                if window is not None and after is not None:
+                    if query.newest_first and after[0] - window > query.start_ms:
+                        bound, bp = " AND start_time >= ?", [after[0] - window]
+                    elif not query.newest_first and after[0] + window < query.end_ms:
+                        bound, bp = " AND start_time <= ?", [after[0] + window]
+                # The relation API hands the result to Arrow without the extra copy a DB-API
+                # result makes; it runs inside the cursor's transaction like execute().
+                table = cur.sql(
+                    f"SELECT {_SELECT_FIELDS} FROM records WHERE {where}{kw}{bound} "
+                    f"ORDER BY start_time {order}, record_id {order} LIMIT ?",
+                    params=params + kp + bp + [want]).to_arrow_table()
+                got = table.num_rows
+                if got < want and bound:
+                    window = window * 4  # type: ignore[operator]
+                    continue
+                if got:
+                    yield table
+                remaining -= got
+                if got < want:
+                    return
+                starts = table.column("start_time")
+                first, last = starts[0].as_py(), starts[got - 1].as_py()
+                after = (last, table.column("record_id")[got - 1].as_py())
+                chunk = min(chunk * 2, batch_size * _MAX_ARROW_BATCHES_PER_QUERY)
+                window = int((abs(last - first) + 1) * min(chunk, remaining) / got * 1.5) + 1
         finally:
             _release(cur)
 
@@ -278,12 +344,14 @@ class EmbeddedRecordStore:
             self._check_open()
             self._con.execute("CHECKPOINT")
             self._dirty = False
+            self._rows_since_checkpoint = 0
 
     def close(self) -> None:
         """Checkpoint and close; idempotent. Open search generators must be closed first."""
         if self._closed.is_set():
             return
         self._closed.set()
+        self._checkpoint_due.set()
         if self._checkpointer is not None:
             self._checkpointer.join(timeout=10)
         with self._lock:
@@ -294,7 +362,11 @@ class EmbeddedRecordStore:
             self._con.close()
 
     def _checkpoint_loop(self, interval_s: float) -> None:
-        while not self._closed.wait(interval_s):
+        while True:
+            self._checkpoint_due.wait(interval_s)
+            self._checkpoint_due.clear()
+            if self._closed.is_set():
+                return
             if not self._dirty:
                 continue
             try:
@@ -304,6 +376,7 @@ class EmbeddedRecordStore:
                     started = time.monotonic()
                     self._con.execute("CHECKPOINT")
                     self._dirty = False
+                    self._rows_since_checkpoint = 0
                 log.debug("checkpoint took %.0f ms", (time.monotonic() - started) * 1000)
             except duckdb.Error as exc:  # e.g. a long read transaction; try again next time
                 log.info("background checkpoint postponed: %s", exc)
@@ -340,12 +413,21 @@ def _dedupe(records: Sequence[FlowRecord]) -> Sequence[FlowRecord]:
     return out
 
 
+def _column(values: Sequence[object], typ: pa.DataType) -> pa.Array:
+    # A column holding one value throughout (account, region, project, LogStore, flow log, ...:
+    # constant within a batch of one flow log) is made from that value alone.
+    first = values[0]
+    if type(first) in (str, int) and values.count(first) == len(values):
+        return pa.repeat(pa.scalar(first, typ), len(values))
+    return pa.array(values, type=typ)
+
+
 def _to_arrow(records: Sequence[FlowRecord]) -> pa.Table:
     columns = list(zip(*records))
     src, dst = columns[RECORD_FIELDS.index("src_addr")], columns[RECORD_FIELDS.index("dst_addr")]
-    arrays = [pa.array(col, type=typ) for col, (_, _, typ) in zip(columns, _COLUMNS)]
-    arrays.append(pa.array([_blob(a) for a in src], type=pa.binary()))
-    arrays.append(pa.array([_blob(a) for a in dst], type=pa.binary()))
+    arrays = [_column(col, typ) for col, (_, _, typ) in zip(columns, _COLUMNS)]
+    arrays.append(pa.array(list(map(_blob, src)), type=pa.binary()))
+    arrays.append(pa.array(list(map(_blob, dst)), type=pa.binary()))
     return pa.Table.from_arrays(arrays, schema=_SCHEMA)
 
 
