@@ -72,7 +72,7 @@ def start_server(tmp: Path, settings: dict | None = None, data_dir: Path | None 
            "api_keys": {KEY_A: "acct-a", KEY_B: "acct-b"},
            "generator": {"enabled": True, "window_seconds": 1.0, "seed": 7}}
     for k, v in (settings or {}).items():
-        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict) and k != "api_keys":  # keys replace
             cfg[k] = {**cfg[k], **v}
         else:
             cfg[k] = v
