@@ -185,6 +185,18 @@ def _int_field(col: pa.Array, number: int) -> pa.Array | bytes:
     return pc.binary_join_element_wise(tag, *pieces, b"")
 
 
+_WINDOW_BITS = 16
+
+
+@lru_cache(maxsize=8)
+def _seconds_window(window: int) -> pa.Array:
+    """Index i -> the Timestamp's encoded `seconds` field (1) for second (window << 16) + i: the
+    65,536 seconds (18 hours) around a batch's times, encoded once (b"" for 0)."""
+    base = window << _WINDOW_BITS
+    return pa.array([(b"\x08" + varint(base + i)) if base + i else b"" for i in range(1 << _WINDOW_BITS)],
+                    pa.binary())
+
+
 def _timestamp_field(col: pa.Array, number: int) -> pa.Array:
     lo, hi = _stats(col)
     if lo is None:
@@ -194,12 +206,17 @@ def _timestamp_field(col: pa.Array, number: int) -> pa.Array:
     ms = col.cast(pa.int64())
     secs = pc.divide(ms, 1000)
     millis = pc.subtract(ms, pc.multiply(secs, 1000))
-    s = secs.cast(pa.uint64())
-    nonzero = pc.greater(s, _u64(0))
-    pieces = _varint_bytes(s, hi // 1000)
-    pieces[0] = pc.if_else(nonzero, pieces[0], b"")
-    sec_tag = pa.array([b"", b"\x08"], pa.binary()).take(nonzero.cast(pa.int8()))
-    body = pc.binary_join_element_wise(sec_tag, *pieces, _nanos_of_ms().take(millis), b"")
+    window = (lo // 1000) >> _WINDOW_BITS
+    if (hi // 1000) >> _WINDOW_BITS == window:  # every time within one 18-hour window: a lookup
+        seconds = _seconds_window(window).take(pc.subtract(secs, window << _WINDOW_BITS))
+        body = pc.binary_join_element_wise(seconds, _nanos_of_ms().take(millis), b"")
+    else:
+        s = secs.cast(pa.uint64())
+        nonzero = pc.greater(s, _u64(0))
+        pieces = _varint_bytes(s, hi // 1000)
+        pieces[0] = pc.if_else(nonzero, pieces[0], b"")
+        sec_tag = pa.array([b"", b"\x08"], pa.binary()).take(nonzero.cast(pa.int8()))
+        body = pc.binary_join_element_wise(sec_tag, *pieces, _nanos_of_ms().take(millis), b"")
     lengths = pc.binary_length(body)
     return pc.binary_join_element_wise(_len_prefixes(number, 128, True).take(lengths), body, b"")
 
