@@ -100,3 +100,15 @@ def test_scenario_filters_parse_and_run(readme_server):
     for cmd in cmds:
         r = run(cmd.replace("--log-store web", "--log-store scen"), readme_server.address, "", flowlog_bin)
         assert r.returncode == 0, f"{cmd}\n{r.stderr}"
+
+
+def test_configuration_example_loads():
+    """Every key of the README's YAML example is a real setting (unknown keys are refused)."""
+    import yaml
+
+    from server.config import Config, _apply
+    block = re.search(r"```yaml\n(.*?)```", README, re.S).group(1)
+    cfg = Config()
+    _apply(cfg, yaml.safe_load(block), "")
+    assert cfg.query_backend == "elasticsearch" and cfg.archive_backend == "minio"
+    assert cfg.limits.max_tail_streams_per_account == 100
