@@ -59,6 +59,27 @@ def wait_for(fn, timeout: float, interval: float = 0.2, what: str = "condition")
         time.sleep(interval)
 
 
+def wait_delivered(fetch, acked: set, timeout: float, what: str) -> list[str]:
+    """Poll fetch() until it holds every acknowledged id; returns the last result."""
+    last: list[str] = []
+
+    def done():
+        nonlocal last
+        try:
+            last = fetch()
+        except grpc.RpcError:
+            return False
+        return acked <= set(last)
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            missing = acked - set(last)
+            pytest.fail(f"{what}: {len(missing)} of {len(acked)} acknowledged records still missing after "
+                        f"{timeout:.0f}s")
+        time.sleep(1.0)
+    return last
+
+
 # -- records with ids known in advance ----------------------------------------------------------
 
 _SEQ = itertools.count(1)

@@ -22,7 +22,7 @@ from flowlog.v1 import flow_log_pb2 as fl
 from flowlog.v1 import log_store_pb2 as ls
 from flowlog.v1 import query_pb2
 from server.core.model import LogStoreKey
-from tests.reliability.conftest import (KEY_A, Ingester, Stubs, Target, check_exactly_once, create_target, free_port,
+from tests.reliability.conftest import (wait_delivered, KEY_A, Ingester, Stubs, Target, check_exactly_once, create_target, free_port,
                                         query_ids, report, settings, wait_for)
 
 pytestmark = pytest.mark.slow
@@ -59,20 +59,6 @@ def metadata_snapshot(a: Stubs, target: Target) -> tuple:
     return f, s, sorted(x.id for x in listed.flow_logs)
 
 
-def wait_all(fetch, acked: set, timeout: float, what: str) -> list[str]:
-    last: list[str] = []
-
-    def done():
-        nonlocal last
-        try:
-            last = fetch()
-        except grpc.RpcError:
-            return False
-        return acked <= set(last)
-    wait_for(done, timeout, interval=0.5, what=what)
-    return last
-
-
 def test_kill9_mid_ingest_and_restart(tmp_path, server_factory, record_property):
     """Five kill -9 / restart cycles while three clients ingest."""
     port = free_port()
@@ -106,9 +92,9 @@ def test_kill9_mid_ingest_and_restart(tmp_path, server_factory, record_property)
         failed_calls = sum(len(i.books.errors) for i in ingesters)
         codes = {e[1] for i in ingesters for e in i.books.errors}
         assert codes <= {"UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED"}, codes
-        stored = wait_all(lambda: query_ids(target), acked, 60, "every acknowledged record in the query backend")
+        stored = wait_delivered(lambda: query_ids(target), acked, 60, "every acknowledged record in the query backend")
         check_exactly_once(stored, acked, sent, "query backend after kill -9")
-        archived = wait_all(lambda: archive_ids(data, target), acked, 60, "every acknowledged record in the archive")
+        archived = wait_delivered(lambda: archive_ids(data, target), acked, 60, "every acknowledged record in the archive")
         check_exactly_once(archived, acked, sent, "archive after kill -9")
         after = metadata_snapshot(a, target)
         assert after == before, "flow log / LogStore metadata changed across crashes"

@@ -20,7 +20,7 @@ import grpc
 import pytest
 
 from server.core.model import LogStoreKey
-from tests.reliability.conftest import (ARCHIVE_HEALTH, KEY_A, NOT_SERVING, QUERY_HEALTH, SERVING, HealthWatch,
+from tests.reliability.conftest import (wait_delivered, ARCHIVE_HEALTH, KEY_A, NOT_SERVING, QUERY_HEALTH, SERVING, HealthWatch,
                                         Ingester, Stubs, Target, check_exactly_once, create_target, health,
                                         query_ids, report, settings, wait_for)
 
@@ -56,27 +56,6 @@ def es_request(es, method: str, path: str, body: dict | None = None) -> dict:
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read() or b"{}")
-
-
-def wait_delivered(fetch, acked: set, timeout: float, what: str) -> list[str]:
-    """Poll fetch() until it holds every acknowledged id; returns the last result."""
-    last: list[str] = []
-
-    def done():
-        nonlocal last
-        try:
-            last = fetch()
-        except grpc.RpcError:
-            return False
-        return acked <= set(last)
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            missing = acked - set(last)
-            pytest.fail(f"{what}: {len(missing)} of {len(acked)} acknowledged records still missing after "
-                        f"{timeout:.0f}s")
-        time.sleep(1.0)
-    return last
 
 
 def _assert_acks_during(books, t0: float, t1: float) -> int:
