@@ -300,6 +300,11 @@ class _ReadAhead:
                 continue
         return False
 
+    def __iter__(self):
+        """The items, in order, on the consumer's thread (for chaining one read-ahead into another)."""
+        while (item := self.next_item()) is not None:
+            yield item
+
     def next_item(self):
         if self._ended:
             return None
@@ -406,7 +411,10 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
         # Batches go out already encoded (server.api.wire): no protobuf object per record; the
         # next chunk is read and encoded while the current one is sent.
         if hasattr(store, "search_arrow"):
-            chunks = _arrow_chunks(store.search_arrow(q, batch_size=QUERY_BATCH), QUERY_BATCH)
+            # Two stages on two threads: the store reads the next chunk (outside the GIL) while
+            # the current one is encoded, while the event loop sends the one before.
+            tables = _ReadAhead(store.search_arrow(q, batch_size=QUERY_BATCH), app.stream_executor)
+            chunks = _arrow_chunks(tables, QUERY_BATCH)
         else:
             chunks = _list_chunks(store.search(q, batch_size=QUERY_BATCH))
         source = _ReadAhead(chunks, app.stream_executor)
