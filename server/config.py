@@ -50,7 +50,10 @@ class ElasticsearchConfig:
 @dataclass
 class EmbeddedConfig:
     # DuckDB's memory cap for the embedded record store (DuckDB's own default is 80% of RAM).
-    memory_limit: str = "1GB"
+    # DuckDB keeps every block it writes cached up to this cap (~50 MB per million records), so
+    # it is what a long ingest grows the server's RSS to; 256MB keeps the server under 500 MB
+    # and is plenty for the top-N and count queries of Query.
+    memory_limit: str = "256MB"
 
 
 @dataclass
