@@ -53,7 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from server.core.model import FlowRecord, LogStoreKey
+from server.core.model import FlowRecord, LogStoreKey, record_columns
 from server.core.ports import ObjectInfo, ObjectStore
 from server.core.records import record_id
 
@@ -155,7 +155,7 @@ class CorruptObject(ValueError):
 def encode(records: Sequence[FlowRecord]) -> bytes:
     """One Parquet object for records of one LogStore and hour. Raises ValueError (naming the
     field) when a value cannot be represented, e.g. a negative port."""
-    by_field = list(zip(*records)) if records else [()] * len(_F)
+    by_field = record_columns(records)
     arrays: list[pa.Array] = []
     for field in SCHEMA:
         values = by_field[_IDX[field.name]]

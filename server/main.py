@@ -89,6 +89,17 @@ def configure_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
+def configure_arrow() -> None:
+    """One pyarrow compute thread. By default pyarrow runs a kernel on every core: an archive
+    range (50,000 records sorted, cast and written as Parquet every few seconds) then took both
+    cores in bursts of 50-200 ms, and the Tail streams waiting behind it saw it in their p99
+    (ack -> delivery with 10 tails: 54-124 ms in runs of bench/tail.py; 23-30 ms with one
+    thread). Query and ingest throughput did not change: their pyarrow work is small per call."""
+    import pyarrow
+
+    pyarrow.set_cpu_count(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = {"listen": args.listen, "data_dir": args.data_dir, "log_level": args.log_level}
@@ -107,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flowlog-server: {e}", file=sys.stderr)
         return 2
     configure_gc()
+    configure_arrow()
     return asyncio.run(serve(cfg))
 
 

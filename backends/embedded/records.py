@@ -34,7 +34,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from server.core.model import FlowRecord, LogStoreKey, RECORD_FIELDS
+from server.core.model import FlowRecord, LogStoreKey, RECORD_FIELDS, record_columns
 from server.core.ports import RecordQuery
 
 log = logging.getLogger(__name__)
@@ -433,7 +433,7 @@ def _blobs(addresses: pa.Array) -> pa.Array:
 
 
 def _to_arrow(records: Sequence[FlowRecord]) -> pa.Table:
-    columns = list(zip(*records))
+    columns = record_columns(records)
     arrays = [_column(col, typ) for col, (_, _, typ) in zip(columns, _COLUMNS)]
     arrays.append(_blobs(arrays[_SRC]))
     arrays.append(_blobs(arrays[_DST]))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 
 class ResourceType(enum.IntEnum):
@@ -183,3 +183,21 @@ class FlowRecord(NamedTuple):
 
 RECORD_FIELDS: tuple[str, ...] = FlowRecord._fields
 RECORD_VERSION = 1
+
+# Records per step when a large batch is turned into columns (record_columns).
+COLUMNS_SLICE = 4096
+
+
+def record_columns(records: Sequence[FlowRecord]) -> list[list]:
+    """The records column by column (one list per FlowRecord field): zip(*records), a slice at a
+    time. One zip over a 50,000-record archive range is a single C call that keeps the GIL for
+    ~25 ms, and every Tail delivery waiting meanwhile shows it in its p99; slices of 4,096 let
+    other threads in between at the same total cost."""
+    n = len(records)
+    if n <= COLUMNS_SLICE:
+        return [list(c) for c in zip(*records)] if n else [[] for _ in RECORD_FIELDS]
+    cols: list[list] = [[] for _ in RECORD_FIELDS]
+    for i in range(0, n, COLUMNS_SLICE):
+        for col, part in zip(cols, zip(*records[i:i + COLUMNS_SLICE])):
+            col.extend(part)
+    return cols
