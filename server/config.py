@@ -51,8 +51,8 @@ class ElasticsearchConfig:
 class EmbeddedConfig:
     # DuckDB's memory cap for the embedded record store (DuckDB's own default is 80% of RAM).
     # DuckDB keeps every block it writes cached up to this cap (~50 MB per million records), so
-    # it is what a long ingest grows the server's RSS to; 256MB keeps the server under 500 MB
-    # and is plenty for the top-N and count queries of Query.
+    # a long ingest grows the server's RSS by up to this much; 256MB bounds that growth and is
+    # plenty for the top-N and count queries of Query (bench: 10M records, same latencies).
     memory_limit: str = "256MB"
 
 

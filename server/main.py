@@ -94,7 +94,8 @@ def configure_arrow() -> None:
     range (50,000 records sorted, cast and written as Parquet every few seconds) then took both
     cores in bursts of 50-200 ms, and the Tail streams waiting behind it saw it in their p99
     (ack -> delivery with 10 tails: 54-124 ms in runs of bench/tail.py; 23-30 ms with one
-    thread). Query and ingest throughput did not change: their pyarrow work is small per call."""
+    thread in the same runs; full benchmark runs still see rarer spikes of other, unknown
+    origin). Query and ingest throughput did not change: their pyarrow work is small per call."""
     import pyarrow
 
     pyarrow.set_cpu_count(1)

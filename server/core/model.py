@@ -191,7 +191,7 @@ COLUMNS_SLICE = 4096
 def record_columns(records: Sequence[FlowRecord]) -> list[list]:
     """The records column by column (one list per FlowRecord field): zip(*records), a slice at a
     time. One zip over a 50,000-record archive range is a single C call that keeps the GIL for
-    ~25 ms, and every Tail delivery waiting meanwhile shows it in its p99; slices of 4,096 let
+    16-25 ms, and every Tail delivery waiting meanwhile shows it in its p99; slices of 4,096 let
     other threads in between at the same total cost."""
     n = len(records)
     if n <= COLUMNS_SLICE:
