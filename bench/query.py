@@ -272,20 +272,15 @@ def _measure(address: str, worker: Worker, baseline, log_store: str, lo: int, hi
     return out
 
 
-def run_embedded(n: int, reps: int, workdir: Path, label: str) -> dict[str, Any]:
-    wd = workdir / f"query-{label}"
-    data = wd / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    log_store = f"q{label}"
-    total, lo, hi = build_embedded(data / "records.duckdb", log_store, n, wd)
-    shutil.copy(data / "records.duckdb", wd / "baseline.duckdb")
-    srv = start_server(wd, {"query_backend": "embedded", "archive_backend": "embedded"}, data_dir=data)
+def _measure_server(srv, base, log_store: str, total: int, lo: int, hi: int, reps: int, label: str,
+                    wd: Path) -> dict[str, Any]:
+    """Every query against the running server and the baseline, plus the dataset's figures; then
+    stops the server and removes its folder."""
     worker = Worker("query")
-    base = DuckDBBaseline(wd / "baseline.duckdb", log_store)
     try:
         dataset.create_log_store(srv.address, log_store)
         srv.rss.reset()
-        res = _measure(srv.address, worker, base, log_store, lo, hi, reps, f"embedded-{label}")
+        res = _measure(srv.address, worker, base, log_store, lo, hi, reps, label)
         res["_dataset"] = {"records": total, "span_h": round((hi - lo) / HOUR, 2),
                            "peak_rss_mb": round(srv.rss.peak / 2**20, 1)}
     finally:
@@ -294,6 +289,18 @@ def run_embedded(n: int, reps: int, workdir: Path, label: str) -> dict[str, Any]
         srv.stop()
         rmtree(wd)
     return res
+
+
+def run_embedded(n: int, reps: int, workdir: Path, label: str) -> dict[str, Any]:
+    wd = workdir / f"query-{label}"
+    data = wd / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    log_store = f"q{label}"
+    total, lo, hi = build_embedded(data / "records.duckdb", log_store, n, wd)
+    shutil.copy(data / "records.duckdb", wd / "baseline.duckdb")
+    srv = start_server(wd, {"query_backend": "embedded", "archive_backend": "embedded"}, data_dir=data)
+    return _measure_server(srv, DuckDBBaseline(wd / "baseline.duckdb", log_store), log_store, total, lo, hi,
+                           reps, f"embedded-{label}", wd)
 
 
 def run_elasticsearch(n: int, reps: int, services: Services, workdir: Path, label: str) -> dict[str, Any]:
@@ -303,17 +310,5 @@ def run_elasticsearch(n: int, reps: int, services: Services, workdir: Path, labe
     wd = workdir / f"query-es-{label}"
     srv = start_server(wd, {"query_backend": "elasticsearch", "archive_backend": "none",
                             "elasticsearch": {"url": es["url"], "index_prefix": ES_PREFIX}})
-    worker = Worker("query")
-    base = ESBaseline(es, log_store)
-    try:
-        dataset.create_log_store(srv.address, log_store)
-        srv.rss.reset()
-        res = _measure(srv.address, worker, base, log_store, lo, hi, reps, f"elasticsearch-{label}")
-        res["_dataset"] = {"records": total, "span_h": round((hi - lo) / HOUR, 2),
-                           "peak_rss_mb": round(srv.rss.peak / 2**20, 1)}
-    finally:
-        base.close()
-        worker.close()
-        srv.stop()
-        rmtree(wd)
-    return res
+    return _measure_server(srv, ESBaseline(es, log_store), log_store, total, lo, hi, reps,
+                           f"elasticsearch-{label}", wd)

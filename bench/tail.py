@@ -73,6 +73,15 @@ def _latencies(acks: list, events: list[list], n_msgs: int, which: int = 1) -> t
 CONFIGS: tuple[tuple[int, float], ...] = ((1, 20.0), (10, 20.0), (100, 20.0), (100, 2.0))
 
 
+def _wait_tail(tailer: Worker, records: int, deadline: float, poll_s: float) -> None:
+    """Until the (first) tail has `records` records, reports an error, or the deadline passes."""
+    while time.monotonic() < deadline:
+        got, errors = tailer.call("tail_progress")
+        if got[0] >= records or errors:
+            return
+        time.sleep(poll_s)
+
+
 def run(services: Services, workdir: Path, configs: tuple[tuple[int, float], ...] = CONFIGS,
         seconds: float = 10.0, throughput_records: int = 500_000, throughput_rate: float = 100_000) -> dict[str, Any]:
     log(f"tail: (tails, calls/s) {configs}, 1,000 records per call, {seconds:.0f}s each")
@@ -129,12 +138,7 @@ def run(services: Services, workdir: Path, configs: tuple[tuple[int, float], ...
         with pyspy(srv.proc.pid, "tail-throughput"):
             r = ingester.call("ingest", address=srv.address, streams=4, msgs_per_call=5,
                               rate_msgs=throughput_rate / 1000)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                got, errors = tailer.call("tail_progress")
-                if got[0] >= n_msgs * 1000 or errors:
-                    break
-                time.sleep(0.05)
+            _wait_tail(tailer, n_msgs * 1000, time.monotonic() + 60, 0.05)
         s = tailer.call("tail_stop")
         ev = s["events"][0]
         got = s["records"][0]
@@ -156,12 +160,7 @@ def run(services: Services, workdir: Path, configs: tuple[tuple[int, float], ...
                                     start_time=Timestamp(seconds=int(r["wall_t0"]) - 2)).SerializeToString()
         t0 = time.monotonic()
         tailer.call("tail_start", address=srv.address, tails=1, request=req, base_ms=base, settle=0.0)
-        deadline = t0 + 120
-        while time.monotonic() < deadline:
-            got_, errors = tailer.call("tail_progress")
-            if got_[0] >= n_msgs * 1000 or errors:
-                break
-            time.sleep(0.02)
+        _wait_tail(tailer, n_msgs * 1000, t0 + 120, 0.02)
         s = tailer.call("tail_stop")
         ev = s["events"][0]
         n = s["records"][0]

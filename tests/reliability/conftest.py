@@ -367,24 +367,23 @@ class ExternalService:
         fs.stop(self.info)
 
 
-@pytest.fixture(scope="module")
-def dedicated_es():
+def _dedicated(name: str, what: str):
     try:
-        svc = ExternalService("es")
+        svc = ExternalService(name)
     except fs.ServiceError as e:
-        pytest.fail(f"could not start a dedicated Elasticsearch: {e}\nTo get it: {fs.how_to_get('es')}", pytrace=False)
+        pytest.fail(f"could not start a dedicated {what}: {e}\nTo get it: {fs.how_to_get(name)}", pytrace=False)
     yield svc
     svc.close()
+
+
+@pytest.fixture(scope="module")
+def dedicated_es():
+    yield from _dedicated("es", "Elasticsearch")
 
 
 @pytest.fixture(scope="module")
 def dedicated_s3():
-    try:
-        svc = ExternalService("s3")
-    except fs.ServiceError as e:
-        pytest.fail(f"could not start a dedicated S3 server: {e}\nTo get it: {fs.how_to_get('s3')}", pytrace=False)
-    yield svc
-    svc.close()
+    yield from _dedicated("s3", "S3 server")
 
 
 def report(record_property, name: str, **values) -> None:
