@@ -53,6 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from server.core.columns import records_of
 from server.core.model import FlowRecord, LogStoreKey, record_columns
 from server.core.ports import ObjectInfo, ObjectStore
 from server.core.records import record_id
@@ -171,7 +172,30 @@ def encode(records: Sequence[FlowRecord]) -> bytes:
         except (pa.ArrowException, OverflowError, TypeError) as e:
             raise ValueError(f"archive cannot store {field.name}: {e}") from e
         arrays.append(arr)
-    table = pa.Table.from_arrays(arrays, names=list(_COLUMNS))
+    return _write_parquet(pa.Table.from_arrays(arrays, names=list(_COLUMNS)))
+
+
+def encode_table(table: pa.Table) -> bytes:
+    """encode() of records given as one Arrow table (server.core.columns.SCHEMA): the same bytes."""
+    arrays: list[pa.Array] = []
+    for field in SCHEMA:
+        col = table.column(field.name)
+        try:
+            if field.name in _TIME_COLUMNS:
+                arr = col.cast(field.type)
+            elif field.name in _ADDR_COLUMNS:
+                arr = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
+            elif field.name in _STR_COLUMNS:
+                arr = col
+            else:
+                arr = col.cast(field.type)
+        except (pa.ArrowException, OverflowError, TypeError) as e:
+            raise ValueError(f"archive cannot store {field.name}: {e}") from e
+        arrays.append(arr)
+    return _write_parquet(pa.Table.from_arrays(arrays, names=list(_COLUMNS)).combine_chunks())
+
+
+def _write_parquet(table: pa.Table) -> bytes:
     # Sorted rows put equal values next to each other: that is what makes the columns compress.
     table = table.take(pc.sort_indices(table, sort_keys=[(c, "ascending") for c in _SORT_COLUMNS]))
     table = table.cast(SCHEMA)
@@ -307,6 +331,39 @@ class Archive:
         return f"{cls.hour_prefix(account_id, key, hour_index)}part-{batch_id}.parquet"
 
     # -- writing ----------------------------------------------------------------------------
+
+    def write_table(self, batch_id: str, table: pa.Table) -> list[str]:
+        """write_batch() of records given as one Arrow table (server.core.columns.SCHEMA), the
+        form the record pipeline hands over: split by hour and encoded column-wise. A table
+        spanning several LogStores, or repeating a record_id, goes through write_batch()."""
+        if not _BATCH_ID.match(batch_id):
+            raise ValueError(f"batch_id {batch_id!r} must be 1-200 of [A-Za-z0-9_.-], not starting with '.'")
+        n = table.num_rows
+        if n == 0:
+            return []
+        store_cols = [table.column(c) for c in ("account_id", "region", "project", "log_store")]
+        ids = table.column("record_id")
+        starts = table.column("start_time")
+        if (any(pc.count_distinct(c).as_py() != 1 for c in store_cols)
+                or pc.count_distinct(ids).as_py() != n or pc.min(starts).as_py() < 0):
+            return self.write_batch(batch_id, records_of(table))
+        account, region, project, log_store = (c[0].as_py() for c in store_cols)
+        hours = pc.divide(starts, HOUR_MS)
+        keys: list[str] = []
+        total = 0
+        t0 = time.monotonic()
+        distinct = sorted(pc.unique(hours).to_pylist())
+        for hour in distinct:
+            group = table if len(distinct) == 1 else table.filter(pc.equal(hours, hour))
+            self._check_ids(records_of(group.slice(0, 1))[0])
+            okey = self.object_key(account, LogStoreKey(region, project, log_store), hour, batch_id)
+            data = encode_table(group)
+            self.store.put(okey, data)
+            keys.append(okey)
+            total += len(data)
+        log.info("archived batch", extra={"batch_id": batch_id, "records": n, "objects": len(keys),
+                                          "bytes": total, "seconds": round(time.monotonic() - t0, 3)})
+        return keys
 
     def write_batch(self, batch_id: str, records: Sequence[FlowRecord]) -> list[str]:
         """Write records as one object per (account, LogStore, UTC hour); return the keys.

@@ -35,7 +35,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from backends.embedded.filter_sql import ip_to_blob, to_sql
-from server.core.model import FlowRecord, LogStoreKey, RECORD_FIELDS, record_columns
+from server.core import columns
+from server.core.model import FlowRecord, LogStoreKey, RECORD_FIELDS
 from server.core.ports import RecordQuery
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,8 @@ _COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
 )
 assert tuple(c[0] for c in _COLUMNS) == RECORD_FIELDS, "schema must follow FlowRecord"
 
-_SCHEMA = pa.schema([pa.field(name, typ) for name, _, typ in _COLUMNS]
-                    + [pa.field("src_ip", pa.binary()), pa.field("dst_ip", pa.binary())])
+_SCHEMA = pa.schema(list(columns.SCHEMA) + [pa.field("src_ip", pa.binary()), pa.field("dst_ip", pa.binary())])
+assert [t for _, _, t in _COLUMNS] == columns.SCHEMA.types, "the records table must hold columns.SCHEMA"
 
 _CREATE = ("CREATE TABLE IF NOT EXISTS records ("
            + ", ".join(f"{name} {sql}" for name, sql, _ in _COLUMNS)
@@ -150,10 +151,22 @@ class EmbeddedRecordStore:
         already stored are skipped by an anti-join restricted to the batch's start_time range
         (the record id covers start_time, so an earlier copy can only be in that range).
         """
-        if not records:
+        if records:
+            self._insert(_with_blobs(columns.table_of(_dedupe(records))))
+
+    def write_table(self, table: pa.Table) -> None:
+        """write() of records given as one Arrow table (server.core.columns.SCHEMA), the form
+        the record pipeline hands over: no conversion here but the address blobs."""
+        if table.num_rows == 0:
             return
-        records = _dedupe(records)
-        table = _to_arrow(records)
+        if table.schema != columns.SCHEMA:
+            raise ValueError(f"write_table needs server.core.columns.SCHEMA, not {table.schema}")
+        if pc.count_distinct(table.column("record_id")).as_py() != table.num_rows:
+            self.write(columns.records_of(table))  # repeats inside the batch: write() drops them
+            return
+        self._insert(_with_blobs(table))
+
+    def _insert(self, table: pa.Table) -> None:
         bounds = pc.min_max(table.column("start_time"))
         lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
         with self._lock:
@@ -412,18 +425,6 @@ def _dedupe(records: Sequence[FlowRecord]) -> Sequence[FlowRecord]:
     return out
 
 
-def _column(values: Sequence[object], typ: pa.DataType) -> pa.Array:
-    # A column holding one value throughout (account, region, project, LogStore, flow log, ...:
-    # constant within a batch of one flow log) is made from that value alone.
-    first = values[0]
-    if type(first) in (str, int) and values.count(first) == len(values):
-        return pa.repeat(pa.scalar(first, typ), len(values))
-    return pa.array(values, type=typ)
-
-
-_SRC, _DST = RECORD_FIELDS.index("src_addr"), RECORD_FIELDS.index("dst_addr")
-
-
 def _blobs(addresses: pa.Array) -> pa.Array:
     """The ip_to_blob column of an address column: converted once per distinct address of the
     batch (a batch repeats its few hundred addresses), then spread with a C-level take."""
@@ -431,12 +432,11 @@ def _blobs(addresses: pa.Array) -> pa.Array:
     return pa.array(list(map(_blob, encoded.dictionary.to_pylist())), type=pa.binary()).take(encoded.indices)
 
 
-def _to_arrow(records: Sequence[FlowRecord]) -> pa.Table:
-    columns = record_columns(records)
-    arrays = [_column(col, typ) for col, (_, _, typ) in zip(columns, _COLUMNS)]
-    arrays.append(_blobs(arrays[_SRC]))
-    arrays.append(_blobs(arrays[_DST]))
-    return pa.Table.from_arrays(arrays, schema=_SCHEMA)
+def _with_blobs(table: pa.Table) -> pa.Table:
+    """The table as the `records` table holds it: the record columns, then src_ip and dst_ip."""
+    table = table.combine_chunks()
+    return pa.Table.from_arrays(table.columns + [_blobs(table.column("src_addr").chunk(0)),
+                                                 _blobs(table.column("dst_addr").chunk(0))], schema=_SCHEMA)
 
 
 def _where(query: RecordQuery) -> tuple[str, list[object]]:

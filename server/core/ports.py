@@ -107,7 +107,11 @@ class RecordStore(Protocol):
     def write(self, records: Sequence[FlowRecord]) -> None:
         """Store records. Idempotent by record_id: writing a record again never duplicates it.
 
-        When this returns, the records are durable in the backend and searchable."""
+        When this returns, the records are durable in the backend and searchable.
+
+        A store may also offer `write_table(table)`: the same write given the records as one
+        Arrow table (server.core.columns.SCHEMA). The record pipeline uses it when present, so
+        a store that converts rows to columns anyway skips the conversion."""
         ...
 
     def search(self, query: RecordQuery, batch_size: int = 1000) -> Iterator[list[FlowRecord]]:

@@ -12,6 +12,11 @@ receive the records asynchronously, each at its own pace; `wait_delivered()` tel
 have them (the query backend within milliseconds when healthy, the archive when its object is
 due: archive_max_records or archive_max_age_s).
 
+Columns: when a sink's target takes Arrow tables (RecordStore.write_table, Archive.write_table),
+the spool makes each batch's table once at append, from the columns it builds for its own
+encoding, and the sinks hand those tables over chunk by chunk: one row-to-column conversion per
+record in all, instead of one in each sink.
+
 Nothing here imports gRPC or a particular backend: the query store (server.core.ports.
 RecordStore) and the archive (server.archive.Archive) are injected.
 """
@@ -80,7 +85,8 @@ class Pipeline:
         spool = Spool(self.data_dir / "spool.db", max_spool_bytes=self.max_spool_bytes,
                       tail_retention_s=self.tail_retention_s, tail_retention_bytes=self.tail_retention_bytes,
                       on_commit=self.hub.publish,
-                      memory_records=max(50_000, 2 * self._archive_max_records, 2 * self._coalesce_records))
+                      memory_records=max(50_000, 2 * self._archive_max_records, 2 * self._coalesce_records),
+                      tables=any(hasattr(t, "write_table") for t in (self.query_store, self.archive)))
         self.spool = spool
         self.hub.last_seq = spool.head_seq
         sinks = [QUERY_SINK] + ([ARCHIVE_SINK] if self.archive is not None else [])

@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
+from server.core import columns
 from server.core.model import FlowRecord
 from server.core.ports import RecordStore
 from server.pipeline.spool import BatchKey, Spool, SpoolBatch
@@ -33,9 +34,33 @@ BACKOFF_MAX_S = 30.0
 
 
 class ArchiveWriter(Protocol):
-    """What the archive sink needs of server.archive.Archive."""
+    """What the archive sink needs of server.archive.Archive (which also has
+    `write_table(batch_id, table)`, used when present: see RecordStore.write)."""
 
     def write_batch(self, batch_id: str, records: Sequence[FlowRecord]) -> list[str]: ...
+
+
+def records_of(batches: Sequence[SpoolBatch]) -> list[FlowRecord]:
+    """The batches' records, in order."""
+    out: list[FlowRecord] = []
+    for b in batches:
+        out.extend(b.records)
+    return out
+
+
+def table_of(batches: Sequence[SpoolBatch]) -> object:
+    """The batches' records as one Arrow table: the tables the spool made at append, chunk by
+    chunk (no copy); batches read back from the file are converted here."""
+    return columns.concat(b.table if b.table is not None else columns.table_of(b.records) for b in batches)
+
+
+def batch_writer(rows: Callable[[list[FlowRecord]], object],
+                 table: Callable[[object], object] | None) -> Callable[[list[SpoolBatch]], object]:
+    """How a sink hands batches to its target: as one table when the target takes tables
+    (`table` is its write_table), else as records."""
+    if table is not None:
+        return lambda batches: table(table_of(batches))
+    return lambda batches: rows(records_of(batches))
 
 
 @dataclass(frozen=True)
@@ -161,20 +186,17 @@ class SinkWorker:
     def _stopping_now(self) -> bool:
         return self._abort.is_set() or (self._draining.is_set() and time.monotonic() >= self._deadline)
 
-    def _deliver(self, batches: list[SpoolBatch], write: Callable[[list[FlowRecord]], object]) -> bool:
-        """Write the batches' records (minus dropped LogStores) until it succeeds. False when
-        the shutdown deadline passed first (nothing is acknowledged then)."""
+    def _deliver(self, batches: list[SpoolBatch], write: Callable[[list[SpoolBatch]], object]) -> bool:
+        """Write the batches (minus empty ones and dropped LogStores) until it succeeds. False
+        when the shutdown deadline passed first (nothing is acknowledged then)."""
         delay = self.backoff_min_s
         while True:
             with self._cond:
                 self._attempt_gen = self.fence.generation
             try:
-                records: list[FlowRecord] = []
-                for b in batches:
-                    if b.records and self.fence.keep(b):
-                        records.extend(b.records)
-                if records:
-                    write(records)
+                kept = [b for b in batches if b.records and self.fence.keep(b)]
+                if kept:
+                    write(kept)
             except Exception as e:  # noqa: BLE001 - any backend error: retry, never skip
                 now = time.monotonic()
                 if self._healthy:
@@ -238,6 +260,7 @@ class RecordSinkWorker(SinkWorker):
         super().__init__(name, spool, fence, backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s)
         self.store = store
         self.coalesce_records = coalesce_records
+        self._write = batch_writer(store.write, getattr(store, "write_table", None))
 
     def _loop(self) -> None:
         offset = self.delivered_seq
@@ -248,7 +271,7 @@ class RecordSinkWorker(SinkWorker):
                     return
                 self.spool.wait_for(offset, 0.5)  # woken by the next commit, or by stop()
                 continue
-            if not self._deliver(batches, self.store.write):
+            if not self._deliver(batches, self._write):
                 return
             offset = batches[-1].seq
             self._commit(offset)
@@ -283,7 +306,10 @@ class ArchiveSinkWorker(SinkWorker):
     def _flush(self, offset: int, last_seq: int) -> bool:
         batches = self.spool.read_after(offset, None, upto=last_seq)
         batch_id = self.batch_id(offset, last_seq)
-        if batches and not self._deliver(batches, lambda records: self.archive.write_batch(batch_id, records)):
+        write_table = getattr(self.archive, "write_table", None)
+        write = batch_writer(lambda records: self.archive.write_batch(batch_id, records),
+                             (lambda table: write_table(batch_id, table)) if write_table is not None else None)
+        if batches and not self._deliver(batches, write):
             return False
         self._commit(last_seq)
         return True

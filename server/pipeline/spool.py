@@ -45,8 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
+from server.core.columns import table_of_columns
 from server.core.errors import DomainError, ResourceExhausted, Unavailable
-from server.core.model import FlowRecord
+from server.core.model import FlowRecord, record_columns
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,9 @@ class SpoolBatch(NamedTuple):
     records: Sequence[FlowRecord]
     nbytes: int
     skipped: bool = False
+    # The same records as one Arrow table (server.core.columns), made at append when the spool
+    # was asked to (Spool(tables=True)); None for batches read back from the file.
+    table: object = None
 
 
 class ScanResult(NamedTuple):
@@ -150,7 +154,15 @@ def _zstd():
 
 
 def encode(records: Sequence[FlowRecord]) -> bytes:
-    """Format byte, uint32 raw length, zstd(level 1) of marshal (version 2) of the value columns.
+    """encode_columns() of the records."""
+    return encode_columns(record_columns(records))
+
+
+def encode_columns(cols: list[Sequence[object]]) -> bytes:
+    """The payload of records given column by column (record_columns()); the enum columns are
+    replaced in `cols` by plain ints.
+
+    Format byte, uint32 raw length, zstd(level 1) of marshal (version 2) of the value columns.
 
     Columnar because zip(*records) is one C call and it drops the LogStore columns for free.
     marshal version 2 (no back-references) is the fastest to write; marshal refuses int/str
@@ -159,9 +171,8 @@ def encode(records: Sequence[FlowRecord]) -> bytes:
     1,000 records and makes the blob ~5x smaller (~40 bytes/record instead of ~190): less to
     fsync, and the spool's byte bound holds 5x more backlog.
     """
-    cols = list(zip(*records))
     for i in _ENUM_IDX:  # IntEnum members (what the generator builds) -> plain ints, in C
-        cols[i] = tuple(map(int, cols[i]))
+        cols[i] = list(map(int, cols[i]))
     values = tuple(cols[i] for i in _VALUE_IDX)
     try:
         raw = marshal.dumps(values, 2)
@@ -243,7 +254,7 @@ class Spool:
                  tail_retention_s: float = 3600.0, tail_retention_bytes: int = 1024**3,
                  on_commit: Callable[[list[SpoolBatch]], None] | None = None,
                  trim_interval_s: float = 1.0, memory_records: int = 50_000,
-                 clock_ms: Callable[[], int] = _now_ms) -> None:
+                 clock_ms: Callable[[], int] = _now_ms, tables: bool = False) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_spool_bytes = max_spool_bytes
@@ -252,6 +263,7 @@ class Spool:
         self.on_commit = on_commit
         self._trim_interval_s = trim_interval_s
         self._clock_ms = clock_ms
+        self.tables = tables
         # Why a sink is behind, set by its worker; quoted when ingestion is refused.
         self.sink_notes: dict[str, str] = {}
 
@@ -471,11 +483,24 @@ class Spool:
             return []
         if self._closed:
             raise Unavailable("the spool is closed: the server is stopping")
-        encoded = [(key, rs, encode(rs)) for key, rs in group_by_log_store(records)]
+        encoded = [self._encode(key, rs) for key, rs in group_by_log_store(records)]
 
         def append_op(c: sqlite3.Connection) -> list[SpoolBatch]:
             return self._op_append(c, encoded)
         return self._submit(append_op, appends=True)  # type: ignore[return-value]
+
+    def _encode(self, key: BatchKey, records: list[FlowRecord]) -> tuple[BatchKey, list[FlowRecord], bytes, object]:
+        """(key, records, payload, table): the payload and, with tables=True, the Arrow table,
+        both from the one transposition of the records into columns."""
+        cols = record_columns(records)
+        payload = encode_columns(cols)
+        table = None
+        if self.tables:
+            try:
+                table = table_of_columns(cols)
+            except Exception:  # noqa: BLE001 - a value Arrow will not take: the sinks go by the rows
+                log.debug("no Arrow table for a spooled batch", exc_info=True)
+        return key, records, payload, table
 
     def _refusal(self, need: int) -> ResourceExhausted | None:
         if not self._w_backlog:
@@ -489,9 +514,9 @@ class Spool:
             f"'{sink}' backend, which is behind{' (' + note + ')' if note else ''}; the spool holds at most "
             f"max_spool_bytes={self.max_spool_bytes}. Retry later: ingestion resumes as soon as it catches up")
 
-    def _op_append(self, c: sqlite3.Connection, encoded: list[tuple[BatchKey, list[FlowRecord], bytes]]
+    def _op_append(self, c: sqlite3.Connection, encoded: list[tuple[BatchKey, list[FlowRecord], bytes, object]]
                    ) -> list[SpoolBatch]:
-        need = sum(len(p) for _, _, p in encoded)
+        need = sum(len(p) for _, _, p, _ in encoded)
         refusal = self._refusal(need)
         if refusal is not None:
             raise refusal
@@ -499,11 +524,11 @@ class Spool:
         seq = self._w_head
         rows, payloads, out = [], [], []
         n_total = 0
-        for key, rs, payload in encoded:
+        for key, rs, payload, table in encoded:
             seq += 1
             rows.append((seq, stored_ms, *key, len(rs), len(payload)))
             payloads.append((seq, payload))
-            out.append(SpoolBatch(seq, stored_ms, key, rs, len(payload)))
+            out.append(SpoolBatch(seq, stored_ms, key, rs, len(payload), table=table))
             n_total += len(rs)
         c.executemany("INSERT INTO batches (seq, stored_ms, account_id, region, project, log_store, n, bytes) "
                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -532,7 +557,7 @@ class Spool:
     def _forget_dropped(self, key: BatchKey, through: int) -> None:
         for seq, b in list(self._recent.items()):
             if b.key == key and seq <= through and not b.skipped:
-                self._recent[seq] = b._replace(records=[], nbytes=0, skipped=True)
+                self._recent[seq] = b._replace(records=[], nbytes=0, skipped=True, table=None)
                 self._recent_records -= len(b.records)
 
     def _forget_through(self, seq: int) -> None:

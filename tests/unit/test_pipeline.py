@@ -62,11 +62,18 @@ class FlakyStore:
         self.fail_first = fail_first
         self.calls = 0
 
-    def write(self, records):
+    def _attempt(self) -> None:
         self.calls += 1
         if self.down.is_set() or self.calls <= self.fail_first:
             raise ConnectionError("backend down (injected)")
+
+    def write(self, records):
+        self._attempt()
         self.store.write(records)
+
+    def write_table(self, table):  # what the pipeline calls: the store takes tables
+        self._attempt()
+        self.store.write_table(table)
 
     def __getattr__(self, name):
         return getattr(self.store, name)
@@ -114,6 +121,33 @@ def test_payload_roundtrip_keeps_every_field_and_type():
     # IntEnum values (what the generator builds) take the slower path and come back as ints.
     assert isinstance(recs[0].action, Action)
     assert type(back[0].action) is int
+
+
+def test_spooled_batches_carry_their_arrow_table(tmp_path):
+    """With tables=True each appended batch carries the same records as an Arrow table (what the
+    sinks write), made from the spool's own columns; batches read back from the file have none
+    and the sinks convert their records instead."""
+    from server.core.columns import SCHEMA, records_of, table_of
+    from server.pipeline.fanout import table_of as table_of_batches
+    recs = make_records(30, log_store="a") + make_records(20, start=30, log_store="b")
+    spool = Spool(tmp_path / "spool.db", tables=True)
+    try:
+        batches = spool.append_batches(recs)
+        assert [b.key.log_store for b in batches] == ["a", "b"]
+        for b in batches:
+            assert b.table.schema == SCHEMA and records_of(b.table) == list(b.records)
+            assert b.table.equals(table_of(b.records))
+        back = spool.read_after(0, None)
+        assert records_of(table_of_batches(back)) == recs
+    finally:
+        spool.close()
+    reopened = Spool(tmp_path / "spool.db", tables=True)
+    try:
+        cold = reopened.read_after(0, None)
+        assert [b.table for b in cold] == [None, None]
+        assert records_of(table_of_batches(cold)) == recs
+    finally:
+        reopened.close()
 
 
 def test_grouping_splits_by_log_store_and_size():

@@ -1,0 +1,66 @@
+"""Flow records as one Arrow table: the form the query store and the archive both write.
+
+Ingest spools records a batch at a time, and both the embedded query store (DuckDB) and the
+archive (Parquet) want them as columns. Turning rows into Arrow arrays is most of what those
+writes cost in Python, so the spool makes the table once per batch, from the columns it already
+builds for its own encoding, and both sinks write that same table (concatenated per write):
+one conversion instead of one per sink, and no transposing rows back into columns.
+
+The schema is FlowRecord's, field for field and in its order, with the narrowest Arrow type that
+holds every value the domain allows (ports, enums and flags in int32, counters in uint64, times
+as epoch milliseconds in int64). pyarrow is a data-layout library: nothing here does I/O.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import pyarrow as pa
+
+from server.core.model import FlowRecord, RECORD_FIELDS, record_columns
+
+_TYPES: dict[str, pa.DataType] = {
+    "record_id": pa.string(), "version": pa.int32(), "account_id": pa.string(), "flow_log_id": pa.string(),
+    "region": pa.string(), "project": pa.string(), "log_store": pa.string(), "resource_type": pa.int32(),
+    "resource_id": pa.string(), "network_id": pa.string(), "src_addr": pa.string(), "dst_addr": pa.string(),
+    "src_port": pa.int32(), "dst_port": pa.int32(), "protocol": pa.int32(), "packets": pa.uint64(),
+    "bytes": pa.uint64(), "start_time": pa.int64(), "end_time": pa.int64(), "action": pa.int32(),
+    "log_status": pa.int32(), "direction": pa.int32(), "tcp_flags": pa.int32(),
+}
+SCHEMA = pa.schema([pa.field(name, _TYPES[name]) for name in RECORD_FIELDS])
+assert tuple(SCHEMA.names) == RECORD_FIELDS, "SCHEMA must follow FlowRecord"
+
+
+def _array(values: Sequence[object], typ: pa.DataType) -> pa.Array:
+    # A column holding one value throughout (account, region, project, LogStore, flow log, ...:
+    # constant within a batch of one flow log) is made from that value alone.
+    first = values[0]
+    if type(first) in (str, int) and values.count(first) == len(values):
+        return pa.repeat(pa.scalar(first, typ), len(values))
+    return pa.array(values, type=typ)
+
+
+def table_of_columns(columns: Sequence[Sequence[object]]) -> pa.Table:
+    """The table of records given column by column (one sequence per FlowRecord field, all of
+    the same length). Raises pyarrow's ArrowInvalid/OverflowError for a value the type cannot
+    hold (the pipeline only spools validated records)."""
+    if not columns[0]:
+        return SCHEMA.empty_table()
+    return pa.Table.from_arrays([_array(col, typ) for col, typ in zip(columns, SCHEMA.types)], schema=SCHEMA)
+
+
+def table_of(records: Sequence[FlowRecord]) -> pa.Table:
+    """The table of the records, in their order."""
+    return table_of_columns(record_columns(records)) if records else SCHEMA.empty_table()
+
+
+def concat(tables: Iterable[pa.Table]) -> pa.Table:
+    """One table of several (no copy: the result holds each table's arrays as chunks)."""
+    tables = list(tables)
+    return tables[0] if len(tables) == 1 else pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def records_of(table: pa.Table) -> list[FlowRecord]:
+    """The table back as FlowRecords (the slow direction: for the rare batch a store has to take
+    record by record)."""
+    make = FlowRecord._make
+    return list(map(make, zip(*(table.column(name).to_pylist() for name in RECORD_FIELDS))))
