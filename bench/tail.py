@@ -24,7 +24,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 def _messages(fls, n_msgs: int, base: int, per_msg: int = 1000) -> list[bytes]:
     """n_msgs IngestRequests of per_msg records, message k's records all starting at base + k."""
-    fl = fls[0][0]
     start = base - 3_600_000
     recs = dataset.take(fls[:1], n_msgs * per_msg, start)
     out = []
@@ -34,8 +33,6 @@ def _messages(fls, n_msgs: int, base: int, per_msg: int = 1000) -> list[bytes]:
             st = base + k
             chunk.append(r._replace(start_time=st, end_time=st + (r.end_time - r.start_time)))
         out.extend(dataset.ingest_messages(chunk, batch=per_msg))
-    assert all(True for _ in out)
-    del fl
     return out
 
 

@@ -53,7 +53,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from server.core.columns import records_of
+from server.core.columns import records_of, without_repeats
 from server.core.model import FlowRecord, LogStoreKey, record_columns
 from server.core.ports import ObjectInfo, ObjectStore
 from server.core.records import record_id
@@ -334,21 +334,26 @@ class Archive:
 
     def write_table(self, batch_id: str, table: pa.Table) -> list[str]:
         """write_batch() of records given as one Arrow table (server.core.columns.SCHEMA), the
-        form the record pipeline hands over: split by hour and encoded column-wise. A table
-        spanning several LogStores, or repeating a record_id, goes through write_batch()."""
+        form the record pipeline hands over: split by hour and encoded column-wise, with the
+        same objects as a result. Repeats of a record_id keep the last copy, as write_batch()
+        does; a table spanning several LogStores (rare: the sink writes ranges of the spool,
+        whose batches are one LogStore each) goes through write_batch()."""
         if not _BATCH_ID.match(batch_id):
             raise ValueError(f"batch_id {batch_id!r} must be 1-200 of [A-Za-z0-9_.-], not starting with '.'")
-        n = table.num_rows
-        if n == 0:
+        if table.num_rows == 0:
             return []
         store_cols = [table.column(c) for c in ("account_id", "region", "project", "log_store")]
         ids = table.column("record_id")
-        starts = table.column("start_time")
-        if (any(pc.count_distinct(c).as_py() != 1 for c in store_cols)
-                or pc.count_distinct(ids).as_py() != n or pc.min(starts).as_py() < 0):
+        if (any(pc.count_distinct(c).as_py() != 1 for c in store_cols) or pc.min(table.column("start_time")).as_py() < 0
+                or pc.any(pc.equal(ids, "")).as_py()):
             return self.write_batch(batch_id, records_of(table))
+        if pc.count_distinct(ids).as_py() != table.num_rows:
+            # One LogStore: a record_id names one start_time, so one hour; the rows are sorted
+            # by their identity before writing, so which place the copy kept had is moot.
+            table = without_repeats(table, ("record_id",), keep="last")
+        n = table.num_rows
         account, region, project, log_store = (c[0].as_py() for c in store_cols)
-        hours = pc.divide(starts, HOUR_MS)
+        hours = pc.divide(table.column("start_time"), HOUR_MS)
         keys: list[str] = []
         total = 0
         t0 = time.monotonic()

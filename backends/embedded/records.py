@@ -79,7 +79,8 @@ _CREATE = ("CREATE TABLE IF NOT EXISTS records ("
            + ", src_ip BLOB, dst_ip BLOB)")
 
 _SELECT_FIELDS = ", ".join(RECORD_FIELDS)
-_KEY = "account_id, region, project, log_store, record_id"
+_KEY_COLUMNS = ("account_id", "region", "project", "log_store", "record_id")
+_KEY = ", ".join(_KEY_COLUMNS)
 
 # The most rows one keyset query of search() asks for, in batches: bounds memory (DuckDB's
 # ORDER BY + LIMIT keeps a top-N heap of that many rows) while sparing most re-scans.
@@ -162,8 +163,7 @@ class EmbeddedRecordStore:
         if table.schema != columns.SCHEMA:
             raise ValueError(f"write_table needs server.core.columns.SCHEMA, not {table.schema}")
         if pc.count_distinct(table.column("record_id")).as_py() != table.num_rows:
-            self.write(columns.records_of(table))  # repeats inside the batch: write() drops them
-            return
+            table = columns.without_repeats(table, _KEY_COLUMNS)  # keeps the first copy, as write() does
         self._insert(_with_blobs(table))
 
     def _insert(self, table: pa.Table) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from server.core.model import FlowRecord, RECORD_FIELDS, record_columns
 
@@ -34,7 +35,7 @@ def _array(values: Sequence[object], typ: pa.DataType) -> pa.Array:
     # A column holding one value throughout (account, region, project, LogStore, flow log, ...:
     # constant within a batch of one flow log) is made from that value alone.
     first = values[0]
-    if type(first) in (str, int) and values.count(first) == len(values):
+    if type(first) in (str, int) and values[-1] == first and values.count(first) == len(values):
         return pa.repeat(pa.scalar(first, typ), len(values))
     return pa.array(values, type=typ)
 
@@ -57,6 +58,20 @@ def concat(tables: Iterable[pa.Table]) -> pa.Table:
     """One table of several (no copy: the result holds each table's arrays as chunks)."""
     tables = list(tables)
     return tables[0] if len(tables) == 1 else pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+
+
+def without_repeats(table: pa.Table, keys: Sequence[str], keep: str = "first") -> pa.Table:
+    """The table with one row per distinct value of `keys`: the first (or, keep="last", the
+    last) row of each, in the table's order. Done by Arrow (group by, then take), for the batch
+    that repeats records, e.g. a collector's retry landing in the same write as the original."""
+    if table.num_rows < 2:
+        return table
+    if keep not in ("first", "last"):
+        raise ValueError(f"keep must be 'first' or 'last', not {keep!r}")
+    fn = "min" if keep == "first" else "max"
+    positions = table.select(list(keys)).append_column("__row", pa.array(range(table.num_rows), pa.int64()))
+    chosen = positions.group_by(list(keys), use_threads=False).aggregate([("__row", fn)]).column(f"__row_{fn}")
+    return table.take(pc.take(chosen, pc.array_sort_indices(chosen)))
 
 
 def records_of(table: pa.Table) -> list[FlowRecord]:
