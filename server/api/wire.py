@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from server.core.columns import records_of, table_of
 from server.core.model import FlowRecord, RECORD_FIELDS
 
 # (name, field number, kind) in field-number order; kind: "s" string, "i" varint, "t" Timestamp.
@@ -39,16 +40,6 @@ _FIELDS: tuple[tuple[str, int, str], ...] = (
 )
 assert sorted(f[0] for f in _FIELDS) == sorted(RECORD_FIELDS)
 
-# Arrow types of a record table built from FlowRecord tuples (the embedded store's types).
-_TYPES: dict[str, pa.DataType] = {
-    "record_id": pa.string(), "version": pa.int32(), "account_id": pa.string(), "flow_log_id": pa.string(),
-    "region": pa.string(), "project": pa.string(), "log_store": pa.string(), "resource_type": pa.int32(),
-    "resource_id": pa.string(), "network_id": pa.string(), "src_addr": pa.string(), "dst_addr": pa.string(),
-    "src_port": pa.int32(), "dst_port": pa.int32(), "protocol": pa.int32(), "packets": pa.uint64(),
-    "bytes": pa.uint64(), "start_time": pa.int64(), "end_time": pa.int64(), "action": pa.int32(),
-    "log_status": pa.int32(), "direction": pa.int32(), "tcp_flags": pa.int32(),
-}
-SCHEMA = pa.schema([pa.field(n, _TYPES[n]) for n in RECORD_FIELDS])
 # Values up to this are encoded through a lookup table (ports, enums, flags, small counters).
 _TABLE_MAX = 1 << 16
 
@@ -268,21 +259,6 @@ def concat(framed: pa.Array, start: int = 0, stop: int | None = None) -> bytes:
     return data[lo:hi].to_pybytes()
 
 
-def _column(values: Sequence[Any], typ: pa.DataType) -> pa.Array:
-    first = values[0]
-    if type(first) in (str, int) and values.count(first) == len(values):  # constant: made from one value
-        return pa.repeat(pa.scalar(first, typ), len(values))
-    return pa.array(values, typ)
-
-
-def records_table(records: Sequence[FlowRecord]) -> pa.Table:
-    """FlowRecord tuples -> an Arrow table (one C-level conversion per column)."""
-    if not records:
-        return SCHEMA.empty_table()
-    cols = list(zip(*records))
-    return pa.Table.from_arrays([_column(c, _TYPES[n]) for c, n in zip(cols, RECORD_FIELDS)], schema=SCHEMA)
-
-
 def encode_batch_pb(records: Sequence[FlowRecord]) -> bytes:
     """The serialized RecordBatch, built with protobuf objects (~3 µs per record, all under the GIL)."""
     return _slow(records)
@@ -299,15 +275,10 @@ def encode_batch(records: Sequence[FlowRecord] | pa.Table) -> bytes:
     table = records if isinstance(records, pa.Table) else None
     try:
         if table is None:
-            table = records_table(records)  # type: ignore[arg-type]
+            table = table_of(records)  # type: ignore[arg-type]
         return concat(encode_records(table))
     except (_Unsupported, pa.ArrowException, OverflowError, TypeError):
-        return _slow(records if not isinstance(records, pa.Table) else table_records(records))
-
-
-def table_records(table: pa.Table) -> list[FlowRecord]:
-    cols = [table.column(n).to_pylist() for n in RECORD_FIELDS]
-    return list(map(FlowRecord._make, zip(*cols)))
+        return _slow(records if not isinstance(records, pa.Table) else records_of(records))
 
 
 def encode_chunks(table: pa.Table, batch_size: int) -> list[tuple[bytes, int]]:
@@ -316,7 +287,7 @@ def encode_chunks(table: pa.Table, batch_size: int) -> list[tuple[bytes, int]]:
     try:
         framed = encode_records(table)
     except (_Unsupported, pa.ArrowException, OverflowError, TypeError):
-        recs = table_records(table)
+        recs = records_of(table)
         return [(_slow(recs[i:i + batch_size]), len(recs[i:i + batch_size])) for i in range(0, n, batch_size)]
     return [(concat(framed, i, min(n, i + batch_size)), min(n, i + batch_size) - i) for i in range(0, n, batch_size)]
 

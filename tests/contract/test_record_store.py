@@ -51,7 +51,7 @@ def fetch(store: RecordStore, q: RecordQuery, batch_size: int = 1000, *, arrow: 
     got = [r for b in batches for r in b]
     search_arrow = getattr(store, "search_arrow", None) if arrow else None
     if search_arrow is not None:  # the Arrow variant (what Query streams) returns the very same records
-        from server.api.wire import table_records
+        from server.core.columns import records_of as table_records
         tables = list(search_arrow(q, batch_size=batch_size))
         assert all(t.num_rows for t in tables) and all(t.num_rows % batch_size == 0 for t in tables[:-1])
         assert [r for t in tables for r in table_records(t)] == got
@@ -427,7 +427,7 @@ def test_concurrent_writers_and_readers(record_store):
                 assert got == sorted(got, key=lambda r: (r.start_time, r.record_id), reverse=True)
                 assert len(set(got)) == len(got)
                 if hasattr(record_store, "search_arrow"):  # its own snapshot: consistent too
-                    from server.api.wire import table_records
+                    from server.core.columns import records_of as table_records
                     got = [r for t in record_store.search_arrow(q, batch_size=40) for r in table_records(t)]
                     assert got == sorted(got, key=lambda r: (r.start_time, r.record_id), reverse=True)
                     assert len(set(got)) == len(got)

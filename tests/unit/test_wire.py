@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from flowlog.v1 import query_pb2
 from server.api import convert, wire
+from server.core.columns import table_of
 from server.core.model import FlowRecord
 
 U64 = 2**64 - 1
@@ -40,8 +41,8 @@ def test_matches_protobuf_on_varied_records():
     records = [_record(rnd, i) for i in range(3000)]
     assert wire.encode_batch(records) == _reference(records)
     # ... on the fast path (encode_records raises where encode_batch would fall back)
-    assert wire.concat(wire.encode_records(wire.records_table(records))) == _reference(records)
-    table = wire.records_table(records)
+    assert wire.concat(wire.encode_records(table_of(records))) == _reference(records)
+    table = table_of(records)
     chunks = wire.encode_chunks(table, 1000)
     assert [n for _, n in chunks] == [1000, 1000, 1000]
     for k, (data, _) in enumerate(chunks):
@@ -96,7 +97,7 @@ def test_shared_batches_reuse_only_identical_records():
 def test_arrow_input_from_another_schema_order():
     rnd = random.Random(6)
     records = [_record(rnd, i) for i in range(20)]
-    t = wire.records_table(records)
+    t = table_of(records)
     t = t.select(list(reversed(t.column_names)))
     assert wire.concat(wire.encode_records(t)) == _reference(records)
 
@@ -108,16 +109,16 @@ def test_integers_and_strings_property(rows):
     base = _record(random.Random(8), 1)
     records = [base._replace(bytes=b, packets=min(b, 5), start_time=t, end_time=t, dst_port=p, network_id=s)
                for b, t, p, s in rows]
-    assert wire.concat(wire.encode_records(wire.records_table(records))) == _reference(records)
+    assert wire.concat(wire.encode_records(table_of(records))) == _reference(records)
 
 
 def test_constant_columns_and_all_constant_records():
     rnd = random.Random(9)
     r = _record(rnd, 1)
     same = [r] * 5  # every column constant
-    assert wire.concat(wire.encode_records(wire.records_table(same))) == _reference(same)
+    assert wire.concat(wire.encode_records(table_of(same))) == _reference(same)
     zeros = [r._replace(version=0, resource_type=0, network_id="", src_port=0)] * 3
-    assert wire.concat(wire.encode_records(wire.records_table(zeros))) == _reference(zeros)
+    assert wire.concat(wire.encode_records(table_of(zeros))) == _reference(zeros)
 
 
 def test_shared_batches_encode_once_for_concurrent_callers(monkeypatch):
