@@ -153,7 +153,7 @@ class EmbeddedRecordStore:
         (the record id covers start_time, so an earlier copy can only be in that range).
         """
         if records:
-            self._insert(_with_blobs(columns.table_of(_dedupe(records))))
+            self._insert(_to_arrow(_dedupe(records)))
 
     def write_table(self, table: pa.Table) -> None:
         """write() of records given as one Arrow table (server.core.columns.SCHEMA), the form
@@ -430,6 +430,11 @@ def _blobs(addresses: pa.Array) -> pa.Array:
     batch (a batch repeats its few hundred addresses), then spread with a C-level take."""
     encoded = pc.dictionary_encode(addresses)
     return pa.array(list(map(_blob, encoded.dictionary.to_pylist())), type=pa.binary()).take(encoded.indices)
+
+
+def _to_arrow(records: Sequence[FlowRecord]) -> pa.Table:
+    """The records as the `records` table holds them."""
+    return _with_blobs(columns.table_of(records))
 
 
 def _with_blobs(table: pa.Table) -> pa.Table:
