@@ -95,10 +95,20 @@ def configure_arrow() -> None:
     cores in bursts of 50-200 ms, and the Tail streams waiting behind it saw it in their p99
     (ack -> delivery with 10 tails: 54-124 ms in runs of bench/tail.py; 23-30 ms with one
     thread in the same runs; full benchmark runs still see rarer spikes of other, unknown
-    origin). Query and ingest throughput did not change: their pyarrow work is small per call."""
+    origin). Query and ingest throughput did not change: their pyarrow work is small per call.
+
+    And the C library's allocator instead of pyarrow's bundled mimalloc (unless
+    ARROW_DEFAULT_MEMORY_POOL says otherwise): the spool keeps each batch's Arrow table and the
+    sinks concatenate and sort them, and mimalloc kept what they freed. Peak RSS over 2M ingested
+    records (`python -m bench --only ingest --backends embedded,s3`): embedded 530 -> 460-463 MB,
+    S3 archive 537 -> 476-477 MB, throughput within run-to-run noise."""
+    import os
+
     import pyarrow
 
     pyarrow.set_cpu_count(1)
+    if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        pyarrow.set_memory_pool(pyarrow.system_memory_pool())
 
 
 def main(argv: list[str] | None = None) -> int:
