@@ -7,7 +7,7 @@ Measures, on this machine, each figure next to a baseline measured in the same r
   tail       Ingest-ack -> Tail delivery latency with 1/10/100 tails; one tail's throughput
   memory     server peak RSS while ingesting, bytes on disk per record (figures of the ingest runs)
 Prints a table with PASS/MISS per target, writes bench/results/<timestamp>.json and (for a full,
-non --quick run) bench/RESULTS.md.
+non --quick run) bench/RESULTS.md. `python -m bench.stages` times the ingest path's steps one by one.
 """
 from __future__ import annotations
 
