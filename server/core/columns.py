@@ -42,11 +42,17 @@ def _array(values: Sequence[object], typ: pa.DataType) -> pa.Array:
 
 def table_of_columns(columns: Sequence[Sequence[object]]) -> pa.Table:
     """The table of records given column by column (one sequence per FlowRecord field, all of
-    the same length). Raises pyarrow's ArrowInvalid/OverflowError for a value the type cannot
-    hold (the pipeline only spools validated records)."""
+    the same length). Raises ValueError naming the field for a value its type cannot hold (the
+    pipeline only spools validated records; a port above 2**31 is legal in the proto, not here)."""
     if not columns[0]:
         return SCHEMA.empty_table()
-    return pa.Table.from_arrays([_array(col, typ) for col, typ in zip(columns, SCHEMA.types)], schema=SCHEMA)
+    arrays = []
+    for col, field in zip(columns, SCHEMA):
+        try:
+            arrays.append(_array(col, field.type))
+        except (pa.ArrowException, OverflowError, TypeError) as e:
+            raise ValueError(f"{field.name}: {e}") from e
+    return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
 def table_of(records: Sequence[FlowRecord]) -> pa.Table:

@@ -57,10 +57,22 @@ def table_of(batches: Sequence[SpoolBatch]) -> object:
 def batch_writer(rows: Callable[[list[FlowRecord]], object],
                  table: Callable[[object], object] | None) -> Callable[[list[SpoolBatch]], object]:
     """How a sink hands batches to its target: as one table when the target takes tables
-    (`table` is its write_table), else as records."""
-    if table is not None:
-        return lambda batches: table(table_of(batches))
-    return lambda batches: rows(records_of(batches))
+    (`table` is its write_table), else as records; also as records when some value does not fit
+    the table's types, so that the target's own rules decide (the archive keeps ports and flags
+    as uint32, for one) instead of a conversion failing on every retry."""
+    def write_rows(batches: list[SpoolBatch]) -> object:
+        return rows(records_of(batches))
+
+    if table is None:
+        return write_rows
+
+    def write_table(batches: list[SpoolBatch]) -> object:
+        try:
+            whole = table_of(batches)
+        except ValueError:
+            return write_rows(batches)
+        return table(whole)
+    return write_table
 
 
 @dataclass(frozen=True)

@@ -498,7 +498,7 @@ class Spool:
         if self.tables:
             try:
                 table = table_of_columns(cols)
-            except Exception:  # noqa: BLE001 - a value Arrow will not take: the sinks go by the rows
+            except ValueError:  # a value outside the table's types: the sinks take the rows
                 log.debug("no Arrow table for a spooled batch", exc_info=True)
         return key, records, payload, table
 
