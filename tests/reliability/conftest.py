@@ -136,12 +136,14 @@ class Target:
     region: str = "bj"
 
 
-def create_target(stubs: Stubs, store: str | None = None, project: str = "proj") -> Target:
+def create_target(stubs: Stubs, store: str | None = None, project: str = "proj", retention_days: int = 0) -> Target:
+    """A flow log delivering to a new LogStore (retention 0: the server's default)."""
     store = store or "s" + uuid.uuid4().hex[:10]
     req = fl.CreateFlowLogRequest(region="bj", name="fl" + uuid.uuid4().hex[:8], resource_type=t.RESOURCE_TYPE_EIP,
                                   resource_id="eip-bj-01", network_id="vpc-bjdemo",
                                   traffic_type=t.TRAFFIC_TYPE_ALL,
-                                  new_log_store=fl.NewLogStore(project=project, name=store))
+                                  new_log_store=fl.NewLogStore(project=project, name=store,
+                                                               retention_days=retention_days))
     f = stubs.flow_logs.CreateFlowLog(req, metadata=stubs.md, timeout=30)
     return Target(stubs, f.id, project, store)
 

@@ -128,7 +128,10 @@ def srv(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ctx(srv):
     a, b = Stubs(srv.address, KEY_A), Stubs(srv.address, KEY_B)
-    ta, tb = create_target(a, "fuzz"), create_target(b, "fuzzb")
+    # Accepted records start up to ten years back (the server's MAX_PAST_MS). With the default
+    # 7-day retention the server's retention pass (every 30 s) rightly deletes the older ones
+    # while a slow run is still checking that every accepted record is stored: keep them all.
+    ta, tb = create_target(a, "fuzz", retention_days=3650), create_target(b, "fuzzb", retention_days=3650)
     state = {"a": a, "ta": ta, "tb": tb, "accepted": set(), "sent": set(), "rss0": rss_mb(srv.proc.pid),
              "outcomes": {}}
     yield state
