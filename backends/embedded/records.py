@@ -43,39 +43,39 @@ log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 
-# Column types; FlowRecord field order, then the two derived address blobs.
-_COLUMNS: tuple[tuple[str, str, pa.DataType], ...] = (
-    ("record_id", "VARCHAR NOT NULL", pa.string()),
-    ("version", "INTEGER", pa.int32()),
-    ("account_id", "VARCHAR NOT NULL", pa.string()),
-    ("flow_log_id", "VARCHAR", pa.string()),
-    ("region", "VARCHAR NOT NULL", pa.string()),
-    ("project", "VARCHAR NOT NULL", pa.string()),
-    ("log_store", "VARCHAR NOT NULL", pa.string()),
-    ("resource_type", "INTEGER", pa.int32()),
-    ("resource_id", "VARCHAR", pa.string()),
-    ("network_id", "VARCHAR", pa.string()),
-    ("src_addr", "VARCHAR", pa.string()),
-    ("dst_addr", "VARCHAR", pa.string()),
-    ("src_port", "INTEGER", pa.int32()),
-    ("dst_port", "INTEGER", pa.int32()),
-    ("protocol", "INTEGER", pa.int32()),
-    ("packets", "UBIGINT", pa.uint64()),
-    ("bytes", "UBIGINT", pa.uint64()),
-    ("start_time", "BIGINT NOT NULL", pa.int64()),
-    ("end_time", "BIGINT", pa.int64()),
-    ("action", "INTEGER", pa.int32()),
-    ("log_status", "INTEGER", pa.int32()),
-    ("direction", "INTEGER", pa.int32()),
-    ("tcp_flags", "INTEGER", pa.int32()),
+# SQL types of the columns, FlowRecord field order; their Arrow types are server.core.columns.SCHEMA
+# (what the pipeline hands over). Then the two derived address blobs.
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("record_id", "VARCHAR NOT NULL"),
+    ("version", "INTEGER"),
+    ("account_id", "VARCHAR NOT NULL"),
+    ("flow_log_id", "VARCHAR"),
+    ("region", "VARCHAR NOT NULL"),
+    ("project", "VARCHAR NOT NULL"),
+    ("log_store", "VARCHAR NOT NULL"),
+    ("resource_type", "INTEGER"),
+    ("resource_id", "VARCHAR"),
+    ("network_id", "VARCHAR"),
+    ("src_addr", "VARCHAR"),
+    ("dst_addr", "VARCHAR"),
+    ("src_port", "INTEGER"),
+    ("dst_port", "INTEGER"),
+    ("protocol", "INTEGER"),
+    ("packets", "UBIGINT"),
+    ("bytes", "UBIGINT"),
+    ("start_time", "BIGINT NOT NULL"),
+    ("end_time", "BIGINT"),
+    ("action", "INTEGER"),
+    ("log_status", "INTEGER"),
+    ("direction", "INTEGER"),
+    ("tcp_flags", "INTEGER"),
 )
 assert tuple(c[0] for c in _COLUMNS) == RECORD_FIELDS, "schema must follow FlowRecord"
 
 _SCHEMA = pa.schema(list(columns.SCHEMA) + [pa.field("src_ip", pa.binary()), pa.field("dst_ip", pa.binary())])
-assert [t for _, _, t in _COLUMNS] == columns.SCHEMA.types, "the records table must hold columns.SCHEMA"
 
 _CREATE = ("CREATE TABLE IF NOT EXISTS records ("
-           + ", ".join(f"{name} {sql}" for name, sql, _ in _COLUMNS)
+           + ", ".join(f"{name} {sql}" for name, sql in _COLUMNS)
            + ", src_ip BLOB, dst_ip BLOB)")
 
 _SELECT_FIELDS = ", ".join(RECORD_FIELDS)
