@@ -22,7 +22,7 @@ import pytest
 
 from backends.embedded.objects import InvalidKey, LocalObjectStore
 from backends.minio.objects import S3ObjectStore
-from server.archive import DAY_MS, HOUR_MS, Archive, ArchiveBuffer, ArchiveJournal
+from server.archive import DAY_MS, HOUR_MS, Archive, ArchiveBuffer, ArchiveJournal, _identity
 from server.core.model import FlowRecord, LogStoreKey
 from server.core.ports import ObjectStore
 from server.core.records import record_id
@@ -245,11 +245,6 @@ def test_a_table_is_archived_byte_for_byte_like_its_records(archive: Archive) ->
     for key in keys:
         assert archive.store.get(key) == archive.store.get(key.replace("part-t3", "part-r3"))
     assert archive.count(ACCOUNT, KEY, 0, 2**62) == 2 * len(records) + 50 + 2 * 200
-
-
-def _identity(r: FlowRecord) -> tuple:
-    return (r.flow_log_id, r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.direction,
-            r.start_time, r.end_time)
 
 
 def test_rewriting_a_batch_is_idempotent(archive: Archive) -> None:
