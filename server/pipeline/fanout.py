@@ -40,7 +40,7 @@ class ArchiveWriter(Protocol):
     def write_batch(self, batch_id: str, records: Sequence[FlowRecord]) -> list[str]: ...
 
 
-def records_of(batches: Sequence[SpoolBatch]) -> list[FlowRecord]:
+def batch_records(batches: Sequence[SpoolBatch]) -> list[FlowRecord]:
     """The batches' records, in order."""
     out: list[FlowRecord] = []
     for b in batches:
@@ -48,7 +48,7 @@ def records_of(batches: Sequence[SpoolBatch]) -> list[FlowRecord]:
     return out
 
 
-def table_of(batches: Sequence[SpoolBatch]) -> object:
+def batch_table(batches: Sequence[SpoolBatch]) -> object:
     """The batches' records as one Arrow table: the tables the spool made at append, chunk by
     chunk (no copy); batches read back from the file are converted here."""
     return columns.concat(b.table if b.table is not None else columns.table_of(b.records) for b in batches)
@@ -61,14 +61,14 @@ def batch_writer(rows: Callable[[list[FlowRecord]], object],
     the table's types, so that the target's own rules decide (the archive keeps ports and flags
     as uint32, for one) instead of a conversion failing on every retry."""
     def write_rows(batches: list[SpoolBatch]) -> object:
-        return rows(records_of(batches))
+        return rows(batch_records(batches))
 
     if table is None:
         return write_rows
 
     def write_table(batches: list[SpoolBatch]) -> object:
         try:
-            whole = table_of(batches)
+            whole = batch_table(batches)
         except ValueError:
             return write_rows(batches)
         return table(whole)

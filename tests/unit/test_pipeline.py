@@ -128,7 +128,7 @@ def test_spooled_batches_carry_their_arrow_table(tmp_path):
     sinks write), made from the spool's own columns; batches read back from the file have none
     and the sinks convert their records instead."""
     from server.core.columns import SCHEMA, records_of, table_of
-    from server.pipeline.fanout import table_of as table_of_batches
+    from server.pipeline.fanout import batch_table
     recs = make_records(30, log_store="a") + make_records(20, start=30, log_store="b")
     spool = Spool(tmp_path / "spool.db", tables=True)
     try:
@@ -138,14 +138,14 @@ def test_spooled_batches_carry_their_arrow_table(tmp_path):
             assert b.table.schema == SCHEMA and records_of(b.table) == list(b.records)
             assert b.table.equals(table_of(b.records))
         back = spool.read_after(0, None)
-        assert records_of(table_of_batches(back)) == recs
+        assert records_of(batch_table(back)) == recs
     finally:
         spool.close()
     reopened = Spool(tmp_path / "spool.db", tables=True)
     try:
         cold = reopened.read_after(0, None)
         assert [b.table for b in cold] == [None, None]
-        assert records_of(table_of_batches(cold)) == recs
+        assert records_of(batch_table(cold)) == recs
     finally:
         reopened.close()
 
