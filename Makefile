@@ -9,7 +9,7 @@ PROTOS := $(wildcard protos/flowlog/v1/*.proto)
 
 .PHONY: run test install stubs services bench lint clean
 
-$(STAMP): requirements.lock pyproject.toml $(PROTOS) scripts/gen_protos.py
+$(STAMP): requirements.lock pyproject.toml setup.py server/api/_fastingest.c $(PROTOS) scripts/gen_protos.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(PY) scripts/gen_protos.py

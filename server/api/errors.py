@@ -7,6 +7,7 @@ import logging
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf import message as pb_message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -24,6 +25,16 @@ _CODES: list[tuple[type, grpc.StatusCode, int]] = [
     (E.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, code_pb2.UNAUTHENTICATED),
     (E.Unavailable, grpc.StatusCode.UNAVAILABLE, code_pb2.UNAVAILABLE),
 ]
+
+
+def parse_message(cls, raw: bytes):
+    """The request `cls` parsed from `raw`; bytes that are not a valid message are INVALID_ARGUMENT
+    naming the message type (gRPC's own deserialiser would answer UNKNOWN)."""
+    try:
+        return cls.FromString(raw)
+    except pb_message.DecodeError as e:
+        raise E.InvalidArgument.field("request", f"is not a valid {cls.DESCRIPTOR.full_name} message ({e}); "
+                                                 "send a protobuf-encoded request of that type") from None
 
 
 def to_status(err: E.DomainError) -> grpc.Status:

@@ -9,11 +9,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from google.protobuf import message as pb_message
 from google.protobuf.message_factory import GetMessageClass
 
 from flowlog.v1 import flow_log_pb2, ingest_pb2, log_store_pb2, query_pb2, resource_pb2
-from server.api.errors import to_status
+from server.api.errors import parse_message, to_status
 from server.core.errors import InvalidArgument
 from server.api.services import (FlowLogServicer, IngestServicer, LogStoreServicer, QueryServicer,
                                  ResourceServicer)
@@ -34,15 +33,11 @@ SERVICE_NAMES = [
 BACKEND_HEALTH = {"query": "flowlog.backend.query", "archive": "flowlog.backend.archive"}
 
 
-def _bad_message(cls, exc: Exception) -> InvalidArgument:
-    return InvalidArgument.field("request", f"is not a valid {cls.DESCRIPTOR.full_name} message ({exc}); "
-                                            "send a protobuf-encoded request of that type")
-
-
 def _handlers(service, servicer) -> grpc.GenericRpcHandler:
-    """The service's method handlers, parsing requests ourselves so that bytes that are not a
-    valid message are INVALID_ARGUMENT naming the message type (gRPC's own deserialiser would
-    answer UNKNOWN)."""
+    """The service's method handlers, parsing requests ourselves (server.api.errors.parse_message)
+    so that bytes that are not a valid message are INVALID_ARGUMENT naming the message type. A
+    client-streaming method marked `takes_bytes` gets the raw messages and parses them itself
+    (Ingest, for its compiled fast path)."""
     handlers = {}
     for method in service.methods:
         req_cls = GetMessageClass(method.input_type)
@@ -64,11 +59,10 @@ def _serializer(resp_cls):
 
 def _wrap(method, req_cls, impl, serialize) -> grpc.RpcMethodHandler:
     def parse(raw: bytes):
-        try:
-            return req_cls.FromString(raw)
-        except pb_message.DecodeError as e:
-            raise _bad_message(req_cls, e) from None
+        return parse_message(req_cls, raw)
 
+    if method.client_streaming and getattr(impl, "takes_bytes", False):
+        return grpc.stream_unary_rpc_method_handler(impl, response_serializer=serialize)
     if method.client_streaming:
         async def stream_in(raw_iter, context):
             async def parsed():

@@ -19,13 +19,18 @@ from google.protobuf import empty_pb2
 from flowlog.v1 import (flow_log_pb2, flow_log_pb2_grpc, ingest_pb2, ingest_pb2_grpc, log_store_pb2,
                         log_store_pb2_grpc, query_pb2, query_pb2_grpc, resource_pb2, resource_pb2_grpc)
 from server.api import convert, wire
-from server.api.errors import handle_errors
+from server.api.errors import handle_errors, parse_message
 from server.core import filter as flt
 from server.core import ingest as ingest_core
 from server.core import query as query_core
 from server.core.errors import InvalidArgument, ResourceExhausted
-from server.core.model import LogStoreKey
+from server.core.model import FlowRecord, LogStoreKey, RECORD_VERSION
 from server.core.service import CreateFlowLog, ExistingLogStoreSpec, NewLogStoreSpec, now_ms
+
+try:  # the compiled fast path of Ingest; optional (setup.py), the Python path gives the same results
+    from server.api import _fastingest
+except ImportError:  # pragma: no cover - built wherever a C compiler is
+    _fastingest = None
 
 if TYPE_CHECKING:
     from server.app import App
@@ -191,15 +196,47 @@ def _raw_columns(records) -> tuple:
     return rid, acc, flid, src, dst, sp, dp, proto, pk, by, _ms(ss, sn), _ms(es, en), act, st, di, fl
 
 
-def _accept_and_submit(pipeline, fl, records, index: int):
-    """One message: check and complete the records, spool the good ones (durable on return)."""
-    ok, bad = ingest_core.accept_columns(fl, _raw_columns(records), index, now_ms())
+def _fast_head(fl) -> tuple:
+    """The stored fields a record takes from its flow log, in FlowRecord order (version through
+    network_id), for _fastingest.accept."""
+    return (RECORD_VERSION, fl.account_id, fl.id, fl.region, fl.project, fl.log_store, int(fl.resource_type),
+            fl.resource_id, fl.network_id)
+
+
+def _accept_and_submit(pipeline, fl, message, index: int):
+    """One message: check and complete the records, spool the good ones (durable on return).
+
+    `message` is an IngestRequest, or its bytes when _fastingest split it: then the compiled
+    path takes the batch if every record of it passes every check, and anything else is parsed
+    here and goes the Python way (server.core.ingest), which finds and explains the bad records."""
+    ok = None
+    bad: list = []
+    if type(message) is bytes:
+        ok = _fastingest.accept(message, _fast_head(fl), FlowRecord, now_ms())
+        if ok is None:
+            message = parse_message(ingest_pb2.IngestRequest, message)
+    if ok is None:
+        ok, bad = ingest_core.accept_columns(fl, _raw_columns(message.records), index, now_ms())
     if ok:
         pipeline.submit(ok)
     return len(ok), bad
 
 
 class IngestServicer(_Base, ingest_pb2_grpc.IngestServiceServicer):
+    def __init__(self, app: "App") -> None:
+        super().__init__(app)
+        self.fast = _fastingest is not None and app.config.native_ingest
+
+    def _split(self, raw):
+        """(flow_log_id, number of records, what _accept_and_submit takes) of one message: its
+        bytes when the compiled path can read them, else the parsed IngestRequest."""
+        if type(raw) is bytes:
+            head = _fastingest.split(raw) if self.fast else None
+            if head is not None:
+                return head[0], head[1], raw
+            raw = parse_message(ingest_pb2.IngestRequest, raw)
+        return raw.flow_log_id, len(raw.records), raw
+
     @handle_errors
     async def Ingest(self, request_iterator, context):
         account = self.account(context)
@@ -209,15 +246,22 @@ class IngestServicer(_Base, ingest_pb2_grpc.IngestServiceServicer):
         rejected = 0
         index = 0
         flow_logs: dict[str, Any] = {}
-        async for msg in request_iterator:
-            n = len(msg.records)
+        async for raw in request_iterator:
+            flow_log_id, n, msg = self._split(raw)
+            if type(msg) is bytes and n > limit:
+                parse_message(ingest_pb2.IngestRequest, msg)  # a message that is not valid says so first
             if n > limit:
                 raise InvalidArgument.field("records", f"at most {limit} records per message (got {n}); split the batch")
-            fl = flow_logs.get(msg.flow_log_id)
+            fl = flow_logs.get(flow_log_id)
             if fl is None:
-                fl = await self.run(ingest_core.flow_log_for_ingest, self.app.metadata, account, msg.flow_log_id)
-                flow_logs[msg.flow_log_id] = fl
-            n_ok, bad = await self.run(_accept_and_submit, self.app.pipeline, fl, msg.records, index)
+                try:
+                    fl = await self.run(ingest_core.flow_log_for_ingest, self.app.metadata, account, flow_log_id)
+                except Exception:
+                    if type(msg) is bytes:
+                        parse_message(ingest_pb2.IngestRequest, msg)
+                    raise
+                flow_logs[flow_log_id] = fl
+            n_ok, bad = await self.run(_accept_and_submit, self.app.pipeline, fl, msg, index)
             index += n
             accepted += n_ok
             rejected += len(bad)
@@ -225,6 +269,8 @@ class IngestServicer(_Base, ingest_pb2_grpc.IngestServiceServicer):
                 if len(rejections) < MAX_REJECTION_DETAILS:
                     rejections.append(ingest_pb2.RejectedRecord(index=b.index, field=b.field, reason=b.reason))
         return ingest_pb2.IngestResponse(accepted=accepted, rejected=rejected, rejections=rejections)
+    # The raw request bytes (server.api.server._handlers): split here, for the compiled path.
+    Ingest.takes_bytes = True
 
 
 QUERY_BATCH = 1000  # records per QueryResponse batch

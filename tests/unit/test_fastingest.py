@@ -1,0 +1,343 @@
+"""server/api/_fastingest.c, the compiled fast path of Ingest, against the Python path it stands in for.
+
+Whenever the compiled path returns records, they must be exactly what the Python path returns
+for the same bytes (protobuf's parse, then server.core.ingest.accept_columns), with no
+rejections; for anything else it must return None, never a different answer, and never crash.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import random
+import shutil
+import tracemalloc
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flowlog.v1 import ingest_pb2, record_pb2
+from google.protobuf import message as pb_message
+from google.protobuf.timestamp_pb2 import Timestamp
+from server.api import services
+from server.core.ingest import accept_columns
+from server.core.model import FlowLog, FlowRecord, ResourceType, TrafficType
+
+fast = services._fastingest
+
+NOW = 1_780_000_000_000
+FL = FlowLog(id="fl-abcdefgh1", region="bj", name="n", resource_type=ResourceType.NAT_GATEWAY, resource_id="nat-1",
+             network_id="vpc-1", traffic_type=TrafficType.ALL, project="p", log_store="ls", account_id="acct")
+HEAD = services._fast_head(FL)
+
+
+def test_built_wherever_a_c_compiler_is():
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here: the server runs the pure-Python Ingest path")
+    assert fast is not None, "setup.py did not build server/api/_fastingest.c: run `make install` and read its output"
+
+
+pytestmark_fast = pytest.mark.skipif(fast is None, reason="server/api/_fastingest.c is not built here")
+
+
+def python_path(data: bytes):
+    """What the Ingest servicer does without the compiled path: (records, rejections), or None
+    when protobuf refuses the bytes."""
+    try:
+        msg = ingest_pb2.IngestRequest.FromString(data)
+    except pb_message.DecodeError:
+        return None
+    return accept_columns(FL, services._raw_columns(msg.records), 0, NOW)
+
+
+def compare(data: bytes):
+    """The compiled path's answer for `data`, checked against the Python path's; returns it."""
+    got = fast.accept(data, HEAD, FlowRecord, NOW)
+    head = fast.split(data)
+    want = python_path(data)
+    if head is not None and want is not None:
+        msg = ingest_pb2.IngestRequest.FromString(data)
+        assert head == (msg.flow_log_id, len(msg.records))
+    if got is not None:
+        assert head is not None, "accept() took bytes that split() refuses"
+        assert want is not None, "the compiled path accepted bytes protobuf refuses"
+        ok, bad = want
+        assert bad == [], "the compiled path accepted a batch the Python path rejects records of"
+        assert got == ok
+        for g, w in zip(got, ok):
+            assert type(g) is FlowRecord
+            assert [type(v) for v in g] == [type(v) for v in w]
+    return got
+
+
+def ts(ms: int) -> Timestamp:
+    return Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000 + 123)
+
+
+def clean_record(rnd: random.Random, start: int) -> record_pb2.FlowRecord:
+    v6 = rnd.random() < 0.3
+    if v6:
+        spell = rnd.choice(["2001:db8::{:x}", "2001:0DB8:0:0:0:0:0:{:X}", "fe80::{:x}", "2001:db8:0:0:1::{:x}"])
+        addr = lambda: spell.format(rnd.randrange(1, 0xFFFF))  # noqa: E731
+    else:
+        addr = lambda: f"10.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(1, 255)}"  # noqa: E731
+    pk = rnd.randrange(0, 100)
+    return record_pb2.FlowRecord(
+        src_addr=addr(), dst_addr=addr(), src_port=rnd.randrange(65536), dst_port=rnd.choice([22, 443, 53, 65535]),
+        protocol=rnd.choice([6, 17, 1, 58, 0, 255]), packets=pk, bytes=pk * rnd.randrange(1, 1500) + rnd.randrange(2),
+        start_time=ts(start), end_time=ts(start + rnd.randrange(0, 86_400_000)), action=rnd.choice([1, 2]),
+        log_status=rnd.choice([1, 3]), direction=rnd.choice([1, 2]), tcp_flags=rnd.randrange(0x1000),
+        # What the server overwrites, sent anyway by a collector that does not know better:
+        region=rnd.choice(["", "elsewhere"]), project=rnd.choice(["", "x"]), version=rnd.choice([0, 7]),
+        account_id=rnd.choice(["", "acct"]), flow_log_id=rnd.choice(["", FL.id]))
+
+
+def clean_batch(seed: int, n: int) -> ingest_pb2.IngestRequest:
+    rnd = random.Random(seed)
+    return ingest_pb2.IngestRequest(flow_log_id=FL.id,
+                                    records=[clean_record(rnd, NOW - rnd.randrange(1, 10 * 86_400_000)) for _ in range(n)])
+
+
+@pytestmark_fast
+@pytest.mark.parametrize("n", [0, 1, 128, 129, 255, 256, 1000])
+def test_blake2b_matches_hashlib(n):
+    rnd = random.Random(n)
+    for _ in range(20):
+        data = bytes(rnd.randrange(256) for _ in range(n))
+        assert fast.blake2b128_hex(data) == hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+@pytestmark_fast
+@pytest.mark.parametrize("seed", range(8))
+def test_a_clean_batch_takes_the_compiled_path_and_matches(seed):
+    batch = clean_batch(seed, 1000)
+    got = compare(batch.SerializeToString())
+    assert got is not None and len(got) == 1000
+
+
+@pytestmark_fast
+def test_record_ids_sent_by_the_collector_are_kept_when_right():
+    batch = clean_batch(1, 50)
+    ok, _ = python_path(batch.SerializeToString())
+    for r, stored in zip(batch.records, ok):
+        r.record_id = stored.record_id
+    assert compare(batch.SerializeToString()) == ok
+    batch.records[7].record_id = "0" * 32
+    assert compare(batch.SerializeToString()) is None
+    ok, bad = python_path(batch.SerializeToString())
+    assert [b.index for b in bad] == [7]
+
+
+BAD_EDITS = [  # one record made into something the compiled path must leave to the Python path
+    ("record_id", "f" * 32), ("record_id", "abc"), ("account_id", "other"), ("flow_log_id", "fl-other123"),
+    ("src_addr", ""), ("src_addr", "999.1.1.1"), ("src_addr", "10.000.0.1"), ("src_addr", "::1"),
+    ("dst_addr", "::ffff:10.0.0.1"), ("dst_addr", "fe80::1%eth0"), ("dst_addr", "1.2.3.4\x00"),
+    ("dst_addr", "١٢٣.1.1.1"), ("src_addr", "x" * 46), ("src_port", 65536), ("dst_port", 2**32 - 1),
+    ("protocol", 256), ("tcp_flags", 0x1000), ("packets", 10**12), ("packets", "one more than bytes"), ("action", 0), ("action", 3),
+    ("log_status", 2), ("log_status", 0), ("log_status", 4), ("direction", 0), ("direction", -1),
+    ("region", "é"), ("project", "\u00ff"), ("src_addr", "10.0.0.1\u00e9"),
+]
+
+
+@pytestmark_fast
+@pytest.mark.parametrize("field,value", BAD_EDITS)
+def test_a_record_it_is_not_sure_of_sends_the_batch_to_the_python_path(field, value):
+    batch = clean_batch(3, 30)
+    if value == "one more than bytes":
+        value = batch.records[17].bytes + 1
+    setattr(batch.records[17], field, value)
+    assert compare(batch.SerializeToString()) is None
+
+
+@pytestmark_fast
+@pytest.mark.parametrize("edit", ["no start", "end before start", "window over a day", "future", "too old",
+                                  "negative nanos", "start merged twice"])
+def test_times_it_is_not_sure_of(edit):
+    batch = clean_batch(4, 20)
+    r = batch.records[5]
+    start = NOW - 3_600_000
+    r.start_time.CopyFrom(ts(start))
+    r.end_time.CopyFrom(ts(start + 1000))
+    if edit == "no start":
+        r.ClearField("start_time")
+    elif edit == "end before start":
+        r.end_time.CopyFrom(ts(start - 1000))
+    elif edit == "window over a day":
+        r.end_time.CopyFrom(ts(start + 86_400_001))
+    elif edit == "future":
+        r.start_time.CopyFrom(ts(NOW + 301_000))
+        r.end_time.CopyFrom(ts(NOW + 302_000))
+    elif edit == "too old":
+        r.start_time.CopyFrom(ts(NOW - 3651 * 86_400_000))
+        r.end_time.CopyFrom(ts(NOW - 3651 * 86_400_000))
+    elif edit == "negative nanos":
+        r.start_time.nanos = -5
+    data = batch.SerializeToString()
+    if edit == "start merged twice":  # a second start_time in the same record: protobuf merges the two
+        second = record_pb2.FlowRecord(start_time=Timestamp(nanos=7)).SerializeToString()
+        data = _field(1, FL.id.encode()) + _field(2, r.SerializeToString() + second)
+        merged = ingest_pb2.IngestRequest.FromString(data).records[0].start_time
+        assert (merged.seconds, merged.nanos) == (r.start_time.seconds, 7)
+    assert compare(data) is None
+
+
+def _varint(v: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        out.append(b | (0x80 if v else 0))
+        if not v:
+            return bytes(out)
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+@pytestmark_fast
+def test_encodings_protobuf_accepts_read_the_same():
+    """Unknown fields, fields out of order, a scalar sent twice (the last wins), non-minimal
+    varints: read as protobuf reads them, or left to it."""
+    batch = clean_batch(5, 3)
+    recs = [r.SerializeToString() for r in batch.records]
+    unknown = _varint(99 << 3 | 0) + _varint(5) + _field(100, b"\xff\xfe") + _varint(101 << 3 | 5) + b"abcd" \
+        + _varint(102 << 3 | 1) + b"12345678"
+    port_twice = _varint(11 << 3) + _varint(1) + recs[0] + _varint(11 << 3) + _varint(8080)
+    fat_varint = recs[1] + _varint(13 << 3) + b"\x86\x80\x80\x00"  # protocol 6 in four bytes
+    reordered = b"".join(reversed(_split_fields(recs[2])))
+    data = (unknown + _field(2, port_twice) + _field(1, FL.id.encode()) + _field(2, fat_varint) + unknown
+            + _field(2, reordered + unknown))
+    got = compare(data)
+    assert got is not None and [r.src_port for r in got][0] == 8080 and got[1].protocol == 6
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        value |= (data[i] & 0x7F) << shift
+        shift += 7
+        i += 1
+        if not data[i - 1] & 0x80:
+            return value, i
+
+
+def _split_fields(rec: bytes) -> list[bytes]:
+    """The encoded fields of a message (varint and length-delimited ones only), in order."""
+    out, i = [], 0
+    while i < len(rec):
+        tag, k = _read_varint(rec, i)
+        if tag & 7 == 0:
+            _, k = _read_varint(rec, k)
+        else:
+            n, k = _read_varint(rec, k)
+            k += n
+        out.append(rec[i:k])
+        i = k
+    return out
+
+
+@pytestmark_fast
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32), st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(["flip", "drop", "insert",
+                                                                                          "cut"])), max_size=4))
+def test_mutated_bytes_never_crash_and_never_disagree(seed, edits):
+    data = bytearray(clean_batch(seed, 8).SerializeToString())
+    rnd = random.Random(seed)
+    for pos, how in edits:
+        pos %= max(1, len(data))
+        if how == "flip" and data:
+            data[pos] ^= 1 << rnd.randrange(8)
+        elif how == "drop" and data:
+            del data[pos]
+        elif how == "insert":
+            data.insert(pos, rnd.randrange(256))
+        elif how == "cut":
+            del data[pos:]
+    compare(bytes(data))
+
+
+_u32 = st.one_of(st.integers(0, 300), st.integers(0, 70000), st.integers(0, 2**32 - 1))
+_addr = st.one_of(st.sampled_from(["10.0.0.1", "192.168.1.255", "::1", "2001:db8::1", "0.0.0.0", "", "1.2.3",
+                                   "::ffff:1.2.3.4", "2001:DB8:0::0:1", "1.2.3.04", "fe80::1%1", "a", "::"]),
+                  st.ip_addresses().map(str), st.text(max_size=12))
+
+
+@pytestmark_fast
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.fixed_dictionaries({
+    "src_addr": _addr, "dst_addr": _addr, "src_port": _u32, "dst_port": _u32, "protocol": _u32, "tcp_flags": _u32,
+    "packets": st.integers(0, 2**64 - 1), "bytes": st.integers(0, 2**64 - 1),
+    "action": st.integers(-1, 4), "log_status": st.integers(-1, 4), "direction": st.integers(-1, 4),
+    "record_id": st.sampled_from(["", "x", "0" * 32]), "account_id": st.sampled_from(["", "acct", "b"]),
+    "flow_log_id": st.sampled_from(["", FL.id, "fl-zzzzzzzz"]),
+    "start": st.integers(-10**12, NOW + 10**9), "length": st.integers(-1000, 2 * 86_400_000),
+}), max_size=6))
+def test_arbitrary_records_never_disagree(records):
+    msgs = []
+    for r in records:
+        r = dict(r)
+        start, length = r.pop("start"), r.pop("length")
+        msgs.append(record_pb2.FlowRecord(start_time=ts(start), end_time=ts(start + length), **r))
+    compare(ingest_pb2.IngestRequest(flow_log_id=FL.id, records=msgs).SerializeToString())
+
+
+@pytestmark_fast
+def test_accept_keeps_no_memory_per_call():
+    data = clean_batch(6, 1000).SerializeToString()
+    for _ in range(5):
+        fast.accept(data, HEAD, FlowRecord, NOW)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for _ in range(100):
+            assert fast.accept(data, HEAD, FlowRecord, NOW) is not None
+            assert fast.accept(data[:-3], HEAD, FlowRecord, NOW) is None
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert grown < 64 * 1024, f"{grown} bytes kept after 200 calls"
+
+
+@pytestmark_fast
+def test_bad_arguments_are_errors_not_crashes():
+    data = clean_batch(7, 2).SerializeToString()
+    with pytest.raises(ValueError):
+        fast.accept(data, HEAD[:3], FlowRecord, NOW)
+    with pytest.raises(TypeError):
+        fast.accept(data, HEAD, dict, NOW)
+    with pytest.raises(TypeError):
+        fast.accept("text", HEAD, FlowRecord, NOW)
+    with pytest.raises(TypeError):
+        fast.split(None)
+
+
+@pytestmark_fast
+@pytest.mark.parametrize("seed", range(4))
+def test_address_text_is_ipaddress_text(seed):
+    """Every zero pattern of IPv6 groups (runs at the start, middle and end, ties, single zero
+    groups), every IPv4 octet width, in compressed, exploded and upper-case spellings."""
+    rnd = random.Random(seed)
+    batch = clean_batch(seed, 0)
+    for i in range(1000):
+        if i % 4 == 0:
+            src = f"{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}"
+            dst = f"{rnd.randrange(10)}.{rnd.randrange(100)}.{rnd.randrange(255, 256)}.0"
+        else:
+            groups = [0 if rnd.random() < 0.5 else rnd.choice([1, 0xF, 0x10, 0xABC, 0xFFFF, rnd.randrange(65536)])
+                      for _ in range(8)]
+            addr = ipaddress.IPv6Address(b"".join(g.to_bytes(2, "big") for g in groups))
+            src = rnd.choice([str(addr), addr.exploded, str(addr).upper()])
+            dst = "2001:db8::1"
+        r = clean_record(rnd, NOW - 60_000)
+        r.src_addr, r.dst_addr = src, dst
+        batch.records.append(r)
+    for r in batch.records:
+        one = ingest_pb2.IngestRequest(flow_log_id=FL.id, records=[r]).SerializeToString()
+        got = compare(one)
+        a = ipaddress.ip_address(r.src_addr)
+        mapped = a.version == 6 and (a.ipv4_mapped is not None or (int(a) >> 32 == 0 and int(a) > 1))
+        if not mapped:
+            assert got is not None, r.src_addr
+            assert got[0].src_addr == a.compressed
