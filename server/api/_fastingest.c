@@ -489,6 +489,199 @@ static PyObject *address_str(const char *text, uint8_t len) {
     return s;
 }
 
+/* ---- the spool's payload and the Arrow columns of a batch --------------------------------- */
+
+typedef struct {
+    char *p;
+    size_t n, cap;
+    int failed;
+} wbuf;
+
+static void wb_need(wbuf *b, size_t more) {
+    if (b->failed || b->n + more <= b->cap) return;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->n + more) cap *= 2;
+    char *p = PyMem_RawRealloc(b->p, cap);
+    if (!p) {
+        b->failed = 1;
+        return;
+    }
+    b->p = p;
+    b->cap = cap;
+}
+
+static void wb_put(wbuf *b, const void *src, size_t n) {
+    wb_need(b, n);
+    if (b->failed) return;
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+
+static void wb_u32(wbuf *b, uint32_t v) {
+    uint8_t le[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+    wb_put(b, le, 4);
+}
+
+static void wb_u64(wbuf *b, uint64_t v) {
+    uint8_t le[8];
+    for (int i = 0; i < 8; i++) le[i] = (uint8_t)(v >> (8 * i));
+    wb_put(b, le, 8);
+}
+
+/* marshal (version 2) of a non-negative int: TYPE_INT 'i' when it fits in 31 bits, else TYPE_LONG
+ * 'l' with its 15-bit digits, least significant first, as marshal.dumps writes it. */
+static void m_uint(wbuf *b, uint64_t v) {
+    if (v <= 0x7FFFFFFFULL) {
+        wb_put(b, "i", 1);
+        wb_u32(b, (uint32_t)v);
+        return;
+    }
+    uint8_t digits[10];
+    int n = 0;
+    for (uint64_t x = v; x; x >>= 15) {
+        digits[2 * n] = (uint8_t)(x & 0xFF);
+        digits[2 * n + 1] = (uint8_t)((x >> 8) & 0x7F);
+        n++;
+    }
+    wb_put(b, "l", 1);
+    wb_u32(b, (uint32_t)n);
+    wb_put(b, digits, (size_t)(2 * n));
+}
+
+/* marshal (version 2) of a str given as UTF-8: TYPE_UNICODE 'u', size, bytes. */
+static void m_str(wbuf *b, const char *s, size_t n) {
+    wb_put(b, "u", 1);
+    wb_u32(b, (uint32_t)n);
+    wb_put(b, s, n);
+}
+
+static void m_list(wbuf *b, Py_ssize_t n) {
+    wb_put(b, "[", 1);
+    wb_u32(b, (uint32_t)n);
+}
+
+typedef struct {
+    const char *s;
+    Py_ssize_t n;
+    uint64_t v;
+    int is_str;
+} head_value;
+
+static int head_item(PyObject *head, int k, head_value *out) {
+    PyObject *o = PyTuple_GET_ITEM(head, k);
+    if (PyUnicode_Check(o)) {
+        out->s = PyUnicode_AsUTF8AndSize(o, &out->n);
+        out->is_str = 1;
+        return out->s != NULL;
+    }
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) return 0;
+    out->v = v;
+    out->is_str = 0;
+    return 1;
+}
+
+/* The payload server.pipeline.spool.encode_columns compresses: marshal.dumps(value columns, 2),
+ * the value columns being FlowRecord's fields but the LogStore's (account, region, project,
+ * log_store). Checked byte for byte against marshal in tests/unit/test_fastingest.py. */
+static PyObject *spool_marshal(const rec *records, Py_ssize_t n, PyObject *head) {
+    /* FlowRecord fields 1.. that come from head, by head index: version, flow_log_id,
+     * resource_type, resource_id, network_id (account, region, project, log_store are the key). */
+    static const int HEAD_VALUES[5] = {0, 2, 6, 7, 8};
+    head_value hv[5];
+    for (int k = 0; k < 5; k++)
+        if (!head_item(head, HEAD_VALUES[k], &hv[k])) return NULL;
+    wbuf b = {0};
+    wb_need(&b, (size_t)n * 200 + 1024);
+    wb_put(&b, "(", 1);
+    wb_u32(&b, 19);
+    m_list(&b, n); /* record_id */
+    for (Py_ssize_t i = 0; i < n; i++) m_str(&b, records[i].id, 32);
+    for (int c = 0; c < 5; c++) { /* version, flow_log_id, resource_type, resource_id, network_id */
+        m_list(&b, n);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (hv[c].is_str)
+                m_str(&b, hv[c].s, (size_t)hv[c].n);
+            else
+                m_uint(&b, hv[c].v);
+        }
+    }
+    m_list(&b, n);
+    for (Py_ssize_t i = 0; i < n; i++) m_str(&b, records[i].src_txt, records[i].src_len);
+    m_list(&b, n);
+    for (Py_ssize_t i = 0; i < n; i++) m_str(&b, records[i].dst_txt, records[i].dst_len);
+#define M_COL(expr)                                              \
+    do {                                                         \
+        m_list(&b, n);                                           \
+        for (Py_ssize_t i = 0; i < n; i++) m_uint(&b, (expr));  \
+    } while (0)
+    M_COL(records[i].sport);
+    M_COL(records[i].dport);
+    M_COL(records[i].proto);
+    M_COL(records[i].pkts);
+    M_COL(records[i].bytes);
+    M_COL((uint64_t)records[i].start);
+    M_COL((uint64_t)records[i].end);
+    M_COL(records[i].action);
+    M_COL(records[i].status);
+    M_COL(records[i].direction);
+    M_COL(records[i].flags);
+#undef M_COL
+    PyObject *out = b.failed ? PyErr_NoMemory() : PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
+    PyMem_RawFree(b.p);
+    return out;
+}
+
+static PyObject *take_bytes(wbuf *b) {
+    PyObject *out = b->failed ? PyErr_NoMemory() : PyBytes_FromStringAndSize(b->p, (Py_ssize_t)b->n);
+    PyMem_RawFree(b->p);
+    b->p = NULL;
+    return out;
+}
+
+/* Arrow buffers of the batch's varying columns (little-endian, as Arrow lays them out):
+ * (record_id offsets, record_id data, src offsets, src data, dst offsets, dst data,
+ *  src_port, dst_port, protocol (int32), packets, bytes (uint64), start_time, end_time (int64),
+ *  action, log_status, direction, tcp_flags (int32)). */
+static PyObject *arrow_buffers(const rec *records, Py_ssize_t n) {
+    wbuf w[17];
+    memset(w, 0, sizeof w);
+    size_t offs[3] = {0, 0, 0};
+    for (int k = 0; k < 3; k++) wb_u32(&w[2 * k], 0);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const rec *o = &records[i];
+        wb_put(&w[1], o->id, 32);
+        wb_put(&w[3], o->src_txt, o->src_len);
+        wb_put(&w[5], o->dst_txt, o->dst_len);
+        offs[0] += 32;
+        offs[1] += o->src_len;
+        offs[2] += o->dst_len;
+        for (int k = 0; k < 3; k++) wb_u32(&w[2 * k], (uint32_t)offs[k]);
+        wb_u32(&w[6], (uint32_t)o->sport);
+        wb_u32(&w[7], (uint32_t)o->dport);
+        wb_u32(&w[8], (uint32_t)o->proto);
+        wb_u64(&w[9], o->pkts);
+        wb_u64(&w[10], o->bytes);
+        wb_u64(&w[11], (uint64_t)o->start);
+        wb_u64(&w[12], (uint64_t)o->end);
+        wb_u32(&w[13], (uint32_t)o->action);
+        wb_u32(&w[14], (uint32_t)o->status);
+        wb_u32(&w[15], (uint32_t)o->direction);
+        wb_u32(&w[16], (uint32_t)o->flags);
+    }
+    PyObject *out = PyTuple_New(17);
+    for (int k = 0; k < 17; k++) {
+        PyObject *bytes = out ? take_bytes(&w[k]) : NULL;
+        if (!bytes) {
+            for (int j = k; j < 17; j++) PyMem_RawFree(w[j].p);
+            Py_XDECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, k, bytes);
+    }
+    return out;
+}
+
 /* ---- Python functions --------------------------------------------------------------------- */
 
 PyDoc_STRVAR(split_doc,
@@ -512,17 +705,21 @@ static PyObject *fi_split(PyObject *self, PyObject *args) {
 #define ROW_N 23
 
 PyDoc_STRVAR(accept_doc,
-"accept(data, head, record_type, now_ms) -> list of records, or None\n\n"
+"accept(data, head, record_type, now_ms, columns=False) -> list of records, or None\n\n"
 "The stored records of a serialized IngestRequest, as server.core.ingest.accept_columns\n"
 "returns them, when every record passes every check; None otherwise (take the Python path).\n"
 "head: (version, account_id, flow_log_id, region, project, log_store, resource_type,\n"
-"resource_id, network_id) of the batch's flow log; record_type: server.core.model.FlowRecord.");
+"resource_id, network_id) of the batch's flow log; record_type: server.core.model.FlowRecord.\n"
+"columns=True: (records, spool payload before compression, Arrow buffers) instead; see\n"
+"spool_marshal and arrow_buffers in server/api/_fastingest.c.");
 
 static PyObject *fi_accept(PyObject *self, PyObject *args) {
     Py_buffer buf;
     PyObject *head, *type_obj;
     long long now_ms;
-    if (!PyArg_ParseTuple(args, "y*O!OL:accept", &buf, &PyTuple_Type, &head, &type_obj, &now_ms)) return NULL;
+    int want_columns = 0;
+    if (!PyArg_ParseTuple(args, "y*O!OL|p:accept", &buf, &PyTuple_Type, &head, &type_obj, &now_ms, &want_columns))
+        return NULL;
     PyObject *out = NULL;
     rec *records = NULL;
     char *key = NULL;
@@ -604,6 +801,19 @@ static PyObject *fi_accept(PyObject *self, PyObject *args) {
          * hundreds of thousands of records: the full collections of a tail benchmark run took
          * 240 ms with them tracked, 116-143 ms without (gc.callbacks timing in the server). */
         PyObject_GC_UnTrack(row);
+    }
+    if (want_columns) {
+        PyObject *payload = spool_marshal(records, n, head);
+        PyObject *bufs = payload ? arrow_buffers(records, n) : NULL;
+        if (!bufs) {
+            Py_XDECREF(payload);
+            goto fail;
+        }
+        out = PyTuple_Pack(3, list, payload, bufs);
+        Py_DECREF(payload);
+        Py_DECREF(bufs);
+        Py_DECREF(list);
+        goto done;
     }
     out = list;
     goto done;

@@ -20,6 +20,7 @@ from flowlog.v1 import (flow_log_pb2, flow_log_pb2_grpc, ingest_pb2, ingest_pb2_
                         log_store_pb2_grpc, query_pb2, query_pb2_grpc, resource_pb2, resource_pb2_grpc)
 from server.api import convert, wire
 from server.api.errors import handle_errors, parse_message
+from server.core import columns
 from server.core import filter as flt
 from server.core import ingest as ingest_core
 from server.core import query as query_core
@@ -209,16 +210,20 @@ def _accept_and_submit(pipeline, fl, message, index: int):
     `message` is an IngestRequest, or its bytes when _fastingest split it: then the compiled
     path takes the batch if every record of it passes every check, and anything else is parsed
     here and goes the Python way (server.core.ingest), which finds and explains the bad records."""
-    ok = None
+    ok = prepared = None
     bad: list = []
     if type(message) is bytes:
-        ok = _fastingest.accept(message, _fast_head(fl), FlowRecord, now_ms())
-        if ok is None:
+        head = _fast_head(fl)
+        got = _fastingest.accept(message, head, FlowRecord, now_ms(), True)
+        if got is None:
             message = parse_message(ingest_pb2.IngestRequest, message)
+        else:  # the records, and their spool payload and Arrow table made alongside
+            ok, raw, buffers = got
+            prepared = (raw, columns.table_of_buffers(len(ok), head, buffers))
     if ok is None:
         ok, bad = ingest_core.accept_columns(fl, _raw_columns(message.records), index, now_ms())
     if ok:
-        pipeline.submit(ok)
+        pipeline.submit(ok, prepared)
     return len(ok), bad
 
 

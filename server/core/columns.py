@@ -55,6 +55,31 @@ def table_of_columns(columns: Sequence[Sequence[object]]) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=SCHEMA)
 
 
+# The FlowRecord fields whose values a batch of one flow log shares (version .. network_id), and the
+# varying ones, in the order of table_of_buffers' buffers (after record_id, src_addr, dst_addr).
+_SHARED = RECORD_FIELDS[1:10]
+_FIXED_WIDTH = ("src_port", "dst_port", "protocol", "packets", "bytes", "start_time", "end_time", "action",
+                "log_status", "direction", "tcp_flags")
+
+
+def table_of_buffers(n: int, shared: Sequence[object], buffers: Sequence[bytes]) -> pa.Table:
+    """The table of n records of one flow log given as Arrow buffers (the Ingest fast path,
+    server/api/_fastingest.c, writes them): `shared` holds the values of version .. network_id,
+    the same for every record; `buffers` the little-endian offsets and data of record_id,
+    src_addr and dst_addr, then one buffer per remaining field, in FlowRecord order."""
+    if n == 0:
+        return SCHEMA.empty_table()
+    cols: dict[str, pa.Array] = {}
+    for k, name in enumerate(("record_id", "src_addr", "dst_addr")):
+        cols[name] = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(buffers[2 * k]),
+                                                            pa.py_buffer(buffers[2 * k + 1])])
+    for name, buf in zip(_FIXED_WIDTH, buffers[6:]):
+        cols[name] = pa.Array.from_buffers(_TYPES[name], n, [None, pa.py_buffer(buf)])
+    for name, value in zip(_SHARED, shared):
+        cols[name] = pa.repeat(pa.scalar(value, _TYPES[name]), n)
+    return pa.Table.from_arrays([cols[name] for name in RECORD_FIELDS], schema=SCHEMA)
+
+
 def table_of(records: Sequence[FlowRecord]) -> pa.Table:
     """The table of the records, in their order."""
     return table_of_columns(record_columns(records)) if records else SCHEMA.empty_table()

@@ -131,16 +131,17 @@ class Pipeline:
 
     # -- ingestion ----------------------------------------------------------------------------
 
-    def submit(self, records: Sequence[FlowRecord]) -> int:
+    def submit(self, records: Sequence[FlowRecord], prepared: tuple[bytes, object] | None = None) -> int:
         """Spool the records (complete, validated, with record_id); durable when this returns.
         Returns the highest seq given to them (for wait_delivered). Raises ResourceExhausted
-        when a backend is too far behind (spool bound), Unavailable when stopping."""
+        when a backend is too far behind (spool bound), Unavailable when stopping. `prepared`:
+        see Spool.append_batches."""
         with self._state_lock:
             if not self._accepting or self.spool is None:
                 raise Unavailable("the record pipeline is not running (the server is starting or stopping)")
             self._inflight += 1
         try:
-            return self.spool.append(records)
+            return self.spool.append(records, prepared)
         finally:
             with self._state_lock:
                 self._inflight -= 1

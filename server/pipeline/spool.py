@@ -178,6 +178,12 @@ def encode_columns(cols: list[Sequence[object]]) -> bytes:
         raw = marshal.dumps(values, 2)
     except ValueError:
         raw = marshal.dumps(tuple(tuple(map(_plain, c)) for c in values), 2)
+    return encode_marshalled(raw)
+
+
+def encode_marshalled(raw: bytes) -> bytes:
+    """The payload of value columns already marshalled as encode_columns() does (the Ingest
+    fast path writes them so: server/api/_fastingest.c)."""
     return _FORMAT + len(raw).to_bytes(4, "little") + _zstd().compress(raw, asbytes=True)
 
 
@@ -469,21 +475,31 @@ class Spool:
 
     # -- appending ----------------------------------------------------------------------------
 
-    def append(self, records: Sequence[FlowRecord]) -> int:
+    def append(self, records: Sequence[FlowRecord], prepared: tuple[bytes, object] | None = None) -> int:
         """Spool the records; returns the highest seq given to them. Durable when it returns.
 
         Raises ResourceExhausted when the undelivered backlog is over max_spool_bytes, and
         Unavailable when the spool cannot be written or is closed (nothing acknowledged)."""
-        batches = self.append_batches(records)
+        batches = self.append_batches(records, prepared)
         return batches[-1].seq if batches else self.head_seq
 
-    def append_batches(self, records: Sequence[FlowRecord]) -> list[SpoolBatch]:
-        """append(), returning the committed batches (one per LogStore, in seq order)."""
+    def append_batches(self, records: Sequence[FlowRecord],
+                       prepared: tuple[bytes, object] | None = None) -> list[SpoolBatch]:
+        """append(), returning the committed batches (one per LogStore, in seq order).
+
+        `prepared`: (the marshalled value columns, the Arrow table) of records that are all of
+        one LogStore, made by the caller as encode_columns() and table_of_columns() would make
+        them (the Ingest fast path); then the records are one batch and nothing is re-encoded."""
         if not records:
             return []
         if self._closed:
             raise Unavailable("the spool is closed: the server is stopping")
-        encoded = [self._encode(key, rs) for key, rs in group_by_log_store(records)]
+        if prepared is not None and len(records) <= MAX_BATCH_RECORDS:
+            raw, table = prepared
+            encoded = [(BatchKey(*_key_of(records[0])), records, encode_marshalled(raw),
+                        table if self.tables else None)]
+        else:
+            encoded = [self._encode(key, rs) for key, rs in group_by_log_store(records)]
 
         def append_op(c: sqlite3.Connection) -> list[SpoolBatch]:
             return self._op_append(c, encoded)

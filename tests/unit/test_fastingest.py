@@ -351,3 +351,33 @@ def test_records_are_left_out_of_the_cyclic_gc():
     got = fast.accept(clean_batch(8, 10).SerializeToString(), HEAD, FlowRecord, NOW)
     assert got and not any(gc.is_tracked(r) for r in got)
     assert all(gc.is_tracked(r) for r in python_path(clean_batch(8, 10).SerializeToString())[0])
+
+
+@pytestmark_fast
+@pytest.mark.parametrize("seed", range(4))
+def test_spool_payload_and_arrow_table_are_what_the_spool_would_make(seed):
+    """columns=True: the marshalled value columns are marshal.dumps' bytes, the payload decodes
+    to the same records, and the Arrow table equals the one made from the records."""
+    import marshal
+
+    from server.core.columns import SCHEMA, table_of, table_of_buffers
+    from server.core.model import record_columns
+    from server.pipeline import spool
+    batch = clean_batch(seed, 500)
+    big = batch.records[3]
+    big.packets, big.bytes = 2**64 - 2, 2**64 - 1  # the widest marshal longs
+    batch.records[4].packets = batch.records[4].bytes = 0
+    batch.records[5].bytes = 2**31
+    batch.records[5].packets = 2**31 - 1  # both sides of marshal's int/long boundary
+    data = batch.SerializeToString()
+    rows, raw, buffers = fast.accept(data, HEAD, FlowRecord, NOW, True)
+    assert rows == compare(data)
+    cols = record_columns(rows)
+    assert raw == marshal.dumps(tuple(cols[i] for i in spool._VALUE_IDX), 2)
+    key = spool.BatchKey(FL.account_id, FL.region, FL.project, FL.log_store)
+    assert spool.decode(spool.encode_marshalled(raw), key) == rows
+    assert spool.encode_marshalled(raw) == spool.encode(rows)
+    table = table_of_buffers(len(rows), HEAD, buffers)
+    assert table.schema == SCHEMA and table.equals(table_of(rows))
+    empty = fast.accept(ingest_pb2.IngestRequest(flow_log_id=FL.id).SerializeToString(), HEAD, FlowRecord, NOW, True)
+    assert empty[0] == [] and table_of_buffers(0, HEAD, empty[2]).num_rows == 0

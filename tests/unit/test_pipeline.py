@@ -150,6 +150,37 @@ def test_spooled_batches_carry_their_arrow_table(tmp_path):
         reopened.close()
 
 
+def test_a_prepared_batch_is_spooled_as_given_and_reads_back_the_same(tmp_path):
+    """append(records, prepared): the caller's marshalled columns and table (the Ingest fast
+    path) are spooled as one batch; the file holds what encode() would have written. Records of
+    more than one batch's worth take the ordinary path."""
+    import marshal
+
+    from server.core.columns import table_of
+    from server.core.model import record_columns
+    from server.pipeline.spool import _ENUM_IDX, _VALUE_IDX
+    recs = make_records(40, log_store="a")
+    cols = record_columns(recs)
+    for i in _ENUM_IDX:  # what the fast path writes: plain ints
+        cols[i] = list(map(int, cols[i]))
+    raw = marshal.dumps(tuple(cols[i] for i in _VALUE_IDX), 2)
+    table = table_of(recs)
+    spool = Spool(tmp_path / "spool.db", tables=True)
+    try:
+        [b] = spool.append_batches(recs, (raw, table))
+        assert b.table is table and list(b.records) == recs and b.nbytes == len(encode(recs))
+        big = make_records(MAX_BATCH_RECORDS + 1, start=100, log_store="a")
+        assert len(spool.append_batches(big, (b"unused", None))) == 2
+    finally:
+        spool.close()
+    reopened = Spool(tmp_path / "spool.db")
+    try:
+        back = reopened.read_after(0, None)
+        assert list(back[0].records) == recs and [len(x.records) for x in back] == [40, MAX_BATCH_RECORDS, 1]
+    finally:
+        reopened.close()
+
+
 def test_grouping_splits_by_log_store_and_size():
     recs = make_records(3, log_store="a") + make_records(2, log_store="b") + make_records(1, start=10, log_store="a")
     groups = group_by_log_store(recs)
