@@ -50,8 +50,9 @@ def batch_records(batches: Sequence[SpoolBatch]) -> list[FlowRecord]:
 
 def batch_table(batches: Sequence[SpoolBatch]) -> object:
     """The batches' records as one Arrow table: the tables the spool made at append, chunk by
-    chunk (no copy); batches read back from the file are converted here."""
-    return columns.concat(b.table if b.table is not None else columns.table_of(b.records) for b in batches)
+    chunk (no copy); batches read back from the file are decoded straight into tables
+    (SpoolBatch.arrow)."""
+    return columns.concat(b.arrow() for b in batches)
 
 
 def batch_writer(rows: Callable[[list[FlowRecord]], object],

@@ -145,7 +145,11 @@ def test_spooled_batches_carry_their_arrow_table(tmp_path):
     try:
         cold = reopened.read_after(0, None)
         assert [b.table for b in cold] == [None, None]
-        assert records_of(batch_table(cold)) == recs
+        whole = batch_table(cold)
+        assert whole.schema == SCHEMA and records_of(whole) == recs
+        # ... decoded straight from the payload's columns: no FlowRecord was made for them
+        assert [b.records._rows for b in cold] == [None, None] and [len(b.records) for b in cold] == [30, 20]
+        assert list(cold[0].records) == recs[:30] and cold[1].records == recs[30:]
     finally:
         reopened.close()
 
