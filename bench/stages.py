@@ -2,7 +2,8 @@
 `python -m bench.stages [--records N]`.
 
 Not a target check: a map of where the time of an ingested record goes, for whoever works on
-the ingest path next. Each step runs over the same realistic records as the ingest benchmark
+the ingest path next. The first line is the compiled fast path (server/api/_fastingest.c), which
+takes every benchmark batch: it replaces the Python steps after it up to the Arrow table. Each step runs over the same realistic records as the ingest benchmark
 (bench.dataset), single-threaded, with the server's GC thresholds and pyarrow settings; the
 best of three runs is printed, in µs of process CPU per record. Together with the server CPU
 per record of `python -m bench --only ingest` it tells what is left outside these steps (gRPC,
@@ -58,6 +59,27 @@ def main(argv: list[str] | None = None) -> int:
     flow_logs = {fl.id: fl for fl, _ in fls}
     print(f"{n:,} records in {len(frames)} IngestRequests of <= 1,000, best of 3 runs per step")
 
+    from server.api import services
+    from server.core.model import FlowRecord
+    from server.pipeline.spool import encode_marshalled
+    if services._fastingest is not None:
+        fast = services._fastingest
+
+        def compiled() -> list:
+            out = []
+            for f in frames:
+                fid, _ = fast.split(f)
+                head = services._fast_head(flow_logs[fid])
+                got = fast.accept(f, head, FlowRecord, now_ms(), True)
+                if got is None:
+                    raise SystemExit("a benchmark batch left the compiled path")
+                rows, marshalled, buffers = got
+                out.append((rows, encode_marshalled(marshalled), columns.table_of_buffers(len(rows), head, buffers)))
+            return out
+        _best("compiled path: bytes -> records + payload + table", compiled, n)
+    else:
+        print("(server/api/_fastingest.c is not built: the server takes the Python steps below)")
+    print("The Python path, taken by batches the compiled path leaves to it (or all, without it):")
     msgs = _best("parse IngestRequest (protobuf, C)", lambda: [ingest_pb2.IngestRequest.FromString(f) for f in frames], n)
     raw = _best("protobuf fields -> columns (_raw_columns)", lambda: [_raw_columns(m.records) for m in msgs], n)
     oks = _best("validate + record ids (accept_columns, cold caches)",
