@@ -172,6 +172,15 @@ static int rd_skip(reader *r, unsigned wt) {
     }
 }
 
+/* A field's number and wire type; 0 when malformed (field 0, or a tag over 32 bits). */
+static int rd_tag(reader *r, unsigned *field, unsigned *wt) {
+    uint64_t tag;
+    if (!rd_varint(r, &tag) || tag > 0xFFFFFFFFULL || (tag >> 3) == 0) return 0;
+    *field = (unsigned)(tag >> 3);
+    *wt = (unsigned)(tag & 7);
+    return 1;
+}
+
 /* Plain ASCII (a subset of the UTF-8 protobuf requires of strings); anything else: the slow path. */
 static int ascii(const uint8_t *s, size_t n) {
     for (size_t i = 0; i < n; i++)
@@ -198,10 +207,8 @@ static int rd_timestamp(const uint8_t *s, size_t n, int64_t *ms) {
     reader r = {s, s + n};
     uint64_t seconds = 0, nanos = 0;
     while (r.p < r.end) {
-        uint64_t tag;
-        if (!rd_varint(&r, &tag)) return 0;
-        unsigned field = (unsigned)(tag >> 3), wt = (unsigned)(tag & 7);
-        if (field == 0 || tag > 0xFFFFFFFFULL) return 0;
+        unsigned field, wt;
+        if (!rd_tag(&r, &field, &wt)) return 0;
         if (field == 1 || field == 2) {
             if (wt != 0) return 0;
             if (!rd_varint(&r, field == 1 ? &seconds : &nanos)) return 0;
@@ -224,10 +231,8 @@ static int rd_record(const uint8_t *s, size_t n, rec *o) {
     memset(o, 0, offsetof(rec, src_txt));
     o->rid = o->acc = o->flid = o->src = o->dst = s; /* zero-length views */
     while (r.p < r.end) {
-        uint64_t tag;
-        if (!rd_varint(&r, &tag)) return 0;
-        unsigned field = (unsigned)(tag >> 3), wt = (unsigned)(tag & 7);
-        if (field == 0 || tag > 0xFFFFFFFFULL) return 0;
+        unsigned field, wt;
+        if (!rd_tag(&r, &field, &wt)) return 0;
         const uint8_t *str;
         size_t len;
         uint64_t *num = NULL;
@@ -436,10 +441,8 @@ static int rd_request(const uint8_t *s, size_t n, const uint8_t **fid, size_t *f
     *fid_n = 0;
     *count = 0;
     while (r.p < r.end) {
-        uint64_t tag;
-        if (!rd_varint(&r, &tag)) return 0;
-        unsigned field = (unsigned)(tag >> 3), wt = (unsigned)(tag & 7);
-        if (field == 0 || tag > 0xFFFFFFFFULL) return 0;
+        unsigned field, wt;
+        if (!rd_tag(&r, &field, &wt)) return 0;
         const uint8_t *str;
         size_t len;
         if (field == 1) {
