@@ -73,6 +73,32 @@ def check_listen_address(cfg: Config) -> None:
                           "'<key>=<account>') or listen on 127.0.0.1")
 
 
+class DataDirInUse(RuntimeError):
+    """Another flowlog server holds the data dir."""
+
+
+def lock_data_dir(path: Path) -> int:
+    """Hold `path`/server.lock for the life of the process (released by the OS when it exits);
+    DataDirInUse when another server holds it. Taken before any store is opened, so a second
+    server on the same data dir says so instead of failing in whichever store it opens first
+    (DuckDB's own lock error)."""
+    import fcntl
+    import os
+
+    fd = os.open(path / "server.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise DataDirInUse(f"the data dir {path} is in use by another flowlog server"
+                           f"{f' (pid {holder})' if holder.isdigit() else ''}: stop it, or give this one "
+                           "another --data-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
 class App:
     """Everything the API layer needs, built once."""
 
@@ -85,6 +111,7 @@ class App:
         check_listen_address(cfg)
         self.config = cfg
         cfg.data_path.mkdir(parents=True, exist_ok=True)
+        self._dir_lock = lock_data_dir(cfg.data_path)
         self.metadata = SqliteMetadataStore(cfg.data_path / "metadata.db")
         secret = self.metadata.setting("token_secret", secrets.token_bytes(32))
         self.signer = TokenSigner(secret)
@@ -202,6 +229,10 @@ class App:
         if self.archive is not None:
             self.archive.store.close()
         self.metadata.close()
+        if self._dir_lock is not None:  # another server may take the data dir now
+            import os
+            os.close(self._dir_lock)
+            self._dir_lock = None
 
 
 def build_app(cfg: Config) -> App:

@@ -44,9 +44,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def serve(cfg) -> int:
     from server.api.server import GrpcServer
-    from server.app import build_app
+    from server.app import DataDirInUse, build_app
 
-    app = build_app(cfg)
+    try:
+        app = build_app(cfg)
+    except DataDirInUse as e:
+        log.error("%s", e)
+        return 1
     try:
         server = GrpcServer(app)
     except RuntimeError as e:

@@ -248,3 +248,22 @@ def test_health_and_backends(a):
     for name in ("", "flowlog.v1.FlowLogService", "flowlog.backend.query", "flowlog.backend.archive"):
         resp = a.health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
         assert resp.status == health_pb2.HealthCheckResponse.SERVING, name
+
+
+def test_a_second_server_on_the_same_data_dir_says_so(server, a):
+    """The data dir belongs to one server: a second one exits at once with a message naming the
+    dir and the holder's pid (not a store's own lock error), and the first keeps serving."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import ROOT, free_port
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLOG_")}
+    second = subprocess.run([sys.executable, "-m", "server.main", "--data-dir", str(server.data_dir),
+                             "--listen", f"127.0.0.1:{free_port()}"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert second.returncode == 1, second.stderr
+    assert f"the data dir {server.data_dir} is in use by another flowlog server (pid {server.proc.pid})" \
+        in second.stderr, second.stderr
+    assert "Traceback" not in second.stderr
+    assert a.resources.ListResources(rs.ListResourcesRequest(page_size=1), metadata=a.md, timeout=10).resources
