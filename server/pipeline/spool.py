@@ -221,7 +221,7 @@ def decode_table(data: bytes, key: BatchKey):
     values = _value_columns(data)
     n = len(values[0]) if values else 0
     if n == 0:
-        return table_of_columns([[]])
+        return table_of([])
     cols: list = list(values)
     for pos, value in zip(_KEY_IDX, key):
         cols.insert(pos, [value] * n)
