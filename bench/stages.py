@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from server import archive
     from server.api.services import _raw_columns
     from server.core import columns
-    from server.core.ingest import accept_columns
+    from server.core.ingest import accept_columns, stored_head
     from server.core.model import record_columns
     from server.core.records import canonical_address
     from server.core.service import now_ms
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             out = []
             for f in frames:
                 fid, _ = fast.split(f)
-                head = services._fast_head(flow_logs[fid])
+                head = stored_head(flow_logs[fid])
                 got = fast.accept(f, head, FlowRecord, now_ms(), True)
                 if got is None:
                     raise SystemExit("a benchmark batch left the compiled path")

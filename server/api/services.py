@@ -25,7 +25,7 @@ from server.core import filter as flt
 from server.core import ingest as ingest_core
 from server.core import query as query_core
 from server.core.errors import InvalidArgument, ResourceExhausted
-from server.core.model import FlowRecord, LogStoreKey, RECORD_VERSION
+from server.core.model import FlowRecord, LogStoreKey
 from server.core.service import CreateFlowLog, ExistingLogStoreSpec, NewLogStoreSpec, now_ms
 
 try:  # the compiled fast path of Ingest; optional (setup.py), the Python path gives the same results
@@ -197,13 +197,6 @@ def _raw_columns(records) -> tuple:
     return rid, acc, flid, src, dst, sp, dp, proto, pk, by, _ms(ss, sn), _ms(es, en), act, st, di, fl
 
 
-def _fast_head(fl) -> tuple:
-    """The stored fields a record takes from its flow log, in FlowRecord order (version through
-    network_id), for _fastingest.accept."""
-    return (RECORD_VERSION, fl.account_id, fl.id, fl.region, fl.project, fl.log_store, int(fl.resource_type),
-            fl.resource_id, fl.network_id)
-
-
 def _accept_and_submit(pipeline, fl, message, index: int):
     """One message: check and complete the records, spool the good ones (durable on return).
 
@@ -213,7 +206,7 @@ def _accept_and_submit(pipeline, fl, message, index: int):
     ok = prepared = None
     bad: list = []
     if type(message) is bytes:
-        head = _fast_head(fl)
+        head = ingest_core.stored_head(fl)
         got = _fastingest.accept(message, head, FlowRecord, now_ms(), True)
         if got is None:
             message = parse_message(ingest_pb2.IngestRequest, message)

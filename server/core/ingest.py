@@ -51,6 +51,7 @@ def accept(fl: FlowLog, raw: Iterable[tuple], first_index: int, now_ms: int) -> 
     ok: list[FlowRecord] = []
     bad: list[Rejection] = []
     account, fid = fl.account_id, fl.id
+    head = stored_head(fl)
     for i, (rid, acc, flid, src, dst, sport, dport, proto, pkts, nbytes, start, end, action, status, direction,
             flags) in enumerate(raw, first_index):
         if flid and flid != fid:
@@ -69,9 +70,8 @@ def accept(fl: FlowLog, raw: Iterable[tuple], first_index: int, now_ms: int) -> 
         except ValueError:
             bad.append(Rejection(i, "dst_addr", f"{dst[:50]!r} is not an IP address"))
             continue
-        rec = FlowRecord("", RECORD_VERSION, account, fid, fl.region, fl.project, fl.log_store, int(fl.resource_type),
-                         fl.resource_id, fl.network_id, src, dst, sport, dport, proto, pkts, nbytes, start, end,
-                         action, status, direction, flags)
+        rec = FlowRecord("", *head, src, dst, sport, dport, proto, pkts, nbytes, start, end, action, status,
+                         direction, flags)
         problem = check_record(rec, now_ms)
         if problem is not None:
             bad.append(Rejection(i, problem.field, problem.reason))
@@ -82,6 +82,13 @@ def accept(fl: FlowLog, raw: Iterable[tuple], first_index: int, now_ms: int) -> 
             continue
         ok.append(rec._replace(record_id=wanted))
     return ok, bad
+
+
+def stored_head(fl: FlowLog) -> tuple:
+    """The stored fields every record of a flow log takes from it, in FlowRecord order (version
+    through network_id): a collector's values for them are never kept."""
+    return (RECORD_VERSION, fl.account_id, fl.id, fl.region, fl.project, fl.log_store, int(fl.resource_type),
+            fl.resource_id, fl.network_id)
 
 
 class _Slow(Exception):
@@ -133,8 +140,6 @@ def accept_columns(fl: FlowLog, cols: Sequence[Sequence], first_index: int,
             raise _Slow
     except (_Slow, ValueError, TypeError):
         return accept(fl, zip(*cols), first_index, now_ms)
-    head = (RECORD_VERSION, account, fid, fl.region, fl.project, fl.log_store, int(fl.resource_type),
-            fl.resource_id, fl.network_id)
     r = repeat
-    return list(map(_new_record, zip(wanted, *(r(v) for v in head), src, dst, sports, dports, protos, pkts,
+    return list(map(_new_record, zip(wanted, *(r(v) for v in stored_head(fl)), src, dst, sports, dports, protos, pkts,
                                      nbytes, starts, ends, actions, statuses, directions, flags))), []

@@ -20,7 +20,7 @@ from flowlog.v1 import ingest_pb2, record_pb2
 from google.protobuf import message as pb_message
 from google.protobuf.timestamp_pb2 import Timestamp
 from server.api import services
-from server.core.ingest import accept_columns
+from server.core.ingest import accept_columns, stored_head
 from server.core.model import FlowLog, FlowRecord, ResourceType, TrafficType
 
 fast = services._fastingest
@@ -28,7 +28,7 @@ fast = services._fastingest
 NOW = 1_780_000_000_000
 FL = FlowLog(id="fl-abcdefgh1", region="bj", name="n", resource_type=ResourceType.NAT_GATEWAY, resource_id="nat-1",
              network_id="vpc-1", traffic_type=TrafficType.ALL, project="p", log_store="ls", account_id="acct")
-HEAD = services._fast_head(FL)
+HEAD = stored_head(FL)
 
 
 def test_built_wherever_a_c_compiler_is():
