@@ -205,27 +205,25 @@ def _value_columns(data: bytes) -> tuple:
     return marshal.loads(raw)
 
 
-def decode(data: bytes, key: BatchKey) -> list[FlowRecord]:
-    values = _value_columns(data)
-    if not values or not values[0]:
-        return []
-    cols: list[Iterable[object]] = list(values)
+def _all_columns(data: bytes, key: BatchKey) -> list[list]:
+    """Every FlowRecord column of a payload: its value columns with the LogStore's put back."""
+    cols = list(_value_columns(data))
+    n = len(cols[0]) if cols else 0
     for pos, value in zip(_KEY_IDX, key):
-        cols.insert(pos, itertools.repeat(value))
-    return list(map(_make, zip(*cols)))
+        cols.insert(pos, [value] * n)
+    return cols
+
+
+def decode(data: bytes, key: BatchKey) -> list[FlowRecord]:
+    cols = _all_columns(data, key)
+    return list(map(_make, zip(*cols))) if cols and cols[0] else []
 
 
 def decode_table(data: bytes, key: BatchKey):
     """The payload as an Arrow table (server.core.columns), straight from its columns: no
     FlowRecord per record."""
-    values = _value_columns(data)
-    n = len(values[0]) if values else 0
-    if n == 0:
-        return table_of([])
-    cols: list = list(values)
-    for pos, value in zip(_KEY_IDX, key):
-        cols.insert(pos, [value] * n)
-    return table_of_columns(cols)
+    cols = _all_columns(data, key)
+    return table_of_columns(cols) if cols and cols[0] else table_of([])
 
 
 class StoredRecords(abc.Sequence):
