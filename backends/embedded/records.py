@@ -179,16 +179,13 @@ class EmbeddedRecordStore:
                 # the range (an anti-join against the range built a hash table of all of it on
                 # every write: 20-30% slower once a million records overlap). Only a batch that
                 # repeats stored records (a collector's retry) pays for the anti-join.
-                again = self._con.execute(
-                    "SELECT 1 FROM records WHERE start_time BETWEEN ? AND ? "
-                    "AND record_id IN (SELECT record_id FROM incoming) LIMIT 1", [lo, hi]).fetchone()
-                if again is None:
+                again = ("FROM records WHERE start_time BETWEEN ? AND ? "
+                         "AND record_id IN (SELECT record_id FROM incoming)")
+                if self._con.execute(f"SELECT 1 {again} LIMIT 1", [lo, hi]).fetchone() is None:
                     self._con.execute("INSERT INTO records SELECT * FROM incoming")
                 else:
-                    self._con.execute(
-                        f"INSERT INTO records SELECT i.* FROM incoming i ANTI JOIN "
-                        f"(SELECT {_KEY} FROM records WHERE start_time BETWEEN ? AND ? "
-                        f"AND record_id IN (SELECT record_id FROM incoming)) r USING ({_KEY})", [lo, hi])
+                    self._con.execute(f"INSERT INTO records SELECT i.* FROM incoming i ANTI JOIN "
+                                      f"(SELECT {_KEY} {again}) r USING ({_KEY})", [lo, hi])
             finally:
                 self._con.unregister("incoming")
             self._dirty = True
