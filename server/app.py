@@ -122,7 +122,8 @@ class App:
         self.pipeline = Pipeline(cfg.data_path, self.records, self.archive, max_spool_bytes=p.max_spool_bytes,
                                  tail_retention_s=p.tail_retention_seconds, archive_max_records=p.archive_max_records,
                                  archive_max_age_s=p.archive_max_age_seconds, cursor_secret=secret,
-                                 tail_buffer_records=cfg.limits.tail_buffer_records)
+                                 tail_buffer_records=cfg.limits.tail_buffer_records,
+                                 pace_max_s=p.ingest_pace_max_seconds)
         self.service = Service(self.metadata, self.signer, flow_log_quota=cfg.flow_log_quota,
                                on_log_store_deleted=self._drop_log_store)
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="flowlog-rpc")

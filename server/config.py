@@ -76,6 +76,10 @@ class PipelineConfig:
     # Archive objects are written when this many records or this age is reached.
     archive_max_records: int = 50_000
     archive_max_age_seconds: float = 60.0
+    # Backpressure: while a healthy backend is further behind than the spool keeps in memory,
+    # an Ingest call (or a generator batch) waits up to this long for it before being spooled.
+    # 0: never wait (the spool absorbs everything up to max_spool_bytes).
+    ingest_pace_max_seconds: float = 0.25
 
 
 @dataclass
@@ -141,6 +145,8 @@ class Config:
                               "(FLOWLOG_MINIO_ENDPOINT, FLOWLOG_MINIO_ACCESS_KEY, FLOWLOG_MINIO_SECRET_KEY) are not all set")
         if self.flow_log_quota < 1:
             raise ConfigError("flow_log_quota must be at least 1")
+        if self.pipeline.ingest_pace_max_seconds < 0:
+            raise ConfigError("pipeline.ingest_pace_max_seconds must be 0 (never wait) or more")
         if self.generator.window_seconds < 0.5:
             raise ConfigError("generator.window_seconds must be at least 0.5")
         if bool(self.tls.cert_file) != bool(self.tls.key_file):

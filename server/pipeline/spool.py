@@ -783,6 +783,17 @@ class Spool:
         with self._cond:
             return self._cond.wait_for(done, timeout)
 
+    def wait_backlog(self, records: int, sinks: Iterable[str], timeout: float) -> bool:
+        """Wait until each named sink has at most `records` records spooled and not yet stored
+        (or timeout, close)."""
+        names = list(sinks)
+
+        def done() -> bool:
+            backlog = self._v_backlog
+            return self._closed or all(backlog.get(name, (0, 0))[0] <= records for name in names)
+        with self._cond:
+            return self._cond.wait_for(done, timeout)
+
     # -- sinks --------------------------------------------------------------------------------
 
     def register_sinks(self, names: Sequence[str]) -> None:

@@ -34,6 +34,8 @@ def test_refuses_unknown_setting_and_bad_values(tmp_path):
     assert r.returncode == 2 and "FLOWLOG_FLOW_LOG_QUOTA" in r.stderr
     r = run_server(["--data-dir", str(tmp_path)], env={"FLOWLOG_QUERY_BACKEND": "elasticsearch"})
     assert r.returncode == 2 and "FLOWLOG_ELASTICSEARCH_URL" in r.stderr
+    r = run_server(["--data-dir", str(tmp_path)], env={"FLOWLOG_PIPELINE_INGEST_PACE_MAX_SECONDS": "-1"})
+    assert r.returncode == 2 and "pipeline.ingest_pace_max_seconds must be 0 (never wait) or more" in r.stderr
 
 
 def _openssl(*args: str, cwd: Path) -> None:

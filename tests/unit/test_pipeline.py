@@ -396,6 +396,69 @@ def test_spool_bound_refuses_ingestion_and_never_drops(tmp_path, store):
         p.stop(5)
 
 
+class SlowStore(FlakyStore):
+    """The real query store, healthy but holding each write until `gate` is open: a backend
+    slower than ingestion."""
+
+    def __init__(self, store: EmbeddedRecordStore) -> None:
+        super().__init__(store)
+        self.gate = threading.Event()
+
+    def _attempt(self) -> None:
+        super()._attempt()
+        self.gate.wait(30)
+
+
+def test_a_healthy_sink_past_the_memory_window_holds_submits_back_for_a_bounded_time(tmp_path, store):
+    slow = SlowStore(store)
+    p = make_pipeline(tmp_path, slow, coalesce_records=1000, pace_max_s=0.4)
+    try:
+        limit = p._pace_records
+        assert limit == 50_000 - 1000  # the spool keeps 50,000 records in memory; minus one sink write
+        seq, n = 0, 0
+        while p.spool.backlog("query")[0] <= limit:  # the sink holds its first write: nothing stored
+            seq = p.submit(make_records(1000, start=n))
+            n += 1000
+        assert p.health()["query"][0]
+        t0 = time.monotonic()
+        seq = p.submit(make_records(1000, start=n))  # held, then taken: durable, never refused
+        held = time.monotonic() - t0
+        n += 1000
+        assert 0.35 <= held < 2.0
+        done = threading.Event()
+
+        def one_more() -> None:
+            p.submit(make_records(1000, start=n))
+            done.set()
+        p.pace_max_s = 30.0
+        threading.Thread(target=one_more, daemon=True).start()
+        assert not done.wait(0.3)  # held while the sink stays behind...
+        slow.gate.set()
+        assert done.wait(10)  # ...and let go as soon as it has caught up, not after 30 s
+        assert p.wait_delivered(p.spool.head_seq, 20)
+        assert count_query(store) == n + 1000
+    finally:
+        slow.gate.set()
+        p.stop(10)
+
+
+def test_a_failing_sink_does_not_hold_submits_back(tmp_path, store):
+    flaky = FlakyStore(store)
+    flaky.down.set()
+    p = make_pipeline(tmp_path, flaky, coalesce_records=1000, pace_max_s=5.0)
+    try:
+        for i in range(60):
+            p.submit(make_records(1000, start=i * 1000))
+            if i == 0:
+                assert wait_until(lambda: not p.health()["query"][0])
+        assert p.spool.backlog("query")[0] == 60_000  # past the window, nothing held for 5 s
+        flaky.down.clear()
+        assert p.wait_delivered(p.spool.head_seq, 20)
+        assert count_query(store) == 60_000
+    finally:
+        p.stop(10)
+
+
 def test_stop_drains_every_sink_including_a_not_yet_due_archive_object(tmp_path, store, archive):
     p = make_pipeline(tmp_path, store, archive, archive_max_records=1_000_000, archive_max_age_s=3600)
     for i in range(4):
