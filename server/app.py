@@ -26,7 +26,8 @@ log = logging.getLogger("flowlog.app")
 
 def _embedded_records(cfg: Config):
     from backends.embedded.records import EmbeddedRecordStore
-    return EmbeddedRecordStore(cfg.data_path / "records.duckdb", memory_limit=cfg.embedded.memory_limit or None)
+    return EmbeddedRecordStore(cfg.data_path / "records.duckdb", memory_limit=cfg.embedded.memory_limit or None,
+                               threads=cfg.embedded.duckdb_threads())
 
 
 def _elasticsearch_records(cfg: Config):
