@@ -1,5 +1,6 @@
 """Tail: delivery latency from the Ingest acknowledgement to the record's arrival on a Tail stream,
-with 1, 10 and 100 concurrent tails (all in one client process, grpc.aio), while another client
+with 1, 10 and 100 concurrent tails (all in one client process, grpc.aio, each on its own
+connection as separate subscribers are; and 10 sharing one connection), while another client
 process ingests 1,000-record messages at a steady rate, one Ingest call per message. Every
 record of message k carries start_time = base + k ms, which is how a tail event is matched to
 the message (and so to its acknowledgement time). Unfiltered tails (no sampling, no filter).
@@ -64,10 +65,18 @@ def _latencies(acks: list, events: list[list], n_msgs: int, which: int = 1) -> t
     return out, missing
 
 
-# (tails, Ingest calls per second of 1,000 records): the same load for 1, 10 and 100 tails, then 100
-# tails at a tenth of it (100 tails x 20,000 records/s is 2M records/s to deliver, more than these two
-# cores can encode, send and (in the client process) parse).
-CONFIGS: tuple[tuple[int, float], ...] = ((1, 20.0), (10, 20.0), (100, 20.0), (100, 2.0))
+# (tails, Ingest calls per second of 1,000 records, all tails on one connection): the same load for
+# 1, 10 and 100 tails, then 100 tails at a tenth of it (100 tails x 20,000 records/s is 2M records/s
+# to deliver, more than these two cores can encode, send and (in the client process) parse).
+# 10 tails also share one connection once: one client multiplexing its tails (see README).
+CONFIGS: tuple[tuple[int, float, bool], ...] = ((1, 20.0, False), (10, 20.0, False), (10, 20.0, True),
+                                                (100, 20.0, False), (100, 2.0, False))
+
+
+def run_key(n_tails: int, rate: float, shared: bool) -> str:
+    """The key of a configuration's figures in the results: "10", "100@2/s", "10 on one connection"."""
+    key = str(n_tails) if rate == CONFIGS[0][1] else f"{n_tails}@{rate:g}/s"
+    return key + (" on one connection" if shared else "")
 
 
 def _wait_tail(tailer: Worker, records: int, deadline: float, poll_s: float) -> None:
@@ -79,7 +88,7 @@ def _wait_tail(tailer: Worker, records: int, deadline: float, poll_s: float) -> 
         time.sleep(poll_s)
 
 
-def run(services: Services, workdir: Path, configs: tuple[tuple[int, float], ...] = CONFIGS,
+def run(services: Services, workdir: Path, configs: tuple[tuple[int, float, bool], ...] = CONFIGS,
         seconds: float = 10.0, throughput_records: int = 500_000, throughput_rate: float = 100_000) -> dict[str, Any]:
     log(f"tail: (tails, calls/s) {configs}, 1,000 records per call, {seconds:.0f}s each")
     wd = workdir / "tail"
@@ -88,8 +97,8 @@ def run(services: Services, workdir: Path, configs: tuple[tuple[int, float], ...
     tailer = Worker("tail-clients")
     result: dict[str, Any] = {"records_per_msg": 1000, "seconds": seconds, "runs": {}}
     try:
-        for n_tails, rate in configs:
-            tag = f"tail{n_tails}x{int(rate)}"
+        for n_tails, rate, shared in configs:
+            tag = f"tail{n_tails}x{int(rate)}" + ("-shared" if shared else "")
             fls = dataset.create_flow_logs(srv.address, tag, count=1)
             n_msgs = int(rate * seconds)
             base = time.time_ns() // 1_000_000 - 600_000
@@ -97,9 +106,10 @@ def run(services: Services, workdir: Path, configs: tuple[tuple[int, float], ...
             fpath = wd / f"{tag}.frames"
             dataset.write_frames(fpath, frames)
             ingester.call("load_frames", path=str(fpath))
-            tailer.call("tail_start", address=srv.address, tails=n_tails, request=_tail_request(tag), base_ms=base)
+            tailer.call("tail_start", address=srv.address, tails=n_tails, request=_tail_request(tag), base_ms=base,
+                        shared=shared)
             srv.rss.reset()
-            with pyspy(srv.proc.pid, f"tail-{n_tails}-{rate:g}"):
+            with pyspy(srv.proc.pid, tag):
                 r = ingester.call("ingest", address=srv.address, streams=1, msgs_per_call=1, rate_msgs=rate)
                 # Let the last deliveries arrive.
                 deadline = time.monotonic() + 10
@@ -109,15 +119,16 @@ def run(services: Services, workdir: Path, configs: tuple[tuple[int, float], ...
             lat, missing = _latencies(r["acks"], s["events"], n_msgs)
             lat_sent, _ = _latencies(r["acks"], s["events"], n_msgs, which=0)
             ingest_lat = [(a - b) * 1000 for b, a, _, _ in r["acks"]]
-            run_ = {"tails": n_tails, "rate_msgs_per_s": rate, "messages": n_msgs, "delivered_p50_ms": pct(lat, 50),
+            run_ = {"tails": n_tails, "connections": 1 if shared else n_tails, "rate_msgs_per_s": rate,
+                    "messages": n_msgs, "delivered_p50_ms": pct(lat, 50),
                     "delivered_p99_ms": pct(lat, 99), "delivered_max_ms": max(lat) if lat else float("nan"),
                     "sent_p50_ms": pct(lat_sent, 50), "sent_p99_ms": pct(lat_sent, 99),
                     "missing": missing, "errors": s["errors"][:3], "n_errors": len(s["errors"]),
                     "ingest_ack_p50_ms": pct(ingest_lat, 50), "ingest_ack_p99_ms": pct(ingest_lat, 99),
                     "peak_rss_mb": round(srv.rss.peak / 2**20, 1),
                     "send_rate_msgs_per_s": n_msgs / max(1e-9, r["t_acked"] - r["t0"])}
-            result["runs"][str(n_tails) if rate == configs[0][1] else f"{n_tails}@{rate:g}/s"] = run_
-            log(f"tail x{n_tails} at {rate:g} calls/s: ack->delivery p50 {run_['delivered_p50_ms']:.1f} ms, p99 "
+            result["runs"][run_key(n_tails, rate, shared)] = run_
+            log(f"tail x{n_tails} on {run_['connections']} connection(s) at {rate:g} calls/s: ack->delivery p50 {run_['delivered_p50_ms']:.1f} ms, p99 "
                 f"{run_['delivered_p99_ms']:.1f} ms (send->delivery p99 {run_['sent_p99_ms']:.1f} ms), missing {missing}, errors {len(s['errors'])}; ingest ack p50 "
                 f"{run_['ingest_ack_p50_ms']:.1f} ms")
             fpath.unlink()

@@ -173,10 +173,12 @@ def _query(state, address: str, request: bytes, reps: int) -> list[tuple[float, 
 
 # -- tail ------------------------------------------------------------------------------------------
 
-def _tail_start(state, address: str, tails: int, request: bytes, base_ms: int, settle: float = 0.5) -> str:
-    """Open `tails` Tail streams (grpc.aio, one event loop thread) and record, per event, its
-    arrival time and the range of message numbers it covers (start_time - base_ms of its first and
-    last record: the tail benchmark gives every record of message k start_time = base_ms + k)."""
+def _tail_start(state, address: str, tails: int, request: bytes, base_ms: int, settle: float = 0.5,
+                shared: bool = False) -> str:
+    """Open `tails` Tail streams (grpc.aio, one event loop thread; each on its own connection, or
+    all on one when `shared`) and record, per event, its arrival time and the range of message
+    numbers it covers (start_time - base_ms of its first and last record: the tail benchmark
+    gives every record of message k start_time = base_ms + k)."""
     import asyncio
 
     import grpc
@@ -218,14 +220,19 @@ def _tail_start(state, address: str, tails: int, request: bytes, base_ms: int, s
                 stats["errors"].append(f"{e.code().name}: {e.details()[:200]}")
 
     async def main() -> None:
-        async with grpc.aio.insecure_channel(address, options=GRPC_OPTIONS) as ch:
-            await ch.channel_ready()
-            stub = ch.unary_stream("/flowlog.v1.QueryService/Tail", request_serializer=None,
-                                   response_deserializer=query_pb2.TailResponse.FromString)
+        # One connection per tail, as separate subscribers have (a channel of its own, not the
+        # process-wide subchannel pool), or all of them multiplexed on one.
+        opts = GRPC_OPTIONS if shared else GRPC_OPTIONS + [("grpc.use_local_subchannel_pool", 1)]
+        chans = [grpc.aio.insecure_channel(address, options=opts) for _ in range(1 if shared else tails)]
+        try:
+            for c in chans:
+                await c.channel_ready()
+            stubs = [c.unary_stream("/flowlog.v1.QueryService/Tail", request_serializer=None,
+                                    response_deserializer=query_pb2.TailResponse.FromString) for c in chans]
             loop = asyncio.get_running_loop()
             stop = asyncio.Event()
             stop_evt["set"] = lambda: loop.call_soon_threadsafe(stop.set)
-            tasks = [asyncio.create_task(one(stub, k, None)) for k in range(tails)]
+            tasks = [asyncio.create_task(one(stubs[k % len(stubs)], k, None)) for k in range(tails)]
             # Tail streams start streaming at the head; give the server a moment to subscribe them.
             if settle:
                 await asyncio.sleep(settle + tails * 0.01)
@@ -234,6 +241,9 @@ def _tail_start(state, address: str, tails: int, request: bytes, base_ms: int, s
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            for c in chans:
+                await c.close()
 
     th = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
     th.start()
