@@ -84,6 +84,9 @@ class Pipeline:
         self._drop_lock = threading.Lock()
         self.pace_max_s = pace_max_s
         self._pace_records = 0
+        self.paced_calls = 0  # submits held back by _pace, and for how long in all
+        self.paced_seconds = 0.0
+        self._paced_logged = float("-inf")
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -169,8 +172,22 @@ class Pipeline:
         spool = self.spool
         limit = self._pace_records
         behind = [n for n, w in self.workers.items() if w.healthy and spool.backlog(n)[0] > limit]
-        if behind and self.pace_max_s > 0:
-            spool.wait_backlog(limit, behind, self.pace_max_s)
+        if not behind or self.pace_max_s <= 0:
+            return
+        t0 = time.monotonic()
+        spool.wait_backlog(limit, behind, self.pace_max_s)
+        waited = time.monotonic() - t0
+        with self._state_lock:
+            self.paced_calls += 1
+            self.paced_seconds += waited
+            report = t0 - self._paced_logged >= 60.0
+            if report:
+                self._paced_logged = t0
+        if report:  # at most once a minute: a backend slower than the clients paces every call
+            log.info("ingestion paced: a backend is further behind than the spool keeps in memory", extra={
+                "sinks": {n: spool.backlog(n)[0] for n in behind}, "limit_records": limit,
+                "waited_s": round(waited, 3), "paced_calls": self.paced_calls,
+                "paced_seconds": round(self.paced_seconds, 1)})
 
     def wait_delivered(self, seq: int, timeout: float, sinks: Sequence[str] | None = None) -> bool:
         """Wait until the sinks (default: all) have stored everything through seq."""

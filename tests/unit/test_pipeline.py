@@ -409,7 +409,8 @@ class SlowStore(FlakyStore):
         self.gate.wait(30)
 
 
-def test_a_healthy_sink_past_the_memory_window_holds_submits_back_for_a_bounded_time(tmp_path, store):
+def test_a_healthy_sink_past_the_memory_window_holds_submits_back_for_a_bounded_time(tmp_path, store, caplog):
+    caplog.set_level("INFO", logger="server.pipeline")
     slow = SlowStore(store)
     p = make_pipeline(tmp_path, slow, coalesce_records=1000, pace_max_s=0.4)
     try:
@@ -425,6 +426,9 @@ def test_a_healthy_sink_past_the_memory_window_holds_submits_back_for_a_bounded_
         held = time.monotonic() - t0
         n += 1000
         assert 0.35 <= held < 2.0
+        assert p.paced_calls == 1 and p.paced_seconds >= 0.35
+        paced = [r for r in caplog.records if r.getMessage().startswith("ingestion paced")]
+        assert len(paced) == 1 and paced[0].sinks["query"] > limit
         done = threading.Event()
 
         def one_more() -> None:
@@ -437,6 +441,8 @@ def test_a_healthy_sink_past_the_memory_window_holds_submits_back_for_a_bounded_
         assert done.wait(10)  # ...and let go as soon as it has caught up, not after 30 s
         assert p.wait_delivered(p.spool.head_seq, 20)
         assert count_query(store) == n + 1000
+        assert p.paced_calls == 2
+        assert len([r for r in caplog.records if r.getMessage().startswith("ingestion paced")]) == 1  # once a minute
     finally:
         slow.gate.set()
         p.stop(10)
