@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated: embedded,elasticsearch,s3")
     p.add_argument("--records", type=int, default=1_000_000, help="records per ingest run and per query dataset")
     p.add_argument("--big", type=int, default=10_000_000,
-                   help="records of the big query dataset (embedded only; 0 = skip)")
+                   help="records of the big query dataset (embedded and Elasticsearch; 0 = skip)")
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run in under 2 minutes")
     p.add_argument("--only", default=",".join(PHASES), help="comma-separated: " + ",".join(PHASES))
     p.add_argument("--repeat", type=int, default=None, help="repeats of each ingest/generator run (default 2; quick 1)")
@@ -281,14 +281,17 @@ def main(argv: list[str] | None = None) -> int:
             from bench import query
             res["query"] = {}
             label = "1M" if args.records == 1_000_000 else "small"
+            big = "10M" if args.big == 10_000_000 else "big"
             if "embedded" in args.backends:
                 res["query"][f"embedded-{label}"] = query.run_embedded(args.records, args.query_reps, workdir, label)
                 if args.big:
-                    big = "10M" if args.big == 10_000_000 else "big"
                     res["query"][f"embedded-{big}"] = query.run_embedded(args.big, args.query_reps, workdir, big)
             if "elasticsearch" in args.backends:
                 res["query"][f"elasticsearch-{label}"] = query.run_elasticsearch(
                     args.records, args.query_reps, services, workdir, label)
+                if args.big:
+                    res["query"][f"elasticsearch-{big}"] = query.run_elasticsearch(
+                        args.big, args.query_reps, services, workdir, big)
         if "tail" in args.only:
             from bench import tail
             res["tail"] = tail.run(services, workdir, seconds=3.0 if args.quick else 10.0,
