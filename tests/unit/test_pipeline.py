@@ -416,13 +416,13 @@ def test_a_healthy_sink_past_the_memory_window_holds_submits_back_for_a_bounded_
     try:
         limit = p._pace_records
         assert limit == 50_000 - 1000  # the spool keeps 50,000 records in memory; minus one sink write
-        seq, n = 0, 0
+        n = 0
         while p.spool.backlog("query")[0] <= limit:  # the sink holds its first write: nothing stored
-            seq = p.submit(make_records(1000, start=n))
+            p.submit(make_records(1000, start=n))
             n += 1000
         assert p.health()["query"][0]
         t0 = time.monotonic()
-        seq = p.submit(make_records(1000, start=n))  # held, then taken: durable, never refused
+        p.submit(make_records(1000, start=n))  # held, then taken: durable, never refused
         held = time.monotonic() - t0
         n += 1000
         assert 0.35 <= held < 2.0
@@ -453,11 +453,13 @@ def test_a_failing_sink_does_not_hold_submits_back(tmp_path, store):
     flaky.down.set()
     p = make_pipeline(tmp_path, flaky, coalesce_records=1000, pace_max_s=5.0)
     try:
-        for i in range(60):
+        p.submit(make_records(1000))
+        assert wait_until(lambda: not p.health()["query"][0])
+        t0 = time.monotonic()
+        for i in range(1, 60):
             p.submit(make_records(1000, start=i * 1000))
-            if i == 0:
-                assert wait_until(lambda: not p.health()["query"][0])
-        assert p.spool.backlog("query")[0] == 60_000  # past the window, nothing held for 5 s
+        assert time.monotonic() - t0 < 4.0  # one held submit would take 5 s
+        assert p.spool.backlog("query")[0] == 60_000  # past the window (49,000)
         flaky.down.clear()
         assert p.wait_delivered(p.spool.head_seq, 20)
         assert count_query(store) == 60_000
