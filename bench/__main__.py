@@ -157,9 +157,10 @@ def render(res: dict[str, Any], args: argparse.Namespace, command: str) -> str:
         rows = []
         for b, e in ing.items():
             if "baseline_ranges_rps" in e:
+                ranges_pct = e["grpc_rps"] / e["baseline_ranges_rps"] * 100
                 L += [f"S3, other references of the same run: put_object of the same records as 50,000-record objects "
                       f"(the archive's object size; the baseline of runs before 2026-11-26): "
-                      f"{e['baseline_ranges_rps']:,.0f} rec/s, gRPC reaches {e['grpc_rps'] / e['baseline_ranges_rps'] * 100:.0f}%; "
+                      f"{e['baseline_ranges_rps']:,.0f} rec/s, gRPC reaches {ranges_pct:.0f}%; "
                       f"the archive's own encode + put_object (Archive.write_batch, 50,000-record ranges): "
                       f"{e['baseline_encode_put_rps']:,.0f} rec/s, gRPC reaches {e['ratio_encode_put'] * 100:.0f}%.", ""]
             elif "baseline_encode_put_rps" in e:
@@ -212,7 +213,8 @@ def render(res: dict[str, Any], args: argparse.Namespace, command: str) -> str:
         rows = []
         for k, r in t["runs"].items():
             conns = r.get("connections", 1)  # runs before 2026-11-26 put every tail on one connection
-            rows.append([r["tails"], "1" if r["tails"] == 1 else "one per tail" if conns == r["tails"] else "one, shared",
+            shown = "1" if r["tails"] == 1 else "one per tail" if conns == r["tails"] else "one, shared"
+            rows.append([r["tails"], shown,
                          f"{r['rate_msgs_per_s']:g} ({r['rate_msgs_per_s'] * r['tails']:,.0f}k rec/s to deliver)",
                          f"{r['delivered_p50_ms']:.1f} / {r['delivered_p99_ms']:.1f}",
                          f"{r['sent_p50_ms']:.1f} / {r['sent_p99_ms']:.1f}",

@@ -73,9 +73,10 @@ CONFIGS: tuple[tuple[int, float, bool], ...] = ((1, 20.0, False), (10, 20.0, Fal
                                                 (100, 20.0, False), (100, 2.0, False))
 
 
-def run_key(n_tails: int, rate: float, shared: bool) -> str:
-    """The key of a configuration's figures in the results: "10", "100@2/s", "10 on one connection"."""
-    key = str(n_tails) if rate == CONFIGS[0][1] else f"{n_tails}@{rate:g}/s"
+def run_key(n_tails: int, rate: float, shared: bool, base_rate: float) -> str:
+    """The key of a configuration's figures in the results: "10", "100@2/s", "10 on one connection"
+    (the rate is named when it is not the first configuration's, `base_rate`)."""
+    key = str(n_tails) if rate == base_rate else f"{n_tails}@{rate:g}/s"
     return key + (" on one connection" if shared else "")
 
 
@@ -127,9 +128,10 @@ def run(services: Services, workdir: Path, configs: tuple[tuple[int, float, bool
                     "ingest_ack_p50_ms": pct(ingest_lat, 50), "ingest_ack_p99_ms": pct(ingest_lat, 99),
                     "peak_rss_mb": round(srv.rss.peak / 2**20, 1),
                     "send_rate_msgs_per_s": n_msgs / max(1e-9, r["t_acked"] - r["t0"])}
-            result["runs"][run_key(n_tails, rate, shared)] = run_
-            log(f"tail x{n_tails} on {run_['connections']} connection(s) at {rate:g} calls/s: ack->delivery p50 {run_['delivered_p50_ms']:.1f} ms, p99 "
-                f"{run_['delivered_p99_ms']:.1f} ms (send->delivery p99 {run_['sent_p99_ms']:.1f} ms), missing {missing}, errors {len(s['errors'])}; ingest ack p50 "
+            result["runs"][run_key(n_tails, rate, shared, configs[0][1])] = run_
+            log(f"tail x{n_tails} on {run_['connections']} connection(s) at {rate:g} calls/s: ack->delivery p50 "
+                f"{run_['delivered_p50_ms']:.1f} ms, p99 {run_['delivered_p99_ms']:.1f} ms (send->delivery p99 "
+                f"{run_['sent_p99_ms']:.1f} ms), missing {missing}, errors {len(s['errors'])}; ingest ack p50 "
                 f"{run_['ingest_ack_p50_ms']:.1f} ms")
             fpath.unlink()
 
