@@ -11,9 +11,11 @@ violation and a hint; never a traceback for anything the server or the network d
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -341,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_batch_size, default=1000, metavar="N",
                    help=f"records per message, 1-{MAX_INGEST_BATCH} (default 1000)")
     p.set_defaults(handler=cmd_ingest)
+
+    # -- collector (reads the server's status file: no connection) ------------------------------
+    p = _sub(commands, "collector", common, "the NetFlow/IPFIX collector of a server on this machine")
+    collector_commands = p.add_subparsers(dest="collector_command", metavar="COMMAND", required=True)
+    q = _sub(collector_commands, "status", common,
+             "print the collector's counters (from <data-dir>/collector-status.json, refreshed every second)")
+    q.add_argument("--data-dir", default=os.environ.get("FLOWLOG_DATA_DIR", "./data"), metavar="DIR",
+                   help="the server's --data-dir (env FLOWLOG_DATA_DIR, default ./data)")
+    q.set_defaults(handler=cmd_collector_status)
     return parser
 
 
@@ -884,6 +895,30 @@ def cmd_ingest(ctx: Ctx, client: FlowLogClient) -> int:
             ctx.out.write(f"  ... and {response.rejected - len(response.rejections):,} more\n")
     ctx.out.flush()
     return 1 if response.rejected else 0
+
+
+def cmd_collector_status(ctx: Ctx, client: FlowLogClient) -> int:
+    path = os.path.join(ctx.args.data_dir, "collector-status.json")
+    try:
+        with open(path) as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        ctx.err.write(f"{PROG}: no collector status at {path}: is a server with --collector-listen running "
+                      "on this data dir?\n")
+        return 1
+    except ValueError:
+        ctx.err.write(f"{PROG}: {path} is not a collector status file\n")
+        return 1
+    if ctx.json:
+        ctx.out.write(json.dumps(doc, sort_keys=True) + "\n")
+        return 0
+    age = time.time() - float(doc.get("time", 0))
+    ctx.out.write(f"collector udp {doc.get('listen')} pid {doc.get('pid')} "
+                  f"{'running' if doc.get('running') else 'stopped'}, status written {age:.0f}s ago\n")
+    helps = doc.get("help", {})
+    for name, value in doc.get("counters", {}).items():
+        ctx.out.write(f"  {name:<20} {value:>14}  {helps.get(name, '')}\n")
+    return 0
 
 
 if __name__ == "__main__":

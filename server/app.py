@@ -74,6 +74,10 @@ def check_listen_address(cfg: Config) -> None:
                           "'<key>=<account>') or listen on 127.0.0.1")
 
 
+class CollectorBindError(RuntimeError):
+    """The collector's UDP port cannot be opened."""
+
+
 class DataDirInUse(RuntimeError):
     """Another flowlog server holds the data dir."""
 
@@ -135,12 +139,34 @@ class App:
             self.generator = GeneratorLoop(self._active_flow_logs, self.pipeline.submit,
                                            window_seconds=cfg.generator.window_seconds, seed=cfg.generator.seed,
                                            intensity=cfg.generator.intensity)
+        self.collector = self._build_collector(cfg) if cfg.collector.listen else None
         self._stop = threading.Event()
         self._probe_ok: dict[str, bool] = {}
         self._retention = threading.Thread(target=self._retention_loop, name="flowlog-retention", daemon=True)
         if cfg.demo:
             for account in sorted(set(cfg.api_keys.values())) or [LOCAL_ACCOUNT]:
                 self._load_demo(account)
+
+    def _build_collector(self, cfg: Config):
+        """The NetFlow/IPFIX listener: its flows go through the Ingest rules and the pipeline."""
+        from server.api.auth import LOCAL_ACCOUNT
+        from server.collector import Collector, ExporterMap
+        from server.core import ingest as ingest_core
+        from server.sources import Limits
+
+        c = cfg.collector
+        exporters = ExporterMap(c.exporters, None if cfg.api_keys else LOCAL_ACCOUNT)
+        if not cfg.api_keys and c.exporters:
+            exporters = ExporterMap({k: LOCAL_ACCOUNT for k in c.exporters}, LOCAL_ACCOUNT)
+
+        def accept(fl, cols, first_index):
+            return ingest_core.accept_columns(fl, cols[:16], first_index, time.time_ns() // 1_000_000)
+
+        limits = Limits(max_sessions=c.max_exporters, max_templates_per_session=c.max_templates_per_exporter,
+                        hold_seconds=c.hold_seconds)
+        return Collector(c.listen, exporters, self._active_flow_logs, accept, self.pipeline.submit, limits=limits,
+                         receive_buffer_bytes=c.receive_buffer_bytes, status_path=cfg.data_path / "collector-status.json",
+                         status_log_seconds=c.status_log_seconds)
 
     def _load_demo(self, account: str) -> None:
         from dataclasses import replace
@@ -211,10 +237,18 @@ class App:
             a_ok = self._probe("archive", self.archive.store.healthy())
             a_sink = sinks.get("archive", (True, ""))
             out["archive"] = (a_ok and a_sink[0], a_sink[1] if not a_sink[0] else ("" if a_ok else "backend unreachable"))
+        if self.collector is not None:
+            out["collector"] = self.collector.health()
         return out
 
     def start(self) -> None:
         self.pipeline.start()
+        if self.collector is not None:
+            try:
+                self.collector.start()
+            except OSError as e:
+                raise CollectorBindError(f"cannot listen for NetFlow/IPFIX on {self.config.collector.listen}: "
+                                         f"{e.strerror or e} (is another collector using the port?)") from None
         if self.generator is not None:
             self.generator.start()
         self._retention.start()
@@ -224,6 +258,8 @@ class App:
         self._stop.set()
         if self.generator is not None:
             self.generator.stop()
+        if self.collector is not None:
+            self.collector.stop()
         self.pipeline.stop(timeout=timeout)
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.stream_executor.shutdown(wait=False, cancel_futures=True)

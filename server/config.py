@@ -114,6 +114,25 @@ class LimitsConfig:
 
 
 @dataclass
+class CollectorConfig:
+    # HOST:PORT of the NetFlow v5/v9/IPFIX UDP port (--collector-listen); empty: no collector.
+    listen: str = ""
+    # Exporter address (or CIDR block) -> account. Without API keys every exporter feeds the
+    # local account; with API keys, datagrams from exporters not named here are dropped (counted).
+    exporters: dict[str, str] = field(default_factory=dict)
+    # The socket's receive buffer: absorbs bursts while the pipeline is busy (SO_RCVBUFFORCE as
+    # root, else SO_RCVBUF capped by net.core.rmem_max).
+    receive_buffer_bytes: int = 16 * 1024 * 1024
+    # Template caches: per (exporter, observation domain) and in all (server/sources/flows.py Limits).
+    max_templates_per_exporter: int = 512
+    max_exporters: int = 4096
+    # Data sets that arrive before their template are held this long, then counted undecodable.
+    hold_seconds: float = 10.0
+    # A status line with every counter is logged this often.
+    status_log_seconds: float = 60.0
+
+
+@dataclass
 class Config:
     listen: str = "127.0.0.1:50051"
     data_dir: str = "./data"
@@ -137,6 +156,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    collector: CollectorConfig = field(default_factory=CollectorConfig)
 
     @property
     def data_path(self) -> Path:
@@ -164,11 +184,35 @@ class Config:
             raise ConfigError("tls.cert_file and tls.key_file go together")
         if self.tls.client_ca_file and not self.tls.cert_file:
             raise ConfigError("tls.client_ca_file needs tls.cert_file and tls.key_file")
+        self._validate_collector()
         for key, account in self.api_keys.items():
             if len(key) < 16:
                 raise ConfigError(f"API key for account {account!r} is too short: use at least 16 random characters")
             if not account:
                 raise ConfigError("every API key needs an account id")
+
+
+    def _validate_collector(self) -> None:
+        import ipaddress
+
+        c = self.collector
+        if c.listen:
+            from server.collector import parse_listen
+            try:
+                parse_listen(c.listen)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        for key, account in c.exporters.items():
+            try:
+                ipaddress.ip_network(key.strip(), strict=False)
+            except ValueError:
+                raise ConfigError(f"collector.exporters: {key!r} is not an IP address or CIDR block") from None
+            if not account:
+                raise ConfigError(f"collector.exporters: exporter {key} needs an account id")
+        if c.max_templates_per_exporter < 1 or c.max_exporters < 1:
+            raise ConfigError("collector.max_templates_per_exporter and collector.max_exporters must be at least 1")
+        if c.hold_seconds < 0:
+            raise ConfigError("collector.hold_seconds must be 0 or more")
 
 
 def _convert(value: Any, typ: Any, name: str) -> Any:

@@ -38,13 +38,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:50051; env FLOWLOG_LISTEN)")
     p.add_argument("--data-dir", help="folder for the embedded default's files (default ./data; env FLOWLOG_DATA_DIR)")
     p.add_argument("--config", help="YAML settings file: backends, API keys, quota, generator (see README)")
+    p.add_argument("--collector-listen", metavar="HOST:PORT",
+                   help="UDP port for NetFlow v5/v9/IPFIX exporters (config collector.listen; default off)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     return p.parse_args(argv)
 
 
 async def serve(cfg) -> int:
     from server.api.server import GrpcServer
-    from server.app import DataDirInUse, build_app
+    from server.app import CollectorBindError, DataDirInUse, build_app
 
     try:
         app = build_app(cfg)
@@ -61,11 +63,18 @@ async def serve(cfg) -> int:
         app.stop(timeout=1)
         log.error("cannot listen on %s (is another server using the port?)", cfg.listen)
         return 1
-    app.start()
+    try:
+        app.start()
+    except CollectorBindError as e:
+        app.stop(timeout=1)
+        log.error("%s", e)
+        return 1
     await server.start()
     log.info("flowlog serving on %s (query backend: %s, archive: %s, auth: %s%s)", cfg.listen, cfg.query_backend,
              cfg.archive_backend, "API keys" if cfg.api_keys else "none, local account, loopback only",
              ", demo inventory loaded" if cfg.demo else "")
+    if app.collector is not None:
+        log.info("NetFlow v5/v9/IPFIX collector on udp %s:%d", app.collector.host, app.collector.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -117,7 +126,8 @@ def configure_arrow() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = {"listen": args.listen, "data_dir": args.data_dir, "log_level": args.log_level}
+    overrides = {"listen": args.listen, "data_dir": args.data_dir, "log_level": args.log_level,
+                 "collector": {"listen": args.collector_listen} if args.collector_listen else None}
     try:
         cfg = load(args.config, overrides=overrides)
     except ConfigError as e:

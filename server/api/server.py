@@ -31,6 +31,8 @@ SERVICE_NAMES = [
 ]
 # Health names for the storage backends, next to the gRPC service names.
 BACKEND_HEALTH = {"query": "flowlog.backend.query", "archive": "flowlog.backend.archive"}
+# The NetFlow/IPFIX collector, when --collector-listen is set; its detail (the counters) is logged.
+COLLECTOR_HEALTH = "flowlog.collector"
 
 
 def _handlers(service, servicer) -> grpc.GenericRpcHandler:
@@ -144,7 +146,10 @@ class GrpcServer:
         while True:
             try:
                 states = await asyncio.get_running_loop().run_in_executor(self.app.executor, self.app.health)
-                for role, name in BACKEND_HEALTH.items():
+                names = dict(BACKEND_HEALTH)
+                if "collector" in states:
+                    names["collector"] = COLLECTOR_HEALTH
+                for role, name in names.items():
                     ok, detail = states.get(role, (True, ""))
                     if ok != self._last_ok.get(role, True):
                         # gRPC health carries no detail: the log says why, once per change.

@@ -1,0 +1,336 @@
+"""The NetFlow v5 / v9 / IPFIX collector: a UDP port feeding decoded flows into the record pipeline.
+
+    UDP socket ──> receiver thread: Decoder (server.sources) ──> attribution (AccountIndex)
+                                         │ per flow log, batches of rows (≤ batch_records or ≤ 50 ms old)
+                                         ▼ bounded queue
+                   submit thread: the Ingest rules (server.core.ingest.accept_columns) ──> Pipeline.submit
+
+One port takes all three versions (the decoder tells them apart by the version field). The
+exporter's account comes from `collector.exporters` (exporter address or CIDR -> account); without
+API keys every exporter feeds the local account; with API keys a datagram from an exporter the
+map does not name is dropped and counted. Records go through exactly what Ingest does (checks,
+record_id, durable spool, dedupe, Tail): a submit that raises (spool full, stopping) drops that
+batch and counts it. The receiver never waits for the pipeline longer than the queue allows:
+while the submit thread is behind, the socket's receive buffer (receive_buffer_bytes) absorbs
+bursts, and past it the kernel drops datagrams (UDP has no backpressure).
+
+Counters (Collector.status()) go to the health detail of `flowlog.collector`, to a log line
+every status_log_seconds, and to <data_dir>/collector-status.json every second, which `flowlog
+collector status` prints.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from server.core.model import FlowLog, FlowRecord, Resource
+from server.sources import Decoder, Limits
+from server.sources.attribution import AccountIndex
+from server.sources.flows import COUNTER_HELP
+
+log = logging.getLogger("flowlog.collector")
+
+ListFlowLogs = Callable[[], Sequence[tuple[FlowLog, Resource]]]
+# (flow log, 16 Ingest columns + sampling rates) -> (accepted records, rejections); the Ingest use case
+Accept = Callable[[FlowLog, Sequence[Sequence], int], tuple[list[FlowRecord], list]]
+Submit = Callable[[list[FlowRecord]], int]
+
+COLLECTOR_COUNTER_HELP: dict[str, str] = {
+    "unknown_exporter": "datagrams dropped: the exporter is not in collector.exporters (server with API keys)",
+    "unattributed": "flows no ACTIVE flow log took (no resource holds either address, or traffic type)",
+    "records": "records spooled (durable): one flow makes one per flow log and direction it goes to",
+    "rejected": "records the Ingest checks refused (e.g. end before start, a time far in the future)",
+    "dropped": "records lost because the pipeline refused them (spool full, server stopping)",
+    "receive_errors": "errors reading the socket",
+    "flow_logs": "ACTIVE flow logs flows are delivered to (re-read every second)",
+    "inventory_time_ms": "when the collector last read the flow logs and resources (epoch ms)",
+    "held_bytes": "bytes of data sets held for their template",
+    "sessions": "(exporter, version, observation domain) template caches kept",
+}
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """HOST:PORT ([v6]:PORT) -> (host, port); ValueError naming what is wrong."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"collector.listen must be HOST:PORT, not {listen!r}")
+    if not 0 <= int(port) <= 65535:
+        raise ValueError(f"collector.listen port must be 0-65535, not {port}")
+    return host.strip("[]"), int(port)
+
+
+class ExporterMap:
+    """collector.exporters: an exporter's address -> account (exact addresses and CIDR blocks;
+    the most specific block wins). `default`: the account for every other exporter, or None to
+    drop them."""
+
+    def __init__(self, exporters: dict[str, str], default: str | None) -> None:
+        self.default = default
+        self._exact: dict[str, str] = {}
+        self._nets: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] = []
+        for key, account in exporters.items():
+            net = ipaddress.ip_network(key.strip(), strict=False)
+            if net.num_addresses == 1:
+                self._exact[str(net.network_address)] = account
+            else:
+                self._nets.append((net, account))
+        self._nets.sort(key=lambda na: -na[0].prefixlen)
+        self._cache: dict[str, str | None] = {}
+
+    def account(self, address: str) -> str | None:
+        try:
+            return self._cache[address]
+        except KeyError:
+            pass
+        found = self._exact.get(address)
+        if found is None and self._nets:
+            ip = ipaddress.ip_address(address)
+            if ip.version == 6 and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+                found = self._exact.get(str(ip))
+            if found is None:
+                found = next((a for n, a in self._nets if ip.version == n.version and ip in n), None)
+        if found is None:
+            found = self.default
+        if len(self._cache) > 65536:
+            self._cache.clear()
+        self._cache[address] = found
+        return found
+
+
+class Collector:
+    """The UDP listener. start() binds (raises OSError when the port is taken), stop() ends both
+    threads after handing over what was decoded."""
+
+    def __init__(self, listen: str, exporters: ExporterMap, list_flow_logs: ListFlowLogs, accept: Accept,
+                 submit: Submit, *, limits: Limits | None = None, receive_buffer_bytes: int = 16 * 1024 * 1024,
+                 batch_records: int = 8192, batch_seconds: float = 0.05, inventory_seconds: float = 1.0,
+                 status_path: Path | None = None, status_log_seconds: float = 60.0) -> None:
+        self.host, self.port = parse_listen(listen)
+        self.exporters = exporters
+        self._list_flow_logs = list_flow_logs
+        self._accept = accept
+        self._submit = submit
+        self.decoder = Decoder(limits)
+        self.receive_buffer_bytes = receive_buffer_bytes
+        self.batch_records = batch_records
+        self.batch_seconds = batch_seconds
+        self.inventory_seconds = inventory_seconds
+        self.status_path = status_path
+        self.status_log_seconds = status_log_seconds
+        self.counts = dict.fromkeys(COLLECTOR_COUNTER_HELP, 0)
+        self._indexes: dict[str, AccountIndex] = {}
+        self._inventory_at = float("-inf")
+        self.inventory_flow_logs = 0  # ACTIVE flow logs the collector delivers to
+        self.inventory_time_ms = 0  # when it last read them (epoch ms)
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()  # counters read while the threads write them
+        self.error = ""
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+                if opt is None:
+                    continue
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, self.receive_buffer_bytes)
+                    break
+                except OSError:
+                    continue
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        sock.settimeout(0.2)
+        self._sock = sock
+        self.port = sock.getsockname()[1]
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._receive_loop, name="flowlog-collector-recv", daemon=True),
+                         threading.Thread(target=self._submit_loop, name="flowlog-collector-submit", daemon=True)]
+        for t in self._threads:
+            t.start()
+        log.info("collector listening for NetFlow v5/v9/IPFIX", extra={"listen": f"{self.host}:{self.port}"})
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self._threads = []
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._write_status()
+        log.info("collector stopped", extra=self.status())
+
+    @property
+    def running(self) -> bool:
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
+    # -- status -------------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, int]:
+        """Every counter: the decoder's (server.sources.flows.COUNTER_HELP) and the collector's."""
+        with self._lock:
+            out = self.decoder.counters.as_dict()
+            out.update(self.counts)
+        out["held_bytes"] = self.decoder.held_bytes
+        out["flow_logs"] = self.inventory_flow_logs
+        out["inventory_time_ms"] = self.inventory_time_ms
+        out["sessions"] = len(self.decoder.sessions)
+        return out
+
+    def health(self) -> tuple[bool, str]:
+        """(serving, detail): serving while both threads run; the detail is the counters."""
+        s = self.status()
+        detail = " ".join(f"{k}={v}" for k, v in s.items())
+        if not self.running:
+            return False, f"collector not running{': ' + self.error if self.error else ''}; {detail}"
+        return True, detail
+
+    def _write_status(self) -> None:
+        if self.status_path is None:
+            return
+        doc = {"listen": f"{self.host}:{self.port}", "running": self.running, "time": time.time(),
+               "pid": os.getpid(), "counters": self.status(),
+               "help": {**COUNTER_HELP, **COLLECTOR_COUNTER_HELP}}
+        tmp = self.status_path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
+            os.replace(tmp, self.status_path)
+        except OSError:
+            log.warning("cannot write the collector status file", extra={"path": str(self.status_path)})
+
+    # -- receiving ----------------------------------------------------------------------------------
+
+    def _inventory(self, now: float) -> None:
+        if now - self._inventory_at < self.inventory_seconds:  # a new flow log gets flows within ~1 s
+            return
+        self._inventory_at = now
+        try:
+            pairs = list(self._list_flow_logs())
+        except Exception:  # noqa: BLE001 - keep the last good index
+            log.exception("collector could not list flow logs; keeping the previous inventory")
+            return
+        by_account: dict[str, list] = {}
+        for fl, resource in pairs:
+            by_account.setdefault(fl.account_id, []).append((fl, resource))
+        self._indexes = {account: AccountIndex(p) for account, p in by_account.items()}
+        self.inventory_flow_logs = sum(len(ix.flow_logs) for ix in self._indexes.values())
+        self.inventory_time_ms = time.time_ns() // 1_000_000 - 1  # the listing started before this
+
+    def _receive_loop(self) -> None:
+        sock = self._sock
+        assert sock is not None
+        decoder = self.decoder
+        recv = sock.recvfrom
+        groups: dict[str, list] = {}
+        pending = 0
+        first_at = 0.0
+        empty = AccountIndex(())
+        while not self._stop.is_set():
+            try:
+                data, addr = recv(65535)
+            except socket.timeout:
+                data = None
+            except OSError:
+                if self._stop.is_set():
+                    break
+                with self._lock:
+                    self.counts["receive_errors"] += 1
+                continue
+            now = time.monotonic()
+            self._inventory(now)
+            if data is not None:
+                exporter = addr[0]
+                account = self.exporters.account(exporter)
+                with self._lock:
+                    if account is None:
+                        decoder.counters.datagrams += 1
+                        self.counts["unknown_exporter"] += 1
+                        continue
+                    flows = decoder.decode(data, exporter, now)
+                if flows:
+                    index = self._indexes.get(account, empty)
+                    missed = index.attribute(flows, groups) if index else len(flows)
+                    if missed:
+                        with self._lock:
+                            self.counts["unattributed"] += missed
+                    if groups:
+                        if not pending:
+                            first_at = now
+                        pending = sum(map(len, groups.values()))
+            if pending and (pending >= self.batch_records or now - first_at >= self.batch_seconds):
+                self._hand_over(groups, index_of=self._indexes)
+                groups = {}
+                pending = 0
+        if groups:
+            self._hand_over(groups, index_of=self._indexes)
+        self._queue.put(None)
+
+    def _hand_over(self, groups: dict[str, list], index_of: dict[str, AccountIndex]) -> None:
+        batch = []
+        for fid, rows in groups.items():
+            fl = next((ix.flow_logs[fid] for ix in index_of.values() if fid in ix.flow_logs), None)
+            if fl is not None:
+                batch.append((fl, rows))
+        while not self._stop.is_set():
+            try:
+                self._queue.put(batch, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+        self._queue.put(batch)  # stopping: the submit thread drains until the end marker
+
+    # -- submitting ---------------------------------------------------------------------------------
+
+    def _submit_loop(self) -> None:
+        next_status = time.monotonic() + 1.0
+        next_log = time.monotonic() + self.status_log_seconds
+        while True:
+            try:
+                batch = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                batch = ()
+            if batch is None:
+                break
+            for fl, rows in batch or ():
+                self._ingest(fl, rows)
+            now = time.monotonic()
+            if now >= next_status:
+                next_status = now + 1.0
+                self._write_status()
+            if now >= next_log:
+                next_log = now + self.status_log_seconds
+                log.info("collector status", extra=self.status())
+
+    def _ingest(self, fl: FlowLog, rows: list) -> None:
+        cols = list(zip(*rows))
+        try:
+            ok, bad = self._accept(fl, cols, 0)
+            if ok:
+                self._submit(ok)
+        except Exception as e:  # noqa: BLE001 - a refused batch is counted, the collector goes on
+            with self._lock:
+                self.counts["dropped"] += len(rows)
+            log.warning("collector batch not spooled", extra={"flow_log_id": fl.id, "records": len(rows),
+                                                             "error": str(e)[:200]})
+            return
+        with self._lock:
+            self.counts["records"] += len(ok)
+            self.counts["rejected"] += len(bad)
