@@ -14,7 +14,9 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -23,6 +25,9 @@ from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from clients import format as fmt
 from clients.client import DEFAULT_TARGET, MAX_INGEST_BATCH, FlowLogClient, FlowLogError, PagedQuery
+from clients.importers import FORMATS as IMPORT_FORMATS
+from clients.importers import LineError
+from clients.importers.send import ImportProgress, ImportResult
 from flowlog.v1 import query_pb2, record_pb2, resource_pb2, types_pb2
 
 PROG = "flowlog"
@@ -352,6 +357,28 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-dir", default=os.environ.get("FLOWLOG_DATA_DIR", "./data"), metavar="DIR",
                    help="the server's --data-dir (env FLOWLOG_DATA_DIR, default ./data)")
     q.set_defaults(handler=cmd_collector_status)
+
+    # -- import ------------------------------------------------------------------------------
+    p = _sub(commands, "import", common, "import cloud flow-log files: AWS VPC Flow Logs or Azure VNet flow logs",
+             formatter_class=argparse.RawDescriptionHelpFormatter,
+             epilog="examples:\n"
+             "  aws s3 sync s3://BUCKET/AWSLogs/ ./flows/\n"
+             "  flowlog import --flow-log fl-abc12345 --format aws ./flows\n"
+             "  zcat *.log.gz | flowlog import --flow-log fl-abc12345 --format aws -\n"
+             "  flowlog import --flow-log fl-abc12345 --format azure PT1H.json\n"
+             "exit code: 0 when every line was imported, 1 when any line was rejected (each is reported\n"
+             "on stderr as FILE:LINE: reason; the others are imported), 2 for a usage error.")
+    p.add_argument("--flow-log", dest="flow_log_id", required=True, metavar="ID", help="the flow log to import into")
+    p.add_argument("--format", dest="import_format", required=True, choices=IMPORT_FORMATS,
+                   help="aws: VPC Flow Logs (default or custom format, text, gzip or Parquet); "
+                   "azure: VNet / NSG flow log JSON")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="a file, a directory (walked recursively, oldest first) or - for standard input")
+    p.add_argument("--batch-size", type=_batch_size, default=1000, metavar="N",
+                   help=f"records per message, 1-{MAX_INGEST_BATCH} (default 1000)")
+    p.add_argument("--max-errors", type=_positive_int, default=100, metavar="N",
+                   help="bad lines reported one by one on stderr (default 100; all are counted)")
+    p.set_defaults(handler=cmd_import)
     return parser
 
 
@@ -919,6 +946,113 @@ def cmd_collector_status(ctx: Ctx, client: FlowLogClient) -> int:
     for name, value in doc.get("counters", {}).items():
         ctx.out.write(f"  {name:<20} {value:>14}  {helps.get(name, '')}\n")
     return 0
+
+
+# --------------------------------------------------------------------------------------------
+# import
+# --------------------------------------------------------------------------------------------
+
+# Without a terminal, a progress line every this many seconds (logs stay short).
+IMPORT_PROGRESS_EVERY_S = 10.0
+# On a terminal, the progress line is rewritten at most this often.
+IMPORT_TTY_EVERY_S = 0.2
+
+
+class ImportReporter:
+    """Progress and bad lines of `flowlog import`, on stderr.
+
+    Called from the thread that feeds the Ingest stream and from the main thread, hence the
+    lock. On a terminal one progress line is rewritten in place; elsewhere a line is written
+    every IMPORT_PROGRESS_EVERY_S seconds. Bad lines are written as `flowlog: FILE:LINE: reason`
+    up to `max_errors`, then counted only.
+    """
+
+    def __init__(self, err: TextIO, max_errors: int, every_s: float | None = None) -> None:
+        self._err = err
+        self._tty = _isatty(err)
+        self._every = every_s if every_s is not None else (IMPORT_TTY_EVERY_S if self._tty else IMPORT_PROGRESS_EVERY_S)
+        self._max_errors = max_errors
+        self._lock = threading.Lock()
+        self._shown = 0  # width of the progress line now on screen
+        self._next = time.monotonic() + self._every
+        self.errors = 0
+
+    @staticmethod
+    def text(p: ImportProgress) -> str:
+        bad = f", {p.bad:,} bad" if p.bad else ""
+        return (f"{p.files_done}/{p.files_total} files, {p.records:,} records sent "
+                f"({p.rate:,.0f}/s){bad}, {p.elapsed:.0f}s: {p.source}")
+
+    def _clear(self) -> None:
+        if self._shown:
+            self._err.write("\r" + " " * self._shown + "\r")
+            self._shown = 0
+
+    def problem(self, problem: LineError) -> None:
+        with self._lock:
+            self.errors += 1
+            if self.errors > self._max_errors:
+                return
+            self._clear()
+            self._err.write(f"{PROG}: {problem}\n")
+            if self.errors == self._max_errors:
+                self._err.write(f"{PROG}: further bad lines are counted, not shown (--max-errors {self._max_errors})\n")
+            self._err.flush()
+
+    def progress(self, p: ImportProgress) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        with self._lock:
+            self._next = now + self._every
+            text = self.text(p)
+            if self._tty:
+                width = shutil.get_terminal_size((100, 24)).columns - 1
+                text = text[:width]
+                self._err.write("\r" + text + " " * max(0, self._shown - len(text)))
+                self._shown = len(text)
+            else:
+                self._err.write(text + "\n")
+            self._err.flush()
+
+    def done(self) -> None:
+        with self._lock:
+            self._clear()
+            self._err.flush()
+
+
+def cmd_import(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    reporter = ImportReporter(ctx.err, a.max_errors)
+    try:
+        result: ImportResult = client.import_files(
+            a.flow_log_id, a.files, a.import_format, batch_size=a.batch_size,
+            on_problem=reporter.problem, on_progress=reporter.progress)
+    except ValueError as e:  # '-' twice
+        raise UsageError(str(e)) from None
+    finally:
+        reporter.done()
+    rate = result.records / result.elapsed if result.elapsed > 0 else 0.0
+    if ctx.json:
+        ctx.out.write(fmt.to_json({
+            "flow_log_id": result.flow_log.id, "files": len(result.files), "records": result.records,
+            "accepted": result.accepted, "rejected": result.rejected, "skipped": result.skipped,
+            "seconds": round(result.elapsed, 3),
+            "problems": [{"source": e.source, "line": e.line, "field": e.field, "reason": e.reason}
+                         for e in result.problems],
+        }))
+    else:
+        store = result.flow_log.destination
+        skipped = f", skipped {result.skipped:,}" if result.skipped else ""
+        ctx.out.write(
+            f"imported {len(result.files)} file{'' if len(result.files) == 1 else 's'} into {result.flow_log.id} "
+            f"({store.project}/{store.log_store}): accepted {result.accepted:,}, rejected {result.rejected:,}{skipped} "
+            f"in {result.elapsed:.1f}s ({rate:,.0f} records/s)\n")
+        if result.undetailed:
+            ctx.out.write(f"  {result.undetailed:,} of the rejected records were counted by the server without "
+                          "detail (it details the first 1,000 of each call)\n")
+    ctx.out.flush()
+    return 1 if result.rejected else 0
 
 
 if __name__ == "__main__":

@@ -838,6 +838,39 @@ class FlowLogClient:
 
         return self.ingest(flow_log_id, chunks(), timeout=timeout)
 
+    def import_files(
+        self,
+        flow_log_id: str,
+        paths: Sequence[str],
+        format: str,
+        *,
+        batch_size: int = 1000,
+        call_records: int = 100_000,
+        on_problem: Callable[[Any], None] | None = None,
+        on_progress: Callable[[Any], None] | None = None,
+        max_problems: int = 1000,
+        stdin: Any = None,
+    ) -> Any:
+        """Imports cloud flow-log files into a flow log through Ingest; returns an
+        importers.send.ImportResult (accepted, rejected, skipped, the first problems).
+
+        `format` is `aws` (VPC Flow Logs: text with or without a header line, gzip, Parquet) or
+        `azure` (VNet / NSG flow log JSON); `paths` are files, directories (walked, oldest
+        first) or `-` for `stdin` (default: sys.stdin.buffer). A line that cannot become a
+        record, and a record the server refuses, is a problem with its file and line: it is
+        counted, passed to `on_problem`, and the rest goes on. `on_progress` gets an
+        ImportProgress after every batch. Batches of `batch_size` records go out on Ingest
+        calls of up to `call_records` records each, durable call by call. Raises
+        FileNotFoundError for a missing path (before sending anything) and FlowLogError when
+        the server refuses the flow log (NOT_FOUND, FAILED_PRECONDITION when paused...)."""
+        from clients.importers import send
+
+        if not 1 <= batch_size <= MAX_INGEST_BATCH:
+            raise ValueError(f"batch_size must be 1-{MAX_INGEST_BATCH}")
+        return send.import_files(self, flow_log_id, paths, format, batch_size=batch_size,
+                                 call_records=max(call_records, batch_size), on_problem=on_problem,
+                                 on_progress=on_progress, max_problems=max_problems, stdin=stdin)
+
 
 def to_ts(value: datetime | Timestamp | str, now: datetime) -> Timestamp:
     """Like format.to_timestamp, but relative times count from the given `now`."""

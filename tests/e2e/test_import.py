@@ -1,0 +1,175 @@
+"""`flowlog import` against a real flowlog-server: import the vendors' published examples, query
+them back, import again without duplicates, and report bad lines with file and line.
+
+The examples' times are moved to the last hour (keeping each line's window and the gaps between
+lines) because the server refuses records more than 3650 days old (AWS's v2 examples are from
+2014-2016); one unshifted 2014 line checks that refusal's report.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from clients.cli import main
+from clients.client import FlowLogClient
+from flowlog.v1 import types_pb2 as t
+from tests.e2e.conftest import KEY_A, start_server
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "importers"
+# The hosts of the examples (AWS's ENIs and instances, Azure's VM) belong to the imported resource.
+RESOURCE_ADDRESSES = ["10.0.0.0/16", "172.31.0.0/16", "2001:db8:1234:a102::/64", "10.5.16.0/24"]
+IN, OUT = t.DIRECTION_INGRESS, t.DIRECTION_EGRESS
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # No generator: the flow log must hold exactly what was imported.
+    sp = start_server(tmp_path_factory.mktemp("import"), {"generator": {"enabled": False}})
+    yield sp
+    code = sp.stop()
+    assert code == 0, f"server exited with {code} on SIGTERM:\n{sp.log_tail()}"
+
+
+@pytest.fixture
+def client(server):
+    with FlowLogClient(server.address, KEY_A) as c:
+        yield c
+
+
+@pytest.fixture
+def flow_log(client):
+    """A resource owning the examples' hosts and an ACTIVE flow log on it, in its own LogStore."""
+    name = "imp" + uuid.uuid4().hex[:8]
+    resource = client.register_resource(type="eip", region="bj", network_id="vpc-import", name=name,
+                                        addresses=RESOURCE_ADDRESSES)
+    return client.create_flow_log(region="bj", name=name, resource_type="eip", resource_id=resource.id,
+                                  network_id="vpc-import", traffic_type="all", new_log_store=f"imports/{name}")
+
+
+def run(server, capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["--server", server.address, "--api-key", KEY_A, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def stored(client, fl) -> list:
+    now = datetime.now(timezone.utc)
+    return list(client.query_all(region="bj", project=fl.destination.project, log_stores=[fl.destination.log_store],
+                                 start=now - timedelta(days=2), end=now + timedelta(hours=1)))
+
+
+def wait_for_count(client, fl, n: int, timeout: float = 30) -> list:
+    """Records reach the query backend shortly after they are durable: poll until n are there."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = stored(client, fl)
+        if len(records) >= n or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def key(r) -> tuple:
+    return (r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.packets, r.bytes,
+            r.start_time.ToMilliseconds(), r.end_time.ToMilliseconds(), r.action, r.log_status, r.direction,
+            r.tcp_flags)
+
+
+def shifted_aws(name: str, to: datetime) -> tuple[list[str], int]:
+    """The fixture's lines with start/end moved so that the latest end is `to`; the shift in s."""
+    lines = (FIXTURES / name).read_text().splitlines(keepends=True)
+    fields = lines[0].split()
+    i_start, i_end = fields.index("start"), fields.index("end")
+    ends = [int(line.split()[i_end]) for line in lines[1:]]
+    delta = int(to.timestamp()) - max(ends)
+    out = [lines[0]]
+    for line in lines[1:]:
+        tokens = line.split()
+        tokens[i_start] = str(int(tokens[i_start]) + delta)
+        tokens[i_end] = str(int(tokens[i_end]) + delta)
+        out.append(" ".join(tokens) + "\n")
+    return out, delta
+
+
+def test_custom_v5_import_query_back_and_import_again(server, client, flow_log, tmp_path, capsys):
+    lines, delta = shifted_aws("aws-custom-v5.log", datetime.now(timezone.utc) - timedelta(hours=1))
+    path = tmp_path / "v5.log"
+    path.write_text("".join(lines))
+    code, out, err = run(server, capsys, "import", "--flow-log", flow_log.id, "--format", "aws", str(path))
+    assert code == 0, err
+    assert "accepted 2, rejected 0" in out
+    s, e = (1616729292 + delta) * 1000, (1616729349 + delta) * 1000
+    # By hand from AWS's two lines: S3 -> instance (ingress), instance -> S3 (egress).
+    expected = sorted([
+        ("52.95.128.179", "10.0.0.71", 80, 34210, 6, 14, 15044, s, e, t.ACTION_ACCEPT, t.LOG_STATUS_OK, IN, 19),
+        ("10.0.0.71", "52.95.128.179", 34210, 80, 6, 7, 471, s, e, t.ACTION_ACCEPT, t.LOG_STATUS_OK, OUT, 3),
+    ])
+    records = wait_for_count(client, flow_log, 2)
+    assert sorted(key(r) for r in records) == expected
+    assert all(r.flow_log_id == flow_log.id and r.resource_id == flow_log.resource_id for r in records)
+    ids = sorted(r.record_id for r in records)
+
+    code, out, err = run(server, capsys, "import", "--flow-log", flow_log.id, "--format", "aws", str(path))
+    assert code == 0, err
+    records = wait_for_count(client, flow_log, 3, timeout=3)  # would be 4 with duplicates
+    assert sorted(r.record_id for r in records) == ids
+
+
+def test_bad_lines_are_reported_with_file_and_line_and_the_rest_kept(server, client, flow_log, tmp_path, capsys):
+    lines, _ = shifted_aws("aws-custom-v5.log", datetime.now(timezone.utc) - timedelta(hours=1))
+    v2_header, v2_old = (FIXTURES / "aws-default-v2.log").read_text().splitlines(keepends=True)[:2]
+    bad = lines[1].replace(" 80 34210 ", " http 34210 ")
+    # line 1 header, 2 good, 3 unparsable, 4 header, 5 AWS's 2014 line (the server refuses: too old), 6 good
+    path = tmp_path / "mixed.log"
+    path.write_text("".join([lines[0], lines[1], bad, v2_header, v2_old, lines[0], lines[2]]))
+    code, out, err = run(server, capsys, "import", "--flow-log", flow_log.id, "--format", "aws", str(path))
+    assert code == 1
+    assert "accepted 2, rejected 2" in out
+    assert f"flowlog: {path}:3: srcport: 'http' is not a whole number" in err
+    assert re.search(rf"flowlog: {re.escape(str(path))}:5: start_time: .*3650 days", err), err
+    assert len(wait_for_count(client, flow_log, 2)) == 2
+
+    code, out, _ = run(server, capsys, "--json", "import", "--flow-log", flow_log.id, "--format", "aws", str(path))
+    summary = json.loads(out)
+    assert code == 1 and (summary["accepted"], summary["rejected"]) == (2, 2)
+    assert [(p["line"], p["field"]) for p in summary["problems"]] == [(3, "srcport"), (5, "start_time")]
+
+
+def test_azure_vnet_flow_log(server, client, flow_log, tmp_path, capsys):
+    text = (FIXTURES / "azure-vnet-flowlog.json").read_text()
+    first = min(int(ms) for ms in re.findall(r'"(\d{13}),', text))
+    delta = int((datetime.now(timezone.utc) - timedelta(hours=1)).timestamp() * 1000) - first
+    path = tmp_path / "PT1H.json"
+    path.write_text(re.sub(r'"(\d{13}),', lambda m: f'"{int(m.group(1)) + delta},', text))
+    code, out, err = run(server, capsys, "import", "--flow-log", flow_log.id, "--format", "azure", str(path))
+    assert code == 0, err
+    # 10 allowed tuples: 5 B (skipped, no counters) and 5 E, each one record per way; 9 denied tuples.
+    assert "accepted 19, rejected 0, skipped 5" in out
+    records = wait_for_count(client, flow_log, 19)
+    ts = 1663146022793 + delta
+    assert ("10.0.0.6", "198.51.100.84", 36776, 443, 6, 22, 2217, ts, ts, t.ACTION_ACCEPT, t.LOG_STATUS_OK, OUT,
+            0) in {key(r) for r in records}
+    assert ("198.51.100.84", "10.0.0.6", 443, 36776, 6, 33, 32466, ts, ts, t.ACTION_ACCEPT, t.LOG_STATUS_OK, IN,
+            0) in {key(r) for r in records}
+    assert sum(r.action == t.ACTION_REJECT for r in records) == 9
+    ids = sorted(r.record_id for r in records)
+    code, out, _ = run(server, capsys, "import", "--flow-log", flow_log.id, "--format", "azure", str(path))
+    assert code == 0
+    assert sorted(r.record_id for r in wait_for_count(client, flow_log, 20, timeout=3)) == ids
+
+
+def test_unknown_flow_log_and_missing_file(server, tmp_path, capsys):
+    path = tmp_path / "v5.log"
+    path.write_text((FIXTURES / "aws-custom-v5.log").read_text())
+    code, _, err = run(server, capsys, "import", "--flow-log", "fl-doesnotexist", "--format", "aws", str(path))
+    assert code == 1 and "NOT_FOUND" in err and "Traceback" not in err
+    code, _, err = run(server, capsys, "import", "--flow-log", "fl-doesnotexist", "--format", "aws",
+                       str(tmp_path / "nope.log"))
+    assert code == 1 and "nope.log" in err
+    code, _, err = run(server, capsys, "import", "--flow-log", "fl-x", "--format", "gcp", str(path))
+    assert code == 2
