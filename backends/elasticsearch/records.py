@@ -44,8 +44,10 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from elasticsearch import Elasticsearch, helpers
 from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, NotFoundError
 
+from backends.elasticsearch import aggregate as es_aggregate
 from backends.elasticsearch.config import ElasticsearchConfig
 from backends.elasticsearch.filter_dsl import ENUM_FIELDS, enum_name, enum_number, to_query
+from server.core import aggregate as agg
 from server.core.errors import Unavailable
 from server.core.model import FlowRecord, LogStoreKey
 from server.core.ports import RecordQuery
@@ -367,6 +369,25 @@ class ElasticsearchRecordStore:
                 index=indices, query=self._query(query, with_after=False), ignore_unavailable=True,
                 allow_no_indices=True))
         return int(resp["count"])
+
+    def aggregate(self, q: agg.AggregateQuery) -> agg.Groups:
+        """RecordAggregation: a composite aggregation paged to its end (see
+        backends/elasticsearch/aggregate.py), each page one search with size 0."""
+        rq = q.query
+        indices = self._indices(rq)
+        if not indices:
+            return agg.Groups([])
+        body_query = self._query(rq, with_after=False)
+
+        def search(aggs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+            with _translate_errors("aggregate"):
+                resp = _while_shards_start(lambda: self._client.options(request_timeout=timeout_s).search(
+                    index=indices, size=0, query=body_query, aggs=aggs, track_total_hits=False,
+                    ignore_unavailable=True, allow_no_indices=True, allow_partial_search_results=False,
+                    filter_path=["aggregations"]))
+            return resp.get("aggregations", {})
+
+        return es_aggregate.run(q, search)
 
     def _close_pit(self, pit_id: str) -> None:
         try:

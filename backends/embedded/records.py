@@ -34,7 +34,9 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from backends.embedded.aggregate_sql import aggregate_sql
 from backends.embedded.filter_sql import ip_to_blob, to_sql
+from server.core import aggregate as agg
 from server.core import columns
 from server.core.model import FlowRecord, LogStoreKey, RECORD_FIELDS
 from server.core.ports import RecordQuery
@@ -307,6 +309,37 @@ class EmbeddedRecordStore:
         finally:
             _release(cur)
 
+    def aggregate(self, q: agg.AggregateQuery) -> agg.Groups:
+        """RecordAggregation: one GROUP BY statement (backends/embedded/aggregate_sql.py) on its
+        own cursor. DuckDB's memory_limit bounds what the grouping holds (it spills beyond);
+        the statement returns at most max_groups + 1 groups, and is interrupted at the deadline."""
+        budget = agg.Budget(q)
+        budget.check_time()
+        rq = q.query
+        if rq.start_ms >= rq.end_ms or not rq.log_stores:
+            return agg.Groups([])
+        where, params = _where(rq)
+        sql = aggregate_sql(q, where)
+        cur = self._cursor()
+        timer = threading.Timer(max(budget.remaining(), 0.0), cur.interrupt)
+        timer.daemon = True
+        timer.start()
+        try:
+            rows = cur.execute(sql, params).fetchall()
+        except duckdb.InterruptException:
+            raise agg.timed_out(q) from None
+        finally:
+            timer.cancel()
+            _release(cur)
+        budget.check_groups(len(rows))
+        address = [k.kind is agg.FieldKind.ADDRESS for k in q.group_by]
+        n = len(q.group_by)
+        groups = []
+        for row in rows:
+            keys = tuple(_address_key(v) if a else v for v, a in zip(row[1:1 + n], address))
+            groups.append(agg.Group(row[0], keys, tuple(int(v) for v in row[1 + n:])))
+        return agg.Groups(groups)
+
     # -- deleting ------------------------------------------------------------------------------
 
     def drop_log_store(self, account_id: str, key: LogStoreKey) -> None:
@@ -417,6 +450,14 @@ def _release(cur: duckdb.DuckDBPyConnection) -> None:
         cur.close()
     except duckdb.Error:  # the store may already be closed
         pass
+
+
+def _address_key(value: bytes | int | None) -> int | None:
+    """An address key from the statement (a 16-byte blob, or an integer when masked) as the
+    core's key integer."""
+    if value is None or isinstance(value, int):
+        return value
+    return int.from_bytes(value, "big")
 
 
 def _dedupe(records: Sequence[FlowRecord]) -> Sequence[FlowRecord]:

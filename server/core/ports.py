@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 from server.core.model import FlowLog, FlowLogState, FlowRecord, LogStore, LogStoreKey, Resource, ResourceType
 
@@ -158,3 +158,19 @@ class ObjectStore(Protocol):
     def delete(self, keys: Iterable[str]) -> None: ...
     def healthy(self) -> bool: ...
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RecordAggregation(Protocol):
+    """Optional ability of a RecordStore: Aggregate pushed down to where the records are.
+
+    aggregate() returns every group of the request (server.core.aggregate.AggregateQuery: its
+    group keys per time bucket, with [count] + one value per metric, keys in the canonical form
+    that module's docstring fixes); server.core.aggregate.finish() ranks them and keeps the top
+    N. Every exact value equals server.core.aggregate.evaluate()'s over the same records. It
+    holds at most `max_groups` groups (more: ResourceExhausted naming
+    limits.aggregate_max_groups) and gives up at `deadline` (ResourceExhausted naming
+    limits.aggregate_timeout_seconds): never memory or time without bound.
+    """
+
+    def aggregate(self, query: Any) -> Any: ...
