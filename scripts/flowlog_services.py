@@ -505,10 +505,38 @@ def fetch_grpcurl() -> str:
     return _go_install("grpcurl", f"{GRPCURL_PACKAGE}@{GRPCURL_VERSION}")
 
 
+# The web console's browser tests drive Debian's chromium (Playwright with executable_path; no
+# browser download is possible here). FLOWLOG_CHROMIUM points at another build.
+CHROMIUM = "/usr/bin/chromium"
+
+
+def chromium_path() -> str:
+    return os.environ.get("FLOWLOG_CHROMIUM") or CHROMIUM
+
+
+def fetch_browser() -> str:
+    """Debian's chromium package, installed with apt-get when it is missing (as root)."""
+    path = chromium_path()
+    if os.path.exists(path):
+        return path
+    if os.geteuid() != 0:
+        raise ServiceError(f"{path} is missing: run `apt-get install -y chromium` as root "
+                           "(or point FLOWLOG_CHROMIUM at a Chromium binary)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    _run_with_progress(["apt-get", "update", "-q"], "apt-get update", env=env)
+    _run_with_progress(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
+                       "apt-get install chromium", env=env)
+    if not os.path.exists(path):
+        raise ServiceError(f"apt-get installed chromium but {path} is not there")
+    return path
+
+
 def fetch(name: str) -> str:
-    """Obtain a server (or grpcurl) once into the cache; returns its home dir / binary path."""
+    """Obtain a server (or grpcurl, or the browser) once; returns its home dir / binary path."""
     if name == "grpcurl":
         return fetch_grpcurl()
+    if name == "browser":
+        return fetch_browser()
     name = resolve(name)
     if name == "es":
         return fetch_es()

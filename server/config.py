@@ -133,6 +133,13 @@ class CollectorConfig:
 
 
 @dataclass
+class HttpConfig:
+    # The web console and the API as JSON over HTTP (Connect protocol), HOST:PORT; empty: off.
+    # Without API keys it must be a loopback address, like `listen`.
+    listen: str = ""
+
+
+@dataclass
 class Config:
     listen: str = "127.0.0.1:50051"
     data_dir: str = "./data"
@@ -157,6 +164,7 @@ class Config:
     tls: TlsConfig = field(default_factory=TlsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
 
     @property
     def data_path(self) -> Path:

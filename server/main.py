@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="flowlog-server", description="Self-hosted VPC flow-log service (gRPC).")
     p.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:50051; env FLOWLOG_LISTEN)")
     p.add_argument("--data-dir", help="folder for the embedded default's files (default ./data; env FLOWLOG_DATA_DIR)")
+    p.add_argument("--http-listen", help="HOST:PORT for the web console and the JSON/HTTP API (off unless set; "
+                                          "env FLOWLOG_HTTP_LISTEN)")
     p.add_argument("--config", help="YAML settings file: backends, API keys, quota, generator (see README)")
     p.add_argument("--collector-listen", metavar="HOST:PORT",
                    help="UDP port for NetFlow v5/v9/IPFIX exporters (config collector.listen; default off)")
@@ -63,13 +65,30 @@ async def serve(cfg) -> int:
         app.stop(timeout=1)
         log.error("cannot listen on %s (is another server using the port?)", cfg.listen)
         return 1
+    console = None
+    if cfg.http.listen:
+        from server.api.server import SERVICE_NAMES
+        from server.http.console import HttpConsole
+        console = HttpConsole(cfg, server, SERVICE_NAMES)
     try:
         app.start()
     except CollectorBindError as e:
         app.stop(timeout=1)
+        if console is not None:
+            await console.stop()
         log.error("%s", e)
         return 1
     await server.start()
+    if console is not None:
+        try:
+            await console.start()
+        except OSError as e:
+            log.error("cannot serve the web console on %s: %s (is another server using the port?)", cfg.http.listen, e)
+            await server.stop(grace=1.0)
+            await asyncio.get_running_loop().run_in_executor(None, app.stop, 15.0)
+            return 1
+        log.info("web console on http%s://%s:%d/", "s" if cfg.tls.cert_file else "",
+                 cfg.http.listen.rpartition(":")[0].strip("[]") or "127.0.0.1", console.port)
     log.info("flowlog serving on %s (query backend: %s, archive: %s, auth: %s%s)", cfg.listen, cfg.query_backend,
              cfg.archive_backend, "API keys" if cfg.api_keys else "none, local account, loopback only",
              ", demo inventory loaded" if cfg.demo else "")
@@ -81,6 +100,8 @@ async def serve(cfg) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: draining in-flight calls and acknowledged records")
+    if console is not None:
+        await console.stop()
     await server.stop(grace=5.0)
     await loop.run_in_executor(None, app.stop, 15.0)
     log.info("stopped")
@@ -126,8 +147,10 @@ def configure_arrow() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = {"listen": args.listen, "data_dir": args.data_dir, "log_level": args.log_level,
-                 "collector": {"listen": args.collector_listen} if args.collector_listen else None}
+    overrides: dict = {"listen": args.listen, "data_dir": args.data_dir, "log_level": args.log_level,
+                       "collector": {"listen": args.collector_listen} if args.collector_listen else None}
+    if args.http_listen is not None:
+        overrides["http"] = {"listen": args.http_listen}
     try:
         cfg = load(args.config, overrides=overrides)
     except ConfigError as e:
@@ -138,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, cfg.log_level.upper(), logging.INFO), handlers=[handler])
     try:
         from server.app import check_listen_address
+        from server.http.console import check_http_listen
         check_listen_address(cfg)
+        check_http_listen(cfg)
     except ConfigError as e:
         print(f"flowlog-server: {e}", file=sys.stderr)
         return 2
