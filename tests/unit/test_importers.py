@@ -362,3 +362,42 @@ def test_stdin_gzip_and_azure(tmp_path):
     records, errors, skipped = read("-", fmt="azure", stdin=io.BytesIO((FIXTURES / "azure-vnet-flowlog.json")
                                                                       .read_bytes()))
     assert errors == [] and len(records) == 19 and len(skipped) == 5
+
+
+# -- the CLI's progress and bad-line report ----------------------------------------------------
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_and_bad_lines_on_stderr():
+    from clients.cli import ImportReporter
+    from clients.importers.send import ImportProgress
+
+    p = ImportProgress(files_total=3, files_done=1, source="b.log.gz", records=12_345, bad=1)
+    log = io.StringIO()  # not a terminal: whole lines
+    reporter = ImportReporter(log, max_errors=2, every_s=0)
+    reporter.progress(p)
+    for line in (3, 4, 5):
+        reporter.problem(LineError("a.log", line, "'x' is not a whole number", "srcport"))
+    reporter.progress(p)
+    reporter.done()
+    lines = log.getvalue().splitlines()
+    assert lines[0].startswith("1/3 files, 12,345 records sent (") and lines[0].endswith("1 bad, 0s: b.log.gz")
+    assert lines[1:4] == ["flowlog: a.log:3: srcport: 'x' is not a whole number",
+                          "flowlog: a.log:4: srcport: 'x' is not a whole number",
+                          "flowlog: further bad lines are counted, not shown (--max-errors 2)"]
+    assert lines[4].split(" (")[0] == lines[0].split(" (")[0] and len(lines) == 5 and reporter.errors == 3
+
+    screen = _Terminal()  # a terminal: one line rewritten in place, cleared before an error line
+    reporter = ImportReporter(screen, max_errors=10, every_s=0)
+    reporter.progress(p)
+    reporter.problem(LineError("a.log", 3, "bad"))
+    reporter.done()
+    text = screen.getvalue()
+    progress, _, error = text.partition("flowlog: ")
+    assert progress.startswith("\r1/3 files, 12,345 records sent") and "\n" not in progress
+    assert progress.endswith(" \r")  # blanked before the error line
+    assert error == "a.log:3: bad\n"
