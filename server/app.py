@@ -17,7 +17,8 @@ from server.config import Config, ConfigError
 from server.core.model import FlowLogState, LogStoreKey
 from server.core.paging import TokenSigner
 from server.core.query import Scope
-from server.core.service import Service
+from server.core.purge import Purger
+from server.core.service import Quotas, Service
 
 log = logging.getLogger("flowlog.app")
 
@@ -104,6 +105,10 @@ def lock_data_dir(path: Path) -> int:
     return fd
 
 
+class _FlowLogGone(Exception):
+    """A generated window's flow log was paused or deleted after the generator listed it."""
+
+
 class App:
     """Everything the API layer needs, built once."""
 
@@ -129,14 +134,23 @@ class App:
                                  archive_max_age_s=p.archive_max_age_seconds, cursor_secret=secret,
                                  tail_buffer_records=cfg.limits.tail_buffer_records,
                                  pace_max_s=p.ingest_pace_max_seconds)
-        self.service = Service(self.metadata, self.signer, flow_log_quota=cfg.flow_log_quota,
-                               on_log_store_deleted=self._drop_log_store)
+        q = cfg.quotas
+        self.service = Service(self.metadata, self.signer, regions=cfg.regions,
+                               quotas=Quotas(resources_per_account=q.resources_per_account,
+                                             log_stores_per_account=q.log_stores_per_account,
+                                             flow_logs_per_region=q.flow_logs_per_region or cfg.flow_log_quota or 10),
+                               on_log_store_deleted=self._log_store_deleted)
+        self._warn_unknown_regions()
+        from server.purge_loop import PurgeLoop
+        self.purger = Purger(self.metadata, self._purge_steps())
+        self.purge_loop = PurgeLoop(self.purger)
+        self._generation_listed = self.metadata.generation()
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="flowlog-rpc")
         self.stream_executor = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="flowlog-stream")
         self.generator = None
         if cfg.generator.enabled:
             from server.generator_loop import GeneratorLoop
-            self.generator = GeneratorLoop(self._active_flow_logs, self.pipeline.submit,
+            self.generator = GeneratorLoop(self._active_flow_logs, self._submit_generated,
                                            window_seconds=cfg.generator.window_seconds, seed=cfg.generator.seed,
                                            intensity=cfg.generator.intensity)
         self.collector = self._build_collector(cfg) if cfg.collector.listen else None
@@ -175,12 +189,13 @@ class App:
         now = time.time_ns() // 1_000_000
         with self.metadata.transaction() as tx:
             for r in demo_resources():
-                if tx.get_resource(account, r.id) is None:
+                if r.region in self.service.regions and tx.get_resource(account, r.id) is None:
                     tx.insert_resource(replace(r, account_id=account, create_time_ms=now))
 
     def _active_flow_logs(self):
         out = []
         cache: dict = {}
+        self._generation_listed = self.metadata.generation()  # before the list it vouches for
         for fl in self.metadata.all_flow_logs():
             if fl.state != FlowLogState.ACTIVE:
                 continue
@@ -191,11 +206,44 @@ class App:
                 out.append((fl, cache[key]))
         return out
 
-    def _drop_log_store(self, account: str, key: LogStoreKey) -> None:
-        self.pipeline.drop_log_store(account, key)
-        self.records.drop_log_store(account, key)
+    def _submit_generated(self, records) -> None:
+        """The generator's sink: a window of one flow log, spooled unless that flow log was paused
+        or deleted since the generator listed it (checked inside the submit: see Pipeline.submit)."""
+        listed = self._generation_listed
+
+        def admit() -> None:
+            if records and self.metadata.generation() != listed:
+                r = records[0]
+                with self.metadata.transaction() as tx:
+                    fl = tx.get_flow_log(r.account_id, r.flow_log_id)
+                if fl is None or fl.state != FlowLogState.ACTIVE:
+                    raise _FlowLogGone()
+        try:
+            self.pipeline.submit(records, admit=admit)
+        except _FlowLogGone:
+            pass
+
+    def _warn_unknown_regions(self) -> None:
+        outside = {r: n for r, n in self.metadata.regions_in_use().items() if r not in self.service.regions}
+        if outside:
+            log.warning("the metadata holds objects in regions outside the `regions` setting; the API refuses those "
+                        "regions, so these objects cannot be read or deleted until the regions are added back",
+                        extra={"regions": outside, "catalogue": list(self.service.regions)})
+
+    def _purge_steps(self):
+        """The purge of a deleted LogStore, step by step (server.core.purge): each idempotent."""
+        from server.core.lifecycle import deleted_error
+        steps = [("tails", lambda account, key: self.pipeline.end_tails(account, key, deleted_error(key))),
+                 ("spool", lambda account, key: self.pipeline.drop_log_store(account, key, timeout=10.0)),
+                 (f"query backend ({self.config.query_backend})", self.records.drop_log_store)]
         if self.archive is not None:
-            self.archive.delete_log_store(account, key)
+            steps.append((f"archive ({self.config.archive_backend})", self.archive.delete_log_store))
+        return steps
+
+    def _log_store_deleted(self, account: str, key: LogStoreKey) -> None:
+        """DeleteLogStore committed its tombstone: purge now; what fails is the purger's to retry."""
+        if not self.purger.purge(account, key):
+            self.purge_loop.wake()
 
     def _retention_loop(self) -> None:
         """Drop whole days past each LogStore's retention: shortly after start, then every 10 minutes."""
@@ -215,8 +263,11 @@ class App:
                 log.exception("retention failed for LogStore %s", ls.key)
 
     def tail(self, scope: Scope, predicate, *, start_ms, cursor, heartbeat_s):
+        """A Tail session that ends with NOT_FOUND once one of its LogStores is deleted."""
+        from server.core.lifecycle import ScopeWatch
+        watch = ScopeWatch(self.metadata, scope.account_id, scope.keys, scope.generation)
         return self.pipeline.tail(scope.account_id, scope.region, scope.project, scope.log_stores, predicate,
-                                  start_ms=start_ms, cursor=cursor, heartbeat_s=heartbeat_s)
+                                  start_ms=start_ms, cursor=cursor, heartbeat_s=heartbeat_s, check=watch.check)
 
     def _probe(self, role: str, ok: bool) -> bool:
         """A backend probe's result; when it turns from failing to ok, the backend is back and its
@@ -252,10 +303,12 @@ class App:
         if self.generator is not None:
             self.generator.start()
         self._retention.start()
+        self.purge_loop.start()  # resumes the purges a previous process left unfinished
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop producing, drain what was acknowledged to the backends (bounded), close."""
         self._stop.set()
+        self.purge_loop.stop()
         if self.generator is not None:
             self.generator.stop()
         if self.collector is not None:

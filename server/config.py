@@ -113,6 +113,24 @@ class LimitsConfig:
     max_tail_streams_per_account: int = 100
 
 
+# -- regions and quotas (owner: lifecycle) ----------------------------------------------------
+
+DEFAULT_REGIONS = ["bj", "gz"]
+
+
+@dataclass
+class QuotasConfig:
+    """Per-account quotas, each answered with RESOURCE_EXHAUSTED + google.rpc.QuotaFailure naming
+    the setting. Regions come from a catalogue (`regions`), so a per-region quota is bounded too."""
+    # Resources (RegisterResource) one account may hold, over all regions.
+    resources_per_account: int = 1000
+    # LogStores one account may hold, over all regions (a LogStore being purged does not count).
+    log_stores_per_account: int = 100
+    # Flow logs per region per account (API.md rule 1). The top-level `flow_log_quota` is the
+    # older name of this setting and still works; giving both with different values is refused.
+    flow_logs_per_region: int | None = None  # None: flow_log_quota, else 10
+
+
 @dataclass
 class CollectorConfig:
     # HOST:PORT of the NetFlow v5/v9/IPFIX UDP port (--collector-listen); empty: no collector.
@@ -145,7 +163,13 @@ class Config:
     data_dir: str = "./data"
     # api key -> account id. Empty: one local account ("local"), loopback only.
     api_keys: dict[str, str] = field(default_factory=dict)
-    flow_log_quota: int = 10
+    # The older name of quotas.flow_logs_per_region (flow logs per region per account).
+    flow_log_quota: int | None = None
+    # The region catalogue: every region a resource, LogStore, flow log, query or list filter may
+    # name; anything else is INVALID_ARGUMENT. FLOWLOG_REGIONS="bj,gz". Removing a region that
+    # holds objects hides them from the API (the server warns about it at start-up).
+    regions: list[str] = field(default_factory=lambda: list(DEFAULT_REGIONS))
+    quotas: QuotasConfig = field(default_factory=QuotasConfig)
     # Load the demo inventory (resources of every type in two regions) into every account.
     demo: bool = False
     # Query backend: "embedded" (DuckDB under data_dir) or "elasticsearch".
@@ -180,8 +204,7 @@ class Config:
         if self.archive_backend == "minio" and not (self.minio.endpoint and self.minio.access_key and self.minio.secret_key):
             raise ConfigError("archive_backend is 'minio' but minio.endpoint/access_key/secret_key "
                               "(FLOWLOG_MINIO_ENDPOINT, FLOWLOG_MINIO_ACCESS_KEY, FLOWLOG_MINIO_SECRET_KEY) are not all set")
-        if self.flow_log_quota < 1:
-            raise ConfigError("flow_log_quota must be at least 1")
+        self._validate_regions_and_quotas()
         if self.embedded.threads < 0:
             raise ConfigError("embedded.threads must be 0 (half the cores) or more")
         if self.pipeline.ingest_pace_max_seconds < 0:
@@ -198,7 +221,6 @@ class Config:
                 raise ConfigError(f"API key for account {account!r} is too short: use at least 16 random characters")
             if not account:
                 raise ConfigError("every API key needs an account id")
-
 
     def _validate_collector(self) -> None:
         import ipaddress
@@ -221,6 +243,29 @@ class Config:
             raise ConfigError("collector.max_templates_per_exporter and collector.max_exporters must be at least 1")
         if c.hold_seconds < 0:
             raise ConfigError("collector.hold_seconds must be 0 or more")
+
+    def _validate_regions_and_quotas(self) -> None:
+        import re
+
+        if not self.regions:
+            raise ConfigError("regions must name at least one region (e.g. [bj, gz]; FLOWLOG_REGIONS=\"bj,gz\")")
+        for r in self.regions:
+            if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", r):
+                raise ConfigError(f"regions: {r!r} is not a region name: 1-32 lowercase letters, digits or '-', "
+                                  "starting with a letter")
+        if len(set(self.regions)) != len(self.regions):
+            raise ConfigError(f"regions: {self.regions} names a region twice")
+        q = self.quotas
+        legacy, new = self.flow_log_quota, q.flow_logs_per_region
+        if legacy is not None and new is not None and legacy != new:
+            raise ConfigError(f"flow_log_quota ({legacy}) and quotas.flow_logs_per_region ({new}) are the same "
+                              "setting with different values: keep one (quotas.flow_logs_per_region)")
+        q.flow_logs_per_region = new if new is not None else legacy if legacy is not None else 10
+        self.flow_log_quota = q.flow_logs_per_region
+        for name in ("resources_per_account", "log_stores_per_account", "flow_logs_per_region"):
+            if getattr(q, name) < 1:
+                setting = "flow_log_quota" if name == "flow_logs_per_region" and legacy is not None else f"quotas.{name}"
+                raise ConfigError(f"{setting} must be at least 1")
 
 
 def _convert(value: Any, typ: Any, name: str) -> Any:
@@ -250,6 +295,13 @@ def _convert(value: Any, typ: Any, name: str) -> Any:
         if not isinstance(value, (str, int, float)):
             raise ConfigError(f"{name}: expected text, got {value!r}")
         return str(value)
+    if origin is list:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list (in the environment: values separated by commas)")
+        (item_type,) = typing.get_args(typ) or (str,)
+        return [_convert(v.strip() if isinstance(v, str) else v, item_type, name) for v in items
+                if not (isinstance(v, str) and not v.strip())]
     if origin is dict:
         if isinstance(value, str):
             pairs = [p for p in value.split(",") if p.strip()]

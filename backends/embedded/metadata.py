@@ -15,6 +15,7 @@ from typing import Iterator
 
 from server.core.model import (Action, Direction, FlowLog, FlowLogState, LogStore, LogStoreKey, Resource,
                                ResourceType, SecurityRule, TrafficType)
+from server.core.ports import Tombstone
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -38,7 +39,15 @@ CREATE TABLE IF NOT EXISTS client_tokens (
   account_id TEXT NOT NULL, token TEXT NOT NULL, fingerprint TEXT NOT NULL, flow_log_id TEXT NOT NULL,
   PRIMARY KEY (account_id, token));
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS log_store_tombstones (
+  account_id TEXT NOT NULL, region TEXT NOT NULL, project TEXT NOT NULL, name TEXT NOT NULL,
+  deleted_ms INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
+  PRIMARY KEY (account_id, region, project, name));
 """
+
+# Writes to these tables change what an open Ingest or Tail stream may do: they bump the
+# store's generation (MetadataStore.generation).
+_WATCHED = ("flow_logs", "log_stores", "log_store_tombstones")
 
 
 def _rules_to_json(rules: tuple[SecurityRule, ...]) -> str:
@@ -79,6 +88,7 @@ class SqliteMetadataTx:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.c = conn
+        self.changed = False  # a watched table was written (see _WATCHED)
 
     def _one(self, sql: str, args: tuple):
         return self.c.execute(sql, args).fetchone()
@@ -138,16 +148,19 @@ class SqliteMetadataTx:
         return [_log_store(r) for r in self.c.execute(sql, args)]
 
     def insert_log_store(self, s):
+        self.changed = True
         self.c.execute("INSERT INTO log_stores VALUES (?,?,?,?,?,?,?,?)",
                        (s.account_id, s.region, s.project, s.name, s.retention_days, s.description,
                         s.create_time_ms, s.update_time_ms))
 
     def update_log_store(self, s):
+        self.changed = True
         self.c.execute("UPDATE log_stores SET retention_days=?, description=?, update_time_ms=? "
                        "WHERE account_id=? AND region=? AND project=? AND name=?",
                        (s.retention_days, s.description, s.update_time_ms, s.account_id, s.region, s.project, s.name))
 
     def delete_log_store(self, account, key):
+        self.changed = True
         self.c.execute("DELETE FROM log_stores WHERE account_id=? AND region=? AND project=? AND name=?",
                        (account, key.region, key.project, key.name))
 
@@ -189,18 +202,34 @@ class SqliteMetadataTx:
                          (account, region, name, exclude_id)) is not None
 
     def insert_flow_log(self, f):
+        self.changed = True
         self.c.execute("INSERT INTO flow_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                        (f.account_id, f.id, f.region, f.name, int(f.resource_type), f.resource_id, f.network_id,
                         int(f.traffic_type), f.project, f.log_store, f.description, int(f.state),
                         f.create_time_ms, f.update_time_ms))
 
     def update_flow_log(self, f):
+        self.changed = True
         self.c.execute("UPDATE flow_logs SET name=?, description=?, traffic_type=?, state=?, update_time_ms=? "
                        "WHERE account_id=? AND id=?",
                        (f.name, f.description, int(f.traffic_type), int(f.state), f.update_time_ms, f.account_id, f.id))
 
     def delete_flow_log(self, account, flow_log_id):
+        self.changed = True
         self.c.execute("DELETE FROM flow_logs WHERE account_id=? AND id=?", (account, flow_log_id))
+
+    def count_log_stores(self, account):
+        return self._one("SELECT count(*) FROM log_stores WHERE account_id=?", (account,))[0]
+
+    # LogStores being purged (deleted from the user's view, records not yet gone everywhere)
+    def insert_tombstone(self, account, key, deleted_ms):
+        self.changed = True
+        self.c.execute("INSERT OR IGNORE INTO log_store_tombstones (account_id, region, project, name, deleted_ms) "
+                       "VALUES (?,?,?,?,?)", (account, key.region, key.project, key.name, deleted_ms))
+
+    def tombstone_exists(self, account, key):
+        return self._one("SELECT 1 FROM log_store_tombstones WHERE account_id=? AND region=? AND project=? AND name=?",
+                         (account, key.region, key.project, key.name)) is not None
 
     def get_client_token(self, account, token):
         row = self._one("SELECT fingerprint, flow_log_id FROM client_tokens WHERE account_id=? AND token=?",
@@ -222,18 +251,55 @@ class SqliteMetadataStore:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)
         self._lock = threading.RLock()
+        # Bumped after every commit that changed a flow log, a LogStore or a tombstone. One
+        # process owns the file (the data dir lock), so an in-memory counter sees every change.
+        self._generation = 0
 
     @contextmanager
     def transaction(self) -> Iterator[SqliteMetadataTx]:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
+            tx = SqliteMetadataTx(self._conn)
             try:
-                yield SqliteMetadataTx(self._conn)
+                yield tx
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
             else:
                 self._conn.execute("COMMIT")
+                if tx.changed:
+                    self._generation += 1
+
+    def generation(self) -> int:
+        """See MetadataStore.generation: a counter read, no query."""
+        return self._generation
+
+    def tombstones(self) -> list[Tombstone]:
+        with self._lock:
+            return [Tombstone(r["account_id"], LogStoreKey(r["region"], r["project"], r["name"]), r["deleted_ms"],
+                              r["attempts"], r["last_error"])
+                    for r in self._conn.execute("SELECT * FROM log_store_tombstones ORDER BY deleted_ms")]
+
+    def purge_failed(self, account: str, key: LogStoreKey, error: str) -> None:
+        with self.transaction() as tx:
+            tx.c.execute("UPDATE log_store_tombstones SET attempts = attempts + 1, last_error = ? "
+                         "WHERE account_id=? AND region=? AND project=? AND name=?",
+                         (error[:500], account, key.region, key.project, key.name))
+
+    def remove_tombstone(self, account: str, key: LogStoreKey) -> None:
+        with self.transaction() as tx:
+            tx.changed = True
+            tx.c.execute("DELETE FROM log_store_tombstones WHERE account_id=? AND region=? AND project=? AND name=?",
+                         (account, key.region, key.project, key.name))
+
+    def regions_in_use(self) -> dict[str, int]:
+        """Objects (resources, LogStores, flow logs) per region, over every account."""
+        with self._lock:
+            out: dict[str, int] = {}
+            for table in ("resources", "log_stores", "flow_logs"):
+                for region, n in self._conn.execute(f"SELECT region, count(*) FROM {table} GROUP BY region"):
+                    out[region] = out.get(region, 0) + n
+            return out
 
     def all_flow_logs(self) -> list[FlowLog]:
         with self._lock:

@@ -25,6 +25,7 @@ from server.core import filter as flt
 from server.core import ingest as ingest_core
 from server.core import query as query_core
 from server.core.errors import InvalidArgument, ResourceExhausted
+from server.core.lifecycle import FlowLogWatch
 from server.core.model import FlowRecord, LogStoreKey
 from server.core.service import CreateFlowLog, ExistingLogStoreSpec, NewLogStoreSpec, now_ms
 
@@ -197,7 +198,7 @@ def _raw_columns(records) -> tuple:
     return rid, acc, flid, src, dst, sp, dp, proto, pk, by, _ms(ss, sn), _ms(es, en), act, st, di, fl
 
 
-def _accept_and_submit(pipeline, fl, message, index: int):
+def _accept_and_submit(pipeline, watch: FlowLogWatch, message, index: int):
     """One message: check and complete the records, spool the good ones (durable on return).
 
     `message` is an IngestRequest, or its bytes when _fastingest split it: then the compiled
@@ -205,6 +206,7 @@ def _accept_and_submit(pipeline, fl, message, index: int):
     here and goes the Python way (server.core.ingest), which finds and explains the bad records."""
     ok = prepared = None
     bad: list = []
+    fl = watch.current()  # NOT_FOUND / FAILED_PRECONDITION once the flow log is deleted / paused
     if type(message) is bytes:
         head = ingest_core.stored_head(fl)
         got = _fastingest.accept(message, head, FlowRecord, now_ms(), True)
@@ -216,7 +218,7 @@ def _accept_and_submit(pipeline, fl, message, index: int):
     if ok is None:
         ok, bad = ingest_core.accept_columns(fl, _raw_columns(message.records), index, now_ms())
     if ok:
-        pipeline.submit(ok, prepared)
+        pipeline.submit(ok, prepared, admit=watch.current)
     return len(ok), bad
 
 
@@ -243,23 +245,24 @@ class IngestServicer(_Base, ingest_pb2_grpc.IngestServiceServicer):
         rejections: list[ingest_pb2.RejectedRecord] = []
         rejected = 0
         index = 0
-        flow_logs: dict[str, Any] = {}
+        flow_logs: dict[str, FlowLogWatch] = {}
         async for raw in request_iterator:
             flow_log_id, n, msg = self._split(raw)
             if type(msg) is bytes and n > limit:
                 parse_message(ingest_pb2.IngestRequest, msg)  # a message that is not valid says so first
             if n > limit:
                 raise InvalidArgument.field("records", f"at most {limit} records per message (got {n}); split the batch")
-            fl = flow_logs.get(flow_log_id)
-            if fl is None:
+            watch = flow_logs.get(flow_log_id)
+            if watch is None:
                 try:
-                    fl = await self.run(ingest_core.flow_log_for_ingest, self.app.metadata, account, flow_log_id)
+                    watch = await self.run(FlowLogWatch, self.app.metadata, account, flow_log_id,
+                                           ingest_core.flow_log_for_ingest)
                 except Exception:
                     if type(msg) is bytes:
                         parse_message(ingest_pb2.IngestRequest, msg)
                     raise
-                flow_logs[flow_log_id] = fl
-            n_ok, bad = await self.run(_accept_and_submit, self.app.pipeline, fl, msg, index)
+                flow_logs[flow_log_id] = watch
+            n_ok, bad = await self.run(_accept_and_submit, self.app.pipeline, watch, msg, index)
             index += n
             accepted += n_ok
             rejected += len(bad)
@@ -442,7 +445,7 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
         account = self.account(context)
         app = self.app
         scope = await self.run(query_core.resolve_scope, app.metadata, account, request.region, request.project,
-                               list(request.log_stores))
+                               list(request.log_stores), app.service.regions)
         planned = query_core.plan_query(
             scope, app.signer,
             start_ms=convert.ms_of(request.start_time) if request.HasField("start_time") else None,
@@ -505,7 +508,7 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
         try:
             app = self.app
             scope = await self.run(query_core.resolve_scope, app.metadata, account, request.region, request.project,
-                                   list(request.log_stores))
+                                   list(request.log_stores), app.service.regions)
             predicate = flt.compile_predicate(flt.parse(request.filter))
             start_ms = convert.ms_of(request.start_time) if request.HasField("start_time") else None
             session = await self.run(lambda: app.tail(

@@ -13,6 +13,19 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkabl
 from server.core.model import FlowLog, FlowLogState, FlowRecord, LogStore, LogStoreKey, Resource, ResourceType
 
 
+@dataclass(frozen=True)
+class Tombstone:
+    """A deleted LogStore whose records are not yet purged from every backend. It is invisible to
+    every API from the moment it is written; the purger removes it once the purge is done, and
+    until then the name cannot be used again (so a new LogStore never sees old records)."""
+
+    account_id: str
+    key: LogStoreKey
+    deleted_ms: int
+    attempts: int = 0
+    last_error: str = ""
+
+
 class MetadataTx(Protocol):
     """One transaction on the metadata store. Reads inside see writes made before them in it.
 
@@ -36,6 +49,11 @@ class MetadataTx(Protocol):
     def insert_log_store(self, log_store: LogStore) -> None: ...
     def update_log_store(self, log_store: LogStore) -> None: ...
     def delete_log_store(self, account: str, key: LogStoreKey) -> None: ...
+    def count_log_stores(self, account: str) -> int: ...
+
+    # LogStores being purged (Tombstone)
+    def insert_tombstone(self, account: str, key: LogStoreKey, deleted_ms: int) -> None: ...
+    def tombstone_exists(self, account: str, key: LogStoreKey) -> bool: ...
 
     # flow logs
     def get_flow_log(self, account: str, flow_log_id: str) -> FlowLog | None: ...
@@ -72,6 +90,29 @@ class MetadataStore(Protocol):
 
     def all_log_stores(self) -> list[LogStore]:
         """Every LogStore of every account (for retention)."""
+        ...
+
+    def generation(self) -> int:
+        """A number that changes after every committed change to a flow log, a LogStore or a
+        tombstone. Open Ingest and Tail streams compare it per message (a read of a counter, no
+        query) and re-read their flow log / LogStores only when it moved: that is how a pause or
+        a deletion reaches a stream already open."""
+        ...
+
+    def tombstones(self) -> list[Tombstone]:
+        """Every LogStore awaiting its purge, oldest deletion first."""
+        ...
+
+    def purge_failed(self, account: str, key: LogStoreKey, error: str) -> None:
+        """Count a failed purge attempt and keep its error (for the log and health)."""
+        ...
+
+    def remove_tombstone(self, account: str, key: LogStoreKey) -> None:
+        """The purge is done everywhere: the name may be used again."""
+        ...
+
+    def regions_in_use(self) -> dict[str, int]:
+        """Objects (resources, LogStores, flow logs) per region, over every account."""
         ...
 
     def close(self) -> None: ...

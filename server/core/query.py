@@ -31,10 +31,18 @@ class Scope:
     region: str
     project: str
     log_stores: tuple[str, ...]
+    # The metadata generation read before the LogStores were looked up (server.core.lifecycle).
+    generation: int = 0
+
+    @property
+    def keys(self) -> tuple[LogStoreKey, ...]:
+        return tuple(LogStoreKey(self.region, self.project, n) for n in self.log_stores)
 
 
-def resolve_scope(metadata: MetadataStore, account: str, region: str, project: str, log_stores: list[str]) -> Scope:
-    v = rules.Violations()
+def resolve_scope(metadata: MetadataStore, account: str, region: str, project: str, log_stores: list[str],
+                  regions: rules.RegionCatalogue | None = None) -> Scope:
+    """`regions`: the server's region catalogue (a region outside it is INVALID_ARGUMENT)."""
+    v = rules.Violations(regions)
     v.region("region", region)
     v.store_name("project", project, "project")
     if not log_stores:
@@ -56,11 +64,12 @@ def resolve_scope(metadata: MetadataStore, account: str, region: str, project: s
         if name not in names:
             names.append(name)
     v.raise_if_any()
+    generation = metadata.generation()
     with metadata.transaction() as tx:
         for name in names:
             if tx.get_log_store(account, LogStoreKey(region, project, name)) is None:
                 raise NotFound(f"LogStore {region}/{project}/{name} not found")
-    return Scope(account, region, project, tuple(names))
+    return Scope(account, region, project, tuple(names), generation)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
+from typing import Iterable, Iterator
 
 from server.core.errors import FieldViolation, InvalidArgument
 
@@ -34,11 +35,31 @@ def _show(value: str, limit: int = 40) -> str:
     return repr(value if len(value) <= limit else value[:limit] + "…")
 
 
-class Violations:
-    """Collects field violations; `raise_if_any()` turns them into one InvalidArgument."""
+class RegionCatalogue:
+    """The regions this server serves (the `regions` setting); any other is INVALID_ARGUMENT."""
 
-    def __init__(self) -> None:
+    def __init__(self, regions: Iterable[str]) -> None:
+        self.names = tuple(dict.fromkeys(regions))
+        self._set = frozenset(self.names)
+
+    def __contains__(self, region: object) -> bool:
+        return region in self._set
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def unknown(self, value: str) -> str:
+        return (f"unknown region {_show(value)}: this server serves {', '.join(self.names)} "
+                "(the `regions` setting)")
+
+
+class Violations:
+    """Collects field violations; `raise_if_any()` turns them into one InvalidArgument. With a
+    RegionCatalogue, region() also refuses regions outside it."""
+
+    def __init__(self, regions: RegionCatalogue | None = None) -> None:
         self.items: list[FieldViolation] = []
+        self.regions = regions
 
     def add(self, field: str, description: str) -> None:
         self.items.append(FieldViolation(field, description))
@@ -55,6 +76,8 @@ class Violations:
                 self.add(field, "is required (e.g. 'bj' or 'cn-north-1')")
         elif not _REGION.fullmatch(value):
             self.add(field, f"{_show(value)} is not a region: 1-32 lowercase letters, digits or '-', starting with a letter")
+        elif self.regions is not None and value not in self.regions:
+            self.add(field, self.regions.unknown(value))
 
     def store_name(self, field: str, value: str, what: str, *, required: bool = True) -> None:
         """Project and LogStore names: 1-64 characters, a letter first, then letters, digits, '-', '_'."""

@@ -1,8 +1,13 @@
 """Use cases of the flow-log product: every rule of API.md is enforced here, once.
 
 `Service` is called by server/api with plain values and the caller's account, and talks to
-storage only through ports: the metadata store, and `on_log_store_deleted` (records of a
-deleted LogStore are dropped from the query backend, the archive and the spool).
+storage only through ports: the metadata store, and `on_log_store_deleted` (the purge of a
+deleted LogStore's records from the spool, the query backend and the archive; see
+server.core.purge).
+
+Regions come from a catalogue (the `regions` setting): a region outside it is INVALID_ARGUMENT
+naming it, wherever it appears. Quotas (Quotas, the `quotas` settings) are checked in the same
+serialised metadata transaction as the insert, so they are exact under any concurrency.
 """
 from __future__ import annotations
 
@@ -21,6 +26,16 @@ from server.core.paging import TokenSigner, fingerprint
 from server.core.ports import MetadataStore, MetadataTx
 
 DEFAULT_FLOW_LOG_QUOTA = 10  # rule 1: per region per account; a server setting
+DEFAULT_REGIONS = ("bj", "gz")  # the demo's regions: the catalogue when the `regions` setting is not given
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """Per-account limits, each a server setting (named in the QuotaFailure it causes)."""
+
+    resources_per_account: int = 1000
+    log_stores_per_account: int = 100
+    flow_logs_per_region: int = DEFAULT_FLOW_LOG_QUOTA
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -67,19 +82,32 @@ LOG_STORE_MUTABLE = ("retention_days", "description")
 
 class Service:
     def __init__(self, metadata: MetadataStore, signer: TokenSigner, *,
-                 flow_log_quota: int = DEFAULT_FLOW_LOG_QUOTA,
+                 flow_log_quota: int | None = None, quotas: Quotas | None = None,
+                 regions: Iterable[str] = DEFAULT_REGIONS,
                  on_log_store_deleted: Callable[[str, LogStoreKey], None] | None = None,
                  clock: Callable[[], int] = now_ms) -> None:
         self.metadata = metadata
         self.signer = signer
-        self.flow_log_quota = flow_log_quota
+        quotas = quotas or Quotas()
+        if flow_log_quota is not None:
+            quotas = replace(quotas, flow_logs_per_region=flow_log_quota)
+        self.quotas = quotas
+        self.regions = rules.RegionCatalogue(regions)
         self.on_log_store_deleted = on_log_store_deleted
         self.clock = clock
+
+    @property
+    def flow_log_quota(self) -> int:
+        return self.quotas.flow_logs_per_region
+
+    def _violations(self) -> rules.Violations:
+        """Field checks that know the region catalogue."""
+        return rules.Violations(self.regions)
 
     # -- resources ------------------------------------------------------------------------
 
     def register_resource(self, account: str, r: Resource) -> Resource:
-        v = rules.Violations()
+        v = self._violations()
         v.resource_id("resource.id", r.id, required=False)
         v.enum("resource.type", r.type, ResourceType)
         v.region("resource.region", r.region)
@@ -112,6 +140,12 @@ class Service:
         with self.metadata.transaction() as tx:
             if tx.get_resource(account, resource.id) is not None:
                 raise AlreadyExists(f"resource {resource.id} already exists")
+            limit = self.quotas.resources_per_account
+            count = tx.count_resources(account)
+            if count >= limit:
+                raise QuotaExceeded(f"quotas.resources_per_account: account {account}",
+                                    f"the account already has {count} resources, the maximum is {limit} "
+                                    "(setting quotas.resources_per_account); delete one before registering another")
             tx.insert_resource(resource)
         return resource
 
@@ -124,7 +158,7 @@ class Service:
 
     def list_resources(self, account: str, *, region: str = "", type: int = 0, network_id: str = "",
                        page_size: int = 0, page_token: str = "") -> Page:
-        v = rules.Violations()
+        v = self._violations()
         v.region("region", region, required=False)
         v.enum("type", type, ResourceType, required=False)
         if network_id:
@@ -139,7 +173,7 @@ class Service:
         return self._page(items[:size], len(items) > size, "resources", account, bound, lambda r: r.id)
 
     def delete_resource(self, account: str, resource_id: str) -> None:
-        v = rules.Violations()
+        v = self._violations()
         v.resource_id("id", resource_id)
         v.raise_if_any()
         with self.metadata.transaction() as tx:
@@ -152,7 +186,7 @@ class Service:
     # -- LogStores ------------------------------------------------------------------------
 
     def create_log_store(self, account: str, ls: LogStore) -> LogStore:
-        v = rules.Violations()
+        v = self._violations()
         self._check_log_store_fields(v, ls, "log_store.")
         v.raise_if_any()
         now = self.clock()
@@ -161,17 +195,18 @@ class Service:
         with self.metadata.transaction() as tx:
             if tx.get_log_store(account, store.key) is not None:
                 raise AlreadyExists(f"LogStore {store.key} already exists")
+            self._check_log_store_insert(tx, account, store.key, "log_store")
             tx.insert_log_store(store)
         return store
 
     def get_log_store(self, account: str, key: LogStoreKey) -> LogStore:
-        _check_key(key)
+        _check_key(key, regions=self.regions)
         with self.metadata.transaction() as tx:
             return _log_store_or_404(tx, account, key)
 
     def list_log_stores(self, account: str, *, region: str = "", project: str = "", page_size: int = 0,
                         page_token: str = "") -> Page:
-        v = rules.Violations()
+        v = self._violations()
         v.region("region", region, required=False)
         v.store_name("project", project, "project", required=False)
         v.raise_if_any()
@@ -188,9 +223,9 @@ class Service:
 
     def update_log_store(self, account: str, ls: LogStore, mask: Iterable[str]) -> LogStore:
         key = ls.key
-        _check_key(key, prefix="log_store.")
+        _check_key(key, prefix="log_store.", regions=self.regions)
         paths = _check_mask(mask, LOG_STORE_MUTABLE, "log_store")
-        v = rules.Violations()
+        v = self._violations()
         if "retention_days" in paths:
             v.retention_days("log_store.retention_days", ls.retention_days)
         if "description" in paths:
@@ -208,8 +243,14 @@ class Service:
         return updated
 
     def delete_log_store(self, account: str, key: LogStoreKey) -> None:
-        """Deletes the LogStore and its records; refused while a flow log delivers to it."""
-        _check_key(key)
+        """Deletes the LogStore and its records; refused while a flow log delivers to it.
+
+        Atomic from the user's view: one metadata transaction replaces the LogStore by a
+        tombstone, so it is gone from every API at once, and a retry is NOT_FOUND. The records
+        are purged after that (on_log_store_deleted: tried at once, then by the background purger
+        until it is done in every backend, across restarts); the name cannot be used again
+        until then (see _check_log_store_insert)."""
+        _check_key(key, regions=self.regions)
         with self.metadata.transaction() as tx:
             _log_store_or_404(tx, account, key)
             users = tx.flow_logs_delivering_to(account, key)
@@ -217,8 +258,29 @@ class Service:
                 raise FailedPrecondition(f"LogStore {key} receives records from flow log(s) {', '.join(users)}; "
                                          "delete them or point them elsewhere first")
             tx.delete_log_store(account, key)
+            tx.insert_tombstone(account, key, self.clock())
         if self.on_log_store_deleted is not None:
             self.on_log_store_deleted(account, key)
+
+    def _check_log_store_insert(self, tx: MetadataTx, account: str, key: LogStoreKey, field: str) -> None:
+        """A new LogStore: not while the records of a deleted one of the same name are being
+        purged, and within the account's LogStore quota.
+
+        Why the name waits for the purge instead of each LogStore getting an incarnation id kept
+        with its records: records are addressed by (account, region, project, LogStore) in every
+        backend (DuckDB rows, Elasticsearch index names, archive prefixes, the spool, the `log_store`
+        filter and group-by field), so an incarnation would change every backend's layout and
+        every query; and a healthy purge takes milliseconds (DeleteLogStore tries it before
+        returning), so only a deletion during a backend outage makes a user wait for the name."""
+        if tx.tombstone_exists(account, key):
+            raise FailedPrecondition(f"LogStore {key} was deleted and its records are still being purged (a backend "
+                                     "was unavailable); its name can be used again once the purge is done: retry later")
+        limit = self.quotas.log_stores_per_account
+        count = tx.count_log_stores(account)
+        if count >= limit:
+            raise QuotaExceeded(f"quotas.log_stores_per_account: account {account}",
+                                f"the account already has {count} LogStores, the maximum is {limit} "
+                                f"(setting quotas.log_stores_per_account); delete one before creating another ({field})")
 
     def _check_log_store_fields(self, v: rules.Violations, ls: LogStore, prefix: str) -> None:
         v.region(prefix + "region", ls.region)
@@ -230,7 +292,7 @@ class Service:
     # -- flow logs ------------------------------------------------------------------------
 
     def create_flow_log(self, account: str, req: CreateFlowLog) -> FlowLog:
-        v = rules.Violations()
+        v = self._violations()
         v.region("region", req.region)
         v.flow_log_name("name", req.name)
         v.enum("resource_type", req.resource_type, ResourceType)
@@ -276,7 +338,7 @@ class Service:
             resource = tx.get_resource(account, req.resource_id)
             if resource is None:
                 raise NotFound(f"resource {req.resource_id} not found")
-            rv = rules.Violations()
+            rv = self._violations()
             if resource.type != req.resource_type:
                 rv.add("resource_type", f"resource {resource.id} is a {ResourceType(resource.type).name}, "
                                         f"not a {ResourceType(req.resource_type).name}")
@@ -295,6 +357,7 @@ class Service:
             if isinstance(dest, NewLogStoreSpec):  # rule 7, atomically with the flow log
                 if tx.get_log_store(account, key) is not None:
                     raise AlreadyExists(f"LogStore {key} already exists; use existing_log_store to deliver to it")
+                self._check_log_store_insert(tx, account, key, "new_log_store")
             elif tx.get_log_store(account, key) is None:
                 raise NotFound(f"LogStore {dest.project}/{dest.name} not found in region {req.region!r}")
 
@@ -303,10 +366,12 @@ class Service:
                 raise AlreadyExists(f"a flow log named {req.name!r} already exists in region {req.region!r}")
             # rule 1: quota per region per account, exact under concurrency (serialised tx)
             count = tx.count_flow_logs(account, req.region)
-            if count >= self.flow_log_quota:
-                raise QuotaExceeded(f"flow logs in region {req.region}",
-                                    f"region {req.region!r} already has {count} flow logs, the maximum is "
-                                    f"{self.flow_log_quota}; delete one before creating another")
+            limit = self.quotas.flow_logs_per_region
+            if count >= limit:
+                raise QuotaExceeded(f"quotas.flow_logs_per_region: account {account}, region {req.region}",
+                                    f"region {req.region!r} already has {count} flow logs, the maximum is {limit} "
+                                    "(setting quotas.flow_logs_per_region, formerly flow_log_quota); delete one "
+                                    "before creating another")
 
             now = self.clock()
             if isinstance(dest, NewLogStoreSpec):
@@ -330,7 +395,7 @@ class Service:
 
     def list_flow_logs(self, account: str, *, region: str = "", resource_id: str = "", state: int = 0,
                        page_size: int = 0, page_token: str = "") -> Page:
-        v = rules.Violations()
+        v = self._violations()
         v.region("region", region, required=False)
         v.resource_id("resource_id", resource_id, required=False)
         v.enum("state", state, FlowLogState, required=False)
@@ -347,7 +412,7 @@ class Service:
         """`changes` holds the new values of the masked fields (name, description, traffic_type, state)."""
         rules.check_flow_log_id(flow_log_id)
         paths = _check_mask(mask, FLOW_LOG_MUTABLE, "flow_log")
-        v = rules.Violations()
+        v = self._violations()
         if "name" in paths:
             v.flow_log_name("flow_log.name", changes.get("name", ""))
         if "description" in paths:
@@ -404,8 +469,8 @@ def _check_rule(v: rules.Violations, f: str, rule: SecurityRule) -> None:
         v.add(f + ".port_to", f"must not be below port_from ({rule.port_from})")
 
 
-def _check_key(key: LogStoreKey, prefix: str = "") -> None:
-    v = rules.Violations()
+def _check_key(key: LogStoreKey, prefix: str = "", regions: "rules.RegionCatalogue | None" = None) -> None:
+    v = rules.Violations(regions)
     v.region(prefix + "region", key.region)
     v.store_name(prefix + "project", key.project, "project")
     v.store_name(prefix + "name", key.name, "LogStore name")

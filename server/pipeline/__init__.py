@@ -81,6 +81,10 @@ class Pipeline:
         self._state_lock = threading.Condition()
         self._accepting = False
         self._inflight = 0
+        # Submits in flight per epoch (see _barrier): a LogStore's drop waits for those that
+        # started before it, so none of them can spool records behind the drop.
+        self._epoch = 0
+        self._inflight_by_epoch: dict[int, int] = {}
         self._drop_lock = threading.Lock()
         self.pace_max_s = pace_max_s
         self._pace_records = 0
@@ -148,23 +152,45 @@ class Pipeline:
 
     # -- ingestion ----------------------------------------------------------------------------
 
-    def submit(self, records: Sequence[FlowRecord], prepared: tuple[bytes, object] | None = None) -> int:
+    def submit(self, records: Sequence[FlowRecord], prepared: tuple[bytes, object] | None = None,
+               admit: Callable[[], object] | None = None) -> int:
         """Spool the records (complete, validated, with record_id); durable when this returns.
         Returns the highest seq given to them (for wait_delivered). Raises ResourceExhausted
         when a backend is too far behind (spool bound), Unavailable when stopping. `prepared`:
-        see Spool.append_batches."""
+        see Spool.append_batches.
+
+        `admit` (optional) is called once the submit counts as in flight, before anything is
+        spooled; whatever it raises refuses the submit. Callers check there that their flow log
+        still exists and is ACTIVE: a LogStore's drop (drop_log_store) first waits for the
+        submits in flight, so a check passed in `admit` can never let records land behind it."""
         with self._state_lock:
             if not self._accepting or self.spool is None:
                 raise Unavailable("the record pipeline is not running (the server is starting or stopping)")
             self._inflight += 1
+            epoch = self._epoch
+            self._inflight_by_epoch[epoch] = self._inflight_by_epoch.get(epoch, 0) + 1
         try:
+            if admit is not None:
+                admit()
             self._pace()
             return self.spool.append(records, prepared)
         finally:
             with self._state_lock:
                 self._inflight -= 1
-                if self._inflight == 0:
-                    self._state_lock.notify_all()
+                n = self._inflight_by_epoch[epoch] - 1
+                if n:
+                    self._inflight_by_epoch[epoch] = n
+                else:
+                    del self._inflight_by_epoch[epoch]
+                self._state_lock.notify_all()
+
+    def _barrier(self, timeout: float) -> bool:
+        """Wait until every submit that was in flight when this was called has finished (later
+        submits do not hold it up). True unless `timeout` passed first."""
+        with self._state_lock:
+            self._epoch += 1
+            epoch = self._epoch
+            return self._state_lock.wait_for(lambda: all(e >= epoch for e in self._inflight_by_epoch), timeout)
 
     def _pace(self) -> None:
         """Hold a submit back while a healthy sink is further behind than the spool keeps in
@@ -198,7 +224,8 @@ class Pipeline:
 
     def tail(self, account_id: str, region: str, project: str, log_stores: Sequence[str],
              predicate: Callable[[FlowRecord], bool] | None = None, *, start_ms: int | None = None,
-             cursor: str | None = None, heartbeat_s: float | None = None) -> TailSession:
+             cursor: str | None = None, heartbeat_s: float | None = None,
+             check: Callable[[], object] | None = None) -> TailSession:
         """A Tail session over LogStores of one project (see server.pipeline.tail). The caller
         has checked that the LogStores exist and belong to the account; `predicate` is the
         compiled filter (server.core.filter.compile_predicate)."""
@@ -207,7 +234,7 @@ class Pipeline:
         return TailSession(self.spool, self.hub, self._codec, account_id, region, project, log_stores, predicate,
                            start_ms=start_ms, cursor=cursor,
                            heartbeat_s=self._heartbeat_s if heartbeat_s is None else heartbeat_s,
-                           buffer_records=self.hub.default_max_records)
+                           buffer_records=self.hub.default_max_records, check=check)
 
     # -- health, deletion -----------------------------------------------------------------------
 
@@ -224,18 +251,27 @@ class Pipeline:
         """(healthy, detail) per sink ("query", "archive"): unhealthy while its writes fail."""
         return {name: (s.healthy, s.message) for name, s in self.sink_status().items()}
 
+    def end_tails(self, account_id: str, key: LogStoreKey, error: Exception) -> int:
+        """End every open Tail that reads the LogStore: its next event raises `error` (the
+        LogStore was deleted). Returns how many were ended."""
+        return self.hub.end_key(BatchKey(account_id, key.region, key.project, key.name), error)
+
     def drop_log_store(self, account_id: str, key: LogStoreKey, timeout: float = 30.0) -> None:
-        """Forget the LogStore's spooled records: marks its batches skipped (their records are
-        deleted from the spool), then waits until no sink write that could still carry them is
-        in flight, so that the caller's following delete in the query backend and the archive
-        is final. Raises Unavailable if a sink write does not finish within `timeout`."""
+        """Forget the LogStore's spooled records: first waits for the submits in flight (see
+        submit's `admit`), then marks its batches skipped (their records are deleted from the
+        spool), then waits until no sink write that could still carry them is in flight, so
+        that the caller's following delete in the query backend and the archive is final.
+        Raises Unavailable if a submit or a sink write does not finish within `timeout`.
+        Idempotent: the purger runs it again after a failure or a restart."""
         if self.spool is None:
             raise Unavailable("the record pipeline is not running")
         bkey = BatchKey(account_id, key.region, key.project, key.name)
         with self._drop_lock:
+            deadline = time.monotonic() + timeout
+            if not self._barrier(timeout):
+                raise Unavailable("an Ingest call in flight is slow to finish; retry the deletion")
             through = self.spool.mark_dropped(bkey)
             generation = self.fence.add(bkey, through)
-            deadline = time.monotonic() + timeout
             for w in self.workers.values():
                 if not w.wait_writes_before(generation, max(0.0, deadline - time.monotonic())):
                     raise Unavailable(f"the {w.name} backend is slow to finish a write; retry the deletion")

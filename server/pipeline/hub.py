@@ -45,6 +45,7 @@ class Subscription:
         self.overflowed = False
         self.closed = False  # closed by its consumer
         self.hub_closed = False
+        self.ended: Exception | None = None  # a LogStore it reads was deleted (Hub.end_key)
 
     def _offer(self, batch: SpoolBatch) -> bool:
         """Called by the publisher. Never blocks beyond this subscription's own short lock;
@@ -68,8 +69,10 @@ class Subscription:
         """The next batch; None on timeout or once closed by its consumer. Raises
         SubscriptionOverflow after an overflow and HubClosed when the hub closed."""
         with self._cond:
-            if not self._queue and not (self.overflowed or self.closed or self.hub_closed):
+            if not self._queue and not (self.overflowed or self.closed or self.hub_closed or self.ended):
                 self._cond.wait(timeout)
+            if self.ended is not None and not self.closed:
+                raise self.ended
             if self.overflowed:
                 raise SubscriptionOverflow("tail fell behind")
             if self.closed:
@@ -159,6 +162,20 @@ class Hub:
                 self.last_seq = b.seq
         elif batches:
             self.last_seq = batches[-1].seq
+
+    def end_key(self, key: BatchKey, error: Exception) -> int:
+        """Disconnect every subscriber of the LogStore `key`: its get() raises `error` at once
+        (what it had queued is dropped with it: the LogStore is gone). Returns how many."""
+        with self._lock:
+            subs = [s for s in self._subs if key in s.keys]
+        for s in subs:
+            with s._cond:
+                s.ended = error
+                s._queue.clear()
+                s._queued_records = 0
+                s._cond.notify_all()
+            self._remove(s)
+        return len(subs)
 
     @property
     def subscriber_count(self) -> int:

@@ -109,7 +109,7 @@ class TailSession:
                  log_stores: Sequence[str], predicate: Callable[[FlowRecord], bool] | None = None, *,
                  start_ms: int | None = None, cursor: str | None = None, heartbeat_s: float = 15.0,
                  max_event_records: int = 1000, replay_page_records: int = 20_000,
-                 buffer_records: int | None = None) -> None:
+                 buffer_records: int | None = None, check: Callable[[], object] | None = None) -> None:
         if not log_stores:
             raise InvalidArgument.field("log_stores", "name at least one LogStore")
         self._spool = spool
@@ -125,6 +125,9 @@ class TailSession:
         self._max_event = max_event_records
         self._page = replay_page_records
         self._buffer_records = buffer_records
+        # Raises when the LogStores are gone (server.core.lifecycle.ScopeWatch.check): called once
+        # subscribed (a deletion before that ended no subscription of ours) and when idle.
+        self._check = check
         self._scope = CursorCodec.scope(region, project, self.log_stores)
         self._sub: Subscription | None = None
         self._closed = threading.Event()
@@ -236,6 +239,8 @@ class TailSession:
                                             max_records=self._buffer_records)
             if self._closed.is_set():
                 return
+            if self._check is not None:
+                self._check()
             yield from self._replay(self._spool.head_seq)
             sub = self._sub
             while not self._closed.is_set():
@@ -257,6 +262,8 @@ class TailSession:
                 if self._closed.is_set():
                     return
                 if self._heartbeat_due():
+                    if self._check is not None:
+                        self._check()
                     through = sub.idle_through()
                     if through is not None and through >= self._next_seq:
                         self._next_seq, self._skip = through + 1, 0

@@ -1,0 +1,70 @@
+"""How lifecycle changes reach streams that are already open.
+
+An Ingest stream keeps its flow log and a Tail keeps its LogStores for as long as it runs.
+Instead of reading the metadata per message (or per record), each keeps the metadata store's
+generation (MetadataStore.generation: a counter that moves on every committed change to a flow
+log, a LogStore or a tombstone) from when it last looked, and compares it per message: equal,
+nothing changed and the cached view stands; different, it looks again, and a flow log paused
+since is FAILED_PRECONDITION, one deleted NOT_FOUND, a LogStore deleted NOT_FOUND.
+
+The generation is read BEFORE the metadata it vouches for, so a change committed while a stream
+looks is seen at its next check. The record pipeline calls FlowLogWatch.current inside
+Pipeline.submit (its `admit`), which a LogStore's purge waits for: no record checked there can
+land behind the purge.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from server.core.errors import NotFound
+from server.core.model import FlowLog, LogStoreKey
+from server.core.ports import MetadataStore
+
+
+class FlowLogWatch:
+    """The flow log an Ingest stream writes to, as of the metadata's latest generation."""
+
+    def __init__(self, metadata: MetadataStore, account: str, flow_log_id: str,
+                 load: Callable[[MetadataStore, str, str], FlowLog]) -> None:
+        """`load(metadata, account, flow_log_id)` returns the flow log if records may be ingested
+        for it and raises otherwise (server.core.ingest.flow_log_for_ingest)."""
+        self.metadata = metadata
+        self.account = account
+        self.flow_log_id = flow_log_id
+        self._load = load
+        self.generation = metadata.generation()
+        self.flow_log = load(metadata, account, flow_log_id)
+
+    def current(self) -> FlowLog:
+        """The flow log; raises NotFound / FailedPrecondition once it is deleted / paused."""
+        g = self.metadata.generation()
+        if g != self.generation:
+            self.flow_log = self._load(self.metadata, self.account, self.flow_log_id)
+            self.generation = g
+        return self.flow_log
+
+
+class ScopeWatch:
+    """The LogStores a Tail reads: check() raises NotFound once one of them is deleted."""
+
+    def __init__(self, metadata: MetadataStore, account: str, keys: list[LogStoreKey] | tuple[LogStoreKey, ...],
+                 generation: int) -> None:
+        """`generation`: the metadata generation read before the LogStores were looked up."""
+        self.metadata = metadata
+        self.account = account
+        self.keys = tuple(keys)
+        self.generation = generation
+
+    def check(self) -> None:
+        g = self.metadata.generation()
+        if g == self.generation:
+            return
+        with self.metadata.transaction() as tx:
+            for key in self.keys:
+                if tx.get_log_store(self.account, key) is None:
+                    raise deleted_error(key)
+        self.generation = g
+
+
+def deleted_error(key: LogStoreKey) -> NotFound:
+    return NotFound(f"LogStore {key} was deleted")

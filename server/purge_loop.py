@@ -1,0 +1,52 @@
+"""The background purger: resumes the purge of deleted LogStores (server.core.purge) until done.
+
+One daemon thread. At start it runs every tombstone a previous process left (killed during a
+purge, or a backend down then); afterwards it runs whenever a deletion could not finish its
+purge at once (wake()), retrying with back-off (1 s doubling to 60 s) while any remain.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from server.core.purge import Purger
+
+log = logging.getLogger(__name__)
+
+
+class PurgeLoop:
+    def __init__(self, purger: Purger, min_delay_s: float = 1.0, max_delay_s: float = 60.0) -> None:
+        self.purger = purger
+        self.min_delay_s = min_delay_s
+        self.max_delay_s = max_delay_s
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flowlog-purger", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        delay = self.min_delay_s
+        while not self._stop.is_set():
+            self._wake.clear()
+            try:
+                left = self.purger.run_pending()
+            except Exception:  # noqa: BLE001 - e.g. metadata closing: try again later
+                log.exception("purger round failed")
+                left = 1
+            if left:
+                log.info("LogStore purges pending; retrying", extra={"pending": left, "retry_in_s": delay})
+                woken = self._wake.wait(delay)
+                delay = self.min_delay_s if woken else min(delay * 2, self.max_delay_s)
+            else:
+                delay = self.min_delay_s
+                self._wake.wait()
