@@ -144,13 +144,14 @@ class App:
         from server.purge_loop import PurgeLoop
         self.purger = Purger(self.metadata, self._purge_steps())
         self.purge_loop = PurgeLoop(self.purger)
-        self._generation_listed = self.metadata.generation()
+        from server.core.lifecycle import ActiveFlowLogs
+        self._active_check = ActiveFlowLogs(self.metadata)
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="flowlog-rpc")
         self.stream_executor = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="flowlog-stream")
         self.generator = None
         if cfg.generator.enabled:
             from server.generator_loop import GeneratorLoop
-            self.generator = GeneratorLoop(self._active_flow_logs, self._submit_generated,
+            self.generator = GeneratorLoop(self._active_flow_logs, self._submit_checked,
                                            window_seconds=cfg.generator.window_seconds, seed=cfg.generator.seed,
                                            intensity=cfg.generator.intensity)
         self.collector = self._build_collector(cfg) if cfg.collector.listen else None
@@ -178,7 +179,7 @@ class App:
 
         limits = Limits(max_sessions=c.max_exporters, max_templates_per_session=c.max_templates_per_exporter,
                         hold_seconds=c.hold_seconds)
-        return Collector(c.listen, exporters, self._active_flow_logs, accept, self.pipeline.submit, limits=limits,
+        return Collector(c.listen, exporters, self._active_flow_logs, accept, self._submit_checked, limits=limits,
                          receive_buffer_bytes=c.receive_buffer_bytes, status_path=cfg.data_path / "collector-status.json",
                          status_log_seconds=c.status_log_seconds)
 
@@ -195,7 +196,6 @@ class App:
     def _active_flow_logs(self):
         out = []
         cache: dict = {}
-        self._generation_listed = self.metadata.generation()  # before the list it vouches for
         for fl in self.metadata.all_flow_logs():
             if fl.state != FlowLogState.ACTIVE:
                 continue
@@ -206,17 +206,14 @@ class App:
                 out.append((fl, cache[key]))
         return out
 
-    def _submit_generated(self, records) -> None:
-        """The generator's sink: a window of one flow log, spooled unless that flow log was paused
-        or deleted since the generator listed it (checked inside the submit: see Pipeline.submit)."""
-        listed = self._generation_listed
-
+    def _submit_checked(self, records) -> None:
+        """The sink of the generator and the collector: records of one flow log, spooled unless
+        that flow log was paused or deleted since they listed it (checked inside the submit, so
+        a LogStore purge waits for it: see Pipeline.submit)."""
         def admit() -> None:
-            if records and self.metadata.generation() != listed:
+            if records:
                 r = records[0]
-                with self.metadata.transaction() as tx:
-                    fl = tx.get_flow_log(r.account_id, r.flow_log_id)
-                if fl is None or fl.state != FlowLogState.ACTIVE:
+                if not self._active_check.is_active(r.account_id, r.flow_log_id):
                     raise _FlowLogGone()
         try:
             self.pipeline.submit(records, admit=admit)

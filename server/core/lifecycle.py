@@ -14,10 +14,11 @@ land behind the purge.
 """
 from __future__ import annotations
 
+import threading
 from typing import Callable
 
 from server.core.errors import NotFound
-from server.core.model import FlowLog, LogStoreKey
+from server.core.model import FlowLog, FlowLogState, LogStoreKey
 from server.core.ports import MetadataStore
 
 
@@ -68,3 +69,31 @@ class ScopeWatch:
 
 def deleted_error(key: LogStoreKey) -> NotFound:
     return NotFound(f"LogStore {key} was deleted")
+
+
+class ActiveFlowLogs:
+    """For the record sources that list flow logs now and spool later (the generator, the
+    collector): is this flow log still ACTIVE? One metadata read per flow log per generation,
+    none while nothing changed. Thread-safe (each source has its own thread)."""
+
+    def __init__(self, metadata: MetadataStore) -> None:
+        self.metadata = metadata
+        self._lock = threading.Lock()
+        self._generation = -1
+        self._active: set[tuple[str, str]] = set()
+
+    def is_active(self, account: str, flow_log_id: str) -> bool:
+        ident = (account, flow_log_id)
+        with self._lock:
+            g = self.metadata.generation()  # before the read it vouches for
+            if g != self._generation:
+                self._generation = g
+                self._active = set()
+            elif ident in self._active:
+                return True
+            with self.metadata.transaction() as tx:
+                fl = tx.get_flow_log(account, flow_log_id)
+            if fl is None or fl.state != FlowLogState.ACTIVE:
+                return False
+            self._active.add(ident)
+            return True

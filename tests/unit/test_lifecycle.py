@@ -18,7 +18,7 @@ from server.archive import Archive
 from server.config import ConfigError, load
 from server.core.errors import FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded
 from server.core.ingest import flow_log_for_ingest
-from server.core.lifecycle import FlowLogWatch, ScopeWatch, deleted_error
+from server.core.lifecycle import ActiveFlowLogs, FlowLogWatch, ScopeWatch, deleted_error
 from server.core.model import FlowLogState, LogStore, LogStoreKey, Resource, ResourceType, TrafficType
 from server.core.paging import TokenSigner
 from server.core.purge import Purger
@@ -297,3 +297,17 @@ def test_a_drop_waits_for_submits_in_flight_and_later_ones_see_the_change(tmp_pa
         if p.spool is not None and p.workers["query"].alive:
             p.stop(1)
         store.close()
+
+
+def test_sources_check_their_flow_log_once_per_change(meta):
+    s = service(meta)
+    fl = s.create_flow_log(A, flow_log_req())
+    check = ActiveFlowLogs(meta)
+    assert check.is_active(A, fl.id) and check.is_active(A, fl.id)
+    assert not check.is_active("acct-b", fl.id)
+    s.update_flow_log(A, fl.id, {"state": FlowLogState.PAUSED}, ["state"])
+    assert not check.is_active(A, fl.id)
+    s.update_flow_log(A, fl.id, {"state": FlowLogState.ACTIVE}, ["state"])
+    assert check.is_active(A, fl.id)
+    s.delete_flow_log(A, fl.id)
+    assert not check.is_active(A, fl.id)
