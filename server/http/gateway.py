@@ -260,7 +260,10 @@ class Gateway:
         host, _, port = listen.rpartition(":")
         # handler_cancellation: a browser that goes away cancels its handler, and so its gRPC
         # call (a Tail would otherwise stay open until its next heartbeat fails to write).
-        self.runner = web.AppRunner(self.application(), handler_cancellation=True, access_log=None)
+        # shutdown_timeout: on stop, open streams (Tail) are cancelled after this grace instead of
+        # holding the shutdown for aiohttp's default minute.
+        self.runner = web.AppRunner(self.application(), handler_cancellation=True, access_log=None,
+                                    shutdown_timeout=2.0)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=ssl_context,
                            reuse_address=True)

@@ -309,7 +309,8 @@ async function render() {
 // ---------------------------------------------------------------------------------------------
 PAGES.flowlogs = async (main, params) => {
   const reg = region(params);
-  const logs = await listAll("FlowLogService/ListFlowLogs", { region: reg }, "flowLogs");
+  const logs = (await listAll("FlowLogService/ListFlowLogs", { region: reg }, "flowLogs"))
+    .sort((a, b) => a.name.localeCompare(b.name));
   const msg = params.get("msg");
   const rows = logs.map((fl) => flowLogRow(fl, reg));
   main.replaceChildren(
@@ -654,7 +655,7 @@ function literal(field, v) {
 // ---------------------------------------------------------------------------------------------
 PAGES.search = async (main, params) => {
   const scope = await scopeForm(params, {});
-  const limit = h("select", { name: "limit" }, [50, 100, 500, 1000].map((n) =>
+  const limit = h("select", { name: "limit" }, [10, 20, 50, 100, 500, 1000].map((n) =>
     h("option", { value: n, selected: String(n) === (params.get("limit") || "100") }, n)));
   const order = h("select", { name: "order" }, [["ORDER_NEWEST_FIRST", "Newest first"], ["ORDER_OLDEST_FIRST", "Oldest first"]]
     .map(([v, t]) => h("option", { value: v, selected: v === (params.get("order") || "ORDER_NEWEST_FIRST") }, t)));
