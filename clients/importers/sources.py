@@ -6,7 +6,8 @@
   taking the files of the format and ordering them by the time in their names, then by path;
   files named explicitly are read in the order given.
 - Content is recognised by its first bytes, not by its name: gzip (1f 8b), Parquet (`PAR1`),
-  else plain text. Text is read as UTF-8 (undecodable bytes become U+FFFD and fail their line).
+  else plain text. Text is read as UTF-8, a BOM skipped (undecodable bytes become U+FFFD and fail their
+  line).
 - A file that cannot be opened, or ends early (a truncated gzip), becomes a LineError; what was
   read before stays imported.
 """
@@ -134,7 +135,7 @@ def _read_stream(raw: IO[bytes], source: str, fmt: str) -> Items:
             return
         yield from azure.parse_document(data, source)
         return
-    lines = _Lines(io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=None))
+    lines = _Lines(io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline=None))
     yield from aws.parse_lines(lines, source)
     if lines.error is not None:
         yield LineError(source, lines.count + 1, f"cannot read further (truncated or corrupt): {lines.error}")

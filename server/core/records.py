@@ -117,18 +117,20 @@ def check_record(r: FlowRecord, now_ms: int) -> RecordProblem | None:
         return RecordProblem("tcp_flags", "must fit in 12 bits")
     if not (0 <= r.packets <= MAX_U64 and 0 <= r.bytes <= MAX_U64):
         return RecordProblem("bytes", "out of range")
-    if r.log_status == LogStatus.NODATA:
+    if r.log_status == LogStatus.NODATA or (r.log_status == LogStatus.SKIPDATA and not r.src_addr and not r.dst_addr):
         # No flow: the five-tuple may be empty and action/direction unspecified, but not unknown.
+        # A SKIPDATA record without addresses is the same: AWS writes skipped windows as
+        # `- - - - - - - start end - SKIPDATA`; one with addresses is checked like any flow.
         if r.action not in (Action.UNSPECIFIED, Action.ACCEPT, Action.REJECT):
-            return RecordProblem("action", "must be ACTION_ACCEPT, ACTION_REJECT or unspecified on a NODATA record")
+            return RecordProblem("action", "must be ACTION_ACCEPT, ACTION_REJECT or unspecified on a NODATA or "
+                                           "SKIPDATA record")
         if r.direction not in (Direction.UNSPECIFIED, Direction.INGRESS, Direction.EGRESS):
             return RecordProblem("direction", "must be DIRECTION_INGRESS, DIRECTION_EGRESS or unspecified on a "
-                                              "NODATA record")
+                                              "NODATA or SKIPDATA record")
         return None
-    if r.src_addr == "":
-        return RecordProblem("src_addr", "is required unless log_status is LOG_STATUS_NODATA")
-    if r.dst_addr == "":
-        return RecordProblem("dst_addr", "is required unless log_status is LOG_STATUS_NODATA")
+    if r.src_addr == "" or r.dst_addr == "":
+        return RecordProblem("src_addr" if r.src_addr == "" else "dst_addr",
+                             "is required unless log_status is LOG_STATUS_NODATA (or SKIPDATA with no addresses)")
     if (":" in r.src_addr) != (":" in r.dst_addr):
         return RecordProblem("dst_addr", "must be of the same IP version as src_addr")
     if r.packets > r.bytes:

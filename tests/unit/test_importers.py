@@ -269,6 +269,13 @@ def test_gzip_is_detected_by_content(tmp_path):
     assert errors == [] and records == AWS_V2
 
 
+def test_bom_and_windows_line_ends(tmp_path):
+    text = "\ufeff" + "".join(line.rstrip("\n") + "\r\n" for line in lines_of("aws-default-v2.log"))
+    (tmp_path / "win.log").write_bytes(text.encode("utf-8"))
+    records, errors, _ = read(tmp_path / "win.log")
+    assert errors == [] and records == AWS_V2
+
+
 def test_truncated_gzip_keeps_what_was_read(tmp_path):
     plain = b"".join(line.encode() for line in lines_of("aws-default-v2.log")) * 2000
     data = gzip.compress(plain)
@@ -401,3 +408,21 @@ def test_progress_and_bad_lines_on_stderr():
     assert progress.startswith("\r1/3 files, 12,345 records sent") and "\n" not in progress
     assert progress.endswith(" \r")  # blanked before the error line
     assert error == "a.log:3: bad\n"
+
+
+def test_server_takes_skipdata_without_addresses():
+    """AWS writes a skipped window as a SKIPDATA line with no five-tuple: the server's record
+    check takes it like a NODATA one; a SKIPDATA record with addresses is checked as a flow."""
+    from server.core.model import Action, Direction, FlowRecord, LogStatus
+    from server.core.records import check_record
+
+    now = 1_700_000_000_000
+    bare = FlowRecord(record_id="", version=1, account_id="acct", flow_log_id="fl-abcdefgh", region="bj",
+                      project="proj", log_store="store", resource_type=1, resource_id="eip-1", network_id="vpc-1",
+                      src_addr="", dst_addr="", src_port=0, dst_port=0, protocol=0, packets=0, bytes=0,
+                      start_time=now - 60_000, end_time=now, action=int(Action.UNSPECIFIED),
+                      log_status=int(LogStatus.SKIPDATA), direction=int(Direction.UNSPECIFIED), tcp_flags=0)
+    assert check_record(bare, now) is None
+    half = bare._replace(src_addr="10.0.0.1")
+    assert check_record(half, now).field == "dst_addr"
+    assert check_record(bare._replace(log_status=int(LogStatus.OK)), now).field == "src_addr"
