@@ -161,6 +161,8 @@ class App:
         if cfg.demo:
             for account in sorted(set(cfg.api_keys.values())) or [LOCAL_ACCOUNT]:
                 self._load_demo(account)
+            if cfg.demo_flow_logs and not cfg.api_keys:
+                self._load_demo_flow_logs(LOCAL_ACCOUNT)
 
     def _build_collector(self, cfg: Config):
         """The NetFlow/IPFIX listener: its flows go through the Ingest rules and the pipeline."""
@@ -192,6 +194,21 @@ class App:
             for r in demo_resources():
                 if r.region in self.service.regions and tx.get_resource(account, r.id) is None:
                     tx.insert_resource(replace(r, account_id=account, create_time_ms=now))
+
+    def _load_demo_flow_logs(self, account: str) -> None:
+        """The demo flow logs, through the same use case as CreateFlowLog, on a fresh data dir
+        only (an account that has any flow log is left as it is)."""
+        from server.core.errors import DomainError
+        from server.demo import demo_flow_logs
+
+        if self.service.list_flow_logs(account, page_size=1).items:
+            return
+        for req in demo_flow_logs(self.service.regions):
+            try:
+                self.service.create_flow_log(account, req)
+            except DomainError as e:  # e.g. a quota of 1: the demo is a courtesy, never a failure
+                log.warning("demo flow log %s not created: %s", req.name, e)
+                break
 
     def _active_flow_logs(self):
         out = []

@@ -172,6 +172,9 @@ class Config:
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
     # Load the demo inventory (resources of every type in two regions) into every account.
     demo: bool = False
+    # Also create a few demo flow logs (project "sample") in the local account on a fresh data dir,
+    # so the web console opens on traffic. On with no config file (`make run`), like `demo`.
+    demo_flow_logs: bool = False
     # Query backend: "embedded" (DuckDB under data_dir) or "elasticsearch".
     query_backend: str = "embedded"
     # Archive backend: "embedded" (a folder under data_dir), "minio" (any S3) or "none".
@@ -351,6 +354,7 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None, override
     cfg = Config()
     if path is None:
         cfg.demo = True
+        cfg.demo_flow_logs = True
         cfg.generator.window_seconds = 5.0
     else:
         import yaml  # only needed with a file

@@ -49,3 +49,32 @@ def _region(region: str, n: int) -> list[Resource]:
 def demo_resources() -> list[Resource]:
     """Regions 'bj' and 'gz', every resource type in each."""
     return _region("bj", 1) + _region("gz", 2)
+
+
+# Flow logs that `make run` (no config file: `demo_flow_logs`) creates in the local account on a
+# fresh data dir, so the web console opens on flow logs with traffic. Project "sample", so the
+# README's own examples (project "demo") never collide with them.
+DEMO_FLOW_LOGS = (
+    # region, name, resource, traffic type (1 ALL, 2 ALLOW, 3 DENY), LogStore, description
+    ("bj", "web-frontend", "eip-bj-01", 1, "web", "public web EIP: all traffic"),
+    ("bj", "egress-nat", "nat-bj-01", 1, "nat", "NAT gateway: all traffic"),
+    ("bj", "vpn-denied", "vpn-bj-01", 3, "vpn", "SSL VPN gateway: only what the rules reject"),
+    ("gz", "web-frontend", "eip-gz-01", 1, "web", "public web EIP: all traffic"),
+)
+
+
+def demo_flow_logs(regions) -> list:
+    """CreateFlowLog requests (each with a new LogStore) for the demo flow logs in `regions`."""
+    from server.core.service import CreateFlowLog, NewLogStoreSpec
+
+    by_id = {r.id: r for r in demo_resources()}
+    out = []
+    for region, name, rid, traffic, store, description in DEMO_FLOW_LOGS:
+        r = by_id[rid]
+        if region not in regions:
+            continue
+        out.append(CreateFlowLog(region=region, name=name, resource_type=int(r.type), resource_id=rid,
+                                 network_id=r.network_id, traffic_type=traffic,
+                                 destination=NewLogStoreSpec(project="sample", name=store),
+                                 description=description))
+    return out

@@ -239,3 +239,28 @@ def test_console_page_and_chart_library_are_served_with_a_strict_policy(console)
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(console.base + path, timeout=10)
         assert e.value.code == 404
+
+
+def test_without_a_config_file_the_console_opens_on_demo_flow_logs_with_traffic(tmp_path):
+    """`make run` (no config file) turns demo_flow_logs on: the console's first page has flow logs,
+    and their LogStores fill with records."""
+    cs = start_console_server(tmp_path, {"api_keys": {}, "demo_flow_logs": True})
+    try:
+        logs = unary(cs.base, "FlowLogService/ListFlowLogs", {}, None)["flowLogs"]
+        assert {(f["region"], f["name"]) for f in logs} >= {("bj", "web-frontend"), ("gz", "web-frontend")}
+        assert {f["destination"]["project"] for f in logs} == {"sample"}
+        start = datetime.now(timezone.utc) - timedelta(minutes=5)
+
+        def records():
+            s = Stream(cs.http_port, "QueryService/Query",
+                       {"region": "bj", "project": "sample", "logStores": ["web"], "startTime": _ts(start),
+                        "endTime": _ts(datetime.now(timezone.utc) + timedelta(minutes=1))}, None)
+            try:
+                return [r for m in s if "batch" in m for r in m["batch"].get("records", [])]
+            finally:
+                s.close()
+        assert wait_for(records)
+    finally:
+        assert cs.grpc.stop() == 0
+    from server.config import load
+    assert load(None, env={}).demo_flow_logs and not load(None, env={}).api_keys
