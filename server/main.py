@@ -69,7 +69,7 @@ async def serve(cfg) -> int:
     if cfg.http.listen:
         from server.api.server import SERVICE_NAMES
         from server.http.console import HttpConsole
-        console = HttpConsole(cfg, server, SERVICE_NAMES)
+        console = HttpConsole(cfg, server, SERVICE_NAMES, getattr(app, "auth", None))
     try:
         app.start()
     except CollectorBindError as e:

@@ -7,7 +7,7 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -48,7 +48,8 @@ def check_http_listen(cfg: Config) -> None:
 class HttpConsole:
     """Created before the gRPC server starts (it adds the private port), started after it."""
 
-    def __init__(self, cfg: Config, grpc_server: "GrpcServer", service_names: list[str]) -> None:
+    def __init__(self, cfg: Config, grpc_server: "GrpcServer", service_names: list[str],
+                 authenticator: Any = None) -> None:
         self.cfg = cfg
         # A fresh folder only this user can enter (mkdtemp makes it 0700): the socket in it is the
         # gRPC server without TLS or client certificates, so nobody else may reach it. API keys
@@ -60,7 +61,8 @@ class HttpConsole:
         limit = cfg.limits.max_message_bytes
         self.channel = grpc.aio.insecure_channel(self.target, options=[
             ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
-        self.gateway = Gateway(self.channel, service_methods(service_names), STATIC_DIR, VENDOR_FILES, limit)
+        self.gateway = Gateway(self.channel, service_methods(service_names), STATIC_DIR, VENDOR_FILES, limit,
+                               authenticator)
         self.port = 0
 
     async def start(self) -> int:

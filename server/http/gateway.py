@@ -234,12 +234,32 @@ def _metadata(request: web.Request) -> tuple[tuple[str, str], ...]:
     return (("authorization", auth),) if auth else ()
 
 
+class _HeaderContext:
+    """Just enough of a grpc ServicerContext for server.api.auth.Authenticator.account."""
+
+    def __init__(self, authorization: str | None) -> None:
+        self._md = (("authorization", authorization),) if authorization else ()
+
+    def invocation_metadata(self) -> tuple:
+        return self._md
+
+
+# Bodies larger than this are parsed off the event loop (JSON parsing of a large request would
+# otherwise stall every other stream of the server for its duration).
+PARSE_INLINE_BYTES = 64 * 1024
+
+
 class Gateway:
     """The HTTP listener: Connect routes for `methods`, forwarded over `channel`, and the static
-    console from `static_dir` (with the charting library from `vendor_dir`)."""
+    console from `static_dir` (with the charting library from `vendor_files`).
+
+    `authenticator` (server.api.auth.Authenticator) is asked about the Authorization header
+    before the body is read, so a caller without a valid key cannot make the server read or parse
+    anything (the gRPC side checks the key again: this is only the early refusal)."""
 
     def __init__(self, channel: grpc.aio.Channel, methods: dict[str, Method], static_dir: Path,
-                 vendor_files: dict[str, Path], max_body_bytes: int) -> None:
+                 vendor_files: dict[str, Path], max_body_bytes: int, authenticator: Any = None) -> None:
+        self.authenticator = authenticator
         self.channel = channel
         self.methods = methods
         self.static_dir = static_dir.resolve()
@@ -329,6 +349,7 @@ class Gateway:
                                      headers={"Accept-Post": ", ".join(expected)})
         codec = Codec(ctype.endswith("json"))
         try:
+            self._authenticate(request)
             timeout = _timeout(request)
             body = await request.read()
         except ProtocolError as e:
@@ -341,13 +362,28 @@ class Gateway:
             return await self._streaming(request, method, codec, body, timeout)
         return await self._unary(method, codec, body, timeout, _metadata(request))
 
+    def _authenticate(self, request: web.Request) -> None:
+        if self.authenticator is None:
+            return
+        from server.core.errors import Unauthenticated
+
+        try:
+            self.authenticator.account(_HeaderContext(request.headers.get("Authorization")))
+        except Unauthenticated as e:
+            raise ProtocolError(grpc.StatusCode.UNAUTHENTICATED, e.message) from None
+
+    async def _decode(self, codec: Codec, cls: type, data: bytes) -> Any:
+        if len(data) <= PARSE_INLINE_BYTES:
+            return codec.decode(cls, data)
+        return await asyncio.get_running_loop().run_in_executor(None, codec.decode, cls, data)
+
     def _unary_error(self, e: ProtocolError) -> web.Response:
         return web.json_response(protocol_error_json(e), status=CODES[e.code][1])
 
     async def _unary(self, method: Method, codec: Codec, body: bytes, timeout: float | None,
                      md: tuple) -> web.Response:
         try:
-            req = codec.decode(method.request, body)
+            req = await self._decode(codec, method.request, body)
         except ProtocolError as e:
             return self._unary_error(e)
         call = self.channel.unary_unary(method.path, request_serializer=method.request.SerializeToString,
@@ -373,7 +409,7 @@ class Gateway:
     async def _streaming(self, request: web.Request, method: Method, codec: Codec, body: bytes,
                          timeout: float | None) -> web.StreamResponse:
         try:
-            messages = [codec.decode(method.request, data) for _, data in parse_envelopes(body)]
+            messages = [await self._decode(codec, method.request, data) for _, data in parse_envelopes(body)]
             if not method.client_streaming and len(messages) != 1:
                 raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"{method.path[1:]} takes exactly one "
                                     f"request message, got {len(messages)}")

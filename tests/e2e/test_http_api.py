@@ -49,6 +49,16 @@ def test_no_key_or_a_wrong_key_is_401_unauthenticated(console):
         assert "key" in e.value.body["message"].lower()
 
 
+def test_the_key_is_checked_before_the_body_is_parsed(console):
+    junk = b"{" * 1_000_000  # not JSON: parsing it would be INVALID_ARGUMENT
+    with pytest.raises(HttpError) as e:
+        unary(console.base, "FlowLogService/CreateFlowLog", {}, None, raw=junk)
+    assert e.value.status == 401 and e.value.code == "unauthenticated"
+    with pytest.raises(HttpError) as e:
+        unary(console.base, "FlowLogService/CreateFlowLog", {}, KEY_A, raw=junk)
+    assert e.value.status == 400 and e.value.code == "invalid_argument"
+
+
 def test_unary_answers_as_grpc_does(console):
     got = unary(console.base, "ResourceService/ListResources", {"region": "gz", "pageSize": 1000}, KEY_A)
     stubs = Stubs(console.grpc.address, KEY_A)
