@@ -146,6 +146,12 @@ class App:
         self.purge_loop = PurgeLoop(self.purger)
         from server.core.lifecycle import ActiveFlowLogs
         self._active_check = ActiveFlowLogs(self.metadata)
+        from server.core.aggregate import Limits as AggregateLimits
+        from server.core.usecases.aggregate import Aggregate
+        lim = cfg.limits
+        self.aggregate = Aggregate(self.metadata, self.records, AggregateLimits(
+            max_groups=lim.aggregate_max_groups, timeout_s=lim.aggregate_timeout_seconds,
+            max_range_days=lim.aggregate_max_range_days))
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="flowlog-rpc")
         self.stream_executor = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="flowlog-stream")
         self.generator = None

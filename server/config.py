@@ -111,6 +111,11 @@ class LimitsConfig:
     # with RESOURCE_EXHAUSTED. An open Tail holds a thread of a pool shared by every account
     # while it waits for records; without a bound, one account's tails could starve the others'.
     max_tail_streams_per_account: int = 100
+    # Aggregate (owner agg): the most groups one call may hold (the backend stops and answers
+    # RESOURCE_EXHAUSTED past it), how long it may run, and the longest time range it covers.
+    aggregate_max_groups: int = 100_000
+    aggregate_timeout_seconds: float = 30.0
+    aggregate_max_range_days: float = 31.0
 
 
 # -- regions and quotas (owner: lifecycle) ----------------------------------------------------
@@ -212,6 +217,12 @@ class Config:
             raise ConfigError("embedded.threads must be 0 (half the cores) or more")
         if self.pipeline.ingest_pace_max_seconds < 0:
             raise ConfigError("pipeline.ingest_pace_max_seconds must be 0 (never wait) or more")
+        if self.limits.aggregate_max_groups < 1:
+            raise ConfigError("limits.aggregate_max_groups must be at least 1 (Aggregate's memory bound)")
+        if self.limits.aggregate_timeout_seconds <= 0:
+            raise ConfigError("limits.aggregate_timeout_seconds must be positive")
+        if self.limits.aggregate_max_range_days < 0:
+            raise ConfigError("limits.aggregate_max_range_days must be 0 (no limit) or more")
         if self.generator.window_seconds < 0.5:
             raise ConfigError("generator.window_seconds must be at least 0.5")
         if bool(self.tls.cert_file) != bool(self.tls.key_file):

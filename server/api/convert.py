@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from google.protobuf import timestamp_pb2
 
-from flowlog.v1 import flow_log_pb2, log_store_pb2, record_pb2, resource_pb2
+from flowlog.v1 import flow_log_pb2, log_store_pb2, query_pb2, record_pb2, resource_pb2
+from server.core.aggregate import AggregateResult, AggregateRow
 from server.core.model import FlowLog, FlowRecord, LogStore, Resource, SecurityRule
 
 
@@ -69,3 +70,19 @@ def record_to_pb(r: FlowRecord) -> record_pb2.FlowRecord:
 
 def records_to_pb(records: list[FlowRecord]) -> list[record_pb2.FlowRecord]:
     return [record_to_pb(r) for r in records]
+
+
+def _aggregate_row(row: AggregateRow) -> query_pb2.AggregateRow:
+    m = query_pb2.AggregateRow(keys=row.keys, values=row.values)
+    if row.bucket_start_ms is not None:
+        m.bucket_start.CopyFrom(ts(row.bucket_start_ms))
+    return m
+
+
+def aggregate_to_pb(r: AggregateResult) -> query_pb2.AggregateResponse:
+    m = query_pb2.AggregateResponse(group_by=r.group_by, metrics=r.metrics,
+                                    rows=[_aggregate_row(x) for x in r.rows], matched=r.matched,
+                                    approximate=r.approximate)
+    if r.other is not None:
+        m.other.CopyFrom(_aggregate_row(r.other))
+    return m

@@ -431,6 +431,13 @@ class _TailFeed:
         self._stop.set()
 
 
+def _interval_ms(request) -> int:
+    d = request.interval
+    if d.nanos % 1_000_000 or d.seconds < 0 or d.nanos < 0:
+        raise InvalidArgument.field("interval", "must be a positive whole number of milliseconds (e.g. 60s)")
+    return d.seconds * 1000 + d.nanos // 1_000_000
+
+
 class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
     def __init__(self, app: "App") -> None:
         super().__init__(app)
@@ -488,6 +495,18 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
         matched = await self.run(store.count, q)
         yield query_pb2.QueryResponse(summary=query_pb2.QuerySummary(
             returned=returned, matched=matched, more=more, next_page_token=token))
+
+    @handle_errors
+    async def Aggregate(self, request, context):
+        account = self.account(context)
+        interval_ms = _interval_ms(request) if request.HasField("interval") else None
+        result = await self.run(lambda: self.app.aggregate.run(
+            account, region=request.region, project=request.project, log_stores=list(request.log_stores),
+            start_ms=convert.ms_of(request.start_time) if request.HasField("start_time") else None,
+            end_ms=convert.ms_of(request.end_time) if request.HasField("end_time") else None,
+            filter_text=request.filter, group_by=list(request.group_by), interval_ms=interval_ms,
+            metrics=list(request.metrics), order_by=request.order_by, limit=request.limit))
+        return convert.aggregate_to_pb(result)
 
     def _open_tail(self, account: str) -> None:
         limit = self.app.config.limits.max_tail_streams_per_account
