@@ -20,10 +20,11 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence, TextIO
 
 from clients import format as fmt
+from clients import presets
 from clients.client import DEFAULT_TARGET, MAX_INGEST_BATCH, FlowLogClient, FlowLogError, PagedQuery
 from clients.importers import FORMATS as IMPORT_FORMATS
 from clients.importers import LineError
@@ -86,6 +87,32 @@ def _positive_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {value}")
     return value
+
+
+def _duration_type(text: str) -> timedelta:
+    try:
+        value = fmt.parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value.total_seconds() <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be longer than zero")
+    return value
+
+
+def _agg_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not 1 <= value <= 10_000:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: 1 to 10000")
+    return value
+
+
+def _port_type(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r} (0-65535)")
+    return int(text)
 
 
 def _timeout(text: str) -> float:
@@ -339,6 +366,67 @@ def build_parser() -> argparse.ArgumentParser:
                    help="first replay records stored from this time (a duration before now or RFC 3339)")
     p.add_argument("--cursor", default="", help="resume exactly after a previous tail (printed when it stops)")
     p.set_defaults(handler=cmd_tail)
+
+    # -- aggregate / top -----------------------------------------------------------------------
+    def window(p: argparse.ArgumentParser, default: str) -> None:
+        stores(p)
+        p.add_argument("--since", "--start", dest="start", type=_time_type, default=default, metavar="TIME",
+                       help=f"from: a duration before now (15m, 2h, 1d) or RFC 3339 (default {default})")
+        p.add_argument("--until", "--end", dest="end", type=_time_type, metavar="TIME",
+                       help="to (exclusive): a duration before now or RFC 3339 (default now)")
+
+    p = _sub(commands, "aggregate", common, "answers, not rows: group matching records and compute metrics "
+             "on the server")
+    window(p, "1h")
+    p.add_argument("--group-by", action="append", default=[], metavar="FIELD",
+                   help="src_addr, dst_addr/24, dst_port, protocol, action, rule_kind, ... (repeat or comma-separate)")
+    p.add_argument("--metric", dest="metrics", action="append", default=[], metavar="METRIC",
+                   help="count, sum(bytes), sum(packets), min(start_time), max(end_time), count_distinct(FIELD) "
+                        "(repeat or comma-separate; default count, sum(bytes), sum(packets))")
+    p.add_argument("--order-by", default="", metavar="METRIC", help="one of the metrics, '-' in front for descending "
+                   "(default: the first, descending)")
+    p.add_argument("--interval", type=_duration_type, metavar="DURATION", help="rows per time bucket (1m, 1h)")
+    p.add_argument("--limit", type=_agg_limit, default=0, metavar="N", help="top N groups (per bucket; default 10)")
+    p.set_defaults(handler=cmd_aggregate)
+
+    top = _sub(commands, "top", common, "the usual questions as one Aggregate each: talkers, destinations, "
+               "timeline, why, scanners, protocols, badaddr")
+    tops = top.add_subparsers(dest="preset", metavar="PRESET", required=True)
+    for name, help_text in (("talkers", "sources by bytes (per address, or per network with --prefix)"),
+                            ("destinations", "destinations by bytes (per address, or per network with --prefix)")):
+        p = _sub(tops, name, common, help_text)
+        window(p, "1h")
+        p.add_argument("--prefix", metavar="LEN", help="group by network: 24, 64, or 24/64 (IPv4 /24, IPv6 /64)")
+        p.add_argument("--limit", type=_agg_limit, default=10, metavar="N", help="top N (default 10)")
+        p.set_defaults(handler=cmd_top_talkers, side="src" if name == "talkers" else "dst")
+    p = _sub(tops, "timeline", common, "traffic over time per action, as one sparkline per action")
+    window(p, "1h")
+    p.add_argument("--interval", type=_duration_type, metavar="DURATION",
+                   help="bucket size (default: about 60 buckets over the window)")
+    p.add_argument("--metric", choices=sorted(presets.TIMELINE_METRICS), default="bytes")
+    p.set_defaults(handler=cmd_top_timeline)
+    p = _sub(tops, "why", common, "why can't SRC reach DST: its rejected flows by rule kind and rule")
+    window(p, "1h")
+    p.add_argument("--src", required=True, metavar="ADDRESS")
+    p.add_argument("--dst", required=True, metavar="ADDRESS")
+    p.add_argument("--port", type=_port_type, metavar="PORT", help="only flows to this destination port")
+    p.set_defaults(handler=cmd_top_why)
+    p = _sub(tops, "scanners", common, "sources of rejected flows with the most distinct destinations")
+    window(p, "1h")
+    p.add_argument("--by", choices=("addr", "port"), default="addr",
+                   help="rank by distinct destination addresses (default) or ports")
+    p.add_argument("--limit", type=_agg_limit, default=10, metavar="N", help="top N (default 10)")
+    p.set_defaults(handler=cmd_top_scanners)
+    p = _sub(tops, "protocols", common, f"traffic of uncommon protocols (not {presets.COMMON_PROTOCOLS})")
+    window(p, "1h")
+    p.add_argument("--all", action="store_true", help="every protocol, the common ones too")
+    p.add_argument("--limit", type=_agg_limit, default=10, metavar="N", help="top N (default 10)")
+    p.set_defaults(handler=cmd_top_protocols)
+    p = _sub(tops, "badaddr", common, "flows to or from the addresses/CIDRs listed in a file")
+    window(p, "1h")
+    p.add_argument("--file", required=True, metavar="PATH", help="one address or CIDR per line, # comments ('-': stdin)")
+    p.add_argument("--limit", type=_agg_limit, default=50, metavar="N", help="at most N rows (default 50)")
+    p.set_defaults(handler=cmd_top_badaddr)
 
     # -- ingest ------------------------------------------------------------------------------
     p = _sub(commands, "ingest", common, "upload records from a JSON-lines file")
@@ -817,6 +905,157 @@ def cmd_query(ctx: Ctx, client: FlowLogClient) -> int:
             "or add --all to fetch everything.\n"
         )
     ctx.err.flush()
+    return 0
+
+
+# aggregate / top
+# --------------------------------------------------------------------------------------------
+
+
+def _window(ctx: Ctx) -> tuple[datetime, datetime]:
+    a = ctx.args
+    now = datetime.now(timezone.utc)
+    start = fmt.parse_time(a.start, now=now)
+    end = fmt.parse_time(a.end, now=now) if a.end else now
+    if end <= start:
+        raise UsageError(f"the window is empty: --start {fmt.format_time(start)} is not before --end {fmt.format_time(end)}")
+    return start, end
+
+
+def _split(values: Sequence[str]) -> list[str]:
+    return [s.strip() for v in values for s in v.split(",") if s.strip()]
+
+
+def _aggregate(ctx: Ctx, client: FlowLogClient, **kwargs: Any) -> query_pb2.AggregateResponse:
+    """One Aggregate over the command's scope and window; preset filters AND the user's."""
+    a = ctx.args
+    start, end = _window(ctx)
+    kwargs.setdefault("filter", a.filter)
+    request = client.build_aggregate(region=a.region, project=a.project, log_stores=_log_stores(a.log_stores),
+                                     start=start, end=end, **kwargs)
+    return client.aggregate(request)
+
+
+def _print_answer(ctx: Ctx, resp: query_pb2.AggregateResponse, *, extra: Sequence[tuple[str, Sequence[str]]] = ()) -> None:
+    if ctx.json:
+        ctx.out.write(fmt.to_json(resp))
+        return
+    if resp.rows:
+        ctx.out.write(fmt.aggregate_table(resp, extra=extra))
+    ctx.out.flush()
+    ctx.err.write(fmt.aggregate_footer(resp) if resp.rows else "No records matched.\n")
+    ctx.err.flush()
+
+
+def cmd_aggregate(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    resp = _aggregate(ctx, client, group_by=_split(a.group_by), metrics=_split(a.metrics), order_by=a.order_by,
+                      interval=a.interval, limit=a.limit)
+    _print_answer(ctx, resp)
+    return 0
+
+
+def _preset(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except presets.PresetError as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_top_talkers(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    resp = _aggregate(ctx, client, limit=a.limit, **_preset(presets.talkers, a.side, a.prefix, a.filter))
+    _print_answer(ctx, resp)
+    return 0
+
+
+def cmd_top_timeline(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    start, end = _window(ctx)
+    interval = a.interval or presets.nice_interval(end - start)
+    resp = _aggregate(ctx, client, **presets.timeline(a.metric, interval, a.filter))
+    if ctx.json:
+        ctx.out.write(fmt.to_json(resp))
+        return 0
+    ms = int(interval.total_seconds() * 1000)
+    ctx.out.write(fmt.timeline_chart(resp, int(start.timestamp() * 1000), int(end.timestamp() * 1000), ms))
+    ctx.out.flush()
+    ctx.err.write(f"{resp.matched:,} records matched\n")
+    return 0
+
+
+def cmd_top_why(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    rejected, overall = _preset(presets.why, a.src, a.dst, a.port, a.filter)
+    resp = _aggregate(ctx, client, **rejected)
+    context = _aggregate(ctx, client, **overall) if not resp.rows or ctx.json else None
+    if ctx.json:
+        ctx.out.write(fmt.to_json({"rejected": fmt.to_dict(resp), "by_action": fmt.to_dict(context)}))
+        return 0
+    target = f"{a.dst}" + (f" port {a.port}" if a.port is not None else "")
+    if resp.rows:
+        ctx.out.write(fmt.aggregate_table(resp))
+        top = resp.rows[0]
+        kind = top.keys[0].removeprefix("RULE_KIND_").replace("_", " ").lower()
+        rule = f"{kind} rule {top.keys[1]}" if top.keys[1] else f"{kind} rule (not recorded)"
+        ctx.out.write(f"\n{a.src} -> {target}: {resp.matched:,} rejected flows; most by the {rule} "
+                      f"({top.values[0]:,} flows, last seen {fmt.metric_cell('max(end_time)', top.values[3])}).\n")
+        return 0
+    assert context is not None
+    counts = {r.keys[0]: r.values[0] for r in context.rows}
+    if not counts:
+        ctx.out.write(f"{a.src} -> {target}: no flows at all in the window (not rejected either: check the "
+                      "addresses, the LogStores and the time window).\n")
+    else:
+        seen = ", ".join(f"{n:,} {k.removeprefix('ACTION_')}" for k, n in sorted(counts.items()))
+        ctx.out.write(f"{a.src} -> {target}: nothing rejected in the window ({seen}).\n")
+    return 0
+
+
+def cmd_top_scanners(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    resp = _aggregate(ctx, client, limit=a.limit, **presets.scanners(a.by, a.filter))
+    _print_answer(ctx, resp)
+    return 0
+
+
+def cmd_top_protocols(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    resp = _aggregate(ctx, client, limit=a.limit, **presets.protocols(a.all, a.filter))
+    _print_answer(ctx, resp)
+    return 0
+
+
+def cmd_top_badaddr(ctx: Ctx, client: FlowLogClient) -> int:
+    a = ctx.args
+    if a.file == "-":
+        nets = _preset(presets.read_bad_list, sys.stdin.read().splitlines(), "standard input")
+    else:
+        try:
+            with open(a.file, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except UnicodeDecodeError:
+            raise UsageError(f"{a.file} is not UTF-8 text: one address or CIDR per line") from None
+        nets = _preset(presets.read_bad_list, lines, a.file)
+    answers = [_aggregate(ctx, client, group_by=presets.BAD_GROUPS, metrics=presets.BAD_METRICS, filter=f,
+                          limit=a.limit) for f in presets.bad_filters(nets, a.filter)]
+    every = [r for resp in answers for r in resp.rows]
+    order = sorted(range(len(every)), key=lambda i: (-every[i].values[0], list(every[i].keys)))
+    rows = [every[i] for i in order[:a.limit]]
+    merged = query_pb2.AggregateResponse(group_by=presets.BAD_GROUPS, metrics=presets.BAD_METRICS, rows=rows,
+                                         matched=sum(resp.matched for resp in answers),
+                                         approximate=any(resp.approximate for resp in answers))
+    folded = [resp.other for resp in answers if resp.HasField("other")] + [every[i] for i in order[a.limit:]]
+    if folded:  # count, sum(bytes), min(start_time), max(end_time) of everything not shown
+        merged.other.values.extend([sum(r.values[0] for r in folded), sum(r.values[1] for r in folded),
+                                    min(r.values[2] for r in folded), max(r.values[3] for r in folded)])
+    if ctx.json:
+        data = fmt.to_dict(merged)
+        for row, out in zip(rows, data["rows"]):
+            out["list_entry"] = presets.bad_entry(row.keys, nets)
+        ctx.out.write(fmt.to_json(data))
+        return 0
+    _print_answer(ctx, merged, extra=[("list entry", [presets.bad_entry(r.keys, nets) for r in rows])])
     return 0
 
 

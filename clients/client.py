@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import grpc
@@ -773,6 +773,43 @@ class FlowLogClient:
         elif kwargs:
             raise TypeError("give a QueryRequest or keyword arguments, not both")
         return PagedQuery(self, request, timeout)
+
+    @staticmethod
+    def build_aggregate(
+        *,
+        region: str,
+        project: str,
+        log_stores: str | Sequence[str],
+        start: datetime | Timestamp | str,
+        end: datetime | Timestamp | str | None = None,
+        filter: str = "",
+        group_by: Sequence[str] = (),
+        metrics: Sequence[str] = (),
+        interval: timedelta | float | None = None,
+        order_by: str = "",
+        limit: int = 0,
+    ) -> query_pb2.AggregateRequest:
+        """An AggregateRequest from friendly values (times as for build_query; `interval` a
+        timedelta or seconds)."""
+        stores = [log_stores] if isinstance(log_stores, str) else list(log_stores)
+        now = datetime.now(timezone.utc)
+        request = query_pb2.AggregateRequest(
+            region=region, project=project, log_stores=stores, start_time=to_ts(start, now),
+            end_time=to_ts(end if end is not None else now, now), filter=filter, group_by=list(group_by),
+            metrics=list(metrics), order_by=order_by, limit=limit)
+        if interval is not None:
+            request.interval.FromTimedelta(interval if isinstance(interval, timedelta) else timedelta(seconds=interval))
+        return request
+
+    def aggregate(self, request: query_pb2.AggregateRequest | None = None, *, timeout: float | None = None,
+                  **kwargs: Any) -> query_pb2.AggregateResponse:
+        """One Aggregate call: the groups of the matching records with their metrics, top N per
+        bucket and the rest in `other`. Pass an AggregateRequest or build_aggregate's keywords."""
+        if request is None:
+            request = self.build_aggregate(**kwargs)
+        elif kwargs:
+            raise TypeError("give an AggregateRequest or keyword arguments, not both")
+        return self._unary(self.query_stub.Aggregate, request, timeout)
 
     def tail(
         self,

@@ -574,3 +574,120 @@ def parse_record_json(line: str) -> record_pb2.FlowRecord:
     except json_format.ParseError as e:
         raise ValueError(str(e).splitlines()[0]) from None
     return record
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregate answers (flowlog aggregate / flowlog top)
+# --------------------------------------------------------------------------------------------
+
+SPARK = "▁▂▃▄▅▆▇█"
+_TIME_METRICS = ("min(start_time)", "max(end_time)")
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> `1.5 KiB`; exact below 1 KiB."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if value < 1024 or unit == "PiB":
+            return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+def sparkline(values: Sequence[float]) -> str:
+    """One block character per value, scaled to the largest (zero is the lowest block)."""
+    top = max(values, default=0)
+    if top <= 0:
+        return SPARK[0] * len(values)
+    return "".join(SPARK[min(len(SPARK) - 1, int(v / top * (len(SPARK) - 1) + 0.5))] for v in values)
+
+
+def _ms_time(ms: int) -> str:
+    return format_time(datetime.fromtimestamp(ms / 1000, timezone.utc))
+
+
+def key_cell(group: str, key: str) -> str:
+    """A group key for people: protocol numbers get their name, NODATA addresses say so."""
+    field = group.split("/", 1)[0]
+    if field == "protocol" and key.isdigit():
+        name = protocol_name(int(key))
+        return name if name == key else f"{key} ({name})"
+    if field in ("src_addr", "dst_addr") and key == "":
+        return "(no address)"
+    return key
+
+
+def metric_cell(metric: str, value: int) -> str:
+    if metric in _TIME_METRICS:
+        return _ms_time(value) if value else ""
+    if metric == "sum(bytes)":
+        return human_bytes(value)
+    return f"{value:,}"
+
+
+def aggregate_table(resp: Any, *, extra: Sequence[tuple[str, Sequence[str]]] = ()) -> str:
+    """An AggregateResponse as a table: bucket (with an interval), keys, metrics, and the
+    `other` row last. `extra`: more columns (header, one cell per row)."""
+    bucketed = any(r.HasField("bucket_start") for r in resp.rows)
+    headers = (["bucket"] if bucketed else []) + list(resp.group_by) + list(resp.metrics) + [h for h, _ in extra]
+    align = (["left"] if bucketed else []) + ["left"] * len(resp.group_by) + ["right"] * len(resp.metrics)
+    align += ["left"] * len(extra)
+    rows = []
+    for i, r in enumerate(resp.rows):
+        cells = [format_time(r.bucket_start)] if bucketed else []
+        cells += [key_cell(g, k) for g, k in zip(resp.group_by, r.keys)]
+        cells += [metric_cell(m, v) for m, v in zip(resp.metrics, r.values)]
+        cells += [col[i] for _, col in extra]
+        rows.append(cells)
+    if resp.HasField("other"):
+        # (with no group_by there is one group per bucket: never an `other`)
+        cells = ([""] if bucketed else []) + ["(other)"] + [""] * (len(resp.group_by) - 1)
+        cells += ["" if m.startswith("count_distinct") else metric_cell(m, v) for m, v in zip(resp.metrics, resp.other.values)]
+        cells += [""] * len(extra)
+        rows.append(cells)
+    return render_table(headers, rows, align=align)
+
+
+def aggregate_footer(resp: Any) -> str:
+    note = f"{resp.matched:,} records matched"
+    if resp.HasField("other"):
+        note += f"; (other) folds the groups past the top {len(resp.rows)}" if not any(
+            r.HasField("bucket_start") for r in resp.rows) else "; (other) folds the groups past the limit of each bucket"
+    if resp.approximate:
+        note += "; APPROXIMATE: the backend could not compute every value exactly"
+    return note + "\n"
+
+
+def timeline_chart(resp: Any, start_ms: int, end_ms: int, interval_ms: int) -> str:
+    """One sparkline per key (action) over every bucket of the range, empty buckets as zero."""
+    first = start_ms - start_ms % interval_ms
+    n = max(1, (end_ms - 1 - first) // interval_ms + 1)
+    series: dict[str, list[int]] = {}
+    for r in resp.rows:
+        key = r.keys[0] if r.keys else "all"
+        i = (r.bucket_start.seconds * 1000 + r.bucket_start.nanos // 1_000_000 - first) // interval_ms
+        if 0 <= i < n:
+            series.setdefault(key, [0] * n)[i] += r.values[0]
+    metric = resp.metrics[0] if resp.metrics else ""
+    show = human_bytes if metric == "sum(bytes)" else (lambda v: f"{v:,}")
+    lines = [f"{_ms_time(first)} .. {_ms_time(first + n * interval_ms)}, one character per "
+             f"{format_duration(interval_ms)}, {metric}"]
+    width = max((len(k) for k in series), default=0)
+    top = max((v for values in series.values() for v in values), default=0)
+    for key in sorted(series):
+        values = series[key]
+        peak = max(range(n), key=lambda j: values[j])
+        # one scale for every line, so lines compare
+        line = "".join(SPARK[min(7, int(v / top * 7 + 0.5))] if top else SPARK[0] for v in values)
+        lines.append(f"{key:<{width}}  {line}  total {show(sum(values))}, peak {show(values[peak])} at "
+                     f"{_ms_time(first + peak * interval_ms)}")
+    if not series:
+        lines.append("(no records)")
+    return "\n".join(lines) + "\n"
+
+
+def format_duration(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
