@@ -815,7 +815,7 @@ PAGES.analysis = async (main, params) => {
   const prefix = params.get("prefix") || "";
   const metricSel = h("select", { name: "metric" }, [["bytes", "Bytes"], ["packets", "Packets"], ["flows", "Flows"]]
     .map(([v, t]) => h("option", { value: v, selected: v === metric }, t)));
-  const prefixSel = h("select", { name: "prefix" }, [["", "per address"], ["24", "per /24 (IPv4) · /64 (IPv6)"], ["16", "per /16 · /48"]]
+  const prefixSel = h("select", { name: "prefix" }, [["", "per address"], ["24/64", "per /24 (IPv4) · /64 (IPv6)"], ["16/48", "per /16 · /48"]]
     .map(([v, t]) => h("option", { value: v, selected: v === prefix }, t)));
   const form = h("form", { class: "toolbar", novalidate: true, "aria-label": "Analysis scope" }, ...scope.groups,
     h("div", { class: "group" }, ...field("Measure", metricSel)), h("div", { class: "group" }, ...field("Group talkers", prefixSel)),
