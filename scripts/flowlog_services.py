@@ -86,6 +86,12 @@ VERSITYGW_VERSION = "v1.7.0"
 # Not a server: the shell client the README's grpcurl examples are tested with.
 GRPCURL_PACKAGE = "github.com/fullstorydev/grpcurl/cmd/grpcurl"
 GRPCURL_VERSION = "v1.9.3"
+# The reference NetFlow/IPFIX decoder the collector's benchmark runs next to flowlog's (bench/collector.py).
+GOFLOW2_PACKAGE = "github.com/netsampler/goflow2/v2/cmd/goflow2"
+GOFLOW2_VERSION = "v2.2.6"
+# Real NetFlow/IPFIX exporters and tools for tests/collector, from Debian's packages: command -> package.
+EXPORTER_PACKAGES = {"softflowd": "softflowd", "softflowctl": "softflowd", "pmacctd": "pmacct", "nfcapd": "nfdump",
+                     "nfdump": "nfdump", "tcpreplay": "tcpreplay"}
 
 # Fixed test credentials (loopback-only throwaway servers).
 S3_ACCESS_KEY = "flowlog"
@@ -440,6 +446,8 @@ def _go_bin(name: str) -> str:
         return os.path.join(cache_dir(), f"minio-{MINIO_VERSION}", "bin", "minio")
     if name == "grpcurl":
         return os.path.join(cache_dir(), f"grpcurl-{GRPCURL_VERSION}", "bin", "grpcurl")
+    if name == "goflow2":
+        return os.path.join(cache_dir(), f"goflow2-{GOFLOW2_VERSION}", "bin", "goflow2")
     return os.path.join(cache_dir(), f"versitygw-{VERSITYGW_VERSION}", "bin", "versitygw")
 
 
@@ -531,12 +539,53 @@ def fetch_browser() -> str:
     return path
 
 
+def fetch_goflow2() -> str:
+    return _go_install("goflow2", f"{GOFLOW2_PACKAGE}@{GOFLOW2_VERSION}")
+
+
+def exporter_path(command: str) -> str | None:
+    for d in ("/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        p = os.path.join(d, command)
+        if os.access(p, os.X_OK):
+            return p
+    return shutil.which(command)
+
+
+def fetch_exporters() -> str:
+    """softflowd, pmacct, nfdump and tcpreplay from Debian's packages (apt-get, as root), once."""
+    missing = sorted({pkg for cmd, pkg in EXPORTER_PACKAGES.items() if exporter_path(cmd) is None})
+    if missing:
+        with _locked("exporters"):
+            missing = sorted({pkg for cmd, pkg in EXPORTER_PACKAGES.items() if exporter_path(cmd) is None})
+            if missing:
+                apt = shutil.which("apt-get")
+                if apt is None or os.geteuid() != 0:
+                    raise ServiceError(f"the exporters' Debian packages {', '.join(missing)} are missing; install "
+                                       f"them as root: apt-get install -y {' '.join(missing)}")
+                env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+                log(f"installing Debian packages {', '.join(missing)} with apt-get ...")
+                # policy-rc.d-less machines would start nfdump's service: nothing listens on our ports anyway
+                if subprocess.run([apt, "install", "-y", "--no-install-recommends", *missing], env=env,
+                                  stdout=subprocess.DEVNULL).returncode != 0:
+                    subprocess.run([apt, "update"], env=env, stdout=subprocess.DEVNULL)
+                    _run_with_progress([apt, "install", "-y", "--no-install-recommends", *missing],
+                                       f"apt-get install {' '.join(missing)}", env=env)
+    still = sorted(cmd for cmd in EXPORTER_PACKAGES if exporter_path(cmd) is None)
+    if still:
+        raise ServiceError(f"after apt-get, still missing: {', '.join(still)}")
+    return ", ".join(exporter_path(cmd) or cmd for cmd in EXPORTER_PACKAGES)
+
+
 def fetch(name: str) -> str:
     """Obtain a server (or grpcurl, or the browser) once; returns its home dir / binary path."""
     if name == "grpcurl":
         return fetch_grpcurl()
     if name == "browser":
         return fetch_browser()
+    if name == "goflow2":
+        return fetch_goflow2()
+    if name == "exporters":
+        return fetch_exporters()
     name = resolve(name)
     if name == "es":
         return fetch_es()

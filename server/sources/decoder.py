@@ -129,6 +129,8 @@ class Decoder:
         ntop = _n4
         for src, dst, pkts, octets, first, last, sport, dport, flags, proto in _V5_RECORD.iter_unpack(
                 memoryview(data)[24:24 + 48 * n]):
+            if proto == 1:  # type/code in the destination port: flowlog keeps no ports for ICMP
+                sport = dport = 0
             out.append((ntop(src), ntop(dst), sport, dport, proto, pkts, octets,
                         now_ms - (((uptime - first + 0x80000000) & 0xFFFFFFFF) - 0x80000000),
                         now_ms - (((uptime - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000),

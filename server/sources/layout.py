@@ -10,7 +10,8 @@ comprehension.
 
 Information elements (IANA IPFIX numbers; NetFlow v9 uses the same numbers for these):
 addresses 8/12 (IPv4), 27/28 (IPv6); ports 7/11; protocol 4; tcpControlBits 6; octets 1/85
-(delta/total) and packets 2/86, any reduced size of 1-8 bytes; times flowStart/EndSysUpTime
+(delta/total) and packets 2/86, any reduced size of 1-8 bytes (ICMP and ICMPv6 flows get ports 0,
+whatever the exporter put there: softflowd's v5 and pmacct write type/code in the destination port); times flowStart/EndSysUpTime
 22/21 (NetFlow v9: relative to the header's sysUpTime; IPFIX: to systemInitTimeMilliseconds
 160), flowStart/EndSeconds 150/151, -Milliseconds 152/153, -Microseconds 154/155 and
 -Nanoseconds 156/157 (NTP format), flowStart/EndDeltaMicroseconds 158/159, flowDuration-
@@ -130,7 +131,8 @@ def _u(v: Any) -> int:
     return int.from_bytes(v, "big")
 
 
-_NAMESPACE = {"n4": _n4, "n6": _n6, "ntp": _ntp_ms, "u": _u, "ACCEPT": 1, "REJECT": 2}
+ICMP = frozenset({1, 58})
+_NAMESPACE = {"n4": _n4, "n6": _n6, "ntp": _ntp_ms, "u": _u, "ACCEPT": 1, "REJECT": 2, "ICMP": ICMP}
 
 
 def _compile_extract(slots: dict[int, int], fields: tuple[Field, ...], ipfix: bool) -> Callable[..., list] | None:
@@ -163,9 +165,12 @@ def _compile_extract(slots: dict[int, int], fields: tuple[Field, ...], ipfix: bo
         dst = f"n6({v(28)})"
     else:
         return None
+    proto = v(4) if has(4) else "0"
     sport = v(7) if has(7) else "0"
     dport = v(11) if has(11) else "0"
-    proto = v(4) if has(4) else "0"
+    if has(4):  # ICMP and ICMPv6 have no ports: 0, as cloud flow logs write them (some exporters put type/code there)
+        sport = f"(0 if {proto} in ICMP else {sport})" if has(7) else sport
+        dport = f"(0 if {proto} in ICMP else {dport})" if has(11) else dport
     packets = v(2) if has(2) else v(86) if has(86) else "0"
     octets = v(1) if has(1) else v(85) if has(85) else "0"
     flags = f"({v(6)} & 0xFFF)" if has(6) else "0"
