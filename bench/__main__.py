@@ -6,6 +6,7 @@ Measures, on this machine, each figure next to a baseline measured in the same r
   query      Query latency (first batch, completion) over 1M and 10M records, vs hand-written backend queries
   tail       Ingest-ack -> Tail delivery latency with 1/10/100 tails; one tail's throughput
   memory     server peak RSS while ingesting, bytes on disk per record (figures of the ingest runs)
+  aggregate  Aggregate latency (top talkers, 1-minute series, scanners) vs hand-written DuckDB SQL / ES aggs
 Prints a table with PASS/MISS per target, writes bench/results/<timestamp>.json and (for a full,
 non --quick run) bench/RESULTS.md. `python -m bench.stages` times the ingest path's steps one by one.
 """
@@ -24,7 +25,7 @@ from typing import Any
 from bench.common import ROOT, Services, log, machine, rmtree
 
 BENCH_DIR = Path(__file__).resolve().parent
-PHASES = ("ingest", "generator", "query", "tail", "memory")
+PHASES = ("ingest", "generator", "query", "tail", "memory", "aggregate")
 BACKENDS = ("embedded", "elasticsearch", "s3")
 
 
@@ -203,6 +204,16 @@ def render(res: dict[str, Any], args: argparse.Namespace, command: str) -> str:
         L += _table(["dataset", "query", "gRPC first batch ms p50/p99", "gRPC total ms p50/p99",
                      "baseline first ms p50/p99", "baseline total ms p50/p99", "returned", "matched",
                      "gRPC rec/s"], rows) + [""]
+    ag = res.get("aggregate", {})
+    if ag:
+        from bench import aggregate as agg_bench
+        L += ["## Aggregate (gRPC Aggregate; baseline = hand-written DuckDB SQL on a copy of the same file / a "
+              "hand-written Elasticsearch terms/date_histogram/cardinality aggregation, alternating)", "",
+              "`top10_talkers` = group_by src_addr, sum(bytes), limit 10, all the data; `timeseries_1m_day` = "
+              "1-minute buckets per action, sum(bytes) + count, the last day (or all the data if shorter); "
+              "`scanners` = REJECTs, group_by src_addr, count_distinct(dst_addr), limit 10. The Elasticsearch "
+              "baseline is approximate (terms + cardinality); flowlog pages a composite aggregation to be exact.", ""]
+        L += agg_bench.render(ag) + [""]
     t = res.get("tail")
     if t:
         L += [f"## Tail (unfiltered; Ingest calls of 1,000 records at a steady rate, {t['seconds']:.0f} s per row; "
@@ -299,6 +310,23 @@ def main(argv: list[str] | None = None) -> int:
                     args.records, args.query_reps, services, workdir, label)
                 if args.big:
                     res["query"][f"elasticsearch-{big}"] = query.run_elasticsearch(
+                        args.big, args.query_reps, services, workdir, big)
+        if "aggregate" in args.only:
+            from bench import aggregate as agg_bench
+            res["aggregate"] = {}
+            label = "1M" if args.records == 1_000_000 else "small"
+            big = "10M" if args.big == 10_000_000 else "big"
+            if "embedded" in args.backends:
+                res["aggregate"][f"embedded-{label}"] = agg_bench.run_embedded(args.records, args.query_reps,
+                                                                               workdir, label)
+                if args.big:
+                    res["aggregate"][f"embedded-{big}"] = agg_bench.run_embedded(args.big, args.query_reps,
+                                                                                 workdir, big)
+            if "elasticsearch" in args.backends:
+                res["aggregate"][f"elasticsearch-{label}"] = agg_bench.run_elasticsearch(
+                    args.records, args.query_reps, services, workdir, label)
+                if args.big:
+                    res["aggregate"][f"elasticsearch-{big}"] = agg_bench.run_elasticsearch(
                         args.big, args.query_reps, services, workdir, big)
     finally:
         services.stop_all()

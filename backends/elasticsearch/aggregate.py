@@ -11,7 +11,10 @@ page (`after_key`), so counts, sums, min and max are exact whatever the shard co
   account_id (a single value under the query's account filter) makes the one group.
 - Address prefixes: the `ip` type has no prefix source for composite aggregations (ip_prefix is
   a standalone bucket aggregation), so pages come grouped by address and the prefixes are
-  applied here, folding the groups into a dict that never holds more than
+  applied here.
+- Memory: buckets arrive in source order, so when no key but the last has a prefix each group
+  is one run of buckets, final when the next starts, and only the top N per time bucket are held
+  (streams()); otherwise the groups are folded into a dict that never holds more than
   limits.aggregate_max_groups groups.
 - count_distinct is exact: its field is a source too, so each composite bucket is one distinct
   value of its group; with one count_distinct and no prefix anywhere that is a plain count of
@@ -71,15 +74,27 @@ def _converter(key: agg.GroupKey) -> Callable[[Any], agg.KeyValue]:
 class _Acc:
     __slots__ = ("count", "values", "sets")
 
-    def __init__(self, n: int, ops: list[str], n_sets: int) -> None:
+    def __init__(self, ops: list[str], n_sets: int) -> None:
         self.count = 0
         self.values: list[Any] = [0 if op in ("count", "sum", "count_distinct") else None for op in ops]
         self.sets: list[set[agg.KeyValue]] = [set() for _ in range(n_sets)]
 
 
+def streams(q: agg.AggregateQuery) -> bool:
+    """Whether every group arrives as one run of consecutive composite buckets (buckets come in
+    source order): true when no key but the last has a prefix, and the last one's networks are
+    intervals of the address order (an IPv6 length of at least 80 never splits an IPv6 network
+    around the IPv4-mapped block). Then each group is final when the next one starts, and only
+    the top N per bucket are held (server.core.aggregate.Ranker)."""
+    keys = q.group_by
+    if any(k.masked for k in keys[:-1]):
+        return False
+    return not keys or not keys[-1].masked or keys[-1].prefix6 >= 80
+
+
 def run(q: agg.AggregateQuery, search: Callable[[dict[str, Any], float], dict[str, Any]]) -> agg.Groups:
     """Page the composite aggregation to its end through `search(body_aggs, timeout_s)` (which
-    returns the `aggregations` of one search response) and fold the pages into q's groups."""
+    returns the `aggregations` of one search response) and rank the groups as they complete."""
     budget = agg.Budget(q)
     sources, subs = composite_body(q)
     keys = [_converter(k) for k in q.group_by]
@@ -88,12 +103,32 @@ def run(q: agg.AggregateQuery, search: Callable[[dict[str, Any], float], dict[st
     ops = [m.op for m in q.metrics]
     # One count_distinct and no prefix anywhere: every composite bucket is a new distinct value
     # of its group (or no value), so counting buckets is exact without holding the values.
-    count_buckets = len(distinct) == 1 and not any(k.masked for k in q.group_by) and not distinct[0].distinct.masked  # type: ignore[union-attr]
+    count_buckets = (len(distinct) == 1 and not any(k.masked for k in q.group_by)
+                     and not any(m.distinct.masked for m in distinct if m.distinct is not None))
+    streaming = streams(q)
+    ranker = agg.Ranker(q)
     accs: dict[tuple[int | None, agg.Key], _Acc] = {}
-    held = 0
+    held = 0  # distinct values held
     approximate = False
+    current: tuple[tuple[int | None, agg.Key], _Acc] | None = None
+
+    def group(gkey: tuple[int | None, agg.Key], acc: _Acc) -> agg.Group:
+        nonlocal approximate, held
+        values: list[int] = []
+        j = 0
+        for i, m in enumerate(q.metrics):
+            if m.op == "count_distinct":
+                values.append(acc.values[i] if count_buckets else len(acc.sets[j]))
+                j += 1
+            else:
+                if m.op == "sum" and acc.values[i] >= EXACT_DOUBLE:
+                    approximate = True
+                values.append(int(acc.values[i]))
+        if streaming:
+            held -= sum(len(x) for x in acc.sets)
+        return agg.Group(gkey[0], gkey[1], (acc.count, *values))
+
     after: dict[str, Any] | None = None
-    n_keys = len(q.group_by)
     while True:
         budget.check_time()
         comp: dict[str, Any] = {"size": PAGE, "sources": sources}
@@ -109,11 +144,18 @@ def run(q: agg.AggregateQuery, search: Callable[[dict[str, Any], float], dict[st
             k = b["key"]
             bucket = int(k["b"]) if q.interval_ms else None
             gkey = (bucket, tuple(conv(k[f"k{i}"]) for i, conv in enumerate(keys)))
-            acc = accs.get(gkey)
-            if acc is None:
-                acc = accs[gkey] = _Acc(n_keys, ops, 0 if count_buckets else len(distinct))
-                if q.max_groups and len(accs) > q.max_groups:
-                    raise agg.too_many_groups(q)
+            if streaming:
+                if current is None or current[0] != gkey:
+                    if current is not None:
+                        ranker.add(group(*current))
+                    current = (gkey, _Acc(ops, 0 if count_buckets else len(distinct)))
+                acc = current[1]
+            else:
+                acc = accs.get(gkey)  # type: ignore[assignment]
+                if acc is None:
+                    acc = accs[gkey] = _Acc(ops, 0 if count_buckets else len(distinct))
+                    if q.max_groups and len(accs) > q.max_groups:
+                        raise agg.too_many_groups(q)
             n = int(b["doc_count"])
             acc.count += n
             j = 0
@@ -143,17 +185,8 @@ def run(q: agg.AggregateQuery, search: Callable[[dict[str, Any], float], dict[st
         after = g.get("after_key")
         if not g.get("buckets") or after is None:
             break
-    out = []
-    for (bucket, gk), acc in accs.items():
-        values: list[int] = []
-        j = 0
-        for i, m in enumerate(q.metrics):
-            if m.op == "count_distinct":
-                values.append(acc.values[i] if count_buckets else len(acc.sets[j]))
-                j += 1
-            else:
-                if m.op == "sum" and acc.values[i] >= EXACT_DOUBLE:
-                    approximate = True
-                values.append(int(acc.values[i]))
-        out.append(agg.Group(bucket, gk, (acc.count, *values)))
-    return agg.Groups(out, approximate, "a sum at or above 2**53" if approximate else "")
+    if current is not None:
+        ranker.add(group(*current))
+    for gkey, acc in accs.items():
+        ranker.add(group(gkey, acc))
+    return ranker.result(approximate, "a sum at or above 2**53" if approximate else "")

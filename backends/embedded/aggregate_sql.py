@@ -12,7 +12,9 @@ The rules are server/core/aggregate.py's; this module only writes them in SQL:
   raw distinct value.
 - Buckets: start_time minus start_time modulo the interval (start times are positive).
 - count_distinct of an address ignores NULL (no address), as the core says.
-The statement is bounded: LIMIT max_groups + 1 tells "too many groups" without fetching them.
+The statement also ranks (a window per bucket: the top `limit` groups, the rest folded into
+`other` in SQL), so only the answer reaches Python, however many groups DuckDB makes (its
+memory_limit bounds those; it spills beyond). At most max_groups + 1 rows come back.
 """
 from __future__ import annotations
 
@@ -54,19 +56,17 @@ _PARTIAL = {("count", ""): ("count(*)", "sum"), ("sum", "bytes"): ("sum(bytes)",
             ("max", "end_time"): ("max(end_time)", "max")}
 
 
-def aggregate_sql(q: AggregateQuery, where: str) -> str:
-    """SELECT bucket, key_1..key_n, count, metric_1..metric_m (every group, at most
-    max_groups + 1 of them) over the rows of `where`."""
+def _grouped(q: AggregateQuery, where: str) -> str:
+    """SELECT b, x0..x(n-1) (keys), n (count), v0..v(m-1) (metrics): every group."""
     bucket = f"start_time - start_time % {int(q.interval_ms)}" if q.interval_ms else "NULL::BIGINT"
     keys = list(q.group_by)
     distinct = [m.distinct for m in q.metrics if m.distinct is not None]
-    limit = f" LIMIT {int(q.max_groups) + 1}" if q.max_groups else ""
     two_stage = any(k.masked for k in keys) or any(d.masked for d in distinct)
+    group = ", ".join(["b"] + [f"x{i}" for i in range(len(keys))])
     if not two_stage:
-        cols = [f"{bucket} AS b"] + [f"{_raw(k)} AS k{i}" for i, k in enumerate(keys)] + ["count(*) AS n"]
-        cols += [_metric(m) for m in q.metrics]
-        group = ", ".join(["b"] + [f"k{i}" for i in range(len(keys))])
-        return f"SELECT {', '.join(cols)} FROM records WHERE {where} GROUP BY {group}{limit}"
+        cols = [f"{bucket} AS b"] + [f"{_raw(k)} AS x{i}" for i, k in enumerate(keys)] + ["count(*) AS n"]
+        cols += [f"{_metric(m)} AS v{j}" for j, m in enumerate(q.metrics)]
+        return f"SELECT {', '.join(cols)} FROM records WHERE {where} GROUP BY {group}"
     # Stage 1: raw keys (and raw distinct values), partial sums/min/max.
     partials: list[tuple[str, str]] = [("count(*)", "sum")]
     for m in q.metrics:
@@ -78,18 +78,40 @@ def aggregate_sql(q: AggregateQuery, where: str) -> str:
     inner_cols += [f"{expr} AS p{i}" for i, (expr, _) in enumerate(partials)]
     inner = f"SELECT {', '.join(inner_cols)} FROM records WHERE {where} GROUP BY {', '.join(inner_group)}"
     # Stage 2: masked keys; partials combined, distinct values (masked) counted.
-    outer_cols = ["b"] + [f"{_final(f'k{i}', k)} AS g{i}" for i, k in enumerate(keys)] + ["sum(p0) AS n"]
+    outer_cols = ["b"] + [f"{_final(f'k{i}', k)} AS x{i}" for i, k in enumerate(keys)] + ["sum(p0) AS n"]
     j = 0
-    for m in q.metrics:
+    for v, m in enumerate(q.metrics):
         if m.op == "count_distinct":
             assert m.distinct is not None
-            outer_cols.append(f"count(DISTINCT {_final(f'd{j}', m.distinct)})")
+            outer_cols.append(f"count(DISTINCT {_final(f'd{j}', m.distinct)}) AS v{v}")
             j += 1
         else:
             p = partials.index(_PARTIAL[(m.op, m.field)])
-            outer_cols.append(f"{partials[p][1]}(p{p})")
-    group = ", ".join(["b"] + [f"g{i}" for i in range(len(keys))])
-    return f"SELECT {', '.join(outer_cols)} FROM ({inner}) GROUP BY {group}{limit}"
+            outer_cols.append(f"{partials[p][1]}(p{p}) AS v{v}")
+    return f"SELECT {', '.join(outer_cols)} FROM ({inner}) GROUP BY {group}"
+
+
+_FOLD = {"count": "sum", "sum": "sum", "min": "min", "max": "max"}
+
+
+def aggregate_sql(q: AggregateQuery, where: str) -> str:
+    """The ranked answer in one statement: rows `part` 0 = the top `limit` groups of each bucket
+    (b, keys, n, metrics; at most max_groups + 1 of them), 1 = `other` (only when some group was
+    folded), 2 = `matched` (its n). Ties are ranked as the core ranks them: keys ascending, no
+    address (NULL) first; blobs, integers and text compare as the core compares them."""
+    keys = [f"x{i}" for i in range(len(q.group_by))]
+    vals = [f"v{j}" for j in range(len(q.metrics))]
+    order = [f"v{q.order_index} {'DESC' if q.descending else 'ASC'}"] + [f"{k} ASC NULLS FIRST" for k in keys]
+    cap = f" LIMIT {int(q.max_groups) + 1}" if q.max_groups else ""
+    nulls = ["NULL"] * len(keys)
+    folded = ["0" if m.op == "count_distinct" else f"{_FOLD[m.op]}(v{j})" for j, m in enumerate(q.metrics)]
+    return (f"WITH g AS MATERIALIZED ({_grouped(q, where)}), "
+            f"r AS (SELECT *, row_number() OVER (PARTITION BY b ORDER BY {', '.join(order)}) AS rn FROM g) "
+            f"SELECT * FROM (SELECT 0 AS part, {', '.join(['b', *keys, 'n', *vals])} FROM r "
+            f"WHERE rn <= {int(q.limit)}{cap}) "
+            f"UNION ALL SELECT 1, {', '.join(['NULL', *nulls, 'sum(n)', *folded])} FROM r WHERE rn > {int(q.limit)} "
+            f"HAVING count(*) > 0 "
+            f"UNION ALL SELECT 2, {', '.join(['NULL', *nulls, 'sum(n)', *(['NULL'] * len(vals))])} FROM g")
 
 
 def _metric(m: Metric) -> str:

@@ -331,14 +331,22 @@ class EmbeddedRecordStore:
         finally:
             timer.cancel()
             _release(cur)
-        budget.check_groups(len(rows))
         address = [k.kind is agg.FieldKind.ADDRESS for k in q.group_by]
         n = len(q.group_by)
         groups = []
+        other: tuple[int, ...] | None = None
+        matched = 0
         for row in rows:
-            keys = tuple(_address_key(v) if a else v for v, a in zip(row[1:1 + n], address))
-            groups.append(agg.Group(row[0], keys, tuple(int(v) for v in row[1 + n:])))
-        return agg.Groups(groups)
+            part, bucket, values = row[0], row[1], row[3 + n:]
+            if part == 0:
+                keys = tuple(_address_key(v) if a else v for v, a in zip(row[2:2 + n], address))
+                groups.append(agg.Group(bucket, keys, (int(row[2 + n]), *(int(v) for v in values))))
+            elif part == 1:
+                other = tuple(int(v) for v in values)
+            else:
+                matched = int(row[2 + n] or 0)
+        budget.check_groups(len(groups))
+        return agg.Groups(groups, ranked=True, other=other, matched=matched)
 
     # -- deleting ------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import heapq
 import ipaddress
 import re
 import time
@@ -178,9 +179,15 @@ class Group:
 
 @dataclass(frozen=True)
 class Groups:
+    """A backend's answer: every group, or (`ranked`) only the top `limit` of each bucket with
+    `other` (the folded values, None when nothing was folded) and `matched` already computed."""
+
     groups: list[Group]
     approximate: bool = False
     why_approximate: str = ""
+    ranked: bool = False
+    other: tuple[int, ...] | None = None
+    matched: int = 0
 
 
 @dataclass(frozen=True)
@@ -470,10 +477,15 @@ def other_value(metric: Metric, values: Iterable[int]) -> int:
 
 
 def finish(q: AggregateQuery, result: Groups) -> AggregateResult:
-    """Rank the backend's groups per bucket, keep the top `limit`, fold the rest into `other`."""
+    """Rank the backend's groups per bucket, keep the top `limit`, fold the rest into `other`
+    (a `ranked` answer arrives trimmed: only the order of its rows is made here)."""
     groups = [g for g in result.groups if g.values[0] > 0]
     if q.max_groups and len(groups) > q.max_groups:
         raise too_many_groups(q)
+    if result.ranked:
+        base = finish(q, Groups(groups, result.approximate, result.why_approximate))
+        other = AggregateRow(None, (), result.other) if result.other is not None else None
+        return AggregateResult(base.group_by, base.metrics, base.rows, other, result.matched, result.approximate)
     matched = sum(g.values[0] for g in groups)
     by_bucket: dict[int | None, list[Group]] = {}
     for g in groups:
@@ -496,6 +508,76 @@ def finish(q: AggregateQuery, result: Groups) -> AggregateResult:
                                              for j, m in enumerate(q.metrics)))
     return AggregateResult(tuple(k.name for k in q.group_by), tuple(m.name for m in q.metrics), rows, other,
                            matched, result.approximate)
+
+
+def group_order(q: AggregateQuery) -> Callable[[Group], tuple]:
+    """The sort key of finish()'s order within a bucket: smaller ranks first."""
+    i = q.order_index + 1
+    sign = -1 if q.descending else 1
+    return lambda g: (sign * g.values[i], tuple(_sort_key(k) for k in g.keys))
+
+
+class _Held:
+    """A heap entry whose heap top is the WORST group held (heapq is a min-heap)."""
+
+    __slots__ = ("rank", "group")
+
+    def __init__(self, rank: tuple, group: Group) -> None:
+        self.rank = rank
+        self.group = group
+
+    def __lt__(self, other: "_Held") -> bool:
+        return self.rank > other.rank
+
+
+class Ranker:
+    """Top `limit` groups per bucket from a stream of complete groups, in bounded memory: a
+    heap of at most `limit` groups per bucket, everything else folded into `other` at once.
+    (For backends that see each group once, complete, e.g. in key order.)"""
+
+    def __init__(self, q: AggregateQuery) -> None:
+        self.q = q
+        self._rank = group_order(q)
+        self._heaps: dict[int | None, list[_Held]] = {}
+        self._held = 0
+        self._other: list[int] | None = None
+        self.matched = 0
+
+    def add(self, g: Group) -> None:
+        if g.values[0] <= 0:
+            return
+        self.matched += g.values[0]
+        heap = self._heaps.get(g.bucket)
+        if heap is None:
+            heap = self._heaps[g.bucket] = []
+        entry = _Held(self._rank(g), g)
+        if len(heap) < self.q.limit:
+            heapq.heappush(heap, entry)
+            self._held += 1
+            if self.q.max_groups and self._held > self.q.max_groups:
+                raise too_many_groups(self.q)
+            return
+        if entry.rank < heap[0].rank:
+            entry = heapq.heapreplace(heap, entry)
+        self._fold(entry.group)
+
+    def _fold(self, g: Group) -> None:
+        values = g.values[1:]
+        if self._other is None:
+            self._other = [0 if m.op == "count_distinct" else v for m, v in zip(self.q.metrics, values)]
+            return
+        for j, (m, v) in enumerate(zip(self.q.metrics, values)):
+            if m.op in ("count", "sum"):
+                self._other[j] += v
+            elif m.op == "min":
+                self._other[j] = min(self._other[j], v)
+            elif m.op == "max":
+                self._other[j] = max(self._other[j], v)
+
+    def result(self, approximate: bool = False, why: str = "") -> Groups:
+        groups = [e.group for heap in self._heaps.values() for e in heap]
+        other = tuple(self._other) if self._other is not None else None
+        return Groups(groups, approximate, why, ranked=True, other=other, matched=self.matched)
 
 
 def bucket_of(start_time: int, interval_ms: int) -> int | None:

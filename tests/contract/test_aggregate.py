@@ -254,8 +254,14 @@ def test_other_fields(filled_store, dataset: DataSet, group_by):
 
 
 def test_max_groups_is_resource_exhausted(filled_store):
+    # more groups than the server may hold for its answer
     with pytest.raises(ResourceExhausted, match="limits.aggregate_max_groups"):
-        ask(filled_store, group_by=["src_addr", "dst_addr", "src_port"], limits=agg.Limits(max_groups=50))
+        ask(filled_store, group_by=["src_addr", "dst_addr", "src_port"], limit=10_000, limits=agg.Limits(max_groups=50))
+    with pytest.raises(ResourceExhausted, match="limits.aggregate_max_groups"):
+        ask(filled_store, group_by=["src_addr/24/64", "dst_addr"], limit=100, interval_ms=DAY_MS,
+            limits=agg.Limits(max_groups=50, max_range_days=0))
+    # a top 10 of many groups is fine under a small bound
+    ask(filled_store, group_by=["src_addr", "dst_addr", "src_port"], limits=agg.Limits(max_groups=50, max_range_days=0))
 
 
 def test_deadline_is_resource_exhausted(filled_store):

@@ -117,3 +117,22 @@ def test_key_text():
     assert agg.key_text(agg.mask(agg.address_value("10.1.2.3"), key), key) == "10.1.2.0/24"
     assert agg.key_text(agg.mask(agg.address_value("2001:db8:1:2::3"), key), key) == "2001:db8:1::/48"
     assert agg.key_text(None, key) == ""
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_ranker_keeps_what_finish_keeps(seed):
+    import random
+    rnd = random.Random(seed)
+    records = [rec(f"10.0.{rnd.randrange(4)}.{rnd.randrange(6)}", f"192.0.2.{rnd.randrange(3)}", rnd.randrange(1, 5) * 10,
+                   start=T0 + rnd.randrange(4) * 60_000, action=rnd.choice((Action.ACCEPT, Action.REJECT)))
+               for _ in range(300)]
+    for kw in (dict(group_by=["src_addr"], limit=3, metrics=["sum(bytes)", "min(start_time)", "max(end_time)"]),
+               dict(group_by=["dst_addr", "action"], limit=2, interval_ms=60_000, order_by="count",
+                    metrics=["count", "count_distinct(src_addr)"]),
+               dict(group_by=["src_addr/24"], limit=1, order_by="-sum(bytes)")):
+        q = plan(**kw)
+        groups = agg.evaluate(q, records)
+        ranker = agg.Ranker(q)
+        for g in rnd.sample(groups.groups, len(groups.groups)):
+            ranker.add(g)
+        assert agg.finish(q, ranker.result()) == agg.finish(q, groups)

@@ -1,0 +1,194 @@
+"""Aggregate latency through the gRPC Aggregate RPC, next to the hand-written equivalent run on
+the same data in the same run: DuckDB SQL on a copy of the server's database file, and a plain
+Elasticsearch aggregation (terms / date_histogram / cardinality: what a user would write, which
+is approximate where flowlog's answer is exact). Baseline and gRPC calls alternate. Peak server
+RSS over the phase.
+
+Questions (issue 16): the top 10 talkers by bytes over the whole data set, a 1-minute time series
+per action over (up to) the last day, and scanners: sources of REJECTs by distinct destinations.
+Datasets are bench/query.py's (same generator, same loaders).
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from bench import dataset
+from bench.common import ACCOUNT, API_KEY, PROJECT, REGION, Services, log, pct, rmtree, start_server
+from bench.query import ES_PREFIX, HOUR, build_elasticsearch, build_embedded
+
+DAY = 24 * HOUR
+
+# name -> (group_by, metrics, filter, interval ms, limit, range: "all" | "day")
+QUESTIONS: dict[str, tuple[list[str], list[str], str, int, int, str]] = {
+    "top10_talkers": (["src_addr"], ["sum(bytes)"], "", 0, 10, "all"),
+    "timeseries_1m_day": (["action"], ["sum(bytes)", "count"], "", 60_000, 10, "day"),
+    "scanners": (["src_addr"], ["count_distinct(dst_addr)"], "action = REJECT", 0, 10, "all"),
+}
+
+
+def _range(kind: str, lo: int, hi: int) -> tuple[int, int]:
+    return (max(lo, hi + 1 - DAY), hi + 1) if kind == "day" else (lo, hi + 1)
+
+
+class DuckDBBaseline:
+    """Hand-written SQL on a copy of the server's database file (same DuckDB, same layout)."""
+
+    def __init__(self, path: Path, log_store: str) -> None:
+        import duckdb
+        self.con = duckdb.connect(str(path), read_only=True, config={"memory_limit": "256MB", "threads": 1})
+        self.log_store = log_store
+
+    def run(self, name: str, t0: int, t1: int) -> int:
+        base = "account_id = ? AND region = ? AND project = ? AND log_store = ? AND start_time >= ? AND start_time < ?"
+        params = [ACCOUNT, REGION, PROJECT, self.log_store, t0, t1]
+        if name == "top10_talkers":
+            sql = f"SELECT src_ip, sum(bytes) s FROM records WHERE {base} GROUP BY src_ip ORDER BY s DESC LIMIT 10"
+        elif name == "timeseries_1m_day":
+            sql = (f"SELECT start_time - start_time % 60000 AS b, action, sum(bytes), count(*) FROM records "
+                   f"WHERE {base} GROUP BY b, action ORDER BY b")
+        else:
+            sql = (f"SELECT src_ip, count(DISTINCT dst_ip) c FROM records WHERE {base} AND action = 2 "
+                   f"GROUP BY src_ip ORDER BY c DESC LIMIT 10")
+        cur = self.con.cursor()
+        rows = cur.execute(sql, params).fetchall()
+        cur.close()
+        return len(rows)
+
+    def close(self) -> None:
+        self.con.close()
+
+
+class ESBaseline:
+    """A hand-written aggregation: terms (size 10, ordered by the metric), date_histogram,
+    cardinality. Approximate where flowlog's composite paging is exact: a fair floor."""
+
+    def __init__(self, es: dict, log_store: str) -> None:
+        from elasticsearch import Elasticsearch
+
+        from backends.elasticsearch.records import log_store_base
+        from server.core.model import LogStoreKey
+        self.client = Elasticsearch(es["url"], request_timeout=300)
+        self.index = log_store_base(ES_PREFIX, ACCOUNT, LogStoreKey(REGION, PROJECT, log_store)) + "-*"
+        self.log_store = log_store
+
+    def run(self, name: str, t0: int, t1: int) -> int:
+        f: list[dict] = [{"term": {"log_store": self.log_store}},
+                         {"range": {"start_time": {"gte": t0, "lt": t1, "format": "epoch_millis"}}}]
+        if name == "top10_talkers":
+            aggs = {"t": {"terms": {"field": "src_addr", "size": 10, "order": {"b": "desc"}},
+                          "aggs": {"b": {"sum": {"field": "bytes"}}}}}
+        elif name == "timeseries_1m_day":
+            aggs = {"t": {"date_histogram": {"field": "start_time", "fixed_interval": "1m"},
+                          "aggs": {"a": {"terms": {"field": "action"}, "aggs": {"b": {"sum": {"field": "bytes"}}}}}}}
+        else:
+            f.append({"term": {"action": "REJECT"}})
+            aggs = {"t": {"terms": {"field": "src_addr", "size": 10, "order": {"d": "desc"}},
+                          "aggs": {"d": {"cardinality": {"field": "dst_addr"}}}}}
+        resp = self.client.search(index=self.index, size=0, query={"bool": {"filter": f}}, aggs=aggs,
+                                  track_total_hits=False)
+        return len(resp["aggregations"]["t"]["buckets"])
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _measure(address: str, baseline, log_store: str, lo: int, hi: int, reps: int, label: str) -> dict[str, Any]:
+    from clients.client import FlowLogClient
+    out: dict[str, Any] = {}
+    with FlowLogClient(address, API_KEY, timeout=300) as client:
+        for name, (group_by, metrics, flt, interval, limit, kind) in QUESTIONS.items():
+            t0, t1 = _range(kind, lo, hi)
+            req = client.build_aggregate(region=REGION, project=PROJECT, log_stores=[log_store],
+                                         start=_ts(t0), end=_ts(t1), filter=flt, group_by=group_by,
+                                         metrics=metrics, interval=interval / 1000 if interval else None, limit=limit)
+
+            def grpc_call() -> int:
+                return len(client.aggregate(req).rows)
+
+            def base_call() -> int:
+                return baseline.run(name, t0, t1)
+
+            grpc_call()  # warm both
+            base_call()
+            g: list[float] = []
+            b: list[float] = []
+            rows = 0
+            for _ in range(reps):
+                b.append(_time(base_call)[0])
+                ms, rows = _time(grpc_call)
+                g.append(ms)
+            out[name] = {"reps": reps, "rows": rows, "grpc_p50_ms": pct(g, 50), "grpc_p99_ms": pct(g, 99),
+                         "baseline_p50_ms": pct(b, 50), "baseline_p99_ms": pct(b, 99),
+                         "ratio": pct(g, 50) / max(pct(b, 50), 1e-9)}
+            log(f"aggregate {label}/{name}: gRPC {pct(g, 50):.1f}/{pct(g, 99):.1f} ms p50/p99, baseline "
+                f"{pct(b, 50):.1f}/{pct(b, 99):.1f} ms ({out[name]['ratio']:.2f}x)")
+    return out
+
+
+def _ts(ms: int):
+    from datetime import datetime, timezone
+    return datetime.fromtimestamp(ms / 1000, timezone.utc)
+
+
+def _time(fn: Callable[[], int]) -> tuple[float, int]:
+    start = time.monotonic()
+    n = fn()
+    return (time.monotonic() - start) * 1000, n
+
+
+def _measure_server(srv, base, log_store: str, total: int, lo: int, hi: int, reps: int, label: str,
+                    wd: Path) -> dict[str, Any]:
+    try:
+        dataset.create_log_store(srv.address, log_store)
+        srv.rss.reset()
+        res = _measure(srv.address, base, log_store, lo, hi, reps, label)
+        res["_dataset"] = {"records": total, "span_h": round((hi - lo) / HOUR, 2),
+                           "peak_rss_mb": round(srv.rss.peak / 2**20, 1)}
+    finally:
+        base.close()
+        srv.stop()
+        rmtree(wd)
+    return res
+
+
+def run_embedded(n: int, reps: int, workdir: Path, label: str) -> dict[str, Any]:
+    wd = workdir / f"aggregate-{label}"
+    data = wd / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    log_store = f"a{label}"
+    total, lo, hi = build_embedded(data / "records.duckdb", log_store, n, wd)
+    shutil.copy(data / "records.duckdb", wd / "baseline.duckdb")
+    srv = start_server(wd, {"query_backend": "embedded", "archive_backend": "embedded",
+                            "limits": {"aggregate_max_range_days": 0}}, data_dir=data)
+    return _measure_server(srv, DuckDBBaseline(wd / "baseline.duckdb", log_store), log_store, total, lo, hi, reps,
+                           f"embedded-{label}", wd)
+
+
+def run_elasticsearch(n: int, reps: int, services: Services, workdir: Path, label: str) -> dict[str, Any]:
+    es = services.get("es")
+    log_store = f"a{label}"
+    total, lo, hi = build_elasticsearch(es, log_store, n)
+    wd = workdir / f"aggregate-es-{label}"
+    srv = start_server(wd, {"query_backend": "elasticsearch", "archive_backend": "none",
+                            "limits": {"aggregate_max_range_days": 0},
+                            "elasticsearch": {"url": es["url"], "index_prefix": ES_PREFIX}})
+    return _measure_server(srv, ESBaseline(es, log_store), log_store, total, lo, hi, reps,
+                           f"elasticsearch-{label}", wd)
+
+
+def render(res: dict[str, Any]) -> list[str]:
+    """The rows of RESULTS.md's Aggregate table."""
+    lines = ["| dataset | question | gRPC Aggregate ms p50/p99 | hand-written ms p50/p99 | ratio | rows | peak RSS MB |",
+             "|---|---|---|---|---|---|---|"]
+    for ds, qs in res.items():
+        meta = qs.get("_dataset", {})
+        for name, r in qs.items():
+            if name.startswith("_"):
+                continue
+            lines.append(f"| {ds} ({meta.get('records', 0):,} rec) | {name} | {r['grpc_p50_ms']:.1f} / "
+                         f"{r['grpc_p99_ms']:.1f} | {r['baseline_p50_ms']:.1f} / {r['baseline_p99_ms']:.1f} | "
+                         f"{r['ratio']:.2f}x | {r['rows']} | {meta.get('peak_rss_mb', '-')} |")
+    return lines
