@@ -294,6 +294,7 @@ class App:
         sink, pausing between retries for up to 30 s, retries now."""
         if ok and not self._probe_ok.get(role, True):
             self.pipeline.retry_now(role)
+            self.purge_loop.wake()  # a purge waiting for this backend goes on now
         self._probe_ok[role] = ok
         return ok
 
