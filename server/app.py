@@ -151,7 +151,7 @@ class App:
         lim = cfg.limits
         self.aggregate = Aggregate(self.metadata, self.records, AggregateLimits(
             max_groups=lim.aggregate_max_groups, timeout_s=lim.aggregate_timeout_seconds,
-            max_range_days=lim.aggregate_max_range_days))
+            max_range_days=lim.aggregate_max_range_days), regions=self.service.regions)
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="flowlog-rpc")
         self.stream_executor = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="flowlog-stream")
         self.generator = None

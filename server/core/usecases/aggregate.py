@@ -17,12 +17,15 @@ from server.core import aggregate as agg
 from server.core import query as query_core
 from server.core.errors import FailedPrecondition
 from server.core.ports import MetadataStore, RecordAggregation
+from server.core.rules import RegionCatalogue
 
 
 class Aggregate:
-    def __init__(self, metadata: MetadataStore, records: object, limits: agg.Limits) -> None:
+    def __init__(self, metadata: MetadataStore, records: object, limits: agg.Limits,
+                 regions: RegionCatalogue | None = None) -> None:
         self.metadata = metadata
         self.limits = limits
+        self.regions = regions  # the server's region catalogue (rules.RegionCatalogue)
         self._records: RecordAggregation | None = records if isinstance(records, RecordAggregation) else None
         self._backend = getattr(records, "name", type(records).__name__)
 
@@ -30,7 +33,7 @@ class Aggregate:
             end_ms: int | None, filter_text: str, group_by: list[str], interval_ms: int | None, metrics: list[str],
             order_by: str, limit: int) -> agg.AggregateResult:
         """Blocks (metadata, then the backend): call it off the event loop."""
-        scope = query_core.resolve_scope(self.metadata, account, region, project, log_stores)
+        scope = query_core.resolve_scope(self.metadata, account, region, project, log_stores, self.regions)
         q = agg.plan(scope, start_ms=start_ms, end_ms=end_ms, filter_text=filter_text, group_by=group_by,
                      interval_ms=interval_ms, metrics=metrics, order_by=order_by, limit=limit, limits=self.limits)
         if self._records is None:
