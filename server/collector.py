@@ -113,7 +113,8 @@ class Collector:
     def __init__(self, listen: str, exporters: ExporterMap, list_flow_logs: ListFlowLogs, accept: Accept,
                  submit: Submit, *, limits: Limits | None = None, receive_buffer_bytes: int = 16 * 1024 * 1024,
                  batch_records: int = 8192, batch_seconds: float = 0.05, inventory_seconds: float = 1.0,
-                 status_path: Path | None = None, status_log_seconds: float = 60.0) -> None:
+                 status_path: Path | None = None, status_log_seconds: float = 60.0,
+                 status_file_seconds: float = 1.0) -> None:
         self.host, self.port = parse_listen(listen)
         self.exporters = exporters
         self._list_flow_logs = list_flow_logs
@@ -126,6 +127,7 @@ class Collector:
         self.inventory_seconds = inventory_seconds
         self.status_path = status_path
         self.status_log_seconds = status_log_seconds
+        self.status_file_seconds = status_file_seconds
         self.counts = dict.fromkeys(COLLECTOR_COUNTER_HELP, 0)
         self._indexes: dict[str, AccountIndex] = {}
         self._inventory_at = float("-inf")
@@ -300,11 +302,11 @@ class Collector:
     # -- submitting ---------------------------------------------------------------------------------
 
     def _submit_loop(self) -> None:
-        next_status = time.monotonic() + 1.0
+        next_status = time.monotonic() + self.status_file_seconds
         next_log = time.monotonic() + self.status_log_seconds
         while True:
             try:
-                batch = self._queue.get(timeout=0.5)
+                batch = self._queue.get(timeout=min(0.5, self.status_file_seconds))
             except queue.Empty:
                 batch = ()
             if batch is None:
@@ -313,7 +315,7 @@ class Collector:
                 self._ingest(fl, rows)
             now = time.monotonic()
             if now >= next_status:
-                next_status = now + 1.0
+                next_status = now + self.status_file_seconds
                 self._write_status()
             if now >= next_log:
                 next_log = now + self.status_log_seconds

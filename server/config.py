@@ -153,6 +153,8 @@ class CollectorConfig:
     hold_seconds: float = 10.0
     # A status line with every counter is logged this often.
     status_log_seconds: float = 60.0
+    # <data_dir>/collector-status.json (what `flowlog collector status` prints) is rewritten this often.
+    status_file_seconds: float = 1.0
 
 
 @dataclass
@@ -255,6 +257,8 @@ class Config:
                 raise ConfigError(f"collector.exporters: exporter {key} needs an account id")
         if c.max_templates_per_exporter < 1 or c.max_exporters < 1:
             raise ConfigError("collector.max_templates_per_exporter and collector.max_exporters must be at least 1")
+        if c.status_file_seconds < 0.05 or c.status_log_seconds <= 0:
+            raise ConfigError("collector.status_file_seconds must be at least 0.05 and status_log_seconds above 0")
         if c.hold_seconds < 0:
             raise ConfigError("collector.hold_seconds must be 0 or more")
 

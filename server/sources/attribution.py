@@ -12,6 +12,7 @@ use, and an address seen before costs one.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Iterable, Sequence
 
 from server.core.model import Action, Direction, FlowLog, FlowLogState, Resource, TrafficType
@@ -19,6 +20,9 @@ from server.core.model import Action, Direction, FlowLog, FlowLogState, Resource
 INGRESS = int(Direction.INGRESS)
 EGRESS = int(Direction.EGRESS)
 _ACCEPT, _REJECT = int(Action.ACCEPT), int(Action.REJECT)
+
+
+_pton, _AF4, _AF6 = socket.inet_pton, socket.AF_INET, socket.AF_INET6
 
 
 def admits(traffic_type: int, action: int) -> bool:
@@ -65,10 +69,12 @@ class AccountIndex:
         if hit is not None:
             return hit
         try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
+            if ":" in address:
+                value, version = int.from_bytes(_pton(_AF6, address), "big"), 6
+            else:
+                value, version = int.from_bytes(_pton(_AF4, address), "big"), 4
+        except (OSError, ValueError):
             return ()
-        value, version = int(ip), ip.version
         found: list[FlowLog] = []
         for v, mask, bucket in self._levels:
             if v == version:
