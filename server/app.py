@@ -189,7 +189,8 @@ class App:
                         hold_seconds=c.hold_seconds)
         return Collector(c.listen, exporters, self._active_flow_logs, accept, self._submit_checked, limits=limits,
                          receive_buffer_bytes=c.receive_buffer_bytes, status_path=cfg.data_path / "collector-status.json",
-                         status_log_seconds=c.status_log_seconds, status_file_seconds=c.status_file_seconds)
+                         status_log_seconds=c.status_log_seconds, status_file_seconds=c.status_file_seconds,
+                         generation=self.metadata.generation)
 
     def _load_demo(self, account: str) -> None:
         from dataclasses import replace

@@ -50,7 +50,7 @@ COLLECTOR_COUNTER_HELP: dict[str, str] = {
     "rejected": "records the Ingest checks refused (e.g. end before start, a time far in the future)",
     "dropped": "records lost because the pipeline refused them (spool full, server stopping)",
     "receive_errors": "errors reading the socket",
-    "flow_logs": "ACTIVE flow logs flows are delivered to (re-read every second)",
+    "flow_logs": "ACTIVE flow logs flows are delivered to (re-read on every change)",
     "inventory_time_ms": "when the collector last read the flow logs and resources (epoch ms)",
     "held_bytes": "bytes of data sets held for their template",
     "sessions": "(exporter, version, observation domain) template caches kept",
@@ -114,7 +114,7 @@ class Collector:
                  submit: Submit, *, limits: Limits | None = None, receive_buffer_bytes: int = 16 * 1024 * 1024,
                  batch_records: int = 8192, batch_seconds: float = 0.05, inventory_seconds: float = 1.0,
                  status_path: Path | None = None, status_log_seconds: float = 60.0,
-                 status_file_seconds: float = 1.0) -> None:
+                 status_file_seconds: float = 1.0, generation: Callable[[], int] | None = None) -> None:
         self.host, self.port = parse_listen(listen)
         self.exporters = exporters
         self._list_flow_logs = list_flow_logs
@@ -131,6 +131,9 @@ class Collector:
         self.counts = dict.fromkeys(COLLECTOR_COUNTER_HELP, 0)
         self._indexes: dict[str, AccountIndex] = {}
         self._inventory_at = float("-inf")
+        # metadata's change counter (MetadataStore.generation): a change here is seen at once
+        self._generation = generation
+        self._generation_seen: int | None = None
         self.inventory_flow_logs = 0  # ACTIVE flow logs the collector delivers to
         self.inventory_time_ms = 0  # when it last read them (epoch ms)
         self._queue: queue.Queue = queue.Queue(maxsize=8)
@@ -221,9 +224,12 @@ class Collector:
     # -- receiving ----------------------------------------------------------------------------------
 
     def _inventory(self, now: float) -> None:
-        if now - self._inventory_at < self.inventory_seconds:  # a new flow log gets flows within ~1 s
-            return
+        gen = self._generation() if self._generation is not None else None
+        if now - self._inventory_at < self.inventory_seconds and (gen == self._generation_seen
+                                                                   or now - self._inventory_at < 0.05):
+            return  # flow logs changed by this server are seen at once, by another replica within a second
         self._inventory_at = now
+        self._generation_seen = gen
         try:
             pairs = list(self._list_flow_logs())
         except Exception:  # noqa: BLE001 - keep the last good index

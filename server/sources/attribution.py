@@ -34,6 +34,9 @@ def admits(traffic_type: int, action: int) -> bool:
     return True
 
 
+_ADMITTED = {t: frozenset(a for a in (_ACCEPT, _REJECT) if admits(t, a)) for t in TrafficType}
+
+
 class AccountIndex:
     """The ACTIVE flow logs of one account, findable by address."""
 
@@ -59,6 +62,7 @@ class AccountIndex:
         self._levels = [(version, (1 << (32 if version == 4 else 128)) - (1 << ((32 if version == 4 else 128) - plen)),
                          bucket) for (version, plen), bucket in sorted(by_len.items(), key=lambda kv: -kv[0][1])]
         self._cache: dict[str, tuple[FlowLog, ...]] = {}
+        self._targets: dict[str, tuple[tuple[str, frozenset[int]], ...]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.flow_logs)
@@ -90,26 +94,43 @@ class AccountIndex:
     def attribute(self, flows: Sequence[tuple], groups: dict[str, list], status_ok: int = 1) -> int:
         """Append each flow's Ingest row (server.core.ingest.accept's 16 fields, and the sampling
         rate last) to groups[flow_log_id]; returns how many flows went nowhere."""
-        lookup = self.flow_logs_of
+        cache = self._targets
+        targets = self._targets_of
         missed = 0
         for (src, dst, sport, dport, proto, pkts, octets, start, end, flags, action, rate) in flows:
             hit = False
-            for fl in lookup(dst):
-                if admits(fl.traffic_type, action):
-                    hit = True
-                    rows = groups.get(fl.id)
-                    if rows is None:
-                        rows = groups[fl.id] = []
-                    rows.append(("", "", "", src, dst, sport, dport, proto, pkts, octets, start, end, action,
-                                 status_ok, INGRESS, flags, rate))
-            for fl in lookup(src):
-                if admits(fl.traffic_type, action):
-                    hit = True
-                    rows = groups.get(fl.id)
-                    if rows is None:
-                        rows = groups[fl.id] = []
-                    rows.append(("", "", "", src, dst, sport, dport, proto, pkts, octets, start, end, action,
-                                 status_ok, EGRESS, flags, rate))
+            into = cache.get(dst)
+            if into is None:
+                into = targets(dst)
+            if into:
+                for fid, actions in into:
+                    if action in actions:
+                        hit = True
+                        rows = groups.get(fid)
+                        if rows is None:
+                            rows = groups[fid] = []
+                        rows.append(("", "", "", src, dst, sport, dport, proto, pkts, octets, start, end, action,
+                                     status_ok, INGRESS, flags, rate))
+            out = cache.get(src)
+            if out is None:
+                out = targets(src)
+            if out:
+                for fid, actions in out:
+                    if action in actions:
+                        hit = True
+                        rows = groups.get(fid)
+                        if rows is None:
+                            rows = groups[fid] = []
+                        rows.append(("", "", "", src, dst, sport, dport, proto, pkts, octets, start, end, action,
+                                     status_ok, EGRESS, flags, rate))
             if not hit:
                 missed += 1
         return missed
+
+    def _targets_of(self, address: str) -> tuple[tuple[str, frozenset[int]], ...]:
+        """(flow log id, the actions its traffic type admits) of every flow log holding address."""
+        out = tuple((fl.id, _ADMITTED[fl.traffic_type]) for fl in self.flow_logs_of(address))
+        if len(self._targets) >= self.MAX_CACHED:
+            self._targets.clear()
+        self._targets[address] = out
+        return out
