@@ -16,14 +16,22 @@ from typing import Any, Callable
 from server.config import Config, ConfigError
 from server.core.model import FlowLogState, LogStoreKey
 from server.core.paging import TokenSigner
-from server.core.query import Scope
+from server.core.ports import CompiledIngest, MetadataStore, RecordArchive, RecordStore
 from server.core.purge import Purger
 from server.core.service import Quotas, Service
+from server.core.usecases.ingest import Ingest
+from server.core.usecases.query import Query
+from server.core.usecases.tail import Tail
 
 log = logging.getLogger("flowlog.app")
 
 
 # -- backend registry: an explicit name -> factory map (no lookup by class-name suffix) -------
+
+def _embedded_metadata(cfg: Config) -> MetadataStore:
+    from backends.embedded.metadata import SqliteMetadataStore
+    return SqliteMetadataStore(cfg.data_path / "metadata.db")
+
 
 def _embedded_records(cfg: Config):
     from backends.embedded.records import EmbeddedRecordStore
@@ -53,6 +61,7 @@ def _minio_objects(cfg: Config):
                          ca_file=m.ca_file or None)
 
 
+METADATA_BACKENDS: dict[str, Callable[[Config], MetadataStore]] = {"embedded": _embedded_metadata}
 QUERY_BACKENDS: dict[str, Callable[[Config], Any]] = {"embedded": _embedded_records,
                                                       "elasticsearch": _elasticsearch_records}
 ARCHIVE_BACKENDS: dict[str, Callable[[Config], Any]] = {"embedded": _embedded_objects, "minio": _minio_objects}
@@ -110,11 +119,13 @@ class _FlowLogGone(Exception):
 
 
 class App:
-    """Everything the API layer needs, built once."""
+    """The composition root: builds the backends chosen by config, the pipeline and the use cases
+    once, and runs the background jobs (generator, collector, retention, purges, health probes).
+    server/api wires each servicer to the use cases it serves (server.api.server.servicers)."""
 
     def __init__(self, cfg: Config) -> None:
-        from backends.embedded.metadata import SqliteMetadataStore
         from server.api.auth import LOCAL_ACCOUNT, Authenticator
+        from server.api.services import compiled_ingest
         from server.archive import Archive
         from server.pipeline import Pipeline
 
@@ -122,12 +133,13 @@ class App:
         self.config = cfg
         cfg.data_path.mkdir(parents=True, exist_ok=True)
         self._dir_lock = lock_data_dir(cfg.data_path)
-        self.metadata = SqliteMetadataStore(cfg.data_path / "metadata.db")
+        self.metadata: MetadataStore = METADATA_BACKENDS[cfg.metadata_backend](cfg)
         secret = self.metadata.setting("token_secret", secrets.token_bytes(32))
         self.signer = TokenSigner(secret)
         self.auth = Authenticator(cfg.api_keys)
-        self.records = QUERY_BACKENDS[cfg.query_backend](cfg)
-        self.archive = Archive(ARCHIVE_BACKENDS[cfg.archive_backend](cfg)) if cfg.archive_backend != "none" else None
+        self.records: RecordStore = QUERY_BACKENDS[cfg.query_backend](cfg)
+        self.archive: RecordArchive | None = (Archive(ARCHIVE_BACKENDS[cfg.archive_backend](cfg))
+                                              if cfg.archive_backend != "none" else None)
         p = cfg.pipeline
         self.pipeline = Pipeline(cfg.data_path, self.records, self.archive, max_spool_bytes=p.max_spool_bytes,
                                  tail_retention_s=p.tail_retention_seconds, archive_max_records=p.archive_max_records,
@@ -152,6 +164,15 @@ class App:
         self.aggregate = Aggregate(self.metadata, self.records, AggregateLimits(
             max_groups=lim.aggregate_max_groups, timeout_s=lim.aggregate_timeout_seconds,
             max_range_days=lim.aggregate_max_range_days), regions=self.service.regions)
+        compiled = compiled_ingest(cfg.native_ingest)
+        if compiled is not None and not isinstance(compiled, CompiledIngest):
+            raise TypeError("server.api._fastingest does not provide split/accept: rebuild it (make install)")
+        self.ingest = Ingest(self.metadata, self.pipeline, max_records_per_message=lim.max_records_per_message,
+                             compiled=compiled)
+        self.query = Query(self.metadata, self.records, self.signer, default_limit=lim.query_page_size,
+                           regions=self.service.regions)
+        self.tail = Tail(self.metadata, self.pipeline, max_streams_per_account=lim.max_tail_streams_per_account,
+                         heartbeat_s=lim.tail_heartbeat_seconds, regions=self.service.regions)
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="flowlog-rpc")
         self.stream_executor = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="flowlog-stream")
         self.generator = None
@@ -283,13 +304,6 @@ class App:
             except Exception:  # noqa: BLE001 - retry next round
                 log.exception("retention failed for LogStore %s", ls.key)
 
-    def tail(self, scope: Scope, predicate, *, start_ms, cursor, heartbeat_s):
-        """A Tail session that ends with NOT_FOUND once one of its LogStores is deleted."""
-        from server.core.lifecycle import ScopeWatch
-        watch = ScopeWatch(self.metadata, scope.account_id, scope.keys, scope.generation)
-        return self.pipeline.tail(scope.account_id, scope.region, scope.project, scope.log_stores, predicate,
-                                  start_ms=start_ms, cursor=cursor, heartbeat_s=heartbeat_s, check=watch.check)
-
     def _probe(self, role: str, ok: bool) -> bool:
         """A backend probe's result; when it turns from failing to ok, the backend is back and its
         sink, pausing between retries for up to 30 s, retries now."""
@@ -307,7 +321,7 @@ class App:
         q_sink = sinks.get("query", (True, ""))
         out["query"] = (q_ok and q_sink[0], q_sink[1] if not q_sink[0] else ("" if q_ok else "backend unreachable"))
         if self.archive is not None:
-            a_ok = self._probe("archive", self.archive.store.healthy())
+            a_ok = self._probe("archive", self.archive.healthy())
             a_sink = sinks.get("archive", (True, ""))
             out["archive"] = (a_ok and a_sink[0], a_sink[1] if not a_sink[0] else ("" if a_ok else "backend unreachable"))
         if self.collector is not None:
@@ -340,7 +354,7 @@ class App:
         self.stream_executor.shutdown(wait=False, cancel_futures=True)
         self.records.close()
         if self.archive is not None:
-            self.archive.store.close()
+            self.archive.close()
         self.metadata.close()
         if self._dir_lock is not None:  # another server may take the data dir now
             import os

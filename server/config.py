@@ -182,6 +182,8 @@ class Config:
     # Also create a few demo flow logs (project "sample") in the local account on a fresh data dir,
     # so the web console opens on traffic. On with no config file (`make run`), like `demo`.
     demo_flow_logs: bool = False
+    # Metadata backend: "embedded" (SQLite under data_dir).
+    metadata_backend: str = "embedded"
     # Query backend: "embedded" (DuckDB under data_dir) or "elasticsearch".
     query_backend: str = "embedded"
     # Archive backend: "embedded" (a folder under data_dir), "minio" (any S3) or "none".
@@ -205,6 +207,8 @@ class Config:
         return Path(self.data_dir)
 
     def validate(self) -> None:
+        if self.metadata_backend not in ("embedded",):
+            raise ConfigError(f"metadata_backend must be 'embedded', not {self.metadata_backend!r}")
         if self.query_backend not in ("embedded", "elasticsearch"):
             raise ConfigError(f"query_backend must be 'embedded' or 'elasticsearch', not {self.query_backend!r}")
         if self.archive_backend not in ("embedded", "minio", "none"):

@@ -15,7 +15,7 @@ from flowlog.v1 import flow_log_pb2, ingest_pb2, log_store_pb2, query_pb2, resou
 from server.api.errors import parse_message, to_status
 from server.core.errors import InvalidArgument
 from server.api.services import (FlowLogServicer, IngestServicer, LogStoreServicer, QueryServicer,
-                                 ResourceServicer)
+                                 ResourceServicer, Runner)
 
 if TYPE_CHECKING:
     from server.app import App
@@ -91,6 +91,17 @@ def _wrap(method, req_cls, impl, serialize) -> grpc.RpcMethodHandler:
     return grpc.unary_unary_rpc_method_handler(unary, response_serializer=serialize)
 
 
+def servicers(app: "App") -> list[tuple[object, str, object]]:
+    """(proto module, service name, servicer) of each of our services: each servicer gets the
+    use cases it serves and nothing else."""
+    runner = Runner(app.auth, app.executor, app.stream_executor)
+    return [(resource_pb2, "ResourceService", ResourceServicer(runner, app.service)),
+            (log_store_pb2, "LogStoreService", LogStoreServicer(runner, app.service)),
+            (flow_log_pb2, "FlowLogService", FlowLogServicer(runner, app.service)),
+            (ingest_pb2, "IngestService", IngestServicer(runner, app.ingest)),
+            (query_pb2, "QueryService", QueryServicer(runner, app.query, app.tail, app.aggregate))]
+
+
 class GrpcServer:
     def __init__(self, app: "App") -> None:
         self.app = app
@@ -103,13 +114,8 @@ class GrpcServer:
             ("grpc.max_connection_age_grace_ms", 30_000),
         ]
         self.server = grpc.aio.server(options=options)
-        for module, name, servicer in ((resource_pb2, "ResourceService", ResourceServicer),
-                                       (log_store_pb2, "LogStoreService", LogStoreServicer),
-                                       (flow_log_pb2, "FlowLogService", FlowLogServicer),
-                                       (ingest_pb2, "IngestService", IngestServicer),
-                                       (query_pb2, "QueryService", QueryServicer)):
-            self.server.add_generic_rpc_handlers(
-                (_handlers(module.DESCRIPTOR.services_by_name[name], servicer(app)),))
+        for module, name, servicer in servicers(app):
+            self.server.add_generic_rpc_handlers((_handlers(module.DESCRIPTOR.services_by_name[name], servicer),))
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

@@ -1,14 +1,19 @@
 """Ports: the small interfaces the core needs, implemented by backends/ (adapters).
 
 Each storage role is its own interface (Jaeger's habit): metadata, record search (the query
-backend), object storage (under the archive). Each implementation says in its docstring exactly
-when written data is durable.
+backend), the archive and the object storage under it, the record pipeline the use cases hand
+records to. Each implementation says in its docstring exactly when written data is durable.
+
+Abilities a backend may or may not have are small declared Protocols of their own
+(`TableWriter`, `ArrowSearch`, `RecordAggregation`, `ArchiveTableWriter`, `CompiledIngest`): the
+composition root (server.app) or the object that uses one checks `isinstance(x, Ability)` once
+when it is wired, never with hasattr/getattr on the hot path.
 """
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence, runtime_checkable
 
 from server.core.model import FlowLog, FlowLogState, FlowRecord, LogStore, LogStoreKey, Resource, ResourceType
 
@@ -92,6 +97,15 @@ class MetadataStore(Protocol):
         """Every LogStore of every account (for retention)."""
         ...
 
+    def resource_of(self, account: str, resource_id: str) -> Resource | None:
+        """The account's resource, outside any transaction (for the record generator)."""
+        ...
+
+    def setting(self, key: str, default: bytes) -> bytes:
+        """A server-wide setting kept with the metadata (e.g. the page token secret): its stored
+        value, or `default`, stored first when the key has none (the first caller's value wins)."""
+        ...
+
     def generation(self) -> int:
         """A number that changes after every committed change to a flow log, a LogStore or a
         tombstone. Open Ingest and Tail streams compare it per message (a read of a counter, no
@@ -150,9 +164,9 @@ class RecordStore(Protocol):
 
         When this returns, the records are durable in the backend and searchable.
 
-        A store may also offer `write_table(table)`: the same write given the records as one
-        Arrow table (server.core.columns.SCHEMA). The record pipeline uses it when present, so
-        a store that converts rows to columns anyway skips the conversion."""
+        A store may also be a `TableWriter`: the same write given the records as one Arrow
+        table (server.core.columns.SCHEMA). The record pipeline uses it when present, so a store
+        that converts rows to columns anyway skips the conversion."""
         ...
 
     def search(self, query: RecordQuery, batch_size: int = 1000) -> Iterator[list[FlowRecord]]:
@@ -215,3 +229,91 @@ class RecordAggregation(Protocol):
     """
 
     def aggregate(self, query: Any) -> Any: ...
+
+
+@runtime_checkable
+class TableWriter(Protocol):
+    """Optional ability of a RecordStore: RecordStore.write given one Arrow table
+    (server.core.columns.SCHEMA), with the same durability."""
+
+    def write_table(self, table: Any) -> None: ...
+
+
+@runtime_checkable
+class ArrowSearch(Protocol):
+    """Optional ability of a RecordStore: RecordStore.search yielding Arrow tables (the columns
+    of server.core.columns.SCHEMA) instead of FlowRecord lists, same order, batching and limit."""
+
+    def search_arrow(self, query: RecordQuery, batch_size: int = 1000) -> Iterator[Any]: ...
+
+
+class RecordArchive(Protocol):
+    """The archive role (server.archive.Archive over an ObjectStore): large objects of records
+    laid out by account/region/project/log_store/day/hour. write_batch is durable on return and
+    idempotent by batch_id (the same batch id and records write the same objects)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def write_batch(self, batch_id: str, records: Sequence[FlowRecord]) -> list[str]: ...
+
+    def delete_log_store(self, account_id: str, key: LogStoreKey) -> int: ...
+
+    def enforce_retention(self, account_id: str, key: LogStoreKey, retention_days: int, now_ms: int) -> int: ...
+
+    def healthy(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ArchiveTableWriter(Protocol):
+    """Optional ability of a RecordArchive: write_batch given one Arrow table."""
+
+    def write_table(self, batch_id: str, table: Any) -> list[str]: ...
+
+
+class TailEvents(Protocol):
+    """A Tail session: yields (kind, payload, cursor) events, kind "records" (payload: the
+    records of one batch) or "heartbeat"; close() ends it (and wakes a reader waiting in it)."""
+
+    def __iter__(self) -> Iterator[tuple[str, Any, str]]: ...
+
+    def __next__(self) -> tuple[str, Any, str]: ...
+
+    def close(self) -> None: ...
+
+
+class RecordPipeline(Protocol):
+    """Where the use cases hand records (server.pipeline.Pipeline): the durable spool in front of
+    the backends, and the live Tail over it."""
+
+    def submit(self, records: Sequence[FlowRecord], prepared: tuple[bytes, Any] | None = None,
+               admit: Callable[[], object] | None = None) -> int:
+        """Spool the records; durable when this returns (Ingest acknowledges after it).
+        `prepared` is (spool payload, Arrow table) of the records when already made; `admit`
+        is called once the submit is in flight and refuses it by raising."""
+        ...
+
+    def tail(self, account_id: str, region: str, project: str, log_stores: Sequence[str],
+             predicate: Callable[[FlowRecord], bool] | None = None, *, start_ms: int | None = None,
+             cursor: str | None = None, heartbeat_s: float | None = None,
+             check: Callable[[], object] | None = None) -> TailEvents:
+        """A Tail session over LogStores the caller has checked; `check` raises to end it."""
+        ...
+
+
+@runtime_checkable
+class CompiledIngest(Protocol):
+    """Optional: the compiled Ingest path (server/api/_fastingest.c, built when a C compiler is
+    there). It reads an IngestRequest's bytes and takes only batches in which every record passes
+    every check; anything else it declines (None) and the Python path decides."""
+
+    def split(self, message: bytes) -> tuple[str, int] | None:
+        """(flow_log_id, number of records) of the message, or None: not for the compiled path."""
+        ...
+
+    def accept(self, message: bytes, head: tuple, record_type: type, now_ms: int,
+               want_columns: bool = False) -> tuple[list[FlowRecord], bytes, Any] | None:
+        """(records, spool payload, Arrow buffers) when every record passes, else None."""
+        ...

@@ -19,7 +19,8 @@ backlog run ahead made the whole server slower (bench, embedded: acknowledged 26
 searchable 168k; paced: 195k searchable). A failing sink is never waited for (the spool holds
 its backlog up to max_spool_bytes), and no submit waits longer than pace_max_s.
 
-Columns: when a sink's target takes Arrow tables (RecordStore.write_table, Archive.write_table),
+Columns: when a sink's target takes Arrow tables (the TableWriter and ArchiveTableWriter abilities
+of server.core.ports, checked once here),
 the spool makes each batch's table once at append, from the columns it builds for its own
 encoding, and the sinks hand those tables over chunk by chunk: one row-to-column conversion per
 record in all, instead of one in each sink.
@@ -37,8 +38,8 @@ from typing import Callable, Sequence
 
 from server.core.errors import Unavailable
 from server.core.model import FlowRecord, LogStoreKey
-from server.core.ports import RecordStore
-from server.pipeline.fanout import ArchiveSinkWorker, ArchiveWriter, DropFence, RecordSinkWorker, SinkStatus, SinkWorker
+from server.core.ports import ArchiveTableWriter, RecordArchive, RecordStore, TableWriter
+from server.pipeline.fanout import ArchiveSinkWorker, DropFence, RecordSinkWorker, SinkStatus, SinkWorker
 from server.pipeline.hub import Hub
 from server.pipeline.spool import BatchKey, Spool
 from server.pipeline.tail import CursorCodec, TailSession
@@ -54,7 +55,7 @@ ARCHIVE_SINK = "archive"
 class Pipeline:
     """Wires spool, hub and sink workers. start() before use; stop() drains and closes."""
 
-    def __init__(self, data_dir: Path | str, query_store: RecordStore, archive: ArchiveWriter | None = None, *,
+    def __init__(self, data_dir: Path | str, query_store: RecordStore, archive: RecordArchive | None = None, *,
                  cursor_secret: bytes, max_spool_bytes: int = 2 * 1024**3, tail_retention_s: float = 3600.0,
                  tail_retention_bytes: int = 1024**3, archive_max_records: int = 50_000,
                  archive_max_age_s: float = 60.0, tail_buffer_records: int = 50_000, heartbeat_s: float = 15.0,
@@ -107,7 +108,7 @@ class Pipeline:
                       tail_retention_s=self.tail_retention_s, tail_retention_bytes=self.tail_retention_bytes,
                       on_commit=self.hub.publish,
                       memory_records=memory_records,
-                      tables=any(hasattr(t, "write_table") for t in (self.query_store, self.archive)))
+                      tables=isinstance(self.query_store, TableWriter) or isinstance(self.archive, ArchiveTableWriter))
         self.spool = spool
         self.hub.last_seq = spool.head_seq
         sinks = [QUERY_SINK] + ([ARCHIVE_SINK] if self.archive is not None else [])

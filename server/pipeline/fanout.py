@@ -20,11 +20,11 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 from server.core import columns
 from server.core.model import FlowRecord
-from server.core.ports import RecordStore
+from server.core.ports import ArchiveTableWriter, RecordArchive, RecordStore, TableWriter
 from server.pipeline.spool import BatchKey, Spool, SpoolBatch
 
 log = logging.getLogger(__name__)
@@ -33,11 +33,8 @@ BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 30.0
 
 
-class ArchiveWriter(Protocol):
-    """What the archive sink needs of server.archive.Archive (which also has
-    `write_table(batch_id, table)`, used when present: see RecordStore.write)."""
-
-    def write_batch(self, batch_id: str, records: Sequence[FlowRecord]) -> list[str]: ...
+# The archive sink's target: server.core.ports.RecordArchive (server.archive.Archive).
+ArchiveWriter = RecordArchive
 
 
 def batch_records(batches: Sequence[SpoolBatch]) -> list[FlowRecord]:
@@ -273,7 +270,7 @@ class RecordSinkWorker(SinkWorker):
         super().__init__(name, spool, fence, backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s)
         self.store = store
         self.coalesce_records = coalesce_records
-        self._write = batch_writer(store.write, getattr(store, "write_table", None))
+        self._write = batch_writer(store.write, store.write_table if isinstance(store, TableWriter) else None)
 
     def _loop(self) -> None:
         offset = self.delivered_seq
@@ -307,6 +304,7 @@ class ArchiveSinkWorker(SinkWorker):
                  backoff_min_s: float = BACKOFF_MIN_S, backoff_max_s: float = BACKOFF_MAX_S) -> None:
         super().__init__(name, spool, fence, backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s)
         self.archive = archive
+        self._write_table = archive.write_table if isinstance(archive, ArchiveTableWriter) else None
         self.max_records = max_records
         self.max_age_s = max_age_s
         self.writer_id = writer_id or spool.spool_id
@@ -319,7 +317,7 @@ class ArchiveSinkWorker(SinkWorker):
     def _flush(self, offset: int, last_seq: int) -> bool:
         batches = self.spool.read_after(offset, None, upto=last_seq)
         batch_id = self.batch_id(offset, last_seq)
-        write_table = getattr(self.archive, "write_table", None)
+        write_table = self._write_table
         write = batch_writer(lambda records: self.archive.write_batch(batch_id, records),
                              (lambda table: write_table(batch_id, table)) if write_table is not None else None)
         if batches and not self._deliver(batches, write):
