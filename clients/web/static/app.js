@@ -288,6 +288,8 @@ async function render() {
   if (cleanup) { try { cleanup(); } catch (e) { /* ignore */ } cleanup = null; }
   const { page, params } = route();
   const main = document.getElementById("main");
+  delete main.dataset.ready;
+  delete main.dataset.renderMs;
   document.querySelectorAll("header nav a").forEach((a) => {
     if (a.dataset.page === page.split("/")[0]) a.setAttribute("aria-current", "page"); else a.removeAttribute("aria-current");
   });
@@ -810,6 +812,7 @@ function chartOf(canvas, config) {
 }
 
 PAGES.analysis = async (main, params) => {
+  const t0 = performance.now();
   const scope = await scopeForm(params, {});
   const metric = params.get("metric") || "bytes";
   const prefix = params.get("prefix") || "";
@@ -905,6 +908,7 @@ PAGES.analysis = async (main, params) => {
       (row) => refine(`protocol = ${row.keys[0]}`)) : h("p", { class: "muted" }, "None in this range.")))
     .catch((err) => failed(tProto, err)));
   await Promise.all(jobs);
+  main.dataset.renderMs = String(Math.round(performance.now() - t0));
   main.dataset.ready = "1";
 };
 
