@@ -47,15 +47,19 @@ def uid(prefix: str) -> str:
     return prefix + uuid.uuid4().hex[:8]
 
 
-def resource_with_flow_logs(c: FlowLogClient, addresses: list[str], traffic: list[str]) -> tuple[str, list[str]]:
-    """A new EIP holding `addresses`, with one flow log (own LogStore) per traffic type given."""
+def resource_with_flow_logs(c: FlowLogClient, addresses: list[str], traffic: list[str],
+                            ids: list[str] | None = None) -> tuple[str, list[str]]:
+    """A new EIP holding `addresses`, with one flow log (own LogStore) per traffic type given
+    (their ids appended to `ids` when given)."""
     r = c.register_resource(type="eip", region=REGION, network_id="vpc-netflow", name=uid("r"), addresses=addresses)
     stores = []
     for t in traffic:
         store = uid("s")
-        c.create_flow_log(region=REGION, name=uid("fl"), resource_type="eip", resource_id=r.id,
-                          network_id="vpc-netflow", traffic_type=t, new_log_store=f"{PROJECT}/{store}")
+        fl = c.create_flow_log(region=REGION, name=uid("fl"), resource_type="eip", resource_id=r.id,
+                               network_id="vpc-netflow", traffic_type=t, new_log_store=f"{PROJECT}/{store}")
         stores.append(store)
+        if ids is not None:
+            ids.append(fl.id)
     return r.id, stores
 
 

@@ -123,3 +123,35 @@ def test_health_and_status(collector):
     out = subprocess.run([sys.executable, "-m", "clients.cli", "collector", "status", "--data-dir",
                           str(collector.server.data_dir)], cwd=ROOT_DIR, capture_output=True, text=True)
     assert out.returncode == 0 and "malformed" in out.stdout and "datagrams" in out.stdout
+
+
+def test_a_paused_flow_log_gets_nothing_and_both_ends_in_one_resource_make_two_records(collector):
+    c = collector.client()
+    ids: list[str] = []
+    _, (paused_store, active_store) = resource_with_flow_logs(c, ["10.79.0.0/24"], ["all", "all"], ids)
+    c.update_flow_log(ids[0], state="paused")
+    wait_inventory(collector)
+    t = now_ms() - 30_000
+    data = d.ipfix([d.ipfix_set(2, d.ipfix_template(256, FIELDS)),
+                    d.ipfix_set(256, rec("10.79.0.1", "10.79.0.2", 5000, 80, 6, 3, 300, t, t + 10))],
+                   export_time=t // 1000 + 1)
+    send(collector.udp_port, [data])
+    got = wait_records(c, active_store, 2)
+    assert sorted(map(key, got)) == [("10.79.0.1", "10.79.0.2", 5000, 80, 6, 3, 300, t, t + 10, 1, 1),
+                                     ("10.79.0.1", "10.79.0.2", 5000, 80, 6, 3, 300, t, t + 10, 1, 2)]
+    assert records(c, paused_store) == []
+
+
+def test_template_after_its_data_and_malformed_datagrams_over_udp(collector):
+    c = collector.client()
+    _, (store,) = resource_with_flow_logs(c, ["10.80.0.0/24"], ["all"])
+    wait_inventory(collector)
+    t = now_ms() - 30_000
+    data = d.ipfix([d.ipfix_set(300, rec("192.0.2.44", "10.80.0.4", 7000, 443, 6, 5, 500, t, t + 20))],
+                   export_time=t // 1000, domain=9)
+    template = d.ipfix([d.ipfix_set(2, d.ipfix_template(300, FIELDS))], export_time=t // 1000, domain=9)
+    send(collector.udp_port, [data, data[:-7], b"\x00\x09\x00", bytes(range(256)) * 4, template])
+    got = wait_records(c, store, 1)
+    assert list(map(key, got)) == [("192.0.2.44", "10.80.0.4", 7000, 443, 6, 5, 500, t, t + 20, 1, 1)]
+    status = wait_status(collector, lambda s: s["held_decoded"] >= 1 and s["malformed"] >= 2)
+    assert status["template_misses"] >= 1
