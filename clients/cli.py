@@ -132,14 +132,15 @@ def _batch_size(text: str) -> int:
     return value
 
 
-_RULE_KEYS = {"priority", "direction", "action", "protocol", "peer", "ports"}
+_RULE_KEYS = {"priority", "direction", "action", "protocol", "peer", "ports", "id", "kind"}
 
 
 def parse_rule(text: str) -> resource_pb2.SecurityRule:
     """`priority=100,action=accept,direction=ingress,protocol=tcp,peer=0.0.0.0/0,ports=22`.
 
     priority and action are required. Optional, each defaulting to "any": direction,
-    protocol (name or number), peer (an IP or CIDR), ports (`22` or `1024-2048`).
+    protocol (name or number), peer (an IP or CIDR), ports (`22` or `1024-2048`); and `id`
+    (default: assigned by the server) and `kind` (`acl` or `security_group`/`sg`, the default).
     """
     values: dict[str, str] = {}
     for part in text.split(","):
@@ -148,7 +149,8 @@ def parse_rule(text: str) -> resource_pb2.SecurityRule:
         key = {"peer_cidr": "peer", "port": "ports"}.get(key, key)
         if not sep or key not in _RULE_KEYS:
             raise argparse.ArgumentTypeError(
-                f"invalid rule part {part!r}: use key=value with keys priority, action, direction, protocol, peer, ports"
+                f"invalid rule part {part!r}: use key=value with keys priority, action, direction, protocol, peer, "
+                "ports, id, kind"
             )
         values[key] = value.strip()
     anything = ("", "any", "*")
@@ -162,6 +164,11 @@ def parse_rule(text: str) -> resource_pb2.SecurityRule:
         )
         if values.get("direction", "any").lower() not in anything:
             rule.direction = fmt.parse_enum(types_pb2.Direction, values["direction"])
+        if values.get("id"):
+            rule.id = values["id"]
+        kind = values.get("kind", "").lower()
+        if kind:
+            rule.kind = fmt.parse_enum(types_pb2.RuleKind, {"sg": "security_group"}.get(kind, kind))
         if values.get("peer", "any").lower() not in anything:
             rule.peer_cidr = values["peer"]
         ports = values.get("ports", "any").lower()
@@ -264,8 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an IP or CIDR the resource owns (repeat for several)")
     p.add_argument("--id", default="", help="the id to use (default: assigned by the server)")
     p.add_argument("--rule", dest="rules", action="append", type=parse_rule, default=[], metavar="SPEC",
-                   help="a security rule, repeatable: priority=100,action=accept[,direction=ingress]"
-                   "[,protocol=tcp][,peer=10.0.0.0/8][,ports=22 or 1024-2048]")
+                   help="an ACL or security-group rule, repeatable: priority=100,action=accept[,direction=ingress]"
+                   "[,protocol=tcp][,peer=10.0.0.0/8][,ports=22 or 1024-2048][,kind=acl|sg][,id=sg-ssh]")
     p.set_defaults(handler=cmd_resource_register)
     p = _sub(rs, "delete", common, "delete a resource (refused while a flow log uses it)")
     p.add_argument("id", metavar="ID")

@@ -340,19 +340,36 @@ def _join(values: Iterable[str]) -> str:
 
 
 def rule_text(rule: resource_pb2.SecurityRule) -> str:
-    """`100 ingress ACCEPT tcp 0.0.0.0/0 22-22`: one security rule, the same words as --rule."""
+    """`100 ingress ACCEPT tcp 0.0.0.0/0 22-22 SECURITY_GROUP sg-ssh`: one rule, the same words
+    as --rule, then its kind and id when it has them."""
     ports = "any" if rule.port_from == 0 and rule.port_to == 0 else f"{rule.port_from}-{rule.port_to}"
     proto = "any" if rule.protocol == 0 else protocol_name(rule.protocol)
-    return " ".join(
-        [
-            str(rule.priority),
-            enum_name(types_pb2.Direction, rule.direction) or "any",
-            enum_name(types_pb2.Action, rule.action) or "-",
-            proto,
-            rule.peer_cidr or "any",
-            ports,
-        ]
-    )
+    words = [
+        str(rule.priority),
+        enum_name(types_pb2.Direction, rule.direction) or "any",
+        enum_name(types_pb2.Action, rule.action) or "-",
+        proto,
+        rule.peer_cidr or "any",
+        ports,
+    ]
+    if rule.kind:
+        words.append(enum_name(types_pb2.RuleKind, rule.kind))
+    if rule.id:
+        words.append(rule.id)
+    return " ".join(words)
+
+
+# How a record's rule_kind reads in a table (short: the column is narrow).
+_RULE_KIND_SHORT = {types_pb2.RULE_KIND_ACL: "ACL", types_pb2.RULE_KIND_SECURITY_GROUP: "SG",
+                    types_pb2.RULE_KIND_DEFAULT: "DEFAULT"}
+
+
+def record_rule(r: record_pb2.FlowRecord) -> str:
+    """`ACL acl-bastion-no-http`, `SG sg-web-https`, `DEFAULT default-deny`: which rule decided
+    the record's action ("-" when the record does not say, e.g. from a collector)."""
+    kind = _RULE_KIND_SHORT.get(r.rule_kind, "")
+    text = " ".join(x for x in (kind, r.rule_id) if x)
+    return text or "-"
 
 
 RESOURCE_HEADERS = ["ID", "TYPE", "REGION", "NETWORK", "NAME", "ADDRESSES", "RULES", "CREATED"]
@@ -383,7 +400,8 @@ def resource_fields(r: resource_pb2.Resource) -> list[tuple[str, Any]]:
     ]
     if not r.rules:
         pairs.append(("rules", ""))
-    for i, rule in enumerate(sorted(r.rules, key=lambda x: x.priority)):
+    # In evaluation order: ACL rules first, then security-group rules, each by priority.
+    for i, rule in enumerate(sorted(r.rules, key=lambda x: (x.kind != types_pb2.RULE_KIND_ACL, x.priority))):
         pairs.append(("rules" if i == 0 else "", rule_text(rule)))
     return pairs
 
@@ -448,10 +466,11 @@ def flow_log_fields(f: flow_log_pb2.FlowLog) -> list[tuple[str, Any]]:
     ]
 
 
-RECORD_HEADERS = ["TIME", "SRC", "DST", "SPORT", "DPORT", "PROTO", "PACKETS", "BYTES", "ACTION", "LOG_STORE"]
-RECORD_ALIGN = ["left", "left", "left", "right", "right", "left", "right", "right", "left", "left"]
+RECORD_HEADERS = ["TIME", "SRC", "DST", "SPORT", "DPORT", "PROTO", "PACKETS", "BYTES", "ACTION", "RULE",
+                  "LOG_STORE"]
+RECORD_ALIGN = ["left", "left", "left", "right", "right", "left", "right", "right", "left", "left", "left"]
 # Sized for IPv4 so the common case lines up from the first row; IPv6 grows the column.
-RECORD_MIN_WIDTHS = [20, 15, 15, 5, 5, 5, 7, 8, 6, 9]
+RECORD_MIN_WIDTHS = [20, 15, 15, 5, 5, 5, 7, 8, 6, 16, 9]
 
 
 def record_row(r: record_pb2.FlowRecord) -> list[str]:
@@ -470,6 +489,7 @@ def record_row(r: record_pb2.FlowRecord) -> list[str]:
         f"{r.packets:,}",
         f"{r.bytes:,}",
         action or "-",
+        record_rule(r),
         r.log_store,
     ]
 
@@ -544,6 +564,8 @@ _RECORD_ENUMS = {
     "log_status": types_pb2.LogStatus,
     "logStatus": types_pb2.LogStatus,
     "direction": types_pb2.Direction,
+    "rule_kind": types_pb2.RuleKind,
+    "ruleKind": types_pb2.RuleKind,
 }
 
 

@@ -94,12 +94,20 @@ SCHEMA = pa.schema([
     pa.field("log_status", pa.int32(), nullable=False),
     pa.field("direction", pa.int32(), nullable=False),
     pa.field("tcp_flags", pa.uint32(), nullable=False),
-], metadata={"flowlog.archive.format": "1"})
+    pa.field("rule_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+    pa.field("rule_kind", pa.int32(), nullable=False),
+    pa.field("sampling_rate", pa.uint32(), nullable=False),
+], metadata={"flowlog.archive.format": "2"})
 _COLUMNS = tuple(SCHEMA.names)
+# Columns added in format 2: objects written before them lack them, and read back with these
+# values (FlowRecord's defaults). Every other column is required.
+_ADDED_COLUMNS: dict[str, pa.Scalar] = {"rule_id": pa.scalar("", pa.string()), "rule_kind": pa.scalar(0, pa.int32()),
+                                        "sampling_rate": pa.scalar(0, pa.uint32())}
+_REQUIRED_COLUMNS = tuple(c for c in _COLUMNS if c not in _ADDED_COLUMNS)
 _TIME_COLUMNS = ("start_time", "end_time")
 _INT_COLUMNS = ("version", "resource_type", "src_port", "dst_port", "protocol", "packets", "bytes",
-                "action", "log_status", "direction", "tcp_flags")
-_STR_COLUMNS = ("flow_log_id", "resource_id", "network_id")
+                "action", "log_status", "direction", "tcp_flags", "rule_kind", "sampling_rate")
+_STR_COLUMNS = ("flow_log_id", "resource_id", "network_id", "rule_id")
 _ADDR_COLUMNS = ("src_addr", "dst_addr")
 _F = FlowRecord._fields
 _IDX = {name: _F.index(name) for name in _COLUMNS}
@@ -217,9 +225,13 @@ def decode_table(data: bytes, columns: Sequence[str] | None = None) -> pa.Table:
         table = pq.read_table(io.BytesIO(data), columns=list(columns) if columns else None)
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types for torn files
         raise CorruptObject(f"not a readable Parquet file: {e}") from e
-    missing = [c for c in (columns or _COLUMNS) if c not in table.column_names]
+    wanted = columns or _COLUMNS
+    missing = [c for c in wanted if c not in table.column_names and c not in _ADDED_COLUMNS]
     if missing:
         raise CorruptObject(f"missing columns {missing}")
+    for name in wanted:  # an object written before the column existed: its default throughout
+        if name not in table.column_names:
+            table = table.append_column(name, pa.repeat(_ADDED_COLUMNS[name], table.num_rows))
     return table
 
 
@@ -243,10 +255,11 @@ def _to_records(table: pa.Table, account_id: str, key: LogStoreKey) -> list[Flow
     acc, region, project, store = account_id, key.region, key.project, key.name
     out: list[FlowRecord] = []
     append = out.append
-    for (st, et, fl, ver, rt, rid, net, src, dst, sp, dp, proto, pk, by, act, ls, dr, flags) in zip(
-            *(cols[c] for c in _COLUMNS)):
+    for (st, et, fl, ver, rt, rid, net, src, dst, sp, dp, proto, pk, by, act, ls, dr, flags, rule, kind,
+         sampling) in zip(*(cols[c] for c in _COLUMNS)):
         append(FlowRecord(record_id(fl, src, dst, sp, dp, proto, dr, st, et), ver, acc, fl, region, project,
-                          store, rt, rid, net, src, dst, sp, dp, proto, pk, by, st, et, act, ls, dr, flags))
+                          store, rt, rid, net, src, dst, sp, dp, proto, pk, by, st, et, act, ls, dr, flags, rule,
+                          kind, sampling))
     return out
 
 
@@ -484,7 +497,7 @@ class Archive:
             try:
                 if whole:
                     meta = pq.read_metadata(io.BytesIO(data))
-                    if not set(_COLUMNS) <= set(meta.schema.names):
+                    if not set(_REQUIRED_COLUMNS) <= set(meta.schema.names):
                         raise CorruptObject("missing columns")
                     n += meta.num_rows
                 else:

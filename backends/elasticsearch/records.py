@@ -17,8 +17,10 @@ log_store (belt and braces).
 Mapping (the filter translator backends/elasticsearch/filter_dsl.py depends on it): every
 FlowRecord field; src_addr/dst_addr `ip`, omitted from the document when empty (NODATA rows);
 start_time/end_time `date` (epoch_millis); enum fields as `keyword` holding the prefix-less
-enum name (filter_dsl.enum_name); ports, protocol, tcp_flags, version `integer`; packets and
-bytes `long`.
+enum name (filter_dsl.enum_name), rule_kind too; rule_id `keyword`; ports, protocol, tcp_flags,
+version, sampling_rate `integer`; packets and bytes `long`. Indices made before rule_id,
+rule_kind and sampling_rate existed get them when the store first writes (put_mapping on every
+index of the prefix, ADDED_FIELDS); their older documents lack them and read back as "", 0, 0.
 
 uint64: packets/bytes are uint64 in the API but `long` is signed and the test distribution has
 no `unsigned_long`. Values above 2**63-1 are indexed as 2**63-1 (so range filters, which the
@@ -100,8 +102,13 @@ MAPPING: dict[str, Any] = {
         "log_status": _KEYWORD,
         "direction": _KEYWORD,
         "tcp_flags": _INTEGER,
+        "rule_id": _KEYWORD,
+        "rule_kind": _KEYWORD,
+        "sampling_rate": _INTEGER,
     },
 }
+# Fields added after the first release: put into the mapping of existing indices (see above).
+ADDED_FIELDS = ("rule_id", "rule_kind", "sampling_rate")
 
 _ENUM_NAMES = {f: {int(m): m.name for m in cls} for f, cls in ENUM_FIELDS.items()}
 
@@ -234,6 +241,13 @@ class ElasticsearchRecordStore:
                     priority=100,
                     meta={"managed_by": "flowlog"},
                 )
+            with _translate_errors("put mapping"):
+                # Indices made from an older template: the mapping is "strict", so documents with
+                # the added fields would be refused there until the fields are mapped. Adding a
+                # field is always compatible; a no-op where it is mapped already.
+                self._client.indices.put_mapping(
+                    index=f"{cfg.index_prefix}-records-*", allow_no_indices=True,
+                    properties={name: MAPPING["properties"][name] for name in ADDED_FIELDS})
             self._template_ready = True
 
     def write(self, records: Sequence[FlowRecord]) -> None:
@@ -274,6 +288,7 @@ class ElasticsearchRecordStore:
         prefix = self._cfg.index_prefix
         rt_names, act_names = _ENUM_NAMES["resource_type"], _ENUM_NAMES["action"]
         ls_names, dir_names = _ENUM_NAMES["log_status"], _ENUM_NAMES["direction"]
+        kind_names = _ENUM_NAMES["rule_kind"]
         for r in records:
             k = (r.account_id, r.region, r.project, r.log_store)
             base = bases.get(k)
@@ -294,6 +309,9 @@ class ElasticsearchRecordStore:
                 "log_status": ls_names.get(r.log_status) or enum_name("log_status", r.log_status),
                 "direction": dir_names.get(r.direction) or enum_name("direction", r.direction),
                 "tcp_flags": r.tcp_flags,
+                "rule_id": r.rule_id,
+                "rule_kind": kind_names.get(r.rule_kind) or enum_name("rule_kind", r.rule_kind),
+                "sampling_rate": r.sampling_rate,
             }
             if r.src_addr:
                 doc["src_addr"] = r.src_addr
@@ -528,7 +546,9 @@ def _record(src: dict[str, Any]) -> FlowRecord:
         src["resource_id"], src["network_id"], src.get("src_addr", ""), src.get("dst_addr", ""),
         src["src_port"], src["dst_port"], src["protocol"], packets, nbytes,
         src["start_time"], src["end_time"], _enum("action", src["action"]),
-        _enum("log_status", src["log_status"]), _enum("direction", src["direction"]), src["tcp_flags"])
+        _enum("log_status", src["log_status"]), _enum("direction", src["direction"]), src["tcp_flags"],
+        src.get("rule_id", ""), _enum("rule_kind", src["rule_kind"]) if "rule_kind" in src else 0,
+        src.get("sampling_rate", 0))
 
 
 _ENUM_NUMBERS = {f: {m.name: int(m) for m in cls} for f, cls in ENUM_FIELDS.items()}

@@ -71,6 +71,17 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
     ("log_status", "INTEGER"),
     ("direction", "INTEGER"),
     ("tcp_flags", "INTEGER"),
+    ("rule_id", "VARCHAR"),
+    ("rule_kind", "INTEGER"),
+    ("sampling_rate", "INTEGER"),
+)
+# Columns added after the first release, with what rows stored before them hold: a records.duckdb
+# made by an older server gets them on open (ALTER TABLE ... ADD COLUMN). Inserts name columns
+# (INSERT ... BY NAME), so the column order of such a table (added ones last) does not matter.
+_ADDED_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("rule_id", "VARCHAR DEFAULT ''"),
+    ("rule_kind", "INTEGER DEFAULT 0"),
+    ("sampling_rate", "INTEGER DEFAULT 0"),
 )
 assert tuple(c[0] for c in _COLUMNS) == RECORD_FIELDS, "schema must follow FlowRecord"
 
@@ -132,6 +143,8 @@ class EmbeddedRecordStore:
             config["threads"] = threads
         self._con = duckdb.connect(str(path), config=config)
         self._con.execute(_CREATE)
+        for name, sql in _ADDED_COLUMNS:
+            self._con.execute(f"ALTER TABLE records ADD COLUMN IF NOT EXISTS {name} {sql}")
         self._lock = threading.Lock()
         self._dirty = False
         self._closed = threading.Event()
@@ -184,9 +197,9 @@ class EmbeddedRecordStore:
                 again = ("FROM records WHERE start_time BETWEEN ? AND ? "
                          "AND record_id IN (SELECT record_id FROM incoming)")
                 if self._con.execute(f"SELECT 1 {again} LIMIT 1", [lo, hi]).fetchone() is None:
-                    self._con.execute("INSERT INTO records SELECT * FROM incoming")
+                    self._con.execute("INSERT INTO records BY NAME SELECT * FROM incoming")
                 else:
-                    self._con.execute(f"INSERT INTO records SELECT i.* FROM incoming i ANTI JOIN "
+                    self._con.execute(f"INSERT INTO records BY NAME SELECT i.* FROM incoming i ANTI JOIN "
                                       f"(SELECT {_KEY} {again}) r USING ({_KEY})", [lo, hi])
             finally:
                 self._con.unregister("incoming")

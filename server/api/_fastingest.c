@@ -193,9 +193,9 @@ static int ascii(const uint8_t *s, size_t n) {
 #define ADDR_MAX 46 /* INET6_ADDRSTRLEN */
 
 typedef struct {
-    const uint8_t *rid, *acc, *flid, *src, *dst;
-    size_t rid_n, acc_n, flid_n, src_n, dst_n;
-    uint64_t sport, dport, proto, pkts, bytes, action, status, direction, flags;
+    const uint8_t *rid, *acc, *flid, *src, *dst, *rule;
+    size_t rid_n, acc_n, flid_n, src_n, dst_n, rule_n;
+    uint64_t sport, dport, proto, pkts, bytes, action, status, direction, flags, rule_kind, sampling;
     int64_t start, end;
     char src_txt[ADDR_MAX], dst_txt[ADDR_MAX];
     uint8_t src_len, dst_len;
@@ -229,7 +229,7 @@ static int rd_record(const uint8_t *s, size_t n, rec *o) {
     reader r = {s, s + n};
     int seen_start = 0, seen_end = 0;
     memset(o, 0, offsetof(rec, src_txt));
-    o->rid = o->acc = o->flid = o->src = o->dst = s; /* zero-length views */
+    o->rid = o->acc = o->flid = o->src = o->dst = o->rule = s; /* zero-length views */
     while (r.p < r.end) {
         unsigned field, wt;
         if (!rd_tag(&r, &field, &wt)) return 0;
@@ -237,7 +237,7 @@ static int rd_record(const uint8_t *s, size_t n, rec *o) {
         size_t len;
         uint64_t *num = NULL;
         switch (field) {
-        case 1: case 3: case 4: case 5: case 7: case 8: case 9: case 10: case 22: case 23:
+        case 1: case 3: case 4: case 5: case 7: case 8: case 9: case 10: case 22: case 23: case 24:
             if (wt != 2 || !rd_len(&r, &str, &len) || !ascii(str, len)) return 0;
             switch (field) {
             case 1: o->rid = str; o->rid_n = len; break;
@@ -245,6 +245,7 @@ static int rd_record(const uint8_t *s, size_t n, rec *o) {
             case 4: o->flid = str; o->flid_n = len; break;
             case 9: o->src = str; o->src_n = len; break;
             case 10: o->dst = str; o->dst_n = len; break;
+            case 24: o->rule = str; o->rule_n = len; break;
             default: break; /* region, resource, network, project, LogStore: the server's own */
             }
             continue;
@@ -270,6 +271,8 @@ static int rd_record(const uint8_t *s, size_t n, rec *o) {
         case 19: num = &o->status; break;
         case 20: num = &o->direction; break;
         case 21: num = &o->flags; break;
+        case 25: num = &o->rule_kind; break;
+        case 26: num = &o->sampling; break;
         default:
             if (!rd_skip(&r, wt)) return 0;
             continue;
@@ -381,6 +384,22 @@ static char *put_u64(char *p, uint64_t v) {
     return p + (20 - n);
 }
 
+/* server.core.rules: RULE_ID_MAX, RULE_ID_CHARS, SAMPLING_RATE_MAX; RuleKind's largest value. */
+#define RULE_ID_MAX 128
+#define SAMPLING_RATE_MAX 0x7FFFFFFFULL
+#define RULE_KIND_MAX 3
+
+static int rule_id_ok(const uint8_t *s, size_t n) {
+    if (n > RULE_ID_MAX) return 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+              c == '.' || c == ':' || c == '/'))
+            return 0;
+    }
+    return 1;
+}
+
 #define MAX_FUTURE_MS (5LL * 60 * 1000)
 #define MAX_PAST_MS (3650LL * 86400000)
 #define MAX_WINDOW_MS 86400000LL
@@ -406,6 +425,7 @@ static int check_and_id(const batch_ctx *b, rec *o, char *key) {
     if (o->end < o->start || o->end - o->start > MAX_WINDOW_MS) return 0;
     if (o->sport > 65535 || o->dport > 65535 || o->proto > 255 || o->flags > 0xFFF) return 0;
     if (o->pkts > o->bytes) return 0;
+    if (o->rule_kind > RULE_KIND_MAX || o->sampling > SAMPLING_RATE_MAX || !rule_id_ok(o->rule, o->rule_n)) return 0;
     /* f"{flow_log_id}|{src}|{dst}|{sport}|{dport}|{protocol}|{direction}|{start}|{end}" */
     char *p = key;
     memcpy(p, b->fid, b->fid_n);
@@ -487,6 +507,35 @@ static PyObject *address_str(const char *text, uint8_t len) {
     if (!s) return NULL;
     Py_XSETREF(slot->str, s);
     slot->len = len;
+    memcpy(slot->text, text, len);
+    Py_INCREF(s);
+    return s;
+}
+
+/* Rule ids repeat even more than addresses (a resource has a few dozen rules): the same kind of
+ * cache, with room for the longest id. */
+#define RULE_SLOTS 1024
+
+typedef struct {
+    uint8_t len;
+    char text[RULE_ID_MAX];
+    PyObject *str;
+} rule_slot;
+
+static rule_slot *rule_cache;
+
+static PyObject *rule_str(const uint8_t *text, size_t len) {
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < len; i++) h = (h ^ text[i]) * 16777619u;
+    rule_slot *slot = &rule_cache[h & (RULE_SLOTS - 1)];
+    if (slot->str && slot->len == len && !memcmp(slot->text, text, len)) {
+        Py_INCREF(slot->str);
+        return slot->str;
+    }
+    PyObject *s = PyUnicode_FromStringAndSize((const char *)text, (Py_ssize_t)len);
+    if (!s) return NULL;
+    Py_XSETREF(slot->str, s);
+    slot->len = (uint8_t)len;
     memcpy(slot->text, text, len);
     Py_INCREF(s);
     return s;
@@ -597,7 +646,7 @@ static PyObject *spool_marshal(const rec *records, Py_ssize_t n, PyObject *head)
     wbuf b = {0};
     wb_need(&b, (size_t)n * 200 + 1024);
     wb_put(&b, "(", 1);
-    wb_u32(&b, 19);
+    wb_u32(&b, 22);
     m_list(&b, n); /* record_id */
     for (Py_ssize_t i = 0; i < n; i++) m_str(&b, records[i].id, 32);
     for (int c = 0; c < 5; c++) { /* version, flow_log_id, resource_type, resource_id, network_id */
@@ -629,6 +678,10 @@ static PyObject *spool_marshal(const rec *records, Py_ssize_t n, PyObject *head)
     M_COL(records[i].status);
     M_COL(records[i].direction);
     M_COL(records[i].flags);
+    m_list(&b, n);
+    for (Py_ssize_t i = 0; i < n; i++) m_str(&b, (const char *)records[i].rule, records[i].rule_n);
+    M_COL(records[i].rule_kind);
+    M_COL(records[i].sampling);
 #undef M_COL
     PyObject *out = b.failed ? PyErr_NoMemory() : PyBytes_FromStringAndSize(b.p, (Py_ssize_t)b.n);
     PyMem_RawFree(b.p);
@@ -645,12 +698,15 @@ static PyObject *take_bytes(wbuf *b) {
 /* Arrow buffers of the batch's varying columns (little-endian, as Arrow lays them out):
  * (record_id offsets, record_id data, src offsets, src data, dst offsets, dst data,
  *  src_port, dst_port, protocol (int32), packets, bytes (uint64), start_time, end_time (int64),
- *  action, log_status, direction, tcp_flags (int32)). */
+ *  action, log_status, direction, tcp_flags (int32), rule_id offsets, rule_id data,
+ *  rule_kind, sampling_rate (int32)). */
+#define ARROW_BUFFERS 21
 static PyObject *arrow_buffers(const rec *records, Py_ssize_t n) {
-    wbuf w[17];
+    wbuf w[ARROW_BUFFERS];
     memset(w, 0, sizeof w);
-    size_t offs[3] = {0, 0, 0};
+    size_t offs[3] = {0, 0, 0}, rule_off = 0;
     for (int k = 0; k < 3; k++) wb_u32(&w[2 * k], 0);
+    wb_u32(&w[17], 0);
     for (Py_ssize_t i = 0; i < n; i++) {
         const rec *o = &records[i];
         wb_put(&w[1], o->id, 32);
@@ -671,12 +727,17 @@ static PyObject *arrow_buffers(const rec *records, Py_ssize_t n) {
         wb_u32(&w[14], (uint32_t)o->status);
         wb_u32(&w[15], (uint32_t)o->direction);
         wb_u32(&w[16], (uint32_t)o->flags);
+        wb_put(&w[18], o->rule, o->rule_n);
+        rule_off += o->rule_n;
+        wb_u32(&w[17], (uint32_t)rule_off);
+        wb_u32(&w[19], (uint32_t)o->rule_kind);
+        wb_u32(&w[20], (uint32_t)o->sampling);
     }
-    PyObject *out = PyTuple_New(17);
-    for (int k = 0; k < 17; k++) {
+    PyObject *out = PyTuple_New(ARROW_BUFFERS);
+    for (int k = 0; k < ARROW_BUFFERS; k++) {
         PyObject *bytes = out ? take_bytes(&w[k]) : NULL;
         if (!bytes) {
-            for (int j = k; j < 17; j++) PyMem_RawFree(w[j].p);
+            for (int j = k; j < ARROW_BUFFERS; j++) PyMem_RawFree(w[j].p);
             Py_XDECREF(out);
             return NULL;
         }
@@ -705,7 +766,7 @@ static PyObject *fi_split(PyObject *self, PyObject *args) {
 }
 
 #define HEAD_N 9 /* version .. network_id: the stored fields that come from the flow log */
-#define ROW_N 23
+#define ROW_N 26
 
 PyDoc_STRVAR(accept_doc,
 "accept(data, head, record_type, now_ms, columns=False) -> list of records, or None\n\n"
@@ -790,13 +851,19 @@ static PyObject *fi_accept(PyObject *self, PyObject *args) {
             PyLong_FromUnsignedLongLong(o->action), PyLong_FromUnsignedLongLong(o->status),
             PyLong_FromUnsignedLongLong(o->direction),
         };
-        PyObject *flags = PyLong_FromUnsignedLongLong(o->flags);
-        int bad = flags == NULL;
+        PyObject *tail[4] = {
+            PyLong_FromUnsignedLongLong(o->flags), rule_str(o->rule, o->rule_n),
+            PyLong_FromUnsignedLongLong(o->rule_kind), PyLong_FromUnsignedLongLong(o->sampling),
+        };
+        int bad = 0;
         for (int k = 0; k < 12; k++) {
             bad |= items[k] == NULL;
             PyTuple_SET_ITEM(row, 10 + k, items[k]);
         }
-        PyTuple_SET_ITEM(row, 22, flags);
+        for (int k = 0; k < 4; k++) {
+            bad |= tail[k] == NULL;
+            PyTuple_SET_ITEM(row, 22 + k, tail[k]);
+        }
         if (bad) goto fail;
         /* Only str and int inside: the row can never be part of a reference cycle, so the
          * cyclic GC need not walk it. CPython untracks plain tuples like this itself, but not
@@ -854,6 +921,7 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fastingest(void) {
     addr_cache = PyMem_RawCalloc(ADDR_SLOTS, sizeof(addr_slot));
-    if (!addr_cache) return PyErr_NoMemory();
+    rule_cache = PyMem_RawCalloc(RULE_SLOTS, sizeof(rule_slot));
+    if (!addr_cache || !rule_cache) return PyErr_NoMemory();
     return PyModule_Create(&module);
 }

@@ -5,7 +5,7 @@ from google.protobuf import timestamp_pb2
 
 from flowlog.v1 import flow_log_pb2, log_store_pb2, query_pb2, record_pb2, resource_pb2
 from server.core.aggregate import AggregateResult, AggregateRow
-from server.core.model import FlowLog, FlowRecord, LogStore, Resource, SecurityRule
+from server.core.model import FlowLog, FlowRecord, LogStore, Resource, RuleKind, SecurityRule
 
 
 def ts(ms: int) -> timestamp_pb2.Timestamp:
@@ -22,14 +22,15 @@ def resource_to_pb(r: Resource) -> resource_pb2.Resource:
         addresses=list(r.addresses), create_time=ts(r.create_time_ms),
         rules=[resource_pb2.SecurityRule(priority=x.priority, direction=int(x.direction), action=int(x.action),
                                          protocol=x.protocol, peer_cidr=x.peer_cidr, port_from=x.port_from,
-                                         port_to=x.port_to) for x in r.rules])
+                                         port_to=x.port_to, id=x.id, kind=int(x.kind)) for x in r.rules])
 
 
 def resource_from_pb(m: resource_pb2.Resource) -> Resource:
     return Resource(id=m.id, type=m.type, region=m.region, network_id=m.network_id, name=m.name,
                     addresses=tuple(m.addresses),
                     rules=tuple(SecurityRule(x.priority, x.direction, x.action, x.protocol, x.peer_cidr,
-                                             x.port_from, x.port_to) for x in m.rules))
+                                             x.port_from, x.port_to, x.id, x.kind or RuleKind.SECURITY_GROUP)
+                                for x in m.rules))
 
 
 def log_store_to_pb(s: LogStore) -> log_store_pb2.LogStore:
@@ -65,7 +66,8 @@ def record_to_pb(r: FlowRecord) -> record_pb2.FlowRecord:
         src_port=r.src_port, dst_port=r.dst_port, protocol=r.protocol, packets=r.packets, bytes=r.bytes,
         start_time=_Timestamp(seconds=s // 1000, nanos=(s % 1000) * 1_000_000),
         end_time=_Timestamp(seconds=e // 1000, nanos=(e % 1000) * 1_000_000),
-        action=r.action, log_status=r.log_status, direction=r.direction, tcp_flags=r.tcp_flags)
+        action=r.action, log_status=r.log_status, direction=r.direction, tcp_flags=r.tcp_flags,
+        rule_id=r.rule_id, rule_kind=r.rule_kind, sampling_rate=r.sampling_rate)
 
 
 def records_to_pb(records: list[FlowRecord]) -> list[record_pb2.FlowRecord]:

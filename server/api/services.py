@@ -24,6 +24,7 @@ from server.api.auth import Authenticator
 from server.api.errors import handle_errors, parse_message
 from server.api.handoff import Feed, ReadAhead
 from server.core.errors import InvalidArgument
+from server.core.ingest import RAW_FIELDS
 from server.core.model import LogStoreKey
 from server.core.service import CreateFlowLog, ExistingLogStoreSpec, NewLogStoreSpec, Service, now_ms
 from server.core.usecases.aggregate import Aggregate
@@ -186,14 +187,15 @@ def _raw_rows(records) -> list[tuple]:
         s, e = r.start_time, r.end_time
         append((r.record_id, r.account_id, r.flow_log_id, r.src_addr, r.dst_addr, r.src_port, r.dst_port,
                 r.protocol, r.packets, r.bytes, s.seconds * 1000 + s.nanos // 1_000_000,
-                e.seconds * 1000 + e.nanos // 1_000_000, r.action, r.log_status, r.direction, r.tcp_flags))
+                e.seconds * 1000 + e.nanos // 1_000_000, r.action, r.log_status, r.direction, r.tcp_flags,
+                r.rule_id, r.rule_kind, r.sampling_rate))
     return out
 
 
 _RAW_FIELDS = operator.attrgetter(
     "record_id", "account_id", "flow_log_id", "src_addr", "dst_addr", "src_port", "dst_port", "protocol", "packets",
     "bytes", "start_time.seconds", "start_time.nanos", "end_time.seconds", "end_time.nanos", "action", "log_status",
-    "direction", "tcp_flags")
+    "direction", "tcp_flags", "rule_id", "rule_kind", "sampling_rate")
 
 
 def _ms(seconds, nanos) -> list[int]:
@@ -202,12 +204,13 @@ def _ms(seconds, nanos) -> list[int]:
 
 
 def _raw_columns(records) -> tuple:
-    """Proto records -> the 16 columns of server.core.ingest.accept_columns (hot path: one C-level
+    """Proto records -> the 19 columns of server.core.ingest.accept_columns (hot path: one C-level
     attribute fetch per record, the rest column-wise; the same values as _raw_rows)."""
     if not records:
-        return ((),) * 16
-    (rid, acc, flid, src, dst, sp, dp, proto, pk, by, ss, sn, es, en, act, st, di, fl) = zip(*map(_RAW_FIELDS, records))
-    return rid, acc, flid, src, dst, sp, dp, proto, pk, by, _ms(ss, sn), _ms(es, en), act, st, di, fl
+        return ((),) * RAW_FIELDS
+    (rid, acc, flid, src, dst, sp, dp, proto, pk, by, ss, sn, es, en, act, st, di, fl, ri, rk,
+     sr) = zip(*map(_RAW_FIELDS, records))
+    return rid, acc, flid, src, dst, sp, dp, proto, pk, by, _ms(ss, sn), _ms(es, en), act, st, di, fl, ri, rk, sr
 
 
 def _parsed(message: ingest_pb2.IngestRequest) -> ParsedMessage:

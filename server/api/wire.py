@@ -36,7 +36,8 @@ _FIELDS: tuple[tuple[str, int, str], ...] = (
     ("src_addr", 9, "s"), ("dst_addr", 10, "s"), ("src_port", 11, "i"), ("dst_port", 12, "i"),
     ("protocol", 13, "i"), ("packets", 14, "i"), ("bytes", 15, "i"), ("start_time", 16, "t"),
     ("end_time", 17, "t"), ("action", 18, "i"), ("log_status", 19, "i"), ("direction", 20, "i"),
-    ("tcp_flags", 21, "i"), ("project", 22, "s"), ("log_store", 23, "s"),
+    ("tcp_flags", 21, "i"), ("project", 22, "s"), ("log_store", 23, "s"), ("rule_id", 24, "s"),
+    ("rule_kind", 25, "i"), ("sampling_rate", 26, "i"),
 )
 assert sorted(f[0] for f in _FIELDS) == sorted(RECORD_FIELDS)
 
@@ -345,7 +346,7 @@ class RowEncoder:
 
     def __init__(self, max_entries: int = 65536) -> None:
         self.max_entries = max_entries
-        self._caches: list[dict] = [{} for _ in range(8)]
+        self._caches: list[dict] = [{} for _ in range(9)]
 
     def _fill(self, cache: dict, key: Any, value: bytes) -> bytes:
         if len(cache) >= self.max_entries:
@@ -354,11 +355,11 @@ class RowEncoder:
         return value
 
     def encode(self, records: Sequence[FlowRecord]) -> bytes:
-        heads, tails, srcs, dsts, starts, ends, ports, enums = self._caches
+        heads, tails, srcs, dsts, starts, ends, ports, enums, rules = self._caches
         fill = self._fill
         out = []
         for (rid, ver, acc, fl, region, project, log_store, rtype, res_id, net, src, dst, sp, dp, proto, pk, nbytes,
-             st, et, act, status, direction, flags) in records:
+             st, et, act, status, direction, flags, rule_id, rule_kind, sampling) in records:
             hk = (ver, acc, fl, region, rtype, res_id, net)
             head = heads.get(hk)
             if head is None:
@@ -368,6 +369,10 @@ class RowEncoder:
             tail = tails.get(tk)
             if tail is None:
                 tail = fill(tails, tk, _str(22, project) + _str(23, log_store))
+            rk = (rule_id, rule_kind, sampling)
+            rule = rules.get(rk)
+            if rule is None:
+                rule = fill(rules, rk, _str(24, rule_id) + _int(25, rule_kind) + _int(26, sampling))
             a = srcs.get(src)
             if a is None:
                 a = fill(srcs, src, _str(9, src))
@@ -388,7 +393,7 @@ class RowEncoder:
             e = enums.get(ek)
             if e is None:
                 e = fill(enums, ek, _int(18, act) + _int(19, status) + _int(20, direction) + _int(21, flags))
-            body = b"".join((_str(1, rid), head, a, b, p, _int(14, pk), _int(15, nbytes), t0, t1, e, tail))
+            body = b"".join((_str(1, rid), head, a, b, p, _int(14, pk), _int(15, nbytes), t0, t1, e, tail, rule))
             out.append(b"\x0a" + _vi(len(body)) + body)
         return b"".join(out)
 

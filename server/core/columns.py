@@ -25,7 +25,8 @@ _TYPES: dict[str, pa.DataType] = {
     "resource_id": pa.string(), "network_id": pa.string(), "src_addr": pa.string(), "dst_addr": pa.string(),
     "src_port": pa.int32(), "dst_port": pa.int32(), "protocol": pa.int32(), "packets": pa.uint64(),
     "bytes": pa.uint64(), "start_time": pa.int64(), "end_time": pa.int64(), "action": pa.int32(),
-    "log_status": pa.int32(), "direction": pa.int32(), "tcp_flags": pa.int32(),
+    "log_status": pa.int32(), "direction": pa.int32(), "tcp_flags": pa.int32(), "rule_id": pa.string(),
+    "rule_kind": pa.int32(), "sampling_rate": pa.int32(),
 }
 SCHEMA = pa.schema([pa.field(name, _TYPES[name]) for name in RECORD_FIELDS])
 assert tuple(SCHEMA.names) == RECORD_FIELDS, "SCHEMA must follow FlowRecord"
@@ -60,20 +61,24 @@ def table_of_columns(columns: Sequence[Sequence[object]]) -> pa.Table:
 _SHARED = RECORD_FIELDS[1:10]
 _FIXED_WIDTH = ("src_port", "dst_port", "protocol", "packets", "bytes", "start_time", "end_time", "action",
                 "log_status", "direction", "tcp_flags")
+_TRAILING = ("rule_kind", "sampling_rate")  # fixed-width buffers after rule_id's
 
 
 def table_of_buffers(n: int, shared: Sequence[object], buffers: Sequence[bytes]) -> pa.Table:
     """The table of n records of one flow log given as Arrow buffers (the Ingest fast path,
     server/api/_fastingest.c, writes them): `shared` holds the values of version .. network_id,
     the same for every record; `buffers` the little-endian offsets and data of record_id,
-    src_addr and dst_addr, then one buffer per remaining field, in FlowRecord order."""
+    src_addr and dst_addr, then one buffer per fixed-width field src_port .. tcp_flags, then the
+    offsets and data of rule_id, then rule_kind and sampling_rate."""
     if n == 0:
         return SCHEMA.empty_table()
     cols: dict[str, pa.Array] = {}
-    for k, name in enumerate(("record_id", "src_addr", "dst_addr")):
-        cols[name] = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(buffers[2 * k]),
-                                                            pa.py_buffer(buffers[2 * k + 1])])
-    for name, buf in zip(_FIXED_WIDTH, buffers[6:]):
+    strings = (("record_id", 0), ("src_addr", 2), ("dst_addr", 4), ("rule_id", 6 + len(_FIXED_WIDTH)))
+    for name, k in strings:
+        cols[name] = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(buffers[k]),
+                                                            pa.py_buffer(buffers[k + 1])])
+    nf = len(_FIXED_WIDTH)
+    for name, buf in zip(_FIXED_WIDTH + _TRAILING, (*buffers[6:6 + nf], *buffers[8 + nf:])):
         cols[name] = pa.Array.from_buffers(_TYPES[name], n, [None, pa.py_buffer(buf)])
     for name, value in zip(_SHARED, shared):
         cols[name] = pa.repeat(pa.scalar(value, _TYPES[name]), n)

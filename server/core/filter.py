@@ -28,10 +28,12 @@ Fields and their values:
 - start_time, end_time: RFC 3339 (2026-11-25T10:00:00Z, 2026-11-25T12:00:00.250+02:00) or epoch
   milliseconds; records keep milliseconds, so sub-millisecond fractions are refused rather than
   silently rounded. All six operators.
-- action, log_status, direction, resource_type: the enum value name with or without its proto
-  prefix (REJECT, ACTION_REJECT). Only =, !=, IN, NOT IN.
-- flow_log_id, resource_id, network_id, record_id, log_store: exact, case-sensitive strings.
-  Only =, !=, IN, NOT IN.
+- sampling_rate (0 .. 2**31-1): all six operators.
+- action, log_status, direction, resource_type, rule_kind: the enum value name with or without
+  its proto prefix (REJECT, ACTION_REJECT; ACL, SECURITY_GROUP, DEFAULT, RULE_KIND_ACL). Only
+  =, !=, IN, NOT IN.
+- flow_log_id, resource_id, network_id, record_id, log_store, rule_id: exact, case-sensitive
+  strings. Only =, !=, IN, NOT IN.
 
 Semantics (identical in the evaluator and both translators):
 
@@ -72,7 +74,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator, Literal, Union
 
 from server.core.errors import FieldViolation, InvalidArgument
-from server.core.model import RECORD_FIELDS, Action, Direction, FlowRecord, LogStatus, ResourceType
+from server.core.model import RECORD_FIELDS, Action, Direction, FlowRecord, LogStatus, ResourceType, RuleKind
 
 MAX_FILTER_LENGTH = 4096
 MAX_DEPTH = 32
@@ -178,12 +180,13 @@ ENUM_FIELDS: dict[str, type[enum.IntEnum]] = {
     "log_status": LogStatus,
     "direction": Direction,
     "resource_type": ResourceType,
+    "rule_kind": RuleKind,
 }
 """Enum-valued record fields -> their core IntEnum; member names are the prefix-less proto
 names ("ACCEPT", "NAT_GATEWAY"), which is also what the Elasticsearch mapping stores."""
 
 _ENUM_PREFIX = {"action": "ACTION_", "log_status": "LOG_STATUS_", "direction": "DIRECTION_",
-                "resource_type": "RESOURCE_TYPE_"}
+                "resource_type": "RESOURCE_TYPE_", "rule_kind": "RULE_KIND_"}
 
 
 def _build_fields() -> dict[str, FieldSpec]:
@@ -198,13 +201,14 @@ def _build_fields() -> dict[str, FieldSpec]:
         FieldSpec("packets", Kind.NUMBER, ("packets",)),
         FieldSpec("bytes", Kind.NUMBER, ("bytes",)),
         FieldSpec("tcp_flags", Kind.NUMBER, ("tcp_flags",)),
+        FieldSpec("sampling_rate", Kind.NUMBER, ("sampling_rate",), 0, 2**31 - 1),
         FieldSpec("start_time", Kind.TIME, ("start_time",)),
         FieldSpec("end_time", Kind.TIME, ("end_time",)),
     ]
     specs += [FieldSpec(name, Kind.ENUM, (name,), enum=cls, enum_prefix=_ENUM_PREFIX[name])
               for name, cls in ENUM_FIELDS.items()]
     specs += [FieldSpec(name, Kind.STRING, (name,))
-              for name in ("flow_log_id", "resource_id", "network_id", "record_id", "log_store")]
+              for name in ("flow_log_id", "resource_id", "network_id", "record_id", "log_store", "rule_id")]
     return {s.name: s for s in specs}
 
 

@@ -21,8 +21,9 @@ What the traffic looks like, per resource type (see `_TYPE_PROFILES`):
   NAT-T, ICMP/ICMPv6, rarely GRE, ESP, SCTP), clients on ephemeral ports 32768-60999;
 - heavy-tailed packet counts, byte counts between 40 and 1500 bytes per packet, TCP flags that
   match the outcome (full connections, resets, long-lived flows, lone SYNs for REJECTs);
-- ACCEPT/REJECT decided by the resource's security rules (`server.core.security`), the type's
-  `default_rules` when it has none.
+- ACCEPT/REJECT decided by the resource's ACL and security-group rules (`server.core.security`),
+  the type's `default_rules` when it has none; every record names the rule that decided it
+  (`rule_id`, `rule_kind`; `default-deny` / RULE_KIND_DEFAULT when no rule matched).
 """
 from __future__ import annotations
 
@@ -356,7 +357,7 @@ def nodata_record(flow_log: FlowLog, window_start_ms: int, window_ms: int) -> Fl
         "", RECORD_VERSION, flow_log.account_id, flow_log.id, flow_log.region, flow_log.project,
         flow_log.log_store, int(flow_log.resource_type), flow_log.resource_id, flow_log.network_id,
         "", "", 0, 0, 0, 0, 0, window_start_ms, window_start_ms + window_ms - 1,
-        int(Action.UNSPECIFIED), int(LogStatus.NODATA), int(Direction.UNSPECIFIED), 0))
+        int(Action.UNSPECIFIED), int(LogStatus.NODATA), int(Direction.UNSPECIFIED), 0, "", 0, 0))
 
 
 _START_TIME = itemgetter(17)
@@ -450,7 +451,7 @@ def _flows(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
         per_version[ver] = (fam.top, len(fam.top), fam.regular, len(fam.regular), fam.private_hosts,
                             len(fam.private_hosts), fam.private_nets, len(fam.private_nets),
                             profile.tables[ver], bool(fam.private_nets))
-    decide = profile.rules.decide_int
+    decide = profile.rules.decision_int
     ws, wms, last = ctx.ws, ctx.wms, ctx.last
     keep_accept, keep_reject = ctx.keep_accept, ctx.keep_reject
     out_append, seen, seen_add = ctx.out.append, ctx.seen, ctx.seen.add
@@ -495,11 +496,12 @@ def _flows(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
         if egress:
             direction = _EGRESS
             src, dst, sport, dport = ltext, ptext, client_port, port
-            action = decide(_EGRESS, proto, ver, pint, port)  # rules match the destination (service) port
+            # rules match the destination (service) port
+            action, rule_id, rule_kind = decide(_EGRESS, proto, ver, pint, port)
         else:
             direction = _INGRESS
             src, dst, sport, dport = ptext, ltext, client_port, port
-            action = decide(_INGRESS, proto, ver, pint, port)
+            action, rule_id, rule_kind = decide(_INGRESS, proto, ver, pint, port)
 
         # Always the same draws, kept or not.
         u_start, u_pk, u_size, u_style, u_dur = r(), r(), r(), r(), r()
@@ -545,7 +547,7 @@ def _flows(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
         seen_add(rid)
         out_append(new(rid, version, acct, flid, region, project, store, rtype, res_id, net_id,
                        src, dst, sport, dport, proto, packets, nbytes, start, end, action, 1,
-                       direction, flags))
+                       direction, flags, rule_id, rule_kind, 0))
 
 
 def _scan(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
@@ -566,7 +568,7 @@ def _scan(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
     ws, last = ctx.ws, ctx.last
     t = ws + int(r() * ctx.wms * 0.5)
     gap = ctx.wms / (2.0 * n)
-    decide = profile.rules.decide_int
+    decide = profile.rules.decision_int
     keep_accept, keep_reject = ctx.keep_accept, ctx.keep_reject
     acct, flid, region, project, store, rtype, res_id, net_id = ctx.head
     seen = ctx.seen
@@ -589,7 +591,7 @@ def _scan(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
             proto, sport, port = icmp, 0, 0
         else:
             proto, sport = PROTO_TCP, EPHEMERAL_LO + int(u_eph * _EPHEMERAL_SPAN)
-        action = decide(_INGRESS, proto, ver, pint, port)
+        action, rule_id, rule_kind = decide(_INGRESS, proto, ver, pint, port)
         if action == _ACCEPT:
             if not keep_accept:
                 continue
@@ -613,7 +615,7 @@ def _scan(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
         seen.add(rid)
         ctx.out.append(FlowRecord(rid, RECORD_VERSION, acct, flid, region, project, store, rtype,
                                   res_id, net_id, ptext, dst, sport, port, proto, packets, nbytes,
-                                  start, end, action, _OK, _INGRESS, flags))
+                                  start, end, action, _OK, _INGRESS, flags, rule_id, rule_kind, 0))
 
 
 def expected_flows_per_minute(resource_type: ResourceType | int) -> float:

@@ -3,6 +3,11 @@
 Each record is checked on its own (records.check_record); a bad record is rejected with its
 field and reason and the good records of the same batch are kept. Identity fields (account,
 region, resource, destination) always come from the flow log, never from the collector.
+
+`direction` is optional (AWS's default v2 format has none): a record that leaves it unspecified
+gets it from the flow log's resource addresses (server.core.attribution: destination in them ->
+INGRESS, else source -> EGRESS, else it stays unspecified), before its record_id is computed,
+so the id is the same as if the collector had sent that direction.
 """
 from __future__ import annotations
 
@@ -13,8 +18,9 @@ from operator import contains, ge, le, sub
 from typing import Iterable, Sequence
 
 from server.core import rules
+from server.core.attribution import AddressMatcher
 from server.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from server.core.model import FlowLog, FlowLogState, FlowRecord, RECORD_VERSION
+from server.core.model import FlowLog, FlowLogState, FlowRecord, RECORD_VERSION, RuleKind
 from server.core.ports import MetadataStore
 from server.core.records import (MAX_FUTURE_MS, MAX_PAST_MS, MAX_U64, canonical_address, check_record, record_id,
                                  record_ids)
@@ -42,18 +48,36 @@ def flow_log_for_ingest(metadata: MetadataStore, account: str, flow_log_id: str)
     return fl
 
 
-def accept(fl: FlowLog, raw: Iterable[tuple], first_index: int, now_ms: int) -> tuple[list[FlowRecord], list[Rejection]]:
+def resource_matcher(metadata: MetadataStore, fl: FlowLog) -> AddressMatcher:
+    """The addresses of the flow log's resource, compiled: what derives a missing direction. A
+    resource that is gone (it cannot be while the flow log exists) matches nothing."""
+    with metadata.transaction() as tx:
+        resource = tx.get_resource(fl.account_id, fl.resource_id)
+    return AddressMatcher(resource.addresses if resource is not None else ())
+
+
+_NO_MATCHER = AddressMatcher(())
+
+# How many columns accept_columns takes (accept()'s row fields).
+RAW_FIELDS = 19
+
+
+def accept(fl: FlowLog, raw: Iterable[tuple], first_index: int, now_ms: int,
+           matcher: AddressMatcher | None = None) -> tuple[list[FlowRecord], list[Rejection]]:
     """Turn raw collector rows into stored records.
 
     `raw` yields tuples (record_id, account_id, flow_log_id, src_addr, dst_addr, src_port, dst_port, protocol,
-    packets, bytes, start_ms, end_ms, action, log_status, direction, tcp_flags) exactly as sent.
+    packets, bytes, start_ms, end_ms, action, log_status, direction, tcp_flags, rule_id, rule_kind,
+    sampling_rate) exactly as sent. `matcher`: the resource's addresses, which give a record without a
+    direction its direction (none: it stays unspecified).
     """
     ok: list[FlowRecord] = []
     bad: list[Rejection] = []
     account, fid = fl.account_id, fl.id
     head = stored_head(fl)
+    matcher = matcher or _NO_MATCHER
     for i, (rid, acc, flid, src, dst, sport, dport, proto, pkts, nbytes, start, end, action, status, direction,
-            flags) in enumerate(raw, first_index):
+            flags, rule_id, rule_kind, sampling) in enumerate(raw, first_index):
         if flid and flid != fid:
             bad.append(Rejection(i, "flow_log_id", f"record names flow log {flid[:40]!r} but the batch is for {fid}"))
             continue
@@ -70,8 +94,10 @@ def accept(fl: FlowLog, raw: Iterable[tuple], first_index: int, now_ms: int) -> 
         except ValueError:
             bad.append(Rejection(i, "dst_addr", f"{dst[:50]!r} is not an IP address"))
             continue
+        if direction == 0 and src and dst:
+            direction = matcher.direction(src, dst)
         rec = FlowRecord("", *head, src, dst, sport, dport, proto, pkts, nbytes, start, end, action, status,
-                         direction, flags)
+                         direction, flags, rule_id, rule_kind, sampling)
         problem = check_record(rec, now_ms)
         if problem is not None:
             bad.append(Rejection(i, problem.field, problem.reason))
@@ -98,12 +124,21 @@ class _Slow(Exception):
 _OK_STATUSES = frozenset({1, 3})  # LogStatus.OK, SKIPDATA: every check applies (NODATA skips some)
 _ACTIONS = frozenset({1, 2})
 _DIRECTIONS = frozenset({1, 2})
+_RULE_KINDS = frozenset(int(k) for k in RuleKind)
 _new_record = partial(tuple.__new__, FlowRecord)
 
 
-def accept_columns(fl: FlowLog, cols: Sequence[Sequence], first_index: int,
-                   now_ms: int) -> tuple[list[FlowRecord], list[Rejection]]:
-    """accept() of a batch given as 16 columns (accept()'s row fields, column by column).
+def _rule_ids_ok(rule_ids: Sequence[str]) -> bool:
+    """Every rule id of the column is "" or a valid id (checked once per distinct value)."""
+    for value in set(rule_ids):
+        if value and (len(value) > rules.RULE_ID_MAX or not rules.RULE_ID_CHARS.issuperset(value)):
+            return False
+    return True
+
+
+def accept_columns(fl: FlowLog, cols: Sequence[Sequence], first_index: int, now_ms: int,
+                   matcher: AddressMatcher | None = None) -> tuple[list[FlowRecord], list[Rejection]]:
+    """accept() of a batch given as 19 columns (accept()'s row fields, column by column).
 
     Same result as accept(fl, zip(*cols), ...), record for record: when every record of the batch
     passes every check (the normal case), the checks run column-wise, with no Python call per
@@ -111,18 +146,25 @@ def accept_columns(fl: FlowLog, cols: Sequence[Sequence], first_index: int,
     accept(), which finds the bad records and says why.
     """
     (rids, accs, flids, srcs, dsts, sports, dports, protos, pkts, nbytes, starts, ends, actions, statuses,
-     directions, flags) = cols
+     directions, flags, rule_ids, rule_kinds, samplings) = cols
     if not starts:
         return [], []
     account, fid = fl.account_id, fl.id
     try:
+        given = set(directions)
         if not (set(flids) <= {"", fid} and set(accs) <= {"", account} and set(statuses) <= _OK_STATUSES
-                and set(actions) <= _ACTIONS and set(directions) <= _DIRECTIONS):
+                and set(actions) <= _ACTIONS and given <= _DIRECTIONS | {0}):
+            raise _Slow
+        if not (set(rule_kinds) <= _RULE_KINDS and _rule_ids_ok(rule_ids)
+                and min(samplings) >= 0 and max(samplings) <= rules.SAMPLING_RATE_MAX):
             raise _Slow
         src = list(map(canonical_address, srcs))  # ValueError: not an address
         dst = list(map(canonical_address, dsts))
         if not (all(src) and all(dst)):
             raise _Slow
+        if 0 in given:  # derived before the ids are made: the id covers the direction
+            m = matcher or _NO_MATCHER
+            directions = [d or m.direction(s, t) for d, s, t in zip(directions, src, dst)]
         lo, hi = min(starts), max(starts)
         if lo <= 0 or hi > now_ms + MAX_FUTURE_MS or lo < now_ms - MAX_PAST_MS:
             raise _Slow
@@ -139,7 +181,8 @@ def accept_columns(fl: FlowLog, cols: Sequence[Sequence], first_index: int,
         if any(rids) and any(r and r != w for r, w in zip(rids, wanted)):
             raise _Slow
     except (_Slow, ValueError, TypeError):
-        return accept(fl, zip(*cols), first_index, now_ms)
+        return accept(fl, zip(*cols), first_index, now_ms, matcher)
     r = repeat
     return list(map(_new_record, zip(wanted, *(r(v) for v in stored_head(fl)), src, dst, sports, dports, protos, pkts,
-                                     nbytes, starts, ends, actions, statuses, directions, flags))), []
+                                     nbytes, starts, ends, actions, statuses, directions, flags, rule_ids, rule_kinds,
+                                     samplings))), []

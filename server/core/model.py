@@ -47,6 +47,17 @@ class Direction(enum.IntEnum):
     EGRESS = 2
 
 
+class RuleKind(enum.IntEnum):
+    UNSPECIFIED = 0
+    ACL = 1
+    SECURITY_GROUP = 2
+    DEFAULT = 3
+
+
+# The rule_id of records that no rule matched (rule_kind DEFAULT).
+DEFAULT_DENY_RULE_ID = "default-deny"
+
+
 class FlowLogState(enum.IntEnum):
     UNSPECIFIED = 0
     ACTIVE = 1
@@ -67,7 +78,8 @@ RESOURCE_ID_PREFIX: dict[ResourceType, str] = {
 
 @dataclass(frozen=True)
 class SecurityRule:
-    """One security-group / ACL rule; the first matching rule by ascending priority decides."""
+    """One ACL or security-group rule. ACL rules are tried first (ascending priority), then the
+    security-group rules; the first that matches decides (server.core.security)."""
 
     priority: int
     direction: Direction
@@ -76,6 +88,8 @@ class SecurityRule:
     peer_cidr: str = ""  # "" = any
     port_from: int = 0  # 0-0 = any
     port_to: int = 0
+    id: str = ""  # unique within the resource; server.core.rules.complete_rule_ids fills it
+    kind: RuleKind = RuleKind.SECURITY_GROUP  # ACL or SECURITY_GROUP
 
 
 @dataclass(frozen=True)
@@ -179,6 +193,12 @@ class FlowRecord(NamedTuple):
     log_status: int
     direction: int
     tcp_flags: int
+    # The rule that decided `action` ("" from collectors that do not know), its RuleKind, and
+    # the exporter's sampling interval (0 or 1: unsampled). Appended last: older code built
+    # records positionally up to tcp_flags, and the defaults keep such records whole.
+    rule_id: str = ""
+    rule_kind: int = 0
+    sampling_rate: int = 0
 
 
 RECORD_FIELDS: tuple[str, ...] = FlowRecord._fields

@@ -13,13 +13,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable
 
-from server.core.model import Action, Direction, FlowRecord, LogStatus, RECORD_VERSION
+from server.core.model import Action, Direction, FlowRecord, LogStatus, RECORD_VERSION, RuleKind
+from server.core.rules import SAMPLING_RATE_MAX, rule_id_problem
 
 # A record may start at most this far in the future of the server's clock (clock skew allowance).
 MAX_FUTURE_MS = 5 * 60 * 1000
 # ...and at most this far in the past (older records would fall outside any retention at once).
 MAX_PAST_MS = 3650 * 86_400_000
 MAX_U64 = 2**64 - 1
+_RULE_KINDS = frozenset(int(k) for k in RuleKind)
 
 
 def record_id(flow_log_id: str, src_addr: str, dst_addr: str, src_port: int, dst_port: int,
@@ -117,6 +119,15 @@ def check_record(r: FlowRecord, now_ms: int) -> RecordProblem | None:
         return RecordProblem("tcp_flags", "must fit in 12 bits")
     if not (0 <= r.packets <= MAX_U64 and 0 <= r.bytes <= MAX_U64):
         return RecordProblem("bytes", "out of range")
+    if r.rule_id:
+        problem = rule_id_problem(r.rule_id)
+        if problem is not None:
+            return RecordProblem("rule_id", problem)
+    if r.rule_kind not in _RULE_KINDS:
+        return RecordProblem("rule_kind", "must be RULE_KIND_ACL, RULE_KIND_SECURITY_GROUP, RULE_KIND_DEFAULT or "
+                                          "unspecified")
+    if not 0 <= r.sampling_rate <= SAMPLING_RATE_MAX:
+        return RecordProblem("sampling_rate", f"must be 0-{SAMPLING_RATE_MAX} (0 or 1: unsampled)")
     if r.log_status == LogStatus.NODATA or (r.log_status == LogStatus.SKIPDATA and not r.src_addr and not r.dst_addr):
         # No flow: the five-tuple may be empty and action/direction unspecified, but not unknown.
         # A SKIPDATA record without addresses is the same: AWS writes skipped windows as
@@ -137,8 +148,11 @@ def check_record(r: FlowRecord, now_ms: int) -> RecordProblem | None:
         return RecordProblem("packets", "cannot exceed bytes (every packet has at least one byte)")
     if r.action not in (Action.ACCEPT, Action.REJECT):
         return RecordProblem("action", "must be ACTION_ACCEPT or ACTION_REJECT")
-    if r.direction not in (Direction.INGRESS, Direction.EGRESS):
-        return RecordProblem("direction", "must be DIRECTION_INGRESS or DIRECTION_EGRESS")
+    # Unspecified is accepted: Ingest derives it from the resource's addresses first
+    # (server.core.attribution) and keeps it unspecified when neither side is the resource's.
+    if r.direction not in (Direction.UNSPECIFIED, Direction.INGRESS, Direction.EGRESS):
+        return RecordProblem("direction", "must be DIRECTION_INGRESS, DIRECTION_EGRESS or unspecified (derived from "
+                                          "the resource's addresses)")
     return None
 
 

@@ -26,6 +26,13 @@ _STORE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 _RESOURCE_ID = re.compile(r"[a-z][a-z0-9-]{2,63}")
 _NETWORK_ID = re.compile(r"(vpc|csn)-[a-z0-9][a-z0-9-]{0,59}")
 _FLOW_LOG_ID = re.compile(r"fl-[a-z0-9]{8,32}")
+# Rule ids (SecurityRule.id, FlowRecord.rule_id): names users and clouds give their rules
+# ("sg-web-3", "acl-1", Azure's "DefaultRule_DenyAllInBound", an ARM path).
+RULE_ID_MAX = 128
+RULE_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:/")
+_RULE_ID = re.compile(r"[A-Za-z0-9_.:/-]{1,128}")
+# The sampling interval a record may carry: the Elasticsearch mapping stores it as an integer.
+SAMPLING_RATE_MAX = 2**31 - 1
 _CJK = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # Rule 4: starts with a letter (ASCII or Chinese); letters, digits, Chinese characters and -_/.
 _FLOW_LOG_NAME = re.compile(rf"[A-Za-z{_CJK}][A-Za-z0-9{_CJK}\-_/.]*")
@@ -122,6 +129,11 @@ class Violations:
         elif not _NETWORK_ID.fullmatch(value):
             self.add(field, f"{_show(value)} is not a network id: 'vpc-…' or 'csn-…' in lowercase letters and digits")
 
+    def rule_id(self, field: str, value: str) -> None:
+        """Optional; when given, 1-128 letters, digits or '-_.:/'."""
+        if value and not _RULE_ID.fullmatch(value):
+            self.add(field, f"{_show(value)} is not a rule id: 1-{RULE_ID_MAX} letters, digits or '-_.:/'")
+
     def enum(self, field: str, value: int, enum_cls: type, *, required: bool = True) -> None:
         """Value 0 (*_UNSPECIFIED) is refused where a value is required; unknown numbers always."""
         try:
@@ -145,6 +157,15 @@ class Violations:
                 except ValueError:
                     pass
             self.add(field, f"{_show(value)} is not an IPv4/IPv6 address or CIDR")
+
+
+def rule_id_problem(value: str) -> str | None:
+    """Why `value` cannot be a rule id, or None when it can ("" can: no rule)."""
+    if not value or _RULE_ID.fullmatch(value):
+        return None
+    if len(value) > RULE_ID_MAX:
+        return f"must be at most {RULE_ID_MAX} characters (has {len(value)})"
+    return f"{_show(value)} is not a rule id: letters, digits or '-_.:/' only"
 
 
 def check_flow_log_id(value: str) -> None:

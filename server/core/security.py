@@ -1,7 +1,11 @@
-"""Security-group / ACL evaluation: does a resource's rule set ACCEPT or REJECT a flow?
+"""ACL / security-group evaluation: does a resource's rule set ACCEPT or REJECT a flow, and which
+rule decided?
 
-Semantics (protos/flowlog/v1/resource.proto, SecurityRule): rules are tried in ascending
-priority and the first rule that matches decides; a flow that no rule matches is REJECTed.
+Semantics (protos/flowlog/v1/resource.proto, SecurityRule; API.md "Records say which rule
+decided"): the ACL rules (RULE_KIND_ACL: stateless, each direction judged on its own) are tried
+first, in ascending priority, and the first that matches decides; when none matches, the
+security-group rules are tried the same way; a flow that no rule matches is REJECTed by the
+implicit default deny (rule_kind RULE_KIND_DEFAULT, rule_id "default-deny").
 A rule matches when its direction equals the flow's (DIRECTION_UNSPECIFIED on a rule matches
 either, so a malformed rule never crashes evaluation), its protocol is 0 or equal, its
 peer_cidr is "" or contains the remote address (an address of the other IP family never
@@ -10,8 +14,13 @@ destination port; egress: the source port — the contract speaks of the *local*
 
 The generator evaluates rules for every flow it invents (hundreds of thousands a second), so
 rules are compiled once per rule set into plain tuples of integers (`compile_rules`, cached)
-and evaluated against integer addresses (`CompiledRules.decide_int`); `decide` is the
-convenient text-address entry point over the same code.
+and evaluated against integer addresses (`CompiledRules.decide_int`, `CompiledRules.decision_int`
+for the deciding rule too); `decide` is the convenient text-address entry point over the same
+code.
+
+Every rule has an id unique within its resource: `complete_rule_ids` gives the rules registered
+without one `acl-N` / `sg-N` (N: the rule's position among the rules of its kind, bumped past
+ids already taken), deterministically, so a resource loaded again gets the same ids.
 """
 from __future__ import annotations
 
@@ -21,7 +30,9 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import NamedTuple
 
-from server.core.model import Action, Direction, ResourceType, SecurityRule
+from dataclasses import replace
+
+from server.core.model import DEFAULT_DENY_RULE_ID, Action, Direction, ResourceType, RuleKind, SecurityRule
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +50,43 @@ _REJECT = int(Action.REJECT)
 _INGRESS = int(Direction.INGRESS)
 _EGRESS = int(Direction.EGRESS)
 
+# What decided a flow: (action, rule_id, rule_kind), as plain values for the record.
+Decision = tuple[int, str, int]
+DEFAULT_DENY: Decision = (_REJECT, DEFAULT_DENY_RULE_ID, int(RuleKind.DEFAULT))
+_ID_PREFIX = {RuleKind.ACL: "acl", RuleKind.SECURITY_GROUP: "sg"}
+
+
+def rule_kind_of(rule: SecurityRule) -> RuleKind:
+    """The rule's kind; anything but ACL (unspecified included) is a security-group rule."""
+    return RuleKind.ACL if rule.kind == RuleKind.ACL else RuleKind.SECURITY_GROUP
+
+
+def complete_rule_ids(rules: Sequence[SecurityRule]) -> tuple[SecurityRule, ...]:
+    """The rules with every empty id filled in ("acl-N", "sg-N") and every kind made ACL or
+    SECURITY_GROUP. Ids already given are kept (the caller checks they are unique); a generated
+    id never repeats one of them."""
+    taken = {r.id for r in rules if r.id}
+    counts = {RuleKind.ACL: 0, RuleKind.SECURITY_GROUP: 0}
+    out = []
+    for rule in rules:
+        kind = rule_kind_of(rule)
+        counts[kind] += 1
+        rid = rule.id
+        if not rid:
+            n = counts[kind]
+            rid = f"{_ID_PREFIX[kind]}-{n}"
+            while rid in taken:
+                n += 1
+                rid = f"{_ID_PREFIX[kind]}-{n}"
+            taken.add(rid)
+        out.append(rule if (rid == rule.id and kind == rule.kind) else replace(rule, id=rid, kind=kind))
+    return tuple(out)
+
 
 class _Compiled(NamedTuple):
     """One rule as integers: cheap to test in a tight loop."""
 
+    decision: Decision  # (action, rule id, kind)
     action: int
     protocol: int  # 0 = any
     version: int  # 0 = any address, else 4 or 6
@@ -76,16 +120,20 @@ def _compile_one(rule: SecurityRule) -> _Compiled | None:
         port_lo = rule.port_from
         # A range written backwards (or with only port_from) means the single port_from.
         port_hi = max(rule.port_to, rule.port_from)
-    return _Compiled(int(rule.action), int(rule.protocol), version, lo, hi, port_lo, port_hi)
+    decision = (int(rule.action), rule.id, int(rule_kind_of(rule)))
+    return _Compiled(decision, int(rule.action), int(rule.protocol), version, lo, hi, port_lo, port_hi)
 
 
 class CompiledRules:
-    """A rule set compiled for fast evaluation, split by direction and sorted by priority."""
+    """A rule set compiled for fast evaluation, split by direction, ACL rules before
+    security-group rules, each sorted by priority."""
 
     __slots__ = ("_egress", "_ingress", "size")
 
     def __init__(self, rules: Iterable[SecurityRule]) -> None:
-        ordered = sorted(rules, key=lambda r: r.priority)  # stable: equal priorities keep order
+        rules = complete_rule_ids(list(rules))
+        # ACLs first, then by priority; sorted() is stable: equal priorities keep their order.
+        ordered = sorted(rules, key=lambda r: (rule_kind_of(r) != RuleKind.ACL, r.priority))
         ingress: list[_Compiled] = []
         egress: list[_Compiled] = []
         for rule in ordered:
@@ -102,26 +150,36 @@ class CompiledRules:
 
     def decide_int(self, direction: int, protocol: int, version: int, peer: int, local_port: int) -> int:
         """ACCEPT (1) or REJECT (2) as a plain int, for an address given as (version, integer)."""
+        return self.decision_int(direction, protocol, version, peer, local_port)[0]
+
+    def decision_int(self, direction: int, protocol: int, version: int, peer: int, local_port: int) -> Decision:
+        """(action, rule_id, rule_kind) of the rule that decides the flow (DEFAULT_DENY when
+        none matches), for an address given as (version, integer)."""
         if direction == _INGRESS:
             rules = self._ingress
         elif direction == _EGRESS:
             rules = self._egress
         else:
-            return _REJECT
-        for action, proto, ver, lo, hi, port_lo, port_hi in rules:
+            return DEFAULT_DENY
+        for decision, _action, proto, ver, lo, hi, port_lo, port_hi in rules:
             if proto and proto != protocol:
                 continue
             if ver and (ver != version or peer < lo or peer > hi):
                 continue
             if local_port < port_lo or local_port > port_hi:
                 continue
-            return action
-        return _REJECT
+            return decision
+        return DEFAULT_DENY
 
     def decide(self, direction: Direction | int, protocol: int, peer_addr: str, local_port: int) -> Action:
         """Action for a flow whose remote side is `peer_addr` (IP text, IPv4 or IPv6)."""
         ip = _parse_address(peer_addr)
         return Action(self.decide_int(int(direction), protocol, ip.version, int(ip), local_port))
+
+    def decision(self, direction: Direction | int, protocol: int, peer_addr: str, local_port: int) -> Decision:
+        """(action, rule_id, rule_kind) for a flow whose remote side is `peer_addr`."""
+        ip = _parse_address(peer_addr)
+        return self.decision_int(int(direction), protocol, ip.version, int(ip), local_port)
 
 
 @lru_cache(maxsize=65536)
@@ -188,11 +246,16 @@ def _internal_rules() -> tuple[SecurityRule, ...]:
 
 
 def default_rules(resource_type: ResourceType | int) -> tuple[SecurityRule, ...]:
-    """The rule set assumed for a resource registered with no rules of its own.
+    """The rule set assumed for a resource registered with no rules of its own: security-group
+    rules with ids "sg-1", "sg-2", ... in the order below.
 
     Ingress is accepted only on what the resource type plausibly serves (plus ICMP), egress is
-    accepted; everything else falls through to REJECT.
+    accepted; everything else falls through to REJECT (default-deny).
     """
+    return complete_rule_ids(_default_rules(resource_type))
+
+
+def _default_rules(resource_type: ResourceType | int) -> tuple[SecurityRule, ...]:
     rt = ResourceType(resource_type)
     if rt == ResourceType.EIP:
         return (_in(100, PROTO_TCP, 443), _in(110, PROTO_TCP, 80), _in(120, PROTO_TCP, 22),
@@ -215,5 +278,6 @@ def default_rules(resource_type: ResourceType | int) -> tuple[SecurityRule, ...]
 
 
 def effective_rules(resource_type: ResourceType | int, rules: Sequence[SecurityRule]) -> tuple[SecurityRule, ...]:
-    """The resource's own rules, or the type's defaults when it has none."""
+    """The resource's own rules, or the type's defaults when it has none (security-group rules
+    "sg-1", "sg-2", ...)."""
     return tuple(rules) if rules else default_rules(resource_type)

@@ -20,8 +20,10 @@ from typing import Callable, Iterable
 
 from server.core import rules
 from server.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded
-from server.core.model import (RESOURCE_ID_PREFIX, Action, Direction, FlowLog, FlowLogState, LogStore,
-                               LogStoreKey, Page, Resource, ResourceType, SecurityRule, TrafficType)
+from server.core.model import (DEFAULT_DENY_RULE_ID, RESOURCE_ID_PREFIX, Action, Direction, FlowLog, FlowLogState,
+                               LogStore, LogStoreKey, Page, Resource, ResourceType, RuleKind, SecurityRule,
+                               TrafficType)
+from server.core.security import complete_rule_ids
 from server.core.paging import TokenSigner, fingerprint
 from server.core.ports import MetadataStore, MetadataTx
 
@@ -126,8 +128,15 @@ class Service:
         if len(r.rules) > rules.MAX_RULES:
             v.add("resource.rules", f"at most {rules.MAX_RULES} rules (has {len(r.rules)})")
         else:
+            ids: dict[str, int] = {}
             for i, rule in enumerate(r.rules):
                 _check_rule(v, f"resource.rules[{i}]", rule)
+                if rule.id:
+                    if rule.id in ids:
+                        v.add(f"resource.rules[{i}].id", f"{rule.id!r} is already the id of resource.rules[{ids[rule.id]}]; "
+                                                        "rule ids must be unique within the resource")
+                    else:
+                        ids[rule.id] = i
         v.raise_if_any()
         try:
             rtype = ResourceType(r.type)
@@ -136,7 +145,7 @@ class Service:
         addresses = tuple(str(ipaddress.ip_network(a, strict=True)).removesuffix("/32").removesuffix("/128")
                           if "/" in a else ipaddress.ip_address(a).compressed for a in r.addresses)
         resource = replace(r, id=r.id or new_id(RESOURCE_ID_PREFIX[rtype], 8), type=rtype, addresses=addresses,
-                           account_id=account, create_time_ms=self.clock())
+                           rules=complete_rule_ids(r.rules), account_id=account, create_time_ms=self.clock())
         with self.metadata.transaction() as tx:
             if tx.get_resource(account, resource.id) is not None:
                 raise AlreadyExists(f"resource {resource.id} already exists")
@@ -467,6 +476,12 @@ def _check_rule(v: rules.Violations, f: str, rule: SecurityRule) -> None:
         v.add(f + ".port_from", "ports must be 0-65535")
     elif rule.port_from > rule.port_to:
         v.add(f + ".port_to", f"must not be below port_from ({rule.port_from})")
+    v.rule_id(f + ".id", rule.id)
+    if rule.id == DEFAULT_DENY_RULE_ID:
+        v.add(f + ".id", f"{DEFAULT_DENY_RULE_ID!r} is reserved for flows no rule matched; choose another id")
+    if rule.kind not in (RuleKind.UNSPECIFIED, RuleKind.ACL, RuleKind.SECURITY_GROUP):
+        v.add(f + ".kind", f"must be RULE_KIND_ACL or RULE_KIND_SECURITY_GROUP (unspecified: security group), "
+                           f"not {rule.kind}")
 
 
 def _check_key(key: LogStoreKey, prefix: str = "", regions: "rules.RegionCatalogue | None" = None) -> None:

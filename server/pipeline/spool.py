@@ -52,7 +52,11 @@ from server.core.model import FlowRecord, record_columns
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+# Payload format (the first byte of every payload). 1: the 19 value columns of FlowRecord up to
+# tcp_flags; 2: + rule_id, rule_kind, sampling_rate. Payloads of every format listed in
+# _FORMAT_COLUMNS are read (a data dir spooled by an older server still drains after an upgrade);
+# new payloads are written in FORMAT_VERSION.
+FORMAT_VERSION = 2
 _FORMAT = bytes([FORMAT_VERSION])
 # Records of one LogStore per batch, at most this many (bigger appends are split): keeps reads,
 # Tail chunks and archive ranges granular.
@@ -66,7 +70,11 @@ _TRIM_CHUNK = 200
 _KEY_IDX = (FlowRecord._fields.index("account_id"), FlowRecord._fields.index("region"),
             FlowRecord._fields.index("project"), FlowRecord._fields.index("log_store"))
 _VALUE_IDX = tuple(i for i in range(len(FlowRecord._fields)) if i not in _KEY_IDX)
-_ENUM_IDX = tuple(FlowRecord._fields.index(f) for f in ("resource_type", "action", "log_status", "direction"))
+_ENUM_IDX = tuple(FlowRecord._fields.index(f) for f in ("resource_type", "action", "log_status", "direction",
+                                                        "rule_kind"))
+# Value columns per payload format, and what the columns a format lacks hold (FlowRecord's defaults).
+_FORMAT_COLUMNS = {1: 19, 2: len(_VALUE_IDX)}
+_MISSING_DEFAULTS = tuple(FlowRecord._field_defaults[FlowRecord._fields[i]] for i in _VALUE_IDX[19:])
 _key_of = operator.itemgetter(*_KEY_IDX)
 _make = FlowRecord._make
 
@@ -198,11 +206,17 @@ def encode_marshalled(raw: bytes) -> bytes:
 
 
 def _value_columns(data: bytes) -> tuple:
-    if not data or data[0] != FORMAT_VERSION:
-        raise SpoolCorrupt(f"spool payload format {data[:1]!r} is not {FORMAT_VERSION}")
+    fmt = data[0] if data else None
+    if fmt not in _FORMAT_COLUMNS:
+        raise SpoolCorrupt(f"spool payload format {data[:1]!r} is not one of {sorted(_FORMAT_COLUMNS)}")
     size = int.from_bytes(data[1:5], "little")
     raw = _zstd().decompress(memoryview(data)[5:], decompressed_size=size, asbytes=True)
-    return marshal.loads(raw)
+    cols = marshal.loads(raw)
+    if fmt != FORMAT_VERSION:  # an older payload: the columns it predates hold their defaults
+        n = len(cols[0]) if cols else 0
+        have = _FORMAT_COLUMNS[fmt]
+        cols = tuple(cols) + tuple([d] * n for d in _MISSING_DEFAULTS[have - 19:])
+    return cols
 
 
 def _all_columns(data: bytes, key: BatchKey) -> list[list]:

@@ -92,8 +92,15 @@ def _record(**kw: object) -> record_pb2.FlowRecord:
 def test_record_row_uses_friendly_names_and_utc_times() -> None:
     row = fmt.record_row(_record())
     assert row == ["2024-05-01T12:00:00Z", "10.0.0.1", "203.0.113.9", "51234", "443", "tcp", "12", "34,567",
-                   "ACCEPT", "flows"]
+                   "ACCEPT", "-", "flows"]
     assert len(row) == len(fmt.RECORD_HEADERS)
+    ruled = fmt.record_row(_record(rule_id="acl-no-http", rule_kind=types_pb2.RULE_KIND_ACL))
+    assert ruled[fmt.RECORD_HEADERS.index("RULE")] == "ACL acl-no-http"
+    denied = fmt.record_row(_record(rule_id="default-deny", rule_kind=types_pb2.RULE_KIND_DEFAULT))
+    assert denied[fmt.RECORD_HEADERS.index("RULE")] == "DEFAULT default-deny"
+    data = fmt.to_dict(_record(rule_id="sg-web", rule_kind=types_pb2.RULE_KIND_SECURITY_GROUP, sampling_rate=100))
+    assert (data["rule_id"], data["rule_kind"], data["sampling_rate"]) == ("sg-web", "RULE_KIND_SECURITY_GROUP", 100)
+    assert fmt.parse_record_json('{"rule_kind": "acl", "rule_id": "acl-1"}').rule_kind == types_pb2.RULE_KIND_ACL
     assert fmt.record_row(_record(protocol=99))[5] == "99"
     nodata = fmt.record_row(_record(log_status=types_pb2.LOG_STATUS_NODATA, action=0, src_addr=""))
     assert nodata[8] == "NODATA" and nodata[1] == "-"

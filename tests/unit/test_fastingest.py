@@ -80,6 +80,10 @@ def ts(ms: int) -> Timestamp:
     return Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000 + 123)
 
 
+RULE_IDS = ["", "", "acl-1", "sg-web-3", "default-deny", "DefaultRule_DenyAllInBound", "/subscriptions/x/acl:1.2",
+            "r" * 128]
+
+
 def clean_record(rnd: random.Random, start: int) -> record_pb2.FlowRecord:
     v6 = rnd.random() < 0.3
     if v6:
@@ -93,6 +97,7 @@ def clean_record(rnd: random.Random, start: int) -> record_pb2.FlowRecord:
         protocol=rnd.choice([6, 17, 1, 58, 0, 255]), packets=pk, bytes=pk * rnd.randrange(1, 1500) + rnd.randrange(2),
         start_time=ts(start), end_time=ts(start + rnd.randrange(0, 86_400_000)), action=rnd.choice([1, 2]),
         log_status=rnd.choice([1, 3]), direction=rnd.choice([1, 2]), tcp_flags=rnd.randrange(0x1000),
+        rule_id=rnd.choice(RULE_IDS), rule_kind=rnd.randrange(4), sampling_rate=rnd.choice([0, 1, 100, 2**31 - 1]),
         # What the server overwrites, sent anyway by a collector that does not know better:
         region=rnd.choice(["", "elsewhere"]), project=rnd.choice(["", "x"]), version=rnd.choice([0, 7]),
         account_id=rnd.choice(["", "acct"]), flow_log_id=rnd.choice(["", FL.id]))
@@ -142,6 +147,8 @@ BAD_EDITS = [  # one record made into something the compiled path must leave to 
     ("protocol", 256), ("tcp_flags", 0x1000), ("packets", 10**12), ("packets", "one more than bytes"), ("action", 0), ("action", 3),
     ("log_status", 2), ("log_status", 0), ("log_status", 4), ("direction", 0), ("direction", -1),
     ("region", "é"), ("project", "\u00ff"), ("src_addr", "10.0.0.1\u00e9"),
+    ("rule_id", "sg web"), ("rule_id", "r" * 129), ("rule_id", "规则"), ("rule_id", "sg\x00"), ("rule_id", "a,b"),
+    ("rule_kind", 4), ("rule_kind", -1), ("sampling_rate", 2**31), ("sampling_rate", 2**32 - 1),
 ]
 
 
@@ -151,6 +158,8 @@ def test_a_record_it_is_not_sure_of_sends_the_batch_to_the_python_path(field, va
     batch = clean_batch(3, 30)
     if value == "one more than bytes":
         value = batch.records[17].bytes + 1
+    if (field, value) == ("src_addr", "::1"):  # an IPv6 source with an IPv4 destination
+        batch.records[17].dst_addr = "10.0.0.2"
     setattr(batch.records[17], field, value)
     assert compare(batch.SerializeToString()) is None
 
@@ -277,6 +286,8 @@ _addr = st.one_of(st.sampled_from(["10.0.0.1", "192.168.1.255", "::1", "2001:db8
     "action": st.integers(-1, 4), "log_status": st.integers(-1, 4), "direction": st.integers(-1, 4),
     "record_id": st.sampled_from(["", "x", "0" * 32]), "account_id": st.sampled_from(["", "acct", "b"]),
     "flow_log_id": st.sampled_from(["", FL.id, "fl-zzzzzzzz"]),
+    "rule_id": st.one_of(st.sampled_from(RULE_IDS + ["r" * 129, "a b"]), st.text(max_size=6)),
+    "rule_kind": st.integers(-1, 5), "sampling_rate": _u32,
     "start": st.integers(-10**12, NOW + 10**9), "length": st.integers(-1000, 2 * 86_400_000),
 }), max_size=6))
 def test_arbitrary_records_never_disagree(records):

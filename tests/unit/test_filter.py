@@ -118,6 +118,15 @@ class TestParse:
         assert parse("direction = egress") == Compare("direction", "=", 2)
         assert parse("resource_type = RESOURCE_TYPE_NAT_GATEWAY") == Compare("resource_type", "=", 2)
         assert parse("resource_type != csn") == Compare("resource_type", "!=", 7)
+        assert parse("rule_kind = ACL") == Compare("rule_kind", "=", 1)
+        assert parse("rule_kind IN (security_group, RULE_KIND_DEFAULT)") == InList("rule_kind", (2, 3))
+
+    def test_rule_fields(self) -> None:
+        assert parse("rule_id = sg-web-3") == Compare("rule_id", "=", "sg-web-3")
+        assert parse("rule_id IN (default-deny, 'acl-1')") == InList("rule_id", ("default-deny", "acl-1"))
+        assert parse("sampling_rate > 1") == Compare("sampling_rate", ">", 1)
+        assert "rule_kind" in errmsg("rule_kind = FIREWALL")
+        assert "sampling_rate" in errmsg(f"sampling_rate = {2**31}")
 
     def test_times(self) -> None:
         assert parse("start_time >= 2026-11-25T10:00:00Z") == Compare("start_time", ">=", T0)
@@ -424,7 +433,7 @@ _DDL = """CREATE TABLE records (
   network_id VARCHAR, src_addr VARCHAR, dst_addr VARCHAR, src_port INTEGER, dst_port INTEGER,
   protocol INTEGER, packets UBIGINT, bytes UBIGINT, start_time BIGINT, end_time BIGINT,
   action INTEGER, log_status INTEGER, direction INTEGER, tcp_flags INTEGER,
-  src_ip BLOB, dst_ip BLOB)"""
+  rule_id VARCHAR, rule_kind INTEGER, sampling_rate INTEGER, src_ip BLOB, dst_ip BLOB)"""
 
 ADDRESSES = ["10.0.0.1", "10.0.0.7", "10.0.0.255", "10.1.2.3", "10.255.255.255", "11.0.0.0",
              "9.255.255.255", "192.168.1.10", "172.16.0.5", "0.0.0.0", "255.255.255.255",
@@ -434,6 +443,7 @@ ADDRESSES = ["10.0.0.1", "10.0.0.7", "10.0.0.255", "10.1.2.3", "10.255.255.255",
 PORTS = [0, 1, 22, 53, 80, 443, 1023, 1024, 8080, 40000, 65535]
 PROTOCOLS = [0, 1, 6, 17, 47, 58, 132, 255]
 STRINGS = ["fl-aaaaaaaa", "fl-bbbbbbbb", "eip-1", "nat-2", "vpc-1", "vpc-2", "ls1", "ls2", ""]
+RULE_IDS = ["acl-1", "sg-1", "sg-web-3", "default-deny", "DefaultRule_DenyAllInBound", ""]
 
 
 def make_records(n: int = 300, seed: int = 7) -> list[FlowRecord]:
@@ -460,7 +470,8 @@ def make_records(n: int = 300, seed: int = 7) -> list[FlowRecord]:
             bytes=rnd.choice([0, 64, 1500, 10**9]), start_time=start,
             end_time=start + rnd.choice([0, 60000]), action=rnd.randrange(3),
             log_status=rnd.choice([1, 1, 1, 3]), direction=rnd.randrange(3),
-            tcp_flags=rnd.choice([0, 2, 18, 255])))
+            tcp_flags=rnd.choice([0, 2, 18, 255]), rule_id=rnd.choice(RULE_IDS), rule_kind=rnd.randrange(4),
+            sampling_rate=rnd.choice([0, 1, 100, 4096, 2**31 - 1])))
     return out
 
 
@@ -530,6 +541,10 @@ class TestDuckDB:
         "end_time = 2026-11-25T10:01:00.001Z", f"start_time != {T0}",
         "flow_log_id = fl-aaaaaaaa", "resource_id IN ('eip-1', nat-2)", "network_id != ''",
         "log_store NOT IN (ls1, '')", "record_id = r0001",
+        "rule_id = sg-1", "rule_id != default-deny", "rule_id IN (acl-1, DefaultRule_DenyAllInBound)",
+        "rule_kind = ACL", "rule_kind != SECURITY_GROUP", "rule_kind IN (DEFAULT, RULE_KIND_ACL)",
+        "rule_kind = DEFAULT AND rule_id = default-deny", "sampling_rate > 1", "sampling_rate = 4096",
+        "sampling_rate <= 100",
         "NOT (addr = 10.0.0.0/8 OR port = 22) AND action = ACCEPT",
         "(src_addr = 2001:db8::/32 OR dst_addr != fe80::/10) AND NOT log_status = NODATA",
     ])
@@ -573,6 +588,7 @@ _NUMBER_VALUES = {
     "packets": st.sampled_from(["0", "1", "10", "11", str(2**40), str(2**63 - 1)]),
     "bytes": st.sampled_from(["0", "64", "65", "1500", str(10**9)]),
     "tcp_flags": st.sampled_from(["0", "2", "18", "255"]),
+    "sampling_rate": st.sampled_from(["0", "1", "99", "100", "4096", str(2**31 - 1)]),
 }
 _TIME_VALUES = st.sampled_from(
     [str(T0), str(T0 + 1), str(T0 - 60000), "2026-11-25T10:00:00Z", "2026-11-25T10:00:00.999Z",
@@ -582,6 +598,7 @@ _ENUM_VALUES = {
     "log_status": ["OK", "NODATA", "SKIPDATA", "LOG_STATUS_OK"],
     "direction": ["INGRESS", "EGRESS", "DIRECTION_UNSPECIFIED"],
     "resource_type": ["EIP", "NAT_GATEWAY", "CSN", "RESOURCE_TYPE_IPV6_GATEWAY", "UNSPECIFIED"],
+    "rule_kind": ["ACL", "SECURITY_GROUP", "DEFAULT", "RULE_KIND_ACL", "rule_kind_default", "UNSPECIFIED"],
 }
 _OPS = ["=", "!=", "<", "<=", ">", ">="]
 
@@ -602,6 +619,7 @@ _leaves = st.one_of(
     *[_leaf(f, st.sampled_from(v), False) for f, v in _ENUM_VALUES.items()],
     *[_leaf(f, st.sampled_from(STRINGS).map(_quoted), False)
       for f in ("flow_log_id", "resource_id", "network_id", "log_store")],
+    _leaf("rule_id", st.sampled_from(RULE_IDS + ["acl-2"]).map(_quoted), False),
 )
 filters = st.recursive(
     _leaves,

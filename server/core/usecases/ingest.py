@@ -8,6 +8,11 @@ once at wiring), parses any other message and checks it record by record in Pyth
 (server.core.ingest, which alone decides rejections and their messages), and hands the good
 records to the pipeline with their spool payload and Arrow table when the compiled path made
 them. Durable when add() returns.
+
+A record may leave `direction` unspecified (API.md, "Flows from real sources"): the Python path
+derives it from the addresses of the flow log's resource (server.core.attribution, compiled once
+per flow log per stream) before the record id is made; the compiled path leaves such messages
+to it.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from typing import Callable, Sequence
 
 from server.core import columns
 from server.core import ingest as ingest_core
+from server.core.attribution import AddressMatcher
 from server.core.errors import InvalidArgument
 from server.core.ingest import Rejection
 from server.core.lifecycle import FlowLogWatch
@@ -33,7 +39,7 @@ def now_ms() -> int:
 @dataclass(frozen=True)
 class ParsedMessage:
     """One IngestRequest as the API layer parsed it: its flow log, its record count and its
-    records as the 16 columns of server.core.ingest.accept_columns (made when asked)."""
+    records as the 19 columns of server.core.ingest.accept_columns (made when asked)."""
 
     flow_log_id: str
     count: int
@@ -87,6 +93,7 @@ class IngestStream:
         self.account = account
         self._parse = parse
         self._flow_logs: dict[str, FlowLogWatch] = {}
+        self._matchers: dict[str, AddressMatcher] = {}  # flow log id -> its resource's addresses
         self._index = 0
         self.result = IngestResult(rejections=[])
 
@@ -129,7 +136,8 @@ class IngestStream:
 
     def add(self, msg: Message) -> tuple[int, list[Rejection]]:
         """Check and complete the message's records, spool the good ones (durable on return)."""
-        n_ok, bad = self._accept_and_submit(self.load_flow_log(msg), msg)
+        watch = self.load_flow_log(msg)
+        n_ok, bad = self._accept_and_submit(watch, msg)
         self._index += msg.count
         r = self.result
         r.accepted += n_ok
@@ -162,7 +170,10 @@ class IngestStream:
                 prepared = (raw, columns.table_of_buffers(len(ok), head, buffers))
         if ok is None:
             assert parsed is not None
-            ok, bad = ingest_core.accept_columns(fl, parsed.columns(), self._index, clock())
+            matcher = self._matchers.get(fl.id)
+            if matcher is None:  # the resource of a flow log never changes
+                matcher = self._matchers[fl.id] = ingest_core.resource_matcher(self._ingest.metadata, fl)
+            ok, bad = ingest_core.accept_columns(fl, parsed.columns(), self._index, clock(), matcher)
         if ok:
             self._ingest.pipeline.submit(ok, prepared, admit=watch.current)
         return len(ok), bad
