@@ -328,3 +328,90 @@ def test_deleting_a_log_store_deletes_its_records(client):
     client.delete_log_store("bj", "proj", store)
     client.create_log_store("bj", "proj", store)
     assert query_all(client, [store], since="1h") == []
+
+
+def _marked(i: int, base: datetime, **kw) -> record_pb2.FlowRecord:
+    """A record the generator would never make (dst_port 9999 with exactly 7 packets of 7777 bytes)."""
+    return pb_record(i, base, dst_port=9999, packets=7, bytes=7777, **kw)
+
+
+MARK = "dst_port = 9999 AND packets = 7 AND bytes = 7777"
+
+
+def test_rule_fields_and_a_missing_direction_through_ingest_query_and_tail(client):
+    """API.md Additions: records carry rule_id / rule_kind / sampling_rate through Ingest, Query and
+    Tail and are filterable by them; a record without a direction (AWS's v2 format has none) is
+    accepted with the direction its addresses give on the flow log's resource (eip-bj-01 owns
+    203.0.113.11): destination -> INGRESS, source -> EGRESS, neither -> unspecified."""
+    store = uid("rules")
+    fl = make_flow_log(client, store)
+    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    acl = _marked(0, base, rule_id="acl-edge-1", rule_kind=1, sampling_rate=100, action=2)
+    deny = _marked(1, base, rule_id="default-deny", rule_kind=3, action=2)
+    inbound = _marked(2, base, src_addr="198.51.100.9", dst_addr="203.0.113.11", direction=0)
+    outbound = _marked(3, base, src_addr="203.0.113.11", dst_addr="198.51.100.9", direction=0)
+    elsewhere = _marked(4, base, src_addr="198.51.100.1", dst_addr="198.51.100.2", direction=0)
+    bad = [_marked(5, base, rule_id="no spaces"), _marked(6, base, rule_kind=7), _marked(7, base, sampling_rate=2**31)]
+    try:
+        resp = client.ingest(fl.id, [[acl, deny, inbound, outbound, elsewhere, *bad]])
+        assert (resp.accepted, resp.rejected) == (5, 3)
+        assert [(r.index, r.field) for r in resp.rejections] == [(5, "rule_id"), (6, "rule_kind"), (7, "sampling_rate")]
+        got = wait_for(lambda: [r for r in query_all(client, [store], filter=MARK)] if len(
+            query_all(client, [store], filter=MARK)) >= 5 else [], 10)
+        by_port = {r.src_port: r for r in got}
+        assert len(got) == 5
+        a = by_port[acl.src_port]
+        assert (a.rule_id, a.rule_kind, a.sampling_rate, a.action) == ("acl-edge-1", 1, 100, 2)
+        d = by_port[deny.src_port]
+        assert (d.rule_id, d.rule_kind, d.sampling_rate) == ("default-deny", 3, 0)
+        assert [by_port[r.src_port].direction for r in (inbound, outbound, elsewhere)] == [1, 2, 0]
+        # The filter fields, on the server's store.
+        assert [r.src_port for r in query_all(client, [store], filter=f"{MARK} AND rule_kind = ACL")] == [acl.src_port]
+        assert [r.src_port for r in query_all(client, [store], filter=f"{MARK} AND rule_id = default-deny")] == [
+            deny.src_port]
+        assert [r.src_port for r in query_all(client, [store], filter=f"{MARK} AND sampling_rate > 1")] == [
+            acl.src_port]
+        assert {r.src_port for r in query_all(client, [store], filter=f"{MARK} AND rule_kind = RULE_KIND_DEFAULT")
+                } == {deny.src_port}
+        # The derived direction is part of the record id: the same flow sent with the direction
+        # spelt out is the same record, not a second one.
+        explicit = _marked(2, base, src_addr="198.51.100.9", dst_addr="203.0.113.11", direction=1)
+        assert client.ingest(fl.id, [[explicit]]).accepted == 1
+        again = query_all(client, [store], filter=MARK)
+        assert len(again) == 5 and {r.record_id for r in again} == {r.record_id for r in got}
+        # Tail replays the same records with their fields (start: from the spool, then live).
+        tail = client.tail(region="bj", project="proj", log_stores=[store], start=base - timedelta(minutes=1),
+                           filter=f"{MARK} AND rule_id IN (acl-edge-1, default-deny)")
+        tailed: list = []
+        try:
+            for msg in tail:
+                if msg.HasField("batch"):
+                    tailed.extend(msg.batch.records)
+                if len(tailed) >= 2:
+                    break
+        finally:
+            tail.cancel()
+        assert sorted((r.rule_id, r.rule_kind, r.sampling_rate) for r in tailed) == [
+            ("acl-edge-1", 1, 100), ("default-deny", 3, 0)]
+    finally:
+        client.delete_flow_log(fl.id)
+
+
+def test_generated_records_say_which_rule_decided(client):
+    """The generator names the deciding rule of every flow (the demo's rules have ids); flows no
+    rule matched are REJECTed by default-deny."""
+    store = uid("genrule")
+    fl = make_flow_log(client, store, resource="eip-bj-02")  # the bastion: ACL + security group
+    try:
+        records = wait_for(lambda: [r for r in query_all(client, [store], since="5m") if r.log_status == 1], 30)
+        assert records
+        for r in records:
+            assert r.rule_id and r.rule_kind in (1, 2, 3), r
+            if r.rule_kind == 3:
+                assert (r.rule_id, r.action) == ("default-deny", 2)
+            if r.rule_id == "acl-bastion-no-http":
+                assert (r.rule_kind, r.action, r.dst_port, r.protocol) == (1, 2, 80, 6)
+            if r.dst_port == 80 and r.protocol == 6 and r.direction == 1:
+                assert r.rule_id == "acl-bastion-no-http"
+    finally:
+        client.delete_flow_log(fl.id)
