@@ -293,11 +293,13 @@ class App:
             self.purge_loop.wake()
 
     def _retention_loop(self) -> None:
-        """Drop whole days past each LogStore's retention: shortly after start, then every 10 minutes."""
-        delay = 30.0
+        """Drop whole days past each LogStore's retention: shortly after start, then every
+        retention_interval_seconds (10 minutes by default)."""
+        interval = self.config.retention_interval_seconds
+        delay = min(30.0, interval)
         while not self._stop.wait(delay):
             self.enforce_retention()
-            delay = 600.0
+            delay = interval
 
     def enforce_retention(self) -> None:
         now = time.time_ns() // 1_000_000

@@ -177,6 +177,9 @@ class Config:
     # holds objects hides them from the API (the server warns about it at start-up).
     regions: list[str] = field(default_factory=lambda: list(DEFAULT_REGIONS))
     quotas: QuotasConfig = field(default_factory=QuotasConfig)
+    # How often the retention pass drops whole days past each LogStore's retention_days (the
+    # first pass runs this long after start, at most 30 s).
+    retention_interval_seconds: float = 600.0
     # Load the demo inventory (resources of every type in two regions) into every account.
     demo: bool = False
     # Also create a few demo flow logs (project "sample") in the local account on a fresh data dir,
@@ -277,6 +280,8 @@ class Config:
                                   "starting with a letter")
         if len(set(self.regions)) != len(self.regions):
             raise ConfigError(f"regions: {self.regions} names a region twice")
+        if self.retention_interval_seconds < 0.5:
+            raise ConfigError("retention_interval_seconds must be at least 0.5")
         q = self.quotas
         legacy, new = self.flow_log_quota, q.flow_logs_per_region
         if legacy is not None and new is not None and legacy != new:
