@@ -7,6 +7,7 @@ Measures, on this machine, each figure next to a baseline measured in the same r
   tail       Ingest-ack -> Tail delivery latency with 1/10/100 tails; one tail's throughput
   memory     server peak RSS while ingesting, bytes on disk per record (figures of the ingest runs)
   aggregate  Aggregate latency (top talkers, 1-minute series, scanners) vs hand-written DuckDB SQL / ES aggs
+  import     `flowlog import --format aws` of a --records-line gzip file, vs gzip decode + split of it
 Prints a table with PASS/MISS per target, writes bench/results/<timestamp>.json and (for a full,
 non --quick run) bench/RESULTS.md. `python -m bench.stages` times the ingest path's steps one by one.
 """
@@ -25,7 +26,7 @@ from typing import Any
 from bench.common import ROOT, Services, log, machine, rmtree
 
 BENCH_DIR = Path(__file__).resolve().parent
-PHASES = ("ingest", "generator", "query", "tail", "memory", "aggregate")
+PHASES = ("ingest", "generator", "query", "tail", "memory", "aggregate", "import")
 BACKENDS = ("embedded", "elasticsearch", "s3")
 
 
@@ -255,6 +256,9 @@ def render(res: dict[str, Any], args: argparse.Namespace, command: str) -> str:
                          d.get("what", "")])
         L += _table(["backend", "server RSS idle MB", "peak RSS ingesting MB", "bytes/record",
                      "MiB per million records", "measured"], rows) + [""]
+    if res.get("import"):
+        from bench import import_aws
+        L += import_aws.render(res["import"])
     L += ["## Targets", ""]
     L += _table(["target", "measured", "result"], [list(x) for x in targets(res)]) + [""]
     return "\n".join(L)
@@ -328,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
                 if args.big:
                     res["aggregate"][f"elasticsearch-{big}"] = agg_bench.run_elasticsearch(
                         args.big, args.query_reps, services, workdir, big)
+        if "import" in args.only:
+            from bench import import_aws
+            res["import"] = import_aws.run(args.records, workdir / "import")
     finally:
         services.stop_all()
         if not args.workdir:

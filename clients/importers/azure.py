@@ -16,12 +16,18 @@ A tuple counts both ways of a connection; a FlowRecord counts one way. So a tupl
   opposite direction.
 A denied tuple (VNet state D, NSG decision D) is one ACTION_REJECT record (its counters are 0).
 An allowed tuple in state B has no counters (Azure sends them in the flow's C and E tuples): it is
-skipped, and counted as such. Start and end time are both the tuple's time. The encryption flag,
-MAC address, rule and ACL ids are not stored.
+skipped, and counted as such. Start and end time are both the tuple's time.
+
+The flow group's (VNet) or flow's (NSG) `rule` is the rule that decided: its name becomes
+`rule_id` (when it fits rule_id's characters: letters, digits, `-_.:/`, up to 128), with
+`rule_kind` RULE_KIND_DEFAULT for Azure's catch-all `DefaultRule_DenyAll*` rules (nothing else
+matched) and RULE_KIND_SECURITY_GROUP for any other (network security group and security admin
+rules). The encryption flag, MAC address and ACL id are not stored.
 """
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Iterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -34,6 +40,7 @@ _DIRECTIONS = {"I": types_pb2.DIRECTION_INGRESS, "O": types_pb2.DIRECTION_EGRESS
 _OPPOSITE = {types_pb2.DIRECTION_INGRESS: types_pb2.DIRECTION_EGRESS,
              types_pb2.DIRECTION_EGRESS: types_pb2.DIRECTION_INGRESS}
 _FlowRecord = record_pb2.FlowRecord
+_RULE_ID = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
 _BEGIN_SKIPPED = "flow-begin tuple: no counters (the flow's C and E tuples carry them)"
 
 
@@ -99,14 +106,16 @@ def _record_items(record: Any, path: str, source: str, lines: _Lines) -> Items:
         for j, flow in enumerate(_list(record["flowRecords"].get("flows"))):
             for k, group in enumerate(_list(_get(flow, "flowGroups"))):
                 where = f"{path}.flowRecords.flows[{j}].flowGroups[{k}].flowTuples"
+                rule = _rule(_get(group, "rule"))
                 for t, tup in enumerate(_list(_get(group, "flowTuples"))):
-                    yield from _tuple_items(tup, f"{where}[{t}]", source, lines, vnet=True)
+                    yield from _tuple_items(tup, f"{where}[{t}]", source, lines, rule, vnet=True)
     elif isinstance(record.get("properties"), dict):  # NSG flow log, v1 or v2
-        for j, rule in enumerate(_list(record["properties"].get("flows"))):
-            for k, flow in enumerate(_list(_get(rule, "flows"))):
+        for j, group in enumerate(_list(record["properties"].get("flows"))):
+            rule = _rule(_get(group, "rule"))
+            for k, flow in enumerate(_list(_get(group, "flows"))):
                 where = f"{path}.properties.flows[{j}].flows[{k}].flowTuples"
                 for t, tup in enumerate(_list(_get(flow, "flowTuples"))):
-                    yield from _tuple_items(tup, f"{where}[{t}]", source, lines, vnet=False)
+                    yield from _tuple_items(tup, f"{where}[{t}]", source, lines, rule, vnet=False)
     else:
         yield LineError(source, 0, f"{path}: has neither flowRecords (VNet flow log) nor properties.flows "
                                    "(NSG flow log)")
@@ -120,20 +129,29 @@ def _get(value: Any, key: str) -> Any:
     return value.get(key) if isinstance(value, dict) else None
 
 
-def _tuple_items(tup: Any, path: str, source: str, lines: _Lines, *, vnet: bool) -> Iterator[Item]:
+def _rule(name: Any) -> dict[str, Any]:
+    """FlowRecord fields of a flow group's rule (none when it has no usable name)."""
+    if not isinstance(name, str) or not _RULE_ID.match(name):
+        return {}
+    kind = types_pb2.RULE_KIND_DEFAULT if name.startswith("DefaultRule_DenyAll") else types_pb2.RULE_KIND_SECURITY_GROUP
+    return {"rule_id": name, "rule_kind": kind}
+
+
+def _tuple_items(tup: Any, path: str, source: str, lines: _Lines, rule: dict[str, Any], *,
+                 vnet: bool) -> Iterator[Item]:
     if not isinstance(tup, str):
         yield LineError(source, 0, f"{path}: a flow tuple must be a string")
         return
     line = lines.of(tup)
     try:
-        yield from _records(tup.split(","), source, line, vnet)
+        yield from _records(tup.split(","), source, line, rule, vnet)
     except _Bad as e:
         yield LineError(source, line, f"{path} {tup[:120]!r}: {e.reason}", e.field)
     except ValueError as e:  # protobuf's own range checks
         yield LineError(source, line, f"{path} {tup[:120]!r}: {e}")
 
 
-def _records(f: list[str], source: str, line: int, vnet: bool) -> Iterator[Item]:
+def _records(f: list[str], source: str, line: int, rule: dict[str, Any], vnet: bool) -> Iterator[Item]:
     """The record(s) of one tuple's fields; raises _Bad before yielding anything."""
     if vnet and len(f) != 13:
         raise _Bad("", f"has {len(f)} fields; a VNet flow tuple has 13")
@@ -170,7 +188,7 @@ def _records(f: list[str], source: str, line: int, vnet: bool) -> Iterator[Item]
     when = Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
     action = types_pb2.ACTION_REJECT if denied else types_pb2.ACTION_ACCEPT
     common = dict(protocol=protocol, start_time=when, end_time=when, action=action,
-                  log_status=types_pb2.LOG_STATUS_OK)
+                  log_status=types_pb2.LOG_STATUS_OK, **rule)
     forward = _FlowRecord(src_addr=src, dst_addr=dst, src_port=sport, dst_port=dport, packets=counters[0],
                           bytes=counters[1], direction=direction, **common)
     reverse = None

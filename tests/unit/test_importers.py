@@ -44,6 +44,11 @@ def split(items) -> tuple[list[tuple[int, tuple]], list[LineError], list[Skipped
     return records, errors, skipped
 
 
+def rules(items) -> list[tuple[str, int]]:
+    """(rule_id, rule_kind) of each record."""
+    return [(item[1].rule_id, item[1].rule_kind) for item in items if type(item) is tuple]
+
+
 def lines_of(name: str) -> list[str]:
     return (FIXTURES / name).read_text().splitlines(keepends=True)
 
@@ -65,6 +70,11 @@ def test_aws_default_format_with_header():
     records, errors, skipped = split(aws.parse_lines(lines_of("aws-default-v2.log"), "v2.log"))
     assert errors == [] and skipped == []
     assert records == AWS_V2
+
+
+def test_aws_records_have_no_rule_or_sampling():
+    items = list(aws.parse_lines(lines_of("aws-custom-v5.log"), "v5.log"))
+    assert rules(items) == [("", t.RULE_KIND_UNSPECIFIED)] * 2 and all(i[1].sampling_rate == 0 for i in items)
 
 
 def test_aws_default_format_without_header():
@@ -187,6 +197,10 @@ def test_azure_vnet_flow_log_example():
                 for prefix, rows in _vnet_expected() for r in rows]
     assert records == expected
     assert len(skipped) == 5 and all(s.reason.startswith("flow-begin tuple") for s in skipped)
+    SG = t.RULE_KIND_SECURITY_GROUP
+    assert rules(azure.parse_document(data, "PT1H.json")) == (
+        [("DefaultRule_AllowInternetOutBound", SG)] * 10 + [("BlockHighRiskTCPPortsFromInternet", SG)] * 2
+        + [("Internet", SG)] * 7)
     assert sorted(s.line for s in skipped) == sorted(
         _line_containing("azure-vnet-flowlog.json", ts) for ts in
         ("1663146003599,", "1663146003637,", "1663146004251,10.0.0.6,203.0.113.17,22732,443,6,O,B",
@@ -220,6 +234,9 @@ def test_azure_nsg_v2_example():
                                OK, IN, 0)),
     ]
     assert [s.line for s in skipped] == [line("1542110377,")]
+    assert rules(azure.parse_document(data, "nsg.json")) == (
+        [("DefaultRule_DenyAllInBound", t.RULE_KIND_DEFAULT)] * 3
+        + [("DefaultRule_AllowInternetOutBound", t.RULE_KIND_SECURITY_GROUP)] * 6)
 
 
 def test_azure_nsg_v1_tuple():
