@@ -85,7 +85,8 @@ def grpc_baseline(address: str, reqs: list[dict], lo_ms: int, hi_ms: int, reps: 
     return out
 
 
-def browser_runs(base: str, log_store: str, lo_ms: int, hi_ms: int, reps: int) -> list[tuple[float, float]]:
+def browser_runs(base: str, log_store: str, lo_ms: int, hi_ms: int, reps: int,
+                 screenshot: str | None = None) -> list[tuple[float, float]]:
     """(seconds from navigation to every panel drawn, the page's own render time) per run."""
     from playwright.sync_api import sync_playwright
 
@@ -110,6 +111,8 @@ def browser_runs(base: str, log_store: str, lo_ms: int, hi_ms: int, reps: int) -
             total = time.perf_counter() - t0
             render = float(page.get_attribute("main", "data-render-ms") or "nan") / 1000
             out.append((total, render))
+        if screenshot:
+            page.screenshot(path=screenshot, full_page=True)
         browser.close()
     return out
 
@@ -123,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--screenshot", metavar="PNG", help="save the analysis page of the last run (docs/ uses one)")
     a = ap.parse_args(argv)
     wd = Path(a.workdir or tempfile.mkdtemp(prefix="flowlog-bench-console-"))
     data = wd / "data"
@@ -139,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         grpc_baseline(srv.address, reqs, lo, hi, 1)  # warm DuckDB's caches for both sides alike
         each: list[float] = []
         base_runs = grpc_baseline(srv.address, reqs, lo, hi, a.reps, each)
-        runs = browser_runs(f"http://127.0.0.1:{http_port}", log_store, lo, hi, a.reps)
+        runs = browser_runs(f"http://127.0.0.1:{http_port}", log_store, lo, hi, a.reps, a.screenshot)
     finally:
         if srv is not None:
             srv.stop()
