@@ -90,14 +90,12 @@ class ExporterMap:
             return self._cache[address]
         except KeyError:
             pass
-        found = self._exact.get(address)
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        if ip.version == 6 and ip.ipv4_mapped:  # an IPv4 exporter on a dual-stack socket
+            ip = ip.ipv4_mapped
+        found = self._exact.get(str(ip))
         if found is None and self._nets:
-            ip = ipaddress.ip_address(address)
-            if ip.version == 6 and ip.ipv4_mapped:
-                ip = ip.ipv4_mapped
-                found = self._exact.get(str(ip))
-            if found is None:
-                found = next((a for n, a in self._nets if ip.version == n.version and ip in n), None)
+            found = next((a for n, a in self._nets if ip.version == n.version and ip in n), None)
         if found is None:
             found = self.default
         if len(self._cache) > 65536:
