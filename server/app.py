@@ -203,13 +203,8 @@ class App:
         if not cfg.api_keys and c.exporters:
             exporters = ExporterMap({k: LOCAL_ACCOUNT for k in c.exporters}, LOCAL_ACCOUNT)
 
-        def accept(fl, cols, first_index):
-            # The collector's 16 Ingest columns and its sampling rates -> accept_columns' 19 columns
-            # (no rule id or kind: an exporter does not say which rule decided).
-            n = len(cols[0])
-            rows = (*cols[:16], ("",) * n, (0,) * n, cols[16]) if len(cols) > 16 else (*cols, ("",) * n, (0,) * n,
-                                                                                        (0,) * n)
-            return ingest_core.accept_columns(fl, rows, first_index, time.time_ns() // 1_000_000)
+        def accept(fl, cols, first_index):  # the collector's rows are accept_columns' 19 columns
+            return ingest_core.accept_columns(fl, cols, first_index, time.time_ns() // 1_000_000)
 
         limits = Limits(max_sessions=c.max_exporters, max_templates_per_session=c.max_templates_per_exporter,
                         hold_seconds=c.hold_seconds)

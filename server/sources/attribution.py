@@ -6,23 +6,18 @@ flow log on that resource whose traffic type admits the flow's action (ALL: any;
 DENY: REJECT). A flow with both ends in one resource is recorded twice, once each way.
 
 The index is built once per inventory snapshot (the collector rebuilds it when flow logs or
-resources change) so that a flow costs a few dict lookups: one per distinct prefix length in
-use, and an address seen before costs one.
+resources change); an address seen before costs one dict lookup.
 """
 from __future__ import annotations
 
-import ipaddress
-import socket
 from typing import Iterable, Sequence
 
+from server.core.attribution import AddressMatcher
 from server.core.model import Action, Direction, FlowLog, FlowLogState, Resource, TrafficType
 
 INGRESS = int(Direction.INGRESS)
 EGRESS = int(Direction.EGRESS)
 _ACCEPT, _REJECT = int(Action.ACCEPT), int(Action.REJECT)
-
-
-_pton, _AF4, _AF6 = socket.inet_pton, socket.AF_INET, socket.AF_INET6
 
 
 def admits(traffic_type: int, action: int) -> bool:
@@ -38,30 +33,25 @@ _ADMITTED = {t: frozenset(a for a in (_ACCEPT, _REJECT) if admits(t, a)) for t i
 
 
 class AccountIndex:
-    """The ACTIVE flow logs of one account, findable by address."""
+    """The ACTIVE flow logs of one account, findable by address.
+
+    Containment is server.core.attribution's AddressMatcher (the rule Ingest derives a missing
+    direction with): one matcher over every resource address of the account turns an address no
+    resource holds away in one bisection (a port scan from the internet costs no more), and the
+    resources' own matchers say which ones hold the others. Answers are cached per address."""
 
     MAX_CACHED = 200_000  # addresses remembered (then the cache starts over)
 
     def __init__(self, pairs: Iterable[tuple[FlowLog, Resource]]) -> None:
-        # prefix length -> version -> network int -> flow logs of the resources holding it
-        by_len: dict[tuple[int, int], dict[int, list[FlowLog]]] = {}
         self.flow_logs: dict[str, FlowLog] = {}
+        by_resource: dict[str, tuple[Resource, list[FlowLog]]] = {}
         for fl, resource in pairs:
             if fl.state != FlowLogState.ACTIVE:
                 continue
             self.flow_logs[fl.id] = fl
-            for text in resource.addresses:
-                try:
-                    net = ipaddress.ip_network(text, strict=False)
-                except ValueError:
-                    continue
-                bucket = by_len.setdefault((net.version, net.prefixlen), {})
-                logs = bucket.setdefault(int(net.network_address), [])
-                if fl not in logs:
-                    logs.append(fl)
-        self._levels = [(version, (1 << (32 if version == 4 else 128)) - (1 << ((32 if version == 4 else 128) - plen)),
-                         bucket) for (version, plen), bucket in sorted(by_len.items(), key=lambda kv: -kv[0][1])]
-        self._cache: dict[str, tuple[FlowLog, ...]] = {}
+            by_resource.setdefault(resource.id, (resource, []))[1].append(fl)
+        self._any = AddressMatcher([a for r, _ in by_resource.values() for a in r.addresses], max_cache=0)
+        self._resources = [(AddressMatcher(r.addresses, max_cache=0), tuple(fls)) for r, fls in by_resource.values()]
         self._targets: dict[str, tuple[tuple[str, frozenset[int]], ...]] = {}
 
     def __bool__(self) -> bool:
@@ -69,31 +59,14 @@ class AccountIndex:
 
     def flow_logs_of(self, address: str) -> tuple[FlowLog, ...]:
         """Every ACTIVE flow log of a resource whose addresses contain `address` (text)."""
-        hit = self._cache.get(address)
-        if hit is not None:
-            return hit
-        try:
-            if ":" in address:
-                value, version = int.from_bytes(_pton(_AF6, address), "big"), 6
-            else:
-                value, version = int.from_bytes(_pton(_AF4, address), "big"), 4
-        except (OSError, ValueError):
+        if not self._any.contains(address):
             return ()
-        found: list[FlowLog] = []
-        for v, mask, bucket in self._levels:
-            if v == version:
-                for fl in bucket.get(value & mask, ()):
-                    if fl not in found:
-                        found.append(fl)
-        out = tuple(found)
-        if len(self._cache) >= self.MAX_CACHED:
-            self._cache.clear()
-        self._cache[address] = out
-        return out
+        return tuple(fl for matcher, fls in self._resources if matcher.contains(address) for fl in fls)
 
     def attribute(self, flows: Sequence[tuple], groups: dict[str, list], status_ok: int = 1) -> int:
-        """Append each flow's Ingest row (server.core.ingest.accept's 16 fields, and the sampling
-        rate last) to groups[flow_log_id]; returns how many flows went nowhere."""
+        """Append each flow's Ingest row (server.core.ingest.accept's 19 fields: no rule id or kind,
+        an exporter does not say which rule decided; its sampling rate) to groups[flow_log_id];
+        returns how many flows went nowhere."""
         cache = self._targets
         targets = self._targets_of
         missed = 0
@@ -110,7 +83,7 @@ class AccountIndex:
                         if rows is None:
                             rows = groups[fid] = []
                         rows.append(("", "", "", src, dst, sport, dport, proto, pkts, octets, start, end, action,
-                                     status_ok, INGRESS, flags, rate))
+                                     status_ok, INGRESS, flags, "", 0, rate))
             out = cache.get(src)
             if out is None:
                 out = targets(src)
@@ -122,7 +95,7 @@ class AccountIndex:
                         if rows is None:
                             rows = groups[fid] = []
                         rows.append(("", "", "", src, dst, sport, dport, proto, pkts, octets, start, end, action,
-                                     status_ok, EGRESS, flags, rate))
+                                     status_ok, EGRESS, flags, "", 0, rate))
             if not hit:
                 missed += 1
         return missed

@@ -155,3 +155,22 @@ def test_template_after_its_data_and_malformed_datagrams_over_udp(collector):
     assert list(map(key, got)) == [("192.0.2.44", "10.80.0.4", 7000, 443, 6, 5, 500, t, t + 20, 1, 1)]
     status = wait_status(collector, lambda s: s["held_decoded"] >= 1 and s["malformed"] >= 2)
     assert status["template_misses"] >= 1
+
+
+def test_sampling_rate_from_sampling_options_lands_on_the_records(collector):
+    c = collector.client()
+    _, (store,) = resource_with_flow_logs(c, ["10.81.0.0/24"], ["all"])
+    wait_inventory(collector)
+    t = now_ms() - 30_000
+    v9_fields = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (2, 4), (1, 4), (22, 4), (21, 4), (48, 1)]
+    uptime = 1_000_000
+    tmpl = d.ipfix_set(0, d.v9_template(260, v9_fields))
+    opts = d.ipfix_set(1, d.v9_options_template(261, [(1, 4)], [(48, 1), (34, 4)]))
+    opt_data = d.ipfix_set(261, struct.pack("!IBI", 0, 5, 100), pad=3)
+    first = uptime - (now_ms() // 1000 * 1000 - t)
+    data = d.ipfix_set(260, d.a4("10.81.0.9") + d.a4("192.0.2.99") + struct.pack("!HHBIIIIB", 3000, 443, 6, 7, 700,
+                                                                                   first, first + 40, 5))
+    send(collector.udp_port, [d.v9([tmpl, opts, opt_data, data], uptime=uptime, secs=now_ms() // 1000, source_id=4)])
+    (r,) = wait_records(c, store, 1)
+    assert (r.src_addr, r.direction, r.packets, r.bytes, r.sampling_rate) == ("10.81.0.9", 2, 7, 700, 100)
+    assert r.rule_id == "" and r.rule_kind == 0

@@ -74,6 +74,7 @@ def check(client, store: str, flows: list[pcap.Expected], networks: list[str], *
     assert sorted(map(record_key, got)) == want
     by_key = {e.key(): e for e in flows}
     for r in got:
+        assert r.sampling_rate in (0, 1)  # unsampled: the exporter says nothing, or 1
         start, end = r.start_time.ToMilliseconds(), r.end_time.ToMilliseconds()
         assert start <= end
         if window_ms is None:
@@ -109,7 +110,9 @@ def run_softflowd(tmp: Path, pcap_path: Path, frames: int, port: int, version: s
         while True:
             out = subprocess.run([tool("softflowctl"), "-c", str(ctl), "statistics"], capture_output=True, text=True)
             if out.returncode == 0 and _stat(out.stdout, "Packets processed") + _stat(
-                    out.stdout, "Ignored packets") >= frames:
+                    out.stdout, "Ignored packets") + max(0, _stat(out.stdout, "Packets non-sampled")) >= frames:
+                break
+            if proc.poll() == 0:  # it read the whole file, exported and shut down by itself
                 break
             assert proc.poll() is None, log.read_text(errors="replace")
             assert time.monotonic() < deadline, f"softflowd never read the file: {out.stdout}{out.stderr}"
@@ -145,6 +148,23 @@ def test_softflowd_from_a_pcap(collector, tmp_path, version, extra, n, ipv6):
     run_softflowd(tmp_path, tmp_path / "flows.pcap", frames, collector.udp_port, version, extra)
     # -A sec: whole seconds, truncated: up to 1 s early
     check(client, store, flows, networks, window_ms=None, slack_ms=1001)
+    client.close()
+
+
+def test_softflowd_sampling_rate(collector, tmp_path):
+    """softflowd -s 2 samples one packet in two and says so: every record carries sampling_rate 2,
+    and is one of the pcap's flows with at most its packets and bytes."""
+    n = 108
+    client, networks, store = new_target(collector, n)
+    flows = pcap.write(str(tmp_path / "flows.pcap"), pcap.standard_flows(n), time.time() - 120)
+    run_softflowd(tmp_path, tmp_path / "flows.pcap", sum(e.packets for e in flows), collector.udp_port, "10",
+                  ["-A", "milli", "-s", "2"])
+    by_tuple = {e.key()[:5]: e for e in flows}
+    got = wait_records(client, store, 1)
+    for r in got:
+        e = by_tuple[record_key(r)[:5]]
+        assert r.sampling_rate == 2
+        assert 1 <= r.packets <= e.packets and r.bytes <= e.octets
     client.close()
 
 
