@@ -1,0 +1,439 @@
+"""Running the real servers: start one on a free loopback port with a fresh data dir (Elasticsearch
+as an unprivileged user, since it refuses root), wait until it is healthy, keep a run registry in
+$FLOWLOG_CACHE/run, stop it when its owner process exits (watchdog), restart it on the same port
+and data, and stop it. Fetching is scripts/services_fetch.py's job."""
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from services_common import (ES_MIN_JAVA, ES_START_TIMEOUT, ES_VERSION, MINIO_VERSION, S3_ACCESS_KEY, S3_REGION,
+                             S3_SECRET_KEY, S3_START_TIMEOUT, STOP_TIMEOUT, ServiceError, VERSITYGW_VERSION,
+                             _http_get, _proc_starttime, _tail, _tmp_parent, cache_dir, free_port, log)  # noqa: F401
+from services_fetch import (_S3_FALLBACK_REASON, _es_user, _pick_java_home, fetch, fetch_es, resolve)  # noqa: F401
+
+
+# --------------------------------------------------------------------------------------------
+# Process management
+# --------------------------------------------------------------------------------------------
+
+_PROCS: dict[int, subprocess.Popen] = {}  # servers started by this process (to reap them)
+
+
+def _registry_dir() -> str:
+    d = os.path.join(cache_dir(), "run")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def _registry_path(info: dict) -> str:
+    return os.path.join(_registry_dir(), f"{info['service']}-{info['pid']}.json")
+
+
+def _group_alive(pgid: int) -> bool:
+    p = _PROCS.get(pgid)
+    if p is not None:
+        p.poll()  # reap our own leader so a zombie does not look alive
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Only zombies left?  Check /proc for a live member of the group.
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+            rest = stat[stat.rindex(")") + 2:].split()
+            if int(rest[2]) == pgid and rest[0] != "Z":
+                return True
+        except (OSError, ValueError, IndexError):
+            continue
+    return False
+
+
+def _spawn(cmd: list[str], env: dict, cwd: str, log_path: str) -> subprocess.Popen:
+    with open(log_path, "ab") as out:
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                             env=env, cwd=cwd, start_new_session=True, close_fds=True)
+    _PROCS[p.pid] = p
+    return p
+
+
+def _kill_group(pgid: int, timeout: float = STOP_TIMEOUT, sig: int = signal.SIGTERM) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid):
+            break
+        time.sleep(0.2)
+    else:
+        log(f"process group {pgid} still alive after {timeout:.0f}s: SIGKILL")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _group_alive(pgid):
+            time.sleep(0.2)
+    p = _PROCS.pop(pgid, None)
+    if p is not None:
+        with contextlib.suppress(Exception):
+            p.wait(timeout=5)
+
+
+def _start_watchdog(info: dict, owner_pid: int) -> None:
+    """Detached helper that stops the server if owner_pid dies without stopping it (SIGKILL,
+    crash).  It lives in its own session so it survives the owner."""
+    cmd = [sys.executable, os.path.abspath(__file__), "_watch", str(owner_pid), json.dumps(info)]
+    subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+
+def _watch(owner_pid: int, info: dict) -> None:
+    pgid = int(info["pid"])
+    while True:
+        time.sleep(1.0)
+        if not _group_alive(pgid):
+            return
+        try:
+            os.kill(owner_pid, 0)
+        except ProcessLookupError:
+            stop(info)
+            return
+        except PermissionError:
+            pass
+
+
+def _wait_ready(proc: subprocess.Popen, probe, timeout: float, what: str, log_path: str,
+                extra_logs: tuple[str, ...] = ()) -> None:
+    t0 = time.monotonic()
+    last_note = t0
+    while True:
+        if proc.poll() is not None:
+            raise ServiceError(f"{what} exited with code {proc.returncode} before becoming healthy; "
+                               f"last lines of {log_path}:\n{_tail(log_path)}"
+                               + "".join(f"\n--- {p}:\n{_tail(p)}" for p in extra_logs
+                                         if os.path.exists(p)))
+        try:
+            if probe():
+                return
+        except (OSError, ValueError):
+            pass
+        now = time.monotonic()
+        if now - t0 > timeout:
+            raise ServiceError(f"{what} not healthy after {timeout:.0f}s; last lines of {log_path}:\n"
+                               f"{_tail(log_path)}"
+                               + "".join(f"\n--- {p}:\n{_tail(p)}" for p in extra_logs
+                                         if os.path.exists(p)))
+        if now - last_note >= 10:
+            log(f"... waiting for {what}: {now - t0:.0f}s")
+            last_note = now
+        time.sleep(0.25)
+
+
+def _ensure_es_user() -> tuple[int, int]:
+    user = _es_user()
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        log(f"creating unprivileged system user {user!r} (Elasticsearch refuses to run as root)")
+        try:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                            "--shell", "/usr/sbin/nologin", "--user-group", user],
+                           check=True, capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            detail = getattr(e, "stderr", "") or str(e)
+            try:  # created concurrently by another session?
+                pw = pwd.getpwnam(user)
+            except KeyError:
+                raise ServiceError(f"cannot create system user {user!r} for Elasticsearch "
+                                   f"(useradd): {detail}") from None
+            return pw.pw_uid, pw.pw_gid
+        pw = pwd.getpwnam(user)
+    return pw.pw_uid, pw.pw_gid
+
+
+def _chown_tree(path: str, uid: int, gid: int) -> None:
+    os.chown(path, uid, gid)
+    for d, dirs, files in os.walk(path):
+        for n in dirs + files:
+            os.lchown(os.path.join(d, n), uid, gid)
+
+
+def _es_java_opts() -> str:
+    heap = os.environ.get("FLOWLOG_ES_HEAP", "512m")
+    opts = [f"-Xms{heap}", f"-Xmx{heap}",
+            # a throwaway test server: no heap dumps, no /tmp/hsperfdata_* left behind
+            "-XX:-HeapDumpOnOutOfMemoryError", "-XX:-UsePerfData"]
+    if os.environ.get("FLOWLOG_ES_QUICK_JIT", "0") == "1":
+        opts.append("-XX:TieredStopAtLevel=1")
+    if os.environ.get("FLOWLOG_ES_JAVA_OPTS"):
+        opts.append(os.environ["FLOWLOG_ES_JAVA_OPTS"])
+    return " ".join(opts)
+
+
+def start_es(owner_pid: int | None = None, on_spawn=None, *, data_dir: str | None = None,
+             port: int | None = None, transport_port: int | None = None) -> dict:
+    """See start().  data_dir/port/transport_port: reuse an instance dir and ports (restart)."""
+    home = fetch_es()
+    java_home = _pick_java_home(ES_MIN_JAVA)
+    as_root = os.geteuid() == 0
+    uid = gid = None
+    if as_root:
+        uid, gid = _ensure_es_user()
+        probe = subprocess.run(["runuser", "-u", _es_user(), "--", "test", "-r",
+                                os.path.join(home, "lib", f"elasticsearch-{ES_VERSION}.jar")],
+                               capture_output=True)
+        if probe.returncode != 0:
+            raise ServiceError(f"user {_es_user()!r} cannot read the Elasticsearch install at {home}; "
+                               "make its parent directories world-traversable or set "
+                               "FLOWLOG_ES_INSTALL_ROOT to a readable location and re-run fetch")
+    last_err: ServiceError | None = None
+    for attempt in range(3):  # retry on a lost race for a "free" port
+        own_dir = data_dir is None
+        inst = tempfile.mkdtemp(prefix="flowlog-es-", dir=_tmp_parent()) if own_dir else data_dir
+        spawned = False
+        try:
+            for sub in ("data", "logs", "tmp"):
+                os.makedirs(os.path.join(inst, sub), exist_ok=True)
+            if not os.path.isdir(os.path.join(inst, "config")):
+                shutil.copytree(os.path.join(home, "config"), os.path.join(inst, "config"))
+            if as_root:
+                _chown_tree(inst, uid, gid)
+            http_port = port or free_port()
+            t_port = transport_port or free_port()
+            while t_port == http_port:
+                t_port = free_port()
+            log_path = os.path.join(inst, "console.log")
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("JAVA_HOME", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JAVA_OPTS")}
+            env.update(ES_JAVA_HOME=java_home, ES_PATH_CONF=os.path.join(inst, "config"),
+                       ES_TMPDIR=os.path.join(inst, "tmp"), ES_JAVA_OPTS=_es_java_opts(),
+                       CLI_JAVA_OPTS="-XX:-UsePerfData",
+                       HOME=inst)
+            cmd = [os.path.join(home, "bin", "elasticsearch"),
+                   "-Ecluster.name=flowlog-test", "-Enode.name=flowlog-test",
+                   "-Expack.security.enabled=false", "-Ediscovery.type=single-node",
+                   "-Enetwork.host=127.0.0.1", f"-Ehttp.port={http_port}",
+                   f"-Etransport.port={t_port}",
+                   "-Ecluster.routing.allocation.disk.threshold_enabled=false",
+                   f"-Epath.data={os.path.join(inst, 'data')}",
+                   f"-Epath.logs={os.path.join(inst, 'logs')}"]
+            cmd += os.environ.get("FLOWLOG_ES_ARGS", "").split()
+            if as_root:
+                cmd = ["runuser", "-u", _es_user(), "--"] + cmd
+            open(log_path, "ab").close()
+            if as_root:
+                os.chown(log_path, uid, gid)
+            t0 = time.monotonic()
+            log(f"starting elasticsearch {ES_VERSION} on 127.0.0.1:{http_port} "
+                f"(java {java_home}, data {inst})")
+            proc = _spawn(cmd, env, inst, log_path)
+            spawned = True
+            url = f"http://127.0.0.1:{http_port}"
+            info = {"service": "es", "version": ES_VERSION, "url": url, "host": "127.0.0.1",
+                    "port": http_port, "transport_port": t_port, "pid": proc.pid,
+                    "pgid": proc.pid, "starttime": _proc_starttime(proc.pid), "data_dir": inst,
+                    "log": log_path, "server_log": os.path.join(inst, "logs", "flowlog-test.log"),
+                    "java_home": java_home}
+            with open(_registry_path(info), "w") as fh:
+                json.dump(info, fh)
+            if owner_pid:
+                _start_watchdog(info, owner_pid)
+            if on_spawn:
+                on_spawn(info)
+
+            def probe() -> bool:
+                status, body = _http_get(
+                    f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s", timeout=3)
+                return status == 200 and json.loads(body).get("status") in ("yellow", "green")
+
+            try:
+                _wait_ready(proc, probe, ES_START_TIMEOUT, f"elasticsearch {ES_VERSION}", log_path,
+                            (info["server_log"],))
+            except ServiceError as e:
+                stop(info, keep_data=not own_dir)
+                if "BindException" in str(e) or "Address already in use" in str(e):
+                    last_err = e
+                    if not own_dir or port:  # same dir/port asked for: give the old one time to go
+                        time.sleep(2.0)
+                    continue
+                raise
+            info["started_in"] = round(time.monotonic() - t0, 1)
+            log(f"elasticsearch ready at {url} in {info['started_in']}s (pid {proc.pid})")
+            return info
+        except BaseException:
+            if spawned:
+                stop(info, keep_data=not own_dir)  # idempotent; also covers KeyboardInterrupt while waiting
+            elif own_dir:
+                shutil.rmtree(inst, ignore_errors=True)
+            raise
+    assert last_err is not None
+    raise last_err
+
+
+def start_s3(name: str, owner_pid: int | None = None, on_spawn=None, *, data_dir: str | None = None,
+             port: int | None = None) -> dict:
+    """See start().  data_dir/port: reuse an instance dir (its data/ survives) and port (restart)."""
+    binary = fetch(name)
+    last_err: ServiceError | None = None
+    wanted_port = port
+    for attempt in range(3):
+        own_dir = data_dir is None
+        inst = tempfile.mkdtemp(prefix=f"flowlog-{name}-", dir=_tmp_parent()) if own_dir else data_dir
+        data = os.path.join(inst, "data")
+        os.makedirs(data, exist_ok=True)
+        port = wanted_port or free_port()
+        log_path = os.path.join(inst, "console.log")
+        env = dict(os.environ)
+        if name == "minio":
+            console_port = free_port()
+            env.update(MINIO_ROOT_USER=S3_ACCESS_KEY, MINIO_ROOT_PASSWORD=S3_SECRET_KEY,
+                       MINIO_SITE_REGION=S3_REGION, MINIO_UPDATE="off", MINIO_BROWSER="off")
+            cmd = [binary, "server", data, "--address", f"127.0.0.1:{port}",
+                   "--console-address", f"127.0.0.1:{console_port}", "--quiet"]
+            health = "/minio/health/ready"
+            version = MINIO_VERSION
+        else:
+            cmd = [binary, "--port", f"127.0.0.1:{port}", "--access", S3_ACCESS_KEY,
+                   "--secret", S3_SECRET_KEY, "--region", S3_REGION, "--health", "/health",
+                   "--quiet", "posix", data]
+            health = "/health"
+            version = VERSITYGW_VERSION
+        t0 = time.monotonic()
+        log(f"starting {name} {version} on 127.0.0.1:{port} (data {data})")
+        proc = _spawn(cmd, env, inst, log_path)
+        url = f"http://127.0.0.1:{port}"
+        info = {"service": name, "version": version, "url": url, "endpoint": f"127.0.0.1:{port}",
+                "host": "127.0.0.1", "port": port, "access_key": S3_ACCESS_KEY,
+                "secret_key": S3_SECRET_KEY, "region": S3_REGION, "secure": False,
+                "pid": proc.pid, "pgid": proc.pid, "starttime": _proc_starttime(proc.pid),
+                "data_dir": inst, "log": log_path}
+        with open(_registry_path(info), "w") as fh:
+            json.dump(info, fh)
+        if owner_pid:
+            _start_watchdog(info, owner_pid)
+        if on_spawn:
+            on_spawn(info)
+        try:
+            _wait_ready(proc, lambda: _http_get(url + health, timeout=2)[0] == 200,
+                        S3_START_TIMEOUT, f"{name} {version}", log_path)
+        except ServiceError as e:
+            stop(info, keep_data=not own_dir)
+            if "address already in use" in str(e).lower():
+                last_err = e
+                if wanted_port or not own_dir:
+                    time.sleep(2.0)
+                continue
+            raise
+        except BaseException:
+            stop(info, keep_data=not own_dir)
+            raise
+        info["started_in"] = round(time.monotonic() - t0, 1)
+        log(f"{name} ready at {url} in {info['started_in']}s (pid {proc.pid})")
+        return info
+    assert last_err is not None
+    raise last_err
+
+
+def start(name: str, owner_pid: int | None = None, on_spawn=None, *, data_dir: str | None = None,
+          port: int | None = None, transport_port: int | None = None) -> dict:
+    """Fetch if needed, start on a free loopback port with a fresh temp data dir, wait until
+    healthy, return a description dict.  The server runs in its own session and outlives the
+    caller unless owner_pid is given (then a watchdog stops it when that process dies).
+    on_spawn(info), if given, is called as soon as the process exists (before it is healthy),
+    so that a caller can stop() it even if it is interrupted while waiting.
+
+    data_dir / port (/ transport_port for es): start on an existing instance dir (the
+    ``data_dir`` of an earlier info, stopped with ``stop(info, keep_data=True)``) and a given
+    port, so that clients of the earlier instance find the same server with the same data;
+    see restart()."""
+    name = resolve(name)
+    if name == "es":
+        return start_es(owner_pid, on_spawn, data_dir=data_dir, port=port, transport_port=transport_port)
+    info = start_s3(name, owner_pid, on_spawn, data_dir=data_dir, port=port)
+    if _S3_FALLBACK_REASON[0]:
+        info["fallback_reason"] = _S3_FALLBACK_REASON[0]
+    return info
+
+
+def stop(info: dict, keep_data: bool = False, kill: bool = False) -> None:
+    """Terminate the server's process group (SIGTERM, SIGKILL after a timeout) and remove its
+    temporary data dir.  keep_data=True keeps the data dir (for start(..., data_dir=) or
+    restart()); kill=True sends SIGKILL at once (a crash, not a clean stop)."""
+    pid = int(info["pid"])
+    pgid = int(info.get("pgid", pid))
+    expected = info.get("starttime")
+    current = _proc_starttime(pid)
+    if current is not None and expected is not None and current != expected:
+        log(f"pid {pid} now belongs to another process; not signalling it")
+    elif current is not None or _group_alive(pgid):
+        try:
+            leader_pgid = os.getpgid(pid) if current is not None else pgid
+        except ProcessLookupError:
+            leader_pgid = pgid
+        if leader_pgid != pgid:
+            log(f"pid {pid} is not the leader of process group {pgid}; not signalling it")
+        else:
+            _kill_group(pgid, sig=signal.SIGKILL if kill else signal.SIGTERM)
+    else:
+        p = _PROCS.pop(pgid, None)
+        if p is not None:
+            p.poll()
+    data_dir = info.get("data_dir")
+    if (not keep_data and data_dir and os.path.basename(data_dir).startswith("flowlog-")
+            and os.path.isdir(data_dir)):
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if "service" in info:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(_registry_path(info))
+
+
+def restart(info: dict, owner_pid: int | None = None, on_spawn=None, down_s: float = 0.0,
+            kill: bool = False) -> dict:
+    """Stop the server described by info (SIGKILL if kill), stay down for down_s seconds, and
+    start the same service again on the same port(s) and data dir; returns the new info."""
+    stop(info, keep_data=True, kill=kill)
+    if down_s > 0:
+        time.sleep(down_s)
+    return start(info["service"], owner_pid=owner_pid, on_spawn=on_spawn, data_dir=info["data_dir"],
+                 port=int(info["port"]), transport_port=info.get("transport_port"))
+
+
+def running() -> list[dict]:
+    """Servers recorded in the cache's run registry (started by any process)."""
+    out = []
+    for path in sorted(glob.glob(os.path.join(_registry_dir(), "*.json"))):
+        try:
+            with open(path) as fh:
+                info = json.load(fh)
+        except (OSError, ValueError):
+            continue
+        info["alive"] = _proc_starttime(int(info["pid"])) == info.get("starttime")
+        out.append(info)
+    return out
+
+
+def lookup(pid: int) -> dict:
+    for info in running():
+        if int(info["pid"]) == pid:
+            return info
+    return {"pid": pid}
+
+
+if __name__ == "__main__" and len(sys.argv) == 4 and sys.argv[1] == "_watch":
+    _watch(int(sys.argv[2]), json.loads(sys.argv[3]))
