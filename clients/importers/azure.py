@@ -23,6 +23,9 @@ The flow group's (VNet) or flow's (NSG) `rule` is the rule that decided: its nam
 `rule_kind` RULE_KIND_DEFAULT for Azure's catch-all `DefaultRule_DenyAll*` rules (nothing else
 matched) and RULE_KIND_SECURITY_GROUP for any other (network security group and security admin
 rules). The encryption flag, MAC address and ACL id are not stored.
+
+A document that ends early (Azure appends to the hour's blob, so a copy of the current hour can
+stop mid-record) still gives its complete records, then one LineError where it stops.
 """
 from __future__ import annotations
 
@@ -79,11 +82,16 @@ def parse_document(data: bytes | str, source: str) -> Items:
     except UnicodeDecodeError as e:
         yield LineError(source, 0, f"not UTF-8 text: {e}")
         return
+    truncated: json.JSONDecodeError | None = None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
-        yield LineError(source, e.lineno, f"not JSON: {e.msg} (column {e.colno})")
-        return
+        salvaged, truncated = _complete_records(text)
+        if salvaged is None:
+            yield LineError(source, e.lineno, f"not JSON: {e.msg} (column {e.colno})")
+            return
+        doc = {"records": salvaged}
+        truncated = truncated or e
     if isinstance(doc, dict) and isinstance(doc.get("records"), list):
         records = doc["records"]
     elif isinstance(doc, list):
@@ -96,6 +104,37 @@ def parse_document(data: bytes | str, source: str) -> Items:
     lines = _Lines(text)
     for i, record in enumerate(records):
         yield from _record_items(record, f"records[{i}]", source, lines)
+    if truncated is not None:
+        complete = f"{len(records)} complete record{'' if len(records) == 1 else 's'}"
+        yield LineError(source, truncated.lineno, f"not JSON from here: {truncated.msg} (column {truncated.colno}); "
+                                                  f"the {complete} before it are imported (a blob Azure is still "
+                                                  "writing ends early: import it again once complete)")
+
+
+_RECORDS_START = re.compile(r'\s*\{\s*"records"\s*:\s*\[')
+_BETWEEN = re.compile(r"[\s,]*")
+
+
+def _complete_records(text: str) -> tuple[list | None, json.JSONDecodeError | None]:
+    """The records of a `{"records": [...` document that ends early (Azure appends to an hour's
+    blob as the hour goes, so a copy of the current hour may stop mid-record): every record
+    that is complete, and the error where decoding stopped. (None, None) when the document is
+    not of that shape at all."""
+    start = _RECORDS_START.match(text)
+    if start is None:
+        return None, None
+    decoder = json.JSONDecoder()
+    records: list = []
+    pos = start.end()
+    while True:
+        pos = _BETWEEN.match(text, pos).end()  # type: ignore[union-attr]
+        if pos >= len(text) or text[pos] == "]":
+            return records, None
+        try:
+            record, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            return records, e
+        records.append(record)
 
 
 def _record_items(record: Any, path: str, source: str, lines: _Lines) -> Items:

@@ -272,6 +272,21 @@ def test_azure_bad_tuples_and_documents():
     assert "not an Azure flow log" in errors[0].reason
 
 
+def test_azure_blob_cut_short_keeps_its_complete_records():
+    """Azure appends to the hour's PT1H.json as the hour goes: a copy taken mid-hour can stop
+    inside a record. The complete records are imported, the rest is one error with its line."""
+    import json
+    doc = json.loads((FIXTURES / "azure-vnet-flowlog.json").read_text())
+    text = json.dumps({"records": [doc["records"][0], doc["records"][0]]}, indent=1)
+    cut = text[: text.rindex("1663145990049")]
+    records, errors, skipped = split(azure.parse_document(cut, "PT1H.json"))
+    assert len(records) == 19 and len(skipped) == 5  # the first record, whole
+    assert len(errors) == 1 and errors[0].line == cut.count("\n") + 1
+    assert "not JSON from here" in errors[0].reason and "the 1 complete record before it" in errors[0].reason
+    records, errors, _ = split(azure.parse_document(text[:-3], "PT1H.json"))  # only the closing brackets missing
+    assert len(records) == 38 and len(errors) == 1
+
+
 # -- sources: gzip, Parquet, directories, standard input --------------------------------------
 
 
