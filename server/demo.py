@@ -50,7 +50,8 @@ def _region(region: str, n: int) -> list[Resource]:
     vpc = f"vpc-{region}demo"
     return [
         Resource(f"eip-{region}-01", ResourceType.EIP, region, vpc, "web frontend EIP", (f"203.0.113.{10 + n}",), WEB_RULES),
-        Resource(f"eip-{region}-02", ResourceType.EIP, region, vpc, "bastion EIP", (f"203.0.113.{20 + n}",), BASTION_RULES),
+        Resource(f"eip-{region}-02", ResourceType.EIP, region, vpc, "bastion EIP", (f"203.0.113.{20 + n}",),
+                 BASTION_RULES),
         Resource(f"nat-{region}-01", ResourceType.NAT_GATEWAY, region, vpc, "egress NAT", (f"198.51.100.{10 + n}", f"10.{n}.0.1"), WEB_RULES),
         Resource(f"ip6gw-{region}-01", ResourceType.IPV6_GATEWAY, region, vpc, "IPv6 gateway", (f"2001:db8:{n}::/64",), V6_RULES),
         Resource(f"peer-{region}-01", ResourceType.PEERING_CONNECTION, region, vpc, "peering to shared services", (f"10.{n}.8.0/24",), PRIVATE_RULES),

@@ -133,8 +133,9 @@ class Service:
                 _check_rule(v, f"resource.rules[{i}]", rule)
                 if rule.id:
                     if rule.id in ids:
-                        v.add(f"resource.rules[{i}].id", f"{rule.id!r} is already the id of resource.rules[{ids[rule.id]}]; "
-                                                        "rule ids must be unique within the resource")
+                        v.add(f"resource.rules[{i}].id",
+                              f"{rule.id!r} is already the id of resource.rules[{ids[rule.id]}]; "
+                              "rule ids must be unique within the resource")
                     else:
                         ids[rule.id] = i
         v.raise_if_any()

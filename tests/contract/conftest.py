@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from server.core.model import Action, Direction, FlowRecord, LogStatus, ResourceType
+from server.core.model import Action, Direction, FlowRecord, LogStatus, ResourceType, RuleKind
 from server.core.ports import RecordStore
 from server.core.records import with_id
 
@@ -67,9 +67,11 @@ def make_records(account: str, region: str, project: str, log_store: str, n: int
     Start times fall on few distinct instants (whole hours, or a minute past), so many
     records share a start_time and ordering must break ties by record_id. Mixes IPv4, IPv6 and
     IPv4-mapped addresses, TCP/UDP/ICMP/ICMPv6, ACCEPT/REJECT, both directions, NODATA and
-    SKIPDATA rows (no addresses).
+    SKIPDATA rows (no addresses); the rule that decided (ACL, security group, default-deny for
+    some REJECTs) and a sampling rate on the flows, drawn from their own generator.
     """
     rnd = random.Random(seed)
+    rules = random.Random(seed + 10_000)
     flow_log_id = "fl-" + "".join(rnd.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(8))
     resource_type = rnd.choice((ResourceType.EIP, ResourceType.NAT_GATEWAY, ResourceType.IPV6_GATEWAY))
     resource_id = f"eip-{rnd.randrange(16**8):08x}"
@@ -105,9 +107,14 @@ def make_records(account: str, region: str, project: str, log_store: str, n: int
             packets = rnd.randint(1, 5000)
             nbytes = packets * rnd.randint(40, 1500)
             flags = rnd.choice((2, 18, 19, 27)) if protocol == 6 else 0
+            kind = rules.choice((RuleKind.ACL, RuleKind.SECURITY_GROUP, RuleKind.SECURITY_GROUP)
+                                + ((RuleKind.DEFAULT,) if action == Action.REJECT else ()))
+            rule_id = ("default-deny" if kind == RuleKind.DEFAULT
+                       else f"{'acl' if kind == RuleKind.ACL else 'sg'}-{rules.randint(1, 3)}")
             r = FlowRecord("", 0, account, flow_log_id, region, project, log_store, int(resource_type),
                            resource_id, network_id, src, dst, sport, dport, protocol, packets, nbytes,
-                           start, end, int(action), int(LogStatus.OK), int(direction), flags)
+                           start, end, int(action), int(LogStatus.OK), int(direction), flags, rule_id, int(kind),
+                           rules.choice((0, 0, 1, 100, 4096)))
         r = with_id(r)
         out.setdefault(r.record_id, r)
     return list(out.values())

@@ -229,7 +229,33 @@ FILTERS = [
     "(action = REJECT OR port = 22) AND NOT protocol = udp",
     "NOT (addr = 10.0.0.0/8 OR addr = 2001:db8::/32)",
     "action = REJECT AND addr = 10.0.0.0/8 AND dst_port = 22",
+    "rule_kind = ACL",
+    "rule_kind IN (SECURITY_GROUP, DEFAULT)",
+    "rule_kind != DEFAULT",
+    "rule_kind = RULE_KIND_DEFAULT AND action = REJECT",
+    "rule_id = default-deny",
+    "rule_id IN (acl-1, sg-2)",
+    "rule_id != sg-1",
+    "sampling_rate > 1",
+    "sampling_rate = 0",
+    "sampling_rate IN (100, 4096) AND rule_kind = SECURITY_GROUP",
 ]
+
+# The rule-attribution filters again, each with its meaning written out by hand: an oracle that
+# does not go through server.core.filter (API.md "Records say which rule decided").
+RULE_FILTERS = {
+    "rule_kind = ACL": lambda r: r.rule_kind == 1,
+    "rule_kind = SECURITY_GROUP": lambda r: r.rule_kind == 2,
+    "rule_kind IN (DEFAULT, ACL)": lambda r: r.rule_kind in (3, 1),
+    "rule_kind != SECURITY_GROUP": lambda r: r.rule_kind != 2,
+    "rule_kind = UNSPECIFIED": lambda r: r.rule_kind == 0,
+    "rule_id = default-deny": lambda r: r.rule_id == "default-deny",
+    "rule_id = sg-3 OR rule_id = acl-2": lambda r: r.rule_id in ("sg-3", "acl-2"),
+    "rule_id NOT IN (sg-1, sg-2, sg-3)": lambda r: r.rule_id not in ("sg-1", "sg-2", "sg-3"),
+    "sampling_rate >= 100": lambda r: r.sampling_rate >= 100,
+    "sampling_rate <= 1 AND action = REJECT": lambda r: r.sampling_rate <= 1 and r.action == 2,
+    "rule_kind = DEFAULT AND NOT rule_id = default-deny": lambda r: r.rule_kind == 3 and r.rule_id != "default-deny",
+}
 
 
 @pytest.mark.parametrize("text", FILTERS)
@@ -240,6 +266,28 @@ def test_filters_agree_with_the_evaluator(filled_store, dataset: DataSet, text):
     assert filled_store.count(q) == len(want)
     q = dataclasses.replace(q, newest_first=False, limit=25)
     assert fetch(filled_store, q, batch_size=10) == expected(dataset.records, q)
+
+
+@pytest.mark.parametrize("text", list(RULE_FILTERS))
+def test_rule_filters_agree_with_a_hand_written_oracle(filled_store, dataset: DataSet, text):
+    q = query(LOG_STORES, filter=parse(text))
+    keep = RULE_FILTERS[text]
+    want = [r for r in expected(dataset.records, query(LOG_STORES)) if keep(r)]
+    got = fetch(filled_store, q)
+    assert got == want
+    assert filled_store.count(q) == len(want)
+    assert all((r.rule_id, r.rule_kind, r.sampling_rate) == (w.rule_id, w.rule_kind, w.sampling_rate)
+               for r, w in zip(got, want))
+
+
+def test_rule_fields_round_trip(filled_store, dataset: DataSet):
+    """Every record comes back with the rule fields it was written with (compared field by field
+    with what was written, not through a filter)."""
+    written = {r.record_id: (r.rule_id, r.rule_kind, r.sampling_rate) for r in dataset.records}
+    got = fetch(filled_store, query(LOG_STORES))
+    assert got and {r.record_id: (r.rule_id, r.rule_kind, r.sampling_rate) for r in got} == {
+        r.record_id: written[r.record_id] for r in got}
+    assert {r.rule_kind for r in got} == {0, 1, 2, 3}
 
 
 def test_filter_selectivity_sanity(dataset: DataSet):
