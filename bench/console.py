@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import API_KEY, MD, PROJECT, REGION, free_port, log, machine, median, rmtree, start_server
@@ -40,9 +40,11 @@ def page_requests(log_store: str, lo_ms: int, hi_ms: int) -> list[dict]:
         {**scope, "group_by": ["dst_addr"], "metrics": [m, "count"], "limit": 10},
         {**scope, "filter": "action = REJECT", "group_by": ["rule_kind", "rule_id"], "metrics": ["count", m],
          "limit": 10},
-        {**scope, "group_by": ["src_addr"], "metrics": ["count_distinct(dst_port)", "count_distinct(dst_addr)", "count"],
+        {**scope, "group_by": ["src_addr"],
+         "metrics": ["count_distinct(dst_port)", "count_distinct(dst_addr)", "count"],
          "order_by": "-count_distinct(dst_port)", "limit": 10},
-        {**scope, "filter": "NOT protocol IN (tcp, udp, icmp, icmpv6)", "group_by": ["protocol", "src_addr", "dst_addr"],
+        {**scope, "filter": "NOT protocol IN (tcp, udp, icmp, icmpv6)",
+         "group_by": ["protocol", "src_addr", "dst_addr"],
          "metrics": ["count", m], "limit": 20},
     ]
 
@@ -91,7 +93,7 @@ def browser_runs(base: str, log_store: str, lo_ms: int, hi_ms: int, reps: int,
     from playwright.sync_api import sync_playwright
 
     def iso(ms: int) -> str:
-        return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     url = (f"{base}/#/analysis?region={REGION}&project={PROJECT}&stores={log_store}&from={iso(lo_ms)}"
            f"&to={iso(hi_ms + 1000)}&metric=bytes")
     out = []
@@ -118,8 +120,8 @@ def browser_runs(base: str, log_store: str, lo_ms: int, hi_ms: int, reps: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bench.query import build_embedded
     from bench import dataset
+    from bench.query import build_embedded
 
     ap = argparse.ArgumentParser(prog="python -m bench.console", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

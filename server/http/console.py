@@ -48,7 +48,7 @@ def check_http_listen(cfg: Config) -> None:
 class HttpConsole:
     """Created before the gRPC server starts (it adds the private port), started after it."""
 
-    def __init__(self, cfg: Config, grpc_server: "GrpcServer", service_names: list[str],
+    def __init__(self, cfg: Config, grpc_server: GrpcServer, service_names: list[str],
                  authenticator: Any = None) -> None:
         self.cfg = cfg
         # A fresh folder only this user can enter (mkdtemp makes it 0700): the socket in it is the

@@ -26,9 +26,10 @@ import json
 import logging
 import ssl
 import struct
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from aiohttp import web
@@ -288,7 +289,7 @@ class Gateway:
         site = web.TCPSite(self.runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=ssl_context,
                            reuse_address=True)
         await site.start()
-        server = site._server  # noqa: SLF001 - aiohttp has no public accessor for the bound port
+        server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else int(port)
         return self.port
@@ -327,8 +328,8 @@ class Gateway:
     def _file(self, path: Path) -> web.StreamResponse:
         if not path.is_file():
             raise web.HTTPNotFound(text="not found")
-        return web.FileResponse(path, headers={"Content-Type": STATIC_TYPES.get(path.suffix, "application/octet-stream"),
-                                               "Cache-Control": "no-cache"})
+        ctype = STATIC_TYPES.get(path.suffix, "application/octet-stream")
+        return web.FileResponse(path, headers={"Content-Type": ctype, "Cache-Control": "no-cache"})
 
     # ---- RPCs --------------------------------------------------------------------------------
     async def rpc(self, request: web.Request) -> web.StreamResponse:

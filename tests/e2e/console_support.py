@@ -9,9 +9,10 @@ import struct
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from tests.e2e.conftest import ServerProcess, free_port, start_server
 

@@ -9,7 +9,7 @@ import os
 import re
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -68,6 +68,18 @@ def page(browser, console):
     yield pg
     ctx.close()
     assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def row_ids(pg, table: str) -> list[str]:
+    return pg.eval_on_selector_all(f"table[aria-label='{table}'] tbody tr", "rs => rs.map(r => r.dataset.recordId)")
+
+
+def record_tail_bodies(pg, bodies: list[bytes]) -> None:
+    """Keep the body of every Tail request the page sends (enveloped JSON: bytes)."""
+    def keep(r):
+        if r.url.endswith(".QueryService/Tail"):
+            bodies.append(r.post_data_buffer or b"")
+    pg.on("request", keep)
 
 
 def shot(pg, name: str) -> Path:
@@ -248,11 +260,11 @@ def traffic(console):
     """A flow log in bj with records, paused after a while so its records stop changing."""
     cs = console["cs"]
     s = stubs(cs)
-    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=5)
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
     f = grpc_create(s, "bj", "shop", "shop", "edge")
     other = grpc_create(s, "bj", "shop-nat", "shop", "nat")
     wait_for(lambda: len({r.log_store for r in query_records(s, "bj", "shop", ["edge", "nat"], start,
-                                                              datetime.now(timezone.utc) + timedelta(minutes=1))}) == 2,
+                                                              datetime.now(UTC) + timedelta(minutes=1))}) == 2,
              what="both flow logs have records")
     yield {"flow_log": f, "other": other, "start": start, "stubs": s}
     s.close()
@@ -269,20 +281,23 @@ def test_tail_shows_generated_records_pause_and_resume_from_the_cursor(page, con
     page.get_by_role("button", name="Pause").click()
     sync_api.expect(page.locator("#tail-status")).to_have_attribute("data-state", "paused")
     assert "cursor=" in page.url and "state=paused" in page.url
-    seen = page.eval_on_selector_all("table[aria-label='Live records'] tbody tr", "rs => rs.map(r => r.dataset.recordId)")
+    seen = row_ids(page, "Live records")
     # Every record shown is one the server stored for this flow log (seen through gRPC).
-    now = datetime.now(timezone.utc) + timedelta(seconds=5)
-    stored = wait_for(lambda: (lambda ids: ids if set(seen) <= ids else None)(
-        {r.record_id for r in query_records(s, "bj", "shop", ["edge"], traffic["start"] - timedelta(minutes=5), now)}),
-        what="tailed records are stored")
+    now = datetime.now(UTC) + timedelta(seconds=5)
+
+    def stored_ids() -> set[str] | None:
+        recs = query_records(s, "bj", "shop", ["edge"], traffic["start"] - timedelta(minutes=5), now)
+        ids = {r.record_id for r in recs}
+        return ids if set(seen) <= ids else None
+    stored = wait_for(stored_ids, what="tailed records are stored")
     assert set(seen) <= stored
     bodies: list[bytes] = []
-    page.on("request", lambda r: bodies.append(r.post_data_buffer or b"") if r.url.endswith(".QueryService/Tail") else None)
+    record_tail_bodies(page, bodies)
     page.get_by_role("button", name="Resume").click()
     wait_for(lambda: page.locator("table[aria-label='Live records'] tbody tr").count() > len(seen),
              what="new records after resume")
     assert any(b"resumeCursor" in b for b in bodies), "resume sends the cursor"
-    after = page.eval_on_selector_all("table[aria-label='Live records'] tbody tr", "rs => rs.map(r => r.dataset.recordId)")
+    after = row_ids(page, "Live records")
     assert len(after) == len(set(after)), "no record twice after resuming from the cursor"
 
 
@@ -290,14 +305,14 @@ def test_search_with_a_filter_paging_download_and_a_filter_error(page, console, 
     cs = console["cs"]
     s = traffic["stubs"]
     start = traffic["start"]
-    end = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=1)
+    end = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
     flt = "protocol = tcp AND NOT dst_port = 443"
     want = settled_records(s, "bj", "shop", ["edge", "nat"], start, end, flt)
     login(page, cs.base, f"#/search?region=bj&project=shop&stores=edge,nat&from={start.strftime('%Y-%m-%dT%H:%M:%SZ')}"
                          f"&to={end.strftime('%Y-%m-%dT%H:%M:%SZ')}&filter={quote(flt)}&limit=10")
     summary = page.locator("#search-summary")
     sync_api.expect(summary).to_contain_text(f"of {len(want):,} matching")
-    shown = page.eval_on_selector_all("table[aria-label='Search results'] tbody tr", "rs => rs.map(r => r.dataset.recordId)")
+    shown = row_ids(page, "Search results")
     assert len(shown) == min(10, len(want)) and set(shown) <= {r.record_id for r in want}
     protocols = page.eval_on_selector_all("table[aria-label='Search results'] tbody tr td:nth-child(6)",
                                           "cs => cs.map(c => c.textContent)")
@@ -333,7 +348,7 @@ def test_analysis_chart_numbers_equal_the_api(page, console, traffic):
     start = traffic["start"]
     pause(s, traffic["flow_log"].id)
     pause(s, traffic["other"].id)
-    end = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(seconds=2)
+    end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
     url = (f"#/analysis?region=bj&project=shop&stores=edge,nat&from={start.strftime('%Y-%m-%dT%H:%M:%SZ')}"
            f"&to={end.strftime('%Y-%m-%dT%H:%M:%SZ')}&metric=bytes")
     login(page, cs.base, url)
@@ -382,7 +397,7 @@ def test_lost_tail_connection_resumes_from_its_cursor(page, console, traffic, tm
     rows = page.locator("table[aria-label='Live records'] tbody tr")
     sync_api.expect(rows.first).to_be_visible()
     bodies: list[bytes] = []
-    page.on("request", lambda r: bodies.append(r.post_data_buffer or b"") if r.url.endswith(".QueryService/Tail") else None)
+    record_tail_bodies(page, bodies)
     config, data_dir = cs.grpc.config_path, cs.grpc.data_dir
     port = int(cs.grpc.address.rsplit(":", 1)[1])
     assert cs.grpc.stop() == 0
@@ -396,7 +411,7 @@ def test_lost_tail_connection_resumes_from_its_cursor(page, console, traffic, tm
     sync_api.expect(page.locator("#tail-status")).to_have_attribute("data-state", "live", timeout=60_000)
     wait_for(lambda: rows.count() > before, what="records after reconnecting")
     assert any(b"resumeCursor" in b for b in bodies), "the reconnect carries the cursor"
-    ids = page.eval_on_selector_all("table[aria-label='Live records'] tbody tr", "rs => rs.map(r => r.dataset.recordId)")
+    ids = row_ids(page, "Live records")
     assert len(ids) == len(set(ids))
 
 
