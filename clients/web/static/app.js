@@ -859,7 +859,8 @@ PAGES.analysis = async (main, params) => {
   jobs.push(aggregate(base, { groupBy: ["action"], interval: `${interval}s`, metrics: [m], limit: 10 }).then((r) => {
     const buckets = [...new Set((r.rows || []).map((x) => x.bucketStart))].sort();
     const actions = [...new Set((r.rows || []).map((x) => x.keys[0]))].sort();
-    const datasets = actions.map((a) => ({ label: enumShort(a, "ACTION_"), backgroundColor: COLORS[a] || "#888", key: a,
+    const datasets = actions.map((a) => ({ label: a === "ACTION_UNSPECIFIED" ? "no action (NODATA/SKIPDATA)" : enumShort(a, "ACTION_"),
+      backgroundColor: COLORS[a] || "#888", key: a,
       data: buckets.map((b) => { const row = (r.rows || []).find((x) => x.bucketStart === b && x.keys[0] === a); return row ? Number(row.values[0]) : 0; }) }));
     const canvas = h("canvas", { role: "img", "aria-label": `Stacked bars of ${m} per ${interval} s per action; ${fmtNum(r.matched)} records matched` });
     pTime.append(h("div", { class: "chart" }, canvas), h("p", { class: "muted", "data-matched": r.matched }, `${fmtNum(r.matched)} records matched`));
@@ -878,10 +879,10 @@ PAGES.analysis = async (main, params) => {
       const rows = r.rows || [];
       const canvas = h("canvas", { role: "img", "aria-label": `${label}: top ${rows.length} by ${m}` });
       p.append(h("div", { class: "chart" }, canvas), aggTable(r, [label, m, "flows"], (row) => refine(`${groupField} = ${row.keys[0]}`)));
-      chartOf(canvas, { type: "bar", data: { labels: rows.map((x) => x.keys[0]),
+      chartOf(canvas, { type: "bar", data: { labels: rows.map((x) => x.keys[0] || "(none)"),
         datasets: [{ label: m, data: rows.map((x) => Number(x.values[0])), backgroundColor: PALETTE[0] }] },
       options: { indexAxis: "y", animation: false, maintainAspectRatio: false, plugins: { legend: { display: false } },
-        onClick: (ev, els) => { if (els.length) refine(`${groupField} = ${rows[els[0].index].keys[0]}`); } } });
+        onClick: (ev, els) => { if (els.length && rows[els[0].index].keys[0]) refine(`${groupField} = ${rows[els[0].index].keys[0]}`); } } });
     }).catch((err) => failed(p, err));
   jobs.push(topPanel(tTopSrc, "src_addr", "source"), topPanel(tTopDst, "dst_addr", "destination"));
 
@@ -902,7 +903,7 @@ PAGES.analysis = async (main, params) => {
     .then((r) => tScan.append(aggTable(r, ["source", "distinct ports", "distinct destinations", "flows"],
       (row) => refine(`src_addr = ${row.keys[0]}`)))).catch((err) => failed(tScan, err)));
 
-  jobs.push(aggregate({ ...base, filter: narrow(v.filter, "NOT protocol IN (tcp, udp, icmp, icmpv6)") },
+  jobs.push(aggregate({ ...base, filter: narrow(v.filter, "log_status = OK AND NOT protocol IN (tcp, udp, icmp, icmpv6)") },
     { groupBy: ["protocol", "src_addr", "dst_addr"], metrics: ["count", m], limit: 20 })
     .then((r) => tProto.append((r.rows || []).length ? aggTable(r, ["protocol", "source", "destination", "flows", m],
       (row) => refine(`protocol = ${row.keys[0]}`)) : h("p", { class: "muted" }, "None in this range.")))
@@ -917,10 +918,15 @@ function aggTable(r, headers, onRow) {
   const nKeys = (r.groupBy || []).length;
   return h("table", { "aria-label": headers[0] },
     h("thead", {}, h("tr", {}, headers.map((t, i) => h("th", { scope: "col", class: i >= nKeys ? "num" : "" }, t)))),
-    h("tbody", {}, rows.map((row) => h("tr", { class: "click", tabindex: 0, title: "narrow the filter to this row",
-      onclick: () => onRow(row), onkeydown: (e) => { if (e.key === "Enter") onRow(row); } },
-    (row.keys || []).map((k) => h("td", { class: "mono" }, k.replace(/^(RULE_KIND_|ACTION_)/, ""))),
-    (row.values || []).map((x) => h("td", { class: "num", "data-value": x }, fmtNum(x)))))),
+    h("tbody", {}, rows.map((row) => {
+      // A record without the field (a NODATA record has no addresses) has an empty key: no filter to narrow to.
+      const blank = (row.keys || []).some((k) => k === "");
+      const attrs = blank ? {} : { class: "click", tabindex: 0, title: "narrow the filter to this row",
+        onclick: () => onRow(row), onkeydown: (e) => { if (e.key === "Enter") onRow(row); } };
+      return h("tr", attrs,
+    (row.keys || []).map((k) => h("td", { class: "mono" + (k ? "" : " muted") }, k ? k.replace(/^(RULE_KIND_|ACTION_)/, "") : "(none)")),
+    (row.values || []).map((x) => h("td", { class: "num", "data-value": x }, fmtNum(x))));
+    })),
     r.other && (r.other.values || []).some((x) => Number(x)) ? h("tfoot", {}, h("tr", {},
       h("td", { colspan: nKeys, class: "muted" }, "other"), (r.other.values || []).map((x) => h("td", { class: "num" }, fmtNum(x))))) : null);
 }
