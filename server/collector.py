@@ -49,7 +49,7 @@ COLLECTOR_COUNTER_HELP: dict[str, str] = {
     "records": "records spooled (durable): one flow makes one per flow log and direction it goes to",
     "rejected": "records the Ingest checks refused (e.g. end before start, a time far in the future)",
     "dropped": "records lost because the pipeline refused them (spool full, server stopping)",
-    "receive_errors": "errors reading the socket",
+    "receive_errors": "errors reading the socket or handling a datagram (logged at most once a minute)",
     "flow_logs": "ACTIVE flow logs flows are delivered to (re-read on every change)",
     "inventory_time_ms": "when the collector last read the flow logs and resources (epoch ms)",
     "held_bytes": "bytes of data sets held for their template",
@@ -129,6 +129,7 @@ class Collector:
         self.counts = dict.fromkeys(COLLECTOR_COUNTER_HELP, 0)
         self._indexes: dict[str, AccountIndex] = {}
         self._inventory_at = float("-inf")
+        self._error_logged = float("-inf")
         # metadata's change counter (MetadataStore.generation): a change here is seen at once
         self._generation = generation
         self._generation_seen: int | None = None
@@ -243,7 +244,6 @@ class Collector:
     def _receive_loop(self) -> None:
         sock = self._sock
         assert sock is not None
-        decoder = self.decoder
         recv = sock.recvfrom
         groups: dict[str, list] = {}
         pending = 0
@@ -263,31 +263,48 @@ class Collector:
             now = time.monotonic()
             self._inventory(now)
             if data is not None:
-                exporter = addr[0]
-                account = self.exporters.account(exporter)
-                with self._lock:
-                    if account is None:
-                        decoder.counters.datagrams += 1
-                        self.counts["unknown_exporter"] += 1
-                        continue
-                    flows = decoder.decode(data, exporter, now)
-                if flows:
-                    index = self._indexes.get(account, empty)
-                    missed = index.attribute(flows, groups) if index else len(flows)
-                    if missed:
-                        with self._lock:
-                            self.counts["unattributed"] += missed
-                    if groups:
-                        if not pending:
-                            first_at = now
-                        pending = sum(map(len, groups.values()))
+                try:
+                    pending = self._take(data, addr, now, groups, empty, pending)
+                except Exception:  # noqa: BLE001 - a bug must not stop the collector: count, log, go on
+                    with self._lock:
+                        self.counts["receive_errors"] += 1
+                    if now >= self._error_logged + 60:
+                        self._error_logged = now
+                        log.exception("collector could not handle a datagram", extra={"exporter": addr[0]})
+                if pending and not first_at:
+                    first_at = now
             if pending and (pending >= self.batch_records or now - first_at >= self.batch_seconds):
                 self._hand_over(groups, index_of=self._indexes)
                 groups = {}
                 pending = 0
+                first_at = 0.0
         if groups:
             self._hand_over(groups, index_of=self._indexes)
         self._queue.put(None)
+
+    def _take(self, data: bytes, addr: tuple, now: float, groups: dict[str, list], empty: AccountIndex,
+              pending: int) -> int:
+        """Decode one datagram and attribute its flows into `groups`; the rows now pending.
+
+        Templates are kept per transport session, the exporter's address and source port (RFC
+        7011 section 10.3.1: a restarted exporter, on a new port, starts afresh, without the
+        templates and sampling options of its previous life); accounts go by address."""
+        decoder = self.decoder
+        account = self.exporters.account(addr[0])
+        with self._lock:
+            if account is None:
+                decoder.counters.datagrams += 1
+                self.counts["unknown_exporter"] += 1
+                return pending
+            flows = decoder.decode(data, (addr[0], addr[1]), now)
+        if not flows:
+            return pending
+        index = self._indexes.get(account, empty)
+        missed = index.attribute(flows, groups) if index else len(flows)
+        if missed:
+            with self._lock:
+                self.counts["unattributed"] += missed
+        return sum(map(len, groups.values()))
 
     def _hand_over(self, groups: dict[str, list], index_of: dict[str, AccountIndex]) -> None:
         batch = []

@@ -206,7 +206,8 @@ def test_pmacct_nfprobe_live_on_a_veth(collector, tmp_path, veth, version, n):
         "plugins: nfprobe",
         f"nfprobe_receiver: 127.0.0.1:{collector.udp_port}",
         f"nfprobe_version: {version}",
-        "nfprobe_timeouts: tcp=1:tcp.rst=1:tcp.fin=1:udp=1:icmp=1:general=1:maxlife=60:expint=1",
+        # expired 5 s after their last packet (a loaded machine may stall the replay for a second or two)
+        "nfprobe_timeouts: tcp=5:tcp.rst=5:tcp.fin=5:udp=5:icmp=5:general=5:maxlife=60:expint=1",
         "aggregate: src_host, dst_host, src_port, dst_port, proto, tos",
     ]) + "\n")
     log = tmp_path / "pmacctd.log"
