@@ -105,6 +105,16 @@ def aggregate_sql(q: AggregateQuery, where: str) -> str:
     cap = f" LIMIT {int(q.max_groups) + 1}" if q.max_groups else ""
     nulls = ["NULL"] * len(keys)
     folded = ["0" if m.op == "count_distinct" else f"{_FOLD[m.op]}(v{j})" for j, m in enumerate(q.metrics)]
+    if not q.interval_ms:
+        # One bucket: a top-N (ORDER BY ... LIMIT, a heap) instead of sorting every group, and the
+        # groups not in it (matched on their keys, NULL included) fold into `other`.
+        same = " AND ".join(f"t.{k} IS NOT DISTINCT FROM g.{k}" for k in keys) or "TRUE"
+        return (f"WITH g AS MATERIALIZED ({_grouped(q, where)}), "
+                f"t AS (SELECT * FROM g ORDER BY {', '.join(order)} LIMIT {int(q.limit)}) "
+                f"SELECT 0 AS part, {', '.join(['b', *keys, 'n', *vals])} FROM t "
+                f"UNION ALL SELECT 1, {', '.join(['NULL', *nulls, 'sum(n)', *folded])} FROM g "
+                f"WHERE NOT EXISTS (SELECT 1 FROM t WHERE {same}) HAVING count(*) > 0 "
+                f"UNION ALL SELECT 2, {', '.join(['NULL', *nulls, 'sum(n)', *(['NULL'] * len(vals))])} FROM g")
     return (f"WITH g AS MATERIALIZED ({_grouped(q, where)}), "
             f"r AS (SELECT *, row_number() OVER (PARTITION BY b ORDER BY {', '.join(order)}) AS rn FROM g) "
             f"SELECT * FROM (SELECT 0 AS part, {', '.join(['b', *keys, 'n', *vals])} FROM r "

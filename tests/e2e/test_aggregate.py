@@ -249,3 +249,20 @@ def test_cli_errors_are_one_line_saying_what_to_fix(demo):
     assert r.returncode == 1 and r.stderr.startswith("flowlog: INVALID_ARGUMENT: group_by[0]: 'bogus' is not a field")
     r = _flowlog(sp.address, "top", "talkers", *_window(start, end), "--prefix", "x")
     assert r.returncode == 2 and "--prefix 'x'" in r.stderr.splitlines()[-1]
+
+
+def test_readme_aggregate_commands_run(demo, tmp_path):
+    """Every `flowlog` command of the README's Aggregate section runs on the demo flow logs (the
+    figures there are a snapshot of one `make run`; here they only have to come out)."""
+    from tests.e2e.test_readme import commands
+    sp, _, _, _, _ = demo
+    cmds = [c for c in commands("Aggregate: answers, not rows") if c.startswith("flowlog ")]
+    assert any(" top " in f" {c} " for c in cmds) and any(c.startswith("flowlog aggregate") for c in cmds)
+    (tmp_path / "bad.txt").write_text("203.0.113.0/24\n198.51.100.7\n")
+    import shlex
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLOG_")}
+    for cmd in cmds:
+        argv = shlex.split(cmd)
+        r = subprocess.run([FLOWLOG, "--server", sp.address, *argv[1:]], capture_output=True, text=True, timeout=60,
+                           cwd=tmp_path, env=env)
+        assert r.returncode == 0, f"{cmd}\n{r.stdout}\n{r.stderr}"
