@@ -244,10 +244,14 @@ def test_count_distinct(filled_store, dataset: DataSet):
                    "count_distinct(resource_type)"])
     check(filled_store, dataset.records, filter_text="action = REJECT AND protocol = tcp", group_by=["dst_addr/16"],
           metrics=["count_distinct(src_addr/24)"])
+    # which rules reject, and how many sources each
+    check(filled_store, dataset.records, filter_text="action = REJECT", group_by=["rule_kind"],
+          metrics=["count_distinct(rule_id)", "count_distinct(src_addr)", "count"])
 
 
 @pytest.mark.parametrize("group_by", [["log_store"], ["protocol", "dst_port"], ["flow_log_id", "resource_id"],
-                                      ["resource_type", "network_id", "direction"]], ids=lambda g: "+".join(g))
+                                      ["resource_type", "network_id", "direction"], ["rule_kind", "rule_id"],
+                                      ["action", "rule_kind"]], ids=lambda g: "+".join(g))
 def test_other_fields(filled_store, dataset: DataSet, group_by):
     check(filled_store, dataset.records, group_by=group_by, limit=7)
     check(filled_store, dataset.records, group_by=group_by, log_stores=("ls-a", "web"), limit=3)
