@@ -16,14 +16,13 @@ from urllib.parse import quote
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2, timestamp_pb2
+from playwright import sync_api
 
 from flowlog.v1 import flow_log_pb2 as fl
 from flowlog.v1 import query_pb2
 from flowlog.v1 import types_pb2 as t
 from tests.e2e.conftest import KEY_A, ROOT, Stubs, start_server
 from tests.e2e.console_support import ConsoleServer, start_console_server
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements.lock: run make install")
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
