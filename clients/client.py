@@ -434,6 +434,25 @@ class TailStream:
 # --------------------------------------------------------------------------------------------
 
 
+def split_target(target: str) -> tuple[str, bool]:
+    """(host:port for gRPC, whether the scheme asks for TLS) of a target written as `host:port`,
+    `https://host[:port]` / `grpcs://host[:port]` (TLS; port 443 when none) or
+    `http://host[:port]` / `grpc://host[:port]` (plaintext; port 80 when none)."""
+    scheme, sep, rest = target.partition("://")
+    if not sep:
+        return target, False
+    scheme = scheme.lower()
+    if scheme not in ("https", "grpcs", "http", "grpc"):
+        raise ValueError(f"unknown scheme {scheme!r} in server address {target!r}: use https:// (TLS), http:// or "
+                         "HOST:PORT")
+    tls = scheme in ("https", "grpcs")
+    host = rest.rstrip("/")
+    has_port = "]:" in host if host.startswith("[") else ":" in host
+    if not has_port:
+        host = f"{host}:{443 if tls else 80}"
+    return host, tls
+
+
 class FlowLogClient:
     """A connection to a flowlog server.
 
@@ -460,8 +479,9 @@ class FlowLogClient:
         timeout: float | None = 30.0,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
+        target, scheme_tls = split_target(target)
         self.target = target
-        self.tls = tls or bool(ca_file or cert_file)
+        self.tls = tls or scheme_tls or bool(ca_file or cert_file)
         self.timeout = timeout
         channel_options = [
             ("grpc.primary_user_agent", USER_AGENT),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from server.config import Config, ConfigError
+from server.core.limits import Limits
 from server.core.model import FlowLogState, LogStoreKey
 from server.core.paging import TokenSigner
 from server.core.ports import CompiledIngest, MetadataStore, RecordArchive, RecordStore
@@ -67,21 +68,37 @@ QUERY_BACKENDS: dict[str, Callable[[Config], Any]] = {"embedded": _embedded_reco
 ARCHIVE_BACKENDS: dict[str, Callable[[Config], Any]] = {"embedded": _embedded_objects, "minio": _minio_objects}
 
 
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def check_listen_address(cfg: Config) -> None:
-    """Without API keys the server serves one local account: refuse anything but loopback."""
+    """Without API keys the server serves one local account: refuse anything but loopback. With
+    API keys off loopback, refuse to start without TLS (the keys would cross the network in
+    plaintext) unless `allow_plaintext` says a TLS-terminating proxy is in front."""
     host = cfg.listen.rsplit(":", 1)[0].strip("[]")
     if cfg.api_keys:
+        check_tls(cfg, cfg.listen, host, "listen")
         return
-    if host == "localhost":
-        return
-    try:
-        loopback = ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
+    if not is_loopback(host):
         raise ConfigError(f"refusing to listen on {cfg.listen} without API keys: with no keys anyone who can reach "
                           "the port would act as the local account. Configure api_keys (FLOWLOG_API_KEYS="
                           "'<key>=<account>') or listen on 127.0.0.1")
+
+
+def check_tls(cfg: Config, listen: str, host: str, setting: str) -> None:
+    """API keys on a non-loopback address need TLS, or allow_plaintext: true."""
+    if cfg.tls.cert_file or cfg.allow_plaintext or is_loopback(host):
+        return
+    raise ConfigError(f"refusing to listen on {listen} ({setting}) with API keys but without TLS: every client's "
+                      "API key would cross the network in plaintext. Set tls.cert_file and tls.key_file, or, when a "
+                      "TLS-terminating proxy in front of the server does TLS, allow_plaintext: true "
+                      "(FLOWLOG_ALLOW_PLAINTEXT=true)")
 
 
 class CollectorBindError(RuntimeError):
@@ -158,23 +175,40 @@ class App:
         self.purge_loop = PurgeLoop(self.purger)
         from server.core.lifecycle import ActiveFlowLogs
         self._active_check = ActiveFlowLogs(self.metadata)
+        lim = cfg.limits
+        # Concurrency per account and in total (server.core.limits), used by the use cases.
+        self.limits = Limits.build(
+            max_query_streams_per_account=lim.max_query_streams_per_account, max_query_streams=lim.max_query_streams,
+            max_aggregate_calls_per_account=lim.max_aggregate_calls_per_account,
+            max_aggregate_calls=lim.max_aggregate_calls,
+            max_tail_streams_per_account=lim.max_tail_streams_per_account, max_tail_streams=lim.max_tail_streams,
+            max_ingest_inflight_bytes_per_account=lim.max_ingest_inflight_bytes_per_account,
+            max_ingest_inflight_bytes=lim.max_ingest_inflight_bytes)
         from server.core.aggregate import Limits as AggregateLimits
         from server.core.usecases.aggregate import Aggregate
-        lim = cfg.limits
         self.aggregate = Aggregate(self.metadata, self.records, AggregateLimits(
             max_groups=lim.aggregate_max_groups, timeout_s=lim.aggregate_timeout_seconds,
-            max_range_days=lim.aggregate_max_range_days), regions=self.service.regions)
+            max_range_days=lim.aggregate_max_range_days), regions=self.service.regions,
+            slots=self.limits.aggregate_calls)
         compiled = compiled_ingest(cfg.native_ingest)
         if compiled is not None and not isinstance(compiled, CompiledIngest):
             raise TypeError("server.api._fastingest does not provide split/accept: rebuild it (make install)")
         self.ingest = Ingest(self.metadata, self.pipeline, max_records_per_message=lim.max_records_per_message,
-                             compiled=compiled)
+                             compiled=compiled, inflight=self.limits.ingest_bytes,
+                             stream_bytes=lim.max_message_bytes)
         self.query = Query(self.metadata, self.records, self.signer, default_limit=lim.query_page_size,
-                           regions=self.service.regions)
+                           regions=self.service.regions, slots=self.limits.query_streams)
         self.tail = Tail(self.metadata, self.pipeline, max_streams_per_account=lim.max_tail_streams_per_account,
-                         heartbeat_s=lim.tail_heartbeat_seconds, regions=self.service.regions)
+                         heartbeat_s=lim.tail_heartbeat_seconds, regions=self.service.regions,
+                         slots=self.limits.tail_streams)
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="flowlog-rpc")
-        self.stream_executor = ThreadPoolExecutor(max_workers=1024, thread_name_prefix="flowlog-stream")
+        # Separate pools, each big enough for what its limits let in, so that neither kind of
+        # stream can starve the other or the short calls: a Tail holds one thread while it
+        # waits for records, a Query up to three (reading, encoding, handing over).
+        self.stream_executor = ThreadPoolExecutor(max_workers=lim.max_tail_streams + 4,
+                                                  thread_name_prefix="flowlog-tail")
+        self.query_executor = ThreadPoolExecutor(max_workers=3 * lim.max_query_streams + 4,
+                                                 thread_name_prefix="flowlog-query")
         self.generator = None
         if cfg.generator.enabled:
             from server.generator_loop import GeneratorLoop
@@ -354,6 +388,7 @@ class App:
         self.pipeline.stop(timeout=timeout)
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.stream_executor.shutdown(wait=False, cancel_futures=True)
+        self.query_executor.shutdown(wait=False, cancel_futures=True)
         self.records.close()
         if self.archive is not None:
             self.archive.close()

@@ -101,7 +101,10 @@ class TlsConfig:
 
 @dataclass
 class LimitsConfig:
-    max_message_bytes: int = 16 * 1024 * 1024
+    # The largest message the server receives (the gRPC transport's cap: bigger ones are refused
+    # from their length prefix, before their bytes are buffered). Ingest messages may be this big:
+    # 10,000 IPv4 records take ~0.8 MB, IPv6 ~1.5 MB.
+    max_message_bytes: int = 2 * 1024 * 1024
     max_records_per_message: int = 10_000
     # Records one Tail subscriber may have queued before it is told to resume from its cursor.
     tail_buffer_records: int = 50_000
@@ -116,6 +119,36 @@ class LimitsConfig:
     aggregate_max_groups: int = 100_000
     aggregate_timeout_seconds: float = 30.0
     aggregate_max_range_days: float = 31.0
+    # -- resource bounds against hostile or misbehaving clients (owner: issue 15) -------------
+    # Every request but Ingest's messages: at most this many bytes (read only after the API key
+    # is checked) and this many values in any repeated field, checked before it is decoded
+    # further. The largest legitimate one (a resource with 100 rules) takes ~15 KB.
+    max_request_bytes: int = 64 * 1024
+    max_repeated_values: int = 1000
+    # Open Tail streams over all accounts (each holds a thread of the Tail pool, sized by this).
+    max_tail_streams: int = 1000
+    # Query streams open at once, per account and in total (each holds up to three threads of
+    # the Query pool, sized by this, and a read transaction or point in time of the backend).
+    max_query_streams_per_account: int = 8
+    max_query_streams: int = 64
+    # Aggregate calls running at once, per account and in total.
+    max_aggregate_calls_per_account: int = 4
+    max_aggregate_calls: int = 8
+    # Bytes the Ingest streams may hold, per account and in total: each open stream may be
+    # receiving a message of max_message_bytes at any moment (gRPC buffers it whole, and about
+    # three copies exist while it is handed over), so each holds that much while it is open:
+    # with the defaults, 8 streams per account and 32 in all.
+    max_ingest_inflight_bytes_per_account: int = 16 * 1024 * 1024
+    max_ingest_inflight_bytes: int = 64 * 1024 * 1024
+    # The same for the one message of every other call while it is being received (a client may
+    # send max_message_bytes before the server can tell it is over max_request_bytes): a call
+    # waits up to 10 s for room, then is RESOURCE_EXHAUSTED. Legitimate requests take
+    # microseconds to receive.
+    max_receiving_bytes_per_account: int = 4 * 1024 * 1024
+    max_receiving_bytes: int = 16 * 1024 * 1024
+    # A Query or Tail stream whose client reads nothing for this long is ended with
+    # RESOURCE_EXHAUSTED, giving back its threads and its read transaction.
+    stream_send_timeout_seconds: float = 60.0
 
 
 # -- regions and quotas (owner: lifecycle) ----------------------------------------------------
@@ -201,6 +234,9 @@ class Config:
     minio: MinioConfig = field(default_factory=MinioConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    # With API keys and a listen address off loopback the server needs tls (keys would travel in
+    # plaintext) unless this says a TLS-terminating proxy sits in front of it.
+    allow_plaintext: bool = False
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
@@ -239,6 +275,17 @@ class Config:
         if self.tls.client_ca_file and not self.tls.cert_file:
             raise ConfigError("tls.client_ca_file needs tls.cert_file and tls.key_file")
         self._validate_collector()
+        lim = self.limits
+        if lim.max_message_bytes < 1024 or lim.max_request_bytes < 1024:
+            raise ConfigError("limits.max_message_bytes and limits.max_request_bytes must be at least 1024")
+        if lim.stream_send_timeout_seconds <= 0:
+            raise ConfigError("limits.stream_send_timeout_seconds must be more than 0")
+        for name in ("max_repeated_values", "max_tail_streams", "max_query_streams_per_account", "max_query_streams",
+                     "max_aggregate_calls_per_account", "max_aggregate_calls",
+                     "max_ingest_inflight_bytes_per_account", "max_ingest_inflight_bytes",
+                     "max_receiving_bytes_per_account", "max_receiving_bytes"):
+            if getattr(lim, name) < 1:
+                raise ConfigError(f"limits.{name} must be at least 1")
         for key, account in self.api_keys.items():
             if len(key) < 16:
                 raise ConfigError(f"API key for account {account!r} is too short: use at least 16 random characters")

@@ -59,7 +59,7 @@ def to_status(err: E.DomainError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def _internal(method: str, exc: BaseException) -> grpc.Status:
+def internal_status(method: str, exc: BaseException) -> grpc.Status:
     log.exception("internal error in %s", method, exc_info=exc)
     return rpc_status.to_status(status_pb2.Status(
         code=code_pb2.INTERNAL, message="internal error; the server log has the details"))
@@ -69,6 +69,10 @@ def handle_errors(fn):
     """Wrap an async servicer method (unary or streaming) so domain errors become statuses.
 
     Unexpected exceptions become INTERNAL with the traceback logged, never a crashed server.
+    The call is aborted after the except block, with the error's traceback dropped: an abort
+    raised inside it chained the error, its traceback and the frames' locals (a refused 2 MiB
+    Ingest message) to what gRPC keeps of the call, and the raised collector thresholds
+    (server.main.configure_gc) left them there: ~2 MiB of RSS per refused message (issue 15).
     """
     name = fn.__qualname__
     if inspect.isasyncgenfunction(fn):
@@ -77,12 +81,16 @@ def handle_errors(fn):
             try:
                 async for item in fn(self, request, context):
                     yield item
+                return
             except E.DomainError as err:
-                await context.abort_with_status(to_status(err))
+                status = to_status(err)
+                err.__traceback__ = None
             except (grpc.aio.AbortError, GeneratorExit):
                 raise
             except Exception as exc:  # noqa: BLE001 - last line of defence
-                await context.abort_with_status(_internal(name, exc))
+                status = internal_status(name, exc)
+                exc.__traceback__ = None
+            await context.abort_with_status(status)
         return stream
 
     @functools.wraps(fn)
@@ -90,9 +98,12 @@ def handle_errors(fn):
         try:
             return await fn(self, request, context)
         except E.DomainError as err:
-            await context.abort_with_status(to_status(err))
+            status = to_status(err)
+            err.__traceback__ = None
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001
-            await context.abort_with_status(_internal(name, exc))
+            status = internal_status(name, exc)
+            exc.__traceback__ = None
+        await context.abort_with_status(status)
     return unary

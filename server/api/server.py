@@ -7,13 +7,12 @@ from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from google.protobuf.message_factory import GetMessageClass
 
 from flowlog.v1 import flow_log_pb2, ingest_pb2, log_store_pb2, query_pb2, resource_pb2
-from server.api.errors import parse_message, to_status
-from server.core.errors import InvalidArgument
+from server.api.gate import Gate, register_open_service
 from server.api.services import (FlowLogServicer, IngestServicer, LogStoreServicer, QueryServicer,
                                  ResourceServicer, Runner)
 
@@ -35,17 +34,16 @@ BACKEND_HEALTH = {"query": "flowlog.backend.query", "archive": "flowlog.backend.
 COLLECTOR_HEALTH = "flowlog.collector"
 
 
-def _handlers(service, servicer) -> grpc.GenericRpcHandler:
-    """The service's method handlers, parsing requests ourselves (server.api.errors.parse_message)
-    so that bytes that are not a valid message are INVALID_ARGUMENT naming the message type. A
-    client-streaming method marked `takes_bytes` gets the raw messages and parses them itself
-    (Ingest, for its compiled fast path)."""
+def _handlers(service, servicer, gate: Gate) -> grpc.GenericRpcHandler:
+    """The service's method handlers: the API key checked before the request is read, requests
+    bounded and parsed by us (server.api.gate), so that bytes that are not a valid message are
+    INVALID_ARGUMENT naming the message type."""
     handlers = {}
     for method in service.methods:
         req_cls = GetMessageClass(method.input_type)
         resp_cls = GetMessageClass(method.output_type)
         impl = getattr(servicer, method.name)
-        handlers[method.name] = _wrap(method, req_cls, impl, _serializer(resp_cls))
+        handlers[method.name] = gate.handler(method, req_cls, impl, _serializer(resp_cls))
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
@@ -59,42 +57,10 @@ def _serializer(resp_cls):
     return ser
 
 
-def _wrap(method, req_cls, impl, serialize) -> grpc.RpcMethodHandler:
-    def parse(raw: bytes):
-        return parse_message(req_cls, raw)
-
-    if method.client_streaming and getattr(impl, "takes_bytes", False):
-        return grpc.stream_unary_rpc_method_handler(impl, response_serializer=serialize)
-    if method.client_streaming:
-        async def stream_in(raw_iter, context):
-            async def parsed():
-                async for raw in raw_iter:
-                    yield parse(raw)
-            return await impl(parsed(), context)
-        return grpc.stream_unary_rpc_method_handler(stream_in, response_serializer=serialize)
-    if method.server_streaming:
-        async def stream_out(raw, context):
-            try:
-                request = parse(raw)
-            except InvalidArgument as e:
-                await context.abort_with_status(to_status(e))
-            async for item in impl(request, context):
-                yield item
-        return grpc.unary_stream_rpc_method_handler(stream_out, response_serializer=serialize)
-
-    async def unary(raw, context):
-        try:
-            request = parse(raw)
-        except InvalidArgument as e:
-            await context.abort_with_status(to_status(e))
-        return await impl(request, context)
-    return grpc.unary_unary_rpc_method_handler(unary, response_serializer=serialize)
-
-
 def servicers(app: "App") -> list[tuple[object, str, object]]:
     """(proto module, service name, servicer) of each of our services: each servicer gets the
     use cases it serves and nothing else."""
-    runner = Runner(app.auth, app.executor, app.stream_executor)
+    runner = Runner(app.auth, app.executor, app.stream_executor, app.query_executor)
     return [(resource_pb2, "ResourceService", ResourceServicer(runner, app.service)),
             (log_store_pb2, "LogStoreService", LogStoreServicer(runner, app.service)),
             (flow_log_pb2, "FlowLogService", FlowLogServicer(runner, app.service)),
@@ -108,19 +74,30 @@ class GrpcServer:
         cfg = app.config
         options = [
             ("grpc.max_receive_message_length", cfg.limits.max_message_bytes),
-            ("grpc.max_send_message_length", cfg.limits.max_message_bytes),
+            # Responses are ours (a Tail batch of 10,000 stored records may pass 4 MiB).
+            ("grpc.max_send_message_length", max(cfg.limits.max_message_bytes, 16 * 1024 * 1024)),
             ("grpc.keepalive_time_ms", 60_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.max_connection_age_grace_ms", 30_000),
+            # No BDP probing on what the server receives: the per-stream receive window stays at
+            # HTTP/2's 64 KiB unless a handler is reading a message. With probing it grew to
+            # megabytes per stream on loopback, and the transport buffered that much of each
+            # request before a handler (the API key check) or the size cap could refuse it:
+            # 20 clients sending 16 MiB took +100 MB of RSS with it, +2 MB without (issue 15).
+            ("grpc.http2.bdp_probe", 0),
         ]
         self.server = grpc.aio.server(options=options)
+        gate = Gate(app)
         for module, name, servicer in servicers(app):
-            self.server.add_generic_rpc_handlers((_handlers(module.DESCRIPTOR.services_by_name[name], servicer),))
+            self.server.add_generic_rpc_handlers(
+                (_handlers(module.DESCRIPTOR.services_by_name[name], servicer, gate),))
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            SERVICE_NAMES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self.server)
+        # Health and reflection need no API key; their requests are bounded like ours.
+        register_open_service(gate, self.server,
+                              lambda s: health_pb2_grpc.add_HealthServicer_to_server(self.health, s))
+        names = SERVICE_NAMES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        register_open_service(gate, self.server, lambda s: reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names), s))
         self.port = self._bind(cfg.listen)
         self._health_task: asyncio.Task | None = None
         self._last_ok: dict[str, bool] = {}

@@ -9,6 +9,7 @@ long streams (Tail) at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import operator
@@ -22,6 +23,7 @@ from flowlog.v1 import (flow_log_pb2, flow_log_pb2_grpc, ingest_pb2, ingest_pb2_
 from server.api import convert, wire
 from server.api.auth import Authenticator
 from server.api.errors import handle_errors, parse_message
+from server.api.gate import CURRENT_ACCOUNT
 from server.api.handoff import Feed, ReadAhead
 from server.core.errors import InvalidArgument
 from server.core.ingest import RAW_FIELDS
@@ -43,12 +45,15 @@ _EMPTY = empty_pb2.Empty()
 
 
 class Runner:
-    """What every servicer shares: the caller's account and the thread pools."""
+    """What every servicer shares: the caller's account and the thread pools (short calls; Tail
+    streams; Query streams, each pool sized by the limits of what runs on it)."""
 
-    def __init__(self, auth: Authenticator, executor: Executor, stream_executor: Executor) -> None:
+    def __init__(self, auth: Authenticator, executor: Executor, stream_executor: Executor,
+                 query_executor: Executor | None = None) -> None:
         self.auth = auth
         self.executor = executor
         self.stream_executor = stream_executor
+        self.query_executor = query_executor or stream_executor
 
 
 class _Base:
@@ -63,8 +68,14 @@ class _Base:
         short requests of threads."""
         return await asyncio.get_running_loop().run_in_executor(self.runner.stream_executor, fn, *args)
 
+    async def wait_query(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """The same for Query streams, on the Query pool (sized by limits.max_query_streams)."""
+        return await asyncio.get_running_loop().run_in_executor(self.runner.query_executor, fn, *args)
+
     def account(self, context) -> str:
-        return self.runner.auth.account(context)
+        """The caller's account: checked by server.api.gate before the request was read."""
+        account = CURRENT_ACCOUNT.get()
+        return account if account is not None else self.runner.auth.account(context)
 
 
 class _Crud(_Base):
@@ -221,6 +232,9 @@ def _parse(data: bytes) -> ParsedMessage:
     return _parsed(parse_message(ingest_pb2.IngestRequest, data))
 
 
+_RECORDS_FIELD = ingest_pb2.IngestRequest.DESCRIPTOR.fields_by_name["records"].number
+
+
 def compiled_ingest(enabled: bool = True) -> Any:
     """The compiled Ingest path (server.core.ports.CompiledIngest) when built and enabled, else None."""
     return _fastingest if enabled else None
@@ -234,11 +248,21 @@ class IngestServicer(_Base, ingest_pb2_grpc.IngestServiceServicer):
     @handle_errors
     async def Ingest(self, request_iterator, context):
         stream = self.ingest.open(self.account(context), _parse)
-        async for raw in request_iterator:
-            msg = stream.split(raw if type(raw) is bytes else _parsed(raw))
-            if stream.needs_flow_log(msg):
-                await self.run(stream.load_flow_log, msg)
-            await self.run(stream.add, msg)
+        try:
+            async for raw in request_iterator:
+                if type(raw) is bytes:
+                    msg = stream.head(raw)
+                    if msg is None:  # not for the compiled path: counted from its bytes, parsed off the loop
+                        stream.check_count(wire.count_field(raw, _RECORDS_FIELD))
+                        msg = stream.split(await self.run(_parse, raw))
+                else:
+                    msg = stream.split(_parsed(raw))
+                del raw
+                if stream.needs_flow_log(msg):
+                    await self.run(stream.load_flow_log, msg)
+                await self.run(stream.add, msg)
+        finally:
+            stream.close()
         r = stream.result
         return ingest_pb2.IngestResponse(
             accepted=r.accepted, rejected=r.rejected,
@@ -307,6 +331,17 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
     @handle_errors
     async def Query(self, request, context):
         account = self.account(context)
+        # A slot per open Query, per account and in total (limits.max_query_streams*); given back
+        # only after the reader has stopped and closed the store's cursor (the finally of _query).
+        self.query.acquire(account)
+        try:
+            async with contextlib.aclosing(self._query(account, request)) as responses:
+                async for item in responses:
+                    yield item
+        finally:
+            self.query.release(account)
+
+    async def _query(self, account: str, request):
         uc = self.query
         planned = await self.run(lambda: uc.plan(
             account, region=request.region, project=request.project, log_stores=list(request.log_stores),
@@ -314,7 +349,7 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
             end_ms=convert.ms_of(request.end_time) if request.HasField("end_time") else None,
             filter_text=request.filter, limit=request.limit,
             newest_first=request.order != query_pb2.ORDER_OLDEST_FIRST, page_token=request.page_token))
-        executor = self.runner.stream_executor
+        executor = self.runner.query_executor
         # Batches go out already encoded (server.api.wire): no protobuf object per record; the
         # next chunk is read and encoded while the current one is sent.
         if uc.arrow:
@@ -329,14 +364,14 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
         last = None
         try:
             while True:
-                chunk = await self.wait(source.next_item)
+                chunk = await self.wait_query(source.next_item)
                 if chunk is None:
                     break
                 for data, n, last in chunk:
                     returned += n
                     yield data
         finally:
-            await self.wait(source.close)
+            await self.wait_query(source.close)
         summary = await self.run(uc.summary, planned, returned, last)
         yield query_pb2.QueryResponse(summary=query_pb2.QuerySummary(
             returned=summary.returned, matched=summary.matched, more=summary.more,
@@ -346,12 +381,13 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
     async def Aggregate(self, request, context):
         account = self.account(context)
         interval_ms = _interval_ms(request) if request.HasField("interval") else None
-        result = await self.run(lambda: self.aggregate.run(
-            account, region=request.region, project=request.project, log_stores=list(request.log_stores),
-            start_ms=convert.ms_of(request.start_time) if request.HasField("start_time") else None,
-            end_ms=convert.ms_of(request.end_time) if request.HasField("end_time") else None,
-            filter_text=request.filter, group_by=list(request.group_by), interval_ms=interval_ms,
-            metrics=list(request.metrics), order_by=request.order_by, limit=request.limit))
+        with self.aggregate.slot(account):  # limits.max_aggregate_calls*
+            result = await self.run(lambda: self.aggregate.run(
+                account, region=request.region, project=request.project, log_stores=list(request.log_stores),
+                start_ms=convert.ms_of(request.start_time) if request.HasField("start_time") else None,
+                end_ms=convert.ms_of(request.end_time) if request.HasField("end_time") else None,
+                filter_text=request.filter, group_by=list(request.group_by), interval_ms=interval_ms,
+                metrics=list(request.metrics), order_by=request.order_by, limit=request.limit))
         return convert.aggregate_to_pb(result)
 
     @handle_errors

@@ -478,3 +478,46 @@ class _Pending:
     def wait(self) -> bytes | None:
         self._done.wait()
         return self._data
+
+
+def _varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = data[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def count_field(data: bytes, number: int) -> int | None:
+    """How many times top-level field `number` occurs in a serialized message, without decoding
+    it (for limits checked before a message is decoded: an empty sub-message is two bytes on the
+    wire and a hundred once decoded); None when the bytes are not a well-formed message (protobuf
+    then says why). Used only off the compiled Ingest path."""
+    n = 0
+    i = 0
+    end = len(data)
+    try:
+        while i < end:
+            key, i = _varint(data, i)
+            kind = key & 7
+            if key >> 3 == number:
+                n += 1
+            if kind == 0:
+                _, i = _varint(data, i)
+            elif kind == 1:
+                i += 8
+            elif kind == 2:
+                length, i = _varint(data, i)
+                i += length
+            elif kind == 5:
+                i += 4
+            else:  # groups (3, 4) are not used by our protos
+                return None
+    except (IndexError, ValueError):
+        return None
+    return n if i == end else None

@@ -92,3 +92,68 @@ def test_tls_and_client_certificates(tmp_path, pki):
         assert sp.stop() == 0
     log = sp.log_path.read_text()
     assert KEY_A not in log, "API keys must never be logged"
+
+
+def test_refuses_plaintext_off_loopback_with_api_keys(tmp_path):
+    """API keys on a non-loopback address need TLS (issue 15), or allow_plaintext behind a proxy."""
+    env = {"FLOWLOG_API_KEYS": f"{KEY_A}=acct-a"}
+    r = run_server(["--listen", f"0.0.0.0:{free_port()}", "--data-dir", str(tmp_path / "a")], env=env)
+    assert r.returncode == 2, r.stderr
+    assert "without TLS" in r.stderr and "plaintext" in r.stderr and "allow_plaintext" in r.stderr, r.stderr
+    assert "tls.cert_file" in r.stderr
+    # Loopback stays allowed without TLS, and allow_plaintext lets a proxied server start.
+    port = free_port()
+    sp = start_server(tmp_path / "proxied", {"listen": f"0.0.0.0:{port}", "allow_plaintext": True,
+                                             "generator": {"enabled": False}}, port=port)
+    try:
+        assert _list_plain(sp.address) is None
+    finally:
+        assert sp.stop() == 0
+
+
+def _list_plain(address: str) -> grpc.StatusCode | None:
+    from flowlog.v1 import resource_pb2_grpc
+    with grpc.insecure_channel(address) as ch:
+        try:
+            resource_pb2_grpc.ResourceServiceStub(ch).ListResources(
+                rs.ListResourcesRequest(page_size=1), metadata=(("authorization", f"Bearer {KEY_A}"),), timeout=10)
+            return None
+        except grpc.RpcError as e:
+            return e.code()
+
+
+def test_client_and_cli_speak_tls_given_a_ca_or_an_https_target(tmp_path, pki, capsys, monkeypatch):
+    from clients.cli import main
+    from clients.client import FlowLogClient
+
+    ca_file = str(pki / "ca.pem")
+    tls = {"cert_file": str(pki / "server.pem"), "key_file": str(pki / "server.key")}
+    sp = start_server(tmp_path / "tls", {"tls": tls, "generator": {"enabled": False}},
+                      health_tls=(pki / "ca.pem").read_bytes())
+    port = sp.address.rsplit(":", 1)[1]
+    monkeypatch.delenv("FLOWLOG_CA_FILE", raising=False)
+    try:
+        def cli(*args: str) -> tuple[int, str, str]:
+            code = main(["--api-key", KEY_A, "--timeout", "10", *args, "resource", "list", "--region", "bj",
+                         "--json"])
+            out, err = capsys.readouterr()
+            return code, out, err
+
+        # --ca-file, FLOWLOG_CA_FILE, an https:// target: TLS each time.
+        assert cli("--server", sp.address, "--ca-file", ca_file)[0] == 0
+        monkeypatch.setenv("FLOWLOG_CA_FILE", ca_file)
+        code, out, err = cli("--server", sp.address)
+        assert code == 0 and "eip-bj-01" in out, err
+        assert cli("--server", f"https://localhost:{port}")[0] == 0
+        monkeypatch.delenv("FLOWLOG_CA_FILE")
+        # Without a CA the plaintext default cannot talk to a TLS port (and says where it tried).
+        code, _, err = cli("--server", sp.address)
+        assert code == 1 and "UNAVAILABLE" in err, err
+        # The library: an https:// target with the CA; an unknown scheme is refused plainly.
+        with FlowLogClient(f"https://127.0.0.1:{port}", KEY_A, ca_file=ca_file, timeout=10) as c:
+            assert c.tls and c.target == f"127.0.0.1:{port}"
+            assert c.resources.ListResources(rs.ListResourcesRequest(page_size=1), timeout=10).resources
+        with pytest.raises(ValueError, match="unknown scheme"):
+            FlowLogClient(f"ftp://127.0.0.1:{port}")
+    finally:
+        assert sp.stop() == 0

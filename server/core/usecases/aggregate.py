@@ -13,21 +13,32 @@ flowlog does not offer yet (README, "Aggregate").
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 from server.core import aggregate as agg
 from server.core import query as query_core
 from server.core.errors import FailedPrecondition
+from server.core.limits import Limiter
 from server.core.ports import MetadataStore, RecordAggregation
 from server.core.rules import RegionCatalogue
 
 
 class Aggregate:
     def __init__(self, metadata: MetadataStore, records: object, limits: agg.Limits,
-                 regions: RegionCatalogue | None = None) -> None:
+                 regions: RegionCatalogue | None = None, slots: Limiter | None = None) -> None:
         self.metadata = metadata
+        # Calls running at once, per account and in total (limits.max_aggregate_calls_per_account,
+        # max_aggregate_calls): each holds a worker thread and the backend while it runs.
+        self.slots = slots
         self.limits = limits
         self.regions = regions  # the server's region catalogue (rules.RegionCatalogue)
         self._records: RecordAggregation | None = records if isinstance(records, RecordAggregation) else None
         self._backend = getattr(records, "name", type(records).__name__)
+
+    def slot(self, account: str) -> AbstractContextManager[None]:
+        """Hold one for the whole call, taken before it waits for a thread (so a full server
+        refuses at once): RESOURCE_EXHAUSTED naming the setting when none is free."""
+        return self.slots.hold(account) if self.slots is not None else nullcontext()
 
     def run(self, account: str, *, region: str, project: str, log_stores: list[str], start_ms: int | None,
             end_ms: int | None, filter_text: str, group_by: list[str], interval_ms: int | None, metrics: list[str],

@@ -26,6 +26,7 @@ from server.core.attribution import AddressMatcher
 from server.core.errors import InvalidArgument
 from server.core.ingest import Rejection
 from server.core.lifecycle import FlowLogWatch
+from server.core.limits import Limiter
 from server.core.model import FlowRecord
 from server.core.ports import CompiledIngest, MetadataStore, RecordPipeline
 
@@ -72,14 +73,24 @@ class Ingest:
     """Built once (server.app); open() one stream per Ingest call."""
 
     def __init__(self, metadata: MetadataStore, pipeline: RecordPipeline, *, max_records_per_message: int,
-                 compiled: CompiledIngest | None = None, clock: Callable[[], int] = now_ms) -> None:
+                 compiled: CompiledIngest | None = None, clock: Callable[[], int] = now_ms,
+                 inflight: Limiter | None = None, stream_bytes: int = 0) -> None:
         self.metadata = metadata
         self.pipeline = pipeline
         self.max_records_per_message = max_records_per_message
         self.compiled = compiled
         self.clock = clock
+        # Bytes the open streams may hold (limits.max_ingest_inflight_bytes[_per_account]): each
+        # open stream may be receiving a message of up to `stream_bytes` at any moment (the
+        # transport buffers it whole before it is handed over), so each holds that much.
+        self.inflight = inflight
+        self.stream_bytes = stream_bytes
 
     def open(self, account: str, parse: Parser) -> "IngestStream":
+        """One stream; RESOURCE_EXHAUSTED naming the setting when the account (or the server)
+        holds its bytes in flight already. close() it when the call ends."""
+        if self.inflight is not None:
+            self.inflight.acquire(account, self.stream_bytes)
         return IngestStream(self, account, parse)
 
 
@@ -96,25 +107,45 @@ class IngestStream:
         self._matchers: dict[str, AddressMatcher] = {}  # flow log id -> its resource's addresses
         self._index = 0
         self.result = IngestResult(rejections=[])
+        self._closed = False
+
+    def close(self) -> None:
+        """Give the stream's bytes in flight back (once)."""
+        if not self._closed:
+            self._closed = True
+            if self._ingest.inflight is not None:
+                self._ingest.inflight.release(self.account, self._ingest.stream_bytes)
+
+    def head(self, data: bytes) -> Message | None:
+        """The message as the compiled path reads it, from its bytes without decoding its records
+        (cheap: call it on the event loop), or None when it cannot: then count its records
+        (check_count), parse it off the event loop and split() that."""
+        head = self._compiled.split(data) if self._compiled is not None else None
+        if head is None:
+            return None
+        self.check_count(head[1])
+        return Message(head[0], head[1], data=data)
+
+    def check_count(self, count: int | None) -> None:
+        """INVALID_ARGUMENT past max_records_per_message, before anything is decoded: a message of
+        millions of empty records (two bytes each) would take ~100 times its size decoded."""
+        limit = self._ingest.max_records_per_message
+        if count is not None and count > limit:
+            raise InvalidArgument.field("records", f"at most {limit} records per message (got {count}); "
+                                        "split the batch (limits.max_records_per_message)")
 
     def split(self, message: bytes | ParsedMessage) -> Message:
         """The message's flow log and size; INVALID_ARGUMENT past max_records_per_message."""
         if type(message) is bytes:
-            head = self._compiled.split(message) if self._compiled is not None else None
-            if head is not None:
-                msg = Message(head[0], head[1], data=message)
-            else:
-                parsed = self._parse(message)
-                msg = Message(parsed.flow_log_id, parsed.count, parsed=parsed)
+            msg = self.head(message)
+            if msg is not None:
+                return msg
+            parsed = self._parse(message)
+            msg = Message(parsed.flow_log_id, parsed.count, parsed=parsed)
         else:
             assert isinstance(message, ParsedMessage)
             msg = Message(message.flow_log_id, message.count, parsed=message)
-        limit = self._ingest.max_records_per_message
-        if msg.count > limit:
-            if msg.data is not None:
-                self._parse(msg.data)  # a message that is not valid says so first
-            raise InvalidArgument.field("records", f"at most {limit} records per message (got {msg.count}); "
-                                        "split the batch")
+        self.check_count(msg.count)
         return msg
 
     def needs_flow_log(self, msg: Message) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 from server.core import query as query_core
+from server.core.limits import Limiter
 from server.core.model import FlowRecord
 from server.core.paging import TokenSigner
 from server.core.ports import ArrowSearch, MetadataStore, RecordStore
@@ -32,13 +33,27 @@ class QuerySummary:
 
 class Query:
     def __init__(self, metadata: MetadataStore, records: RecordStore, signer: TokenSigner, *,
-                 default_limit: int, regions: RegionCatalogue | None = None) -> None:
+                 default_limit: int, regions: RegionCatalogue | None = None, slots: Limiter | None = None) -> None:
         self.metadata = metadata
+        # Open Query streams per account and in total (limits.max_query_streams_per_account,
+        # max_query_streams): each holds reader threads and a read transaction (DuckDB) or point
+        # in time (Elasticsearch) until it ends. None: no bound.
+        self.slots = slots
         self.regions = regions
         self.records = records
         self.signer = signer
         self.default_limit = default_limit
         self._arrow: ArrowSearch | None = records if isinstance(records, ArrowSearch) else None
+
+    def acquire(self, account: str) -> None:
+        """Take a Query slot before reading; RESOURCE_EXHAUSTED naming the setting when none is free.
+        release() it once the reader has stopped and closed the store's cursor."""
+        if self.slots is not None:
+            self.slots.acquire(account)
+
+    def release(self, account: str) -> None:
+        if self.slots is not None:
+            self.slots.release(account)
 
     @property
     def arrow(self) -> bool:

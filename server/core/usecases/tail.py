@@ -1,49 +1,41 @@
 """The Tail use case: records of several LogStores as they are stored, from the pipeline.
 
-open() counts the stream against the account's quota (limits.max_tail_streams_per_account:
-each open Tail holds a thread of the server's stream pool while it waits for records, so one
-account must not take them all), checks the LogStores and the filter, and opens the pipeline's
+acquire() counts the stream against the account's and the server's bounds
+(limits.max_tail_streams_per_account, limits.max_tail_streams: each open Tail holds a thread of
+the server's Tail pool while it waits for records, so no account may take them all); open() checks the LogStores and the filter, and opens the pipeline's
 session (replay from the spool by start time or resume cursor, then live) that ends with
 NOT_FOUND once one of its LogStores is deleted (server.core.lifecycle.ScopeWatch). release()
 gives the slot back.
 """
 from __future__ import annotations
 
-import threading
-
 from server.core import filter as flt
 from server.core import query as query_core
-from server.core.errors import ResourceExhausted
 from server.core.lifecycle import ScopeWatch
+from server.core.limits import Bound, Limiter
 from server.core.ports import MetadataStore, RecordPipeline, TailEvents
 from server.core.rules import RegionCatalogue
 
 
 class Tail:
     def __init__(self, metadata: MetadataStore, pipeline: RecordPipeline, *, max_streams_per_account: int,
-                 heartbeat_s: float, regions: RegionCatalogue | None = None) -> None:
+                 heartbeat_s: float, regions: RegionCatalogue | None = None, slots: Limiter | None = None) -> None:
         self.metadata = metadata
         self.regions = regions
         self.pipeline = pipeline
         self.max_streams_per_account = max_streams_per_account
         self.heartbeat_s = heartbeat_s
-        self._lock = threading.Lock()
-        self._open: dict[str, int] = {}
+        # Per account and in total; without a server-wide limiter, per account only.
+        self.slots = slots or Limiter("Tail streams", Bound(max_streams_per_account,
+                                                            "limits.max_tail_streams_per_account"),
+                                      Bound(0, "limits.max_tail_streams"))
 
     def acquire(self, account: str) -> None:
-        """Take one of the account's Tail slots; RESOURCE_EXHAUSTED when all are taken. Cheap."""
-        limit = self.max_streams_per_account
-        with self._lock:
-            if limit and self._open.get(account, 0) >= limit:
-                raise ResourceExhausted(f"at most {limit} Tail streams may be open at once per account "
-                                        "(limits.max_tail_streams_per_account); close one and retry")
-            self._open[account] = self._open.get(account, 0) + 1
+        """Take one Tail slot; RESOURCE_EXHAUSTED naming the setting when all are taken. Cheap."""
+        self.slots.acquire(account)
 
     def release(self, account: str) -> None:
-        with self._lock:
-            n = self._open.pop(account, 1) - 1
-            if n > 0:
-                self._open[account] = n
+        self.slots.release(account)
 
     def open(self, account: str, *, region: str, project: str, log_stores: list[str], filter_text: str,
              start_ms: int | None, cursor: str | None) -> TailEvents:
