@@ -34,6 +34,7 @@ from flowlog.v1 import query_pb2, record_pb2, resource_pb2, types_pb2
 PROG = "flowlog"
 ENV_SERVER = "FLOWLOG_SERVER"
 ENV_API_KEY = "FLOWLOG_API_KEY"
+ENV_CA_FILE = "FLOWLOG_CA_FILE"
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -201,7 +202,9 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
                    help=f"server address (env {ENV_SERVER}, default {DEFAULT_TARGET})")
     g.add_argument("--api-key", metavar="KEY", default=d(None), help=f"API key (env {ENV_API_KEY})")
     g.add_argument("--tls", action="store_true", default=d(False), help="connect with TLS")
-    g.add_argument("--ca-file", metavar="PEM", default=d(None), help="CA certificates to trust (implies --tls)")
+    g.add_argument("--ca-file", metavar="PEM", default=d(None),
+                   help=f"CA certificates to trust (implies --tls; env {ENV_CA_FILE}); an https:// server address "
+                        "also means TLS, with the system's CAs")
     g.add_argument("--cert-file", metavar="PEM", default=d(None), help="client certificate for mutual TLS")
     g.add_argument("--key-file", metavar="PEM", default=d(None), help="client private key for mutual TLS")
     g.add_argument("--json", action="store_true", default=d(False),
@@ -500,7 +503,7 @@ def make_client(args: argparse.Namespace) -> FlowLogClient:
         args.server or os.environ.get(ENV_SERVER) or DEFAULT_TARGET,
         args.api_key or os.environ.get(ENV_API_KEY) or None,
         tls=bool(args.tls),
-        ca_file=args.ca_file,
+        ca_file=args.ca_file or os.environ.get(ENV_CA_FILE) or None,
         cert_file=args.cert_file,
         key_file=args.key_file,
         timeout=args.timeout,
@@ -525,12 +528,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) or a usage error (2, already printed)
         return e.code if isinstance(e.code, int) else 2
+    # Everything printed from here on goes through SafeWriter: data never reaches the terminal
+    # as control characters (escape sequences in a record or a resource name are shown escaped).
+    out = fmt.SafeWriter(out, json_style=bool(getattr(args, "json", False)))  # type: ignore[assignment]
+    err = fmt.SafeWriter(err)  # type: ignore[assignment]
     ctx = Ctx(args, out, err)
     try:
         client = make_client(args)
     except OSError as e:
         err.write(f"{PROG}: cannot read {e.filename or 'a TLS file'}: {e.strerror or e}\n")
         return 1
+    except ValueError as e:  # a server address with an unknown scheme
+        err.write(f"{PROG}: {e}\n")
+        return 2
     try:
         with client:
             return int(args.handler(ctx, client) or 0)

@@ -713,3 +713,44 @@ def format_duration(ms: int) -> str:
         if ms % size == 0:
             return f"{ms // size}{unit}"
     return f"{ms}ms"
+
+
+# --------------------------------------------------------------------------------------------
+# Terminal safety
+# --------------------------------------------------------------------------------------------
+
+# Characters a terminal acts on instead of showing: C0 controls but the newline, DEL, C1
+# controls (ESC sequences: colours, cursor moves, window titles, OSC 8 links) and the Unicode
+# bidirectional overrides and isolates, which reorder what is shown ("Trojan Source").
+_UNSAFE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def escape_controls(text: str, *, json_style: bool = False) -> str:
+    """`text` with every character a terminal would act on written as an escape: `\\x1b` (or
+    `\\u001b` where the text is JSON, which stays valid JSON: such characters only ever occur
+    inside its strings). Tabs are escaped too: data never lays out our columns."""
+    def esc(m: re.Match[str]) -> str:
+        c = ord(m.group())
+        if json_style or c > 0xFF:
+            return f"\\u{c:04x}"
+        return f"\\x{c:02x}"
+    return _UNSAFE.sub(esc, text)
+
+
+class SafeWriter:
+    """A text stream that escapes what escape_controls escapes in everything written through
+    it. The CLI writes all it prints (tables, fields, JSON, errors) through one, so no record,
+    resource name or server message can drive the user's terminal."""
+
+    def __init__(self, stream: TextIO, *, json_style: bool = False) -> None:
+        self._stream = stream
+        self.json_style = json_style
+
+    def write(self, text: str) -> int:
+        return self._stream.write(escape_controls(text, json_style=self.json_style))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)

@@ -22,8 +22,8 @@ from server.core.attribution import AddressMatcher
 from server.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from server.core.model import FlowLog, FlowLogState, FlowRecord, RECORD_VERSION, RuleKind
 from server.core.ports import MetadataStore
-from server.core.records import (MAX_FUTURE_MS, MAX_PAST_MS, MAX_U64, canonical_address, check_record, record_id,
-                                 record_ids)
+from server.core.records import (MAX_FUTURE_MS, MAX_PAST_MS, MAX_U64, ZONE_REFUSED, canonical_address, check_record,
+                                 record_id, record_ids)
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,12 @@ def accept(fl: FlowLog, raw: Iterable[tuple], first_index: int, now_ms: int,
         try:
             src = canonical_address(src)
         except ValueError:
-            bad.append(Rejection(i, "src_addr", f"{src[:50]!r} is not an IP address"))
+            bad.append(Rejection(i, "src_addr", f"{src[:50]!r} is not an IP address{_zone_hint(src)}"))
             continue
         try:
             dst = canonical_address(dst)
         except ValueError:
-            bad.append(Rejection(i, "dst_addr", f"{dst[:50]!r} is not an IP address"))
+            bad.append(Rejection(i, "dst_addr", f"{dst[:50]!r} is not an IP address{_zone_hint(dst)}"))
             continue
         if direction == 0 and src and dst:
             direction = matcher.direction(src, dst)
@@ -186,3 +186,7 @@ def accept_columns(fl: FlowLog, cols: Sequence[Sequence], first_index: int, now_
     return list(map(_new_record, zip(wanted, *(r(v) for v in stored_head(fl)), src, dst, sports, dports, protos, pkts,
                                      nbytes, starts, ends, actions, statuses, directions, flags, rule_ids, rule_kinds,
                                      samplings))), []
+
+
+def _zone_hint(text: str) -> str:
+    return f" ({ZONE_REFUSED})" if "%" in text else ""

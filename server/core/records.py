@@ -49,6 +49,9 @@ def record_ids(flow_log_id: str, src_addrs: Iterable[str], dst_addrs: Iterable[s
     return out
 
 
+ZONE_REFUSED = "zone identifiers ('%…') are not allowed: send the address alone"
+
+
 @lru_cache(maxsize=65536)
 def canonical_address(text: str) -> str:
     """The canonical text of an IP address ("" stays ""); raises ValueError when it is not one.
@@ -59,6 +62,10 @@ def canonical_address(text: str) -> str:
         return ""
     if len(text) > 45:
         raise ValueError("too long for an IP address")
+    if "%" in text:
+        # ipaddress takes "fe80::1%eth0" and keeps the text after '%' (any text: terminal escapes
+        # included), and the same flow then gets another record_id per zone text.
+        raise ValueError(ZONE_REFUSED)
     fast = _inet_canonical(text)
     return fast if fast is not None else ipaddress.ip_address(text).compressed
 

@@ -146,6 +146,9 @@ class Violations:
             self.add(field, f"is required: one of {names}")
 
     def address(self, field: str, value: str) -> None:
+        if "%" in value:  # ipaddress accepts "fe80::1%eth0" and keeps any text after the '%'
+            self.add(field, f"{_show(value)}: zone identifiers ('%…') are not allowed; give the address alone")
+            return
         try:
             ipaddress.ip_network(value, strict=True)
         except ValueError:
