@@ -16,6 +16,10 @@ from server.core.records import _inet_canonical, canonical_address
 
 
 def _reference(text: str) -> str | None:
+    """ipaddress' answer, except that zone identifiers ("fe80::1%eth0"), which ipaddress keeps
+    with any text after the '%', are refused (issue 15: addresses are canonical)."""
+    if "%" in text:
+        return None
     try:
         return ipaddress.ip_address(text).compressed
     except ValueError:
