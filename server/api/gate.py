@@ -169,6 +169,8 @@ class Gate:
     async def send(self, context, item) -> None:
         try:
             await asyncio.wait_for(context.write(item), self.send_timeout)
+        except grpc.aio.AbortError:
+            raise
         except asyncio.TimeoutError:
             raise ResourceExhausted(
                 f"the client read nothing for {self.send_timeout:g} s (limits.stream_send_timeout_seconds); "
@@ -233,6 +235,10 @@ class Gate:
                         except DomainError as e:
                             status = to_status(e)
                             break
+                        except Exception:  # noqa: BLE001 - a write to a call the client cancelled
+                            if context.cancelled():
+                                return
+                            raise
                 finally:
                     await responses.aclose()  # the reader's threads and transaction, now
                 if status is not None:

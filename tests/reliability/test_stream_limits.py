@@ -100,18 +100,32 @@ def test_query_streams_bounded_per_account_and_in_total_and_stalled_ones_time_ou
         e = refused(lambda: list(b.query.Query(query_request(tb), metadata=b.md, timeout=30)))
         assert "(limits.max_query_streams)" in e.details(), e.details()
         # The stalled Queries are ended by the server (their clients still read nothing), and
-        # their slots (threads, cursors) come back: A queries again, completely ...
-        def a_queries():
+        # their slots (threads, cursors) come back: all three slots can be taken again ...
+        def all_slots_back():
+            fresh = []
+            try:
+                for key, target in ((KEY_A, ta), (KEY_A, ta), (KEY_B, tb)):
+                    fresh.append(Stalled(srv.address, key, target))
+                return True
+            except grpc.RpcError as e:
+                assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (e.code(), e.details())
+                return False
+            finally:
+                for f in fresh:
+                    f.close()
+        wait_for(all_slots_back, 60, interval=0.5, what="the stalled Queries' slots to come back")
+
+        def a_queries():  # once the probes' own slots are back (they were cancelled)
             try:
                 return len(query_ids(ta, page=RECORDS)) == RECORDS
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (e.code(), e.details())
                 return False
-        wait_for(a_queries, 60, what="the stalled Queries' slots to come back")
+        wait_for(a_queries, 30, interval=0.3, what="A's Query to run to its end")
         # ... and what the stalled clients read in the end is the reason.
         ends = [s.drain() for s in stalled]
         for end in ends:
-            assert end is not None and end.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (ends, srv.log_tail(30))
+            assert end is not None and end.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, ends
             assert "limits.stream_send_timeout_seconds" in end.details(), end.details()
         report(record_property, "query_stream_limits", stalled_ended=len(ends))
     finally:
