@@ -33,7 +33,8 @@ def _record(rnd: random.Random, i: int) -> FlowRecord:
         protocol=rnd.choice([0, 1, 6, 17, 255]), packets=packets, bytes=max(packets, rnd.choice([0, 40, U64])),
         start_time=start, end_time=start + rnd.choice([0, 1, 999, 1000, 59_999]),
         action=rnd.choice([0, 1, 2]), log_status=rnd.choice([1, 2, 3]), direction=rnd.choice([0, 1, 2]),
-        tcp_flags=rnd.randrange(0, 0x1000))
+        tcp_flags=rnd.randrange(0, 0x1000), rule_id=rnd.choice(["", "sg-web-https", "default-deny", "a" * 128]),
+        rule_kind=rnd.randrange(0, 4), sampling_rate=rnd.choice([0, 1, 127, 128, 4096, 2**31 - 1]))
 
 
 def test_matches_protobuf_on_varied_records():
