@@ -2,10 +2,10 @@
 
 acquire() counts the stream against the account's and the server's bounds
 (limits.max_tail_streams_per_account, limits.max_tail_streams: each open Tail holds a thread of
-the server's Tail pool while it waits for records, so no account may take them all); open() checks the LogStores and the filter, and opens the pipeline's
-session (replay from the spool by start time or resume cursor, then live) that ends with
-NOT_FOUND once one of its LogStores is deleted (server.core.lifecycle.ScopeWatch). release()
-gives the slot back.
+the server's Tail pool while it waits for records, so no account may take them all); open()
+checks the LogStores and the filter, and opens the pipeline's session (replay from the spool by
+start time or resume cursor, then live) that ends with NOT_FOUND once one of its LogStores is
+deleted (server.core.lifecycle.ScopeWatch). release() gives the slot back.
 """
 from __future__ import annotations
 
