@@ -50,9 +50,10 @@ COLLECTOR_COUNTER_HELP: dict[str, str] = {
     "rejected": "records the Ingest checks refused (e.g. end before start, a time far in the future)",
     "dropped": "records lost because the pipeline refused them (spool full, server stopping)",
     "receive_errors": "errors reading the socket or handling a datagram (logged at most once a minute)",
-    "flow_logs": "ACTIVE flow logs flows are delivered to (re-read on every change)",
+    "flow_logs": "ACTIVE flow logs flows are delivered to (re-read on every change, and every 2 s)",
     "inventory_time_ms": "when the collector last read the flow logs and resources (epoch ms)",
     "held_bytes": "bytes of data sets held for their template",
+    "receive_buffer_bytes": "the socket's receive buffer as the kernel granted it",
     "sessions": "(exporter, version, observation domain) template caches kept",
 }
 
@@ -108,9 +109,11 @@ class Collector:
     """The UDP listener. start() binds (raises OSError when the port is taken), stop() ends both
     threads after handing over what was decoded."""
 
+    MERGE_RECORDS = 50_000  # rows the submit thread merges from queued batches into one round of submits
+
     def __init__(self, listen: str, exporters: ExporterMap, list_flow_logs: ListFlowLogs, accept: Accept,
                  submit: Submit, *, limits: Limits | None = None, receive_buffer_bytes: int = 16 * 1024 * 1024,
-                 batch_records: int = 8192, batch_seconds: float = 0.05, inventory_seconds: float = 1.0,
+                 batch_records: int = 8192, batch_seconds: float = 0.05, inventory_seconds: float = 2.0,
                  status_path: Path | None = None, status_log_seconds: float = 60.0,
                  status_file_seconds: float = 1.0, generation: Callable[[], int] | None = None) -> None:
         self.host, self.port = parse_listen(listen)
@@ -141,6 +144,7 @@ class Collector:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()  # counters read while the threads write them
         self.error = ""
+        self.receive_buffer = 0  # what the kernel granted (bytes)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -162,6 +166,12 @@ class Collector:
             raise
         sock.settimeout(0.2)
         self._sock = sock
+        # Linux reports twice what it grants; without CAP_NET_ADMIN the grant stops at net.core.rmem_max
+        self.receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+        if self.receive_buffer < self.receive_buffer_bytes:
+            log.warning("the collector's socket got a smaller receive buffer than collector.receive_buffer_bytes: "
+                        "raise net.core.rmem_max (sysctl) or run with CAP_NET_ADMIN, or bursts may be dropped",
+                        extra={"wanted": self.receive_buffer_bytes, "got": self.receive_buffer})
         self.port = sock.getsockname()[1]
         self._stop.clear()
         self._threads = [threading.Thread(target=self._receive_loop, name="flowlog-collector-recv", daemon=True),
@@ -195,6 +205,7 @@ class Collector:
             out.update(self.counts)
         out["held_bytes"] = self.decoder.held_bytes
         out["flow_logs"] = self.inventory_flow_logs
+        out["receive_buffer_bytes"] = self.receive_buffer
         out["inventory_time_ms"] = self.inventory_time_ms
         out["sessions"] = len(self.decoder.sessions)
         return out
@@ -237,7 +248,10 @@ class Collector:
         by_account: dict[str, list] = {}
         for fl, resource in pairs:
             by_account.setdefault(fl.account_id, []).append((fl, resource))
-        self._indexes = {account: AccountIndex(p) for account, p in by_account.items()}
+        # An account whose flow logs and resources did not change keeps its index and its caches.
+        old = self._indexes
+        self._indexes = {account: old[account] if account in old and old[account].pairs == p else AccountIndex(p)
+                         for account, p in by_account.items()}
         self.inventory_flow_logs = sum(len(ix.flow_logs) for ix in self._indexes.values())
         self.inventory_time_ms = time.time_ns() // 1_000_000 - 1  # the listing started before this
 
@@ -330,10 +344,32 @@ class Collector:
                 batch = self._queue.get(timeout=min(0.5, self.status_file_seconds))
             except queue.Empty:
                 batch = ()
-            if batch is None:
-                break
-            for fl, rows in batch or ():
+            end = batch is None
+            # Whatever queued up while the last submit was waiting for its commit goes in one
+            # submit per flow log (fewer, larger spool commits: the pipeline's group commit).
+            merged: dict[str, tuple[FlowLog, list]] = {}
+            size = 0
+            while batch:
+                for fl, rows in batch:
+                    into = merged.get(fl.id)
+                    if into is None:
+                        merged[fl.id] = (fl, list(rows))
+                    else:
+                        into[1].extend(rows)
+                    size += len(rows)
+                if size >= self.MERGE_RECORDS:
+                    break
+                try:
+                    batch = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if batch is None:
+                    end = True
+                    break
+            for fl, rows in merged.values():
                 self._ingest(fl, rows)
+            if end:
+                break
             now = time.monotonic()
             if now >= next_status:
                 next_status = now + self.status_file_seconds

@@ -43,9 +43,10 @@ class AccountIndex:
     MAX_CACHED = 200_000  # addresses remembered (then the cache starts over)
 
     def __init__(self, pairs: Iterable[tuple[FlowLog, Resource]]) -> None:
+        self.pairs = list(pairs)  # what it was built from: an unchanged inventory keeps the index
         self.flow_logs: dict[str, FlowLog] = {}
         by_resource: dict[str, tuple[Resource, list[FlowLog]]] = {}
-        for fl, resource in pairs:
+        for fl, resource in self.pairs:
             if fl.state != FlowLogState.ACTIVE:
                 continue
             self.flow_logs[fl.id] = fl
