@@ -434,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_top_protocols)
     p = _sub(tops, "badaddr", common, "flows to or from the addresses/CIDRs listed in a file")
     window(p, "1h")
-    p.add_argument("--file", required=True, metavar="PATH", help="one address or CIDR per line, # comments ('-': stdin)")
+    p.add_argument("--file", required=True, metavar="PATH",
+                   help="one address or CIDR per line, # comments ('-': stdin)")
     p.add_argument("--limit", type=_agg_limit, default=50, metavar="N", help="at most N rows (default 50)")
     p.set_defaults(handler=cmd_top_badaddr)
 
@@ -935,7 +936,8 @@ def _window(ctx: Ctx) -> tuple[datetime, datetime]:
     start = fmt.parse_time(a.start, now=now)
     end = fmt.parse_time(a.end, now=now) if a.end else now
     if end <= start:
-        raise UsageError(f"the window is empty: --start {fmt.format_time(start)} is not before --end {fmt.format_time(end)}")
+        raise UsageError(f"the window is empty: --start {fmt.format_time(start)} is not before "
+                         f"--end {fmt.format_time(end)}")
     return start, end
 
 
@@ -953,7 +955,8 @@ def _aggregate(ctx: Ctx, client: FlowLogClient, **kwargs: Any) -> query_pb2.Aggr
     return client.aggregate(request)
 
 
-def _print_answer(ctx: Ctx, resp: query_pb2.AggregateResponse, *, extra: Sequence[tuple[str, Sequence[str]]] = ()) -> None:
+def _print_answer(ctx: Ctx, resp: query_pb2.AggregateResponse, *,
+                  extra: Sequence[tuple[str, Sequence[str]]] = ()) -> None:
     if ctx.json:
         ctx.out.write(fmt.to_json(resp))
         return

@@ -664,7 +664,8 @@ def aggregate_table(resp: Any, *, extra: Sequence[tuple[str, Sequence[str]]] = (
     if resp.HasField("other"):
         # (with no group_by there is one group per bucket: never an `other`)
         cells = ([""] if bucketed else []) + ["(other)"] + [""] * (len(resp.group_by) - 1)
-        cells += ["" if m.startswith("count_distinct") else metric_cell(m, v) for m, v in zip(resp.metrics, resp.other.values)]
+        cells += ["" if m.startswith("count_distinct") else metric_cell(m, v)
+                  for m, v in zip(resp.metrics, resp.other.values)]
         cells += [""] * len(extra)
         rows.append(cells)
     return render_table(headers, rows, align=align)
@@ -673,8 +674,9 @@ def aggregate_table(resp: Any, *, extra: Sequence[tuple[str, Sequence[str]]] = (
 def aggregate_footer(resp: Any) -> str:
     note = f"{resp.matched:,} records matched"
     if resp.HasField("other"):
-        note += f"; (other) folds the groups past the top {len(resp.rows)}" if not any(
-            r.HasField("bucket_start") for r in resp.rows) else "; (other) folds the groups past the limit of each bucket"
+        bucketed = any(r.HasField("bucket_start") for r in resp.rows)
+        note += ("; (other) folds the groups past the limit of each bucket" if bucketed
+                 else f"; (other) folds the groups past the top {len(resp.rows)}")
     if resp.approximate:
         note += "; APPROXIMATE: the backend could not compute every value exactly"
     return note + "\n"

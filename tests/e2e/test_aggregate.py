@@ -215,7 +215,8 @@ def test_uncommon_protocols_and_bad_addresses(demo, tmp_path):
     assert cli.returncode == 0, cli.stderr
     doc = json.loads(cli.stdout)
     assert int(doc["matched"]) == len(hits)
-    want = Counter((r.src_addr, r.dst_addr, {1: "ACTION_ACCEPT", 2: "ACTION_REJECT"}[r.action]) for r in hits)  # noqa: E501
+    names = {1: "ACTION_ACCEPT", 2: "ACTION_REJECT"}
+    want = Counter((r.src_addr, r.dst_addr, names[r.action]) for r in hits)
     assert {k: v[0] for k, v in _rows(doc)} == dict(want)
     assert all(row["list_entry"] for row in doc["rows"])
 

@@ -104,7 +104,8 @@ def test_oracle_buckets_and_empty_answers():
     records = [rec("10.0.0.1", "192.0.2.1", 10, start=T0 + 59_999), rec("10.0.0.1", "192.0.2.1", 20, start=T0 + 60_000)]
     q = plan(interval_ms=60_000, metrics=["sum(bytes)", "min(start_time)"])
     res = agg.finish(q, agg.evaluate(q, records))
-    assert [(r.bucket_start_ms, r.values) for r in res.rows] == [(T0, (10, T0 + 59_999)), (T0 + 60_000, (20, T0 + 60_000))]
+    assert [(r.bucket_start_ms, r.values) for r in res.rows] == [(T0, (10, T0 + 59_999)),
+                                                                  (T0 + 60_000, (20, T0 + 60_000))]
     q = plan(filter_text="action = REJECT")
     res = agg.finish(q, agg.evaluate(q, records))
     assert (res.rows, res.other, res.matched) == ([], None, 0)
@@ -123,8 +124,8 @@ def test_key_text():
 def test_ranker_keeps_what_finish_keeps(seed):
     import random
     rnd = random.Random(seed)
-    records = [rec(f"10.0.{rnd.randrange(4)}.{rnd.randrange(6)}", f"192.0.2.{rnd.randrange(3)}", rnd.randrange(1, 5) * 10,
-                   start=T0 + rnd.randrange(4) * 60_000, action=rnd.choice((Action.ACCEPT, Action.REJECT)))
+    records = [rec(f"10.0.{rnd.randrange(4)}.{rnd.randrange(6)}", f"192.0.2.{rnd.randrange(3)}",
+                   rnd.randrange(1, 5) * 10, start=T0 + rnd.randrange(4) * 60_000, action=rnd.choice((Action.ACCEPT, Action.REJECT)))
                for _ in range(300)]
     for kw in (dict(group_by=["src_addr"], limit=3, metrics=["sum(bytes)", "min(start_time)", "max(end_time)"]),
                dict(group_by=["dst_addr", "action"], limit=2, interval_ms=60_000, order_by="count",
