@@ -696,13 +696,13 @@ def timeline_chart(resp: Any, start_ms: int, end_ms: int, interval_ms: int) -> s
     show = human_bytes if metric == "sum(bytes)" else (lambda v: f"{v:,}")
     lines = [f"{_ms_time(first)} .. {_ms_time(first + n * interval_ms)}, one character per "
              f"{format_duration(interval_ms)}, {metric}"]
-    width = max((len(k) for k in series), default=0)
-    top = max((v for values in series.values() for v in values), default=0)
+    width = max((len(k) for k, values in series.items() if any(values) or len(series) == 1), default=0)
     for key in sorted(series):
         values = series[key]
+        if not any(values) and len(series) > 1:
+            continue  # e.g. NODATA rows (no action) under sum(bytes): nothing to draw
         peak = max(range(n), key=lambda j: values[j])
-        # one scale for every line, so lines compare
-        line = "".join(SPARK[min(7, int(v / top * 7 + 0.5))] if top else SPARK[0] for v in values)
+        line = sparkline(values)  # each line scaled to its own peak (printed after it)
         lines.append(f"{key:<{width}}  {line}  total {show(sum(values))}, peak {show(values[peak])} at "
                      f"{_ms_time(first + peak * interval_ms)}")
     if not series:

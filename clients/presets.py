@@ -100,7 +100,8 @@ def scanners(by: str, extra_filter: str) -> dict[str, Any]:
 
 
 def protocols(include_common: bool, extra_filter: str) -> dict[str, Any]:
-    uncommon = "" if include_common else f"protocol NOT IN ({COMMON_PROTOCOLS})"
+    # NODATA/SKIPDATA rows carry protocol 0 and no traffic: not a protocol anyone used
+    uncommon = "log_status = OK" if include_common else f"protocol NOT IN ({COMMON_PROTOCOLS}) AND log_status = OK"
     return dict(group_by=["protocol"], metrics=["count", "sum(bytes)", "count_distinct(src_addr)",
                                                 "count_distinct(dst_addr)"],
                 filter=and_filter(uncommon, extra_filter))
