@@ -14,6 +14,7 @@ import pytest
 
 from backends.embedded.objects import LocalObjectStore
 from backends.embedded.records import EmbeddedRecordStore
+from tests.waiting import finishes
 from server.archive import Archive
 from server.core.errors import ResourceExhausted, Unavailable
 from server.core.model import Action, Direction, FlowRecord, LogStatus, LogStoreKey
@@ -421,12 +422,9 @@ def test_a_healthy_sink_past_the_memory_window_holds_submits_back_for_a_bounded_
             p.submit(make_records(1000, start=n))
             n += 1000
         assert p.health()["query"][0]
-        t0 = time.monotonic()
         p.submit(make_records(1000, start=n))  # held, then taken: durable, never refused
-        held = time.monotonic() - t0
         n += 1000
-        assert 0.35 <= held < 2.0
-        assert p.paced_calls == 1 and p.paced_seconds >= 0.35
+        assert p.paced_calls == 1 and p.paced_seconds >= 0.35  # held about pace_max_s, by its own count
         paced = [r for r in caplog.records if r.getMessage().startswith("ingestion paced")]
         assert len(paced) == 1 and paced[0].sinks["query"] > limit
         done = threading.Event()
@@ -455,10 +453,9 @@ def test_a_failing_sink_does_not_hold_submits_back(tmp_path, store):
     try:
         p.submit(make_records(1000))
         assert wait_until(lambda: not p.health()["query"][0])
-        t0 = time.monotonic()
         for i in range(1, 60):
             p.submit(make_records(1000, start=i * 1000))
-        assert time.monotonic() - t0 < 4.0  # one held submit would take 5 s
+        assert p.paced_calls == 0  # no submit was held for the failing sink
         assert p.spool.backlog("query")[0] == 60_000  # past the window (49,000)
         flaky.down.clear()
         assert p.wait_delivered(p.spool.head_seq, 20)
@@ -471,8 +468,8 @@ def test_stop_drains_every_sink_including_a_not_yet_due_archive_object(tmp_path,
     p = make_pipeline(tmp_path, store, archive, archive_max_records=1_000_000, archive_max_age_s=3600)
     for i in range(4):
         p.submit(make_records(1000, start=i * 1000))
-    time.sleep(0.3)
-    assert count_archive(archive) == 0  # not due yet
+    assert p.wait_delivered(p.spool.head_seq, 30, sinks=["query"])
+    assert count_archive(archive) == 0  # not due yet (the query sink has them all)
     assert p.stop(10) is True
     assert count_query(store) == 4000
     assert count_archive(archive) == 4000
@@ -485,9 +482,7 @@ def test_stop_with_a_dead_sink_is_bounded_and_keeps_the_records(tmp_path, store)
     flaky.down.set()
     p = make_pipeline(tmp_path, flaky)
     p.submit(make_records(1000))
-    t0 = time.monotonic()
-    assert p.stop(0.5) is False
-    assert time.monotonic() - t0 < 3
+    assert finishes(p.stop, 0.5, what="stop(0.5) with a dead sink") is False
     p2 = make_pipeline(tmp_path, store)  # next start delivers them
     try:
         assert p2.wait_delivered(1, 10)
@@ -574,11 +569,9 @@ def test_hub_overflow_disconnects_only_the_slow_subscriber_and_never_blocks():
     hub = Hub()
     slow = hub.subscribe(ACCOUNT, REGION, PROJECT, ["web"], max_records=25)
     fast = hub.subscribe(ACCOUNT, REGION, PROJECT, ["web"], max_records=1000)
-    t0 = time.monotonic()
     for seq in range(1, 6):
-        hub.publish([_batch(seq, "web", 10)])
+        finishes(hub.publish, [_batch(seq, "web", 10)], what="publish beside a full subscriber")
         assert fast.get(0).seq == seq
-    assert time.monotonic() - t0 < 1
     with pytest.raises(SubscriptionOverflow):
         slow.get(0)
     assert hub.subscriber_count == 1

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from tests.waiting import wait_for
 from server.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from server.core.filter import compile_predicate, parse
 from server.core.model import FlowRecord
@@ -122,9 +123,8 @@ def test_only_the_requested_log_stores_of_the_account(pipeline):
 
 def test_heartbeat_when_idle_and_its_cursor_resumes_exactly(pipeline):
     s = pipeline.tail(ACCOUNT, REGION, PROJECT, ["web"], heartbeat_s=0.1)
-    t0 = time.monotonic()
     ev = next(s)
-    assert ev[0] == "heartbeat" and 0.05 < time.monotonic() - t0 < 1
+    assert ev[0] == "heartbeat"
     pipeline.submit(make_records(3, log_store="db"))  # other LogStores move the position on
     ev = next(s)
     assert ev.kind == "heartbeat" and ev.records == []
@@ -198,8 +198,8 @@ def test_expired_cursor_and_start_time_are_failed_precondition(tmp_path, store):
 
 def test_start_time_replays_only_records_stored_since(pipeline):
     pipeline.submit(make_records(5))
-    time.sleep(0.02)
-    since = int(time.time() * 1000)
+    stored = int(time.time() * 1000)
+    since = wait_for(lambda: (now := int(time.time() * 1000)) > stored and now, "the clock to pass the first submit")
     pipeline.submit(make_records(5, start=10))
     s = pipeline.tail(ACCOUNT, REGION, PROJECT, ["web"], start_ms=since, heartbeat_s=0.2)
     got, _ = take(s, 5)
