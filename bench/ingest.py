@@ -116,7 +116,7 @@ class ElasticsearchBaseline:
     def __init__(self, es: dict) -> None:
         from backends.elasticsearch.config import ElasticsearchConfig
         from backends.elasticsearch.records import ElasticsearchRecordStore
-        self.store = ElasticsearchRecordStore(ElasticsearchConfig(hosts=es["url"], index_prefix="baseline"))
+        self.store = ElasticsearchRecordStore(ElasticsearchConfig(url=es["url"], index_prefix="baseline"))
         self.store.ensure_template()
 
     def prepare(self, records: list) -> Any:

@@ -104,7 +104,7 @@ def build_elasticsearch(es: dict, log_store: str, n: int) -> tuple[int, int, int
 
     from backends.elasticsearch.config import ElasticsearchConfig
     from backends.elasticsearch.records import ElasticsearchRecordStore
-    store = ElasticsearchRecordStore(ElasticsearchConfig(hosts=es["url"], index_prefix=ES_PREFIX))
+    store = ElasticsearchRecordStore(ElasticsearchConfig(url=es["url"], index_prefix=ES_PREFIX))
     store.ensure_template()
     fls = dataset.local_flow_logs(log_store)
     start = dataset.start_for(fls, n)

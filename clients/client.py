@@ -25,7 +25,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from google.rpc import error_details_pb2, status_pb2
 
-from clients import format as fmt
+from clients import values as parse
 from flowlog.v1 import (
     flow_log_pb2,
     flow_log_pb2_grpc,
@@ -291,7 +291,7 @@ def _split_store(value: str | tuple[str, str], what: str) -> tuple[str, str]:
 
 
 def _enum(enum_type: Any, value: str | int | None) -> int:
-    return 0 if value is None else fmt.parse_enum(enum_type, value)
+    return 0 if value is None else parse.parse_enum(enum_type, value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -673,10 +673,10 @@ class FlowLogClient:
         request = flow_log_pb2.CreateFlowLogRequest(
             region=region,
             name=name,
-            resource_type=fmt.parse_enum(types_pb2.ResourceType, resource_type),
+            resource_type=parse.parse_enum(types_pb2.ResourceType, resource_type),
             resource_id=resource_id,
             network_id=network_id,
-            traffic_type=fmt.parse_enum(types_pb2.TrafficType, traffic_type),
+            traffic_type=parse.parse_enum(types_pb2.TrafficType, traffic_type),
             description=description,
             client_token=client_token,
             state=types_pb2.FLOW_LOG_STATE_PAUSED if paused else types_pb2.FLOW_LOG_STATE_UNSPECIFIED,
@@ -727,9 +727,9 @@ class FlowLogClient:
             raise ValueError("nothing to update: give name, description, traffic_type and/or state")
         values = dict(fields)
         if "traffic_type" in values:
-            values["traffic_type"] = fmt.parse_enum(types_pb2.TrafficType, values["traffic_type"])
+            values["traffic_type"] = parse.parse_enum(types_pb2.TrafficType, values["traffic_type"])
         if "state" in values:
-            values["state"] = fmt.parse_enum(types_pb2.FlowLogState, values["state"])
+            values["state"] = parse.parse_enum(types_pb2.FlowLogState, values["state"])
         request = flow_log_pb2.UpdateFlowLogRequest(
             flow_log=flow_log_pb2.FlowLog(id=id, **values),
             update_mask=field_mask_pb2.FieldMask(paths=list(fields)),
@@ -932,8 +932,8 @@ class FlowLogClient:
 def to_ts(value: datetime | Timestamp | str, now: datetime) -> Timestamp:
     """Like format.to_timestamp, but relative times count from the given `now`."""
     if isinstance(value, str):
-        value = fmt.parse_time(value, now=now)
-    return fmt.to_timestamp(value)
+        value = parse.parse_time(value, now=now)
+    return parse.to_timestamp(value)
 
 
 class _StubWithHelper:

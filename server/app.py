@@ -41,13 +41,8 @@ def _embedded_records(cfg: Config):
 
 
 def _elasticsearch_records(cfg: Config):
-    from backends.elasticsearch.config import ElasticsearchConfig
     from backends.elasticsearch.records import ElasticsearchRecordStore
-    es = cfg.elasticsearch
-    return ElasticsearchRecordStore(ElasticsearchConfig(
-        hosts=es.url, username=es.username, password=es.password, api_key=es.api_key, ca_certs=es.ca_file,
-        verify_certs=es.verify_certs, index_prefix=es.index_prefix, number_of_shards=es.shards,
-        number_of_replicas=es.replicas))
+    return ElasticsearchRecordStore(cfg.elasticsearch)
 
 
 def _embedded_objects(cfg: Config):
@@ -57,9 +52,7 @@ def _embedded_objects(cfg: Config):
 
 def _minio_objects(cfg: Config):
     from backends.minio.objects import S3ObjectStore
-    m = cfg.minio
-    return S3ObjectStore(m.endpoint, m.access_key, m.secret_key, m.bucket, secure=m.secure, region=m.region,
-                         ca_file=m.ca_file or None)
+    return S3ObjectStore.from_config(cfg.minio)
 
 
 METADATA_BACKENDS: dict[str, Callable[[Config], MetadataStore]] = {"embedded": _embedded_metadata}

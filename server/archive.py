@@ -16,8 +16,6 @@ Layout (Hive-style, so Spark, Trino, Athena and DuckDB read the archive as one t
   [A-Za-z0-9_-], this is defence), and "" is written as Hive's `__HIVE_DEFAULT_PARTITION__`.
 - One object per (account, region, project, log_store, hour) per batch: `part-<batch_id>`, so
   writing the same batch again overwrites its objects instead of adding duplicates.
-- Keys under `_flowlog/` hold the writers' flush journals (see ArchiveBuffer); Hive readers
-  ignore "_"-prefixed paths.
 
 Encoding: Parquet, zstd, one row group per object; rows sorted by (start_time, flow_log_id,
 addresses, ports) because neighbouring rows then share values, which compresses best. The
@@ -37,7 +35,6 @@ milliseconds, for 50,000-record objects.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import re
 import time
@@ -46,7 +43,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from itertools import compress, repeat
 from operator import eq, floordiv, itemgetter
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -71,7 +68,6 @@ _HOUR = re.compile(r"^hour=(\d{2})$")
 # Beyond this many hours, one listing of the whole LogStore beats one listing per hour.
 _MAX_HOUR_LISTINGS = 48
 _DELETE_CHUNK = 1000
-JOURNAL_PREFIX = "_flowlog/writers/"
 
 # The columns stored in every object, in file order. Everything a FlowRecord has except
 # record_id (derived) and the partition values (in the path).
@@ -561,179 +557,8 @@ class Archive:
             n += len(chunk)
         return n
 
-    # -- writer journals (see ArchiveBuffer) ------------------------------------------------
-
-    def journal_key(self, writer_id: str) -> str:
-        if not _BATCH_ID.match(writer_id):
-            raise ValueError(f"writer_id {writer_id!r} must be 1-200 of [A-Za-z0-9_.-]")
-        return f"{JOURNAL_PREFIX}{writer_id}/pending.json"
-
     def healthy(self) -> bool:
         return self.store.healthy()
 
     def close(self) -> None:
         self.store.close()
-
-
-# ----------------------------------------------------------------------------------------------
-# Accumulating records into large objects, without ever losing an acknowledged one.
-
-
-class FlushJournal(Protocol):
-    """Durable note of the batch being written: (first_seq, last_seq) of its spool range."""
-
-    def load(self) -> tuple[int, int] | None: ...
-    def save(self, first_seq: int, last_seq: int) -> None: ...
-
-
-class ArchiveJournal:
-    """FlushJournal kept in the archive's own store, at _flowlog/writers/<writer_id>/pending.json."""
-
-    def __init__(self, archive: Archive, writer_id: str) -> None:
-        self.archive = archive
-        self.key = archive.journal_key(writer_id)
-
-    def load(self) -> tuple[int, int] | None:
-        try:
-            data = self.archive.store.get(self.key)
-        except KeyError:
-            return None
-        try:
-            doc = json.loads(data)
-            return int(doc["first_seq"]), int(doc["last_seq"])
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("ignoring unreadable archive flush journal", extra={"key": self.key, "error": str(e)})
-            return None
-
-    def save(self, first_seq: int, last_seq: int) -> None:
-        self.archive.store.put(self.key, json.dumps({"first_seq": first_seq, "last_seq": last_seq}).encode())
-
-
-class ArchiveBuffer:
-    """Collects spooled records into large archive objects; tells the pipeline what is durable.
-
-    Protocol with the pipeline (which owns a durable spool numbered by increasing seq):
-      1. construct with `archived_upto` = the archive cursor the pipeline persisted (0 at first);
-      2. feed it in spool order: add(records, upto_seq) where `records` are every record of the
-         spool range (previous upto_seq, upto_seq] (possibly none, e.g. only rejected ones);
-      3. call flush_due() regularly (and flush() on shutdown); both return `archived_upto`, the
-         highest seq whose records are durably in the archive. Persist it, synchronously, before
-         the next flush_due()/flush() call, and trim the spool only up to
-         min(archive cursor, other consumers' cursors). After a restart, replay the spool from
-         cursor + 1.
-    Acknowledged records are never lost: nothing is reported archived before write_batch has
-    returned, and the spool still holds everything after the cursor.
-
-    No duplicates across a crash: a batch's objects are named `<writer_id>-<first seq>` and,
-    before writing, the batch's range is saved in a journal. If the process dies mid-batch (or
-    after the write but before the cursor was persisted), the replay resumes at the same first
-    seq, so it uses the same batch id, and the buffer waits until it holds at least the
-    journalled range before flushing: the rewrite is a superset of the interrupted write, so it
-    overwrites every object that write left behind. A failed write is retried the same way (same
-    id, superset of records), with exponential backoff between flush_due() attempts.
-
-    writer_id must be stable across restarts and unique among servers sharing one archive (e.g.
-    a UUID kept in the data directory); two writers with one id would overwrite each other.
-    Not thread-safe: call it from one thread (the pipeline's archive consumer).
-    """
-
-    def __init__(self, archive: Archive, max_records: int = 50_000, max_age_s: float = 60.0, *,
-                 writer_id: str = "main", archived_upto: int = 0, journal: FlushJournal | None = None,
-                 clock: Callable[[], float] = time.monotonic, max_backoff_s: float = 60.0) -> None:
-        if max_records < 1 or max_age_s <= 0:
-            raise ValueError("max_records must be >= 1 and max_age_s > 0")
-        if not _BATCH_ID.match(writer_id):
-            raise ValueError(f"writer_id {writer_id!r} must be 1-200 of [A-Za-z0-9_.-]")
-        self.archive = archive
-        self.max_records = max_records
-        self.max_age_s = max_age_s
-        self.writer_id = writer_id
-        self.journal: FlushJournal = journal or ArchiveJournal(archive, writer_id)
-        self._clock = clock
-        self._max_backoff_s = max_backoff_s
-        self._records: list[FlowRecord] = []
-        self._archived = archived_upto
-        self._upto = archived_upto
-        self._oldest_at: float | None = None
-        self._recovered = False
-        self._must_reach = 0  # replay must cover the journalled range before flushing
-        self._failures = 0
-        self._retry_at = 0.0
-
-    @property
-    def archived_upto(self) -> int:
-        """Highest spool seq whose records are durable in the archive."""
-        return self._archived
-
-    @property
-    def buffered_upto(self) -> int:
-        return self._upto
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    @property
-    def full(self) -> bool:
-        """True when writes keep failing and the buffer holds 4x max_records: stop feeding it
-        (apply backpressure) until a flush succeeds; the spool keeps the records meanwhile."""
-        return len(self._records) >= 4 * self.max_records
-
-    def add(self, records: Sequence[FlowRecord], upto_seq: int) -> None:
-        """Buffer the records of spool range (buffered_upto, upto_seq]. A range already
-        buffered or archived (upto_seq <= buffered_upto) is ignored, so replays are harmless."""
-        if upto_seq <= self._upto:
-            return
-        if records and self._oldest_at is None:
-            self._oldest_at = self._clock()
-        self._records.extend(records)
-        self._upto = upto_seq
-
-    def flush_due(self, now: float | None = None) -> int:
-        """Flush if max_records or max_age_s is reached (and no failed write is backing off).
-        Returns archived_upto. Raises what the store raised if the write failed."""
-        now = self._clock() if now is None else now
-        if self._upto == self._archived or now < self._retry_at:
-            return self._archived
-        due = (len(self._records) >= self.max_records
-               or not self._records  # only a cursor to advance: free
-               or (self._oldest_at is not None and now - self._oldest_at >= self.max_age_s))
-        return self.flush(now) if due else self._archived
-
-    def flush(self, now: float | None = None) -> int:
-        """Write everything buffered now (shutdown, tests). Returns archived_upto, which stays
-        below buffered_upto while a crashed batch's replay is incomplete."""
-        if self._upto == self._archived:
-            return self._archived
-        now = self._clock() if now is None else now
-        first = self._archived + 1
-        try:
-            self._recover(first)
-            if self._upto < self._must_reach:
-                log.info("archive replay waits for the interrupted batch's whole range",
-                         extra={"first_seq": first, "buffered_upto": self._upto, "needs": self._must_reach})
-                return self._archived
-            if self._records:
-                self.journal.save(first, self._upto)
-                self.archive.write_batch(f"{self.writer_id}-{first:020d}", self._records)
-        except Exception:
-            self._failures += 1
-            self._retry_at = now + min(self._max_backoff_s, 0.5 * 2 ** self._failures)
-            raise
-        self._archived = self._upto
-        self._records = []
-        self._oldest_at = None
-        self._failures = 0
-        self._retry_at = 0.0
-        self._must_reach = 0
-        return self._archived
-
-    def _recover(self, first: int) -> None:
-        """Once per process: learn whether a batch starting at `first` was being written."""
-        if self._recovered:
-            return
-        pending = self.journal.load()
-        if pending is not None and pending[0] == first:
-            self._must_reach = pending[1]
-            log.info("resuming an interrupted archive batch",
-                     extra={"first_seq": pending[0], "last_seq": pending[1]})
-        self._recovered = True

@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+# Each backend owns the config of its section (Feast's habit); these modules import nothing heavy.
+from backends.elasticsearch.config import ElasticsearchConfig
+from backends.embedded.config import EmbeddedConfig
+from backends.minio.config import MinioConfig
+
 
 class ConfigError(Exception):
     """A bad setting; the message names it and says what is expected."""
@@ -32,48 +37,6 @@ class GeneratorConfig:
     seed: int | None = None
     # Flows per window scale with this (1.0 ~ tens to hundreds per minute per flow log).
     intensity: float = 1.0
-
-
-@dataclass
-class ElasticsearchConfig:
-    url: str = ""
-    username: str = ""
-    password: str = ""
-    api_key: str = ""
-    ca_file: str = ""
-    verify_certs: bool = True
-    index_prefix: str = "flowlog"
-    shards: int = 1
-    replicas: int = 0
-
-
-@dataclass
-class EmbeddedConfig:
-    # DuckDB's memory cap for the embedded record store (DuckDB's own default is 80% of RAM).
-    # DuckDB keeps every block it writes cached up to this cap (~50 MB per million records), so
-    # a long ingest grows the server's RSS by up to this much; 256MB bounds that growth and is
-    # plenty for the top-N and count queries of Query (bench: 10M records, same latencies).
-    memory_limit: str = "256MB"
-    # DuckDB's worker threads; 0: half the machine's cores, at least one. DuckDB's pool takes
-    # every core by default, and its threads then competed with the gRPC threads for the same
-    # cores: on 2 cores one DuckDB thread ingested 207k instead of 195k records/s and took
-    # 6.7 instead of 7.5 us of server CPU per record; count queries over 10M records took
-    # 82 instead of 43 ms (first batches unchanged). python -m bench --only ingest,query.
-    threads: int = 0
-
-    def duckdb_threads(self) -> int:
-        return self.threads or max(1, (os.cpu_count() or 2) // 2)
-
-
-@dataclass
-class MinioConfig:
-    endpoint: str = ""  # host:port
-    access_key: str = ""
-    secret_key: str = ""
-    bucket: str = "flowlog-archive"
-    secure: bool = False
-    region: str = "us-east-1"
-    ca_file: str = ""
 
 
 @dataclass
@@ -257,9 +220,13 @@ class Config:
         if self.archive_backend == "minio" and not (self.minio.endpoint and self.minio.access_key and self.minio.secret_key):
             raise ConfigError("archive_backend is 'minio' but minio.endpoint/access_key/secret_key "
                               "(FLOWLOG_MINIO_ENDPOINT, FLOWLOG_MINIO_ACCESS_KEY, FLOWLOG_MINIO_SECRET_KEY) are not all set")
+        chosen = [("elasticsearch", self.elasticsearch)] if self.query_backend == "elasticsearch" else []
+        chosen += [("minio", self.minio)] if self.archive_backend == "minio" else []
+        for section, backend_cfg in chosen + [("embedded", self.embedded)]:
+            problems = backend_cfg.problems()
+            if problems:
+                raise ConfigError(f"{section}: " + f"; {section}: ".join(problems))
         self._validate_regions_and_quotas()
-        if self.embedded.threads < 0:
-            raise ConfigError("embedded.threads must be 0 (half the cores) or more")
         if self.pipeline.ingest_pace_max_seconds < 0:
             raise ConfigError("pipeline.ingest_pace_max_seconds must be 0 (never wait) or more")
         if self.limits.aggregate_max_groups < 1:

@@ -191,6 +191,7 @@ class ElasticsearchRecordStore:
     name = "elasticsearch"
 
     def __init__(self, config: ElasticsearchConfig, client: Elasticsearch | None = None) -> None:
+        config.check()
         self._cfg = config
         self._client = client if client is not None else _make_client(config)
         self._own_client = client is None
@@ -223,8 +224,8 @@ class ElasticsearchRecordStore:
                 return
             cfg = self._cfg
             settings: dict[str, Any] = {
-                "number_of_shards": cfg.number_of_shards,
-                "number_of_replicas": cfg.number_of_replicas,
+                "number_of_shards": cfg.shards,
+                "number_of_replicas": cfg.replicas,
                 "refresh_interval": cfg.refresh_interval,
                 "codec": cfg.codec,
             }
@@ -532,8 +533,8 @@ def _make_client(cfg: ElasticsearchConfig) -> Elasticsearch:
         kwargs["basic_auth"] = (cfg.username, cfg.password)
     if cfg.api_key:
         kwargs["api_key"] = cfg.api_key
-    if cfg.ca_certs:
-        kwargs["ca_certs"] = cfg.ca_certs
+    if cfg.ca_file:
+        kwargs["ca_certs"] = cfg.ca_file
     return Elasticsearch(**kwargs)
 
 

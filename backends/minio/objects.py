@@ -15,7 +15,6 @@ import io
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import certifi
@@ -25,6 +24,7 @@ from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 from urllib3.util import Retry, Timeout
 
+from backends.minio.config import MinioConfig
 from server.core.ports import ObjectInfo
 
 log = logging.getLogger(__name__)
@@ -33,31 +33,6 @@ log = logging.getLogger(__name__)
 # (AWS, MinIO) or, on some servers (Ceph, older MinIO), without saying whose.
 _BUCKET_EXISTS_CODES = frozenset({"BucketAlreadyOwnedByYou", "BucketAlreadyExists"})
 _NO_SUCH_KEY_CODES = frozenset({"NoSuchKey", "NoSuchObject"})
-
-
-@dataclass(frozen=True)
-class S3Config:
-    """Where the archive's bucket lives. `endpoint` is host:port, without a scheme."""
-
-    endpoint: str
-    access_key: str
-    secret_key: str
-    bucket: str = "flowlog-archive"
-    secure: bool = False
-    region: str = "us-east-1"
-    ca_file: str | None = None
-    # Per socket operation (connect, and each read of the response) for data calls.
-    timeout_s: float = 30.0
-    # Connect/read timeout of the health probe.
-    probe_timeout_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.endpoint or "://" in self.endpoint or "/" in self.endpoint:
-            raise ValueError(f"endpoint must be host:port without scheme or path, got {self.endpoint!r}")
-        if not self.bucket:
-            raise ValueError("bucket is required")
-        if not self.region:
-            raise ValueError("region is required (us-east-1 for MinIO and most S3 servers)")
 
 
 class S3DeleteError(RuntimeError):
@@ -95,7 +70,9 @@ class S3ObjectStore:
     def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str = "flowlog-archive",
                  secure: bool = False, region: str = "us-east-1", ca_file: str | None = None, *,
                  timeout_s: float = 30.0, probe_timeout_s: float = 1.0) -> None:
-        cfg = S3Config(endpoint, access_key, secret_key, bucket, secure, region, ca_file, timeout_s, probe_timeout_s)
+        cfg = MinioConfig(endpoint, access_key, secret_key, bucket, secure, region, ca_file or "", timeout_s,
+                          probe_timeout_s)
+        cfg.check()
         self.config = cfg
         self.bucket = cfg.bucket
         self._http = _pool(cfg.ca_file, min(cfg.timeout_s, 5.0), cfg.timeout_s,
@@ -107,9 +84,9 @@ class S3ObjectStore:
         self._bucket_lock = threading.Lock()
 
     @classmethod
-    def from_config(cls, cfg: S3Config) -> "S3ObjectStore":
+    def from_config(cls, cfg: MinioConfig) -> "S3ObjectStore":
         return cls(cfg.endpoint, cfg.access_key, cfg.secret_key, cfg.bucket, cfg.secure, cfg.region,
-                   cfg.ca_file, timeout_s=cfg.timeout_s, probe_timeout_s=cfg.probe_timeout_s)
+                   cfg.ca_file or None, timeout_s=cfg.timeout_s, probe_timeout_s=cfg.probe_timeout_s)
 
     def _make_client(self, http: urllib3.PoolManager) -> Minio:
         cfg = self.config

@@ -174,7 +174,7 @@ def _elasticsearch(request: pytest.FixtureRequest, tmp: Path) -> Backend:
 
     service = request.getfixturevalue("es_service")
     prefix = f"ct-{uuid.uuid4().hex[:10]}"
-    store = ElasticsearchRecordStore(ElasticsearchConfig(hosts=(service["url"],), index_prefix=prefix))
+    store = ElasticsearchRecordStore(ElasticsearchConfig(url=service["url"], index_prefix=prefix))
     admin = Elasticsearch(service["url"], request_timeout=30)
 
     def open_contexts() -> int:
