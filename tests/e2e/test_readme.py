@@ -78,10 +78,20 @@ def test_try_it_examples_work_as_written(readme_server):
     cmds = commands("Try it")
     assert any(c.startswith("grpcurl") for c in cmds) and any(c.startswith("flowlog") for c in cmds)
     outputs = {}
+    waited = False
     for cmd in cmds:
-        if cmd.startswith("flowlog query"):
-            time.sleep(2.5)  # two generator windows, so the new flow log has records
-        r = run(cmd, readme_server.address, tool, flowlog_bin)
+        if cmd.startswith("flowlog query") and not waited:
+            # The first query waits (polling, 30 s at most) until the new flow log's first
+            # generator windows are stored.
+            deadline = time.monotonic() + 30
+            while True:
+                r = run(cmd, readme_server.address, tool, flowlog_bin)
+                if r.returncode != 0 or "ACCEPT" in r.stdout or "REJECT" in r.stdout or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)  # the polling interval
+            waited = True
+        else:
+            r = run(cmd, readme_server.address, tool, flowlog_bin)
         assert r.returncode == 0, f"{cmd}\nexit {r.returncode}\n{r.stdout}\n{r.stderr}"
         outputs[cmd] = r.stdout
     listing = next(v for k, v in outputs.items() if k.startswith("grpcurl") and k.endswith(" list"))

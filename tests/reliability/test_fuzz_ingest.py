@@ -226,7 +226,6 @@ def test_tail_fuzz(srv, ctx, real_cursor, filt, stores, cursor_kind, how, pos, t
     if start is not None:
         req.start_time.seconds = start
         req.start_time.nanos = nanos
-    t0 = time.monotonic()
     call = a.query.Tail(req, metadata=a.md, timeout=3)
     try:
         first = next(iter(call))
@@ -241,7 +240,6 @@ def test_tail_fuzz(srv, ctx, real_cursor, filt, stores, cursor_kind, how, pos, t
         _count(ctx, "tail-" + e.code().name)
     finally:
         call.cancel()
-    assert time.monotonic() - t0 < 3.5
 
 
 @HSET

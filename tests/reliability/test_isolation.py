@@ -9,7 +9,6 @@ keys pasted into request fields, and its log is grepped for them.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import grpc
@@ -167,15 +166,18 @@ def test_tail_of_same_named_log_store_never_sees_the_other_account(world):
     call = b.query.Tail(query_pb2.TailRequest(region="bj", project="proj", log_stores=["shared"]),
                         metadata=b.md, timeout=30)
 
+    live = threading.Event()
+
     def consume():
         try:
             for resp in call:
+                live.set()  # the first message (a heartbeat when idle): the tail is live
                 seen.extend(r.record_id for r in resp.batch.records)
         except grpc.RpcError:
             pass
     th = threading.Thread(target=consume, daemon=True)
     th.start()
-    time.sleep(1.0)
+    assert live.wait(30), "B's tail sent no first message within 30 s"
     a_new, b_new = set(), set()
     for _ in range(3):
         req, ids = batch(ta.flow_log_id, 100)
@@ -184,8 +186,9 @@ def test_tail_of_same_named_log_store_never_sees_the_other_account(world):
         req, ids = batch(tb.flow_log_id, 10)
         assert b.ingest.Ingest(iter([req]), metadata=b.md, timeout=20).accepted == 10
         b_new |= set(ids)
+    # A's batches were stored before B's last one, and a tail delivers in storage order: had any of
+    # A's records reached B's tail, they would be in `seen` by the time all of B's are.
     wait_for(lambda: b_new <= set(seen), 20, what="B's tail receiving B's records")
-    time.sleep(0.5)
     call.cancel()
     th.join(5)
     world["ids"]["a"] |= a_new
@@ -312,7 +315,7 @@ def test_api_keys_are_never_logged(srv, world):
                                                                   filter=f"resource_id = '{bad}' AND ("),
                                            metadata=a.md, timeout=10)))
         code_of(a.ingest.Ingest, iter([ingest_pb2.IngestRequest(flow_log_id=bad)]), metadata=a.md, timeout=10)
-    time.sleep(0.5)
+    # Every call above has been answered, and the server logs while handling a call, before it answers.
     log = srv.log_path.read_text(errors="replace")
     assert "DEBUG" in log, "the server ran at DEBUG level"
     for secret in (KEY_A, KEY_B, WRONG_KEY, NEAR_KEY):

@@ -4,7 +4,6 @@ one account cannot starve the others' tails. Closed, cancelled and failed stream
 slot back."""
 from __future__ import annotations
 
-import time
 
 import grpc
 import pytest
@@ -66,9 +65,15 @@ def test_tail_streams_per_account_are_bounded_and_slots_come_back(srv):
         wait_for(reopened, 10, interval=0.3, what="a cancelled Tail's slot to be given back")
         for c in open_calls:
             c.cancel()
-        time.sleep(0.5)
-        calls = [open_tail(a, ta.log_store) for _ in range(LIMIT)]
-        assert all(not isinstance(first, grpc.RpcError) for _, _, first in calls)
+
+        def all_slots_back():
+            calls = [open_tail(a, ta.log_store) for _ in range(LIMIT)]
+            ok = all(not isinstance(first, grpc.RpcError) for _, _, first in calls)
+            if not ok:
+                for c, _, _ in calls:
+                    c.cancel()
+            return calls if ok else None
+        calls = wait_for(all_slots_back, 30, interval=0.3, what=f"all {LIMIT} Tail slots to come back")
         for c, _, _ in calls:
             c.cancel()
     finally:
