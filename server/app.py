@@ -77,6 +77,8 @@ def check_listen_address(cfg: Config) -> None:
     host = cfg.listen.rsplit(":", 1)[0].strip("[]")
     if cfg.api_keys:
         check_tls(cfg, cfg.listen, host, "listen")
+        if cfg.http.listen:  # the console's JSON API takes the same keys (Authorization: Bearer)
+            check_tls(cfg, cfg.http.listen, cfg.http.listen.rpartition(":")[0].strip("[]"), "http.listen")
         return
     if not is_loopback(host):
         raise ConfigError(f"refusing to listen on {cfg.listen} without API keys: with no keys anyone who can reach "

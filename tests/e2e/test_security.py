@@ -101,6 +101,10 @@ def test_refuses_plaintext_off_loopback_with_api_keys(tmp_path):
     assert r.returncode == 2, r.stderr
     assert "without TLS" in r.stderr and "plaintext" in r.stderr and "allow_plaintext" in r.stderr, r.stderr
     assert "tls.cert_file" in r.stderr
+    # The console's JSON API takes the same keys: the same rule for http.listen.
+    r = run_server(["--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"0.0.0.0:{free_port()}",
+                    "--data-dir", str(tmp_path / "h")], env=env)
+    assert r.returncode == 2 and "http.listen" in r.stderr and "without TLS" in r.stderr, r.stderr
     # Loopback stays allowed without TLS, and allow_plaintext lets a proxied server start.
     port = free_port()
     sp = start_server(tmp_path / "proxied", {"listen": f"0.0.0.0:{port}", "allow_plaintext": True,
