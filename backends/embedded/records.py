@@ -34,7 +34,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from backends.embedded.aggregate_sql import aggregate_sql
+from backends.embedded.aggregate_sql import aggregate_sql, fast_path, top_sql, totals_sql
 from backends.embedded.filter_sql import ip_to_blob, to_sql
 from server.core import aggregate as agg
 from server.core import columns
@@ -332,13 +332,19 @@ class EmbeddedRecordStore:
         if rq.start_ms >= rq.end_ms or not rq.log_stores:
             return agg.Groups([])
         where, params = _where(rq)
-        sql = aggregate_sql(q, where)
+        fast = fast_path(q)
         cur = self._cursor()
         timer = threading.Timer(max(budget.remaining(), 0.0), cur.interrupt)
         timer.daemon = True
         timer.start()
         try:
-            rows = cur.execute(sql, params).fetchall()
+            if fast:
+                cur.begin()  # one snapshot for both statements
+                top = cur.execute(top_sql(q, where), params).fetchall()
+                totals = cur.execute(totals_sql(where), params).fetchone()
+                cur.commit()
+            else:
+                rows = cur.execute(aggregate_sql(q, where), params).fetchall()
         except duckdb.InterruptException:
             raise agg.timed_out(q) from None
         finally:
@@ -346,6 +352,21 @@ class EmbeddedRecordStore:
             _release(cur)
         address = [k.kind is agg.FieldKind.ADDRESS for k in q.group_by]
         n = len(q.group_by)
+        if fast:
+            rows = [(0, *row) for row in top]
+            matched = int(totals[0]) if totals else 0
+            shown = sum(int(row[2 + n]) for row in rows)
+            if matched > shown:  # some group was folded: other = totals - top N
+                total = {"count": matched, "bytes": int(totals[1] or 0), "packets": int(totals[2] or 0)}
+                other = []
+                for j, m in enumerate(q.metrics):
+                    if m.op == "count_distinct":
+                        other.append(0)
+                    else:
+                        whole = total["count" if m.op == "count" else m.field]
+                        other.append(whole - sum(int(row[3 + n + j]) for row in rows))
+                rows.append((1, None, *([None] * n), matched - shown, *other))
+            rows.append((2, None, *([None] * n), matched, *([None] * len(q.metrics))))
         groups = []
         other: tuple[int, ...] | None = None
         matched = 0
