@@ -56,15 +56,16 @@ _PARTIAL = {("count", ""): ("count(*)", "sum"), ("sum", "bytes"): ("sum(bytes)",
             ("max", "end_time"): ("max(end_time)", "max")}
 
 
-def _grouped(q: AggregateQuery, where: str) -> str:
-    """SELECT b, x0..x(n-1) (keys), n (count), v0..v(m-1) (metrics): every group."""
+def _grouped(q: AggregateQuery, where: str, with_n: bool = True) -> str:
+    """SELECT b, x0..x(n-1) (keys), n (count; left out unless with_n), v0..v(m-1) (metrics):
+    every group."""
     if not q.interval_ms:
         # No buckets: a constant NULL bucket outside the grouping (grouping by it cost ~40%).
-        return f"SELECT NULL::BIGINT AS b, * FROM ({_grouped_by(q, where, None)})"
-    return _grouped_by(q, where, f"start_time - start_time % {int(q.interval_ms)}")
+        return f"SELECT NULL::BIGINT AS b, * FROM ({_grouped_by(q, where, None, with_n)})"
+    return _grouped_by(q, where, f"start_time - start_time % {int(q.interval_ms)}", with_n)
 
 
-def _grouped_by(q: AggregateQuery, where: str, bucket: str | None) -> str:
+def _grouped_by(q: AggregateQuery, where: str, bucket: str | None, with_n: bool) -> str:
     keys = list(q.group_by)
     distinct = [m.distinct for m in q.metrics if m.distinct is not None]
     two_stage = any(k.masked for k in keys) or any(d.masked for d in distinct)
@@ -73,7 +74,8 @@ def _grouped_by(q: AggregateQuery, where: str, bucket: str | None) -> str:
     # no group at all: one row, none when nothing matched (as a GROUP BY gives)
     group = f" GROUP BY {', '.join(group_cols)}" if group_cols else " HAVING count(*) > 0"
     if not two_stage:
-        cols = [f"{bucket} AS b"] * bool(bucket) + [f"{_raw(k)} AS x{i}" for i, k in enumerate(keys)] + ["count(*) AS n"]
+        cols = [f"{bucket} AS b"] * bool(bucket) + [f"{_raw(k)} AS x{i}" for i, k in enumerate(keys)]
+        cols += ["count(*) AS n"] * with_n
         cols += [f"{_metric(m)} AS v{j}" for j, m in enumerate(q.metrics)]
         return f"SELECT {', '.join(cols)} FROM records WHERE {where}{group}"
     # Stage 1: raw keys (and raw distinct values), partial sums/min/max.
@@ -87,7 +89,7 @@ def _grouped_by(q: AggregateQuery, where: str, bucket: str | None) -> str:
     inner_cols += [f"{expr} AS p{i}" for i, (expr, _) in enumerate(partials)]
     inner = f"SELECT {', '.join(inner_cols)} FROM records WHERE {where} GROUP BY {', '.join(inner_group)}"
     # Stage 2: masked keys; partials combined, distinct values (masked) counted.
-    outer_cols = b + [f"{_final(f'k{i}', k)} AS x{i}" for i, k in enumerate(keys)] + ["sum(p0) AS n"]
+    outer_cols = b + [f"{_final(f'k{i}', k)} AS x{i}" for i, k in enumerate(keys)] + ["sum(p0) AS n"] * with_n
     j = 0
     for v, m in enumerate(q.metrics):
         if m.op == "count_distinct":
@@ -104,18 +106,19 @@ _FOLD = {"count": "sum", "sum": "sum", "min": "min", "max": "max"}
 
 
 def fast_path(q: AggregateQuery) -> bool:
-    """One bucket and no min/max: the top N is one ORDER BY ... LIMIT over the grouping (DuckDB
-    pipelines it, nothing is materialised), and `other` is the totals (totals_sql) minus the
-    top N: counts and sums subtract exactly, count_distinct is 0 anyway. Something was folded
-    exactly when the records matched outnumber the top N's."""
+    """One bucket and no min/max: the top N is one ORDER BY ... LIMIT N+1 over the grouping
+    (DuckDB pipelines it, nothing is materialised, no count per group unless asked for), and
+    `other` is the totals (totals_sql) minus the top N: counts and sums subtract exactly,
+    count_distinct is 0 anyway. Something was folded exactly when an N+1th group came back."""
     return not q.interval_ms and not any(m.op in ("min", "max") for m in q.metrics)
 
 
 def top_sql(q: AggregateQuery, where: str) -> str:
-    """fast_path: b, keys, n, metrics of the top `limit` groups."""
+    """fast_path: b, keys, metrics of the top `limit` + 1 groups."""
     keys = [f"x{i}" for i in range(len(q.group_by))]
     order = [f"v{q.order_index} {'DESC' if q.descending else 'ASC'}"] + [f"{k} ASC NULLS FIRST" for k in keys]
-    return f"SELECT * FROM ({_grouped(q, where)}) ORDER BY {', '.join(order)} LIMIT {int(q.limit)}"
+    return (f"SELECT * FROM ({_grouped(q, where, with_n=False)}) ORDER BY {', '.join(order)} "
+            f"LIMIT {int(q.limit) + 1}")
 
 
 def totals_sql(where: str) -> str:

@@ -353,10 +353,10 @@ class EmbeddedRecordStore:
         address = [k.kind is agg.FieldKind.ADDRESS for k in q.group_by]
         n = len(q.group_by)
         if fast:
-            rows = [(0, *row) for row in top]
+            # (its count per group is not computed: 1 stands in, finish() never shows it)
+            rows = [(0, row[0], *row[1:1 + n], 1, *row[1 + n:]) for row in top[:q.limit]]
             matched = int(totals[0]) if totals else 0
-            shown = sum(int(row[2 + n]) for row in rows)
-            if matched > shown:  # some group was folded: other = totals - top N
+            if len(top) > q.limit:  # some group was folded: other = totals - top N
                 total = {"count": matched, "bytes": int(totals[1] or 0), "packets": int(totals[2] or 0)}
                 other = []
                 for j, m in enumerate(q.metrics):
@@ -365,7 +365,7 @@ class EmbeddedRecordStore:
                     else:
                         whole = total["count" if m.op == "count" else m.field]
                         other.append(whole - sum(int(row[3 + n + j]) for row in rows))
-                rows.append((1, None, *([None] * n), matched - shown, *other))
+                rows.append((1, None, *([None] * n), 0, *other))
             rows.append((2, None, *([None] * n), matched, *([None] * len(q.metrics))))
         groups = []
         other: tuple[int, ...] | None = None
