@@ -62,7 +62,7 @@ S3_ACCESS_KEY = "flowlog"
 S3_SECRET_KEY = "flowlog-secret-key"
 S3_REGION = "us-east-1"
 
-ES_START_TIMEOUT = 120.0
+ES_START_TIMEOUT = 300.0  # generous: on a loaded 2-core machine Elasticsearch has taken over 120 s to boot
 S3_START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 

@@ -202,6 +202,39 @@ typedef struct {
     char id[32];
 } rec;
 
+/* FlowRecord's field numbers (protos/flowlog/v1/record.proto) and IngestRequest's. The module exports
+ * them as FIELDS and INGEST_FIELDS, and the limits below as LIMITS; server/api/fastpath.py checks
+ * both at import against the proto descriptors and server.core's constants, so a field or a limit
+ * changed on one side cannot silently diverge from this file. */
+#define F_RECORD_ID 1
+#define F_VERSION 2
+#define F_ACCOUNT_ID 3
+#define F_FLOW_LOG_ID 4
+#define F_REGION 5
+#define F_RESOURCE_TYPE 6
+#define F_RESOURCE_ID 7
+#define F_NETWORK_ID 8
+#define F_SRC_ADDR 9
+#define F_DST_ADDR 10
+#define F_SRC_PORT 11
+#define F_DST_PORT 12
+#define F_PROTOCOL 13
+#define F_PACKETS 14
+#define F_BYTES 15
+#define F_START_TIME 16
+#define F_END_TIME 17
+#define F_ACTION 18
+#define F_LOG_STATUS 19
+#define F_DIRECTION 20
+#define F_TCP_FLAGS 21
+#define F_PROJECT 22
+#define F_LOG_STORE 23
+#define F_RULE_ID 24
+#define F_RULE_KIND 25
+#define F_SAMPLING_RATE 26
+#define IR_FLOW_LOG_ID 1
+#define IR_RECORDS 2
+
 /* Timestamp -> epoch milliseconds (seconds * 1000 + nanos // 1_000_000), 0 when not sure. */
 static int rd_timestamp(const uint8_t *s, size_t n, int64_t *ms) {
     reader r = {s, s + n};
@@ -237,42 +270,43 @@ static int rd_record(const uint8_t *s, size_t n, rec *o) {
         size_t len;
         uint64_t *num = NULL;
         switch (field) {
-        case 1: case 3: case 4: case 5: case 7: case 8: case 9: case 10: case 22: case 23: case 24:
+        case F_RECORD_ID: case F_ACCOUNT_ID: case F_FLOW_LOG_ID: case F_REGION: case F_RESOURCE_ID:
+        case F_NETWORK_ID: case F_SRC_ADDR: case F_DST_ADDR: case F_PROJECT: case F_LOG_STORE: case F_RULE_ID:
             if (wt != 2 || !rd_len(&r, &str, &len) || !ascii(str, len)) return 0;
             switch (field) {
-            case 1: o->rid = str; o->rid_n = len; break;
-            case 3: o->acc = str; o->acc_n = len; break;
-            case 4: o->flid = str; o->flid_n = len; break;
-            case 9: o->src = str; o->src_n = len; break;
-            case 10: o->dst = str; o->dst_n = len; break;
-            case 24: o->rule = str; o->rule_n = len; break;
+            case F_RECORD_ID: o->rid = str; o->rid_n = len; break;
+            case F_ACCOUNT_ID: o->acc = str; o->acc_n = len; break;
+            case F_FLOW_LOG_ID: o->flid = str; o->flid_n = len; break;
+            case F_SRC_ADDR: o->src = str; o->src_n = len; break;
+            case F_DST_ADDR: o->dst = str; o->dst_n = len; break;
+            case F_RULE_ID: o->rule = str; o->rule_n = len; break;
             default: break; /* region, resource, network, project, LogStore: the server's own */
             }
             continue;
-        case 16: case 17:
+        case F_START_TIME: case F_END_TIME:
             if (wt != 2 || !rd_len(&r, &str, &len)) return 0;
-            if (field == 16) {
+            if (field == F_START_TIME) {
                 if (seen_start++ || !rd_timestamp(str, len, &o->start)) return 0;
             } else {
                 if (seen_end++ || !rd_timestamp(str, len, &o->end)) return 0;
             }
             continue;
-        case 2: case 6: { /* version, resource_type: the server's own */
+        case F_VERSION: case F_RESOURCE_TYPE: { /* version, resource_type: the server's own */
             uint64_t ignored;
             if (wt != 0 || !rd_varint(&r, &ignored)) return 0;
             continue;
         }
-        case 11: num = &o->sport; break;
-        case 12: num = &o->dport; break;
-        case 13: num = &o->proto; break;
-        case 14: num = &o->pkts; break;
-        case 15: num = &o->bytes; break;
-        case 18: num = &o->action; break;
-        case 19: num = &o->status; break;
-        case 20: num = &o->direction; break;
-        case 21: num = &o->flags; break;
-        case 25: num = &o->rule_kind; break;
-        case 26: num = &o->sampling; break;
+        case F_SRC_PORT: num = &o->sport; break;
+        case F_DST_PORT: num = &o->dport; break;
+        case F_PROTOCOL: num = &o->proto; break;
+        case F_PACKETS: num = &o->pkts; break;
+        case F_BYTES: num = &o->bytes; break;
+        case F_ACTION: num = &o->action; break;
+        case F_LOG_STATUS: num = &o->status; break;
+        case F_DIRECTION: num = &o->direction; break;
+        case F_TCP_FLAGS: num = &o->flags; break;
+        case F_RULE_KIND: num = &o->rule_kind; break;
+        case F_SAMPLING_RATE: num = &o->sampling; break;
         default:
             if (!rd_skip(&r, wt)) return 0;
             continue;
@@ -465,11 +499,11 @@ static int rd_request(const uint8_t *s, size_t n, const uint8_t **fid, size_t *f
         if (!rd_tag(&r, &field, &wt)) return 0;
         const uint8_t *str;
         size_t len;
-        if (field == 1) {
+        if (field == IR_FLOW_LOG_ID) {
             if (wt != 2 || !rd_len(&r, &str, &len) || !ascii(str, len)) return 0;
             *fid = str;
             *fid_n = len;
-        } else if (field == 2) {
+        } else if (field == IR_RECORDS) {
             if (wt != 2 || !rd_len(&r, &str, &len)) return 0;
             if (records && !rd_record(str, len, &records[*count])) return 0;
             (*count)++;
@@ -923,5 +957,33 @@ PyMODINIT_FUNC PyInit__fastingest(void) {
     addr_cache = PyMem_RawCalloc(ADDR_SLOTS, sizeof(addr_slot));
     rule_cache = PyMem_RawCalloc(RULE_SLOTS, sizeof(rule_slot));
     if (!addr_cache || !rule_cache) return PyErr_NoMemory();
-    return PyModule_Create(&module);
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    PyObject *fields = Py_BuildValue(
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,"
+        "s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}",
+        "record_id", F_RECORD_ID, "version", F_VERSION, "account_id", F_ACCOUNT_ID, "flow_log_id", F_FLOW_LOG_ID,
+        "region", F_REGION, "resource_type", F_RESOURCE_TYPE, "resource_id", F_RESOURCE_ID,
+        "network_id", F_NETWORK_ID, "src_addr", F_SRC_ADDR, "dst_addr", F_DST_ADDR, "src_port", F_SRC_PORT,
+        "dst_port", F_DST_PORT, "protocol", F_PROTOCOL, "packets", F_PACKETS, "bytes", F_BYTES,
+        "start_time", F_START_TIME, "end_time", F_END_TIME, "action", F_ACTION, "log_status", F_LOG_STATUS,
+        "direction", F_DIRECTION, "tcp_flags", F_TCP_FLAGS, "project", F_PROJECT, "log_store", F_LOG_STORE,
+        "rule_id", F_RULE_ID, "rule_kind", F_RULE_KIND, "sampling_rate", F_SAMPLING_RATE);
+    PyObject *ingest = Py_BuildValue("{s:i,s:i}", "flow_log_id", IR_FLOW_LOG_ID, "records", IR_RECORDS);
+    PyObject *limits = Py_BuildValue("{s:L,s:L,s:L,s:i,s:K,s:i}", "max_future_ms", (long long)MAX_FUTURE_MS,
+                                     "max_past_ms", (long long)MAX_PAST_MS, "max_window_ms", (long long)MAX_WINDOW_MS,
+                                     "rule_id_max", (int)RULE_ID_MAX, "sampling_rate_max",
+                                     (unsigned long long)SAMPLING_RATE_MAX, "rule_kind_max", (int)RULE_KIND_MAX);
+    if (!fields || !ingest || !limits || PyModule_AddObject(m, "FIELDS", fields) < 0) goto fail;
+    fields = NULL;
+    if (PyModule_AddObject(m, "INGEST_FIELDS", ingest) < 0) goto fail;
+    ingest = NULL;
+    if (PyModule_AddObject(m, "LIMITS", limits) < 0) goto fail;
+    return m;
+fail:
+    Py_XDECREF(fields);
+    Py_XDECREF(ingest);
+    Py_XDECREF(limits);
+    Py_DECREF(m);
+    return NULL;
 }

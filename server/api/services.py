@@ -35,10 +35,9 @@ from server.core.usecases.query import BATCH as QUERY_BATCH
 from server.core.usecases.query import Query
 from server.core.usecases.tail import Tail
 
-try:  # the compiled fast path of Ingest; optional (setup.py), the Python path gives the same results
-    from server.api import _fastingest
-except ImportError:  # pragma: no cover - built wherever a C compiler is
-    _fastingest = None
+# The compiled fast path of Ingest, checked against the protos and server.core at import; None
+# when not built (setup.py: optional), and the Python path gives the same results.
+from server.api.fastpath import compiled as _fastingest  # noqa: E402
 
 log = logging.getLogger("flowlog.api")
 _EMPTY = empty_pb2.Empty()

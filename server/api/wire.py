@@ -25,21 +25,41 @@ from typing import Any, Callable, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from flowlog.v1 import record_pb2
 from server.core.columns import records_of, table_of
 from server.core.model import FlowRecord, RECORD_FIELDS
 
-# (name, field number, kind) in field-number order; kind: "s" string, "i" varint, "t" Timestamp.
-_FIELDS: tuple[tuple[str, int, str], ...] = (
-    ("record_id", 1, "s"), ("version", 2, "i"), ("account_id", 3, "s"), ("flow_log_id", 4, "s"),
-    ("region", 5, "s"), ("resource_type", 6, "i"), ("resource_id", 7, "s"), ("network_id", 8, "s"),
-    ("src_addr", 9, "s"), ("dst_addr", 10, "s"), ("src_port", 11, "i"), ("dst_port", 12, "i"),
-    ("protocol", 13, "i"), ("packets", 14, "i"), ("bytes", 15, "i"), ("start_time", 16, "t"),
-    ("end_time", 17, "t"), ("action", 18, "i"), ("log_status", 19, "i"), ("direction", 20, "i"),
-    ("tcp_flags", 21, "i"), ("project", 22, "s"), ("log_store", 23, "s"), ("rule_id", 24, "s"),
-    ("rule_kind", 25, "i"), ("sampling_rate", 26, "i"),
-)
-assert sorted(f[0] for f in _FIELDS) == sorted(RECORD_FIELDS)
+_VARINT_TYPES = frozenset({FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32,
+                           FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_ENUM, FieldDescriptor.TYPE_BOOL})
+
+
+def _fields_of(descriptor: Descriptor) -> tuple[tuple[str, int, str], ...]:
+    """(name, field number, kind) of every field, in field-number order, read from the proto
+    descriptor (the one source of the wire schema); kind: "s" string, "i" varint, "t" Timestamp.
+    A field of any other type, or a record field server.core's FlowRecord lacks (or has more of),
+    fails the import, naming it: the encoders below would otherwise drop or garble it."""
+    out = []
+    for f in sorted(descriptor.fields, key=lambda f: f.number):
+        if f.type == FieldDescriptor.TYPE_STRING:
+            kind = "s"
+        elif f.type == FieldDescriptor.TYPE_MESSAGE and f.message_type.full_name == "google.protobuf.Timestamp":
+            kind = "t"
+        elif f.type in _VARINT_TYPES:
+            kind = "i"
+        else:
+            raise ImportError(f"server.api.wire cannot encode {descriptor.full_name}.{f.name} (type {f.type}): "
+                              "teach it the type")
+        out.append((f.name, f.number, kind))
+    names = {name for name, _, _ in out}
+    if names != set(RECORD_FIELDS):
+        raise ImportError(f"{descriptor.full_name} and server.core.model.FlowRecord differ: proto only "
+                          f"{sorted(names - set(RECORD_FIELDS))}, FlowRecord only {sorted(set(RECORD_FIELDS) - names)}")
+    return tuple(out)
+
+
+_FIELDS = _fields_of(record_pb2.FlowRecord.DESCRIPTOR)
 
 # Values up to this are encoded through a lookup table (ports, enums, flags, small counters).
 _TABLE_MAX = 1 << 16

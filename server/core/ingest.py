@@ -22,8 +22,8 @@ from server.core.attribution import AddressMatcher
 from server.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from server.core.model import FlowLog, FlowLogState, FlowRecord, RECORD_VERSION, RuleKind
 from server.core.ports import MetadataStore
-from server.core.records import (MAX_FUTURE_MS, MAX_PAST_MS, MAX_U64, ZONE_REFUSED, canonical_address, check_record,
-                                 record_id, record_ids)
+from server.core.records import (MAX_FUTURE_MS, MAX_PAST_MS, MAX_U64, MAX_WINDOW_MS, ZONE_REFUSED, canonical_address,
+                                 check_record, record_id, record_ids)
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def accept_columns(fl: FlowLog, cols: Sequence[Sequence], first_index: int, now_
         lo, hi = min(starts), max(starts)
         if lo <= 0 or hi > now_ms + MAX_FUTURE_MS or lo < now_ms - MAX_PAST_MS:
             raise _Slow
-        if not all(map(ge, ends, starts)) or max(map(sub, ends, starts)) > 86_400_000:
+        if not all(map(ge, ends, starts)) or max(map(sub, ends, starts)) > MAX_WINDOW_MS:
             raise _Slow
         if list(map(contains, src, repeat(":"))) != list(map(contains, dst, repeat(":"))):
             raise _Slow

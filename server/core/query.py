@@ -15,12 +15,10 @@ from server.core.errors import InvalidArgument, NotFound
 from server.core.model import LogStoreKey
 from server.core.paging import TokenSigner, fingerprint
 from server.core.ports import MetadataStore, RecordQuery
+from server.core.records import MAX_TIME_MS, MIN_TIME_MS
 
 MAX_LOG_STORES = 20
 MAX_LIMIT = 100_000
-# google.protobuf.Timestamp's valid range (0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z), in ms.
-MIN_TIME_MS = -62_135_596_800_000
-MAX_TIME_MS = 253_402_300_799_999
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,18 @@ from typing import Iterable
 from server.core.model import Action, Direction, FlowRecord, LogStatus, RECORD_VERSION, RuleKind
 from server.core.rules import SAMPLING_RATE_MAX, rule_id_problem
 
+# The record's time limits, in one place: the Python checks here and in server.core.ingest, the
+# compiled path (server/api/_fastingest.c, checked against these at import by server/api/fastpath.py)
+# and the API's time fields (server.core.query, server.pipeline.tail) all use these.
 # A record may start at most this far in the future of the server's clock (clock skew allowance).
 MAX_FUTURE_MS = 5 * 60 * 1000
 # ...and at most this far in the past (older records would fall outside any retention at once).
 MAX_PAST_MS = 3650 * 86_400_000
+# A flow window (end_time - start_time) lasts at most 24 hours.
+MAX_WINDOW_MS = 86_400_000
+# google.protobuf.Timestamp's valid range (0001-01-01T00:00:00Z .. 9999-12-31T23:59:59.999Z), in ms.
+MIN_TIME_MS = -62_135_596_800_000
+MAX_TIME_MS = 253_402_300_799_999
 MAX_U64 = 2**64 - 1
 _RULE_KINDS = frozenset(int(k) for k in RuleKind)
 
@@ -111,7 +119,7 @@ def check_record(r: FlowRecord, now_ms: int) -> RecordProblem | None:
         return RecordProblem("start_time", "is more than 5 minutes in the future; check the collector's clock")
     if r.start_time < now_ms - MAX_PAST_MS:
         return RecordProblem("start_time", "is more than 3650 days in the past")
-    if r.end_time - r.start_time > 86_400_000:
+    if r.end_time - r.start_time > MAX_WINDOW_MS:
         return RecordProblem("end_time", "a flow window may last at most 24 hours")
     # Ranges hold for every record, NODATA ones too: the backends store ports, protocol and flags
     # in 32-bit (or narrower) columns, and a value one of them cannot store would be retried by

@@ -37,15 +37,13 @@ from server.core.errors import FailedPrecondition, InvalidArgument, ResourceExha
 from server.core.model import FlowRecord
 from server.core.paging import TokenSigner, fingerprint
 from server.pipeline.hub import Hub, HubClosed, Subscription, SubscriptionOverflow
+from server.core.records import MAX_TIME_MS, MIN_TIME_MS
 from server.pipeline.spool import CursorExpired, Spool, SpoolBatch
 
 log = logging.getLogger(__name__)
 
 CURSOR_VERSION = 1
 _KIND = "tail"
-# google.protobuf.Timestamp's valid range, in ms (as server.core.query).
-_MIN_TIME_MS = -62_135_596_800_000
-_MAX_TIME_MS = 253_402_300_799_999
 
 
 
@@ -141,7 +139,7 @@ class TailSession:
                 raise FailedPrecondition("resume_cursor is ahead of this server's spool: start a new tail")
             self._start_ms = None
         elif start_ms is not None:
-            if not _MIN_TIME_MS <= start_ms <= _MAX_TIME_MS:
+            if not MIN_TIME_MS <= start_ms <= MAX_TIME_MS:
                 raise InvalidArgument.field("start_time", "must be between 0001-01-01T00:00:00Z and "
                                                           "9999-12-31T23:59:59.999Z")
             try:

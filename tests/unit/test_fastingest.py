@@ -398,3 +398,37 @@ def test_spool_payload_and_arrow_table_are_what_the_spool_would_make(seed):
     assert table.schema == SCHEMA and table.equals(table_of(rows))
     empty = fast.accept(ingest_pb2.IngestRequest(flow_log_id=FL.id).SerializeToString(), HEAD, FlowRecord, NOW, True)
     assert empty[0] == [] and table_of_buffers(0, HEAD, empty[2]).num_rows == 0
+
+
+# -- one source for the schema and its limits ----------------------------------------------------
+
+def test_the_compiled_path_was_built_with_the_protos_field_numbers_and_the_cores_limits():
+    from server.api import fastpath
+    from server.core import records
+
+    fastpath.check(fast)  # what the server ran at import
+    assert fast.FIELDS == {f.name: f.number for f in record_pb2.FlowRecord.DESCRIPTOR.fields}
+    assert fast.LIMITS["max_window_ms"] == records.MAX_WINDOW_MS == 24 * 3600 * 1000
+
+
+def test_a_compiled_path_that_disagrees_is_refused_naming_each_difference():
+    from types import SimpleNamespace
+
+    from server.api import fastpath
+
+    drifted = SimpleNamespace(FIELDS={**fast.FIELDS, "rule_id": 99}, INGEST_FIELDS=dict(fast.INGEST_FIELDS),
+                              LIMITS={**fast.LIMITS, "max_window_ms": 3_600_000})
+    with pytest.raises(ImportError) as e:
+        fastpath.check(drifted)
+    assert "rule_id: C 99, Python 24" in str(e.value) and "max_window_ms: C 3600000, Python 86400000" in str(e.value)
+    missing = SimpleNamespace(FIELDS={k: v for k, v in fast.FIELDS.items() if k != "sampling_rate"},
+                              INGEST_FIELDS=dict(fast.INGEST_FIELDS), LIMITS=dict(fast.LIMITS))
+    with pytest.raises(ImportError, match="sampling_rate: C None, Python 26"):
+        fastpath.check(missing)
+
+
+def test_wire_encoders_take_their_field_numbers_from_the_proto_descriptor():
+    from server.api import wire
+
+    want = sorted((f.name, f.number) for f in record_pb2.FlowRecord.DESCRIPTOR.fields)
+    assert sorted((name, number) for name, number, _ in wire._FIELDS) == want

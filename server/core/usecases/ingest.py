@@ -1,8 +1,9 @@
 """The Ingest use case: records pushed by collectors, checked and spooled, message by message.
 
-One `IngestStream` per Ingest call: it looks each flow log up once per stream (the caller's and
-ACTIVE, server.core.ingest.flow_log_for_ingest) and keeps watching it (server.core.lifecycle.
-FlowLogWatch: a pause or a deletion reaches the open stream at its next message), takes a message whose records all pass every
+One `IngestStream` per Ingest call: it looks each flow log up once per stream (the caller's
+and ACTIVE, server.core.ingest.flow_log_for_ingest) and keeps watching it
+(server.core.lifecycle.FlowLogWatch: a pause or a deletion reaches the open stream at its next
+message), takes a message whose records all pass every
 check through the compiled path when the server has one (the `CompiledIngest` ability, chosen
 once at wiring), parses any other message and checks it record by record in Python
 (server.core.ingest, which alone decides rejections and their messages), and hands the good
