@@ -40,6 +40,13 @@ services: install web
 test: install web services
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# ruff (lint + format check) and mypy (strict on server/core, lenient elsewhere), configured in
+# pyproject.toml, at the versions pinned in requirements.lock.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 bench: install services
 	$(PY) -m bench $(ARGS)
 
