@@ -8,8 +8,8 @@ same server (the pipeline's own rate, which the collector feeds).
 
 The datagrams are made before anything is timed: one IPFIX template and data sets of 30 IPv4 flows
 each (a 1,400-byte datagram; the fields softflowd -A milli exports), every flow to one of 4,096
-hosts of one registered resource (from ~500 peers), so each flow makes one record. The sender keeps the receiver's socket
-queue under half its buffer (read from /proc/net/udp), so nobody is measured losing datagrams;
+hosts of one registered resource (from ~500 peers), so each flow makes one record. The sender keeps
+the receiver's socket queue under half its buffer (read from /proc/net/udp), so nobody is measured losing datagrams;
 the kernel's drop counter for the socket is reported and must be 0.
 
 flowlog: from the first datagram sent until the collector's counter of spooled (durable) records
@@ -198,7 +198,8 @@ def run_goflow2(workdir: Path, datagrams: list[bytes], n_flows: int, warmup: lis
     binary = fs.fetch("goflow2")
     port, http = _free_udp_port(), fs.free_port()
     logf = workdir / "goflow2.log"
-    proc = subprocess.Popen([binary, "-listen", f"netflow://127.0.0.1:{port}?blocking=true", "-addr", f"127.0.0.1:{http}",
+    proc = subprocess.Popen([binary, "-listen", f"netflow://127.0.0.1:{port}?blocking=true",
+                             "-addr", f"127.0.0.1:{http}",
                              "-transport", "file", "-transport.file", "/dev/null", "-format", "bin",
                              "-loglevel", "warn"], stdout=open(logf, "wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -278,10 +279,11 @@ def render(res: dict[str, Any]) -> str:
              f"{f['server_cpu_us_per_flow']:.1f} µs server CPU per flow; kernel drops {f['kernel_drops']}; "
              f"floor 100,000 flows/s: {'PASS' if floor_ok else 'MISS'} |"]
     if goal:
-        lines.append(f"| gRPC Ingest into the same server (the pipeline's own rate: the goal) | {goal:,.0f} records/s | - | "
-                     f"collector at {f['flows_per_s'] / goal * 100:.0f}% of it |")
+        lines.append(f"| gRPC Ingest into the same server (the pipeline's own rate: the goal) | {goal:,.0f} records/s "
+                     f"| - | collector at {f['flows_per_s'] / goal * 100:.0f}% of it |")
     if g:
-        lines.append(f"| goflow2 {g['version']} decoding the same datagrams to /dev/null (protobuf, -format bin) | {g['flows_per_s']:,.0f} "
+        lines.append(f"| goflow2 {g['version']} decoding the same datagrams to /dev/null (protobuf, -format bin) "
+                     f"| {g['flows_per_s']:,.0f} "
                      f"| {g['peak_rss_mb']} MB | reference decoder, no storage; kernel drops {g['kernel_drops']} |")
     lines.append(f"| flowlog's decoder alone, in process (server/sources) | {d['flows_per_s']:,.0f} | - | "
                  f"{d['us_per_flow']:.2f} µs per flow |")

@@ -11,7 +11,8 @@ comprehension.
 Information elements (IANA IPFIX numbers; NetFlow v9 uses the same numbers for these):
 addresses 8/12 (IPv4), 27/28 (IPv6); ports 7/11; protocol 4; tcpControlBits 6; octets 1/85
 (delta/total) and packets 2/86, any reduced size of 1-8 bytes (ICMP and ICMPv6 flows get ports 0,
-whatever the exporter put there: softflowd's v5 and pmacct write type/code in the destination port); times flowStart/EndSysUpTime
+whatever the exporter put there: softflowd's v5 and pmacct write type/code in the destination
+port); times flowStart/EndSysUpTime
 22/21 (NetFlow v9: relative to the header's sysUpTime; IPFIX: to systemInitTimeMilliseconds
 160), flowStart/EndSeconds 150/151, -Milliseconds 152/153, -Microseconds 154/155 and
 -Nanoseconds 156/157 (NTP format), flowStart/EndDeltaMicroseconds 158/159, flowDuration-
@@ -113,7 +114,8 @@ class Layout:
                 if f.ie in slots and f.ie not in seen and used(f):
                     seen.add(f.ie)
                     raw = bytes(body[off:off + n])
-                    values[slots[f.ie]] = raw if (f.ie in ADDRESS_IES or n not in _CODES) else int.from_bytes(raw, "big")
+                    keep_bytes = f.ie in ADDRESS_IES or n not in _CODES
+                    values[slots[f.ie]] = raw if keep_bytes else int.from_bytes(raw, "big")
                 off += n
             yield tuple(values)
 
@@ -210,7 +212,9 @@ def _compile_extract(slots: dict[int, int], fields: tuple[Field, ...], ipfix: bo
     start = when(152, 150, 154, 156, 22, 158)
     end = when(153, 151, 155, 157, 21, 159)
     duration = v(161) if has(161) else f"{v(162)} // 1000" if has(162) else None
-    if ipfix and not has(160) and has(22) and has(21) and start and "I +" in start:
+    start_from_uptime = has(22) and not any(has(ie) for ie in (152, 154, 156, 150))
+    end_from_uptime = has(21) and not any(has(ie) for ie in (153, 155, 157, 151))
+    if ipfix and not has(160) and start_from_uptime and end_from_uptime:
         # Relative to a system init time the exporter has not told (yet): end at the export time.
         start = f"(({start}) if I else (E - {v(21)} + {v(22)}))"
         end = f"(({end}) if I else E)"

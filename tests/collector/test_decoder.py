@@ -227,3 +227,12 @@ def test_zero_length_template_is_refused():
     dec.decode(d.ipfix([d.ipfix_set(2, d.ipfix_template(256, [(8, 0), (12, 0)])),
                         d.ipfix_set(256, b"\0" * 100)], export_time=SECS), "x", 0.0)
     assert dec.counters.templates_refused == 1
+
+
+def test_ipfix_sysuptime_before_the_system_init_time_is_known_ends_at_export_time():
+    dec = Decoder()
+    data = d.ipfix([d.ipfix_set(2, d.ipfix_template(401, [(8, 4), (12, 4), (22, 4), (21, 4)])),
+                    d.ipfix_set(401, d.a4("10.0.0.1") + d.a4("10.0.0.2") + struct.pack("!II", 5_000, 5_250))],
+                   export_time=SECS)
+    (f,) = flows(dec, data)
+    assert (f.start_time, f.end_time) == (T0 - 250, T0)
