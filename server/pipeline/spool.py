@@ -26,57 +26,38 @@ idempotent. Batches are trimmed once every sink has them AND they are older than
 retention (or the delivered part exceeds `tail_retention_bytes`), so Tail can replay the recent
 past. The undelivered backlog is bounded by `max_spool_bytes`: beyond it `append()` refuses with
 ResourceExhausted naming the backend that is behind; acknowledged records are never dropped.
+
+The spool in four files by job: this one (the SQLite file, the group-commit writer, appending,
+reading for the sinks, dropping and trimming), spool_codec.py (the batch blob format),
+spool_offsets.py (the sinks' durable offsets and backlogs) and spool_scan.py (Tail's replay read).
 """
 from __future__ import annotations
 
 import fcntl
-import itertools
 import logging
-import marshal
-import operator
 import os
 import queue
 import secrets
 import sqlite3
 import threading
 import time
-from collections import abc
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, Sequence
 
-from server.core.columns import table_of, table_of_columns
+from server.core.columns import table_of_columns
 from server.core.errors import DomainError, ResourceExhausted, Unavailable
 from server.core.model import FlowRecord, record_columns
+from server.pipeline.spool_codec import (_ENUM_IDX, _FORMAT, _FORMAT_COLUMNS, _KEY_IDX, _MAX_IDLE_READERS,  # noqa: F401
+                                         _MISSING_DEFAULTS, _TRIM_CHUNK, _VALUE_IDX, FORMAT_VERSION,
+                                         MAX_BATCH_RECORDS, BatchKey, SpoolBatch, SpoolCorrupt, StoredRecords,
+                                         _all_columns, _key_of, _value_columns, decode, decode_table, encode,
+                                         encode_columns, encode_marshalled, group_by_log_store)
+from server.pipeline.spool_offsets import SinkOffset, SinkOffsets  # noqa: F401
+from server.pipeline.spool_scan import CursorExpired, ScanResult, TailScan  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-# Payload format (the first byte of every payload). 1: the 19 value columns of FlowRecord up to
-# tcp_flags; 2: + rule_id, rule_kind, sampling_rate. Payloads of every format listed in
-# _FORMAT_COLUMNS are read (a data dir spooled by an older server still drains after an upgrade);
-# new payloads are written in FORMAT_VERSION.
-FORMAT_VERSION = 2
-_FORMAT = bytes([FORMAT_VERSION])
-# Records of one LogStore per batch, at most this many (bigger appends are split): keeps reads,
-# Tail chunks and archive ranges granular.
-MAX_BATCH_RECORDS = 10_000
-_MAX_IDLE_READERS = 8
-# Batches deleted per trim transaction at most: appends wait behind it.
-_TRIM_CHUNK = 200
-
-# Positions in FlowRecord of the LogStore key: constant within a batch, so kept in the batch
-# row instead of in every record of the blob.
-_KEY_IDX = (FlowRecord._fields.index("account_id"), FlowRecord._fields.index("region"),
-            FlowRecord._fields.index("project"), FlowRecord._fields.index("log_store"))
-_VALUE_IDX = tuple(i for i in range(len(FlowRecord._fields)) if i not in _KEY_IDX)
-_ENUM_IDX = tuple(FlowRecord._fields.index(f) for f in ("resource_type", "action", "log_status", "direction",
-                                                        "rule_kind"))
-# Value columns per payload format, and what the columns a format lacks hold (FlowRecord's defaults).
-_FORMAT_COLUMNS = {1: 19, 2: len(_VALUE_IDX)}
-_MISSING_DEFAULTS = tuple(FlowRecord._field_defaults[FlowRecord._fields[i]] for i in _VALUE_IDX[19:])
-_key_of = operator.itemgetter(*_KEY_IDX)
-_make = FlowRecord._make
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v) WITHOUT ROWID;
@@ -95,208 +76,6 @@ CREATE INDEX IF NOT EXISTS batches_stored_ms ON batches (stored_ms);
 CREATE TABLE IF NOT EXISTS payloads (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS sink_offsets (sink TEXT PRIMARY KEY, seq INTEGER NOT NULL, pending_to INTEGER);
 """
-
-
-class BatchKey(NamedTuple):
-    """The LogStore a batch belongs to (one account's)."""
-
-    account_id: str
-    region: str
-    project: str
-    log_store: str
-
-
-class SpoolBatch(NamedTuple):
-    seq: int
-    stored_ms: int
-    key: BatchKey
-    # Empty when the LogStore was dropped after the batch was spooled (skipped).
-    records: Sequence[FlowRecord]
-    nbytes: int
-    skipped: bool = False
-    # The same records as one Arrow table (server.core.columns), made at append when the spool
-    # was asked to (Spool(tables=True)); None for batches read back from the file.
-    table: object = None
-
-    def arrow(self):
-        """The records as one Arrow table: the one made at append, or from the payload's columns
-        for a batch read back from the file (no FlowRecords made), or from the records."""
-        if self.table is not None:
-            return self.table
-        if isinstance(self.records, StoredRecords):
-            return self.records.table()
-        return table_of(self.records)
-
-
-class ScanResult(NamedTuple):
-    """A Tail's read: the matching batches, and the seq through which the spool was read
-    (batches after `after` up to `through` that are not listed did not match)."""
-
-    batches: list[SpoolBatch]
-    through: int
-    complete: bool  # True when `through` reached the requested end (nothing more to read now)
-
-
-@dataclass(frozen=True)
-class SinkOffset:
-    seq: int
-    pending_to: int | None
-
-
-class SpoolCorrupt(Exception):
-    """A payload this version cannot read (unknown format byte)."""
-
-
-class CursorExpired(Exception):
-    """The requested position has been trimmed from the spool."""
-
-
-# -- encoding ---------------------------------------------------------------------------------
-
-
-def _plain(v: object) -> object:
-    if isinstance(v, bool) or not isinstance(v, (int, str)):
-        return v
-    return int(v) if isinstance(v, int) else str(v)
-
-
-_codec_cache: list = []
-
-
-def _zstd():
-    """pyarrow's zstd codec, made on first use (importing pyarrow is not free)."""
-    if not _codec_cache:
-        import pyarrow as pa
-        _codec_cache.append(pa.Codec("zstd", compression_level=1))
-    return _codec_cache[0]
-
-
-def encode(records: Sequence[FlowRecord]) -> bytes:
-    """encode_columns() of the records."""
-    return encode_columns(record_columns(records))
-
-
-def encode_columns(cols: list[Sequence[object]]) -> bytes:
-    """The payload of records given column by column (record_columns()); the enum columns are
-    replaced in `cols` by plain ints.
-
-    Format byte, uint32 raw length, zstd(level 1) of marshal (version 2) of the value columns.
-
-    Columnar because zip(*records) is one C call and it drops the LogStore columns for free.
-    marshal version 2 (no back-references) is the fastest to write; marshal refuses int/str
-    subclasses: the enum columns are always made plain ints (cheap), anything else odd takes a
-    slower per-value path. zstd-1 costs ~0.2 ms per
-    1,000 records and makes the blob ~5x smaller (~40 bytes/record instead of ~190): less to
-    fsync, and the spool's byte bound holds 5x more backlog.
-    """
-    for i in _ENUM_IDX:  # IntEnum members (what the generator builds) -> plain ints, in C
-        cols[i] = list(map(int, cols[i]))
-    values = tuple(cols[i] for i in _VALUE_IDX)
-    try:
-        raw = marshal.dumps(values, 2)
-    except ValueError:
-        raw = marshal.dumps(tuple(tuple(map(_plain, c)) for c in values), 2)
-    return encode_marshalled(raw)
-
-
-def encode_marshalled(raw: bytes) -> bytes:
-    """The payload of value columns already marshalled as encode_columns() does (the Ingest
-    fast path writes them so: server/api/_fastingest.c)."""
-    return _FORMAT + len(raw).to_bytes(4, "little") + _zstd().compress(raw, asbytes=True)
-
-
-def _value_columns(data: bytes) -> tuple:
-    fmt = data[0] if data else None
-    if fmt not in _FORMAT_COLUMNS:
-        raise SpoolCorrupt(f"spool payload format {data[:1]!r} is not one of {sorted(_FORMAT_COLUMNS)}")
-    size = int.from_bytes(data[1:5], "little")
-    raw = _zstd().decompress(memoryview(data)[5:], decompressed_size=size, asbytes=True)
-    cols = marshal.loads(raw)
-    if fmt != FORMAT_VERSION:  # an older payload: the columns it predates hold their defaults
-        n = len(cols[0]) if cols else 0
-        have = _FORMAT_COLUMNS[fmt]
-        cols = tuple(cols) + tuple([d] * n for d in _MISSING_DEFAULTS[have - 19:])
-    return cols
-
-
-def _all_columns(data: bytes, key: BatchKey) -> list[list]:
-    """Every FlowRecord column of a payload: its value columns with the LogStore's put back."""
-    cols = list(_value_columns(data))
-    n = len(cols[0]) if cols else 0
-    for pos, value in zip(_KEY_IDX, key):
-        cols.insert(pos, [value] * n)
-    return cols
-
-
-def decode(data: bytes, key: BatchKey) -> list[FlowRecord]:
-    cols = _all_columns(data, key)
-    return list(map(_make, zip(*cols))) if cols and cols[0] else []
-
-
-def decode_table(data: bytes, key: BatchKey):
-    """The payload as an Arrow table (server.core.columns), straight from its columns: no
-    FlowRecord per record."""
-    cols = _all_columns(data, key)
-    return table_of_columns(cols) if cols and cols[0] else table_of([])
-
-
-class StoredRecords(abc.Sequence):
-    """The records of a batch read back from the spool file, decoded when first used. A sink
-    that writes Arrow tables takes table() from the payload's columns and never makes the
-    FlowRecords: a sink catching up reads 20,000-50,000 records at a time, and making them
-    as tuples only to turn them into columns again cost CPU and most of the server's peak
-    memory while ingesting (bench: ~800k short-lived Python objects)."""
-
-    __slots__ = ("_data", "_key", "_n", "_rows")
-
-    def __init__(self, data: bytes, key: BatchKey, n: int) -> None:
-        self._data, self._key, self._n = data, key, n
-        self._rows: list[FlowRecord] | None = None
-
-    def _decoded(self) -> list[FlowRecord]:
-        if self._rows is None:
-            self._rows = decode(self._data, self._key)
-        return self._rows
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return self._decoded()[i]
-
-    def __iter__(self):
-        return iter(self._decoded())
-
-    def __eq__(self, other: object) -> bool:
-        return list(self) == (list(other) if isinstance(other, abc.Sequence) else other)
-
-    def table(self):
-        return decode_table(self._data, self._key)
-
-
-def group_by_log_store(records: Sequence[FlowRecord]) -> list[tuple[BatchKey, list[FlowRecord]]]:
-    """Split records into batches of one LogStore each, at most MAX_BATCH_RECORDS each, in
-    first-seen order. The common case (one LogStore) costs one C-level pass."""
-    keys = set(map(_key_of, records))
-    if len(keys) == 1:
-        groups = {next(iter(keys)): list(records)}
-    else:
-        groups = {}
-        for r in records:
-            k = _key_of(r)
-            g = groups.get(k)
-            if g is None:
-                groups[k] = [r]
-            else:
-                g.append(r)
-    out: list[tuple[BatchKey, list[FlowRecord]]] = []
-    for k, rs in groups.items():
-        bk = BatchKey(*k)
-        for i in range(0, len(rs), MAX_BATCH_RECORDS):
-            out.append((bk, rs[i:i + MAX_BATCH_RECORDS] if len(rs) > MAX_BATCH_RECORDS else rs))
-    return out
-
-
 # -- the writer's work items ------------------------------------------------------------------
 
 
@@ -326,7 +105,7 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-class Spool:
+class Spool(SinkOffsets, TailScan):
     """See the module docstring. Thread-safe: any thread may append, read and wait."""
 
     def __init__(self, path: Path | str, *, max_spool_bytes: int = 2 * 1024**3,
@@ -447,15 +226,6 @@ class Spool:
         self._v_backlog = {k: (v[0], v[1]) for k, v in self._w_backlog.items()}
         self._v_total = self._w_total
 
-    def sink_offset(self, sink: str) -> SinkOffset:
-        return self._v_offsets[sink]
-
-    def sink_offsets(self) -> dict[str, SinkOffset]:
-        return dict(self._v_offsets)
-
-    def backlog(self, sink: str) -> tuple[int, int]:
-        """(records, bytes) spooled but not yet stored by the sink (committed view)."""
-        return self._v_backlog.get(sink, (0, 0))
 
     @property
     def total_bytes(self) -> int:
@@ -706,50 +476,6 @@ class Spool:
             return SpoolBatch(seq, stored_ms, key, [], 0, True)
         return SpoolBatch(seq, stored_ms, key, StoredRecords(data, key, n), len(data))
 
-    def scan(self, after_seq: int, account_id: str, region: str, project: str, log_stores: Sequence[str],
-             max_records: int, *, upto: int | None = None) -> ScanResult:
-        """A Tail's replay read: batches of the given LogStores after after_seq, up to about
-        max_records records. Raises CursorExpired when batches after after_seq were trimmed."""
-        head = self.head_seq if upto is None else min(upto, self.head_seq)
-        if head <= after_seq:
-            return ScanResult([], after_seq, True)
-        stores = list(dict.fromkeys(log_stores))
-        raw = []
-        n = 0
-        through = head
-        with self._reading() as conn:
-            conn.execute("BEGIN")  # one snapshot: the trim check and the rows agree
-            try:
-                row = conn.execute("SELECT v FROM meta WHERE k = 'trimmed_through'").fetchone()
-                if row is not None and after_seq < int(row[0]):
-                    raise CursorExpired(f"records after seq {after_seq} were trimmed (through {row[0]})")
-                cur = conn.execute(
-                    "SELECT b.seq, b.stored_ms, b.account_id, b.region, b.project, b.log_store, b.n, b.skipped, "
-                    "p.data FROM batches b LEFT JOIN payloads p ON p.seq = b.seq "
-                    "WHERE b.seq > ? AND b.seq <= ? AND b.account_id = ? AND b.region = ? AND b.project = ? "
-                    f"AND b.log_store IN ({','.join('?' * len(stores))}) AND b.skipped = 0 ORDER BY b.seq",
-                    (after_seq, head, account_id, region, project, *stores))
-                for r in cur:
-                    raw.append(r)
-                    n += r[6]
-                    if n >= max_records:
-                        through = r[0]
-                        break
-                cur.close()
-            finally:
-                conn.execute("COMMIT")
-        return ScanResult([self._batch(r) for r in raw], through, through >= head)
-
-    def first_seq_stored_since(self, start_ms: int) -> int:
-        """The seq of the first batch stored at or after start_ms (stored_ms is monotonic), or
-        head + 1 when none. Raises CursorExpired when such batches were already trimmed."""
-        head = self.head_seq
-        if self.trimmed_stored_ms >= start_ms and self.trimmed_through > 0:
-            raise CursorExpired(f"batches stored since {start_ms} were trimmed")
-        with self._reading() as conn:
-            row = conn.execute("SELECT min(seq) FROM batches WHERE stored_ms >= ? AND seq <= ?",
-                               (start_ms, head)).fetchone()
-        return row[0] if row and row[0] is not None else head + 1
 
     def oldest_undelivered_ms(self, after_seq: int) -> int | None:
         with self._reading() as conn:
@@ -787,70 +513,9 @@ class Spool:
             self._wakes += 1
             self._cond.notify_all()
 
-    def wait_offsets(self, seq: int, sinks: Iterable[str] | None, timeout: float) -> bool:
-        """Wait until every named sink (default: all) has stored everything through seq."""
-        names = list(self._v_offsets) if sinks is None else list(sinks)
-
-        def done() -> bool:
-            offs = self._v_offsets
-            return all(name in offs and offs[name].seq >= seq for name in names)
-        with self._cond:
-            return self._cond.wait_for(done, timeout)
-
-    def wait_backlog(self, records: int, sinks: Iterable[str], timeout: float) -> bool:
-        """Wait until each named sink has at most `records` records spooled and not yet stored
-        (or timeout, close)."""
-        names = list(sinks)
-
-        def done() -> bool:
-            backlog = self._v_backlog
-            return self._closed or all(backlog.get(name, (0, 0))[0] <= records for name in names)
-        with self._cond:
-            return self._cond.wait_for(done, timeout)
 
     # -- sinks --------------------------------------------------------------------------------
 
-    def register_sinks(self, names: Sequence[str]) -> None:
-        """Make these the spool's sinks. A new sink starts at the head (it receives what is
-        appended from now on); a sink no longer named is forgotten, so it holds back neither
-        trimming nor ingestion."""
-        def register_op(c: sqlite3.Connection) -> None:
-            for gone in [s for s in self._w_offsets if s not in names]:
-                c.execute("DELETE FROM sink_offsets WHERE sink = ?", (gone,))
-                del self._w_offsets[gone]
-                del self._w_backlog[gone]
-                log.warning("spool sink removed", extra={"sink": gone})
-            for name in names:
-                if name not in self._w_offsets:
-                    c.execute("INSERT INTO sink_offsets (sink, seq, pending_to) VALUES (?, ?, NULL)",
-                              (name, self._w_head))
-                    self._w_offsets[name] = [self._w_head, None]
-                    self._w_backlog[name] = [0, 0]
-        self._submit(register_op)
-
-    def set_pending(self, sink: str, pending_to: int) -> None:
-        """Durably note that the sink is writing the range (offset, pending_to]."""
-        def pending_op(c: sqlite3.Connection) -> None:
-            c.execute("UPDATE sink_offsets SET pending_to = ? WHERE sink = ?", (pending_to, sink))
-            self._w_offsets[sink][1] = pending_to
-        self._submit(pending_op)
-
-    def commit_offset(self, sink: str, seq: int) -> None:
-        """Durably record that the sink has stored every batch through seq (clears pending)."""
-        def offset_op(c: sqlite3.Connection) -> None:
-            off = self._w_offsets[sink]
-            old = off[0]
-            if seq > old:
-                n, nbytes = c.execute(
-                    "SELECT COALESCE(sum(n), 0), COALESCE(sum(bytes), 0) FROM batches "
-                    "WHERE seq > ? AND seq <= ? AND skipped = 0", (old, seq)).fetchone()
-                b = self._w_backlog[sink]
-                b[0] -= n
-                b[1] -= nbytes
-            off[0] = max(old, seq)
-            off[1] = None
-            c.execute("UPDATE sink_offsets SET seq = ?, pending_to = NULL WHERE sink = ?", (off[0], sink))
-        self._submit(offset_op)
 
     # -- dropping and trimming ----------------------------------------------------------------
 
