@@ -136,6 +136,16 @@ def _batch_size(text: str) -> int:
 _RULE_KEYS = {"priority", "direction", "action", "protocol", "peer", "ports", "id", "kind"}
 
 
+def _aws_fields(text: str) -> list[str]:
+    """`'version srcaddr dstaddr ...'` (or AWS's `${srcaddr} ${dstaddr}` form) -> field names."""
+    from clients.importers import aws
+
+    names = aws.header_fields(text.replace(",", " ").split())
+    if names is None:
+        raise argparse.ArgumentTypeError(f"not a list of AWS flow log fields: {text[:80]!r}")
+    return names
+
+
 def parse_rule(text: str) -> resource_pb2.SecurityRule:
     """`priority=100,action=accept,direction=ingress,protocol=tcp,peer=0.0.0.0/0,ports=22`.
 
@@ -477,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"records per message, 1-{MAX_INGEST_BATCH} (default 1000)")
     p.add_argument("--max-errors", type=_positive_int, default=100, metavar="N",
                    help="bad lines reported one by one on stderr (default 100; all are counted)")
+    p.add_argument("--aws-fields", type=_aws_fields, metavar="'FIELD ...'",
+                   help="aws: the fields of lines that come before any header line, in order (a custom format "
+                   "exported without its header, e.g. from CloudWatch Logs); default: AWS's default format")
     p.set_defaults(handler=cmd_import)
     return parser
 
@@ -1283,9 +1296,11 @@ class ImportReporter:
 def cmd_import(ctx: Ctx, client: FlowLogClient) -> int:
     a = ctx.args
     reporter = ImportReporter(ctx.err, a.max_errors)
+    if a.aws_fields and a.import_format != "aws":
+        raise UsageError("--aws-fields applies only with --format aws")
     try:
         result: ImportResult = client.import_files(
-            a.flow_log_id, a.files, a.import_format, batch_size=a.batch_size,
+            a.flow_log_id, a.files, a.import_format, batch_size=a.batch_size, aws_fields=a.aws_fields,
             on_problem=reporter.problem, on_progress=reporter.progress)
     except ValueError as e:  # '-' twice
         raise UsageError(str(e)) from None

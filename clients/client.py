@@ -907,6 +907,7 @@ class FlowLogClient:
         on_progress: Callable[[Any], None] | None = None,
         max_problems: int = 1000,
         stdin: Any = None,
+        aws_fields: Sequence[str] | None = None,
     ) -> Any:
         """Imports cloud flow-log files into a flow log through Ingest; returns an
         importers.send.ImportResult (accepted, rejected, skipped, the first problems).
@@ -916,7 +917,8 @@ class FlowLogClient:
         first) or `-` for `stdin` (default: sys.stdin.buffer). A line that cannot become a
         record, and a record the server refuses, is a problem with its file and line: it is
         counted, passed to `on_problem`, and the rest goes on. `on_progress` gets an
-        ImportProgress after every batch. Batches of `batch_size` records go out on Ingest
+        ImportProgress after every batch. `aws_fields`: the field names of AWS lines before any
+        header line (a custom format exported without its header). Batches of `batch_size` records go out on Ingest
         calls of up to `call_records` records each, durable call by call. Raises
         FileNotFoundError for a missing path (before sending anything) and FlowLogError when
         the server refuses the flow log (NOT_FOUND, FAILED_PRECONDITION when paused...)."""
@@ -926,7 +928,8 @@ class FlowLogClient:
             raise ValueError(f"batch_size must be 1-{MAX_INGEST_BATCH}")
         return send.import_files(self, flow_log_id, paths, format, batch_size=batch_size,
                                  call_records=max(call_records, batch_size), on_problem=on_problem,
-                                 on_progress=on_progress, max_problems=max_problems, stdin=stdin)
+                                 on_progress=on_progress, max_problems=max_problems, stdin=stdin,
+                                 aws_fields=aws_fields)
 
 
 def to_ts(value: datetime | Timestamp | str, now: datetime) -> Timestamp:

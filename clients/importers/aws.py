@@ -213,9 +213,11 @@ def _enum(name: str, value: Any, choices: dict[str, int]) -> int:
     return number
 
 
-def parse_lines(lines: Iterable[str], source: str) -> Items:
-    """Text lines of one file (or stream) -> items; see the package docstring."""
-    fmt: RecordFormat | None = None
+def parse_lines(lines: Iterable[str], source: str, fields: Sequence[str] | None = None) -> Items:
+    """Text lines of one file (or stream) -> items; see the package docstring. `fields` is the
+    format of lines before any header line (a custom format exported without its header, as
+    CloudWatch Logs does); without it such lines must be in the default format."""
+    fmt: RecordFormat | None = RecordFormat([field_name(f) for f in fields], "--aws-fields") if fields else None
     default: RecordFormat | None = None
     for number, line in enumerate(lines, 1):
         tokens = line.split()

@@ -92,11 +92,12 @@ class _Run:
         if self.on_progress is not None:
             self.on_progress(self.progress)
 
-    def records(self, fmt: str, stdin: IO[bytes] | None) -> Iterator[tuple[int, int, record_pb2.FlowRecord]]:
+    def records(self, fmt: str, stdin: IO[bytes] | None,
+                aws_fields: Sequence[str] | None) -> Iterator[tuple[int, int, record_pb2.FlowRecord]]:
         """(file index, line, record) of every record of every file; problems and skips are
         counted on the way."""
         p = self.progress
-        for index, items in sources.read_all(self.files, fmt, stdin):
+        for index, items in sources.read_all(self.files, fmt, stdin, aws_fields):
             p.source = sources.display_name(self.files[index])
             self.report()
             for item in items:
@@ -123,12 +124,13 @@ def import_files(
     on_progress: Callable[[ImportProgress], None] | None = None,
     max_problems: int = 1000,
     stdin: IO[bytes] | None = None,
+    aws_fields: Sequence[str] | None = None,
 ) -> ImportResult:
     """See FlowLogClient.import_files."""
     files = sources.expand(paths, fmt)  # a missing path fails here, before anything is sent
     flow_log = client.get_flow_log(flow_log_id)  # NOT_FOUND before reading a single file
     run = _Run(files, on_problem, on_progress, max_problems)
-    records = run.records(fmt, stdin)
+    records = run.records(fmt, stdin, aws_fields)
     calls = 0
     first = next(records, None)
     while first is not None:

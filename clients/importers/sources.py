@@ -98,8 +98,9 @@ def display_name(path: str) -> str:
     return STDIN_NAME if path == STDIN else path
 
 
-def read(path: str, fmt: str, stdin: IO[bytes] | None = None) -> Items:
-    """The items of one file (or `-`: `stdin`, default sys.stdin.buffer)."""
+def read(path: str, fmt: str, stdin: IO[bytes] | None = None, aws_fields: Sequence[str] | None = None) -> Items:
+    """The items of one file (or `-`: `stdin`, default sys.stdin.buffer); `aws_fields`: see
+    aws.parse_lines."""
     source = display_name(path)
     try:
         raw: IO[bytes] = (stdin or sys.stdin.buffer) if path == STDIN else open(path, "rb")
@@ -107,13 +108,13 @@ def read(path: str, fmt: str, stdin: IO[bytes] | None = None) -> Items:
         yield LineError(source, 0, f"cannot read: {e.strerror or e}")
         return
     try:
-        yield from _read_stream(raw, source, fmt)
+        yield from _read_stream(raw, source, fmt, aws_fields)
     finally:
         if path != STDIN:
             raw.close()
 
 
-def _read_stream(raw: IO[bytes], source: str, fmt: str) -> Items:
+def _read_stream(raw: IO[bytes], source: str, fmt: str, aws_fields: Sequence[str] | None = None) -> Items:
     buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
     try:
         head = buffered.peek(4)[:4]
@@ -136,7 +137,7 @@ def _read_stream(raw: IO[bytes], source: str, fmt: str) -> Items:
         yield from azure.parse_document(data, source)
         return
     lines = _Lines(io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace", newline=None))
-    yield from aws.parse_lines(lines, source)
+    yield from aws.parse_lines(lines, source, aws_fields)
     if lines.error is not None:
         yield LineError(source, lines.count + 1, f"cannot read further (truncated or corrupt): {lines.error}")
 
@@ -175,7 +176,8 @@ class _Lines:
         return line
 
 
-def read_all(files: Sequence[str], fmt: str, stdin: IO[bytes] | None = None) -> Iterator[tuple[int, Items]]:
+def read_all(files: Sequence[str], fmt: str, stdin: IO[bytes] | None = None,
+             aws_fields: Sequence[str] | None = None) -> Iterator[tuple[int, Items]]:
     """(index in `files`, items) of each file, in order."""
     for i, path in enumerate(files):
-        yield i, read(path, fmt, stdin)
+        yield i, read(path, fmt, stdin, aws_fields)

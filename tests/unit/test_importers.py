@@ -458,3 +458,18 @@ def test_server_takes_skipdata_without_addresses():
     half = bare._replace(src_addr="10.0.0.1")
     assert check_record(half, now).field == "dst_addr"
     assert check_record(bare._replace(log_status=int(LogStatus.OK)), now).field == "src_addr"
+
+
+def test_aws_fields_for_lines_without_a_header():
+    """A custom format exported without its header (CloudWatch Logs): --aws-fields names it."""
+    from clients.cli import build_parser
+
+    header, *data = lines_of("aws-custom-v5.log")
+    args = build_parser().parse_args(["import", "--flow-log", "fl-abcdefgh", "--format", "aws", "--aws-fields",
+                                      header.strip(), "-"])
+    records, errors, _ = split(aws.parse_lines(data, "cw.log", args.aws_fields))
+    assert errors == [] and [(line, r[11]) for line, r in records] == [(1, IN), (2, OUT)]
+    _, errors, _ = split(aws.parse_lines(data, "cw.log"))  # without it: not the default format
+    assert len(errors) == 2 and "no header line" in errors[0].reason
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["import", "--flow-log", "fl-x", "--format", "aws", "--aws-fields", "1 2 3", "-"])
