@@ -1,262 +1,37 @@
-"""The archive: flow records as Parquet objects in an ObjectStore (a local folder or any S3).
-
-Bytes below, encoding above (Loki's habit): the ObjectStore ports only move bytes; this module
-alone owns the key layout and the encoding, so every store holds the same archive and a new
-store needs no archive code.
-
-Layout (Hive-style, so Spark, Trino, Athena and DuckDB read the archive as one table):
-
-    account=<a>/region=<r>/project=<p>/log_store=<l>/dt=YYYY-MM-DD/hour=HH/part-<batch_id>.parquet
-
-- The account comes first: one account's whole archive is one prefix, so accounts are isolated
-  by construction (a reader builds its prefix from the caller's account), a bucket policy or a
-  lifecycle rule can target one account, and deleting an account is one prefix delete.
-- dt/hour are the UTC date and hour of the record's start_time.
-- Path values are percent-encoded outside [A-Za-z0-9_.~-] (the core already restricts names to
-  [A-Za-z0-9_-], this is defence), and "" is written as Hive's `__HIVE_DEFAULT_PARTITION__`.
-- One object per (account, region, project, log_store, hour) per batch: `part-<batch_id>`, so
-  writing the same batch again overwrites its objects instead of adding duplicates.
-
-Encoding: Parquet, zstd, one row group per object; rows sorted by (start_time, flow_log_id,
-addresses, ports) because neighbouring rows then share values, which compresses best. The
-partition values (account, region, project, log_store) live in the path, not in the file, and
-record_id is not stored at all: it is 128 random-looking bits (most of the bytes of a row) and
-is recomputed on read with server.core.records.record_id from the fields it hashes. Integer
-columns use the widths of the proto fields (uint32 ports, uint64 counters): Parquet stores
-every int up to 32 bits in the same physical INT32 with the same encodings, so narrower types
-would save nothing on disk while turning an odd-but-legal value into a write that fails forever.
-Times are timestamp[ms, UTC] with delta encoding.
-
-Measured on realistic records (5 flow logs, public/private addresses, 60% of peers from a pool
-of popular addresses, 40% random, common service ports, ephemeral ports, log-normal counters):
-about 14.5 bytes per record with window-aligned times, about 19 with times at random
-milliseconds, for 50,000-record objects.
+"""The archive writer and reader: `Archive` groups records by LogStore and hour, writes one
+object per group and batch (idempotent by batch id), lists, reads, counts and deletes objects,
+over a byte-level ObjectStore (see server/archive/__init__.py).
 """
 from __future__ import annotations
 
 import io
 import logging
-import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import date, timedelta
 from itertools import compress, repeat
 from operator import eq, floordiv, itemgetter
 from typing import Iterable, Iterator, Sequence
-from urllib.parse import quote
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from server.core.columns import records_of, without_repeats
-from server.core.model import FlowRecord, LogStoreKey, record_columns
+from server.core.model import FlowRecord, LogStoreKey
 from server.core.ports import ObjectInfo, ObjectStore
 from server.core.records import record_id
 
-log = logging.getLogger(__name__)
+from server.archive.layout import (_BATCH_ID, _DT, _EPOCH, _HOUR, _NULL_PARTITION, _PART, DAY_MS, HOUR_MS,  # noqa: F401
+                                   _day_index_of, _escape, _hour_index_of, _hour_parts)
+from server.archive.parquet import (_F, _REQUIRED_COLUMNS, _COLUMNS, _IDX, SCHEMA, CorruptObject, _identity, _start_filter,  # noqa: F401
+                                    _to_records, _write_parquet, decode_table, encode, encode_table)
 
-HOUR_MS = 3_600_000
-DAY_MS = 86_400_000
-_EPOCH = date(1970, 1, 1)
-_NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
-_BATCH_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}$")
-_PART = re.compile(r"^part-(?P<batch>[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199})\.parquet$")
-_DT = re.compile(r"^dt=(\d{4})-(\d{2})-(\d{2})$")
-_HOUR = re.compile(r"^hour=(\d{2})$")
+log = logging.getLogger("server.archive")
+
 # Beyond this many hours, one listing of the whole LogStore beats one listing per hour.
 _MAX_HOUR_LISTINGS = 48
 _DELETE_CHUNK = 1000
-
-# The columns stored in every object, in file order. Everything a FlowRecord has except
-# record_id (derived) and the partition values (in the path).
-SCHEMA = pa.schema([
-    pa.field("start_time", pa.timestamp("ms", tz="UTC"), nullable=False),
-    pa.field("end_time", pa.timestamp("ms", tz="UTC"), nullable=False),
-    pa.field("flow_log_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-    pa.field("version", pa.uint32(), nullable=False),
-    pa.field("resource_type", pa.int32(), nullable=False),
-    pa.field("resource_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-    pa.field("network_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-    pa.field("src_addr", pa.string()),  # null on NODATA rows ("" in the domain)
-    pa.field("dst_addr", pa.string()),
-    pa.field("src_port", pa.uint32(), nullable=False),
-    pa.field("dst_port", pa.uint32(), nullable=False),
-    pa.field("protocol", pa.uint32(), nullable=False),
-    pa.field("packets", pa.uint64(), nullable=False),
-    pa.field("bytes", pa.uint64(), nullable=False),
-    pa.field("action", pa.int32(), nullable=False),
-    pa.field("log_status", pa.int32(), nullable=False),
-    pa.field("direction", pa.int32(), nullable=False),
-    pa.field("tcp_flags", pa.uint32(), nullable=False),
-    pa.field("rule_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-    pa.field("rule_kind", pa.int32(), nullable=False),
-    pa.field("sampling_rate", pa.uint32(), nullable=False),
-], metadata={"flowlog.archive.format": "2"})
-_COLUMNS = tuple(SCHEMA.names)
-# Columns added in format 2: objects written before them lack them, and read back with these
-# values (FlowRecord's defaults). Every other column is required.
-_ADDED_COLUMNS: dict[str, pa.Scalar] = {"rule_id": pa.scalar("", pa.string()), "rule_kind": pa.scalar(0, pa.int32()),
-                                        "sampling_rate": pa.scalar(0, pa.uint32())}
-_REQUIRED_COLUMNS = tuple(c for c in _COLUMNS if c not in _ADDED_COLUMNS)
-_TIME_COLUMNS = ("start_time", "end_time")
-_INT_COLUMNS = ("version", "resource_type", "src_port", "dst_port", "protocol", "packets", "bytes",
-                "action", "log_status", "direction", "tcp_flags", "rule_kind", "sampling_rate")
-_STR_COLUMNS = ("flow_log_id", "resource_id", "network_id", "rule_id")
-_ADDR_COLUMNS = ("src_addr", "dst_addr")
-_F = FlowRecord._fields
-_IDX = {name: _F.index(name) for name in _COLUMNS}
-
-
-_SORT_COLUMNS = ("start_time", "flow_log_id", "src_addr", "dst_addr", "src_port", "dst_port", "protocol",
-                 "direction", "end_time")
-
-
-def _identity(r: FlowRecord) -> tuple:
-    """The fields record_id hashes: two records with the same identity are the same record."""
-    return (r.flow_log_id, r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.direction,
-            r.start_time, r.end_time)
-
-
-def _escape(value: str) -> str:
-    if value == "":
-        return _NULL_PARTITION
-    return quote(value, safe="")
-
-
-def _hour_parts(hour_index: int) -> tuple[str, str]:
-    day, hour = divmod(hour_index, 24)
-    return (_EPOCH + timedelta(days=day)).isoformat(), f"{hour:02d}"
-
-
-def _hour_index_of(dt: str, hour: str) -> int | None:
-    """Hours since the epoch from 'dt=YYYY-MM-DD' and 'hour=HH' segments; None if malformed."""
-    m, h = _DT.match(dt), _HOUR.match(hour)
-    if not m or not h:
-        return None
-    try:
-        day = (date(int(m[1]), int(m[2]), int(m[3])) - _EPOCH).days
-    except ValueError:
-        return None
-    hh = int(h[1])
-    return day * 24 + hh if hh < 24 else None
-
-
-def _day_index_of(dt: str) -> int | None:
-    m = _DT.match(dt)
-    if not m:
-        return None
-    try:
-        return (date(int(m[1]), int(m[2]), int(m[3])) - _EPOCH).days
-    except ValueError:
-        return None
-
-
-class CorruptObject(ValueError):
-    """An object that is not a readable archive Parquet file (torn, foreign, wrong schema)."""
-
-
-def encode(records: Sequence[FlowRecord]) -> bytes:
-    """One Parquet object for records of one LogStore and hour. Raises ValueError (naming the
-    field) when a value cannot be represented, e.g. a negative port."""
-    by_field = record_columns(records)
-    arrays: list[pa.Array] = []
-    for field in SCHEMA:
-        values = by_field[_IDX[field.name]]
-        try:
-            if field.name in _TIME_COLUMNS:
-                arr = pa.array(values, pa.int64()).cast(field.type)
-            elif field.name in _ADDR_COLUMNS:
-                arr = pa.array([v or None for v in values], pa.string())
-            elif field.name in _STR_COLUMNS:
-                arr = pa.array(values, pa.string())
-            else:
-                arr = pa.array(values, field.type)
-        except (pa.ArrowException, OverflowError, TypeError) as e:
-            raise ValueError(f"archive cannot store {field.name}: {e}") from e
-        arrays.append(arr)
-    return _write_parquet(pa.Table.from_arrays(arrays, names=list(_COLUMNS)))
-
-
-def encode_table(table: pa.Table) -> bytes:
-    """encode() of records given as one Arrow table (server.core.columns.SCHEMA): the same bytes."""
-    arrays: list[pa.Array] = []
-    for field in SCHEMA:
-        col = table.column(field.name)
-        try:
-            if field.name in _TIME_COLUMNS:
-                arr = col.cast(field.type)
-            elif field.name in _ADDR_COLUMNS:
-                arr = pc.if_else(pc.equal(col, ""), pa.scalar(None, pa.string()), col)
-            elif field.name in _STR_COLUMNS:
-                arr = col
-            else:
-                arr = col.cast(field.type)
-        except (pa.ArrowException, OverflowError, TypeError) as e:
-            raise ValueError(f"archive cannot store {field.name}: {e}") from e
-        arrays.append(arr)
-    return _write_parquet(pa.Table.from_arrays(arrays, names=list(_COLUMNS)).combine_chunks())
-
-
-def _write_parquet(table: pa.Table) -> bytes:
-    # Sorted rows put equal values next to each other: that is what makes the columns compress.
-    table = table.take(pc.sort_indices(table, sort_keys=[(c, "ascending") for c in _SORT_COLUMNS]))
-    table = table.cast(SCHEMA)
-    buf = io.BytesIO()
-    # Delta encoding for the times (sorted start times, end times near them); dictionaries for
-    # the rest, which Parquet drops by itself per column chunk when a column has too many values.
-    pq.write_table(
-        table, buf, compression="zstd", compression_level=3,
-        use_dictionary=[c for c in _COLUMNS if c not in _TIME_COLUMNS],
-        column_encoding={c: "DELTA_BINARY_PACKED" for c in _TIME_COLUMNS},
-        row_group_size=max(len(table), 1), write_statistics=True,
-    )
-    return buf.getvalue()
-
-
-def decode_table(data: bytes, columns: Sequence[str] | None = None) -> pa.Table:
-    """The object's table; raises CorruptObject for anything that is not one of ours."""
-    try:
-        table = pq.read_table(io.BytesIO(data), columns=list(columns) if columns else None)
-    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for torn files
-        raise CorruptObject(f"not a readable Parquet file: {e}") from e
-    wanted = columns or _COLUMNS
-    missing = [c for c in wanted if c not in table.column_names and c not in _ADDED_COLUMNS]
-    if missing:
-        raise CorruptObject(f"missing columns {missing}")
-    for name in wanted:  # an object written before the column existed: its default throughout
-        if name not in table.column_names:
-            table = table.append_column(name, pa.repeat(_ADDED_COLUMNS[name], table.num_rows))
-    return table
-
-
-def _start_filter(table: pa.Table, start_ms: int, end_ms: int) -> pa.Table:
-    st = table.column("start_time").cast(pa.int64())
-    mask = pc.and_(pc.greater_equal(st, start_ms), pc.less(st, end_ms))
-    return table.filter(mask)
-
-
-def _to_records(table: pa.Table, account_id: str, key: LogStoreKey) -> list[FlowRecord]:
-    cols: dict[str, list] = {}
-    for name in _COLUMNS:
-        col = table.column(name)
-        if name in _TIME_COLUMNS:
-            col = col.cast(pa.int64())
-        if name in _INT_COLUMNS or name in _TIME_COLUMNS:
-            col = pc.fill_null(col, 0)
-            cols[name] = col.to_pylist()
-        else:
-            cols[name] = [v or "" for v in col.to_pylist()]
-    acc, region, project, store = account_id, key.region, key.project, key.name
-    out: list[FlowRecord] = []
-    append = out.append
-    for (st, et, fl, ver, rt, rid, net, src, dst, sp, dp, proto, pk, by, act, ls, dr, flags, rule, kind,
-         sampling) in zip(*(cols[c] for c in _COLUMNS)):
-        append(FlowRecord(record_id(fl, src, dst, sp, dp, proto, dr, st, et), ver, acc, fl, region, project,
-                          store, rt, rid, net, src, dst, sp, dp, proto, pk, by, st, et, act, ls, dr, flags, rule,
-                          kind, sampling))
-    return out
 
 
 _LOG_STORE_OF = itemgetter(_F.index("account_id"), _F.index("region"), _F.index("project"), _F.index("log_store"))
