@@ -305,8 +305,8 @@ class Config:
         self.flow_log_quota = q.flow_logs_per_region
         for name in ("resources_per_account", "log_stores_per_account", "flow_logs_per_region"):
             if getattr(q, name) < 1:
-                setting = "flow_log_quota" if name == "flow_logs_per_region" and legacy is not None else f"quotas.{name}"
-                raise ConfigError(f"{setting} must be at least 1")
+                legacy_name = name == "flow_logs_per_region" and legacy is not None
+                raise ConfigError(f"{'flow_log_quota' if legacy_name else 'quotas.' + name} must be at least 1")
 
 
 def _convert(value: Any, typ: Any, name: str) -> Any:

@@ -290,7 +290,8 @@ class Service:
         if count >= limit:
             raise QuotaExceeded(f"quotas.log_stores_per_account: account {account}",
                                 f"the account already has {count} LogStores, the maximum is {limit} "
-                                f"(setting quotas.log_stores_per_account); delete one before creating another ({field})")
+                                f"(setting quotas.log_stores_per_account); delete one before creating another "
+                                f"({field})")
 
     def _check_log_store_fields(self, v: rules.Violations, ls: LogStore, prefix: str) -> None:
         v.region(prefix + "region", ls.region)

@@ -146,8 +146,8 @@ def test_unknown_regions_are_invalid_argument_naming_them(tight):
         (a.resources.RegisterResource, rs.RegisterResourceRequest(resource=rs.Resource(
             id="eip-r1-01", type=t.RESOURCE_TYPE_EIP, region="r1", network_id="vpc-r1", addresses=["198.51.100.1"])),
          "resource.region"),
-        (a.log_stores.CreateLogStore, ls.CreateLogStoreRequest(log_store=ls.LogStore(region="r1", project="p", name="x")),
-         "log_store.region"),
+        (a.log_stores.CreateLogStore,
+         ls.CreateLogStoreRequest(log_store=ls.LogStore(region="r1", project="p", name="x")), "log_store.region"),
         (a.log_stores.GetLogStore, ls.GetLogStoreRequest(region="r1", project="p", name="x"), "region"),
         (a.log_stores.ListLogStores, ls.ListLogStoresRequest(region="r1"), "region"),
         (a.log_stores.DeleteLogStore, ls.DeleteLogStoreRequest(region="r1", project="p", name="x"), "region"),

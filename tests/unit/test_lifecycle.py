@@ -107,9 +107,11 @@ def test_regions_and_quotas_from_file_env_and_legacy_key(tmp_path):
 def test_resource_and_log_store_quotas_name_their_setting(meta):
     demo = len(demo_resources())
     s = service(meta, quotas=Quotas(resources_per_account=demo + 1, log_stores_per_account=2))
-    s.register_resource(A, Resource("eip-bj-99", ResourceType.EIP, "bj", "vpc-bjdemo", "x", addresses=("198.51.100.9",)))
+    s.register_resource(A, Resource("eip-bj-99", ResourceType.EIP, "bj", "vpc-bjdemo", "x",
+                                    addresses=("198.51.100.9",)))
     with pytest.raises(QuotaExceeded) as e:
-        s.register_resource(A, Resource("eip-bj-98", ResourceType.EIP, "bj", "vpc-bjdemo", "x", addresses=("198.51.100.8",)))
+        s.register_resource(A, Resource("eip-bj-98", ResourceType.EIP, "bj", "vpc-bjdemo", "x",
+                                        addresses=("198.51.100.8",)))
     assert "quotas.resources_per_account" in e.value.subject and f"maximum is {demo + 1}" in e.value.message
     s.create_log_store(A, LogStore("bj", "proj", "one"))
     s.create_flow_log(A, flow_log_req(store="two"))  # new_log_store counts too
