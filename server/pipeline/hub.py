@@ -13,6 +13,7 @@ Tail tells the client to reconnect with its last cursor.
 from __future__ import annotations
 
 import collections
+import copy
 import logging
 import threading
 from typing import Iterable, Sequence
@@ -72,7 +73,7 @@ class Subscription:
             if not self._queue and not (self.overflowed or self.closed or self.hub_closed or self.ended):
                 self._cond.wait(timeout)
             if self.ended is not None and not self.closed:
-                raise self.ended
+                raise copy.copy(self.ended)  # one exception object per consumer thread
             if self.overflowed:
                 raise SubscriptionOverflow("tail fell behind")
             if self.closed:
