@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from server.config import Config, ConfigError
 from server.core.limits import Limits
-from server.core.model import FlowLogState, LogStoreKey
+from server.core.model import FlowLogState, FlowRecord, LogStoreKey
 from server.core.paging import TokenSigner
 from server.core.ports import CompiledIngest, MetadataStore, RecordArchive, RecordStore
 from server.core.purge import Purger
@@ -280,19 +280,19 @@ class App:
                 out.append((fl, cache[key]))
         return out
 
-    def _submit_checked(self, records) -> None:
+    def _submit_checked(self, records: list[FlowRecord]) -> int:
         """The sink of the generator and the collector: records of one flow log, spooled unless
         that flow log was paused or deleted since they listed it (checked inside the submit, so
-        a LogStore purge waits for it: see Pipeline.submit)."""
+        a LogStore purge waits for it: see Pipeline.submit). Returns the spool seq, 0 if dropped."""
         def admit() -> None:
             if records:
                 r = records[0]
                 if not self._active_check.is_active(r.account_id, r.flow_log_id):
                     raise _FlowLogGone()
         try:
-            self.pipeline.submit(records, admit=admit)
+            return self.pipeline.submit(records, admit=admit)
         except _FlowLogGone:
-            pass
+            return 0
 
     def _warn_unknown_regions(self) -> None:
         outside = {r: n for r, n in self.metadata.regions_in_use().items() if r not in self.service.regions}

@@ -34,7 +34,7 @@ from server.core.model import FlowLog, FlowLogState, FlowRecord, Resource
 log = logging.getLogger(__name__)
 
 ListFlowLogs = Callable[[], Sequence[tuple[FlowLog, Resource]]]
-Sink = Callable[[list[FlowRecord]], None]
+Sink = Callable[[list[FlowRecord]], object]
 
 
 def wall_clock_ms() -> int:

@@ -4,6 +4,7 @@ One daemon thread. At start it runs every tombstone a previous process left (kil
 purge, or a backend down then); afterwards it runs whenever a deletion could not finish its
 purge at once (wake()), retrying with back-off (1 s doubling to 60 s) while any remain.
 """
+
 from __future__ import annotations
 
 import logging

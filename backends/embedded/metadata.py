@@ -13,8 +13,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from server.core.model import (Action, Direction, FlowLog, FlowLogState, LogStore, LogStoreKey, Resource,
-                               ResourceType, RuleKind, SecurityRule, TrafficType)
+from server.core.model import (
+    Action,
+    Direction,
+    FlowLog,
+    FlowLogState,
+    LogStore,
+    LogStoreKey,
+    Resource,
+    ResourceType,
+    RuleKind,
+    SecurityRule,
+    TrafficType,
+)
 from server.core.ports import Tombstone
 from server.core.security import complete_rule_ids
 

@@ -12,6 +12,7 @@ looks is seen at its next check. The record pipeline calls FlowLogWatch.current 
 Pipeline.submit (its `admit`), which a LogStore's purge waits for: no record checked there can
 land behind the purge.
 """
+
 from __future__ import annotations
 
 import threading
@@ -25,8 +26,13 @@ from server.core.ports import MetadataStore
 class FlowLogWatch:
     """The flow log an Ingest stream writes to, as of the metadata's latest generation."""
 
-    def __init__(self, metadata: MetadataStore, account: str, flow_log_id: str,
-                 load: Callable[[MetadataStore, str, str], FlowLog]) -> None:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        account: str,
+        flow_log_id: str,
+        load: Callable[[MetadataStore, str, str], FlowLog],
+    ) -> None:
         """`load(metadata, account, flow_log_id)` returns the flow log if records may be ingested
         for it and raises otherwise (server.core.ingest.flow_log_for_ingest)."""
         self.metadata = metadata
@@ -48,8 +54,9 @@ class FlowLogWatch:
 class ScopeWatch:
     """The LogStores a Tail reads: check() raises NotFound once one of them is deleted."""
 
-    def __init__(self, metadata: MetadataStore, account: str, keys: list[LogStoreKey] | tuple[LogStoreKey, ...],
-                 generation: int) -> None:
+    def __init__(
+        self, metadata: MetadataStore, account: str, keys: list[LogStoreKey] | tuple[LogStoreKey, ...], generation: int
+    ) -> None:
         """`generation`: the metadata generation read before the LogStores were looked up."""
         self.metadata = metadata
         self.account = account

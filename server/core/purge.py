@@ -9,6 +9,7 @@ by the deletion itself first, then by the background loop (server.purge_loop) wi
 and at every start for the tombstones left by a previous process. Only when every step has
 succeeded is the tombstone removed, which frees the name for a new LogStore.
 """
+
 from __future__ import annotations
 
 import logging
@@ -45,8 +46,10 @@ class Purger:
                     step(account, key)
                 except Exception as e:  # noqa: BLE001 - any backend error: keep the tombstone, retry later
                     error = f"{name}: {type(e).__name__}: {e}"
-                    log.warning("LogStore purge incomplete; will retry",
-                                extra={"account": account, "log_store": str(key), "error": error[:300]})
+                    log.warning(
+                        "LogStore purge incomplete; will retry",
+                        extra={"account": account, "log_store": str(key), "error": error[:300]},
+                    )
                     self.metadata.purge_failed(account, key, error)
                     return False
             self.metadata.remove_tombstone(account, key)

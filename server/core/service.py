@@ -20,12 +20,25 @@ from typing import Callable, Iterable
 
 from server.core import rules
 from server.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded
-from server.core.model import (DEFAULT_DENY_RULE_ID, RESOURCE_ID_PREFIX, Action, Direction, FlowLog, FlowLogState,
-                               LogStore, LogStoreKey, Page, Resource, ResourceType, RuleKind, SecurityRule,
-                               TrafficType)
-from server.core.security import complete_rule_ids
+from server.core.model import (
+    DEFAULT_DENY_RULE_ID,
+    RESOURCE_ID_PREFIX,
+    Action,
+    Direction,
+    FlowLog,
+    FlowLogState,
+    LogStore,
+    LogStoreKey,
+    Page,
+    Resource,
+    ResourceType,
+    RuleKind,
+    SecurityRule,
+    TrafficType,
+)
 from server.core.paging import TokenSigner, fingerprint
 from server.core.ports import MetadataStore, MetadataTx
+from server.core.security import complete_rule_ids
 
 DEFAULT_FLOW_LOG_QUOTA = 10  # rule 1: per region per account; a server setting
 DEFAULT_REGIONS = ("bj", "gz")  # the demo's regions: the catalogue when the `regions` setting is not given

@@ -36,8 +36,8 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 from server.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from server.core.model import FlowRecord
 from server.core.paging import TokenSigner, fingerprint
-from server.pipeline.hub import Hub, HubClosed, Subscription, SubscriptionOverflow
 from server.core.records import MAX_TIME_MS, MIN_TIME_MS
+from server.pipeline.hub import Hub, HubClosed, Subscription, SubscriptionOverflow
 from server.pipeline.spool import CursorExpired, Spool, SpoolBatch
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,7 @@ NOT_FOUND; the records sent before are kept, the refused message's records are n
 and a LogStore re-created under the same name starts empty. An open Tail of a deleted
 LogStore ends with NOT_FOUND, whether it was receiving records or idle.
 """
+
 from __future__ import annotations
 
 import queue
@@ -26,8 +27,9 @@ from tests.reliability.conftest import Target, batch, create_target, query_ids, 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    sp = start_server(tmp_path_factory.mktemp("lifecycle"), {"generator": {"enabled": False},
-                                                              "limits": {"tail_heartbeat_seconds": 1}})
+    sp = start_server(
+        tmp_path_factory.mktemp("lifecycle"), {"generator": {"enabled": False}, "limits": {"tail_heartbeat_seconds": 1}}
+    )
     yield sp
     assert sp.stop() == 0, sp.log_tail()
 
@@ -68,16 +70,23 @@ class OpenIngest:
 
 
 def set_state(stubs: Stubs, flow_log_id: str, state: int) -> None:
-    stubs.flow_logs.UpdateFlowLog(fl.UpdateFlowLogRequest(flow_log=fl.FlowLog(id=flow_log_id, state=state),
-                                                         update_mask=field_mask_pb2.FieldMask(paths=["state"])),
-                                  metadata=stubs.md, timeout=20)
+    stubs.flow_logs.UpdateFlowLog(
+        fl.UpdateFlowLogRequest(
+            flow_log=fl.FlowLog(id=flow_log_id, state=state), update_mask=field_mask_pb2.FieldMask(paths=["state"])
+        ),
+        metadata=stubs.md,
+        timeout=20,
+    )
 
 
 def delete_all(target: Target) -> None:
     s = target.stubs
     s.flow_logs.DeleteFlowLog(fl.DeleteFlowLogRequest(id=target.flow_log_id), metadata=s.md, timeout=20)
-    s.log_stores.DeleteLogStore(ls.DeleteLogStoreRequest(region=target.region, project=target.project,
-                                                         name=target.log_store), metadata=s.md, timeout=60)
+    s.log_stores.DeleteLogStore(
+        ls.DeleteLogStoreRequest(region=target.region, project=target.project, name=target.log_store),
+        metadata=s.md,
+        timeout=60,
+    )
 
 
 def test_pausing_a_flow_log_fails_the_open_streams_next_message(a):
@@ -155,13 +164,17 @@ def test_an_open_tail_of_a_deleted_log_store_ends_with_not_found(a, busy):
                 events.append(resp)
         except grpc.RpcError as e:
             ended.append(e)
+
     reader = threading.Thread(target=follow, daemon=True)
     reader.start()
     if busy:
         m, ids = batch(target.flow_log_id, 10)
         assert a.ingest.Ingest(iter([m]), metadata=a.md, timeout=30).accepted == 10
-        wait_for(lambda: sum(len(e.batch.records) for e in events if e.HasField("batch")) >= 10, 30,
-                 what="the tail's records")
+        wait_for(
+            lambda: sum(len(e.batch.records) for e in events if e.HasField("batch")) >= 10,
+            30,
+            what="the tail's records",
+        )
     else:
         wait_for(lambda: any(e.HasField("heartbeat") for e in events), 30, what="the tail's first heartbeat")
     cursor = events[-1].cursor
@@ -182,18 +195,29 @@ def test_a_deleted_log_store_is_gone_from_every_api_at_once(a):
     wait_for(lambda: set(ids) <= set(query_ids(target)), 30, what="records stored")
     delete_all(target)
     key = dict(region=target.region, project=target.project, name=target.log_store)
-    for call, req in ((a.log_stores.GetLogStore, ls.GetLogStoreRequest(**key)),
-                      (a.log_stores.DeleteLogStore, ls.DeleteLogStoreRequest(**key))):
+    for call, req in (
+        (a.log_stores.GetLogStore, ls.GetLogStoreRequest(**key)),
+        (a.log_stores.DeleteLogStore, ls.DeleteLogStoreRequest(**key)),
+    ):
         with pytest.raises(grpc.RpcError) as e:
             call(req, metadata=a.md, timeout=20)
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
-    listed = a.log_stores.ListLogStores(ls.ListLogStoresRequest(region="bj", page_size=1000), metadata=a.md,
-                                        timeout=20).log_stores
+    listed = a.log_stores.ListLogStores(
+        ls.ListLogStoresRequest(region="bj", page_size=1000), metadata=a.md, timeout=20
+    ).log_stores
     assert target.log_store not in {s.name for s in listed}
     with pytest.raises(grpc.RpcError) as e:
-        a.flow_logs.CreateFlowLog(fl.CreateFlowLogRequest(
-            region="bj", name="fl" + uuid.uuid4().hex[:8], resource_type=t.RESOURCE_TYPE_EIP, resource_id="eip-bj-01",
-            network_id="vpc-bjdemo", traffic_type=t.TRAFFIC_TYPE_ALL,
-            existing_log_store=fl.ExistingLogStore(project=target.project, name=target.log_store)),
-            metadata=a.md, timeout=20)
+        a.flow_logs.CreateFlowLog(
+            fl.CreateFlowLogRequest(
+                region="bj",
+                name="fl" + uuid.uuid4().hex[:8],
+                resource_type=t.RESOURCE_TYPE_EIP,
+                resource_id="eip-bj-01",
+                network_id="vpc-bjdemo",
+                traffic_type=t.TRAFFIC_TYPE_ALL,
+                existing_log_store=fl.ExistingLogStore(project=target.project, name=target.log_store),
+            ),
+            metadata=a.md,
+            timeout=20,
+        )
     assert e.value.code() == grpc.StatusCode.NOT_FOUND

@@ -7,6 +7,7 @@ Elasticsearch is down (killed with SIGKILL) and, after the server itself is kill
 while the S3 server is down, resumes at the next start. Afterwards nothing of the old LogStore is
 left in any backend and a LogStore of the same name starts empty.
 """
+
 from __future__ import annotations
 
 import signal
@@ -20,8 +21,17 @@ from backends.elasticsearch.records import log_store_base
 from flowlog.v1 import log_store_pb2 as ls
 from server.core.model import LogStoreKey
 from tests.e2e.test_lifecycle import delete_all
-from tests.reliability.conftest import (KEY_A, Stubs, Target, batch, create_target, query_ids, report, wait_delivered,
-                                        wait_for)
+from tests.reliability.conftest import (
+    KEY_A,
+    Stubs,
+    Target,
+    batch,
+    create_target,
+    query_ids,
+    report,
+    wait_delivered,
+    wait_for,
+)
 from tests.reliability.test_outage import ACCOUNT_A, archive_ids, backend_settings, es_request
 
 pytestmark = pytest.mark.slow
@@ -46,8 +56,13 @@ def fill(target: Target, es, s3, bucket: str, n: int = 400) -> set[str]:
 def recreate(a: Stubs, target: Target) -> bool:
     """CreateLogStore under the deleted one's name: True once the purge freed the name."""
     try:
-        a.log_stores.CreateLogStore(ls.CreateLogStoreRequest(log_store=ls.LogStore(
-            region=target.region, project=target.project, name=target.log_store)), metadata=a.md, timeout=20)
+        a.log_stores.CreateLogStore(
+            ls.CreateLogStoreRequest(
+                log_store=ls.LogStore(region=target.region, project=target.project, name=target.log_store)
+            ),
+            metadata=a.md,
+            timeout=20,
+        )
         return True
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "still being purged" in e.details(), e.details()
@@ -60,8 +75,9 @@ def assert_purged(a: Stubs, target: Target, es, s3, prefix: str, bucket: str) ->
     assert query_ids(Target(a, "", target.project, target.log_store)) == []  # the new LogStore is empty
 
 
-def test_purge_survives_an_elasticsearch_outage_and_a_kill_9(server_factory, dedicated_es, dedicated_s3,
-                                                              record_property):
+def test_purge_survives_an_elasticsearch_outage_and_a_kill_9(
+    server_factory, dedicated_es, dedicated_s3, record_property
+):
     tag = uuid.uuid4().hex[:8]
     prefix, bucket = f"rel{tag}", f"rel-{tag}"
     cfg = backend_settings(dedicated_es, dedicated_s3, tag)
@@ -75,8 +91,9 @@ def test_purge_survives_an_elasticsearch_outage_and_a_kill_9(server_factory, ded
     dedicated_es.down(kill=True)
     delete_all(first)  # answers: the tombstone is committed, the purge waits for Elasticsearch
     with pytest.raises(grpc.RpcError) as e:
-        a.log_stores.GetLogStore(ls.GetLogStoreRequest(region="bj", project=first.project, name=first.log_store),
-                                 metadata=a.md, timeout=20)
+        a.log_stores.GetLogStore(
+            ls.GetLogStoreRequest(region="bj", project=first.project, name=first.log_store), metadata=a.md, timeout=20
+        )
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
     assert not recreate(a, first), "the name must wait for the purge"
     es_boot_s = dedicated_es.start_again()
@@ -103,7 +120,12 @@ def test_purge_survives_an_elasticsearch_outage_and_a_kill_9(server_factory, ded
     assert_purged(a2, second, dedicated_es, dedicated_s3, prefix, bucket)
     log = sp.log_path.read_text(errors="replace") + sp2.log_path.read_text(errors="replace")
     assert "LogStore purge incomplete; will retry" in log and "LogStore purged" in log
-    report(record_property, "purge", records_per_log_store=400, es_boot_s=round(es_boot_s, 1),
-           purged_after_es_back_s=round(purged_after_es_back_s, 1),
-           purged_after_restart_s=round(purged_after_restart_s, 1))
+    report(
+        record_property,
+        "purge",
+        records_per_log_store=400,
+        es_boot_s=round(es_boot_s, 1),
+        purged_after_es_back_s=round(purged_after_es_back_s, 1),
+        purged_after_restart_s=round(purged_after_restart_s, 1),
+    )
     assert sp2.stop() == 0

@@ -4,6 +4,7 @@ tombstoned DeleteLogStore with a resumable purge, and how changes reach open str
 
 Real parts only: the SQLite metadata store, the spool, DuckDB and a local-folder archive; a
 failing purge step is our own port raising, not an imitation of a backend."""
+
 from __future__ import annotations
 
 import threading
@@ -26,8 +27,16 @@ from server.core.query import resolve_scope
 from server.core.service import CreateFlowLog, NewLogStoreSpec, Quotas, Service
 from server.demo import demo_resources
 from server.pipeline import Pipeline
-from tests.unit.test_pipeline import (ACCOUNT, PROJECT, REGION, SECRET, count_archive, count_query, make_records,
-                                      wait_until)
+from tests.unit.test_pipeline import (
+    ACCOUNT,
+    PROJECT,
+    REGION,
+    SECRET,
+    count_archive,
+    count_query,
+    make_records,
+    wait_until,
+)
 
 A = "acct-a"
 KEY = LogStoreKey("bj", "proj", "web")
@@ -49,18 +58,29 @@ def service(meta, **kw) -> Service:
 
 
 def flow_log_req(name="web-fl", store="web", region="bj") -> CreateFlowLog:
-    return CreateFlowLog(region=region, name=name, resource_type=ResourceType.EIP, resource_id=f"eip-{region}-01",
-                         network_id=f"vpc-{region}demo", traffic_type=TrafficType.ALL,
-                         destination=NewLogStoreSpec("proj", store))
+    return CreateFlowLog(
+        region=region,
+        name=name,
+        resource_type=ResourceType.EIP,
+        resource_id=f"eip-{region}-01",
+        network_id=f"vpc-{region}demo",
+        traffic_type=TrafficType.ALL,
+        destination=NewLogStoreSpec("proj", store),
+    )
 
 
 # -- regions ----------------------------------------------------------------------------------------
 
+
 def test_unknown_region_is_invalid_argument_naming_it_everywhere(meta):
     s = service(meta)
     checks = [
-        ("resource.region", lambda: s.register_resource(A, Resource("eip-x-01", ResourceType.EIP, "r1", "vpc-x", "x",
-                                                                    addresses=("198.51.100.1",)))),
+        (
+            "resource.region",
+            lambda: s.register_resource(
+                A, Resource("eip-x-01", ResourceType.EIP, "r1", "vpc-x", "x", addresses=("198.51.100.1",))
+            ),
+        ),
         ("log_store.region", lambda: s.create_log_store(A, LogStore("r1", "proj", "x"))),
         ("region", lambda: s.get_log_store(A, LogStoreKey("r1", "proj", "x"))),
         ("region", lambda: s.delete_log_store(A, LogStoreKey("r1", "proj", "x"))),
@@ -91,8 +111,12 @@ def test_regions_and_quotas_from_file_env_and_legacy_key(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("flow_log_quota: 3\nregions: [sh]\nquotas: {resources_per_account: 5, log_stores_per_account: 6}\n")
     cfg = load(str(f), env={})
-    assert (cfg.regions, cfg.quotas.flow_logs_per_region, cfg.quotas.resources_per_account,
-            cfg.quotas.log_stores_per_account) == (["sh"], 3, 5, 6)
+    assert (
+        cfg.regions,
+        cfg.quotas.flow_logs_per_region,
+        cfg.quotas.resources_per_account,
+        cfg.quotas.log_stores_per_account,
+    ) == (["sh"], 3, 5, 6)
     assert load(str(f), env={"FLOWLOG_QUOTAS_FLOW_LOGS_PER_REGION": "3"}).quotas.flow_logs_per_region == 3
     with pytest.raises(ConfigError, match="same setting"):
         load(str(f), env={"FLOWLOG_QUOTAS_FLOW_LOGS_PER_REGION": "4"})
@@ -104,14 +128,17 @@ def test_regions_and_quotas_from_file_env_and_legacy_key(tmp_path):
 
 # -- quotas -----------------------------------------------------------------------------------------
 
+
 def test_resource_and_log_store_quotas_name_their_setting(meta):
     demo = len(demo_resources())
     s = service(meta, quotas=Quotas(resources_per_account=demo + 1, log_stores_per_account=2))
-    s.register_resource(A, Resource("eip-bj-99", ResourceType.EIP, "bj", "vpc-bjdemo", "x",
-                                    addresses=("198.51.100.9",)))
+    s.register_resource(
+        A, Resource("eip-bj-99", ResourceType.EIP, "bj", "vpc-bjdemo", "x", addresses=("198.51.100.9",))
+    )
     with pytest.raises(QuotaExceeded) as e:
-        s.register_resource(A, Resource("eip-bj-98", ResourceType.EIP, "bj", "vpc-bjdemo", "x",
-                                        addresses=("198.51.100.8",)))
+        s.register_resource(
+            A, Resource("eip-bj-98", ResourceType.EIP, "bj", "vpc-bjdemo", "x", addresses=("198.51.100.8",))
+        )
     assert "quotas.resources_per_account" in e.value.subject and f"maximum is {demo + 1}" in e.value.message
     s.create_log_store(A, LogStore("bj", "proj", "one"))
     s.create_flow_log(A, flow_log_req(store="two"))  # new_log_store counts too
@@ -132,12 +159,14 @@ def test_log_store_quota_is_exact_under_concurrency(meta):
             return "ok"
         except QuotaExceeded:
             return "quota"
+
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(create, range(40)))
     assert results.count("ok") == 7 and len(s.list_log_stores(A, page_size=100).items) == 7
 
 
 # -- tombstones and the purge --------------------------------------------------------------------------
+
 
 class Steps:
     """Purge steps that record their calls; `fail` names the step that raises."""
@@ -151,6 +180,7 @@ class Steps:
             self.calls.append(name)
             if self.fail == name:
                 raise ConnectionError(f"{name} is down")
+
         return name, run
 
 
@@ -188,8 +218,15 @@ def test_delete_log_store_is_a_tombstone_until_every_step_succeeds(meta):
 def test_the_purge_drops_the_records_everywhere_and_a_new_log_store_starts_empty(tmp_path):
     store = EmbeddedRecordStore(tmp_path / "records.duckdb", checkpoint_interval_s=0)
     archive = Archive(LocalObjectStore(tmp_path / "archive"))
-    p = Pipeline(tmp_path / "data", store, archive, cursor_secret=SECRET, archive_max_age_s=0.1,
-                 backoff_min_s=0.02, backoff_max_s=0.1)
+    p = Pipeline(
+        tmp_path / "data",
+        store,
+        archive,
+        cursor_secret=SECRET,
+        archive_max_age_s=0.1,
+        backoff_min_s=0.02,
+        backoff_max_s=0.1,
+    )
     p.start()
     key = LogStoreKey(REGION, PROJECT, "web")
     try:
@@ -198,9 +235,15 @@ def test_the_purge_drops_the_records_everywhere_and_a_new_log_store_starts_empty
         assert count_query(store) == 300 and count_archive(archive) == 300
         sub = p.hub.subscribe(ACCOUNT, REGION, PROJECT, ["web", "other"])
         meta = SqliteMetadataStore(tmp_path / "meta.db")
-        purger = Purger(meta, [("tails", lambda a, k: p.end_tails(a, k, deleted_error(k))),
-                               ("spool", p.drop_log_store), ("query", store.drop_log_store),
-                               ("archive", archive.delete_log_store)])
+        purger = Purger(
+            meta,
+            [
+                ("tails", lambda a, k: p.end_tails(a, k, deleted_error(k))),
+                ("spool", p.drop_log_store),
+                ("query", store.drop_log_store),
+                ("archive", archive.delete_log_store),
+            ],
+        )
         with meta.transaction() as tx:
             tx.insert_tombstone(ACCOUNT, key, 1)
         assert purger.run_pending() == 0
@@ -219,6 +262,7 @@ def test_the_purge_drops_the_records_everywhere_and_a_new_log_store_starts_empty
 
 # -- open streams ------------------------------------------------------------------------------------
 
+
 def test_flow_log_watch_sees_pause_and_delete_with_one_read_per_change(meta):
     s = service(meta)
     fl = s.create_flow_log(A, flow_log_req())
@@ -227,6 +271,7 @@ def test_flow_log_watch_sees_pause_and_delete_with_one_read_per_change(meta):
     def load(m, account, fid):
         loads.append(fid)
         return flow_log_for_ingest(m, account, fid)
+
     w = FlowLogWatch(meta, A, fl.id, load)
     for _ in range(1000):
         assert w.current().id == fl.id
@@ -275,6 +320,7 @@ def test_a_drop_waits_for_submits_in_flight_and_later_ones_see_the_change(tmp_pa
     def admit_after():
         if gone.is_set():
             raise NotFound("flow log deleted")
+
     try:
         t = threading.Thread(target=p.submit, args=(make_records(50),), kwargs={"admit": slow_admit})
         t.start()
