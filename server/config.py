@@ -109,8 +109,8 @@ class LimitsConfig:
     # microseconds to receive.
     max_receiving_bytes_per_account: int = 4 * 1024 * 1024
     max_receiving_bytes: int = 16 * 1024 * 1024
-    # A Query or Tail stream whose client reads nothing for this long is ended with
-    # RESOURCE_EXHAUSTED, giving back its threads and its read transaction.
+    # A Query stream whose client reads nothing for this long is ended with RESOURCE_EXHAUSTED,
+    # giving back its threads and its read transaction (a Tail ends by tail_buffer_records).
     stream_send_timeout_seconds: float = 60.0
 
 

@@ -10,9 +10,10 @@ server spend memory or threads it has not been allowed (issue 15):
   other request over `limits.max_request_bytes` is refused unread by protobuf, and no repeated
   field may hold more than `limits.max_repeated_values` values before the request is turned
   into Python objects. Larger messages are decoded on a worker thread, off the event loop.
-- A streamed response (Query, Tail) whose client stops reading is ended after
+- A streamed response (Query) whose client stops reading is ended after
   `limits.stream_send_timeout_seconds`: the servicer's generator is closed, which gives back its
-  reader threads and the backend's read transaction.
+  reader threads and the backend's read transaction. (Tail has its own bound: a subscriber that
+  falls behind its queue ends with RESOURCE_EXHAUSTED and its resume cursor.)
 
 The caller's account is put in CURRENT_ACCOUNT for the servicer (server.api.services reads it).
 """
@@ -224,6 +225,11 @@ class Gate:
             await context.abort_with_status(status)
 
         if method.server_streaming:
+            # A servicer method with its own bound on a client that does not read (Tail: its
+            # bounded queue ends it with a resume cursor) is not timed out here: an end without
+            # the cursor would cost the client a gap.
+            timed = not getattr(impl, "own_backpressure", False)
+
             async def stream_out(request_iterator, context):
                 request = await request_of(context)
                 responses = impl(request, context)
@@ -231,7 +237,10 @@ class Gate:
                 try:
                     async for item in responses:
                         try:
-                            await gate.send(context, item)
+                            if timed:
+                                await gate.send(context, item)
+                            else:
+                                await context.write(item)
                         except DomainError as e:
                             status = to_status(e)
                             break

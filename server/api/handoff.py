@@ -60,7 +60,16 @@ class ReadAhead:
     def next_item(self):
         if self._ended:
             return None
-        item = self._queue.get()
+        while True:
+            try:
+                item = self._queue.get(timeout=0.2)
+                break
+            except queue.Empty:
+                # Closed while this thread waited (its coroutine was cancelled: the client went
+                # away, or the stream timed out): end, or the thread would wait here for good.
+                if self._stop.is_set():
+                    self._ended = True
+                    return None
         if item is self._END:
             self._ended = True
             return None

@@ -412,3 +412,6 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
                 session.close()
         finally:
             uc.release(account)
+    # A Tail that is not read ends by its own bounded queue (limits.tail_buffer_records), with a
+    # resume cursor, rather than by server.api.gate's send timeout.
+    Tail.own_backpressure = True
