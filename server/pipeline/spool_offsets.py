@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 from dataclasses import dataclass
-from typing import Iterable, Sequence
-
+from typing import Any, Callable, Iterable, Sequence
 
 log = logging.getLogger("server.pipeline.spool")
 
@@ -22,6 +22,16 @@ class SinkOffset:
 
 class SinkOffsets:
     """Spool's methods about sink offsets (see the module docstring)."""
+
+    # Provided by Spool: its condition, the writer's state and the readers' view of it.
+    _cond: threading.Condition
+    _closed: bool
+    _w_head: int
+    _w_offsets: dict[str, list[Any]]
+    _w_backlog: dict[str, list[int]]
+    _v_offsets: dict[str, SinkOffset]
+    _v_backlog: dict[str, tuple[int, int]]
+    _submit: Callable[..., object]
 
     def sink_offset(self, sink: str) -> SinkOffset:
         return self._v_offsets[sink]

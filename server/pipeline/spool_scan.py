@@ -4,8 +4,9 @@ server.pipeline.spool.Spool (its read connections and batch rows).
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
-
+import sqlite3
+from contextlib import AbstractContextManager
+from typing import Any, Callable, NamedTuple, Sequence
 
 from server.pipeline.spool_codec import SpoolBatch
 
@@ -25,6 +26,13 @@ class CursorExpired(Exception):
 
 class TailScan:
     """Spool's methods for Tail's replay (see the module docstring)."""
+
+    # Provided by Spool.
+    head_seq: int
+    trimmed_through: int
+    trimmed_stored_ms: int
+    _reading: Callable[[], AbstractContextManager[sqlite3.Connection]]
+    _batch: Callable[[tuple[Any, ...]], SpoolBatch]
 
     def scan(self, after_seq: int, account_id: str, region: str, project: str, log_stores: Sequence[str],
              max_records: int, *, upto: int | None = None) -> ScanResult:
