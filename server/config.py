@@ -220,7 +220,8 @@ class Config:
         if self.archive_backend == "minio" and not (self.minio.endpoint and self.minio.access_key and self.minio.secret_key):
             raise ConfigError("archive_backend is 'minio' but minio.endpoint/access_key/secret_key "
                               "(FLOWLOG_MINIO_ENDPOINT, FLOWLOG_MINIO_ACCESS_KEY, FLOWLOG_MINIO_SECRET_KEY) are not all set")
-        chosen = [("elasticsearch", self.elasticsearch)] if self.query_backend == "elasticsearch" else []
+        chosen: list[tuple[str, ElasticsearchConfig | MinioConfig | EmbeddedConfig]] = (
+            [("elasticsearch", self.elasticsearch)] if self.query_backend == "elasticsearch" else [])
         chosen += [("minio", self.minio)] if self.archive_backend == "minio" else []
         for section, backend_cfg in chosen + [("embedded", self.embedded)]:
             problems = backend_cfg.problems()

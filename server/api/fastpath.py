@@ -8,6 +8,7 @@ diverge from the other. `compiled` is the checked module, or None when it is not
 """
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 from typing import Any
 
@@ -44,11 +45,11 @@ def check(module: Any) -> None:
 
 def _load() -> ModuleType | None:
     try:
-        from server.api import _fastingest
+        module = importlib.import_module("server.api._fastingest")
     except ImportError:  # pragma: no cover - built wherever a C compiler is (setup.py: optional)
         return None
-    check(_fastingest)
-    return _fastingest
+    check(module)
+    return module
 
 
 compiled = _load()

@@ -8,6 +8,7 @@ import asyncio
 import queue
 import threading
 from concurrent.futures import Executor
+from collections.abc import Generator
 from typing import Any, Callable, Iterator
 
 
@@ -41,7 +42,8 @@ class ReadAhead:
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
             self._put(Failed(e))
         finally:
-            self._gen.close()
+            if isinstance(self._gen, Generator):  # the store's cursor or point in time
+                self._gen.close()
 
     def _put(self, item: object) -> bool:
         while not self._stop.is_set():

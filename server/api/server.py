@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -57,7 +57,7 @@ def _serializer(resp_cls):
     return ser
 
 
-def servicers(app: "App") -> list[tuple[object, str, object]]:
+def servicers(app: "App") -> list[tuple[Any, str, object]]:
     """(proto module, service name, servicer) of each of our services: each servicer gets the
     use cases it serves and nothing else."""
     runner = Runner(app.auth, app.executor, app.stream_executor, app.query_executor)

@@ -191,7 +191,7 @@ class FlowLogServicer(_Crud, flow_log_pb2_grpc.FlowLogServiceServicer):
 
 def _raw_rows(records) -> list[tuple]:
     """Proto records -> plain tuples in the order server.core.ingest.accept expects."""
-    out = []
+    out: list[tuple[Any, ...]] = []
     append = out.append
     for r in records:
         s, e = r.start_time, r.end_time

@@ -41,7 +41,7 @@ import ipaddress
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence, Union
+from typing import Any, Callable, Iterable, Sequence, Union, cast
 
 from server.core import filter as flt
 from server.core import model
@@ -407,7 +407,7 @@ def key_text(value: KeyValue, key: GroupKey) -> str:
     if kind is FieldKind.ENUM:
         cls, prefix = ENUMS[key.field]
         try:
-            return prefix + cls(value).name
+            return prefix + cls(cast(int, value)).name
         except ValueError:
             return str(value)
     return str(value)
@@ -418,7 +418,7 @@ def record_key(r: FlowRecord, key: GroupKey) -> KeyValue:
     value = getattr(r, key.field)
     if key.kind is FieldKind.ADDRESS:
         return mask(address_value(value), key)
-    return value
+    return cast(KeyValue, value)
 
 
 def _sort_key(value: KeyValue) -> tuple[int, int | str]:
@@ -510,7 +510,7 @@ def finish(q: AggregateQuery, result: Groups) -> AggregateResult:
                            matched, result.approximate)
 
 
-def group_order(q: AggregateQuery) -> Callable[[Group], tuple]:
+def group_order(q: AggregateQuery) -> Callable[[Group], tuple[Any, ...]]:
     """The sort key of finish()'s order within a bucket: smaller ranks first."""
     i = q.order_index + 1
     sign = -1 if q.descending else 1
@@ -522,7 +522,7 @@ class _Held:
 
     __slots__ = ("rank", "group")
 
-    def __init__(self, rank: tuple, group: Group) -> None:
+    def __init__(self, rank: tuple[Any, ...], group: Group) -> None:
         self.rank = rank
         self.group = group
 
@@ -592,7 +592,7 @@ def bucket_of(start_time: int, interval_ms: int) -> int | None:
 class _Acc:
     count: int = 0
     values: list[int] = field(default_factory=list)
-    distinct: list[set] = field(default_factory=list)
+    distinct: list[set[Any]] = field(default_factory=list)
 
 
 def evaluate(q: AggregateQuery, records: Iterable[FlowRecord]) -> Groups:

@@ -71,7 +71,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterator, Literal, Union
+from typing import Any, Callable, Iterator, Literal, Union, cast
 
 from server.core.errors import FieldViolation, InvalidArgument
 from server.core.model import RECORD_FIELDS, Action, Direction, FlowRecord, LogStatus, ResourceType, RuleKind
@@ -650,7 +650,7 @@ def _format_value(field_name: str, value: Value) -> str:
         return str(value.network_address) if is_host(value) else str(value)
     if spec.kind is Kind.ENUM:
         assert spec.enum is not None
-        return spec.enum(value).name
+        return spec.enum(cast(int, value)).name
     if spec.kind is Kind.TIME:
         assert isinstance(value, int)
         return format_time(value)
@@ -685,7 +685,7 @@ def to_text(expr: Expr | None) -> str:
 Predicate = Callable[[FlowRecord], bool]
 AddressKey = tuple[int, int]  # (4 or 6, integer value)
 
-_OP_FUNCS: dict[str, Callable[[object, object], bool]] = {
+_OP_FUNCS: dict[str, Callable[[Any, Any], Any]] = {
     "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
     ">": operator.gt, ">=": operator.ge,
 }
@@ -728,7 +728,7 @@ def _address_matcher(nets: tuple[Network, ...]) -> Callable[[AddressKey], bool]:
 
 def _compile_address(leaf: Leaf) -> Predicate:
     if isinstance(leaf, Compare):
-        nets: tuple = (leaf.value,)
+        nets: tuple[Any, ...] = (leaf.value,)
         negative = leaf.op == "!="
     else:
         nets, negative = leaf.values, leaf.negated

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
 
+from typing import Any, Callable, Iterator
+
 from server.core.model import (
     RECORD_VERSION,
     Action,
@@ -199,7 +201,7 @@ _VPC_RANGES = tuple(ipaddress.ip_network(n) for n in
 
 
 def _is_vpc_range(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    return any(net.version == v.version and net.subnet_of(v) for v in _VPC_RANGES)
+    return any(net.version == v.version and net.subnet_of(v) for v in _VPC_RANGES)  # type: ignore[arg-type]
 
 
 def _v4_text(n: int) -> str:
@@ -229,7 +231,7 @@ class _Net:
     def __init__(self, base: int, size: int, version: int) -> None:
         self.base, self.size, self.version = base, size, version
 
-    def host(self, rnd_random) -> _Addr:
+    def host(self, rnd_random: Callable[[], float]) -> _Addr:
         n = self.base + 1 + int(rnd_random() * (self.size - 2))
         return (_v4_text(n) if self.version == 4 else _v6_text(n)), n, self.version
 
@@ -239,7 +241,7 @@ class _Family:
 
     __slots__ = ("private_hosts", "private_nets", "regular", "scanners", "top", "version")
 
-    def __init__(self, version: int, rnd: random.Random, local_nets: list) -> None:
+    def __init__(self, version: int, rnd: random.Random, local_nets: list[Any]) -> None:
         self.version = version
         self.top = [_fresh_public(rnd, version) for _ in range(8)]
         self.regular = [_fresh_public(rnd, version) for _ in range(256)]
@@ -248,12 +250,12 @@ class _Family:
         self.private_hosts = [net.host(rnd.random) for net in self.private_nets for _ in range(48)]
 
 
-def _private_nets(rnd: random.Random, version: int, local_nets: list) -> list[_Net]:
+def _private_nets(rnd: random.Random, version: int, local_nets: list[Any]) -> list[_Net]:
     """The private networks the resource's private peers live in: for IPv4 one in each of 10/8,
     172.16/12 and 192.168/16 (so rules that trust only some of them have something to refuse),
     for IPv6 three in fd00::/8; none overlapping the resource's own addresses (a peered VPC
     never shares the local range)."""
-    def candidates():
+    def candidates() -> Iterator[Callable[[], ipaddress.IPv4Network | ipaddress.IPv6Network]]:
         if version == 4:
             yield lambda: ipaddress.IPv4Network((10 << 24 | rnd.randrange(256) << 16, 16))
             yield lambda: ipaddress.IPv4Network(((172 << 24) | ((16 + rnd.randrange(16)) << 16)
@@ -296,10 +298,10 @@ def _local_hosts(net: ipaddress.IPv4Network | ipaddress.IPv6Network, rnd: random
 _CLIENT_EPHEMERAL, _CLIENT_SAME_PORT, _CLIENT_NO_PORTS = 0, 1, 2
 
 
-def _kinds(mix: dict[str, float], version: int) -> tuple[tuple, list[float], float]:
+def _kinds(mix: dict[str, float], version: int) -> tuple[tuple[Any, ...], list[float], float]:
     """A weighted table of services for one IP family, sampled with one random number and a
     bisect: (service tuples, cumulative weights, total weight). ICMP becomes ICMPv6 for IPv6."""
-    items: list[tuple] = []
+    items: list[tuple[Any, ...]] = []
     cum: list[float] = []
     total = 0.0
     for name, weight in mix.items():
@@ -426,7 +428,7 @@ class _Window:
     )
 
     def __init__(self, fl: FlowLog, ws: int, wms: int, keep_accept: bool, keep_reject: bool,
-                 out: list, seen: set) -> None:
+                 out: list[Any], seen: set[Any]) -> None:
         self.fl, self.ws, self.wms, self.last = fl, ws, wms, ws + wms - 1
         self.keep_accept, self.keep_reject = keep_accept, keep_reject
         self.out, self.seen = out, seen

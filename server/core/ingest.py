@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import partial
 from itertools import repeat
 from operator import contains, ge, le, sub
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from server.core import rules
 from server.core.attribution import AddressMatcher
@@ -62,7 +62,7 @@ _NO_MATCHER = AddressMatcher(())
 RAW_FIELDS = 19
 
 
-def accept(fl: FlowLog, raw: Iterable[tuple], first_index: int, now_ms: int,
+def accept(fl: FlowLog, raw: Iterable[tuple[Any, ...]], first_index: int, now_ms: int,
            matcher: AddressMatcher | None = None) -> tuple[list[FlowRecord], list[Rejection]]:
     """Turn raw collector rows into stored records.
 
@@ -96,7 +96,7 @@ def accept(fl: FlowLog, raw: Iterable[tuple], first_index: int, now_ms: int,
             continue
         if direction == 0 and src and dst:
             direction = matcher.direction(src, dst)
-        rec = FlowRecord("", *head, src, dst, sport, dport, proto, pkts, nbytes, start, end, action, status,
+        rec = FlowRecord("", *head, src, dst,  # type: ignore[call-arg]  # head: version .. network_id sport, dport, proto, pkts, nbytes, start, end, action, status,
                          direction, flags, rule_id, rule_kind, sampling)
         problem = check_record(rec, now_ms)
         if problem is not None:
@@ -110,7 +110,7 @@ def accept(fl: FlowLog, raw: Iterable[tuple], first_index: int, now_ms: int,
     return ok, bad
 
 
-def stored_head(fl: FlowLog) -> tuple:
+def stored_head(fl: FlowLog) -> tuple[Any, ...]:
     """The stored fields every record of a flow log takes from it, in FlowRecord order (version
     through network_id): a collector's values for them are never kept."""
     return (RECORD_VERSION, fl.account_id, fl.id, fl.region, fl.project, fl.log_store, int(fl.resource_type),
@@ -136,7 +136,7 @@ def _rule_ids_ok(rule_ids: Sequence[str]) -> bool:
     return True
 
 
-def accept_columns(fl: FlowLog, cols: Sequence[Sequence], first_index: int, now_ms: int,
+def accept_columns(fl: FlowLog, cols: Sequence[Sequence[Any]], first_index: int, now_ms: int,
                    matcher: AddressMatcher | None = None) -> tuple[list[FlowRecord], list[Rejection]]:
     """accept() of a batch given as 19 columns (accept()'s row fields, column by column).
 

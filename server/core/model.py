@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 
 class ResourceType(enum.IntEnum):
@@ -157,7 +157,7 @@ class FlowLog:
 class Page:
     """One page of a list: the items and the token for the next page ("" when none)."""
 
-    items: list = field(default_factory=list)
+    items: list[Any] = field(default_factory=list)
     next_page_token: str = ""
 
 
@@ -208,7 +208,7 @@ RECORD_VERSION = 1
 COLUMNS_SLICE = 4096
 
 
-def record_columns(records: Sequence[FlowRecord]) -> list[list]:
+def record_columns(records: Sequence[FlowRecord]) -> list[list[Any]]:
     """The records column by column (one list per FlowRecord field): zip(*records), a slice at a
     time. One zip over a 50,000-record archive range is a single C call that keeps the GIL for
     16-25 ms, and every Tail delivery waiting meanwhile shows it in its p99; slices of 4,096 let
@@ -216,7 +216,7 @@ def record_columns(records: Sequence[FlowRecord]) -> list[list]:
     n = len(records)
     if n <= COLUMNS_SLICE:
         return [list(c) for c in zip(*records)] if n else [[] for _ in RECORD_FIELDS]
-    cols: list[list] = [[] for _ in RECORD_FIELDS]
+    cols: list[list[Any]] = [[] for _ in RECORD_FIELDS]
     for i in range(0, n, COLUMNS_SLICE):
         for col, part in zip(cols, zip(*records[i:i + COLUMNS_SLICE])):
             col.extend(part)

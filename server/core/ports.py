@@ -313,7 +313,7 @@ class CompiledIngest(Protocol):
         """(flow_log_id, number of records) of the message, or None: not for the compiled path."""
         ...
 
-    def accept(self, message: bytes, head: tuple, record_type: type, now_ms: int,
+    def accept(self, message: bytes, head: tuple[Any, ...], record_type: type, now_ms: int,
                want_columns: bool = False) -> tuple[list[FlowRecord], bytes, Any] | None:
         """(records, spool payload, Arrow buffers) when every record passes, else None."""
         ...

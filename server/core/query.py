@@ -91,6 +91,7 @@ def plan_query(scope: Scope, signer: TokenSigner, *, start_ms: int | None, end_m
     if limit < 0:
         v.add("limit", f"must not be negative (got {limit})")
     v.raise_if_any()
+    assert start_ms is not None and end_ms is not None  # required: refused above
     expr = flt.parse(filter_text)
     bound = fingerprint(scope.region, scope.project, sorted(scope.log_stores), start_ms, end_ms, filter_text, newest_first)
     after = None

@@ -47,7 +47,7 @@ def record_ids(flow_log_id: str, src_addrs: Iterable[str], dst_addrs: Iterable[s
     # The flow log id is hashed once and the hash state copied per record: ~25% cheaper than a
     # new hasher over the whole text each time.
     copy = hashlib.blake2b(f"{flow_log_id}|".encode(), digest_size=16).copy
-    out = []
+    out: list[str] = []
     append = out.append
     for a, b, c, d, e, f, g, h in zip(src_addrs, dst_addrs, src_ports, dst_ports, protocols, directions,
                                       start_times, end_times):

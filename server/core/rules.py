@@ -5,6 +5,7 @@ INVALID_ARGUMENT names every bad field (google.rpc.BadRequest).
 """
 from __future__ import annotations
 
+import enum
 import ipaddress
 import re
 import unicodedata
@@ -134,7 +135,7 @@ class Violations:
         if value and not _RULE_ID.fullmatch(value):
             self.add(field, f"{_show(value)} is not a rule id: 1-{RULE_ID_MAX} letters, digits or '-_.:/'")
 
-    def enum(self, field: str, value: int, enum_cls: type, *, required: bool = True) -> None:
+    def enum(self, field: str, value: int, enum_cls: type[enum.Enum], *, required: bool = True) -> None:
         """Value 0 (*_UNSPECIFIED) is refused where a value is required; unknown numbers always."""
         try:
             member = enum_cls(value)

@@ -16,7 +16,7 @@ import secrets
 import string
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from server.core import rules
 from server.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded
@@ -256,7 +256,7 @@ class Service:
         v.raise_if_any()
         with self.metadata.transaction() as tx:
             current = _log_store_or_404(tx, account, key)
-            changes: dict = {}
+            changes: dict[str, Any] = {}
             if "retention_days" in paths:
                 changes["retention_days"] = ls.retention_days or rules.RETENTION_DEFAULT
             if "description" in paths:
@@ -432,7 +432,8 @@ class Service:
                                       after=str(after), limit=size + 1)
         return self._page(items[:size], len(items) > size, "flow_logs", account, bound, lambda f: f.id)
 
-    def update_flow_log(self, account: str, flow_log_id: str, changes: dict, mask: Iterable[str]) -> FlowLog:
+    def update_flow_log(self, account: str, flow_log_id: str, changes: dict[str, Any],
+                        mask: Iterable[str]) -> FlowLog:
         """`changes` holds the new values of the masked fields (name, description, traffic_type, state)."""
         rules.check_flow_log_id(flow_log_id)
         paths = _check_mask(mask, FLOW_LOG_MUTABLE, "flow_log")
@@ -448,7 +449,7 @@ class Service:
         v.raise_if_any()
         with self.metadata.transaction() as tx:
             current = _flow_log_or_404(tx, account, flow_log_id)
-            new: dict = {}
+            new: dict[str, Any] = {}
             if "name" in paths:
                 if changes["name"] != current.name and tx.flow_log_name_taken(account, current.region, changes["name"],
                                                                               exclude_id=flow_log_id):
@@ -473,7 +474,8 @@ class Service:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _page(self, items: list, more: bool, kind: str, account: str, bound: str, position) -> Page:
+    def _page(self, items: list[Any], more: bool, kind: str, account: str, bound: str,
+              position: Callable[[Any], Any]) -> Page:
         token = self.signer.encode(kind, account, bound, position(items[-1])) if more and items else ""
         return Page(items, token)
 

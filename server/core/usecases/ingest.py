@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from server.core import columns
 from server.core import ingest as ingest_core
@@ -45,7 +45,7 @@ class ParsedMessage:
 
     flow_log_id: str
     count: int
-    columns: Callable[[], Sequence[Sequence]]
+    columns: Callable[[], Sequence[Sequence[Any]]]
 
 
 # Parses an IngestRequest's bytes; raises InvalidArgument naming the message when they are not one.
