@@ -96,8 +96,9 @@ def accept(fl: FlowLog, raw: Iterable[tuple[Any, ...]], first_index: int, now_ms
             continue
         if direction == 0 and src and dst:
             direction = matcher.direction(src, dst)
-        rec = FlowRecord("", *head, src, dst,  # type: ignore[call-arg]  # head: version .. network_id sport, dport, proto, pkts, nbytes, start, end, action, status,
-                         direction, flags, rule_id, rule_kind, sampling)
+        # head: version .. network_id (mypy cannot count a starred tuple's fields)
+        rec = FlowRecord("", *head, src, dst, sport, dport, proto, pkts, nbytes, start, end,  # type: ignore[call-arg]
+                         action, status, direction, flags, rule_id, rule_kind, sampling)
         problem = check_record(rec, now_ms)
         if problem is not None:
             bad.append(Rejection(i, problem.field, problem.reason))
