@@ -37,7 +37,7 @@ run: install web
 services: install web
 	$(PY) scripts/services fetch all
 
-test: install web services
+test: install lint web services
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # ruff (lint + format check) and mypy (strict on server/core, lenient elsewhere), configured in

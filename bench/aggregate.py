@@ -8,6 +8,7 @@ Questions (issue 16): the top 10 talkers by bytes over the whole data set, a 1-m
 per action over (up to) the last day, and scanners: sources of REJECTs by distinct destinations.
 Datasets are bench/query.py's (same generator, same loaders).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -38,6 +39,7 @@ class DuckDBBaseline:
 
     def __init__(self, path: Path, log_store: str) -> None:
         import duckdb
+
         self.con = duckdb.connect(str(path), read_only=True, config={"memory_limit": "256MB", "threads": 1})
         self.log_store = log_store
 
@@ -47,11 +49,15 @@ class DuckDBBaseline:
         if name == "top10_talkers":
             sql = f"SELECT src_ip, sum(bytes) s FROM records WHERE {base} GROUP BY src_ip ORDER BY s DESC LIMIT 10"
         elif name == "timeseries_1m_day":
-            sql = (f"SELECT start_time - start_time % 60000 AS b, action, sum(bytes), count(*) FROM records "
-                   f"WHERE {base} GROUP BY b, action ORDER BY b")
+            sql = (
+                f"SELECT start_time - start_time % 60000 AS b, action, sum(bytes), count(*) FROM records "
+                f"WHERE {base} GROUP BY b, action ORDER BY b"
+            )
         else:
-            sql = (f"SELECT src_ip, count(DISTINCT dst_ip) c FROM records WHERE {base} AND action = 2 "
-                   f"GROUP BY src_ip ORDER BY c DESC LIMIT 10")
+            sql = (
+                f"SELECT src_ip, count(DISTINCT dst_ip) c FROM records WHERE {base} AND action = 2 "
+                f"GROUP BY src_ip ORDER BY c DESC LIMIT 10"
+            )
         cur = self.con.cursor()
         rows = cur.execute(sql, params).fetchall()
         cur.close()
@@ -70,25 +76,41 @@ class ESBaseline:
 
         from backends.elasticsearch.records import log_store_base
         from server.core.model import LogStoreKey
+
         self.client = Elasticsearch(es["url"], request_timeout=300)
         self.index = log_store_base(ES_PREFIX, ACCOUNT, LogStoreKey(REGION, PROJECT, log_store)) + "-*"
         self.log_store = log_store
 
     def run(self, name: str, t0: int, t1: int) -> int:
-        f: list[dict] = [{"term": {"log_store": self.log_store}},
-                         {"range": {"start_time": {"gte": t0, "lt": t1, "format": "epoch_millis"}}}]
+        f: list[dict] = [
+            {"term": {"log_store": self.log_store}},
+            {"range": {"start_time": {"gte": t0, "lt": t1, "format": "epoch_millis"}}},
+        ]
         if name == "top10_talkers":
-            aggs = {"t": {"terms": {"field": "src_addr", "size": 10, "order": {"b": "desc"}},
-                          "aggs": {"b": {"sum": {"field": "bytes"}}}}}
+            aggs = {
+                "t": {
+                    "terms": {"field": "src_addr", "size": 10, "order": {"b": "desc"}},
+                    "aggs": {"b": {"sum": {"field": "bytes"}}},
+                }
+            }
         elif name == "timeseries_1m_day":
-            aggs = {"t": {"date_histogram": {"field": "start_time", "fixed_interval": "1m"},
-                          "aggs": {"a": {"terms": {"field": "action"}, "aggs": {"b": {"sum": {"field": "bytes"}}}}}}}
+            aggs = {
+                "t": {
+                    "date_histogram": {"field": "start_time", "fixed_interval": "1m"},
+                    "aggs": {"a": {"terms": {"field": "action"}, "aggs": {"b": {"sum": {"field": "bytes"}}}}},
+                }
+            }
         else:
             f.append({"term": {"action": "REJECT"}})
-            aggs = {"t": {"terms": {"field": "src_addr", "size": 10, "order": {"d": "desc"}},
-                          "aggs": {"d": {"cardinality": {"field": "dst_addr"}}}}}
-        resp = self.client.search(index=self.index, size=0, query={"bool": {"filter": f}}, aggs=aggs,
-                                  track_total_hits=False)
+            aggs = {
+                "t": {
+                    "terms": {"field": "src_addr", "size": 10, "order": {"d": "desc"}},
+                    "aggs": {"d": {"cardinality": {"field": "dst_addr"}}},
+                }
+            }
+        resp = self.client.search(
+            index=self.index, size=0, query={"bool": {"filter": f}}, aggs=aggs, track_total_hits=False
+        )
         return len(resp["aggregations"]["t"]["buckets"])
 
     def close(self) -> None:
@@ -97,13 +119,23 @@ class ESBaseline:
 
 def _measure(address: str, baseline, log_store: str, lo: int, hi: int, reps: int, label: str) -> dict[str, Any]:
     from clients.client import FlowLogClient
+
     out: dict[str, Any] = {}
     with FlowLogClient(address, API_KEY, timeout=300) as client:
         for name, (group_by, metrics, flt, interval, limit, kind) in QUESTIONS.items():
             t0, t1 = _range(kind, lo, hi)
-            req = client.build_aggregate(region=REGION, project=PROJECT, log_stores=[log_store],
-                                         start=_ts(t0), end=_ts(t1), filter=flt, group_by=group_by,
-                                         metrics=metrics, interval=interval / 1000 if interval else None, limit=limit)
+            req = client.build_aggregate(
+                region=REGION,
+                project=PROJECT,
+                log_stores=[log_store],
+                start=_ts(t0),
+                end=_ts(t1),
+                filter=flt,
+                group_by=group_by,
+                metrics=metrics,
+                interval=interval / 1000 if interval else None,
+                limit=limit,
+            )
 
             def grpc_call() -> int:
                 return len(client.aggregate(req).rows)
@@ -120,16 +152,25 @@ def _measure(address: str, baseline, log_store: str, lo: int, hi: int, reps: int
                 b.append(_time(base_call)[0])
                 ms, rows = _time(grpc_call)
                 g.append(ms)
-            out[name] = {"reps": reps, "rows": rows, "grpc_p50_ms": pct(g, 50), "grpc_p99_ms": pct(g, 99),
-                         "baseline_p50_ms": pct(b, 50), "baseline_p99_ms": pct(b, 99),
-                         "ratio": pct(g, 50) / max(pct(b, 50), 1e-9)}
-            log(f"aggregate {label}/{name}: gRPC {pct(g, 50):.1f}/{pct(g, 99):.1f} ms p50/p99, baseline "
-                f"{pct(b, 50):.1f}/{pct(b, 99):.1f} ms ({out[name]['ratio']:.2f}x)")
+            out[name] = {
+                "reps": reps,
+                "rows": rows,
+                "grpc_p50_ms": pct(g, 50),
+                "grpc_p99_ms": pct(g, 99),
+                "baseline_p50_ms": pct(b, 50),
+                "baseline_p99_ms": pct(b, 99),
+                "ratio": pct(g, 50) / max(pct(b, 50), 1e-9),
+            }
+            log(
+                f"aggregate {label}/{name}: gRPC {pct(g, 50):.1f}/{pct(g, 99):.1f} ms p50/p99, baseline "
+                f"{pct(b, 50):.1f}/{pct(b, 99):.1f} ms ({out[name]['ratio']:.2f}x)"
+            )
     return out
 
 
 def _ts(ms: int):
     from datetime import datetime, timezone
+
     return datetime.fromtimestamp(ms / 1000, timezone.utc)
 
 
@@ -139,14 +180,18 @@ def _time(fn: Callable[[], int]) -> tuple[float, int]:
     return (time.monotonic() - start) * 1000, n
 
 
-def _measure_server(srv, base, log_store: str, total: int, lo: int, hi: int, reps: int, label: str,
-                    wd: Path) -> dict[str, Any]:
+def _measure_server(
+    srv, base, log_store: str, total: int, lo: int, hi: int, reps: int, label: str, wd: Path
+) -> dict[str, Any]:
     try:
         dataset.create_log_store(srv.address, log_store)
         srv.rss.reset()
         res = _measure(srv.address, base, log_store, lo, hi, reps, label)
-        res["_dataset"] = {"records": total, "span_h": round((hi - lo) / HOUR, 2),
-                           "peak_rss_mb": round(srv.rss.peak / 2**20, 1)}
+        res["_dataset"] = {
+            "records": total,
+            "span_h": round((hi - lo) / HOUR, 2),
+            "peak_rss_mb": round(srv.rss.peak / 2**20, 1),
+        }
     finally:
         base.close()
         srv.stop()
@@ -161,10 +206,14 @@ def run_embedded(n: int, reps: int, workdir: Path, label: str) -> dict[str, Any]
     log_store = f"a{label}"
     total, lo, hi = build_embedded(data / "records.duckdb", log_store, n, wd)
     shutil.copy(data / "records.duckdb", wd / "baseline.duckdb")
-    srv = start_server(wd, {"query_backend": "embedded", "archive_backend": "embedded",
-                            "limits": {"aggregate_max_range_days": 0}}, data_dir=data)
-    return _measure_server(srv, DuckDBBaseline(wd / "baseline.duckdb", log_store), log_store, total, lo, hi, reps,
-                           f"embedded-{label}", wd)
+    srv = start_server(
+        wd,
+        {"query_backend": "embedded", "archive_backend": "embedded", "limits": {"aggregate_max_range_days": 0}},
+        data_dir=data,
+    )
+    return _measure_server(
+        srv, DuckDBBaseline(wd / "baseline.duckdb", log_store), log_store, total, lo, hi, reps, f"embedded-{label}", wd
+    )
 
 
 def run_elasticsearch(n: int, reps: int, services: Services, workdir: Path, label: str) -> dict[str, Any]:
@@ -172,24 +221,32 @@ def run_elasticsearch(n: int, reps: int, services: Services, workdir: Path, labe
     log_store = f"a{label}"
     total, lo, hi = build_elasticsearch(es, log_store, n)
     wd = workdir / f"aggregate-es-{label}"
-    srv = start_server(wd, {"query_backend": "elasticsearch", "archive_backend": "none",
-                            "limits": {"aggregate_max_range_days": 0},
-                            "elasticsearch": {"url": es["url"], "index_prefix": ES_PREFIX}})
-    return _measure_server(srv, ESBaseline(es, log_store), log_store, total, lo, hi, reps,
-                           f"elasticsearch-{label}", wd)
+    srv = start_server(
+        wd,
+        {
+            "query_backend": "elasticsearch",
+            "archive_backend": "none",
+            "limits": {"aggregate_max_range_days": 0},
+            "elasticsearch": {"url": es["url"], "index_prefix": ES_PREFIX},
+        },
+    )
+    return _measure_server(srv, ESBaseline(es, log_store), log_store, total, lo, hi, reps, f"elasticsearch-{label}", wd)
 
 
 def render(res: dict[str, Any]) -> list[str]:
     """The rows of RESULTS.md's Aggregate table."""
-    lines = ["| dataset | question | gRPC Aggregate ms p50/p99 | hand-written ms p50/p99 | ratio | rows "
-             "| peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| dataset | question | gRPC Aggregate ms p50/p99 | hand-written ms p50/p99 | ratio | rows | peak RSS MB |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for ds, qs in res.items():
         meta = qs.get("_dataset", {})
         for name, r in qs.items():
             if name.startswith("_"):
                 continue
-            lines.append(f"| {ds} ({meta.get('records', 0):,} rec) | {name} | {r['grpc_p50_ms']:.1f} / "
-                         f"{r['grpc_p99_ms']:.1f} | {r['baseline_p50_ms']:.1f} / {r['baseline_p99_ms']:.1f} | "
-                         f"{r['ratio']:.2f}x | {r['rows']} | {meta.get('peak_rss_mb', '-')} |")
+            lines.append(
+                f"| {ds} ({meta.get('records', 0):,} rec) | {name} | {r['grpc_p50_ms']:.1f} / "
+                f"{r['grpc_p99_ms']:.1f} | {r['baseline_p50_ms']:.1f} / {r['baseline_p99_ms']:.1f} | "
+                f"{r['ratio']:.2f}x | {r['rows']} | {meta.get('peak_rss_mb', '-')} |"
+            )
     return lines

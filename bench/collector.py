@@ -18,11 +18,11 @@ here). goflow2: until its Prometheus counter of decoded IPFIX data records does.
 process during its run. Results go to bench/results/collector-<timestamp>.json and, with
 --write-results-md, to the "Collector" section of bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import socket
@@ -61,8 +61,20 @@ def make_datagrams(n_flows: int, seed: int = 17, domain: int = 1) -> list[bytes]
             dst = bytes([10, 200, h >> 8, h & 0xFF])
             start = now_ms - 60_000 + rnd.randrange(0, 55_000)
             pkts = rnd.randrange(1, 50)
-            recs.append(RECORD.pack(src, dst, 1024 + i % 60000, rnd.choice((80, 443, 53, 22)), rnd.choice((6, 17)),
-                                    0x18, pkts, pkts * rnd.randrange(40, 1500), start, start + rnd.randrange(0, 5000)))
+            recs.append(
+                RECORD.pack(
+                    src,
+                    dst,
+                    1024 + i % 60000,
+                    rnd.choice((80, 443, 53, 22)),
+                    rnd.choice((6, 17)),
+                    0x18,
+                    pkts,
+                    pkts * rnd.randrange(40, 1500),
+                    start,
+                    start + rnd.randrange(0, 5000),
+                )
+            )
         seq += len(recs)
         out.append(_ipfix([(256, b"".join(recs))], now_ms // 1000, domain, seq))
     return out
@@ -84,8 +96,9 @@ def udp_queue(port: int) -> tuple[int, int]:
     return 0, 0
 
 
-def send_paced(port: int, datagrams: list[bytes], max_queue: int, burst: int = 32,
-               template_seen: Callable[[], bool] | None = None) -> float:
+def send_paced(
+    port: int, datagrams: list[bytes], max_queue: int, burst: int = 32, template_seen: Callable[[], bool] | None = None
+) -> float:
     """Send every datagram to 127.0.0.1:port, keeping the receiver's queue under max_queue bytes
     (bursts of `burst`); returns the monotonic time of the first send. The first datagram holds the
     template: the rest follow once template_seen() says it was read (goflow2 decodes on several
@@ -102,7 +115,7 @@ def send_paced(port: int, datagrams: list[bytes], max_queue: int, burst: int = 3
         for i in range(1, len(datagrams), burst):
             while udp_queue(port)[0] > max_queue:
                 time.sleep(0.0005)
-            for dg in datagrams[i:i + burst]:
+            for dg in datagrams[i : i + burst]:
                 send(dg)
     return t0
 
@@ -124,24 +137,42 @@ def collector_status(data_dir: Path) -> dict:
         return {}
 
 
-def run_flowlog(workdir: Path, datagrams: list[bytes], n_flows: int, warmup: list[bytes], n_warm: int,
-                ingest_records: int) -> dict[str, Any]:
+def run_flowlog(
+    workdir: Path, datagrams: list[bytes], n_flows: int, warmup: list[bytes], n_warm: int, ingest_records: int
+) -> dict[str, Any]:
     from clients.client import FlowLogClient
 
     port = _free_udp_port()
-    srv: Server = start_server(workdir / "flowlog", {
-        "flow_log_quota": 100,
-        "collector": {"listen": f"127.0.0.1:{port}", "exporters": {"127.0.0.1": "bench"}, "status_file_seconds": 0.1,
-                      "receive_buffer_bytes": 32 * 1024 * 1024}})
+    srv: Server = start_server(
+        workdir / "flowlog",
+        {
+            "flow_log_quota": 100,
+            "collector": {
+                "listen": f"127.0.0.1:{port}",
+                "exporters": {"127.0.0.1": "bench"},
+                "status_file_seconds": 0.1,
+                "receive_buffer_bytes": 32 * 1024 * 1024,
+            },
+        },
+    )
     import psutil
+
     proc = psutil.Process(srv.proc.pid)
     out: dict[str, Any] = {}
     try:
         with FlowLogClient(srv.address, API_KEY) as c:
-            r = c.register_resource(type="eip", region="bj", network_id="vpc-bench", name="collector-bench",
-                                    addresses=[RESOURCE_NET])
-            c.create_flow_log(region="bj", name="collector-bench", resource_type="eip", resource_id=r.id,
-                              network_id="vpc-bench", traffic_type="all", new_log_store="bench/collector")
+            r = c.register_resource(
+                type="eip", region="bj", network_id="vpc-bench", name="collector-bench", addresses=[RESOURCE_NET]
+            )
+            c.create_flow_log(
+                region="bj",
+                name="collector-bench",
+                resource_type="eip",
+                resource_id=r.id,
+                network_id="vpc-bench",
+                traffic_type="all",
+                new_log_store="bench/collector",
+            )
         wait_for(lambda: collector_status(srv.data_dir).get("flow_logs", 0), 1, 30)
         # keep the kernel's queue under a quarter of the buffer it granted (net.core.rmem_max caps it
         # without CAP_NET_ADMIN)
@@ -156,13 +187,23 @@ def run_flowlog(workdir: Path, datagrams: list[bytes], n_flows: int, warmup: lis
             t1 = wait_for(lambda: collector_status(srv.data_dir).get("records", 0), n_warm + n_flows, 600)
         cpu = sum(proc.cpu_times()[:2]) - cpu0
         st = collector_status(srv.data_dir)
-        out = {**out, "flows": n_flows, "seconds": t1 - t0, "flows_per_s": n_flows / (t1 - t0),
-               "server_cpu_us_per_flow": cpu / n_flows * 1e6, "peak_rss_mb": round(srv.rss.peak / 2**20, 1),
-               "kernel_drops": udp_queue(port)[1], "rejected": st.get("rejected"), "dropped": st.get("dropped"),
-               "unattributed": st.get("unattributed")}
-        log(f"collector/flowlog: {out['flows_per_s']:,.0f} flows/s to durable records, "
+        out = {
+            **out,
+            "flows": n_flows,
+            "seconds": t1 - t0,
+            "flows_per_s": n_flows / (t1 - t0),
+            "server_cpu_us_per_flow": cpu / n_flows * 1e6,
+            "peak_rss_mb": round(srv.rss.peak / 2**20, 1),
+            "kernel_drops": udp_queue(port)[1],
+            "rejected": st.get("rejected"),
+            "dropped": st.get("dropped"),
+            "unattributed": st.get("unattributed"),
+        }
+        log(
+            f"collector/flowlog: {out['flows_per_s']:,.0f} flows/s to durable records, "
             f"{out['server_cpu_us_per_flow']:.1f} us CPU/flow, peak RSS {out['peak_rss_mb']} MB, "
-            f"kernel drops {out['kernel_drops']}")
+            f"kernel drops {out['kernel_drops']}"
+        )
         if ingest_records:
             out["ingest"] = run_ingest(srv, ingest_records, workdir)
     finally:
@@ -198,11 +239,26 @@ def run_goflow2(workdir: Path, datagrams: list[bytes], n_flows: int, warmup: lis
     binary = fs.fetch("goflow2")
     port, http = _free_udp_port(), fs.free_port()
     logf = workdir / "goflow2.log"
-    proc = subprocess.Popen([binary, "-listen", f"netflow://127.0.0.1:{port}?blocking=true",
-                             "-addr", f"127.0.0.1:{http}",
-                             "-transport", "file", "-transport.file", "/dev/null", "-format", "bin",
-                             "-loglevel", "warn"], stdout=open(logf, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            binary,
+            "-listen",
+            f"netflow://127.0.0.1:{port}?blocking=true",
+            "-addr",
+            f"127.0.0.1:{http}",
+            "-transport",
+            "file",
+            "-transport.file",
+            "/dev/null",
+            "-format",
+            "bin",
+            "-loglevel",
+            "warn",
+        ],
+        stdout=open(logf, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     version = fs.GOFLOW2_VERSION
 
     def metrics() -> str:
@@ -215,11 +271,16 @@ def run_goflow2(workdir: Path, datagrams: list[bytes], n_flows: int, warmup: lis
         text = metrics()
         if not text:
             return -1
-        return sum(int(float(m)) for m in re.findall(
-            r'^goflow2_flow_process_nf_flowset_records_total\{[^}]*type="DataFlowSet"[^}]*\} (\S+)$', text, re.M))
+        return sum(
+            int(float(m))
+            for m in re.findall(
+                r'^goflow2_flow_process_nf_flowset_records_total\{[^}]*type="DataFlowSet"[^}]*\} (\S+)$', text, re.M
+            )
+        )
 
     def template_of(domain: int) -> Callable[[], bool]:
         return lambda: f'obs_domain_id="{domain}"' in metrics()
+
     try:
         wait_for(decoded, 0, 30)
         rss = RssSampler(proc.pid)
@@ -230,10 +291,18 @@ def run_goflow2(workdir: Path, datagrams: list[bytes], n_flows: int, warmup: lis
         t0 = send_paced(port, datagrams, 48 * 1024, 8, template_of(3))
         t1 = wait_for(decoded, n_warm + n_flows, 600)
         rss.stop()
-        out = {"version": version, "flows": n_flows, "seconds": t1 - t0, "flows_per_s": n_flows / (t1 - t0),
-               "peak_rss_mb": round(rss.peak / 2**20, 1), "kernel_drops": udp_queue(port)[1]}
-        log(f"collector/goflow2 {version}: {out['flows_per_s']:,.0f} flows/s decoded to /dev/null (bin), "
-            f"peak RSS {out['peak_rss_mb']} MB, kernel drops {out['kernel_drops']}")
+        out = {
+            "version": version,
+            "flows": n_flows,
+            "seconds": t1 - t0,
+            "flows_per_s": n_flows / (t1 - t0),
+            "peak_rss_mb": round(rss.peak / 2**20, 1),
+            "kernel_drops": udp_queue(port)[1],
+        }
+        log(
+            f"collector/goflow2 {version}: {out['flows_per_s']:,.0f} flows/s decoded to /dev/null (bin), "
+            f"peak RSS {out['peak_rss_mb']} MB, kernel drops {out['kernel_drops']}"
+        )
         return out
     finally:
         proc.terminate()
@@ -253,6 +322,7 @@ def _free_udp_port() -> int:
 def decoder_only(datagrams: list[bytes], n_flows: int) -> dict[str, Any]:
     """The pure decoder in this process (no socket, no pipeline): its share of the cost."""
     from server.sources import Decoder
+
     dec = Decoder()
     t0 = time.perf_counter()
     got = 0
@@ -267,26 +337,39 @@ def render(res: dict[str, Any]) -> str:
     f, g, i, d = res["flowlog"], res.get("goflow2", {}), res["flowlog"].get("ingest", {}), res["decoder"]
     floor_ok = f["flows_per_s"] >= 100_000
     goal = i.get("acked_rps")
-    lines = [MARK_BEGIN, "", f"### Collector: IPFIX from loopback datagrams to durable records ({res['started']})", "",
-             f"Command: `{res['command']}`  ",
-             f"Machine: {res['machine']['nproc']} CPUs ({res['machine']['cpu_model']}), "
-             f"load average at start {res['machine']['loadavg_at_start']}; {f['flows']:,} flows in "
-             f"{(f['flows'] + FLOWS_PER_DATAGRAM - 1) // FLOWS_PER_DATAGRAM:,} datagrams of {FLOWS_PER_DATAGRAM} "
-             "IPv4 flows, each flow one record; everything below measured in this one run.", "",
-             "| what | flows/s | peak RSS | notes |", "|---|---|---|---|",
-             f"| flowlog collector: datagram -> decoded -> attributed -> Ingest checks -> spooled (durable) | "
-             f"{f['flows_per_s']:,.0f} | {f['peak_rss_mb']} MB (whole server) | "
-             f"{f['server_cpu_us_per_flow']:.1f} µs server CPU per flow; kernel drops {f['kernel_drops']}; "
-             f"floor 100,000 flows/s: {'PASS' if floor_ok else 'MISS'} |"]
+    lines = [
+        MARK_BEGIN,
+        "",
+        f"### Collector: IPFIX from loopback datagrams to durable records ({res['started']})",
+        "",
+        f"Command: `{res['command']}`  ",
+        f"Machine: {res['machine']['nproc']} CPUs ({res['machine']['cpu_model']}), "
+        f"load average at start {res['machine']['loadavg_at_start']}; {f['flows']:,} flows in "
+        f"{(f['flows'] + FLOWS_PER_DATAGRAM - 1) // FLOWS_PER_DATAGRAM:,} datagrams of {FLOWS_PER_DATAGRAM} "
+        "IPv4 flows, each flow one record; everything below measured in this one run.",
+        "",
+        "| what | flows/s | peak RSS | notes |",
+        "|---|---|---|---|",
+        f"| flowlog collector: datagram -> decoded -> attributed -> Ingest checks -> spooled (durable) | "
+        f"{f['flows_per_s']:,.0f} | {f['peak_rss_mb']} MB (whole server) | "
+        f"{f['server_cpu_us_per_flow']:.1f} µs server CPU per flow; kernel drops {f['kernel_drops']}; "
+        f"floor 100,000 flows/s: {'PASS' if floor_ok else 'MISS'} |",
+    ]
     if goal:
-        lines.append(f"| gRPC Ingest into the same server (the pipeline's own rate: the goal) | {goal:,.0f} records/s "
-                     f"| - | collector at {f['flows_per_s'] / goal * 100:.0f}% of it |")
+        lines.append(
+            f"| gRPC Ingest into the same server (the pipeline's own rate: the goal) | {goal:,.0f} records/s "
+            f"| - | collector at {f['flows_per_s'] / goal * 100:.0f}% of it |"
+        )
     if g:
-        lines.append(f"| goflow2 {g['version']} decoding the same datagrams to /dev/null (protobuf, -format bin) "
-                     f"| {g['flows_per_s']:,.0f} "
-                     f"| {g['peak_rss_mb']} MB | reference decoder, no storage; kernel drops {g['kernel_drops']} |")
-    lines.append(f"| flowlog's decoder alone, in process (server/sources) | {d['flows_per_s']:,.0f} | - | "
-                 f"{d['us_per_flow']:.2f} µs per flow |")
+        lines.append(
+            f"| goflow2 {g['version']} decoding the same datagrams to /dev/null (protobuf, -format bin) "
+            f"| {g['flows_per_s']:,.0f} "
+            f"| {g['peak_rss_mb']} MB | reference decoder, no storage; kernel drops {g['kernel_drops']} |"
+        )
+    lines.append(
+        f"| flowlog's decoder alone, in process (server/sources) | {d['flows_per_s']:,.0f} | - | "
+        f"{d['us_per_flow']:.2f} µs per flow |"
+    )
     lines += ["", MARK_END]
     return "\n".join(lines)
 
@@ -303,11 +386,16 @@ def write_results_md(section: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.collector", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.collector", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--flows", type=int, default=1_000_000)
-    p.add_argument("--ingest-records", type=int, default=None, help="records of the gRPC Ingest baseline "
-                   "(default: as many as --flows; 0 = skip)")
+    p.add_argument(
+        "--ingest-records",
+        type=int,
+        default=None,
+        help="records of the gRPC Ingest baseline (default: as many as --flows; 0 = skip)",
+    )
     p.add_argument("--quick", action="store_true", help="100,000 flows")
     p.add_argument("--no-goflow2", action="store_true")
     p.add_argument("--write-results-md", action="store_true")
@@ -316,8 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     n -= n % FLOWS_PER_DATAGRAM
     ingest_n = n if a.ingest_records is None else a.ingest_records
     n_warm = 30_000
-    res: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine(),
-                           "command": ".venv/bin/python -m bench.collector " + " ".join(argv or sys.argv[1:])}
+    res: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "command": ".venv/bin/python -m bench.collector " + " ".join(argv or sys.argv[1:]),
+    }
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         res["commit"] = commit.stdout.strip()

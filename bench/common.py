@@ -3,6 +3,7 @@
 Nothing here imports the server's packages at module level, so the client worker processes
 (bench.workers) start quickly and stay small.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,10 @@ REGION = "bj"
 PROJECT = "bench"
 MD = (("authorization", f"Bearer {API_KEY}"),)
 # Bigger than any message the benchmark moves (a 100k-record query batch is ~15 MB at most).
-GRPC_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024),
-                ("grpc.max_send_message_length", 256 * 1024 * 1024)]
+GRPC_OPTIONS = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+    ("grpc.max_send_message_length", 256 * 1024 * 1024),
+]
 
 
 def log(msg: str) -> None:
@@ -36,6 +39,7 @@ def log(msg: str) -> None:
 
 
 # -- numbers ------------------------------------------------------------------------------------
+
 
 def pct(values: list[float], p: float) -> float:
     """The p-th percentile (nearest rank, p in 0..100) of values; nan when empty."""
@@ -52,6 +56,7 @@ def median(values: list[float]) -> float:
 
 # -- machine ------------------------------------------------------------------------------------
 
+
 def machine() -> dict[str, Any]:
     cpu = ""
     try:
@@ -67,8 +72,14 @@ def machine() -> dict[str, Any]:
     except (OSError, subprocess.SubprocessError):
         pass
     load = os.getloadavg()
-    return {"nproc": os.cpu_count(), "cpu_model": cpu, "free_g": free, "python": platform.python_version(),
-            "platform": platform.platform(), "loadavg_at_start": [round(x, 2) for x in load]}
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "free_g": free,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": [round(x, 2) for x in load],
+    }
 
 
 def dir_bytes(path: Path) -> int:
@@ -84,12 +95,14 @@ def dir_bytes(path: Path) -> int:
 
 # -- peak RSS of a process ----------------------------------------------------------------------
 
+
 class RssSampler:
     """Samples a process's resident set size every `interval` seconds in a thread; `peak` is the
     highest value seen since the last reset(). psutil reads /proc/<pid>/statm: cheap."""
 
     def __init__(self, pid: int, interval: float = 0.05) -> None:
         import psutil
+
         self._proc = psutil.Process(pid)
         self._interval = interval
         self._stop = threading.Event()
@@ -118,6 +131,7 @@ class RssSampler:
 
 
 # -- a flowlog-server process --------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -164,9 +178,14 @@ def start_server(workdir: Path, settings: dict, *, data_dir: Path | None = None,
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     data_dir = data_dir or workdir / "data"
-    cfg: dict[str, Any] = {"listen": f"127.0.0.1:{port}", "data_dir": str(data_dir), "demo": True,
-                           "api_keys": {API_KEY: ACCOUNT}, "log_level": "WARNING",
-                           "generator": {"enabled": False}}
+    cfg: dict[str, Any] = {
+        "listen": f"127.0.0.1:{port}",
+        "data_dir": str(data_dir),
+        "demo": True,
+        "api_keys": {API_KEY: ACCOUNT},
+        "log_level": "WARNING",
+        "generator": {"enabled": False},
+    }
     for k, v in settings.items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict):
             cfg[k] = {**cfg[k], **v}
@@ -176,9 +195,14 @@ def start_server(workdir: Path, settings: dict, *, data_dir: Path | None = None,
     config_path.write_text(yaml.safe_dump(cfg))
     log_path = workdir / f"server-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLOG_")}
-    proc = subprocess.Popen([sys.executable, "-m", "server.main", "--config", str(config_path)], cwd=ROOT,
-                            env=env, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.main", "--config", str(config_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     srv = Server(proc, f"127.0.0.1:{port}", data_dir, log_path, settings=cfg)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -199,10 +223,12 @@ def start_server(workdir: Path, settings: dict, *, data_dir: Path | None = None,
 
 # -- real Elasticsearch / S3 ---------------------------------------------------------------------
 
+
 def services_module():
     if str(SCRIPTS) not in sys.path:
         sys.path.insert(0, str(SCRIPTS))
     import flowlog_services
+
     return flowlog_services
 
 
@@ -240,13 +266,24 @@ def server_settings(backend: str, services: Services, **extra: Any) -> dict:
         s: dict[str, Any] = {"query_backend": "embedded", "archive_backend": "embedded"}
     elif backend == "elasticsearch":
         info = services.get("es")
-        s = {"query_backend": "elasticsearch", "archive_backend": "none",
-             "elasticsearch": {"url": info["url"], "index_prefix": "flowlog"}}
+        s = {
+            "query_backend": "elasticsearch",
+            "archive_backend": "none",
+            "elasticsearch": {"url": info["url"], "index_prefix": "flowlog"},
+        }
     elif backend == "s3":
         info = services.get("s3")
-        s = {"query_backend": "embedded", "archive_backend": "minio",
-             "minio": {"endpoint": info["endpoint"], "access_key": info["access_key"],
-                       "secret_key": info["secret_key"], "bucket": "flowlog-bench", "region": info["region"]}}
+        s = {
+            "query_backend": "embedded",
+            "archive_backend": "minio",
+            "minio": {
+                "endpoint": info["endpoint"],
+                "access_key": info["access_key"],
+                "secret_key": info["secret_key"],
+                "bucket": "flowlog-bench",
+                "region": info["region"],
+            },
+        }
     else:
         raise ValueError(backend)
     for k, v in extra.items():
@@ -274,8 +311,19 @@ class pyspy:
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         if out and Path(exe).exists():
             Path(out).mkdir(parents=True, exist_ok=True)
-            cmd = [exe, "record", "-p", str(self.pid), "-f", "raw", "-r", "200", "--threads",
-                   "-o", str(Path(out) / f"{self.name}.txt")]
+            cmd = [
+                exe,
+                "record",
+                "-p",
+                str(self.pid),
+                "-f",
+                "raw",
+                "-r",
+                "200",
+                "--threads",
+                "-o",
+                str(Path(out) / f"{self.name}.txt"),
+            ]
             if os.environ.get("BENCH_PYSPY_GIL") == "1":
                 cmd.append("--gil")
             self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -9,6 +9,7 @@ no HTTP, JSON and drawing on top. Target (issue 18): the page renders within 1 s
 
 Prints the figures and writes bench/results/console-<time>.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,16 @@ from pathlib import Path
 from bench.common import API_KEY, MD, PROJECT, REGION, free_port, log, machine, median, rmtree, start_server
 
 TARGET_S = 1.0
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 INTERVALS = [10, 30, 60, 300, 600, 1800, 3600, 10800, 21600, 43200, 86400]  # app.js pickInterval
 
 
@@ -38,19 +47,33 @@ def page_requests(log_store: str, lo_ms: int, hi_ms: int) -> list[dict]:
         {**scope, "group_by": ["action"], "interval_s": interval, "metrics": [m], "limit": 10},
         {**scope, "group_by": ["src_addr"], "metrics": [m, "count"], "limit": 10},
         {**scope, "group_by": ["dst_addr"], "metrics": [m, "count"], "limit": 10},
-        {**scope, "filter": "action = REJECT", "group_by": ["rule_kind", "rule_id"], "metrics": ["count", m],
-         "limit": 10},
-        {**scope, "group_by": ["src_addr"],
-         "metrics": ["count_distinct(dst_port)", "count_distinct(dst_addr)", "count"],
-         "order_by": "-count_distinct(dst_port)", "limit": 10},
-        {**scope, "filter": "NOT protocol IN (tcp, udp, icmp, icmpv6)",
-         "group_by": ["protocol", "src_addr", "dst_addr"],
-         "metrics": ["count", m], "limit": 20},
+        {
+            **scope,
+            "filter": "action = REJECT",
+            "group_by": ["rule_kind", "rule_id"],
+            "metrics": ["count", m],
+            "limit": 10,
+        },
+        {
+            **scope,
+            "group_by": ["src_addr"],
+            "metrics": ["count_distinct(dst_port)", "count_distinct(dst_addr)", "count"],
+            "order_by": "-count_distinct(dst_port)",
+            "limit": 10,
+        },
+        {
+            **scope,
+            "filter": "NOT protocol IN (tcp, udp, icmp, icmpv6)",
+            "group_by": ["protocol", "src_addr", "dst_addr"],
+            "metrics": ["count", m],
+            "limit": 20,
+        },
     ]
 
 
-def grpc_baseline(address: str, reqs: list[dict], lo_ms: int, hi_ms: int, reps: int,
-                  each: list | None = None) -> list[float]:
+def grpc_baseline(
+    address: str, reqs: list[dict], lo_ms: int, hi_ms: int, reps: int, each: list | None = None
+) -> list[float]:
     import grpc
     from google.protobuf import duration_pb2, timestamp_pb2
 
@@ -59,11 +82,15 @@ def grpc_baseline(address: str, reqs: list[dict], lo_ms: int, hi_ms: int, reps: 
     def build(d: dict):
         d = dict(d)
         interval = d.pop("interval_s", 0)
-        req = query_pb2.AggregateRequest(**d, start_time=timestamp_pb2.Timestamp(seconds=lo_ms // 1000),
-                                         end_time=timestamp_pb2.Timestamp(seconds=hi_ms // 1000 + 1))
+        req = query_pb2.AggregateRequest(
+            **d,
+            start_time=timestamp_pb2.Timestamp(seconds=lo_ms // 1000),
+            end_time=timestamp_pb2.Timestamp(seconds=hi_ms // 1000 + 1),
+        )
         if interval:
             req.interval.CopyFrom(duration_pb2.Duration(seconds=interval))
         return req
+
     built = [build(r) for r in reqs]
     out = []
     with grpc.insecure_channel(address) as ch, ThreadPoolExecutor(len(built)) as pool:
@@ -75,6 +102,7 @@ def grpc_baseline(address: str, reqs: list[dict], lo_ms: int, hi_ms: int, reps: 
             except grpc.RpcError as e:  # e.g. rule fields a build does not have: the page shows the error too
                 if e.code() != grpc.StatusCode.INVALID_ARGUMENT:
                     raise
+
         for _ in range(reps):
             t0 = time.perf_counter()
             list(pool.map(one, built))
@@ -87,19 +115,24 @@ def grpc_baseline(address: str, reqs: list[dict], lo_ms: int, hi_ms: int, reps: 
     return out
 
 
-def browser_runs(base: str, log_store: str, lo_ms: int, hi_ms: int, reps: int,
-                 screenshot: str | None = None) -> list[tuple[float, float]]:
+def browser_runs(
+    base: str, log_store: str, lo_ms: int, hi_ms: int, reps: int, screenshot: str | None = None
+) -> list[tuple[float, float]]:
     """(seconds from navigation to every panel drawn, the page's own render time) per run."""
     from playwright.sync_api import sync_playwright
 
     def iso(ms: int) -> str:
         return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    url = (f"{base}/#/analysis?region={REGION}&project={PROJECT}&stores={log_store}&from={iso(lo_ms)}"
-           f"&to={iso(hi_ms + 1000)}&metric=bytes")
+
+    url = (
+        f"{base}/#/analysis?region={REGION}&project={PROJECT}&stores={log_store}&from={iso(lo_ms)}"
+        f"&to={iso(hi_ms + 1000)}&metric=bytes"
+    )
     out = []
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=os.environ.get("FLOWLOG_CHROMIUM", "/usr/bin/chromium"),
-                                    args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(
+            executable_path=os.environ.get("FLOWLOG_CHROMIUM", "/usr/bin/chromium"), args=CHROMIUM_ARGS
+        )
         ctx = browser.new_context(viewport={"width": 1400, "height": 900})
         ctx.add_init_script(f"sessionStorage.setItem('flowlog.apiKey', {json.dumps(API_KEY)})")
         page = ctx.new_page()
@@ -123,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench import dataset
     from bench.query import build_embedded
 
-    ap = argparse.ArgumentParser(prog="python -m bench.console", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.console", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--records", type=int, default=1_000_000)
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--workdir", default=None)
@@ -138,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         total, lo, hi = build_embedded(data / "records.duckdb", log_store, a.records, wd)
         http_port = free_port()
-        srv = start_server(wd, {"query_backend": "embedded", "archive_backend": "none",
-                                "http": {"listen": f"127.0.0.1:{http_port}"}}, data_dir=data)
+        srv = start_server(
+            wd,
+            {"query_backend": "embedded", "archive_backend": "none", "http": {"listen": f"127.0.0.1:{http_port}"}},
+            data_dir=data,
+        )
         dataset.create_log_store(srv.address, log_store)
         reqs = page_requests(log_store, lo, hi)
         grpc_baseline(srv.address, reqs, lo, hi, 1)  # warm DuckDB's caches for both sides alike
@@ -152,17 +189,26 @@ def main(argv: list[str] | None = None) -> int:
         if not a.workdir:
             rmtree(wd)
     page = [t for t, _ in runs]
-    res = {"records": total, "span_h": round((hi - lo) / 3_600_000, 2), "reps": a.reps,
-           "page_s": {"p50": median(page), "max": max(page)},
-           "page_render_s": {"p50": median([r for _, r in runs])},
-           "grpc_baseline_s": {"p50": median(base_runs), "max": max(base_runs)},
-           "grpc_each_alone_s": dict(zip(["timeline", "talkers", "destinations", "rejected_by_rule", "scanners",
-                                          "uncommon_protocols"], each)),
-           "target_s": TARGET_S, "pass": median(page) < TARGET_S, "machine": machine()}
-    log(f"analysis page over {total:,} records ({res['span_h']} h): p50 {median(page) * 1000:.0f} ms, "
+    res = {
+        "records": total,
+        "span_h": round((hi - lo) / 3_600_000, 2),
+        "reps": a.reps,
+        "page_s": {"p50": median(page), "max": max(page)},
+        "page_render_s": {"p50": median([r for _, r in runs])},
+        "grpc_baseline_s": {"p50": median(base_runs), "max": max(base_runs)},
+        "grpc_each_alone_s": dict(
+            zip(["timeline", "talkers", "destinations", "rejected_by_rule", "scanners", "uncommon_protocols"], each)
+        ),
+        "target_s": TARGET_S,
+        "pass": median(page) < TARGET_S,
+        "machine": machine(),
+    }
+    log(
+        f"analysis page over {total:,} records ({res['span_h']} h): p50 {median(page) * 1000:.0f} ms, "
         f"max {max(page) * 1000:.0f} ms (render in page p50 {res['page_render_s']['p50'] * 1000:.0f} ms); "
         f"the same 6 Aggregate calls over gRPC p50 {median(base_runs) * 1000:.0f} ms; target < 1 s: "
-        f"{'PASS' if res['pass'] else 'MISS'}")
+        f"{'PASS' if res['pass'] else 'MISS'}"
+    )
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     path = out / f"console-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"

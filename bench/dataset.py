@@ -5,6 +5,7 @@ intensity, records ordered by time. Deterministic for a seed.
 Also: the flow logs and LogStores the benchmark creates through the gRPC API, and the collector
 messages (IngestRequest, serialised once, before anything is timed).
 """
+
 from __future__ import annotations
 
 import struct
@@ -22,6 +23,7 @@ SEED = 20251125
 
 def bj_resources():
     from server.demo import demo_resources
+
     return [r for r in demo_resources() if r.region == REGION]
 
 
@@ -29,11 +31,27 @@ def local_flow_logs(log_store: str, n: int | None = None, region_mix: bool = Fal
     """(FlowLog, Resource) pairs built locally (for in-process phases: no server needed)."""
     from server.core.model import FlowLog, TrafficType
     from server.demo import demo_resources
+
     res = demo_resources() if region_mix else bj_resources()
     res = res[:n] if n else res
-    return [(FlowLog(id=f"fl-bench{i:05d}", region=r.region, name=f"bench-{i}", resource_type=r.type,
-                     resource_id=r.id, network_id=r.network_id, traffic_type=TrafficType.ALL, project=PROJECT,
-                     log_store=log_store, account_id=ACCOUNT), r) for i, r in enumerate(res)]
+    return [
+        (
+            FlowLog(
+                id=f"fl-bench{i:05d}",
+                region=r.region,
+                name=f"bench-{i}",
+                resource_type=r.type,
+                resource_id=r.id,
+                network_id=r.network_id,
+                traffic_type=TrafficType.ALL,
+                project=PROJECT,
+                log_store=log_store,
+                account_id=ACCOUNT,
+            ),
+            r,
+        )
+        for i, r in enumerate(res)
+    ]
 
 
 def create_flow_logs(address: str, log_store: str, count: int = 8):
@@ -49,8 +67,13 @@ def create_flow_logs(address: str, log_store: str, count: int = 8):
         stub = flow_log_pb2_grpc.FlowLogServiceStub(ch)
         for i, r in enumerate(bj_resources()[:count]):
             req = flow_log_pb2.CreateFlowLogRequest(
-                region=REGION, name=f"{log_store}-{i}", resource_type=int(r.type), resource_id=r.id,
-                network_id=r.network_id, traffic_type=int(TrafficType.ALL))
+                region=REGION,
+                name=f"{log_store}-{i}",
+                resource_type=int(r.type),
+                resource_id=r.id,
+                network_id=r.network_id,
+                traffic_type=int(TrafficType.ALL),
+            )
             if i == 0:
                 req.new_log_store.project = PROJECT
                 req.new_log_store.name = log_store
@@ -59,10 +82,23 @@ def create_flow_logs(address: str, log_store: str, count: int = 8):
                 req.existing_log_store.project = PROJECT
                 req.existing_log_store.name = log_store
             fl = stub.CreateFlowLog(req, metadata=MD)
-            out.append((FlowLog(id=fl.id, region=fl.region, name=fl.name, resource_type=ResourceType(fl.resource_type),
-                                resource_id=fl.resource_id, network_id=fl.network_id,
-                                traffic_type=TrafficType(fl.traffic_type), project=fl.destination.project,
-                                log_store=fl.destination.log_store, account_id=ACCOUNT), r))
+            out.append(
+                (
+                    FlowLog(
+                        id=fl.id,
+                        region=fl.region,
+                        name=fl.name,
+                        resource_type=ResourceType(fl.resource_type),
+                        resource_id=fl.resource_id,
+                        network_id=fl.network_id,
+                        traffic_type=TrafficType(fl.traffic_type),
+                        project=fl.destination.project,
+                        log_store=fl.destination.log_store,
+                        account_id=ACCOUNT,
+                    ),
+                    r,
+                )
+            )
     return out
 
 
@@ -70,15 +106,20 @@ def create_log_store(address: str, name: str) -> None:
     import grpc
 
     from flowlog.v1 import log_store_pb2, log_store_pb2_grpc
+
     with grpc.insecure_channel(address) as ch:
-        log_store_pb2_grpc.LogStoreServiceStub(ch).CreateLogStore(log_store_pb2.CreateLogStoreRequest(
-            log_store=log_store_pb2.LogStore(region=REGION, project=PROJECT, name=name, retention_days=3650)),
-            metadata=MD)
+        log_store_pb2_grpc.LogStoreServiceStub(ch).CreateLogStore(
+            log_store_pb2.CreateLogStoreRequest(
+                log_store=log_store_pb2.LogStore(region=REGION, project=PROJECT, name=name, retention_days=3650)
+            ),
+            metadata=MD,
+        )
 
 
 def windows(flow_logs, start_ms: int, seed: int = SEED, intensity: float = INTENSITY) -> Iterator[list]:
     """The records of consecutive windows (all flow logs per window), forever."""
     from server.core.generator import generate_window
+
     w = start_ms - start_ms % WINDOW_MS
     while True:
         out = []
@@ -114,20 +155,31 @@ def take(flow_logs, n: int, start_ms: int, seed: int = SEED) -> list:
 
 def chunks(records: Sequence, size: int) -> Iterator[Sequence]:
     for i in range(0, len(records), size):
-        yield records[i:i + size]
+        yield records[i : i + size]
 
 
 # -- collector messages ---------------------------------------------------------------------------
+
 
 def _pb_record(r, ts_cls, rec_cls):
     s, e = r.start_time, r.end_time
     # What a collector sends: no record_id (the server computes it), no identity fields (they
     # come from the flow log).
-    return rec_cls(src_addr=r.src_addr, dst_addr=r.dst_addr, src_port=r.src_port, dst_port=r.dst_port,
-                   protocol=r.protocol, packets=r.packets, bytes=r.bytes,
-                   start_time=ts_cls(seconds=s // 1000, nanos=(s % 1000) * 1_000_000),
-                   end_time=ts_cls(seconds=e // 1000, nanos=(e % 1000) * 1_000_000),
-                   action=r.action, log_status=r.log_status, direction=r.direction, tcp_flags=r.tcp_flags)
+    return rec_cls(
+        src_addr=r.src_addr,
+        dst_addr=r.dst_addr,
+        src_port=r.src_port,
+        dst_port=r.dst_port,
+        protocol=r.protocol,
+        packets=r.packets,
+        bytes=r.bytes,
+        start_time=ts_cls(seconds=s // 1000, nanos=(s % 1000) * 1_000_000),
+        end_time=ts_cls(seconds=e // 1000, nanos=(e % 1000) * 1_000_000),
+        action=r.action,
+        log_status=r.log_status,
+        direction=r.direction,
+        tcp_flags=r.tcp_flags,
+    )
 
 
 def ingest_messages(records: Iterable, batch: int = 1000) -> list[bytes]:
@@ -136,6 +188,7 @@ def ingest_messages(records: Iterable, batch: int = 1000) -> list[bytes]:
     from google.protobuf.timestamp_pb2 import Timestamp
 
     from flowlog.v1 import ingest_pb2, record_pb2
+
     rec_cls = record_pb2.FlowRecord
     pending: dict[str, list] = {}
     out: list[bytes] = []
@@ -164,7 +217,7 @@ def read_frames(path: Path) -> list[bytes]:
     i = 0
     while i < len(data):
         (n,) = struct.unpack_from("<I", data, i)
-        out.append(data[i + 4:i + 4 + n])
+        out.append(data[i + 4 : i + 4 + n])
         i += 4 + n
     return out
 
@@ -177,8 +230,12 @@ def retag(records: Sequence, log_store: str) -> list:
 def restamp(flow_log, records: Sequence):
     """Records with the flow log's identity fields (what the server derives on Ingest)."""
     fl = flow_log
-    return [r._replace(account_id=fl.account_id, flow_log_id=fl.id, region=fl.region, project=fl.project,
-                       log_store=fl.log_store) for r in records]
+    return [
+        r._replace(
+            account_id=fl.account_id, flow_log_id=fl.id, region=fl.region, project=fl.project, log_store=fl.log_store
+        )
+        for r in records
+    ]
 
 
 __all__ = ["create_flow_logs", "create_log_store", "local_flow_logs", "take", "ingest_messages", "replace"]

@@ -6,6 +6,7 @@ windows generated without storing them.
 The loop is driven with a clock that advances one window per tick, so every tick generates one
 window for every flow log (what the server does once per window_seconds, here back to back).
 """
+
 from __future__ import annotations
 
 import time
@@ -20,9 +21,16 @@ WINDOW_S = 60.0
 
 def _loop(flow_logs, sink, intensity: float, start_ms: int):
     from server.generator_loop import GeneratorLoop
+
     clock = {"now": start_ms}
-    loop = GeneratorLoop(lambda: flow_logs, sink, window_seconds=WINDOW_S, seed=dataset.SEED, intensity=intensity,
-                         clock=lambda: clock["now"])
+    loop = GeneratorLoop(
+        lambda: flow_logs,
+        sink,
+        window_seconds=WINDOW_S,
+        seed=dataset.SEED,
+        intensity=intensity,
+        clock=lambda: clock["now"],
+    )
     return loop, clock
 
 
@@ -46,8 +54,10 @@ def run(n_records: int, repeats: int, workdir: Path, n_flow_logs: int = 10, inte
     try:
         from server.main import configure_gc
     except ImportError:  # a server version without it: CPython's defaults
+
         def configure_gc() -> None:
             pass
+
     log(f"generator: {n_flow_logs} flow logs x intensity {intensity}, {n_records:,} records x {repeats}")
     # This phase runs the server's pipeline in this process: with the server's GC settings.
     saved = gc.get_threshold()
@@ -74,17 +84,20 @@ def _run(n_records: int, repeats: int, workdir: Path, n_flow_logs: int, intensit
 
         def count(batch) -> None:
             produced["n"] += len(batch)
+
         n_base, dt_base = _drive(flow_logs, count, intensity, n_records, start)
         # Generation + durable spool + embedded store (+ local archive), until searchable.
         d = workdir / f"gen-{i}"
         store = EmbeddedRecordStore(d / "records.duckdb", memory_limit="1GB")
-        pipe = Pipeline(d, store, Archive(LocalObjectStore(d / "archive")), cursor_secret=b"x" * 32,
-                        archive_max_age_s=2.0)
+        pipe = Pipeline(
+            d, store, Archive(LocalObjectStore(d / "archive")), cursor_secret=b"x" * 32, archive_max_age_s=2.0
+        )
         pipe.start()
         last = {"seq": 0}
 
         def sink(batch) -> None:
             last["seq"] = pipe.submit(batch)
+
         try:
             t0 = time.monotonic()
             n, _ = _drive(flow_logs, sink, intensity, n_records, start + 7 * 86_400_000)
@@ -97,10 +110,16 @@ def _run(n_records: int, repeats: int, workdir: Path, n_flow_logs: int, intensit
             rmtree(d)
         r = {"baseline_rps": n_base / dt_base, "pipeline_rps": n / dt, "records": n}
         r["ratio"] = r["pipeline_rps"] / r["baseline_rps"]
-        log(f"generator run {i + 1}: generate+store {r['pipeline_rps']:,.0f} rec/s, generate only "
-            f"{r['baseline_rps']:,.0f} rec/s, ratio {r['ratio']:.2f}")
+        log(
+            f"generator run {i + 1}: generate+store {r['pipeline_rps']:,.0f} rec/s, generate only "
+            f"{r['baseline_rps']:,.0f} rec/s, ratio {r['ratio']:.2f}"
+        )
         runs.append(r)
-    return {"flow_logs": n_flow_logs, "intensity": intensity, "runs": runs,
-            "pipeline_rps": median([r["pipeline_rps"] for r in runs]),
-            "baseline_rps": median([r["baseline_rps"] for r in runs]),
-            "ratio": median([r["ratio"] for r in runs])}
+    return {
+        "flow_logs": n_flow_logs,
+        "intensity": intensity,
+        "runs": runs,
+        "pipeline_rps": median([r["pipeline_rps"] for r in runs]),
+        "baseline_rps": median([r["baseline_rps"] for r in runs]),
+        "ratio": median([r["ratio"] for r in runs]),
+    }

@@ -11,6 +11,7 @@ Peak RSS: the client process (its rusage, exact) and the server (sampled every 5
 `python -m bench.import_aws --lines 200000` runs it alone; `python -m bench --only import` runs it
 as a phase of the suite (with --records lines).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,13 +28,15 @@ from typing import Any
 
 from bench.common import API_KEY, REGION, ROOT, log, machine, rmtree, start_server
 
-HEADER = ("version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action "
-          "log-status")
+HEADER = (
+    "version account-id interface-id srcaddr dstaddr srcport dstport protocol packets bytes start end action log-status"
+)
 RESOURCE_CIDR = "10.0.0.0/16"
 
 
-def write_flow_log_file(path: Path, lines: int, *, seed: int = 17, end_s: int | None = None,
-                        direction: bool = False) -> int:
+def write_flow_log_file(
+    path: Path, lines: int, *, seed: int = 17, end_s: int | None = None, direction: bool = False
+) -> int:
     """A gzip file of `lines` AWS v2 lines (plus the header), 1-minute windows over the hour
     before `end_s`: hosts of 10.0.0.0/16 talking to a few thousand peers, ~8% REJECT, a NODATA
     line now and then. Returns the number of data lines (= records the import should store).
@@ -42,8 +45,10 @@ def write_flow_log_file(path: Path, lines: int, *, seed: int = 17, end_s: int | 
     end_s = end_s or int(time.time()) - 120
     start_s = end_s - 3600
     hosts = [f"10.0.{i // 250}.{i % 250 + 1}" for i in range(500)]
-    peers = [f"{rnd.choice((52, 54, 198, 203))}.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(1, 255)}"
-             for _ in range(5000)]
+    peers = [
+        f"{rnd.choice((52, 54, 198, 203))}.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(1, 255)}"
+        for _ in range(5000)
+    ]
     services = [(6, 443), (6, 80), (6, 22), (17, 53), (6, 3389), (17, 123), (1, 0)]
     header = HEADER + (" flow-direction" if direction else "")
     with gzip.open(path, "wt", compresslevel=6) as f:
@@ -66,8 +71,10 @@ def write_flow_log_file(path: Path, lines: int, *, seed: int = 17, end_s: int | 
                 nbytes = packets * (40 + rnd.randrange(1400))
                 action = "REJECT" if rnd.random() < 0.08 else "ACCEPT"
                 first = window + rnd.randrange(50)
-                row = (f"2 123456789012 eni-0a1b2c3d4e5f67890 {src} {dst} {sport} {dport} {proto} {packets} {nbytes} "
-                       f"{first} {window + 60} {action} OK")
+                row = (
+                    f"2 123456789012 eni-0a1b2c3d4e5f67890 {src} {dst} {sport} {dport} {proto} {packets} {nbytes} "
+                    f"{first} {window + 60} {action} OK"
+                )
                 out.append(row + ((" ingress" if inbound else " egress") if direction else ""))
             if len(out) >= 10_000:
                 f.write("\n".join(out) + "\n")
@@ -105,8 +112,14 @@ def _count(address: str, project: str, store: str) -> int:
 
     now = time.time()
     with FlowLogClient(address, API_KEY) as c:
-        q = c.query(region=REGION, project=project, log_stores=[store], start="2000-01-01T00:00:00Z",
-                    end=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 3600)), limit=1)
+        q = c.query(
+            region=REGION,
+            project=project,
+            log_stores=[store],
+            start="2000-01-01T00:00:00Z",
+            end=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now + 3600)),
+            limit=1,
+        )
         list(q)
         return int(q.summary.matched) if q.summary is not None else -1
 
@@ -126,17 +139,40 @@ def run(lines: int, workdir: Path, *, direction: bool = False) -> dict[str, Any]
     server = start_server(workdir / "server", {"query_backend": "embedded", "archive_backend": "embedded"})
     try:
         with FlowLogClient(server.address, API_KEY) as c:
-            resource = c.register_resource(type="eip", region=REGION, network_id="vpc-bench", name="aws-import",
-                                           addresses=[RESOURCE_CIDR])
-            fl = c.create_flow_log(region=REGION, name="aws-import", resource_type="eip", resource_id=resource.id,
-                                   network_id="vpc-bench", traffic_type="all", new_log_store="bench/aws-import")
+            resource = c.register_resource(
+                type="eip", region=REGION, network_id="vpc-bench", name="aws-import", addresses=[RESOURCE_CIDR]
+            )
+            fl = c.create_flow_log(
+                region=REGION,
+                name="aws-import",
+                resource_type="eip",
+                resource_id=resource.id,
+                network_id="vpc-bench",
+                traffic_type="all",
+                new_log_store="bench/aws-import",
+            )
         assert server.rss is not None
         server.rss.reset()
         import psutil
+
         server_proc = psutil.Process(server.proc.pid)
         cpu0 = sum(server_proc.cpu_times()[:2])
-        cmd = [sys.executable, "-m", "clients.cli", "--server", server.address, "--api-key", API_KEY, "--json",
-               "import", "--flow-log", fl.id, "--format", "aws", str(path)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "clients.cli",
+            "--server",
+            server.address,
+            "--api-key",
+            API_KEY,
+            "--json",
+            "import",
+            "--flow-log",
+            fl.id,
+            "--format",
+            "aws",
+            str(path),
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLOG_")}
         t0 = time.perf_counter()
         out_path, err_path = workdir / "import.out", workdir / "import.err"
@@ -159,15 +195,25 @@ def run(lines: int, workdir: Path, *, direction: bool = False) -> dict[str, Any]
     finally:
         server.stop()
     res = {
-        "lines": expected, "file_bytes": size, "accepted": summary["accepted"], "rejected": summary["rejected"],
-        "import_s": round(durable_s, 3), "import_rps": expected / durable_s,
-        "searchable_s": round(searchable_s, 3), "searchable_rps": expected / searchable_s,
-        "baseline_s": round(base_s, 3), "baseline_rps": base_n / base_s,
-        "parse_s": round(parse_s, 3), "parse_rps": parse_n / parse_s,
+        "lines": expected,
+        "file_bytes": size,
+        "accepted": summary["accepted"],
+        "rejected": summary["rejected"],
+        "import_s": round(durable_s, 3),
+        "import_rps": expected / durable_s,
+        "searchable_s": round(searchable_s, 3),
+        "searchable_rps": expected / searchable_s,
+        "baseline_s": round(base_s, 3),
+        "baseline_rps": base_n / base_s,
+        "parse_s": round(parse_s, 3),
+        "parse_rps": parse_n / parse_s,
         # CPU time per line: what a shared machine's load does not distort (wall rates above do).
-        "baseline_cpu_us": base_cpu / base_n * 1e6, "parse_cpu_us": parse_cpu / parse_n * 1e6,
-        "client_peak_rss_mb": usage.ru_maxrss / 1024, "client_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
-        "server_peak_rss_mb": server_peak / 2**20, "server_cpu_s": round(server_cpu, 2),
+        "baseline_cpu_us": base_cpu / base_n * 1e6,
+        "parse_cpu_us": parse_cpu / parse_n * 1e6,
+        "client_peak_rss_mb": usage.ru_maxrss / 1024,
+        "client_cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "server_peak_rss_mb": server_peak / 2**20,
+        "server_cpu_s": round(server_cpu, 2),
         "format": "v2 + flow-direction" if direction else "default v2",
     }
     res["ratio"] = res["import_rps"] / res["baseline_rps"]
@@ -180,28 +226,34 @@ def render(r: dict[str, Any]) -> list[str]:
     """The RESULTS.md section of one run."""
     lines = [
         f"## AWS import (`flowlog import --format aws`, one gzip file of {r['lines']:,} lines in AWS's "
-        f"{r['format']} format, {r['file_bytes'] / 2**20:.1f} MiB, into the embedded default)", "",
+        f"{r['format']} format, {r['file_bytes'] / 2**20:.1f} MiB, into the embedded default)",
+        "",
         "Import = the command's run from start to exit (every Ingest call answered: records durable), client in its "
         "own process; searchable = until the query backend counts every line. Baseline = gzip decode + split of the "
-        "same file in the same run; parse only = the importer's reader making FlowRecords with no server.", "",
+        "same file in the same run; parse only = the importer's reader making FlowRecords with no server.",
+        "",
         "| import rec/s | searchable rec/s | baseline decode+split lines/s | import/baseline | parse only rec/s "
         "| client peak RSS MB | client CPU s | server peak RSS MB | server CPU s | accepted / rejected |",
         "|---|---|---|---|---|---|---|---|---|---|",
         f"| {r['import_rps']:,.0f} | {r['searchable_rps']:,.0f} | {r['baseline_rps']:,.0f} | {r['ratio'] * 100:.0f}% "
         f"| {r['parse_rps']:,.0f} | {r['client_peak_rss_mb']:.0f} | {r['client_cpu_s']:.1f} "
         f"| {r['server_peak_rss_mb']:.0f} | {r.get('server_cpu_s', float('nan')):.1f} "
-        f"| {r['accepted']:,} / {r['rejected']:,} |", "",
+        f"| {r['accepted']:,} / {r['rejected']:,} |",
+        "",
         "CPU time per line (what the machine's other load does not change much): baseline decode + split "
         f"{r.get('baseline_cpu_us', float('nan')):.1f} µs, the reader alone "
         f"{r.get('parse_cpu_us', float('nan')):.1f} µs, "
         f"the import's client process {r.get('client_cpu_us', float('nan')):.1f} µs (start-up included), "
-        f"the server {r.get('server_cpu_us', float('nan')):.1f} µs.", ""]
+        f"the server {r.get('server_cpu_us', float('nan')):.1f} µs.",
+        "",
+    ]
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.import_aws", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.import_aws", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--lines", type=int, default=1_000_000, help="lines of the generated file (default 1,000,000)")
     p.add_argument("--direction", action="store_true", help="write AWS's flow-direction field too (custom format)")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir, removed at the end)")
@@ -216,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             rmtree(workdir)
     m = machine()
     print(f"# {started}: python -m bench.import_aws {' '.join(sys.argv[1:] if argv is None else argv)}")
-    print(f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, load average at start "
-          f"{m['loadavg_at_start']}\n")
+    print(
+        f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), Python {m['python']}, load average at start "
+        f"{m['loadavg_at_start']}\n"
+    )
     print("\n".join(render(r)))
     print(json.dumps(r, indent=1))
     return 0

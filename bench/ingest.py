@@ -5,6 +5,7 @@ the same records written straight to the backend with its own client, in batches
 
 Each repeat uses fresh flow logs (new record ids), so nothing is ever a duplicate write.
 """
+
 from __future__ import annotations
 
 import io
@@ -13,24 +14,42 @@ from pathlib import Path
 from typing import Any
 
 from bench import dataset
-from bench.common import (ACCOUNT, MD, PROJECT, REGION, Server, Services, log, median, pyspy, server_settings,
-                          start_server)
+from bench.common import (
+    ACCOUNT,
+    MD,
+    PROJECT,
+    REGION,
+    Server,
+    Services,
+    log,
+    median,
+    pyspy,
+    server_settings,
+    start_server,
+)
 from bench.workers import Worker
 
 STREAMS = 4  # concurrent Ingest streams from the client process
 MSGS_PER_CALL = 10  # messages (of 1,000 records) per Ingest call: the client gets an ack per 10,000
 
 
-def query_request(log_stores: list[str], start_ms: int, end_ms: int, *, filter: str = "", limit: int = 1,
-                  newest_first: bool = True):
+def query_request(
+    log_stores: list[str], start_ms: int, end_ms: int, *, filter: str = "", limit: int = 1, newest_first: bool = True
+):
     from google.protobuf.timestamp_pb2 import Timestamp
 
     from flowlog.v1 import query_pb2
+
     return query_pb2.QueryRequest(
-        region=REGION, project=PROJECT, log_stores=log_stores,
+        region=REGION,
+        project=PROJECT,
+        log_stores=log_stores,
         start_time=Timestamp(seconds=start_ms // 1000, nanos=start_ms % 1000 * 1_000_000),
-        end_time=Timestamp(seconds=end_ms // 1000, nanos=end_ms % 1000 * 1_000_000), filter=filter, limit=limit,
-        order=query_pb2.ORDER_NEWEST_FIRST if newest_first else query_pb2.ORDER_OLDEST_FIRST)
+        end_time=Timestamp(seconds=end_ms // 1000, nanos=end_ms % 1000 * 1_000_000),
+        filter=filter,
+        limit=limit,
+        order=query_pb2.ORDER_NEWEST_FIRST if newest_first else query_pb2.ORDER_OLDEST_FIRST,
+    )
 
 
 def grpc_count(address: str, log_store: str) -> int:
@@ -38,6 +57,7 @@ def grpc_count(address: str, log_store: str) -> int:
     import grpc
 
     from flowlog.v1 import query_pb2_grpc
+
     now = time.time_ns() // 1_000_000
     req = query_request([log_store], 1, now + 86_400_000, limit=1)
     with grpc.insecure_channel(address) as ch:
@@ -53,8 +73,10 @@ class ArchiveCounter:
 
     def __init__(self, s3: dict, bucket: str, log_store: str) -> None:
         from minio import Minio
-        self.client = Minio(s3["endpoint"], access_key=s3["access_key"], secret_key=s3["secret_key"],
-                            secure=False, region=s3["region"])
+
+        self.client = Minio(
+            s3["endpoint"], access_key=s3["access_key"], secret_key=s3["secret_key"], secure=False, region=s3["region"]
+        )
         self.bucket = bucket
         self.prefix = f"account={ACCOUNT}/region={REGION}/project={PROJECT}/log_store={log_store}/"
         self.rows: dict[str, int] = {}
@@ -62,6 +84,7 @@ class ArchiveCounter:
 
     def count(self) -> int:
         import pyarrow.parquet as pq
+
         if not self.client.bucket_exists(self.bucket):
             return 0
         for obj in self.client.list_objects(self.bucket, prefix=self.prefix, recursive=True):
@@ -90,9 +113,11 @@ def wait_until(fn, target: int, timeout: float, poll: float = 0.05) -> tuple[flo
 
 # -- baselines ---------------------------------------------------------------------------------------
 
+
 class EmbeddedBaseline:
     def __init__(self, path: Path) -> None:
         from backends.embedded.records import EmbeddedRecordStore
+
         self.store = EmbeddedRecordStore(path, memory_limit="1GB", checkpoint_interval_s=0)
 
     def prepare(self, records: list) -> Any:
@@ -116,6 +141,7 @@ class ElasticsearchBaseline:
     def __init__(self, es: dict) -> None:
         from backends.elasticsearch.config import ElasticsearchConfig
         from backends.elasticsearch.records import ElasticsearchRecordStore
+
         self.store = ElasticsearchRecordStore(ElasticsearchConfig(url=es["url"], index_prefix="baseline"))
         self.store.ensure_template()
 
@@ -124,6 +150,7 @@ class ElasticsearchBaseline:
 
     def run(self, actions: list) -> float:
         from elasticsearch import helpers
+
         client = self.store._client
         t0 = time.monotonic()
         ok, errors = helpers.bulk(client, actions, chunk_size=1000, raise_on_error=False, refresh=False)
@@ -149,8 +176,10 @@ class S3Baseline:
 
     def __init__(self, s3: dict) -> None:
         from minio import Minio
-        self.client = Minio(s3["endpoint"], access_key=s3["access_key"], secret_key=s3["secret_key"],
-                            secure=False, region=s3["region"])
+
+        self.client = Minio(
+            s3["endpoint"], access_key=s3["access_key"], secret_key=s3["secret_key"], secure=False, region=s3["region"]
+        )
         self.bucket = "flowlog-baseline"
         self.s3 = s3
         if not self.client.bucket_exists(self.bucket):
@@ -162,6 +191,7 @@ class S3Baseline:
 
         from server.archive import HOUR_MS, Archive, encode
         from server.core.model import LogStoreKey
+
         out = []
         self.n += 1
         for i, chunk in enumerate(dataset.chunks(records, size)):
@@ -179,8 +209,9 @@ class S3Baseline:
     def _put(self, objects: list) -> float:
         t0 = time.monotonic()
         for key, data in objects:
-            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data),
-                                   content_type="application/octet-stream")
+            self.client.put_object(
+                self.bucket, key, io.BytesIO(data), len(data), content_type="application/octet-stream"
+            )
         return time.monotonic() - t0
 
     def run(self, prepared: dict) -> float:
@@ -194,8 +225,10 @@ class S3Baseline:
         store, 50,000-record ranges), timed: what any writer of this archive format pays."""
         from backends.minio.objects import S3ObjectStore
         from server.archive import Archive
-        store = S3ObjectStore(self.s3["endpoint"], self.s3["access_key"], self.s3["secret_key"], self.bucket,
-                              region=self.s3["region"])
+
+        store = S3ObjectStore(
+            self.s3["endpoint"], self.s3["access_key"], self.s3["secret_key"], self.bucket, region=self.s3["region"]
+        )
         archive = Archive(store)
         self.n += 1
         t0 = time.monotonic()
@@ -211,10 +244,12 @@ class S3Baseline:
 
 # -- the phase ---------------------------------------------------------------------------------------
 
+
 def _es_stats(es: dict, pattern: str) -> tuple[int, int]:
     """(documents, primary store bytes) of the indices matching pattern, after a flush."""
     import json
     import urllib.request
+
     urllib.request.urlopen(urllib.request.Request(f"{es['url']}/{pattern}/_flush", method="POST"), timeout=120).read()
     data = json.loads(urllib.request.urlopen(f"{es['url']}/{pattern}/_stats/docs,store", timeout=60).read())
     p = data["_all"]["primaries"]
@@ -223,15 +258,21 @@ def _es_stats(es: dict, pattern: str) -> tuple[int, int]:
 
 def run(backend: str, n_records: int, repeats: int, services: Services, workdir: Path) -> dict[str, Any]:
     import psutil
+
     log(f"ingest/{backend}: {n_records:,} records x {repeats} repeat(s)")
-    settings = server_settings(backend, services, flow_log_quota=100,
-                               pipeline={"archive_max_age_seconds": 2.0})
+    settings = server_settings(backend, services, flow_log_quota=100, pipeline={"archive_max_age_seconds": 2.0})
     wd = workdir / f"ingest-{backend}"
     srv: Server = start_server(wd, settings)
     worker = Worker("ingest")
     baseline: Any = None
-    result: dict[str, Any] = {"backend": backend, "records": n_records, "streams": STREAMS,
-                              "records_per_message": 1000, "messages_per_call": MSGS_PER_CALL, "runs": []}
+    result: dict[str, Any] = {
+        "backend": backend,
+        "records": n_records,
+        "streams": STREAMS,
+        "records_per_message": 1000,
+        "messages_per_call": MSGS_PER_CALL,
+        "runs": [],
+    }
     try:
         s3 = services.get("s3") if backend == "s3" else None
         es = services.get("es") if backend == "elasticsearch" else None
@@ -272,16 +313,25 @@ def run(backend: str, n_records: int, repeats: int, services: Services, workdir:
             cpu = sum(proc.cpu_times()[:2]) - cpu0
             fpath.unlink()
             if r["accepted"] != n or got != n or (archived is not None and archived != n):
-                raise RuntimeError(f"ingest/{backend}: sent {n}, accepted {r['accepted']} (rejected {r['rejected']}: "
-                                   f"{r['first_rejection']}), searchable {got}, archived {archived}")
+                raise RuntimeError(
+                    f"ingest/{backend}: sent {n}, accepted {r['accepted']} (rejected {r['rejected']}: "
+                    f"{r['first_rejection']}), searchable {got}, archived {archived}"
+                )
             if not timed:
                 return None
             acks = r["acks"]
             lat = sorted(a - s for s, a, _, _ in acks)
-            run_ = {"grpc_s": t_done - r["t0"], "acked_s": r["t_acked"] - r["t0"], "baseline_s": base_s,
-                    "grpc_rps": n / (t_done - r["t0"]), "acked_rps": n / (r["t_acked"] - r["t0"]),
-                    "baseline_rps": n / base_s, "ack_latency_p50_ms": lat[len(lat) // 2] * 1000,
-                    "server_cpu_s": cpu, "peak_rss_mb": round(srv.rss.peak / 2**20, 1)}
+            run_ = {
+                "grpc_s": t_done - r["t0"],
+                "acked_s": r["t_acked"] - r["t0"],
+                "baseline_s": base_s,
+                "grpc_rps": n / (t_done - r["t0"]),
+                "acked_rps": n / (r["t_acked"] - r["t0"]),
+                "baseline_rps": n / base_s,
+                "ack_latency_p50_ms": lat[len(lat) // 2] * 1000,
+                "server_cpu_s": cpu,
+                "peak_rss_mb": round(srv.rss.peak / 2**20, 1),
+            }
             if ranges_s is not None:
                 run_["baseline_ranges_rps"] = n / ranges_s
             if base2_s is not None:
@@ -291,9 +341,11 @@ def run(backend: str, n_records: int, repeats: int, services: Services, workdir:
                 run_["archive_objects"] = len(counter.rows)
                 run_["archive_bytes"] = sum(counter.sizes.values())
             run_["ratio"] = run_["grpc_rps"] / run_["baseline_rps"]
-            log(f"ingest/{backend} {tag}: grpc {run_['grpc_rps']:,.0f} rec/s (acked {run_['acked_rps']:,.0f}), "
+            log(
+                f"ingest/{backend} {tag}: grpc {run_['grpc_rps']:,.0f} rec/s (acked {run_['acked_rps']:,.0f}), "
                 f"baseline {run_['baseline_rps']:,.0f} rec/s, ratio {run_['ratio']:.2f}, "
-                f"server cpu {cpu:.1f}s, peak rss {run_['peak_rss_mb']} MB")
+                f"server cpu {cpu:.1f}s, peak rss {run_['peak_rss_mb']} MB"
+            )
             return run_
 
         # Warm up (JIT, caches, index creation) with a small round, untimed.
@@ -316,14 +368,23 @@ def run(backend: str, n_records: int, repeats: int, services: Services, workdir:
         # Bytes on disk per million records.
         if backend == "elasticsearch":
             docs, size = _es_stats(es, "flowlog-records-*")
-            result["disk"] = {"what": "ES primary store (flowlog-records-*), after flush", "records": docs,
-                              "bytes": size, "bytes_per_record": size / max(docs, 1)}
+            result["disk"] = {
+                "what": "ES primary store (flowlog-records-*), after flush",
+                "records": docs,
+                "bytes": size,
+                "bytes_per_record": size / max(docs, 1),
+            }
         elif backend == "s3":
             counter = ArchiveCounter(s3, settings["minio"]["bucket"], "ingest1")
             counter.count()
             size, rows = sum(counter.sizes.values()), sum(counter.rows.values())
-            result["disk"] = {"what": "S3 archive objects (Parquet zstd) of one 1M LogStore", "records": rows,
-                              "bytes": size, "bytes_per_record": size / max(rows, 1), "objects": len(counter.rows)}
+            result["disk"] = {
+                "what": "S3 archive objects (Parquet zstd) of one 1M LogStore",
+                "records": rows,
+                "bytes": size,
+                "bytes_per_record": size / max(rows, 1),
+                "objects": len(counter.rows),
+            }
     finally:
         worker.close()
         if baseline is not None:
@@ -334,8 +395,13 @@ def run(backend: str, n_records: int, repeats: int, services: Services, workdir:
     if backend == "embedded":
         db = srv.data_dir / "records.duckdb"
         size = db.stat().st_size + (Path(str(db) + ".wal").stat().st_size if Path(str(db) + ".wal").exists() else 0)
-        result["disk"] = {"what": "records.duckdb after the server's closing checkpoint", "records": total,
-                          "bytes": size, "bytes_per_record": size / total}
+        result["disk"] = {
+            "what": "records.duckdb after the server's closing checkpoint",
+            "records": total,
+            "bytes": size,
+            "bytes_per_record": size / total,
+        }
     from bench.common import rmtree
+
     rmtree(wd)
     return result

@@ -7,6 +7,7 @@ same rows in batches of 1,000 and the matched count. Baseline and gRPC runs alte
 Datasets are loaded straight into the backend before the server starts (embedded) or through the
 store's own writer (Elasticsearch), then the LogStore is created through the API.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -34,12 +35,14 @@ QUERIES: dict[str, tuple[str, int, str]] = {
 
 # -- datasets ------------------------------------------------------------------------------------------
 
+
 def _gen_part(args) -> str:
     """Worker (spawned): generate windows [w0, w1) of the flow logs, write Arrow IPC to path."""
     path, log_store, start_ms, w0, w1, seed = args
     import pyarrow as pa
 
     from backends.embedded.records import _SCHEMA, _to_arrow
+
     fls = dataset.local_flow_logs(log_store)
     gen = dataset.windows(fls, start_ms + w0 * dataset.WINDOW_MS, seed)
     n = 0
@@ -66,14 +69,17 @@ def build_embedded(path: Path, log_store: str, n: int, tmp: Path) -> tuple[int, 
     import pyarrow as pa
 
     from backends.embedded.records import EmbeddedRecordStore
+
     fls = dataset.local_flow_logs(log_store)
     per = dataset.records_per_window(fls)
     n_windows = max(1, int(n / per) + 1)
     start = dataset.start_for(fls, n)
     half = n_windows // 2
     # The second part over-generates (the estimate is rough); the insert stops at exactly n.
-    parts = [(str(tmp / f"{log_store}-0.arrows"), log_store, start, 0, half, dataset.SEED),
-             (str(tmp / f"{log_store}-1.arrows"), log_store, start, half, int(n_windows * 1.3) + 2, dataset.SEED)]
+    parts = [
+        (str(tmp / f"{log_store}-0.arrows"), log_store, start, 0, half, dataset.SEED),
+        (str(tmp / f"{log_store}-1.arrows"), log_store, start, half, int(n_windows * 1.3) + 2, dataset.SEED),
+    ]
     t0 = time.monotonic()
     with mp.get_context("spawn").Pool(2) as pool:
         files = pool.map(_gen_part, parts)
@@ -95,7 +101,10 @@ def build_embedded(path: Path, log_store: str, n: int, tmp: Path) -> tuple[int, 
     lo, hi = con.execute("SELECT min(start_time), max(start_time) FROM records").fetchone()
     con.execute("CHECKPOINT")
     con.close()
-    log(f"query dataset {log_store}: {total:,} records in {time.monotonic() - t0:.0f}s ({path.stat().st_size / 2**20:.0f} MB)")
+    log(
+        f"query dataset {log_store}: {total:,} records in {time.monotonic() - t0:.0f}s "
+        f"({path.stat().st_size / 2**20:.0f} MB)"
+    )
     return total, lo, hi
 
 
@@ -104,6 +113,7 @@ def build_elasticsearch(es: dict, log_store: str, n: int) -> tuple[int, int, int
 
     from backends.elasticsearch.config import ElasticsearchConfig
     from backends.elasticsearch.records import ElasticsearchRecordStore
+
     store = ElasticsearchRecordStore(ElasticsearchConfig(url=es["url"], index_prefix=ES_PREFIX))
     store.ensure_template()
     fls = dataset.local_flow_logs(log_store)
@@ -126,6 +136,7 @@ def build_elasticsearch(es: dict, log_store: str, n: int) -> tuple[int, int, int
 
 # -- baselines -----------------------------------------------------------------------------------------
 
+
 def _range(kind: str, lo: int, hi: int) -> tuple[int, int]:
     return (hi - HOUR + 1, hi + 1) if kind == "1h" else (lo, hi + 1)
 
@@ -135,18 +146,22 @@ class DuckDBBaseline:
 
     def __init__(self, path: Path, log_store: str) -> None:
         import duckdb
+
         self.con = duckdb.connect(str(path), read_only=True, config={"memory_limit": "1GB"})
         self.log_store = log_store
-        from backends.embedded.filter_sql import ip_to_blob
         import ipaddress
+
+        from backends.embedded.filter_sql import ip_to_blob
+
         net = ipaddress.ip_network(CIDR)
         self.cidr = (ip_to_blob(str(net.network_address)), ip_to_blob(str(net.broadcast_address)))
 
     def where(self, name: str) -> tuple[str, list]:
         base = "account_id = ? AND region = ? AND project = ? AND log_store = ? AND start_time >= ? AND start_time < ?"
         if name == "cidr_reject":
-            return base + (" AND ((src_ip BETWEEN ? AND ?) OR (dst_ip BETWEEN ? AND ?)) AND action = 2"), \
-                list(self.cidr) * 2
+            return base + (" AND ((src_ip BETWEEN ? AND ?) OR (dst_ip BETWEEN ? AND ?)) AND action = 2"), list(
+                self.cidr
+            ) * 2
         if name == "bytes_gt_1m":
             return base + " AND bytes > 1000000", []
         if name == "admin_ports":
@@ -155,12 +170,16 @@ class DuckDBBaseline:
 
     def run(self, name: str, limit: int, t0: int, t1: int) -> tuple[float, float, int, int]:
         from server.core.model import RECORD_FIELDS
+
         where, extra = self.where(name)
         params = [ACCOUNT, REGION, PROJECT, self.log_store, t0, t1] + extra
         cur = self.con.cursor()
         start = time.monotonic()
-        cur.execute(f"SELECT {', '.join(RECORD_FIELDS)} FROM records WHERE {where} "
-                    f"ORDER BY start_time DESC, record_id DESC LIMIT {limit}", params)
+        cur.execute(
+            f"SELECT {', '.join(RECORD_FIELDS)} FROM records WHERE {where} "
+            f"ORDER BY start_time DESC, record_id DESC LIMIT {limit}",
+            params,
+        )
         first = None
         n = 0
         while True:
@@ -185,18 +204,24 @@ class ESBaseline:
 
     def __init__(self, es: dict, log_store: str) -> None:
         from elasticsearch import Elasticsearch
+
         self.client = Elasticsearch(es["url"], request_timeout=120)
         from backends.elasticsearch.records import log_store_base
         from server.core.model import LogStoreKey
+
         self.index = log_store_base(ES_PREFIX, ACCOUNT, LogStoreKey(REGION, PROJECT, log_store)) + "-*"
         self.log_store = log_store
 
     def query(self, name: str, t0: int, t1: int) -> dict:
-        f: list[dict] = [{"term": {"log_store": self.log_store}},
-                         {"range": {"start_time": {"gte": t0, "lt": t1, "format": "epoch_millis"}}}]
+        f: list[dict] = [
+            {"term": {"log_store": self.log_store}},
+            {"range": {"start_time": {"gte": t0, "lt": t1, "format": "epoch_millis"}}},
+        ]
         if name == "cidr_reject":
-            f += [{"bool": {"should": [{"term": {"src_addr": CIDR}}, {"term": {"dst_addr": CIDR}}]}},
-                  {"term": {"action": "REJECT"}}]
+            f += [
+                {"bool": {"should": [{"term": {"src_addr": CIDR}}, {"term": {"dst_addr": CIDR}}]}},
+                {"term": {"action": "REJECT"}},
+            ]
         elif name == "bytes_gt_1m":
             f.append({"range": {"bytes": {"gt": 1000000}}})
         elif name == "admin_ports":
@@ -218,8 +243,14 @@ class ESBaseline:
             after = None
             while n < limit:
                 kw = {"search_after": after} if after else {}
-                resp = self.client.search(pit={"id": pit, "keep_alive": "1m"}, query=q, sort=sort,
-                                          size=min(1000, limit - n), track_total_hits=False, **kw)
+                resp = self.client.search(
+                    pit={"id": pit, "keep_alive": "1m"},
+                    query=q,
+                    sort=sort,
+                    size=min(1000, limit - n),
+                    track_total_hits=False,
+                    **kw,
+                )
                 hits = resp["hits"]["hits"]
                 if first is None:
                     first = time.monotonic()
@@ -238,17 +269,25 @@ class ESBaseline:
 
 # -- the phase -------------------------------------------------------------------------------------------
 
+
 def _summarise(samples: list[tuple[float, float, int, int]]) -> dict[str, Any]:
     first = [s[0] * 1000 for s in samples]
     total = [s[1] * 1000 for s in samples]
     n = samples[0][2]
-    return {"first_p50_ms": pct(first, 50), "first_p99_ms": pct(first, 99), "total_p50_ms": pct(total, 50),
-            "total_p99_ms": pct(total, 99), "records": n, "matched": samples[0][3],
-            "records_per_s": n / (pct(total, 50) / 1000) if n else 0.0}
+    return {
+        "first_p50_ms": pct(first, 50),
+        "first_p99_ms": pct(first, 99),
+        "total_p50_ms": pct(total, 50),
+        "total_p99_ms": pct(total, 99),
+        "records": n,
+        "matched": samples[0][3],
+        "records_per_s": n / (pct(total, 50) / 1000) if n else 0.0,
+    }
 
 
-def _measure(address: str, worker: Worker, baseline, log_store: str, lo: int, hi: int, reps: int,
-             label: str) -> dict[str, Any]:
+def _measure(
+    address: str, worker: Worker, baseline, log_store: str, lo: int, hi: int, reps: int, label: str
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, (flt, limit, kind) in QUERIES.items():
         t0, t1 = _range(kind, lo, hi)
@@ -263,17 +302,22 @@ def _measure(address: str, worker: Worker, baseline, log_store: str, lo: int, hi
             g.extend(worker.call("query", address=address, request=req, reps=1))
         gs, bs = _summarise(g), _summarise(b)
         if gs["records"] != bs["records"] or gs["matched"] != bs["matched"]:
-            log(f"WARNING {label}/{name}: gRPC returned {gs['records']} / matched {gs['matched']}, baseline "
-                f"{bs['records']} / {bs['matched']}")
+            log(
+                f"WARNING {label}/{name}: gRPC returned {gs['records']} / matched {gs['matched']}, baseline "
+                f"{bs['records']} / {bs['matched']}"
+            )
         out[name] = {"filter": flt, "limit": limit, "range": kind, "reps": r, "grpc": gs, "baseline": bs}
-        log(f"query {label}/{name}: first {gs['first_p50_ms']:.1f}/{gs['first_p99_ms']:.1f} ms, total "
+        log(
+            f"query {label}/{name}: first {gs['first_p50_ms']:.1f}/{gs['first_p99_ms']:.1f} ms, total "
             f"{gs['total_p50_ms']:.1f}/{gs['total_p99_ms']:.1f} ms (p50/p99), {gs['records']} rec; baseline first "
-            f"{bs['first_p50_ms']:.1f}, total {bs['total_p50_ms']:.1f} ms")
+            f"{bs['first_p50_ms']:.1f}, total {bs['total_p50_ms']:.1f} ms"
+        )
     return out
 
 
-def _measure_server(srv, base, log_store: str, total: int, lo: int, hi: int, reps: int, label: str,
-                    wd: Path) -> dict[str, Any]:
+def _measure_server(
+    srv, base, log_store: str, total: int, lo: int, hi: int, reps: int, label: str, wd: Path
+) -> dict[str, Any]:
     """Every query against the running server and the baseline, plus the dataset's figures; then
     stops the server and removes its folder."""
     worker = Worker("query")
@@ -281,8 +325,11 @@ def _measure_server(srv, base, log_store: str, total: int, lo: int, hi: int, rep
         dataset.create_log_store(srv.address, log_store)
         srv.rss.reset()
         res = _measure(srv.address, worker, base, log_store, lo, hi, reps, label)
-        res["_dataset"] = {"records": total, "span_h": round((hi - lo) / HOUR, 2),
-                           "peak_rss_mb": round(srv.rss.peak / 2**20, 1)}
+        res["_dataset"] = {
+            "records": total,
+            "span_h": round((hi - lo) / HOUR, 2),
+            "peak_rss_mb": round(srv.rss.peak / 2**20, 1),
+        }
     finally:
         base.close()
         worker.close()
@@ -299,8 +346,9 @@ def run_embedded(n: int, reps: int, workdir: Path, label: str) -> dict[str, Any]
     total, lo, hi = build_embedded(data / "records.duckdb", log_store, n, wd)
     shutil.copy(data / "records.duckdb", wd / "baseline.duckdb")
     srv = start_server(wd, {"query_backend": "embedded", "archive_backend": "embedded"}, data_dir=data)
-    return _measure_server(srv, DuckDBBaseline(wd / "baseline.duckdb", log_store), log_store, total, lo, hi,
-                           reps, f"embedded-{label}", wd)
+    return _measure_server(
+        srv, DuckDBBaseline(wd / "baseline.duckdb", log_store), log_store, total, lo, hi, reps, f"embedded-{label}", wd
+    )
 
 
 def run_elasticsearch(n: int, reps: int, services: Services, workdir: Path, label: str) -> dict[str, Any]:
@@ -308,7 +356,12 @@ def run_elasticsearch(n: int, reps: int, services: Services, workdir: Path, labe
     log_store = f"q{label}"
     total, lo, hi = build_elasticsearch(es, log_store, n)
     wd = workdir / f"query-es-{label}"
-    srv = start_server(wd, {"query_backend": "elasticsearch", "archive_backend": "none",
-                            "elasticsearch": {"url": es["url"], "index_prefix": ES_PREFIX}})
-    return _measure_server(srv, ESBaseline(es, log_store), log_store, total, lo, hi, reps,
-                           f"elasticsearch-{label}", wd)
+    srv = start_server(
+        wd,
+        {
+            "query_backend": "elasticsearch",
+            "archive_backend": "none",
+            "elasticsearch": {"url": es["url"], "index_prefix": ES_PREFIX},
+        },
+    )
+    return _measure_server(srv, ESBaseline(es, log_store), log_store, total, lo, hi, reps, f"elasticsearch-{label}", wd)

@@ -10,17 +10,19 @@ Reference figure measured in the same run: the Ingest call's own latency (send -
 Throughput: one tail while a client ingests 100,000 records/s (4 streams, paced); the tail keeps
 up when it receives everything, without being disconnected for falling behind, at that rate.
 """
+
 from __future__ import annotations
 
 import time
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from bench import dataset
 from bench.common import PROJECT, REGION, Services, log, pct, pyspy, rmtree, server_settings, start_server
 from bench.workers import Worker
 from flowlog.v1 import query_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 
 
 def _messages(fls, n_msgs: int, base: int, per_msg: int = 1000) -> list[bytes]:
@@ -30,7 +32,7 @@ def _messages(fls, n_msgs: int, base: int, per_msg: int = 1000) -> list[bytes]:
     out = []
     for k in range(n_msgs):
         chunk = []
-        for r in recs[k * per_msg:(k + 1) * per_msg]:
+        for r in recs[k * per_msg : (k + 1) * per_msg]:
             st = base + k
             chunk.append(r._replace(start_time=st, end_time=st + (r.end_time - r.start_time)))
         out.extend(dataset.ingest_messages(chunk, batch=per_msg))
@@ -69,8 +71,13 @@ def _latencies(acks: list, events: list[list], n_msgs: int, which: int = 1) -> t
 # 1, 10 and 100 tails, then 100 tails at a tenth of it (100 tails x 20,000 records/s is 2M records/s
 # to deliver, more than these two cores can encode, send and (in the client process) parse).
 # 10 tails also share one connection once: one client multiplexing its tails (see README).
-CONFIGS: tuple[tuple[int, float, bool], ...] = ((1, 20.0, False), (10, 20.0, False), (10, 20.0, True),
-                                                (100, 20.0, False), (100, 2.0, False))
+CONFIGS: tuple[tuple[int, float, bool], ...] = (
+    (1, 20.0, False),
+    (10, 20.0, False),
+    (10, 20.0, True),
+    (100, 20.0, False),
+    (100, 2.0, False),
+)
 
 
 def run_key(n_tails: int, rate: float, shared: bool, base_rate: float) -> str:
@@ -89,8 +96,14 @@ def _wait_tail(tailer: Worker, records: int, deadline: float, poll_s: float) -> 
         time.sleep(poll_s)
 
 
-def run(services: Services, workdir: Path, configs: tuple[tuple[int, float, bool], ...] = CONFIGS,
-        seconds: float = 10.0, throughput_records: int = 500_000, throughput_rate: float = 100_000) -> dict[str, Any]:
+def run(
+    services: Services,
+    workdir: Path,
+    configs: tuple[tuple[int, float, bool], ...] = CONFIGS,
+    seconds: float = 10.0,
+    throughput_records: int = 500_000,
+    throughput_rate: float = 100_000,
+) -> dict[str, Any]:
     log(f"tail: (tails, calls/s) {configs}, 1,000 records per call, {seconds:.0f}s each")
     wd = workdir / "tail"
     srv = start_server(wd, server_settings("embedded", services, flow_log_quota=100))
@@ -107,8 +120,14 @@ def run(services: Services, workdir: Path, configs: tuple[tuple[int, float, bool
             fpath = wd / f"{tag}.frames"
             dataset.write_frames(fpath, frames)
             ingester.call("load_frames", path=str(fpath))
-            tailer.call("tail_start", address=srv.address, tails=n_tails, request=_tail_request(tag), base_ms=base,
-                        shared=shared)
+            tailer.call(
+                "tail_start",
+                address=srv.address,
+                tails=n_tails,
+                request=_tail_request(tag),
+                base_ms=base,
+                shared=shared,
+            )
             srv.rss.reset()
             with pyspy(srv.proc.pid, tag):
                 r = ingester.call("ingest", address=srv.address, streams=1, msgs_per_call=1, rate_msgs=rate)
@@ -120,19 +139,31 @@ def run(services: Services, workdir: Path, configs: tuple[tuple[int, float, bool
             lat, missing = _latencies(r["acks"], s["events"], n_msgs)
             lat_sent, _ = _latencies(r["acks"], s["events"], n_msgs, which=0)
             ingest_lat = [(a - b) * 1000 for b, a, _, _ in r["acks"]]
-            run_ = {"tails": n_tails, "connections": 1 if shared else n_tails, "rate_msgs_per_s": rate,
-                    "messages": n_msgs, "delivered_p50_ms": pct(lat, 50),
-                    "delivered_p99_ms": pct(lat, 99), "delivered_max_ms": max(lat) if lat else float("nan"),
-                    "sent_p50_ms": pct(lat_sent, 50), "sent_p99_ms": pct(lat_sent, 99),
-                    "missing": missing, "errors": s["errors"][:3], "n_errors": len(s["errors"]),
-                    "ingest_ack_p50_ms": pct(ingest_lat, 50), "ingest_ack_p99_ms": pct(ingest_lat, 99),
-                    "peak_rss_mb": round(srv.rss.peak / 2**20, 1),
-                    "send_rate_msgs_per_s": n_msgs / max(1e-9, r["t_acked"] - r["t0"])}
+            run_ = {
+                "tails": n_tails,
+                "connections": 1 if shared else n_tails,
+                "rate_msgs_per_s": rate,
+                "messages": n_msgs,
+                "delivered_p50_ms": pct(lat, 50),
+                "delivered_p99_ms": pct(lat, 99),
+                "delivered_max_ms": max(lat) if lat else float("nan"),
+                "sent_p50_ms": pct(lat_sent, 50),
+                "sent_p99_ms": pct(lat_sent, 99),
+                "missing": missing,
+                "errors": s["errors"][:3],
+                "n_errors": len(s["errors"]),
+                "ingest_ack_p50_ms": pct(ingest_lat, 50),
+                "ingest_ack_p99_ms": pct(ingest_lat, 99),
+                "peak_rss_mb": round(srv.rss.peak / 2**20, 1),
+                "send_rate_msgs_per_s": n_msgs / max(1e-9, r["t_acked"] - r["t0"]),
+            }
             result["runs"][run_key(n_tails, rate, shared, configs[0][1])] = run_
-            log(f"tail x{n_tails} on {run_['connections']} connection(s) at {rate:g} calls/s: ack->delivery p50 "
+            log(
+                f"tail x{n_tails} on {run_['connections']} connection(s) at {rate:g} calls/s: ack->delivery p50 "
                 f"{run_['delivered_p50_ms']:.1f} ms, p99 {run_['delivered_p99_ms']:.1f} ms (send->delivery p99 "
                 f"{run_['sent_p99_ms']:.1f} ms), missing {missing}, errors {len(s['errors'])}; ingest ack p50 "
-                f"{run_['ingest_ack_p50_ms']:.1f} ms")
+                f"{run_['ingest_ack_p50_ms']:.1f} ms"
+            )
             fpath.unlink()
 
         # Throughput: one tail while a client ingests at `throughput_rate` records/s (4 streams).
@@ -146,38 +177,51 @@ def run(services: Services, workdir: Path, configs: tuple[tuple[int, float, bool
         ingester.call("load_frames", path=str(fpath))
         tailer.call("tail_start", address=srv.address, tails=1, request=_tail_request(tag), base_ms=base)
         with pyspy(srv.proc.pid, "tail-throughput"):
-            r = ingester.call("ingest", address=srv.address, streams=4, msgs_per_call=5,
-                              rate_msgs=throughput_rate / 1000)
+            r = ingester.call(
+                "ingest", address=srv.address, streams=4, msgs_per_call=5, rate_msgs=throughput_rate / 1000
+            )
             _wait_tail(tailer, n_msgs * 1000, time.monotonic() + 60, 0.05)
         s = tailer.call("tail_stop")
         ev = s["events"][0]
         got = s["records"][0]
         last = max((e[0] for e in ev), default=r["t0"])
         result["throughput"] = {
-            "target_rps": throughput_rate, "records": n_msgs * 1000, "received": got, "errors": s["errors"][:3],
+            "target_rps": throughput_rate,
+            "records": n_msgs * 1000,
+            "received": got,
+            "errors": s["errors"][:3],
             "ingest_rps": n_msgs * 1000 / (r["t_acked"] - r["t0"]),
             "tail_rps": got / max(1e-9, last - r["t0"]),
-            "kept_up": got == n_msgs * 1000 and not s["errors"]}
+            "kept_up": got == n_msgs * 1000 and not s["errors"],
+        }
         # Kept up: everything received, never disconnected, at (about) the ingest rate.
         t = result["throughput"]
-        log(f"tail throughput: {t['tail_rps']:,.0f} rec/s delivered to one tail (ingest {t['ingest_rps']:,.0f} "
-            f"rec/s), received {got:,}/{n_msgs * 1000:,}, errors {s['errors'][:1]}")
+        log(
+            f"tail throughput: {t['tail_rps']:,.0f} rec/s delivered to one tail (ingest {t['ingest_rps']:,.0f} "
+            f"rec/s), received {got:,}/{n_msgs * 1000:,}, errors {s['errors'][:1]}"
+        )
         fpath.unlink()
 
         # Capacity of one tail on its own: replay those records from the spool (start_time before
         # the ingest), with no ingest going on.
-        req = query_pb2.TailRequest(region=REGION, project=PROJECT, log_stores=[tag],
-                                    start_time=Timestamp(seconds=int(r["wall_t0"]) - 2)).SerializeToString()
+        req = query_pb2.TailRequest(
+            region=REGION, project=PROJECT, log_stores=[tag], start_time=Timestamp(seconds=int(r["wall_t0"]) - 2)
+        ).SerializeToString()
         t0 = time.monotonic()
         tailer.call("tail_start", address=srv.address, tails=1, request=req, base_ms=base, settle=0.0)
         _wait_tail(tailer, n_msgs * 1000, t0 + 120, 0.02)
         s = tailer.call("tail_stop")
         ev = s["events"][0]
         n = s["records"][0]
-        result["replay"] = {"records": n, "errors": s["errors"][:3],
-                            "tail_rps": n / max(1e-9, ev[-1][0] - t0) if ev else 0.0}
-        log(f"tail replay: one tail received {n:,} stored records at {result['replay']['tail_rps']:,.0f} rec/s "
-            f"(no ingest meanwhile), errors {s['errors'][:1]}")
+        result["replay"] = {
+            "records": n,
+            "errors": s["errors"][:3],
+            "tail_rps": n / max(1e-9, ev[-1][0] - t0) if ev else 0.0,
+        }
+        log(
+            f"tail replay: one tail received {n:,} stored records at {result['replay']['tail_rps']:,.0f} rec/s "
+            f"(no ingest meanwhile), errors {s['errors'][:1]}"
+        )
     finally:
         ingester.close()
         tailer.close()

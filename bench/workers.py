@@ -5,6 +5,7 @@ A Worker is a `spawn`ed Python process running `_serve`, which executes commands
 pipe. Times are time.monotonic() values: CLOCK_MONOTONIC is system-wide on Linux, so times taken
 in different processes compare directly.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -53,6 +54,7 @@ class Worker:
 
 def _serve(conn) -> None:
     import traceback
+
     state: dict[str, Any] = {}
     while True:
         try:
@@ -72,6 +74,7 @@ def _channel(address: str):
     import grpc
 
     from bench.common import GRPC_OPTIONS
+
     ch = grpc.insecure_channel(address, options=GRPC_OPTIONS)
     grpc.channel_ready_future(ch).result(timeout=30)
     return ch
@@ -79,8 +82,10 @@ def _channel(address: str):
 
 # -- ingest ----------------------------------------------------------------------------------------
 
+
 def _load_frames(state, path: str) -> int:
     from bench.dataset import read_frames
+
     state["frames"] = read_frames(path)
     return len(state["frames"])
 
@@ -92,11 +97,15 @@ def _ingest(state, address: str, streams: int, msgs_per_call: int, rate_msgs: fl
     are durable."""
     from bench.common import MD
     from flowlog.v1 import ingest_pb2
+
     frames: list[bytes] = state["frames"]
     ch = _channel(address)
     # Pre-serialised requests: the client costs nothing but the transport.
-    call = ch.stream_unary("/flowlog.v1.IngestService/Ingest", request_serializer=None,
-                           response_deserializer=ingest_pb2.IngestResponse.FromString)
+    call = ch.stream_unary(
+        "/flowlog.v1.IngestService/Ingest",
+        request_serializer=None,
+        response_deserializer=ingest_pb2.IngestResponse.FromString,
+    )
     per_stream = [frames[i::streams] for i in range(streams)]
     acks: list[tuple[float, float, int, int]] = []  # (sent, acked, messages, first message index) per call
     totals = {"accepted": 0, "rejected": 0, "first_rejection": ""}
@@ -110,7 +119,7 @@ def _ingest(state, address: str, streams: int, msgs_per_call: int, rate_msgs: fl
         try:
             nxt = t0 + k * (interval / streams if interval else 0)
             for i in range(0, len(mine), msgs_per_call):
-                part = mine[i:i + msgs_per_call]
+                part = mine[i : i + msgs_per_call]
                 if interval:
                     now = time.monotonic()
                     if nxt > now:
@@ -143,16 +152,21 @@ def _ingest(state, address: str, streams: int, msgs_per_call: int, rate_msgs: fl
 
 # -- query -----------------------------------------------------------------------------------------
 
+
 def _query(state, address: str, request: bytes, reps: int) -> list[tuple[float, float, int, int]]:
     """Run the (serialised) QueryRequest `reps` times: (first batch s, completion s, records,
     matched) per run."""
     from bench.common import MD
     from flowlog.v1 import query_pb2
+
     ch = state.get(("ch", address))
     if ch is None:
         ch = state[("ch", address)] = _channel(address)
-    call = ch.unary_stream("/flowlog.v1.QueryService/Query", request_serializer=None,
-                           response_deserializer=query_pb2.QueryResponse.FromString)
+    call = ch.unary_stream(
+        "/flowlog.v1.QueryService/Query",
+        request_serializer=None,
+        response_deserializer=query_pb2.QueryResponse.FromString,
+    )
     out = []
     for _ in range(reps):
         t0 = time.monotonic()
@@ -173,8 +187,10 @@ def _query(state, address: str, request: bytes, reps: int) -> list[tuple[float, 
 
 # -- tail ------------------------------------------------------------------------------------------
 
-def _tail_start(state, address: str, tails: int, request: bytes, base_ms: int, settle: float = 0.5,
-                shared: bool = False) -> str:
+
+def _tail_start(
+    state, address: str, tails: int, request: bytes, base_ms: int, settle: float = 0.5, shared: bool = False
+) -> str:
     """Open `tails` Tail streams (grpc.aio, one event loop thread; each on its own connection, or
     all on one when `shared`) and record, per event, its arrival time and the range of message
     numbers it covers (start_time - base_ms of its first and last record: the tail benchmark
@@ -186,8 +202,13 @@ def _tail_start(state, address: str, tails: int, request: bytes, base_ms: int, s
     from bench.common import GRPC_OPTIONS, MD
     from flowlog.v1 import query_pb2
 
-    stats: dict[str, Any] = {"events": [[] for _ in range(tails)], "records": [0] * tails, "errors": [],
-                             "opened": 0, "heartbeats": 0}
+    stats: dict[str, Any] = {
+        "events": [[] for _ in range(tails)],
+        "records": [0] * tails,
+        "errors": [],
+        "opened": 0,
+        "heartbeats": 0,
+    }
     state["tail_stats"] = stats
     ready = threading.Event()
     stop_evt: dict[str, Any] = {}
@@ -207,8 +228,14 @@ def _tail_start(state, address: str, tails: int, request: bytes, base_ms: int, s
                     if n:
                         a = recs[0].start_time
                         b = recs[n - 1].start_time
-                        ev.append((mono(), a.seconds * 1000 + a.nanos // 1_000_000 - base_ms,
-                                   b.seconds * 1000 + b.nanos // 1_000_000 - base_ms, n))
+                        ev.append(
+                            (
+                                mono(),
+                                a.seconds * 1000 + a.nanos // 1_000_000 - base_ms,
+                                b.seconds * 1000 + b.nanos // 1_000_000 - base_ms,
+                                n,
+                            )
+                        )
                         stats["records"][k] += n
                 else:
                     stats["heartbeats"] += 1
@@ -227,8 +254,14 @@ def _tail_start(state, address: str, tails: int, request: bytes, base_ms: int, s
         try:
             for c in chans:
                 await c.channel_ready()
-            stubs = [c.unary_stream("/flowlog.v1.QueryService/Tail", request_serializer=None,
-                                    response_deserializer=query_pb2.TailResponse.FromString) for c in chans]
+            stubs = [
+                c.unary_stream(
+                    "/flowlog.v1.QueryService/Tail",
+                    request_serializer=None,
+                    response_deserializer=query_pb2.TailResponse.FromString,
+                )
+                for c in chans
+            ]
             loop = asyncio.get_running_loop()
             stop = asyncio.Event()
             stop_evt["set"] = lambda: loop.call_soon_threadsafe(stop.set)
@@ -270,5 +303,12 @@ def _tail_stop(state) -> dict:
     return {"events": s["events"], "records": s["records"], "errors": s["errors"], "heartbeats": s["heartbeats"]}
 
 
-_COMMANDS = {"load_frames": _load_frames, "ingest": _ingest, "query": _query, "tail_start": _tail_start,
-             "tail_records": _tail_records, "tail_progress": _tail_progress, "tail_stop": _tail_stop}
+_COMMANDS = {
+    "load_frames": _load_frames,
+    "ingest": _ingest,
+    "query": _query,
+    "tail_start": _tail_start,
+    "tail_records": _tail_records,
+    "tail_progress": _tail_progress,
+    "tail_stop": _tail_stop,
+}

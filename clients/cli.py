@@ -8,6 +8,7 @@ error, connection failure, unreadable file, rejected ingest records), 2 a usage 
 Every failure is one `flowlog: CODE: message` line on stderr, then one line per field
 violation and a hint; never a traceback for anything the server or the network did.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -208,24 +209,45 @@ def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         return value if top else argparse.SUPPRESS
 
     g = parser.add_argument_group("connection and output options")
-    g.add_argument("--server", metavar="HOST:PORT", default=d(None),
-                   help=f"server address (env {ENV_SERVER}, default {DEFAULT_TARGET})")
+    g.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        default=d(None),
+        help=f"server address (env {ENV_SERVER}, default {DEFAULT_TARGET})",
+    )
     g.add_argument("--api-key", metavar="KEY", default=d(None), help=f"API key (env {ENV_API_KEY})")
     g.add_argument("--tls", action="store_true", default=d(False), help="connect with TLS")
-    g.add_argument("--ca-file", metavar="PEM", default=d(None),
-                   help=f"CA certificates to trust (implies --tls; env {ENV_CA_FILE}); an https:// server address "
-                        "also means TLS, with the system's CAs")
+    g.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        default=d(None),
+        help=f"CA certificates to trust (implies --tls; env {ENV_CA_FILE}); an https:// server address "
+        "also means TLS, with the system's CAs",
+    )
     g.add_argument("--cert-file", metavar="PEM", default=d(None), help="client certificate for mutual TLS")
     g.add_argument("--key-file", metavar="PEM", default=d(None), help="client private key for mutual TLS")
-    g.add_argument("--json", action="store_true", default=d(False),
-                   help="JSON output: one document, or JSON lines for query/tail")
-    g.add_argument("--timeout", type=_timeout, metavar="SECONDS", default=d(DEFAULT_TIMEOUT),
-                   help=f"deadline of each call (default {DEFAULT_TIMEOUT:g}; tail has none)")
-    g.add_argument("-v", "--verbose", action="store_true", default=d(False),
-                   help="more detail on stderr (tail heartbeats, tracebacks of client bugs)")
+    g.add_argument(
+        "--json", action="store_true", default=d(False), help="JSON output: one document, or JSON lines for query/tail"
+    )
+    g.add_argument(
+        "--timeout",
+        type=_timeout,
+        metavar="SECONDS",
+        default=d(DEFAULT_TIMEOUT),
+        help=f"deadline of each call (default {DEFAULT_TIMEOUT:g}; tail has none)",
+    )
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=d(False),
+        help="more detail on stderr (tail heartbeats, tracebacks of client bugs)",
+    )
 
 
-def _sub(subparsers: Any, name: str, common: argparse.ArgumentParser, help: str, **kwargs: Any) -> argparse.ArgumentParser:
+def _sub(
+    subparsers: Any, name: str, common: argparse.ArgumentParser, help: str, **kwargs: Any
+) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(name, help=help, description=help, parents=[common], **kwargs)
     parser.set_defaults(_parser=parser)
     return parser
@@ -263,8 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     # -- resource ----------------------------------------------------------------------------
-    resource = _sub(commands, "resource", common, "the network inventory flow logs attach to",
-                    aliases=["resources"])
+    resource = _sub(commands, "resource", common, "the network inventory flow logs attach to", aliases=["resources"])
     rs = resource.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = _sub(rs, "list", common, "list resources (every filter optional)")
     p.add_argument("--region")
@@ -275,25 +296,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p.set_defaults(handler=cmd_resource_get)
     p = _sub(rs, "register", common, "register a resource")
-    p.add_argument("--type", required=True, type=_enum_type(types_pb2.ResourceType),
-                   metavar=_enum_metavar(types_pb2.ResourceType))
+    p.add_argument(
+        "--type", required=True, type=_enum_type(types_pb2.ResourceType), metavar=_enum_metavar(types_pb2.ResourceType)
+    )
     p.add_argument("--region", required=True)
     p.add_argument("--network-id", required=True, metavar="ID", help="VPC (vpc-...) or CSN instance (csn-...)")
     p.add_argument("--name", required=True)
-    p.add_argument("--address", dest="addresses", action="append", required=True, metavar="IP_OR_CIDR",
-                   help="an IP or CIDR the resource owns (repeat for several)")
+    p.add_argument(
+        "--address",
+        dest="addresses",
+        action="append",
+        required=True,
+        metavar="IP_OR_CIDR",
+        help="an IP or CIDR the resource owns (repeat for several)",
+    )
     p.add_argument("--id", default="", help="the id to use (default: assigned by the server)")
-    p.add_argument("--rule", dest="rules", action="append", type=parse_rule, default=[], metavar="SPEC",
-                   help="an ACL or security-group rule, repeatable: priority=100,action=accept[,direction=ingress]"
-                   "[,protocol=tcp][,peer=10.0.0.0/8][,ports=22 or 1024-2048][,kind=acl|sg][,id=sg-ssh]")
+    p.add_argument(
+        "--rule",
+        dest="rules",
+        action="append",
+        type=parse_rule,
+        default=[],
+        metavar="SPEC",
+        help="an ACL or security-group rule, repeatable: priority=100,action=accept[,direction=ingress]"
+        "[,protocol=tcp][,peer=10.0.0.0/8][,ports=22 or 1024-2048][,kind=acl|sg][,id=sg-ssh]",
+    )
     p.set_defaults(handler=cmd_resource_register)
     p = _sub(rs, "delete", common, "delete a resource (refused while a flow log uses it)")
     p.add_argument("id", metavar="ID")
     p.set_defaults(handler=cmd_resource_delete)
 
     # -- logstore ----------------------------------------------------------------------------
-    logstore = _sub(commands, "logstore", common, "LogStores (log topics) that keep records",
-                    aliases=["logstores", "log-store"])
+    logstore = _sub(
+        commands, "logstore", common, "LogStores (log topics) that keep records", aliases=["logstores", "log-store"]
+    )
     ls = logstore.add_subparsers(dest="action", metavar="ACTION", required=True)
     p = _sub(ls, "create", common, "create a LogStore")
     p.add_argument("--region", required=True)
@@ -325,15 +361,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--resource-id", required=True, metavar="ID")
-    p.add_argument("--resource-type", type=_enum_type(types_pb2.ResourceType),
-                   metavar=_enum_metavar(types_pb2.ResourceType), help="default: the resource's type")
+    p.add_argument(
+        "--resource-type",
+        type=_enum_type(types_pb2.ResourceType),
+        metavar=_enum_metavar(types_pb2.ResourceType),
+        help="default: the resource's type",
+    )
     p.add_argument("--network-id", metavar="ID", help="default: the resource's network")
-    p.add_argument("--traffic-type", required=True, type=_enum_type(types_pb2.TrafficType),
-                   metavar=_enum_metavar(types_pb2.TrafficType))
+    p.add_argument(
+        "--traffic-type",
+        required=True,
+        type=_enum_type(types_pb2.TrafficType),
+        metavar=_enum_metavar(types_pb2.TrafficType),
+    )
     dest = p.add_mutually_exclusive_group(required=True)
     dest.add_argument("--log-store", type=_store_ref, metavar="PROJECT/NAME", help="an existing LogStore")
-    dest.add_argument("--new-log-store", type=_store_ref, metavar="PROJECT/NAME",
-                      help="a LogStore created with the flow log")
+    dest.add_argument(
+        "--new-log-store", type=_store_ref, metavar="PROJECT/NAME", help="a LogStore created with the flow log"
+    )
     p.add_argument("--retention-days", type=_positive_int, metavar="N", help="of --new-log-store (default 7)")
     p.add_argument("--description", default="")
     p.add_argument("--client-token", default="", metavar="TOKEN", help="idempotency key for safe retries")
@@ -351,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", metavar="ID")
     p.add_argument("--name")
     p.add_argument("--description")
-    p.add_argument("--traffic-type", type=_enum_type(types_pb2.TrafficType), metavar=_enum_metavar(types_pb2.TrafficType))
+    p.add_argument(
+        "--traffic-type", type=_enum_type(types_pb2.TrafficType), metavar=_enum_metavar(types_pb2.TrafficType)
+    )
     p.add_argument("--state", type=_enum_type(types_pb2.FlowLogState), metavar=_enum_metavar(types_pb2.FlowLogState))
     p.set_defaults(handler=cmd_flowlog_update)
     p = _sub(fs, "delete", common, "delete a flow log (its LogStore and records stay)")
@@ -362,18 +409,38 @@ def build_parser() -> argparse.ArgumentParser:
     def stores(p: argparse.ArgumentParser) -> None:
         p.add_argument("--region", required=True)
         p.add_argument("--project", required=True)
-        p.add_argument("--log-store", dest="log_stores", action="append", required=True, metavar="NAME",
-                       help="a LogStore of the project; repeat (or comma-separate) for several")
+        p.add_argument(
+            "--log-store",
+            dest="log_stores",
+            action="append",
+            required=True,
+            metavar="NAME",
+            help="a LogStore of the project; repeat (or comma-separate) for several",
+        )
         p.add_argument("--filter", default="", metavar="EXPR", help="e.g. 'action = REJECT AND dst_port = 22'")
 
     p = _sub(commands, "query", common, "search records")
     stores(p)
-    p.add_argument("--since", "--start", dest="start", type=_time_type, default="15m", metavar="TIME",
-                   help="from: a duration before now (15m, 2h, 1d) or RFC 3339 (default 15m)")
-    p.add_argument("--until", "--end", dest="end", type=_time_type, metavar="TIME",
-                   help="to (exclusive): a duration before now or RFC 3339 (default now)")
-    p.add_argument("--limit", type=_positive_int, default=0, metavar="N",
-                   help="records per call (default: the server's page size)")
+    p.add_argument(
+        "--since",
+        "--start",
+        dest="start",
+        type=_time_type,
+        default="15m",
+        metavar="TIME",
+        help="from: a duration before now (15m, 2h, 1d) or RFC 3339 (default 15m)",
+    )
+    p.add_argument(
+        "--until",
+        "--end",
+        dest="end",
+        type=_time_type,
+        metavar="TIME",
+        help="to (exclusive): a duration before now or RFC 3339 (default now)",
+    )
+    p.add_argument(
+        "--limit", type=_positive_int, default=0, metavar="N", help="records per call (default: the server's page size)"
+    )
     p.add_argument("--oldest-first", action="store_true", help="oldest records first (default newest first)")
     paging = p.add_mutually_exclusive_group()
     paging.add_argument("--all", action="store_true", help="follow page tokens to the last record")
@@ -382,38 +449,79 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(commands, "tail", common, "follow records live (Ctrl-C to stop)")
     stores(p)
-    p.add_argument("--since", "--start", dest="start", type=_time_type, metavar="TIME",
-                   help="first replay records stored from this time (a duration before now or RFC 3339)")
+    p.add_argument(
+        "--since",
+        "--start",
+        dest="start",
+        type=_time_type,
+        metavar="TIME",
+        help="first replay records stored from this time (a duration before now or RFC 3339)",
+    )
     p.add_argument("--cursor", default="", help="resume exactly after a previous tail (printed when it stops)")
     p.set_defaults(handler=cmd_tail)
 
     # -- aggregate / top -----------------------------------------------------------------------
     def window(p: argparse.ArgumentParser, default: str) -> None:
         stores(p)
-        p.add_argument("--since", "--start", dest="start", type=_time_type, default=default, metavar="TIME",
-                       help=f"from: a duration before now (15m, 2h, 1d) or RFC 3339 (default {default})")
-        p.add_argument("--until", "--end", dest="end", type=_time_type, metavar="TIME",
-                       help="to (exclusive): a duration before now or RFC 3339 (default now)")
+        p.add_argument(
+            "--since",
+            "--start",
+            dest="start",
+            type=_time_type,
+            default=default,
+            metavar="TIME",
+            help=f"from: a duration before now (15m, 2h, 1d) or RFC 3339 (default {default})",
+        )
+        p.add_argument(
+            "--until",
+            "--end",
+            dest="end",
+            type=_time_type,
+            metavar="TIME",
+            help="to (exclusive): a duration before now or RFC 3339 (default now)",
+        )
 
-    p = _sub(commands, "aggregate", common, "answers, not rows: group matching records and compute metrics "
-             "on the server")
+    p = _sub(
+        commands, "aggregate", common, "answers, not rows: group matching records and compute metrics on the server"
+    )
     window(p, "1h")
-    p.add_argument("--group-by", action="append", default=[], metavar="FIELD",
-                   help="src_addr, dst_addr/24, dst_port, protocol, action, rule_kind, ... (repeat or comma-separate)")
-    p.add_argument("--metric", dest="metrics", action="append", default=[], metavar="METRIC",
-                   help="count, sum(bytes), sum(packets), min(start_time), max(end_time), count_distinct(FIELD) "
-                        "(repeat or comma-separate; default count, sum(bytes), sum(packets))")
-    p.add_argument("--order-by", default="", metavar="METRIC", help="one of the metrics, '-' in front for descending "
-                   "(default: the first, descending)")
+    p.add_argument(
+        "--group-by",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help="src_addr, dst_addr/24, dst_port, protocol, action, rule_kind, ... (repeat or comma-separate)",
+    )
+    p.add_argument(
+        "--metric",
+        dest="metrics",
+        action="append",
+        default=[],
+        metavar="METRIC",
+        help="count, sum(bytes), sum(packets), min(start_time), max(end_time), count_distinct(FIELD) "
+        "(repeat or comma-separate; default count, sum(bytes), sum(packets))",
+    )
+    p.add_argument(
+        "--order-by",
+        default="",
+        metavar="METRIC",
+        help="one of the metrics, '-' in front for descending (default: the first, descending)",
+    )
     p.add_argument("--interval", type=_duration_type, metavar="DURATION", help="rows per time bucket (1m, 1h)")
     p.add_argument("--limit", type=_agg_limit, default=0, metavar="N", help="top N groups (per bucket; default 10)")
     p.set_defaults(handler=cmd_aggregate)
 
-    top = _sub(commands, "top", common, "the usual questions as one Aggregate each: talkers, destinations, "
-               "timeline, why, scanners, protocols, badaddr")
+    top = _sub(
+        commands,
+        "top",
+        common,
+        "the usual questions as one Aggregate each: talkers, destinations, timeline, why, scanners, protocols, badaddr",
+    )
     tops = top.add_subparsers(dest="preset", metavar="PRESET", required=True)
-    for name, help_text in (("talkers", "sources by bytes (per address, or per network with --prefix)"),
-                            ("destinations", "destinations by bytes (per address, or per network with --prefix)")):
+    for name, help_text in (
+        ("talkers", "sources by bytes (per address, or per network with --prefix)"),
+        ("destinations", "destinations by bytes (per address, or per network with --prefix)"),
+    ):
         p = _sub(tops, name, common, help_text)
         window(p, "1h")
         p.add_argument("--prefix", metavar="LEN", help="group by network: 24, 64, or 24/64 (IPv4 /24, IPv6 /64)")
@@ -421,8 +529,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=cmd_top_talkers, side="src" if name == "talkers" else "dst")
     p = _sub(tops, "timeline", common, "traffic over time per action, as one sparkline per action")
     window(p, "1h")
-    p.add_argument("--interval", type=_duration_type, metavar="DURATION",
-                   help="bucket size (default: about 60 buckets over the window)")
+    p.add_argument(
+        "--interval",
+        type=_duration_type,
+        metavar="DURATION",
+        help="bucket size (default: about 60 buckets over the window)",
+    )
     p.add_argument("--metric", choices=sorted(presets.TIMELINE_METRICS), default="bytes")
     p.set_defaults(handler=cmd_top_timeline)
     p = _sub(tops, "why", common, "why can't SRC reach DST: its rejected flows by rule kind and rule")
@@ -433,8 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_top_why)
     p = _sub(tops, "scanners", common, "sources of rejected flows with the most distinct destinations")
     window(p, "1h")
-    p.add_argument("--by", choices=("addr", "port"), default="addr",
-                   help="rank by distinct destination addresses (default) or ports")
+    p.add_argument(
+        "--by",
+        choices=("addr", "port"),
+        default="addr",
+        help="rank by distinct destination addresses (default) or ports",
+    )
     p.add_argument("--limit", type=_agg_limit, default=10, metavar="N", help="top N (default 10)")
     p.set_defaults(handler=cmd_top_scanners)
     p = _sub(tops, "protocols", common, f"traffic of uncommon protocols (not {presets.COMMON_PROTOCOLS})")
@@ -444,52 +560,92 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_top_protocols)
     p = _sub(tops, "badaddr", common, "flows to or from the addresses/CIDRs listed in a file")
     window(p, "1h")
-    p.add_argument("--file", required=True, metavar="PATH",
-                   help="one address or CIDR per line, # comments ('-': stdin)")
+    p.add_argument(
+        "--file", required=True, metavar="PATH", help="one address or CIDR per line, # comments ('-': stdin)"
+    )
     p.add_argument("--limit", type=_agg_limit, default=50, metavar="N", help="at most N rows (default 50)")
     p.set_defaults(handler=cmd_top_badaddr)
 
     # -- ingest ------------------------------------------------------------------------------
     p = _sub(commands, "ingest", common, "upload records from a JSON-lines file")
     p.add_argument("--flow-log-id", required=True, metavar="ID")
-    p.add_argument("--file", required=True, metavar="PATH",
-                   help="one FlowRecord JSON object per line ('-' for stdin)")
-    p.add_argument("--batch-size", type=_batch_size, default=1000, metavar="N",
-                   help=f"records per message, 1-{MAX_INGEST_BATCH} (default 1000)")
+    p.add_argument("--file", required=True, metavar="PATH", help="one FlowRecord JSON object per line ('-' for stdin)")
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=1000,
+        metavar="N",
+        help=f"records per message, 1-{MAX_INGEST_BATCH} (default 1000)",
+    )
     p.set_defaults(handler=cmd_ingest)
 
     # -- collector (reads the server's status file: no connection) ------------------------------
     p = _sub(commands, "collector", common, "the NetFlow/IPFIX collector of a server on this machine")
     collector_commands = p.add_subparsers(dest="collector_command", metavar="COMMAND", required=True)
-    q = _sub(collector_commands, "status", common,
-             "print the collector's counters (from <data-dir>/collector-status.json, refreshed every second)")
-    q.add_argument("--data-dir", default=os.environ.get("FLOWLOG_DATA_DIR", "./data"), metavar="DIR",
-                   help="the server's --data-dir (env FLOWLOG_DATA_DIR, default ./data)")
+    q = _sub(
+        collector_commands,
+        "status",
+        common,
+        "print the collector's counters (from <data-dir>/collector-status.json, refreshed every second)",
+    )
+    q.add_argument(
+        "--data-dir",
+        default=os.environ.get("FLOWLOG_DATA_DIR", "./data"),
+        metavar="DIR",
+        help="the server's --data-dir (env FLOWLOG_DATA_DIR, default ./data)",
+    )
     q.set_defaults(handler=cmd_collector_status)
 
     # -- import ------------------------------------------------------------------------------
-    p = _sub(commands, "import", common, "import cloud flow-log files: AWS VPC Flow Logs or Azure VNet flow logs",
-             formatter_class=argparse.RawDescriptionHelpFormatter,
-             epilog="examples:\n"
-             "  aws s3 sync s3://BUCKET/AWSLogs/ ./flows/\n"
-             "  flowlog import --flow-log fl-abc12345 --format aws ./flows\n"
-             "  zcat *.log.gz | flowlog import --flow-log fl-abc12345 --format aws -\n"
-             "  flowlog import --flow-log fl-abc12345 --format azure PT1H.json\n"
-             "exit code: 0 when every line was imported, 1 when any line was rejected (each is reported\n"
-             "on stderr as FILE:LINE: reason; the others are imported), 2 for a usage error.")
+    p = _sub(
+        commands,
+        "import",
+        common,
+        "import cloud flow-log files: AWS VPC Flow Logs or Azure VNet flow logs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  aws s3 sync s3://BUCKET/AWSLogs/ ./flows/\n"
+        "  flowlog import --flow-log fl-abc12345 --format aws ./flows\n"
+        "  zcat *.log.gz | flowlog import --flow-log fl-abc12345 --format aws -\n"
+        "  flowlog import --flow-log fl-abc12345 --format azure PT1H.json\n"
+        "exit code: 0 when every line was imported, 1 when any line was rejected (each is reported\n"
+        "on stderr as FILE:LINE: reason; the others are imported), 2 for a usage error.",
+    )
     p.add_argument("--flow-log", dest="flow_log_id", required=True, metavar="ID", help="the flow log to import into")
-    p.add_argument("--format", dest="import_format", required=True, choices=IMPORT_FORMATS,
-                   help="aws: VPC Flow Logs (default or custom format, text, gzip or Parquet); "
-                   "azure: VNet / NSG flow log JSON")
-    p.add_argument("files", nargs="+", metavar="FILE",
-                   help="a file, a directory (walked recursively, oldest first) or - for standard input")
-    p.add_argument("--batch-size", type=_batch_size, default=1000, metavar="N",
-                   help=f"records per message, 1-{MAX_INGEST_BATCH} (default 1000)")
-    p.add_argument("--max-errors", type=_positive_int, default=100, metavar="N",
-                   help="bad lines reported one by one on stderr (default 100; all are counted)")
-    p.add_argument("--aws-fields", type=_aws_fields, metavar="'FIELD ...'",
-                   help="aws: the fields of lines that come before any header line, in order (a custom format "
-                   "exported without its header, e.g. from CloudWatch Logs); default: AWS's default format")
+    p.add_argument(
+        "--format",
+        dest="import_format",
+        required=True,
+        choices=IMPORT_FORMATS,
+        help="aws: VPC Flow Logs (default or custom format, text, gzip or Parquet); azure: VNet / NSG flow log JSON",
+    )
+    p.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="a file, a directory (walked recursively, oldest first) or - for standard input",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_batch_size,
+        default=1000,
+        metavar="N",
+        help=f"records per message, 1-{MAX_INGEST_BATCH} (default 1000)",
+    )
+    p.add_argument(
+        "--max-errors",
+        type=_positive_int,
+        default=100,
+        metavar="N",
+        help="bad lines reported one by one on stderr (default 100; all are counted)",
+    )
+    p.add_argument(
+        "--aws-fields",
+        type=_aws_fields,
+        metavar="'FIELD ...'",
+        help="aws: the fields of lines that come before any header line, in order (a custom format "
+        "exported without its header, e.g. from CloudWatch Logs); default: AWS's default format",
+    )
     p.set_defaults(handler=cmd_import)
     return parser
 
@@ -754,15 +910,15 @@ def _store_address(ctx: Ctx) -> tuple[str, str, str]:
     positionals = [p for p in (a.pos_region, a.pos_project, a.pos_name) if p]
     missing = [label for label in labels if not flags[label]]
     if len(positionals) > len(missing):
-        raise UsageError(f"too many arguments: {' '.join(positionals)} (give REGION PROJECT NAME, or --region --project --name)")
+        raise UsageError(
+            f"too many arguments: {' '.join(positionals)} (give REGION PROJECT NAME, or --region --project --name)"
+        )
     values = dict(flags)
     for label, value in zip(missing, positionals):
         values[label] = value
     still_missing = [label for label in labels if not values[label]]
     if still_missing:
-        raise UsageError(
-            f"missing {', '.join(still_missing)}: give REGION PROJECT NAME, or --region --project --name"
-        )
+        raise UsageError(f"missing {', '.join(still_missing)}: give REGION PROJECT NAME, or --region --project --name")
     return values["region"], values["project"], values["name"]
 
 
@@ -855,9 +1011,7 @@ def cmd_flowlog_list(ctx: Ctx, client: FlowLogClient) -> int:
 def cmd_flowlog_update(ctx: Ctx, client: FlowLogClient) -> int:
     a = ctx.args
     fields = {
-        key: getattr(a, key)
-        for key in ("name", "description", "traffic_type", "state")
-        if getattr(a, key) is not None
+        key: getattr(a, key) for key in ("name", "description", "traffic_type", "state") if getattr(a, key) is not None
     }
     if not fields:
         raise UsageError("nothing to update: give --name, --description, --traffic-type and/or --state")
@@ -904,7 +1058,9 @@ def cmd_query(ctx: Ctx, client: FlowLogClient) -> int:
     start = fmt.parse_time(a.start, now=now)
     end = fmt.parse_time(a.end, now=now) if a.end else now
     if end <= start:
-        raise UsageError(f"the window is empty: --start {fmt.format_time(start)} is not before --end {fmt.format_time(end)}")
+        raise UsageError(
+            f"the window is empty: --start {fmt.format_time(start)} is not before --end {fmt.format_time(end)}"
+        )
     request = client.build_query(
         region=a.region,
         project=a.project,
@@ -949,8 +1105,9 @@ def _window(ctx: Ctx) -> tuple[datetime, datetime]:
     start = fmt.parse_time(a.start, now=now)
     end = fmt.parse_time(a.end, now=now) if a.end else now
     if end <= start:
-        raise UsageError(f"the window is empty: --start {fmt.format_time(start)} is not before "
-                         f"--end {fmt.format_time(end)}")
+        raise UsageError(
+            f"the window is empty: --start {fmt.format_time(start)} is not before --end {fmt.format_time(end)}"
+        )
     return start, end
 
 
@@ -963,13 +1120,15 @@ def _aggregate(ctx: Ctx, client: FlowLogClient, **kwargs: Any) -> query_pb2.Aggr
     a = ctx.args
     start, end = _window(ctx)
     kwargs.setdefault("filter", a.filter)
-    request = client.build_aggregate(region=a.region, project=a.project, log_stores=_log_stores(a.log_stores),
-                                     start=start, end=end, **kwargs)
+    request = client.build_aggregate(
+        region=a.region, project=a.project, log_stores=_log_stores(a.log_stores), start=start, end=end, **kwargs
+    )
     return client.aggregate(request)
 
 
-def _print_answer(ctx: Ctx, resp: query_pb2.AggregateResponse, *,
-                  extra: Sequence[tuple[str, Sequence[str]]] = ()) -> None:
+def _print_answer(
+    ctx: Ctx, resp: query_pb2.AggregateResponse, *, extra: Sequence[tuple[str, Sequence[str]]] = ()
+) -> None:
     if ctx.json:
         ctx.out.write(fmt.to_json(resp))
         return
@@ -982,8 +1141,15 @@ def _print_answer(ctx: Ctx, resp: query_pb2.AggregateResponse, *,
 
 def cmd_aggregate(ctx: Ctx, client: FlowLogClient) -> int:
     a = ctx.args
-    resp = _aggregate(ctx, client, group_by=_split(a.group_by), metrics=_split(a.metrics), order_by=a.order_by,
-                      interval=a.interval, limit=a.limit)
+    resp = _aggregate(
+        ctx,
+        client,
+        group_by=_split(a.group_by),
+        metrics=_split(a.metrics),
+        order_by=a.order_by,
+        interval=a.interval,
+        limit=a.limit,
+    )
     _print_answer(ctx, resp)
     return 0
 
@@ -1031,14 +1197,18 @@ def cmd_top_why(ctx: Ctx, client: FlowLogClient) -> int:
         top = resp.rows[0]
         kind = top.keys[0].removeprefix("RULE_KIND_").replace("_", " ").lower()
         rule = f"{kind} rule {top.keys[1]}" if top.keys[1] else f"{kind} rule (not recorded)"
-        ctx.out.write(f"\n{a.src} -> {target}: {resp.matched:,} rejected flows; most by the {rule} "
-                      f"({top.values[0]:,} flows, last seen {fmt.metric_cell('max(end_time)', top.values[3])}).\n")
+        ctx.out.write(
+            f"\n{a.src} -> {target}: {resp.matched:,} rejected flows; most by the {rule} "
+            f"({top.values[0]:,} flows, last seen {fmt.metric_cell('max(end_time)', top.values[3])}).\n"
+        )
         return 0
     assert context is not None
     counts = {r.keys[0]: r.values[0] for r in context.rows}
     if not counts:
-        ctx.out.write(f"{a.src} -> {target}: no flows at all in the window (not rejected either: check the "
-                      "addresses, the LogStores and the time window).\n")
+        ctx.out.write(
+            f"{a.src} -> {target}: no flows at all in the window (not rejected either: check the "
+            "addresses, the LogStores and the time window).\n"
+        )
     else:
         seen = ", ".join(f"{n:,} {k.removeprefix('ACTION_')}" for k, n in sorted(counts.items()))
         ctx.out.write(f"{a.src} -> {target}: nothing rejected in the window ({seen}).\n")
@@ -1070,18 +1240,30 @@ def cmd_top_badaddr(ctx: Ctx, client: FlowLogClient) -> int:
         except UnicodeDecodeError:
             raise UsageError(f"{a.file} is not UTF-8 text: one address or CIDR per line") from None
         nets = _preset(presets.read_bad_list, lines, a.file)
-    answers = [_aggregate(ctx, client, group_by=presets.BAD_GROUPS, metrics=presets.BAD_METRICS, filter=f,
-                          limit=a.limit) for f in presets.bad_filters(nets, a.filter)]
+    answers = [
+        _aggregate(ctx, client, group_by=presets.BAD_GROUPS, metrics=presets.BAD_METRICS, filter=f, limit=a.limit)
+        for f in presets.bad_filters(nets, a.filter)
+    ]
     every = [r for resp in answers for r in resp.rows]
     order = sorted(range(len(every)), key=lambda i: (-every[i].values[0], list(every[i].keys)))
-    rows = [every[i] for i in order[:a.limit]]
-    merged = query_pb2.AggregateResponse(group_by=presets.BAD_GROUPS, metrics=presets.BAD_METRICS, rows=rows,
-                                         matched=sum(resp.matched for resp in answers),
-                                         approximate=any(resp.approximate for resp in answers))
-    folded = [resp.other for resp in answers if resp.HasField("other")] + [every[i] for i in order[a.limit:]]
+    rows = [every[i] for i in order[: a.limit]]
+    merged = query_pb2.AggregateResponse(
+        group_by=presets.BAD_GROUPS,
+        metrics=presets.BAD_METRICS,
+        rows=rows,
+        matched=sum(resp.matched for resp in answers),
+        approximate=any(resp.approximate for resp in answers),
+    )
+    folded = [resp.other for resp in answers if resp.HasField("other")] + [every[i] for i in order[a.limit :]]
     if folded:  # count, sum(bytes), min(start_time), max(end_time) of everything not shown
-        merged.other.values.extend([sum(r.values[0] for r in folded), sum(r.values[1] for r in folded),
-                                    min(r.values[2] for r in folded), max(r.values[3] for r in folded)])
+        merged.other.values.extend(
+            [
+                sum(r.values[0] for r in folded),
+                sum(r.values[1] for r in folded),
+                min(r.values[2] for r in folded),
+                max(r.values[3] for r in folded),
+            ]
+        )
     if ctx.json:
         data = fmt.to_dict(merged)
         for row, out in zip(rows, data["rows"]):
@@ -1202,8 +1384,9 @@ def cmd_collector_status(ctx: Ctx, client: FlowLogClient) -> int:
         with open(path) as fh:
             doc = json.load(fh)
     except FileNotFoundError:
-        ctx.err.write(f"{PROG}: no collector status at {path}: is a server with --collector-listen running "
-                      "on this data dir?\n")
+        ctx.err.write(
+            f"{PROG}: no collector status at {path}: is a server with --collector-listen running on this data dir?\n"
+        )
         return 1
     except ValueError:
         ctx.err.write(f"{PROG}: {path} is not a collector status file\n")
@@ -1212,8 +1395,10 @@ def cmd_collector_status(ctx: Ctx, client: FlowLogClient) -> int:
         ctx.out.write(json.dumps(doc, sort_keys=True) + "\n")
         return 0
     age = time.time() - float(doc.get("time", 0))
-    ctx.out.write(f"collector udp {doc.get('listen')} pid {doc.get('pid')} "
-                  f"{'running' if doc.get('running') else 'stopped'}, status written {age:.0f}s ago\n")
+    ctx.out.write(
+        f"collector udp {doc.get('listen')} pid {doc.get('pid')} "
+        f"{'running' if doc.get('running') else 'stopped'}, status written {age:.0f}s ago\n"
+    )
     helps = doc.get("help", {})
     for name, value in doc.get("counters", {}).items():
         ctx.out.write(f"  {name:<20} {value:>14}  {helps.get(name, '')}\n")
@@ -1252,8 +1437,10 @@ class ImportReporter:
     @staticmethod
     def text(p: ImportProgress) -> str:
         bad = f", {p.bad:,} bad" if p.bad else ""
-        return (f"{p.files_done}/{p.files_total} files, {p.records:,} records sent "
-                f"({p.rate:,.0f}/s){bad}, {p.elapsed:.0f}s: {p.source}")
+        return (
+            f"{p.files_done}/{p.files_total} files, {p.records:,} records sent "
+            f"({p.rate:,.0f}/s){bad}, {p.elapsed:.0f}s: {p.source}"
+        )
 
     def _clear(self) -> None:
         if self._shown:
@@ -1300,31 +1487,50 @@ def cmd_import(ctx: Ctx, client: FlowLogClient) -> int:
         raise UsageError("--aws-fields applies only with --format aws")
     try:
         result: ImportResult = client.import_files(
-            a.flow_log_id, a.files, a.import_format, batch_size=a.batch_size, aws_fields=a.aws_fields,
-            on_problem=reporter.problem, on_progress=reporter.progress)
+            a.flow_log_id,
+            a.files,
+            a.import_format,
+            batch_size=a.batch_size,
+            aws_fields=a.aws_fields,
+            on_problem=reporter.problem,
+            on_progress=reporter.progress,
+        )
     except ValueError as e:  # '-' twice
         raise UsageError(str(e)) from None
     finally:
         reporter.done()
     rate = result.records / result.elapsed if result.elapsed > 0 else 0.0
     if ctx.json:
-        ctx.out.write(fmt.to_json({
-            "flow_log_id": result.flow_log.id, "files": len(result.files), "records": result.records,
-            "accepted": result.accepted, "rejected": result.rejected, "skipped": result.skipped,
-            "seconds": round(result.elapsed, 3),
-            "problems": [{"source": e.source, "line": e.line, "field": e.field, "reason": e.reason}
-                         for e in result.problems],
-        }))
+        ctx.out.write(
+            fmt.to_json(
+                {
+                    "flow_log_id": result.flow_log.id,
+                    "files": len(result.files),
+                    "records": result.records,
+                    "accepted": result.accepted,
+                    "rejected": result.rejected,
+                    "skipped": result.skipped,
+                    "seconds": round(result.elapsed, 3),
+                    "problems": [
+                        {"source": e.source, "line": e.line, "field": e.field, "reason": e.reason}
+                        for e in result.problems
+                    ],
+                }
+            )
+        )
     else:
         store = result.flow_log.destination
         skipped = f", skipped {result.skipped:,}" if result.skipped else ""
         ctx.out.write(
             f"imported {len(result.files)} file{'' if len(result.files) == 1 else 's'} into {result.flow_log.id} "
             f"({store.project}/{store.log_store}): accepted {result.accepted:,}, rejected {result.rejected:,}{skipped} "
-            f"in {result.elapsed:.1f}s ({rate:,.0f} records/s)\n")
+            f"in {result.elapsed:.1f}s ({rate:,.0f} records/s)\n"
+        )
         if result.undetailed:
-            ctx.out.write(f"  {result.undetailed:,} of the rejected records were counted by the server without "
-                          "detail (it details the first 1,000 of each call)\n")
+            ctx.out.write(
+                f"  {result.undetailed:,} of the rejected records were counted by the server without "
+                "detail (it details the first 1,000 of each call)\n"
+            )
     ctx.out.flush()
     return 1 if result.rejected else 0
 

@@ -12,6 +12,7 @@ Two layers, so nothing the API can do is out of reach and the common things are 
 Every call carries `authorization: Bearer <key>` when a key is given (an interceptor, so the
 raw stubs get it too, unary and streaming alike).
 """
+
 from __future__ import annotations
 
 import collections
@@ -209,9 +210,7 @@ class FlowLogError(Exception):
         """One `field: description` per violation, in the order the server gave them."""
         lines = [f"{field}: {description}" for field, description in self.field_violations]
         lines += [f"{subject}: {description}" for subject, description in self.quota_violations]
-        lines += [
-            f"{subject or kind}: {description}" for kind, subject, description in self.precondition_violations
-        ]
+        lines += [f"{subject or kind}: {description}" for kind, subject, description in self.precondition_violations]
         return lines
 
     def __str__(self) -> str:
@@ -443,8 +442,9 @@ def split_target(target: str) -> tuple[str, bool]:
         return target, False
     scheme = scheme.lower()
     if scheme not in ("https", "grpcs", "http", "grpc"):
-        raise ValueError(f"unknown scheme {scheme!r} in server address {target!r}: use https:// (TLS), http:// or "
-                         "HOST:PORT")
+        raise ValueError(
+            f"unknown scheme {scheme!r} in server address {target!r}: use https:// (TLS), http:// or HOST:PORT"
+        )
     tls = scheme in ("https", "grpcs")
     host = rest.rstrip("/")
     has_port = "]:" in host if host.startswith("[") else ":" in host
@@ -500,7 +500,9 @@ class FlowLogClient:
             self._base_channel = grpc.insecure_channel(target, options=channel_options)
         metadata = [("authorization", f"Bearer {api_key}")] if api_key else []
         self.channel: grpc.Channel = (
-            grpc.intercept_channel(self._base_channel, _MetadataInterceptor(metadata)) if metadata else self._base_channel
+            grpc.intercept_channel(self._base_channel, _MetadataInterceptor(metadata))
+            if metadata
+            else self._base_channel
         )
         self.resources = resource_pb2_grpc.ResourceServiceStub(self.channel)
         self.log_stores = log_store_pb2_grpc.LogStoreServiceStub(self.channel)
@@ -610,9 +612,13 @@ class FlowLogClient:
         store = log_store_pb2.LogStore(
             region=region, project=project, name=name, retention_days=retention_days, description=description
         )
-        return self._unary(self.log_stores.CreateLogStore, log_store_pb2.CreateLogStoreRequest(log_store=store), timeout)
+        return self._unary(
+            self.log_stores.CreateLogStore, log_store_pb2.CreateLogStoreRequest(log_store=store), timeout
+        )
 
-    def get_log_store(self, region: str, project: str, name: str, *, timeout: float | None = None) -> log_store_pb2.LogStore:
+    def get_log_store(
+        self, region: str, project: str, name: str, *, timeout: float | None = None
+    ) -> log_store_pb2.LogStore:
         request = log_store_pb2.GetLogStoreRequest(region=region, project=project, name=name)
         return self._unary(self.log_stores.GetLogStore, request, timeout)
 
@@ -634,7 +640,10 @@ class FlowLogClient:
         their names, so `description=""` clears the description."""
         unknown = set(fields) - set(self._LOG_STORE_MUTABLE)
         if unknown:
-            raise ValueError(f"not mutable on a LogStore: {', '.join(sorted(unknown))} (mutable: {', '.join(self._LOG_STORE_MUTABLE)})")
+            raise ValueError(
+                f"not mutable on a LogStore: {', '.join(sorted(unknown))} "
+                f"(mutable: {', '.join(self._LOG_STORE_MUTABLE)})"
+            )
         if not fields:
             raise ValueError("nothing to update: give retention_days and/or description")
         store = log_store_pb2.LogStore(region=region, project=project, name=name, **fields)
@@ -722,7 +731,10 @@ class FlowLogClient:
         take friendly names (`state="paused"`, `traffic_type="deny"`)."""
         unknown = set(fields) - set(self._FLOW_LOG_MUTABLE)
         if unknown:
-            raise ValueError(f"not mutable on a flow log: {', '.join(sorted(unknown))} (mutable: {', '.join(self._FLOW_LOG_MUTABLE)})")
+            raise ValueError(
+                f"not mutable on a flow log: {', '.join(sorted(unknown))} "
+                f"(mutable: {', '.join(self._FLOW_LOG_MUTABLE)})"
+            )
         if not fields:
             raise ValueError("nothing to update: give name, description, traffic_type and/or state")
         values = dict(fields)
@@ -777,7 +789,9 @@ class FlowLogClient:
         call = self.query_stub.Query(request, timeout=self.timeout if timeout is None else timeout)
         return QueryStream(self, call, request)
 
-    def query(self, request: query_pb2.QueryRequest | None = None, *, timeout: float | None = None, **kwargs: Any) -> QueryStream:
+    def query(
+        self, request: query_pb2.QueryRequest | None = None, *, timeout: float | None = None, **kwargs: Any
+    ) -> QueryStream:
         """One Query call (one page): iterate the result for records; `.summary` afterwards.
         Pass a QueryRequest or build_query's keyword arguments."""
         if request is None:
@@ -786,7 +800,9 @@ class FlowLogClient:
             raise TypeError("give a QueryRequest or keyword arguments, not both")
         return self._query_call(request, timeout)
 
-    def query_all(self, request: query_pb2.QueryRequest | None = None, *, timeout: float | None = None, **kwargs: Any) -> PagedQuery:
+    def query_all(
+        self, request: query_pb2.QueryRequest | None = None, *, timeout: float | None = None, **kwargs: Any
+    ) -> PagedQuery:
         """Every matching record, following next_page_token; `timeout` applies per page."""
         if request is None:
             request = self.build_query(**kwargs)
@@ -814,15 +830,24 @@ class FlowLogClient:
         stores = [log_stores] if isinstance(log_stores, str) else list(log_stores)
         now = datetime.now(timezone.utc)
         request = query_pb2.AggregateRequest(
-            region=region, project=project, log_stores=stores, start_time=to_ts(start, now),
-            end_time=to_ts(end if end is not None else now, now), filter=filter, group_by=list(group_by),
-            metrics=list(metrics), order_by=order_by, limit=limit)
+            region=region,
+            project=project,
+            log_stores=stores,
+            start_time=to_ts(start, now),
+            end_time=to_ts(end if end is not None else now, now),
+            filter=filter,
+            group_by=list(group_by),
+            metrics=list(metrics),
+            order_by=order_by,
+            limit=limit,
+        )
         if interval is not None:
             request.interval.FromTimedelta(interval if isinstance(interval, timedelta) else timedelta(seconds=interval))
         return request
 
-    def aggregate(self, request: query_pb2.AggregateRequest | None = None, *, timeout: float | None = None,
-                  **kwargs: Any) -> query_pb2.AggregateResponse:
+    def aggregate(
+        self, request: query_pb2.AggregateRequest | None = None, *, timeout: float | None = None, **kwargs: Any
+    ) -> query_pb2.AggregateResponse:
         """One Aggregate call: the groups of the matching records with their metrics, top N per
         bucket and the rest in `other`. Pass an AggregateRequest or build_aggregate's keywords."""
         if request is None:
@@ -926,10 +951,19 @@ class FlowLogClient:
 
         if not 1 <= batch_size <= MAX_INGEST_BATCH:
             raise ValueError(f"batch_size must be 1-{MAX_INGEST_BATCH}")
-        return send.import_files(self, flow_log_id, paths, format, batch_size=batch_size,
-                                 call_records=max(call_records, batch_size), on_problem=on_problem,
-                                 on_progress=on_progress, max_problems=max_problems, stdin=stdin,
-                                 aws_fields=aws_fields)
+        return send.import_files(
+            self,
+            flow_log_id,
+            paths,
+            format,
+            batch_size=batch_size,
+            call_records=max(call_records, batch_size),
+            on_problem=on_problem,
+            on_progress=on_progress,
+            max_problems=max_problems,
+            stdin=stdin,
+            aws_fields=aws_fields,
+        )
 
 
 def to_ts(value: datetime | Timestamp | str, now: datetime) -> Timestamp:

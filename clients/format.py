@@ -13,6 +13,7 @@ dependency beyond protobuf.
 - JSON: json_format with proto field names; one document for objects and lists, one line
   per message for streams.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,12 +26,21 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from flowlog.v1 import flow_log_pb2, log_store_pb2, record_pb2, resource_pb2, types_pb2
-
 # Parsing what people type lives in clients/values.py (the client library uses it too);
 # re-exported here for the CLI.
-from clients.values import (PROTOCOL_NAMES, _enum_prefix, enum_choices, enum_name, parse_duration,  # noqa: F401
-                            parse_enum, parse_protocol, parse_time, protocol_name, to_timestamp)
+from clients.values import (
+    PROTOCOL_NAMES,
+    _enum_prefix,
+    enum_choices,
+    enum_name,
+    parse_duration,  # noqa: F401
+    parse_enum,
+    parse_protocol,
+    parse_time,
+    protocol_name,
+    to_timestamp,
+)
+from flowlog.v1 import flow_log_pb2, log_store_pb2, record_pb2, resource_pb2, types_pb2
 
 
 def format_time(value: Timestamp | datetime | None) -> str:
@@ -126,7 +136,9 @@ class StreamTable:
     (an IPv6 address) shifts later rows instead of buffering the whole stream.
     """
 
-    def __init__(self, out: TextIO, headers: Sequence[str], min_widths: Sequence[int], align: Sequence[str], gap: str = "  "):
+    def __init__(
+        self, out: TextIO, headers: Sequence[str], min_widths: Sequence[int], align: Sequence[str], gap: str = "  "
+    ):
         self._out = out
         self._headers = list(headers)
         self._widths = [max(w, display_width(h)) for w, h in zip(min_widths, headers)]
@@ -187,8 +199,11 @@ def rule_text(rule: resource_pb2.SecurityRule) -> str:
 
 
 # How a record's rule_kind reads in a table (short: the column is narrow).
-_RULE_KIND_SHORT = {types_pb2.RULE_KIND_ACL: "ACL", types_pb2.RULE_KIND_SECURITY_GROUP: "SG",
-                    types_pb2.RULE_KIND_DEFAULT: "DEFAULT"}
+_RULE_KIND_SHORT = {
+    types_pb2.RULE_KIND_ACL: "ACL",
+    types_pb2.RULE_KIND_SECURITY_GROUP: "SG",
+    types_pb2.RULE_KIND_DEFAULT: "DEFAULT",
+}
 
 
 def record_rule(r: record_pb2.FlowRecord) -> str:
@@ -293,8 +308,7 @@ def flow_log_fields(f: flow_log_pb2.FlowLog) -> list[tuple[str, Any]]:
     ]
 
 
-RECORD_HEADERS = ["TIME", "SRC", "DST", "SPORT", "DPORT", "PROTO", "PACKETS", "BYTES", "ACTION", "RULE",
-                  "LOG_STORE"]
+RECORD_HEADERS = ["TIME", "SRC", "DST", "SPORT", "DPORT", "PROTO", "PACKETS", "BYTES", "ACTION", "RULE", "LOG_STORE"]
 RECORD_ALIGN = ["left", "left", "left", "right", "right", "left", "right", "right", "left", "left", "left"]
 # Sized for IPv4 so the common case lines up from the first row; IPv6 grows the column.
 RECORD_MIN_WIDTHS = [20, 15, 15, 5, 5, 5, 7, 8, 6, 16, 9]
@@ -491,8 +505,9 @@ def aggregate_table(resp: Any, *, extra: Sequence[tuple[str, Sequence[str]]] = (
     if resp.HasField("other"):
         # (with no group_by there is one group per bucket: never an `other`)
         cells = ([""] if bucketed else []) + ["(other)"] + [""] * (len(resp.group_by) - 1)
-        cells += ["" if m.startswith("count_distinct") else metric_cell(m, v)
-                  for m, v in zip(resp.metrics, resp.other.values)]
+        cells += [
+            "" if m.startswith("count_distinct") else metric_cell(m, v) for m, v in zip(resp.metrics, resp.other.values)
+        ]
         cells += [""] * len(extra)
         rows.append(cells)
     return render_table(headers, rows, align=align)
@@ -502,8 +517,11 @@ def aggregate_footer(resp: Any) -> str:
     note = f"{resp.matched:,} records matched"
     if resp.HasField("other"):
         bucketed = any(r.HasField("bucket_start") for r in resp.rows)
-        note += ("; (other) folds the groups past the limit of each bucket" if bucketed
-                 else f"; (other) folds the groups past the top {len(resp.rows)}")
+        note += (
+            "; (other) folds the groups past the limit of each bucket"
+            if bucketed
+            else f"; (other) folds the groups past the top {len(resp.rows)}"
+        )
     if resp.approximate:
         note += "; APPROXIMATE: the backend could not compute every value exactly"
     return note + "\n"
@@ -521,8 +539,10 @@ def timeline_chart(resp: Any, start_ms: int, end_ms: int, interval_ms: int) -> s
             series.setdefault(key, [0] * n)[i] += r.values[0]
     metric = resp.metrics[0] if resp.metrics else ""
     show = human_bytes if metric == "sum(bytes)" else (lambda v: f"{v:,}")
-    lines = [f"{_ms_time(first)} .. {_ms_time(first + n * interval_ms)}, one character per "
-             f"{format_duration(interval_ms)}, {metric}"]
+    lines = [
+        f"{_ms_time(first)} .. {_ms_time(first + n * interval_ms)}, one character per "
+        f"{format_duration(interval_ms)}, {metric}"
+    ]
     width = max((len(k) for k, values in series.items() if any(values) or len(series) == 1), default=0)
     for key in sorted(series):
         values = series[key]
@@ -530,8 +550,10 @@ def timeline_chart(resp: Any, start_ms: int, end_ms: int, interval_ms: int) -> s
             continue  # e.g. NODATA rows (no action) under sum(bytes): nothing to draw
         peak = max(range(n), key=lambda j: values[j])
         line = sparkline(values)  # each line scaled to its own peak (printed after it)
-        lines.append(f"{key:<{width}}  {line}  total {show(sum(values))}, peak {show(values[peak])} at "
-                     f"{_ms_time(first + peak * interval_ms)}")
+        lines.append(
+            f"{key:<{width}}  {line}  total {show(sum(values))}, peak {show(values[peak])} at "
+            f"{_ms_time(first + peak * interval_ms)}"
+        )
     if not series:
         lines.append("(no records)")
     return "\n".join(lines) + "\n"
@@ -558,11 +580,13 @@ def escape_controls(text: str, *, json_style: bool = False) -> str:
     """`text` with every character a terminal would act on written as an escape: `\\x1b` (or
     `\\u001b` where the text is JSON, which stays valid JSON: such characters only ever occur
     inside its strings). Tabs are escaped too: data never lays out our columns."""
+
     def esc(m: re.Match[str]) -> str:
         c = ord(m.group())
         if json_style or c > 0xFF:
             return f"\\u{c:04x}"
         return f"\\x{c:02x}"
+
     return _UNSAFE.sub(esc, text)
 
 

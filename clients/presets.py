@@ -12,6 +12,7 @@ answers. Nothing here exports records: every answer is computed by the server.
 - protocols: traffic of uncommon protocols (not tcp/udp/icmp/icmpv6), by protocol.
 - badaddr: flows to or from a list of addresses/CIDRs read from a file.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -48,12 +49,15 @@ def address_key(side: str, prefix: str | None) -> str:
 
 
 def talkers(side: str, prefix: str | None, extra_filter: str) -> dict[str, Any]:
-    return dict(group_by=[address_key(side, prefix)], metrics=["sum(bytes)", "sum(packets)", "count"],
-                filter=extra_filter)
+    return dict(
+        group_by=[address_key(side, prefix)], metrics=["sum(bytes)", "sum(packets)", "count"], filter=extra_filter
+    )
 
 
-_NICE = [timedelta(seconds=s) for s in (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600,
-                                        12 * 3600, 86400, 7 * 86400)]
+_NICE = [
+    timedelta(seconds=s)
+    for s in (1, 5, 10, 30, 60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
+]
 
 
 def nice_interval(span: timedelta, buckets: int = 60) -> timedelta:
@@ -68,8 +72,9 @@ TIMELINE_METRICS = {"bytes": "sum(bytes)", "packets": "sum(packets)", "flows": "
 
 
 def timeline(metric: str, interval: timedelta, extra_filter: str) -> dict[str, Any]:
-    return dict(group_by=["action"], metrics=[TIMELINE_METRICS[metric]], interval=interval, limit=10,
-                filter=extra_filter)
+    return dict(
+        group_by=["action"], metrics=[TIMELINE_METRICS[metric]], interval=interval, limit=10, filter=extra_filter
+    )
 
 
 def _address(text: str, option: str) -> str:
@@ -85,9 +90,12 @@ def why(src: str, dst: str, port: int | None, extra_filter: str) -> tuple[dict[s
     pair = f"src_addr = {_address(src, '--src')} AND dst_addr = {_address(dst, '--dst')}"
     if port is not None:
         pair += f" AND dst_port = {port}"
-    rejected = dict(group_by=["rule_kind", "rule_id"], metrics=["count", "sum(packets)", "min(start_time)",
-                                                                 "max(end_time)"],
-                    filter=and_filter(pair, "action = REJECT", extra_filter), limit=20)
+    rejected = dict(
+        group_by=["rule_kind", "rule_id"],
+        metrics=["count", "sum(packets)", "min(start_time)", "max(end_time)"],
+        filter=and_filter(pair, "action = REJECT", extra_filter),
+        limit=20,
+    )
     overall = dict(group_by=["action"], metrics=["count", "max(end_time)"], filter=and_filter(pair, extra_filter))
     return rejected, overall
 
@@ -102,9 +110,11 @@ def scanners(by: str, extra_filter: str) -> dict[str, Any]:
 def protocols(include_common: bool, extra_filter: str) -> dict[str, Any]:
     # NODATA/SKIPDATA rows carry protocol 0 and no traffic: not a protocol anyone used
     uncommon = "log_status = OK" if include_common else f"protocol NOT IN ({COMMON_PROTOCOLS}) AND log_status = OK"
-    return dict(group_by=["protocol"], metrics=["count", "sum(bytes)", "count_distinct(src_addr)",
-                                                "count_distinct(dst_addr)"],
-                filter=and_filter(uncommon, extra_filter))
+    return dict(
+        group_by=["protocol"],
+        metrics=["count", "sum(bytes)", "count_distinct(src_addr)", "count_distinct(dst_addr)"],
+        filter=and_filter(uncommon, extra_filter),
+    )
 
 
 def read_bad_list(lines: Iterable[str], name: str) -> list[Network]:
@@ -118,8 +128,11 @@ def read_bad_list(lines: Iterable[str], name: str) -> list[Network]:
             net = ipaddress.ip_network(text, strict=True)
         except ValueError as e:
             raise PresetError(f"{name} line {number}: {text[:60]!r} is not an address or CIDR ({e})") from None
-        if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None \
-                and net.prefixlen >= 96:
+        if (
+            isinstance(net, ipaddress.IPv6Network)
+            and net.network_address.ipv4_mapped is not None
+            and net.prefixlen >= 96
+        ):
             net = ipaddress.ip_network(f"{net.network_address.ipv4_mapped}/{net.prefixlen - 96}")
         out.append(net)
     if not out:

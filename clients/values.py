@@ -5,6 +5,7 @@
 The client library (clients/client.py) and the CLI's rendering (clients/format.py) both use
 these; nothing here renders output, imports gRPC or argparse.
 """
+
 from __future__ import annotations
 
 import re
@@ -42,7 +43,7 @@ def enum_name(enum_type: EnumTypeWrapper, value: int) -> str:
         name = enum_type.Name(value)
     except ValueError:
         return str(value)
-    short = name[len(_enum_prefix(enum_type)):]
+    short = name[len(_enum_prefix(enum_type)) :]
     if enum_type.DESCRIPTOR.full_name in _UPPER_CASE_ENUMS:
         return short
     return short.lower().replace("_", "-")
@@ -139,7 +140,7 @@ def parse_duration(text: str) -> timedelta:
     pos = 0
     total = 0.0
     for match in _DURATION_RE.finditer(raw):
-        if match.start() != pos and raw[pos:match.start()].strip():
+        if match.start() != pos and raw[pos : match.start()].strip():
             break
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
         pos = match.end()

@@ -35,6 +35,7 @@ services_fetch.py (fetching/building once into the cache) and services_run.py (s
 watching, restarting and stopping servers). This module is their importable front: `import
 flowlog_services as fs` gives fs.fetch, fs.start, fs.stop, ... as before.
 """
+
 from __future__ import annotations
 
 import os

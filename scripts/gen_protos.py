@@ -4,13 +4,14 @@
 The stubs are build output, never edited by hand and never committed: `make install` runs this
 with the pinned grpcio-tools, so they always match protos/. Output: flowlog/v1/*_pb2*.py(i).
 """
+
 from __future__ import annotations
 
 import pathlib
 import sys
 
-from grpc_tools import protoc
 import grpc_tools
+from grpc_tools import protoc
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"

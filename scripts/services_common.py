@@ -1,6 +1,7 @@
 """Pins, errors and small helpers shared by scripts/services_fetch.py and scripts/services_run.py:
 the versions of every real server and tool the tests use, the cache folder, inter-process locks,
 free ports, HTTP probes. (scripts/flowlog_services.py is the importable front of all three.)"""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,7 +16,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-
 
 # --------------------------------------------------------------------------------------------
 # Pins
@@ -54,8 +54,14 @@ GRPCURL_VERSION = "v1.9.3"
 GOFLOW2_PACKAGE = "github.com/netsampler/goflow2/v2/cmd/goflow2"
 GOFLOW2_VERSION = "v2.2.6"
 # Real NetFlow/IPFIX exporters and tools for tests/collector, from Debian's packages: command -> package.
-EXPORTER_PACKAGES = {"softflowd": "softflowd", "softflowctl": "softflowd", "pmacctd": "pmacct", "nfcapd": "nfdump",
-                     "nfdump": "nfdump", "tcpreplay": "tcpreplay"}
+EXPORTER_PACKAGES = {
+    "softflowd": "softflowd",
+    "softflowctl": "softflowd",
+    "pmacctd": "pmacct",
+    "nfcapd": "nfdump",
+    "nfdump": "nfdump",
+    "tcpreplay": "tcpreplay",
+}
 
 # Fixed test credentials (loopback-only throwaway servers).
 S3_ACCESS_KEY = "flowlog"
@@ -112,15 +118,17 @@ def _hash_file(path: str, algo: str) -> str:
     return h.hexdigest()
 
 
-def _run_with_progress(cmd: list[str], what: str, env: dict | None = None, cwd: str | None = None,
-                       echo_output: bool = True) -> str:
+def _run_with_progress(
+    cmd: list[str], what: str, env: dict | None = None, cwd: str | None = None, echo_output: bool = True
+) -> str:
     """Run cmd, relay its output to stderr, print a heartbeat with elapsed seconds.
     Returns the combined output; raises ServiceError (with the output tail) on failure."""
     t0 = time.monotonic()
     log(f"$ {' '.join(cmd)}")
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-                                cwd=cwd, text=True, errors="replace")
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd, text=True, errors="replace"
+        )
     except FileNotFoundError as e:
         raise ServiceError(f"{what}: cannot run {cmd[0]!r}: {e}") from e
     lines: list[str] = []
@@ -148,8 +156,7 @@ def _run_with_progress(cmd: list[str], what: str, env: dict | None = None, cwd: 
     out = "\n".join(lines)
     if rc != 0:
         tail = "\n".join(lines[-40:])
-        raise ServiceError(f"{what} failed (exit {rc}) after {time.monotonic() - t0:.0f}s:\n"
-                           f"$ {' '.join(cmd)}\n{tail}")
+        raise ServiceError(f"{what} failed (exit {rc}) after {time.monotonic() - t0:.0f}s:\n$ {' '.join(cmd)}\n{tail}")
     log(f"{what}: done in {time.monotonic() - t0:.1f}s")
     return out
 
@@ -177,7 +184,7 @@ def _proc_starttime(pid: int) -> str | None:
     try:
         with open(f"/proc/{pid}/stat") as fh:
             stat = fh.read()
-        return stat[stat.rindex(")") + 2:].split()[19]
+        return stat[stat.rindex(")") + 2 :].split()[19]
     except (OSError, ValueError, IndexError):
         return None
 
@@ -189,5 +196,3 @@ def _http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read() or b""
-
-

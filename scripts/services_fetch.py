@@ -3,6 +3,7 @@
 the JDK to run Elasticsearch on, Debian's chromium and the NetFlow exporters (apt-get); and
 `how_to_get(name)`, what to tell a user when one is missing. Nothing here starts a server
 (scripts/services_run.py does)."""
+
 from __future__ import annotations
 
 import glob
@@ -14,12 +15,32 @@ import tempfile
 import time
 import zipfile
 
-from services_common import (ES_ARTIFACT, ES_GROUP, ES_MIN_JAVA, ES_SERVER_JAR, ES_VERSION, ES_ZIP_SHA1,
-                             ES_ZIP_SHA512, EXPORTER_PACKAGES, GOFLOW2_PACKAGE, GOFLOW2_VERSION, GRPCURL_PACKAGE,
-                             GRPCURL_VERSION, MINIO_MODULE, MINIO_VERSION, MVN_DEPENDENCY_PLUGIN, SERVICES,
-                             ServiceError, VERSITYGW_PACKAGE, VERSITYGW_VERSION, _hash_file, _locked,
-                             _run_with_progress, cache_dir, log)  # noqa: F401
-
+from services_common import (
+    ES_ARTIFACT,
+    ES_GROUP,
+    ES_MIN_JAVA,
+    ES_SERVER_JAR,
+    ES_VERSION,
+    ES_ZIP_SHA1,
+    ES_ZIP_SHA512,
+    EXPORTER_PACKAGES,
+    GOFLOW2_PACKAGE,
+    GOFLOW2_VERSION,
+    GRPCURL_PACKAGE,
+    GRPCURL_VERSION,
+    MINIO_MODULE,
+    MINIO_VERSION,
+    MVN_DEPENDENCY_PLUGIN,
+    SERVICES,
+    VERSITYGW_PACKAGE,
+    VERSITYGW_VERSION,
+    ServiceError,
+    _hash_file,
+    _locked,
+    _run_with_progress,
+    cache_dir,
+    log,
+)  # noqa: F401
 
 # --------------------------------------------------------------------------------------------
 # Elasticsearch: fetch
@@ -71,8 +92,9 @@ def _es_marker() -> str:
 def _find_mvn() -> str:
     mvn = os.environ.get("FLOWLOG_MVN") or shutil.which("mvn")
     if not mvn:
-        raise ServiceError("mvn (Apache Maven) not found on PATH; install it (apt-get install maven) "
-                           "or set FLOWLOG_MVN")
+        raise ServiceError(
+            "mvn (Apache Maven) not found on PATH; install it (apt-get install maven) or set FLOWLOG_MVN"
+        )
     return mvn
 
 
@@ -139,17 +161,18 @@ def fetch_es() -> str:
         if os.path.exists(_es_marker()):
             return home
         t0 = time.monotonic()
-        log(f"fetching elasticsearch {ES_VERSION} ({ES_GROUP}:{ES_ARTIFACT}:zip) from Maven Central "
-            f"into {_m2()} ...")
+        log(f"fetching elasticsearch {ES_VERSION} ({ES_GROUP}:{ES_ARTIFACT}:zip) from Maven Central into {_m2()} ...")
         # 1. The server jar, with Maven's checksum verification enforced.
-        _mvn_get(ES_SERVER_JAR, strict=True,
-                 what=f"mvn: {ES_SERVER_JAR} (--strict-checksums)")
+        _mvn_get(ES_SERVER_JAR, strict=True, what=f"mvn: {ES_SERVER_JAR} (--strict-checksums)")
         server_jar = _m2_path("org.elasticsearch", "elasticsearch", ES_VERSION, "jar")
         # 2. The distribution zip (Central has no checksum files for it: verified below).
         zip_path = _m2_path(ES_GROUP, ES_ARTIFACT, ES_VERSION, "zip")
         if not (os.path.exists(zip_path) and _hash_file(zip_path, "sha512") == ES_ZIP_SHA512):
-            _mvn_get(f"{ES_GROUP}:{ES_ARTIFACT}:{ES_VERSION}:zip", strict=False,
-                     what=f"mvn: {ES_GROUP}:{ES_ARTIFACT}:{ES_VERSION}:zip")
+            _mvn_get(
+                f"{ES_GROUP}:{ES_ARTIFACT}:{ES_VERSION}:zip",
+                strict=False,
+                what=f"mvn: {ES_GROUP}:{ES_ARTIFACT}:{ES_VERSION}:zip",
+            )
         if not os.path.exists(zip_path):
             raise ServiceError(f"mvn reported success but {zip_path} is missing")
         got512, got1 = _hash_file(zip_path, "sha512"), _hash_file(zip_path, "sha1")
@@ -160,15 +183,19 @@ def fetch_es() -> str:
                 f"checksum mismatch for {ES_GROUP}:{ES_ARTIFACT}:{ES_VERSION}:zip\n"
                 f"  expected sha512 {ES_ZIP_SHA512}\n  got      sha512 {got512}\n"
                 f"  expected sha1 {ES_ZIP_SHA1}\n  got      sha1 {got1}\n"
-                f"the download was moved to {bad} and NOT used")
-        log(f"sha512/sha1 of the zip match the pinned values ({time.monotonic() - t0:.0f}s elapsed); "
-            f"unpacking into {es_install_root()} ...")
+                f"the download was moved to {bad} and NOT used"
+            )
+        log(
+            f"sha512/sha1 of the zip match the pinned values ({time.monotonic() - t0:.0f}s elapsed); "
+            f"unpacking into {es_install_root()} ..."
+        )
         _extract_zip(zip_path, es_install_root(), f"elasticsearch-{ES_VERSION}")
         inner = os.path.join(home, "lib", f"elasticsearch-{ES_VERSION}.jar")
         if not os.path.exists(inner) or _hash_file(inner, "sha1") != _hash_file(server_jar, "sha1"):
             shutil.rmtree(home, ignore_errors=True)
-            raise ServiceError(f"{inner} differs from the checksum-verified {ES_SERVER_JAR}; "
-                               "refusing to use this distribution")
+            raise ServiceError(
+                f"{inner} differs from the checksum-verified {ES_SERVER_JAR}; refusing to use this distribution"
+            )
         with open(_es_marker(), "w") as fh:
             fh.write(f"{ES_GROUP}:{ES_ARTIFACT}:{ES_VERSION}:zip sha512={ES_ZIP_SHA512}\n")
         os.chmod(_es_marker(), 0o644)
@@ -214,9 +241,11 @@ def _pick_java_home(min_major: int, for_what: str = "Elasticsearch") -> str:
         if best is None or major > best[0]:
             best = (major, jh)
     if best is None:
-        raise ServiceError(f"no JDK {min_major}+ found under /usr/lib/jvm; {for_what} needs Java "
-                           f"{min_major}+ (e.g. apt-get install temurin-25-jdk or openjdk-21-jdk), "
-                           "or set FLOWLOG_ES_JAVA_HOME")
+        raise ServiceError(
+            f"no JDK {min_major}+ found under /usr/lib/jvm; {for_what} needs Java "
+            f"{min_major}+ (e.g. apt-get install temurin-25-jdk or openjdk-21-jdk), "
+            "or set FLOWLOG_ES_JAVA_HOME"
+        )
     return best[1]
 
 
@@ -230,8 +259,9 @@ def _find_go() -> str:
     if not go and os.access("/usr/local/go/bin/go", os.X_OK):
         go = "/usr/local/go/bin/go"
     if not go:
-        raise ServiceError("the Go toolchain (go) was not found on PATH or at /usr/local/go/bin/go; "
-                           "install Go 1.24+ or set FLOWLOG_GO")
+        raise ServiceError(
+            "the Go toolchain (go) was not found on PATH or at /usr/local/go/bin/go; install Go 1.24+ or set FLOWLOG_GO"
+        )
     return go
 
 
@@ -258,10 +288,11 @@ def _go_install(name: str, pkg_at_version: str) -> str:
         env["GOBIN"] = os.path.dirname(binary)
         env["PATH"] = os.path.dirname(go) + os.pathsep + env.get("PATH", "")
         os.makedirs(env["GOBIN"], exist_ok=True)
-        log(f"building {pkg_at_version} with `go install` (CGO_ENABLED=0) into {env['GOBIN']}; "
-            "this takes minutes on 2 cores ...")
-        _run_with_progress([go, "install", pkg_at_version], f"go install {pkg_at_version}", env=env,
-                           cwd=env["GOBIN"])
+        log(
+            f"building {pkg_at_version} with `go install` (CGO_ENABLED=0) into {env['GOBIN']}; "
+            "this takes minutes on 2 cores ..."
+        )
+        _run_with_progress([go, "install", pkg_at_version], f"go install {pkg_at_version}", env=env, cwd=env["GOBIN"])
         if not os.access(binary, os.X_OK):
             raise ServiceError(f"go install succeeded but {binary} is missing")
         return binary
@@ -295,8 +326,9 @@ def resolve(name: str) -> str:
     except ServiceError as e:
         log(f"{e}\n-> falling back to versitygw {VERSITYGW_VERSION} as the S3 server")
         lines = str(e).splitlines()
-        _S3_FALLBACK_REASON[0] = next((ln for ln in reversed(lines) if ln.startswith("go: ")),
-                                      lines[-1] if lines else "build failed")
+        _S3_FALLBACK_REASON[0] = next(
+            (ln for ln in reversed(lines) if ln.startswith("go: ")), lines[-1] if lines else "build failed"
+        )
         return "versitygw"
 
 
@@ -322,12 +354,15 @@ def fetch_browser() -> str:
     if os.path.exists(path):
         return path
     if os.geteuid() != 0:
-        raise ServiceError(f"{path} is missing: run `apt-get install -y chromium` as root "
-                           "(or point FLOWLOG_CHROMIUM at a Chromium binary)")
+        raise ServiceError(
+            f"{path} is missing: run `apt-get install -y chromium` as root "
+            "(or point FLOWLOG_CHROMIUM at a Chromium binary)"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     _run_with_progress(["apt-get", "update", "-q"], "apt-get update", env=env)
-    _run_with_progress(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
-                       "apt-get install chromium", env=env)
+    _run_with_progress(
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"], "apt-get install chromium", env=env
+    )
     if not os.path.exists(path):
         raise ServiceError(f"apt-get installed chromium but {path} is not there")
     return path
@@ -354,16 +389,25 @@ def fetch_exporters() -> str:
             if missing:
                 apt = shutil.which("apt-get")
                 if apt is None or os.geteuid() != 0:
-                    raise ServiceError(f"the exporters' Debian packages {', '.join(missing)} are missing; install "
-                                       f"them as root: apt-get install -y {' '.join(missing)}")
+                    raise ServiceError(
+                        f"the exporters' Debian packages {', '.join(missing)} are missing; install "
+                        f"them as root: apt-get install -y {' '.join(missing)}"
+                    )
                 env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
                 log(f"installing Debian packages {', '.join(missing)} with apt-get ...")
                 # policy-rc.d-less machines would start nfdump's service: nothing listens on our ports anyway
-                if subprocess.run([apt, "install", "-y", "--no-install-recommends", *missing], env=env,
-                                  stdout=subprocess.DEVNULL).returncode != 0:
+                if (
+                    subprocess.run(
+                        [apt, "install", "-y", "--no-install-recommends", *missing], env=env, stdout=subprocess.DEVNULL
+                    ).returncode
+                    != 0
+                ):
                     subprocess.run([apt, "update"], env=env, stdout=subprocess.DEVNULL)
-                    _run_with_progress([apt, "install", "-y", "--no-install-recommends", *missing],
-                                       f"apt-get install {' '.join(missing)}", env=env)
+                    _run_with_progress(
+                        [apt, "install", "-y", "--no-install-recommends", *missing],
+                        f"apt-get install {' '.join(missing)}",
+                        env=env,
+                    )
     still = sorted(cmd for cmd in EXPORTER_PACKAGES if exporter_path(cmd) is None)
     if still:
         raise ServiceError(f"after apt-get, still missing: {', '.join(still)}")
@@ -392,14 +436,16 @@ def how_to_get(name: str) -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     cli = os.path.join(here, "services")
     if name == "es":
-        return (f"run `{cli} fetch es` (downloads {ES_GROUP}:{ES_ARTIFACT}:{ES_VERSION}:zip from "
-                f"Maven Central; needs mvn and a Java {ES_MIN_JAVA}+ JDK under /usr/lib/jvm or in "
-                "FLOWLOG_ES_JAVA_HOME; as root it also needs useradd/runuser), or point "
-                "FLOWLOG_TEST_ES_URL at a running Elasticsearch 9.x")
-    return (f"run `{cli} fetch s3` (builds {MINIO_MODULE}@{MINIO_VERSION}, falling back to "
-            f"{VERSITYGW_PACKAGE}@{VERSITYGW_VERSION} unless FLOWLOG_S3_SERVER=minio|versitygw "
-            "forces one; needs Go 1.24+ and the Go module proxy), or "
-            "point FLOWLOG_TEST_S3_ENDPOINT / FLOWLOG_TEST_S3_ACCESS_KEY / FLOWLOG_TEST_S3_SECRET_KEY "
-            "at a running S3 server")
-
-
+        return (
+            f"run `{cli} fetch es` (downloads {ES_GROUP}:{ES_ARTIFACT}:{ES_VERSION}:zip from "
+            f"Maven Central; needs mvn and a Java {ES_MIN_JAVA}+ JDK under /usr/lib/jvm or in "
+            "FLOWLOG_ES_JAVA_HOME; as root it also needs useradd/runuser), or point "
+            "FLOWLOG_TEST_ES_URL at a running Elasticsearch 9.x"
+        )
+    return (
+        f"run `{cli} fetch s3` (builds {MINIO_MODULE}@{MINIO_VERSION}, falling back to "
+        f"{VERSITYGW_PACKAGE}@{VERSITYGW_VERSION} unless FLOWLOG_S3_SERVER=minio|versitygw "
+        "forces one; needs Go 1.24+ and the Go module proxy), or "
+        "point FLOWLOG_TEST_S3_ENDPOINT / FLOWLOG_TEST_S3_ACCESS_KEY / FLOWLOG_TEST_S3_SECRET_KEY "
+        "at a running S3 server"
+    )

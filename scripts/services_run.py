@@ -2,6 +2,7 @@
 as an unprivileged user, since it refuses root), wait until it is healthy, keep a run registry in
 $FLOWLOG_CACHE/run, stop it when its owner process exits (watchdog), restart it on the same port
 and data, and stop it. Fetching is scripts/services_fetch.py's job."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,11 +17,27 @@ import sys
 import tempfile
 import time
 
-from services_common import (ES_MIN_JAVA, ES_START_TIMEOUT, ES_VERSION, MINIO_VERSION, S3_ACCESS_KEY, S3_REGION,
-                             S3_SECRET_KEY, S3_START_TIMEOUT, STOP_TIMEOUT, ServiceError, VERSITYGW_VERSION,
-                             _http_get, _proc_starttime, _tail, _tmp_parent, cache_dir, free_port, log)  # noqa: F401
-from services_fetch import (_S3_FALLBACK_REASON, _es_user, _pick_java_home, fetch, fetch_es, resolve)  # noqa: F401
-
+from services_common import (
+    ES_MIN_JAVA,
+    ES_START_TIMEOUT,
+    ES_VERSION,
+    MINIO_VERSION,
+    S3_ACCESS_KEY,
+    S3_REGION,
+    S3_SECRET_KEY,
+    S3_START_TIMEOUT,
+    STOP_TIMEOUT,
+    VERSITYGW_VERSION,
+    ServiceError,
+    _http_get,
+    _proc_starttime,
+    _tail,
+    _tmp_parent,
+    cache_dir,
+    free_port,
+    log,
+)  # noqa: F401
+from services_fetch import _S3_FALLBACK_REASON, _es_user, _pick_java_home, fetch, fetch_es, resolve  # noqa: F401
 
 # --------------------------------------------------------------------------------------------
 # Process management
@@ -56,7 +73,7 @@ def _group_alive(pgid: int) -> bool:
         try:
             with open(f"/proc/{entry}/stat") as fh:
                 stat = fh.read()
-            rest = stat[stat.rindex(")") + 2:].split()
+            rest = stat[stat.rindex(")") + 2 :].split()
             if int(rest[2]) == pgid and rest[0] != "Z":
                 return True
         except (OSError, ValueError, IndexError):
@@ -66,8 +83,16 @@ def _group_alive(pgid: int) -> bool:
 
 def _spawn(cmd: list[str], env: dict, cwd: str, log_path: str) -> subprocess.Popen:
     with open(log_path, "ab") as out:
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                             env=env, cwd=cwd, start_new_session=True, close_fds=True)
+        p = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
     _PROCS[p.pid] = p
     return p
 
@@ -99,8 +124,14 @@ def _start_watchdog(info: dict, owner_pid: int) -> None:
     """Detached helper that stops the server if owner_pid dies without stopping it (SIGKILL,
     crash).  It lives in its own session so it survives the owner."""
     cmd = [sys.executable, os.path.abspath(__file__), "_watch", str(owner_pid), json.dumps(info)]
-    subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+    )
 
 
 def _watch(owner_pid: int, info: dict) -> None:
@@ -118,16 +149,18 @@ def _watch(owner_pid: int, info: dict) -> None:
             pass
 
 
-def _wait_ready(proc: subprocess.Popen, probe, timeout: float, what: str, log_path: str,
-                extra_logs: tuple[str, ...] = ()) -> None:
+def _wait_ready(
+    proc: subprocess.Popen, probe, timeout: float, what: str, log_path: str, extra_logs: tuple[str, ...] = ()
+) -> None:
     t0 = time.monotonic()
     last_note = t0
     while True:
         if proc.poll() is not None:
-            raise ServiceError(f"{what} exited with code {proc.returncode} before becoming healthy; "
-                               f"last lines of {log_path}:\n{_tail(log_path)}"
-                               + "".join(f"\n--- {p}:\n{_tail(p)}" for p in extra_logs
-                                         if os.path.exists(p)))
+            raise ServiceError(
+                f"{what} exited with code {proc.returncode} before becoming healthy; "
+                f"last lines of {log_path}:\n{_tail(log_path)}"
+                + "".join(f"\n--- {p}:\n{_tail(p)}" for p in extra_logs if os.path.exists(p))
+            )
         try:
             if probe():
                 return
@@ -135,10 +168,10 @@ def _wait_ready(proc: subprocess.Popen, probe, timeout: float, what: str, log_pa
             pass
         now = time.monotonic()
         if now - t0 > timeout:
-            raise ServiceError(f"{what} not healthy after {timeout:.0f}s; last lines of {log_path}:\n"
-                               f"{_tail(log_path)}"
-                               + "".join(f"\n--- {p}:\n{_tail(p)}" for p in extra_logs
-                                         if os.path.exists(p)))
+            raise ServiceError(
+                f"{what} not healthy after {timeout:.0f}s; last lines of {log_path}:\n"
+                f"{_tail(log_path)}" + "".join(f"\n--- {p}:\n{_tail(p)}" for p in extra_logs if os.path.exists(p))
+            )
         if now - last_note >= 10:
             log(f"... waiting for {what}: {now - t0:.0f}s")
             last_note = now
@@ -152,16 +185,30 @@ def _ensure_es_user() -> tuple[int, int]:
     except KeyError:
         log(f"creating unprivileged system user {user!r} (Elasticsearch refuses to run as root)")
         try:
-            subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
-                            "--shell", "/usr/sbin/nologin", "--user-group", user],
-                           check=True, capture_output=True, text=True)
+            subprocess.run(
+                [
+                    "useradd",
+                    "--system",
+                    "--no-create-home",
+                    "--home-dir",
+                    "/nonexistent",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "--user-group",
+                    user,
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
         except (OSError, subprocess.CalledProcessError) as e:
             detail = getattr(e, "stderr", "") or str(e)
             try:  # created concurrently by another session?
                 pw = pwd.getpwnam(user)
             except KeyError:
-                raise ServiceError(f"cannot create system user {user!r} for Elasticsearch "
-                                   f"(useradd): {detail}") from None
+                raise ServiceError(
+                    f"cannot create system user {user!r} for Elasticsearch (useradd): {detail}"
+                ) from None
             return pw.pw_uid, pw.pw_gid
         pw = pwd.getpwnam(user)
     return pw.pw_uid, pw.pw_gid
@@ -176,9 +223,13 @@ def _chown_tree(path: str, uid: int, gid: int) -> None:
 
 def _es_java_opts() -> str:
     heap = os.environ.get("FLOWLOG_ES_HEAP", "512m")
-    opts = [f"-Xms{heap}", f"-Xmx{heap}",
-            # a throwaway test server: no heap dumps, no /tmp/hsperfdata_* left behind
-            "-XX:-HeapDumpOnOutOfMemoryError", "-XX:-UsePerfData"]
+    opts = [
+        f"-Xms{heap}",
+        f"-Xmx{heap}",
+        # a throwaway test server: no heap dumps, no /tmp/hsperfdata_* left behind
+        "-XX:-HeapDumpOnOutOfMemoryError",
+        "-XX:-UsePerfData",
+    ]
     if os.environ.get("FLOWLOG_ES_QUICK_JIT", "0") == "1":
         opts.append("-XX:TieredStopAtLevel=1")
     if os.environ.get("FLOWLOG_ES_JAVA_OPTS"):
@@ -186,8 +237,14 @@ def _es_java_opts() -> str:
     return " ".join(opts)
 
 
-def start_es(owner_pid: int | None = None, on_spawn=None, *, data_dir: str | None = None,
-             port: int | None = None, transport_port: int | None = None) -> dict:
+def start_es(
+    owner_pid: int | None = None,
+    on_spawn=None,
+    *,
+    data_dir: str | None = None,
+    port: int | None = None,
+    transport_port: int | None = None,
+) -> dict:
     """See start().  data_dir/port/transport_port: reuse an instance dir and ports (restart)."""
     home = fetch_es()
     java_home = _pick_java_home(ES_MIN_JAVA)
@@ -195,13 +252,24 @@ def start_es(owner_pid: int | None = None, on_spawn=None, *, data_dir: str | Non
     uid = gid = None
     if as_root:
         uid, gid = _ensure_es_user()
-        probe = subprocess.run(["runuser", "-u", _es_user(), "--", "test", "-r",
-                                os.path.join(home, "lib", f"elasticsearch-{ES_VERSION}.jar")],
-                               capture_output=True)
+        probe = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                _es_user(),
+                "--",
+                "test",
+                "-r",
+                os.path.join(home, "lib", f"elasticsearch-{ES_VERSION}.jar"),
+            ],
+            capture_output=True,
+        )
         if probe.returncode != 0:
-            raise ServiceError(f"user {_es_user()!r} cannot read the Elasticsearch install at {home}; "
-                               "make its parent directories world-traversable or set "
-                               "FLOWLOG_ES_INSTALL_ROOT to a readable location and re-run fetch")
+            raise ServiceError(
+                f"user {_es_user()!r} cannot read the Elasticsearch install at {home}; "
+                "make its parent directories world-traversable or set "
+                "FLOWLOG_ES_INSTALL_ROOT to a readable location and re-run fetch"
+            )
     last_err: ServiceError | None = None
     for attempt in range(3):  # retry on a lost race for a "free" port
         own_dir = data_dir is None
@@ -219,20 +287,32 @@ def start_es(owner_pid: int | None = None, on_spawn=None, *, data_dir: str | Non
             while t_port == http_port:
                 t_port = free_port()
             log_path = os.path.join(inst, "console.log")
-            env = {k: v for k, v in os.environ.items()
-                   if k not in ("JAVA_HOME", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JAVA_OPTS")}
-            env.update(ES_JAVA_HOME=java_home, ES_PATH_CONF=os.path.join(inst, "config"),
-                       ES_TMPDIR=os.path.join(inst, "tmp"), ES_JAVA_OPTS=_es_java_opts(),
-                       CLI_JAVA_OPTS="-XX:-UsePerfData",
-                       HOME=inst)
-            cmd = [os.path.join(home, "bin", "elasticsearch"),
-                   "-Ecluster.name=flowlog-test", "-Enode.name=flowlog-test",
-                   "-Expack.security.enabled=false", "-Ediscovery.type=single-node",
-                   "-Enetwork.host=127.0.0.1", f"-Ehttp.port={http_port}",
-                   f"-Etransport.port={t_port}",
-                   "-Ecluster.routing.allocation.disk.threshold_enabled=false",
-                   f"-Epath.data={os.path.join(inst, 'data')}",
-                   f"-Epath.logs={os.path.join(inst, 'logs')}"]
+            env = {
+                k: v
+                for k, v in os.environ.items()
+                if k not in ("JAVA_HOME", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS", "JAVA_OPTS")
+            }
+            env.update(
+                ES_JAVA_HOME=java_home,
+                ES_PATH_CONF=os.path.join(inst, "config"),
+                ES_TMPDIR=os.path.join(inst, "tmp"),
+                ES_JAVA_OPTS=_es_java_opts(),
+                CLI_JAVA_OPTS="-XX:-UsePerfData",
+                HOME=inst,
+            )
+            cmd = [
+                os.path.join(home, "bin", "elasticsearch"),
+                "-Ecluster.name=flowlog-test",
+                "-Enode.name=flowlog-test",
+                "-Expack.security.enabled=false",
+                "-Ediscovery.type=single-node",
+                "-Enetwork.host=127.0.0.1",
+                f"-Ehttp.port={http_port}",
+                f"-Etransport.port={t_port}",
+                "-Ecluster.routing.allocation.disk.threshold_enabled=false",
+                f"-Epath.data={os.path.join(inst, 'data')}",
+                f"-Epath.logs={os.path.join(inst, 'logs')}",
+            ]
             cmd += os.environ.get("FLOWLOG_ES_ARGS", "").split()
             if as_root:
                 cmd = ["runuser", "-u", _es_user(), "--"] + cmd
@@ -240,16 +320,25 @@ def start_es(owner_pid: int | None = None, on_spawn=None, *, data_dir: str | Non
             if as_root:
                 os.chown(log_path, uid, gid)
             t0 = time.monotonic()
-            log(f"starting elasticsearch {ES_VERSION} on 127.0.0.1:{http_port} "
-                f"(java {java_home}, data {inst})")
+            log(f"starting elasticsearch {ES_VERSION} on 127.0.0.1:{http_port} (java {java_home}, data {inst})")
             proc = _spawn(cmd, env, inst, log_path)
             spawned = True
             url = f"http://127.0.0.1:{http_port}"
-            info = {"service": "es", "version": ES_VERSION, "url": url, "host": "127.0.0.1",
-                    "port": http_port, "transport_port": t_port, "pid": proc.pid,
-                    "pgid": proc.pid, "starttime": _proc_starttime(proc.pid), "data_dir": inst,
-                    "log": log_path, "server_log": os.path.join(inst, "logs", "flowlog-test.log"),
-                    "java_home": java_home}
+            info = {
+                "service": "es",
+                "version": ES_VERSION,
+                "url": url,
+                "host": "127.0.0.1",
+                "port": http_port,
+                "transport_port": t_port,
+                "pid": proc.pid,
+                "pgid": proc.pid,
+                "starttime": _proc_starttime(proc.pid),
+                "data_dir": inst,
+                "log": log_path,
+                "server_log": os.path.join(inst, "logs", "flowlog-test.log"),
+                "java_home": java_home,
+            }
             with open(_registry_path(info), "w") as fh:
                 json.dump(info, fh)
             if owner_pid:
@@ -258,13 +347,13 @@ def start_es(owner_pid: int | None = None, on_spawn=None, *, data_dir: str | Non
                 on_spawn(info)
 
             def probe() -> bool:
-                status, body = _http_get(
-                    f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s", timeout=3)
+                status, body = _http_get(f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s", timeout=3)
                 return status == 200 and json.loads(body).get("status") in ("yellow", "green")
 
             try:
-                _wait_ready(proc, probe, ES_START_TIMEOUT, f"elasticsearch {ES_VERSION}", log_path,
-                            (info["server_log"],))
+                _wait_ready(
+                    proc, probe, ES_START_TIMEOUT, f"elasticsearch {ES_VERSION}", log_path, (info["server_log"],)
+                )
             except ServiceError as e:
                 stop(info, keep_data=not own_dir)
                 if "BindException" in str(e) or "Address already in use" in str(e):
@@ -286,8 +375,9 @@ def start_es(owner_pid: int | None = None, on_spawn=None, *, data_dir: str | Non
     raise last_err
 
 
-def start_s3(name: str, owner_pid: int | None = None, on_spawn=None, *, data_dir: str | None = None,
-             port: int | None = None) -> dict:
+def start_s3(
+    name: str, owner_pid: int | None = None, on_spawn=None, *, data_dir: str | None = None, port: int | None = None
+) -> dict:
     """See start().  data_dir/port: reuse an instance dir (its data/ survives) and port (restart)."""
     binary = fetch(name)
     last_err: ServiceError | None = None
@@ -302,27 +392,65 @@ def start_s3(name: str, owner_pid: int | None = None, on_spawn=None, *, data_dir
         env = dict(os.environ)
         if name == "minio":
             console_port = free_port()
-            env.update(MINIO_ROOT_USER=S3_ACCESS_KEY, MINIO_ROOT_PASSWORD=S3_SECRET_KEY,
-                       MINIO_SITE_REGION=S3_REGION, MINIO_UPDATE="off", MINIO_BROWSER="off")
-            cmd = [binary, "server", data, "--address", f"127.0.0.1:{port}",
-                   "--console-address", f"127.0.0.1:{console_port}", "--quiet"]
+            env.update(
+                MINIO_ROOT_USER=S3_ACCESS_KEY,
+                MINIO_ROOT_PASSWORD=S3_SECRET_KEY,
+                MINIO_SITE_REGION=S3_REGION,
+                MINIO_UPDATE="off",
+                MINIO_BROWSER="off",
+            )
+            cmd = [
+                binary,
+                "server",
+                data,
+                "--address",
+                f"127.0.0.1:{port}",
+                "--console-address",
+                f"127.0.0.1:{console_port}",
+                "--quiet",
+            ]
             health = "/minio/health/ready"
             version = MINIO_VERSION
         else:
-            cmd = [binary, "--port", f"127.0.0.1:{port}", "--access", S3_ACCESS_KEY,
-                   "--secret", S3_SECRET_KEY, "--region", S3_REGION, "--health", "/health",
-                   "--quiet", "posix", data]
+            cmd = [
+                binary,
+                "--port",
+                f"127.0.0.1:{port}",
+                "--access",
+                S3_ACCESS_KEY,
+                "--secret",
+                S3_SECRET_KEY,
+                "--region",
+                S3_REGION,
+                "--health",
+                "/health",
+                "--quiet",
+                "posix",
+                data,
+            ]
             health = "/health"
             version = VERSITYGW_VERSION
         t0 = time.monotonic()
         log(f"starting {name} {version} on 127.0.0.1:{port} (data {data})")
         proc = _spawn(cmd, env, inst, log_path)
         url = f"http://127.0.0.1:{port}"
-        info = {"service": name, "version": version, "url": url, "endpoint": f"127.0.0.1:{port}",
-                "host": "127.0.0.1", "port": port, "access_key": S3_ACCESS_KEY,
-                "secret_key": S3_SECRET_KEY, "region": S3_REGION, "secure": False,
-                "pid": proc.pid, "pgid": proc.pid, "starttime": _proc_starttime(proc.pid),
-                "data_dir": inst, "log": log_path}
+        info = {
+            "service": name,
+            "version": version,
+            "url": url,
+            "endpoint": f"127.0.0.1:{port}",
+            "host": "127.0.0.1",
+            "port": port,
+            "access_key": S3_ACCESS_KEY,
+            "secret_key": S3_SECRET_KEY,
+            "region": S3_REGION,
+            "secure": False,
+            "pid": proc.pid,
+            "pgid": proc.pid,
+            "starttime": _proc_starttime(proc.pid),
+            "data_dir": inst,
+            "log": log_path,
+        }
         with open(_registry_path(info), "w") as fh:
             json.dump(info, fh)
         if owner_pid:
@@ -330,8 +458,13 @@ def start_s3(name: str, owner_pid: int | None = None, on_spawn=None, *, data_dir
         if on_spawn:
             on_spawn(info)
         try:
-            _wait_ready(proc, lambda: _http_get(url + health, timeout=2)[0] == 200,
-                        S3_START_TIMEOUT, f"{name} {version}", log_path)
+            _wait_ready(
+                proc,
+                lambda: _http_get(url + health, timeout=2)[0] == 200,
+                S3_START_TIMEOUT,
+                f"{name} {version}",
+                log_path,
+            )
         except ServiceError as e:
             stop(info, keep_data=not own_dir)
             if "address already in use" in str(e).lower():
@@ -350,8 +483,15 @@ def start_s3(name: str, owner_pid: int | None = None, on_spawn=None, *, data_dir
     raise last_err
 
 
-def start(name: str, owner_pid: int | None = None, on_spawn=None, *, data_dir: str | None = None,
-          port: int | None = None, transport_port: int | None = None) -> dict:
+def start(
+    name: str,
+    owner_pid: int | None = None,
+    on_spawn=None,
+    *,
+    data_dir: str | None = None,
+    port: int | None = None,
+    transport_port: int | None = None,
+) -> dict:
     """Fetch if needed, start on a free loopback port with a fresh temp data dir, wait until
     healthy, return a description dict.  The server runs in its own session and outlives the
     caller unless owner_pid is given (then a watchdog stops it when that process dies).
@@ -395,23 +535,27 @@ def stop(info: dict, keep_data: bool = False, kill: bool = False) -> None:
         if p is not None:
             p.poll()
     data_dir = info.get("data_dir")
-    if (not keep_data and data_dir and os.path.basename(data_dir).startswith("flowlog-")
-            and os.path.isdir(data_dir)):
+    if not keep_data and data_dir and os.path.basename(data_dir).startswith("flowlog-") and os.path.isdir(data_dir):
         shutil.rmtree(data_dir, ignore_errors=True)
     if "service" in info:
         with contextlib.suppress(FileNotFoundError):
             os.remove(_registry_path(info))
 
 
-def restart(info: dict, owner_pid: int | None = None, on_spawn=None, down_s: float = 0.0,
-            kill: bool = False) -> dict:
+def restart(info: dict, owner_pid: int | None = None, on_spawn=None, down_s: float = 0.0, kill: bool = False) -> dict:
     """Stop the server described by info (SIGKILL if kill), stay down for down_s seconds, and
     start the same service again on the same port(s) and data dir; returns the new info."""
     stop(info, keep_data=True, kill=kill)
     if down_s > 0:
         time.sleep(down_s)
-    return start(info["service"], owner_pid=owner_pid, on_spawn=on_spawn, data_dir=info["data_dir"],
-                 port=int(info["port"]), transport_port=info.get("transport_port"))
+    return start(
+        info["service"],
+        owner_pid=owner_pid,
+        on_spawn=on_spawn,
+        data_dir=info["data_dir"],
+        port=int(info["port"]),
+        transport_port=info.get("transport_port"),
+    )
 
 
 def running() -> list[dict]:

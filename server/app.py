@@ -2,6 +2,7 @@
 gRPC server. Nothing heavy happens at import time; backends are imported only when chosen, so
 the embedded default never loads the Elasticsearch or MinIO clients.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -29,35 +30,46 @@ log = logging.getLogger("flowlog.app")
 
 # -- backend registry: an explicit name -> factory map (no lookup by class-name suffix) -------
 
+
 def _embedded_metadata(cfg: Config) -> MetadataStore:
     from backends.embedded.metadata import SqliteMetadataStore
+
     return SqliteMetadataStore(cfg.data_path / "metadata.db")
 
 
 def _embedded_records(cfg: Config):
     from backends.embedded.records import EmbeddedRecordStore
-    return EmbeddedRecordStore(cfg.data_path / "records.duckdb", memory_limit=cfg.embedded.memory_limit or None,
-                               threads=cfg.embedded.duckdb_threads())
+
+    return EmbeddedRecordStore(
+        cfg.data_path / "records.duckdb",
+        memory_limit=cfg.embedded.memory_limit or None,
+        threads=cfg.embedded.duckdb_threads(),
+    )
 
 
 def _elasticsearch_records(cfg: Config):
     from backends.elasticsearch.records import ElasticsearchRecordStore
+
     return ElasticsearchRecordStore(cfg.elasticsearch)
 
 
 def _embedded_objects(cfg: Config):
     from backends.embedded.objects import LocalObjectStore
+
     return LocalObjectStore(cfg.data_path / "archive")
 
 
 def _minio_objects(cfg: Config):
     from backends.minio.objects import S3ObjectStore
+
     return S3ObjectStore.from_config(cfg.minio)
 
 
 METADATA_BACKENDS: dict[str, Callable[[Config], MetadataStore]] = {"embedded": _embedded_metadata}
-QUERY_BACKENDS: dict[str, Callable[[Config], Any]] = {"embedded": _embedded_records,
-                                                      "elasticsearch": _elasticsearch_records}
+QUERY_BACKENDS: dict[str, Callable[[Config], Any]] = {
+    "embedded": _embedded_records,
+    "elasticsearch": _elasticsearch_records,
+}
 ARCHIVE_BACKENDS: dict[str, Callable[[Config], Any]] = {"embedded": _embedded_objects, "minio": _minio_objects}
 
 
@@ -81,19 +93,23 @@ def check_listen_address(cfg: Config) -> None:
             check_tls(cfg, cfg.http.listen, cfg.http.listen.rpartition(":")[0].strip("[]"), "http.listen")
         return
     if not is_loopback(host):
-        raise ConfigError(f"refusing to listen on {cfg.listen} without API keys: with no keys anyone who can reach "
-                          "the port would act as the local account. Configure api_keys (FLOWLOG_API_KEYS="
-                          "'<key>=<account>') or listen on 127.0.0.1")
+        raise ConfigError(
+            f"refusing to listen on {cfg.listen} without API keys: with no keys anyone who can reach "
+            "the port would act as the local account. Configure api_keys (FLOWLOG_API_KEYS="
+            "'<key>=<account>') or listen on 127.0.0.1"
+        )
 
 
 def check_tls(cfg: Config, listen: str, host: str, setting: str) -> None:
     """API keys on a non-loopback address need TLS, or allow_plaintext: true."""
     if cfg.tls.cert_file or cfg.allow_plaintext or is_loopback(host):
         return
-    raise ConfigError(f"refusing to listen on {listen} ({setting}) with API keys but without TLS: every client's "
-                      "API key would cross the network in plaintext. Set tls.cert_file and tls.key_file, or, when a "
-                      "TLS-terminating proxy in front of the server does TLS, allow_plaintext: true "
-                      "(FLOWLOG_ALLOW_PLAINTEXT=true)")
+    raise ConfigError(
+        f"refusing to listen on {listen} ({setting}) with API keys but without TLS: every client's "
+        "API key would cross the network in plaintext. Set tls.cert_file and tls.key_file, or, when a "
+        "TLS-terminating proxy in front of the server does TLS, allow_plaintext: true "
+        "(FLOWLOG_ALLOW_PLAINTEXT=true)"
+    )
 
 
 class CollectorBindError(RuntimeError):
@@ -118,9 +134,11 @@ def lock_data_dir(path: Path) -> int:
     except OSError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
         os.close(fd)
-        raise DataDirInUse(f"the data dir {path} is in use by another flowlog server"
-                           f"{f' (pid {holder})' if holder.isdigit() else ''}: stop it, or give this one "
-                           "another --data-dir") from None
+        raise DataDirInUse(
+            f"the data dir {path} is in use by another flowlog server"
+            f"{f' (pid {holder})' if holder.isdigit() else ''}: stop it, or give this one "
+            "another --data-dir"
+        ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd
@@ -150,66 +168,116 @@ class App:
         self.signer = TokenSigner(secret)
         self.auth = Authenticator(cfg.api_keys)
         self.records: RecordStore = QUERY_BACKENDS[cfg.query_backend](cfg)
-        self.archive: RecordArchive | None = (Archive(ARCHIVE_BACKENDS[cfg.archive_backend](cfg))
-                                              if cfg.archive_backend != "none" else None)
+        self.archive: RecordArchive | None = (
+            Archive(ARCHIVE_BACKENDS[cfg.archive_backend](cfg)) if cfg.archive_backend != "none" else None
+        )
         p = cfg.pipeline
-        self.pipeline = Pipeline(cfg.data_path, self.records, self.archive, max_spool_bytes=p.max_spool_bytes,
-                                 tail_retention_s=p.tail_retention_seconds, archive_max_records=p.archive_max_records,
-                                 archive_max_age_s=p.archive_max_age_seconds, cursor_secret=secret,
-                                 tail_buffer_records=cfg.limits.tail_buffer_records,
-                                 pace_max_s=p.ingest_pace_max_seconds)
+        self.pipeline = Pipeline(
+            cfg.data_path,
+            self.records,
+            self.archive,
+            max_spool_bytes=p.max_spool_bytes,
+            tail_retention_s=p.tail_retention_seconds,
+            archive_max_records=p.archive_max_records,
+            archive_max_age_s=p.archive_max_age_seconds,
+            cursor_secret=secret,
+            tail_buffer_records=cfg.limits.tail_buffer_records,
+            pace_max_s=p.ingest_pace_max_seconds,
+        )
         q = cfg.quotas
-        self.service = Service(self.metadata, self.signer, regions=cfg.regions,
-                               quotas=Quotas(resources_per_account=q.resources_per_account,
-                                             log_stores_per_account=q.log_stores_per_account,
-                                             flow_logs_per_region=q.flow_logs_per_region or cfg.flow_log_quota or 10),
-                               on_log_store_deleted=self._log_store_deleted)
+        self.service = Service(
+            self.metadata,
+            self.signer,
+            regions=cfg.regions,
+            quotas=Quotas(
+                resources_per_account=q.resources_per_account,
+                log_stores_per_account=q.log_stores_per_account,
+                flow_logs_per_region=q.flow_logs_per_region or cfg.flow_log_quota or 10,
+            ),
+            on_log_store_deleted=self._log_store_deleted,
+        )
         self._warn_unknown_regions()
         from server.purge_loop import PurgeLoop
+
         self.purger = Purger(self.metadata, self._purge_steps())
         self.purge_loop = PurgeLoop(self.purger)
         from server.core.lifecycle import ActiveFlowLogs
+
         self._active_check = ActiveFlowLogs(self.metadata)
         lim = cfg.limits
         # Concurrency per account and in total (server.core.limits), used by the use cases.
         self.limits = Limits.build(
-            max_query_streams_per_account=lim.max_query_streams_per_account, max_query_streams=lim.max_query_streams,
+            max_query_streams_per_account=lim.max_query_streams_per_account,
+            max_query_streams=lim.max_query_streams,
             max_aggregate_calls_per_account=lim.max_aggregate_calls_per_account,
             max_aggregate_calls=lim.max_aggregate_calls,
-            max_tail_streams_per_account=lim.max_tail_streams_per_account, max_tail_streams=lim.max_tail_streams,
+            max_tail_streams_per_account=lim.max_tail_streams_per_account,
+            max_tail_streams=lim.max_tail_streams,
             max_ingest_inflight_bytes_per_account=lim.max_ingest_inflight_bytes_per_account,
-            max_ingest_inflight_bytes=lim.max_ingest_inflight_bytes)
+            max_ingest_inflight_bytes=lim.max_ingest_inflight_bytes,
+        )
         from server.core.aggregate import Limits as AggregateLimits
         from server.core.usecases.aggregate import Aggregate
-        self.aggregate = Aggregate(self.metadata, self.records, AggregateLimits(
-            max_groups=lim.aggregate_max_groups, timeout_s=lim.aggregate_timeout_seconds,
-            max_range_days=lim.aggregate_max_range_days), regions=self.service.regions,
-            slots=self.limits.aggregate_calls)
+
+        self.aggregate = Aggregate(
+            self.metadata,
+            self.records,
+            AggregateLimits(
+                max_groups=lim.aggregate_max_groups,
+                timeout_s=lim.aggregate_timeout_seconds,
+                max_range_days=lim.aggregate_max_range_days,
+            ),
+            regions=self.service.regions,
+            slots=self.limits.aggregate_calls,
+        )
         compiled = compiled_ingest(cfg.native_ingest)
         if compiled is not None and not isinstance(compiled, CompiledIngest):
             raise TypeError("server.api._fastingest does not provide split/accept: rebuild it (make install)")
-        self.ingest = Ingest(self.metadata, self.pipeline, max_records_per_message=lim.max_records_per_message,
-                             compiled=compiled, inflight=self.limits.ingest_bytes,
-                             stream_bytes=lim.max_message_bytes)
-        self.query = Query(self.metadata, self.records, self.signer, default_limit=lim.query_page_size,
-                           regions=self.service.regions, slots=self.limits.query_streams)
-        self.tail = Tail(self.metadata, self.pipeline, max_streams_per_account=lim.max_tail_streams_per_account,
-                         heartbeat_s=lim.tail_heartbeat_seconds, regions=self.service.regions,
-                         slots=self.limits.tail_streams)
+        self.ingest = Ingest(
+            self.metadata,
+            self.pipeline,
+            max_records_per_message=lim.max_records_per_message,
+            compiled=compiled,
+            inflight=self.limits.ingest_bytes,
+            stream_bytes=lim.max_message_bytes,
+        )
+        self.query = Query(
+            self.metadata,
+            self.records,
+            self.signer,
+            default_limit=lim.query_page_size,
+            regions=self.service.regions,
+            slots=self.limits.query_streams,
+        )
+        self.tail = Tail(
+            self.metadata,
+            self.pipeline,
+            max_streams_per_account=lim.max_tail_streams_per_account,
+            heartbeat_s=lim.tail_heartbeat_seconds,
+            regions=self.service.regions,
+            slots=self.limits.tail_streams,
+        )
         self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="flowlog-rpc")
         # Separate pools, each big enough for what its limits let in, so that neither kind of
         # stream can starve the other or the short calls: a Tail holds one thread while it
         # waits for records, a Query up to three (reading, encoding, handing over).
-        self.stream_executor = ThreadPoolExecutor(max_workers=lim.max_tail_streams + 4,
-                                                  thread_name_prefix="flowlog-tail")
-        self.query_executor = ThreadPoolExecutor(max_workers=3 * lim.max_query_streams + 4,
-                                                 thread_name_prefix="flowlog-query")
+        self.stream_executor = ThreadPoolExecutor(
+            max_workers=lim.max_tail_streams + 4, thread_name_prefix="flowlog-tail"
+        )
+        self.query_executor = ThreadPoolExecutor(
+            max_workers=3 * lim.max_query_streams + 4, thread_name_prefix="flowlog-query"
+        )
         self.generator = None
         if cfg.generator.enabled:
             from server.generator_loop import GeneratorLoop
-            self.generator = GeneratorLoop(self._active_flow_logs, self._submit_checked,
-                                           window_seconds=cfg.generator.window_seconds, seed=cfg.generator.seed,
-                                           intensity=cfg.generator.intensity)
+
+            self.generator = GeneratorLoop(
+                self._active_flow_logs,
+                self._submit_checked,
+                window_seconds=cfg.generator.window_seconds,
+                seed=cfg.generator.seed,
+                intensity=cfg.generator.intensity,
+            )
         self.collector = self._build_collector(cfg) if cfg.collector.listen else None
         self._stop = threading.Event()
         self._probe_ok: dict[str, bool] = {}
@@ -235,17 +303,30 @@ class App:
         def accept(fl, cols, first_index):  # the collector's rows are accept_columns' 19 columns
             return ingest_core.accept_columns(fl, cols, first_index, time.time_ns() // 1_000_000)
 
-        limits = Limits(max_sessions=c.max_exporters, max_templates_per_session=c.max_templates_per_exporter,
-                        hold_seconds=c.hold_seconds)
-        return Collector(c.listen, exporters, self._active_flow_logs, accept, self._submit_checked, limits=limits,
-                         receive_buffer_bytes=c.receive_buffer_bytes, status_path=cfg.data_path / "collector-status.json",
-                         status_log_seconds=c.status_log_seconds, status_file_seconds=c.status_file_seconds,
-                         generation=self.metadata.generation)
+        limits = Limits(
+            max_sessions=c.max_exporters,
+            max_templates_per_session=c.max_templates_per_exporter,
+            hold_seconds=c.hold_seconds,
+        )
+        return Collector(
+            c.listen,
+            exporters,
+            self._active_flow_logs,
+            accept,
+            self._submit_checked,
+            limits=limits,
+            receive_buffer_bytes=c.receive_buffer_bytes,
+            status_path=cfg.data_path / "collector-status.json",
+            status_log_seconds=c.status_log_seconds,
+            status_file_seconds=c.status_file_seconds,
+            generation=self.metadata.generation,
+        )
 
     def _load_demo(self, account: str) -> None:
         from dataclasses import replace
 
         from server.demo import demo_resources
+
         now = time.time_ns() // 1_000_000
         with self.metadata.transaction() as tx:
             for r in demo_resources():
@@ -284,11 +365,13 @@ class App:
         """The sink of the generator and the collector: records of one flow log, spooled unless
         that flow log was paused or deleted since they listed it (checked inside the submit, so
         a LogStore purge waits for it: see Pipeline.submit). Returns the spool seq, 0 if dropped."""
+
         def admit() -> None:
             if records:
                 r = records[0]
                 if not self._active_check.is_active(r.account_id, r.flow_log_id):
                     raise _FlowLogGone()
+
         try:
             return self.pipeline.submit(records, admit=admit)
         except _FlowLogGone:
@@ -297,16 +380,21 @@ class App:
     def _warn_unknown_regions(self) -> None:
         outside = {r: n for r, n in self.metadata.regions_in_use().items() if r not in self.service.regions}
         if outside:
-            log.warning("the metadata holds objects in regions outside the `regions` setting; the API refuses those "
-                        "regions, so these objects cannot be read or deleted until the regions are added back",
-                        extra={"regions": outside, "catalogue": list(self.service.regions)})
+            log.warning(
+                "the metadata holds objects in regions outside the `regions` setting; the API refuses those "
+                "regions, so these objects cannot be read or deleted until the regions are added back",
+                extra={"regions": outside, "catalogue": list(self.service.regions)},
+            )
 
     def _purge_steps(self):
         """The purge of a deleted LogStore, step by step (server.core.purge): each idempotent."""
         from server.core.lifecycle import deleted_error
-        steps = [("tails", lambda account, key: self.pipeline.end_tails(account, key, deleted_error(key))),
-                 ("spool", lambda account, key: self.pipeline.drop_log_store(account, key, timeout=10.0)),
-                 (f"query backend ({self.config.query_backend})", self.records.drop_log_store)]
+
+        steps = [
+            ("tails", lambda account, key: self.pipeline.end_tails(account, key, deleted_error(key))),
+            ("spool", lambda account, key: self.pipeline.drop_log_store(account, key, timeout=10.0)),
+            (f"query backend ({self.config.query_backend})", self.records.drop_log_store),
+        ]
         if self.archive is not None:
             steps.append((f"archive ({self.config.archive_backend})", self.archive.delete_log_store))
         return steps
@@ -354,7 +442,10 @@ class App:
         if self.archive is not None:
             a_ok = self._probe("archive", self.archive.healthy())
             a_sink = sinks.get("archive", (True, ""))
-            out["archive"] = (a_ok and a_sink[0], a_sink[1] if not a_sink[0] else ("" if a_ok else "backend unreachable"))
+            out["archive"] = (
+                a_ok and a_sink[0],
+                a_sink[1] if not a_sink[0] else ("" if a_ok else "backend unreachable"),
+            )
         if self.collector is not None:
             out["collector"] = self.collector.health()
         return out
@@ -365,8 +456,10 @@ class App:
             try:
                 self.collector.start()
             except OSError as e:
-                raise CollectorBindError(f"cannot listen for NetFlow/IPFIX on {self.config.collector.listen}: "
-                                         f"{e.strerror or e} (is another collector using the port?)") from None
+                raise CollectorBindError(
+                    f"cannot listen for NetFlow/IPFIX on {self.config.collector.listen}: "
+                    f"{e.strerror or e} (is another collector using the port?)"
+                ) from None
         if self.generator is not None:
             self.generator.start()
         self._retention.start()
@@ -390,6 +483,7 @@ class App:
         self.metadata.close()
         if self._dir_lock is not None:  # another server may take the data dir now
             import os
+
             os.close(self._dir_lock)
             self._dir_lock = None
 

@@ -18,6 +18,7 @@ Counters (Collector.status()) go to the health detail of `flowlog.collector`, to
 every status_log_seconds, and to <data_dir>/collector-status.json every second, which `flowlog
 collector status` prints.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -111,11 +112,24 @@ class Collector:
 
     MERGE_RECORDS = 50_000  # rows the submit thread merges from queued batches into one round of submits
 
-    def __init__(self, listen: str, exporters: ExporterMap, list_flow_logs: ListFlowLogs, accept: Accept,
-                 submit: Submit, *, limits: Limits | None = None, receive_buffer_bytes: int = 16 * 1024 * 1024,
-                 batch_records: int = 8192, batch_seconds: float = 0.05, inventory_seconds: float = 2.0,
-                 status_path: Path | None = None, status_log_seconds: float = 60.0,
-                 status_file_seconds: float = 1.0, generation: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        listen: str,
+        exporters: ExporterMap,
+        list_flow_logs: ListFlowLogs,
+        accept: Accept,
+        submit: Submit,
+        *,
+        limits: Limits | None = None,
+        receive_buffer_bytes: int = 16 * 1024 * 1024,
+        batch_records: int = 8192,
+        batch_seconds: float = 0.05,
+        inventory_seconds: float = 2.0,
+        status_path: Path | None = None,
+        status_log_seconds: float = 60.0,
+        status_file_seconds: float = 1.0,
+        generation: Callable[[], int] | None = None,
+    ) -> None:
         self.host, self.port = parse_listen(listen)
         self.exporters = exporters
         self._list_flow_logs = list_flow_logs
@@ -169,13 +183,17 @@ class Collector:
         # Linux reports twice what it grants; without CAP_NET_ADMIN the grant stops at net.core.rmem_max
         self.receive_buffer = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
         if self.receive_buffer < self.receive_buffer_bytes:
-            log.warning("the collector's socket got a smaller receive buffer than collector.receive_buffer_bytes: "
-                        "raise net.core.rmem_max (sysctl) or run with CAP_NET_ADMIN, or bursts may be dropped",
-                        extra={"wanted": self.receive_buffer_bytes, "got": self.receive_buffer})
+            log.warning(
+                "the collector's socket got a smaller receive buffer than collector.receive_buffer_bytes: "
+                "raise net.core.rmem_max (sysctl) or run with CAP_NET_ADMIN, or bursts may be dropped",
+                extra={"wanted": self.receive_buffer_bytes, "got": self.receive_buffer},
+            )
         self.port = sock.getsockname()[1]
         self._stop.clear()
-        self._threads = [threading.Thread(target=self._receive_loop, name="flowlog-collector-recv", daemon=True),
-                         threading.Thread(target=self._submit_loop, name="flowlog-collector-submit", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._receive_loop, name="flowlog-collector-recv", daemon=True),
+            threading.Thread(target=self._submit_loop, name="flowlog-collector-submit", daemon=True),
+        ]
         for t in self._threads:
             t.start()
         log.info("collector listening for NetFlow v5/v9/IPFIX", extra={"listen": f"{self.host}:{self.port}"})
@@ -221,9 +239,14 @@ class Collector:
     def _write_status(self) -> None:
         if self.status_path is None:
             return
-        doc = {"listen": f"{self.host}:{self.port}", "running": self.running, "time": time.time(),
-               "pid": os.getpid(), "counters": self.status(),
-               "help": {**COUNTER_HELP, **COLLECTOR_COUNTER_HELP}}
+        doc = {
+            "listen": f"{self.host}:{self.port}",
+            "running": self.running,
+            "time": time.time(),
+            "pid": os.getpid(),
+            "counters": self.status(),
+            "help": {**COUNTER_HELP, **COLLECTOR_COUNTER_HELP},
+        }
         tmp = self.status_path.with_suffix(".tmp")
         try:
             tmp.write_text(json.dumps(doc, indent=1, sort_keys=True))
@@ -235,8 +258,9 @@ class Collector:
 
     def _inventory(self, now: float) -> None:
         gen = self._generation() if self._generation is not None else None
-        if now - self._inventory_at < self.inventory_seconds and (gen == self._generation_seen
-                                                                   or now - self._inventory_at < 0.05):
+        if now - self._inventory_at < self.inventory_seconds and (
+            gen == self._generation_seen or now - self._inventory_at < 0.05
+        ):
             return  # flow logs changed by this server are seen at once, by another replica within a second
         self._inventory_at = now
         self._generation_seen = gen
@@ -250,8 +274,10 @@ class Collector:
             by_account.setdefault(fl.account_id, []).append((fl, resource))
         # An account whose flow logs and resources did not change keeps its index and its caches.
         old = self._indexes
-        self._indexes = {account: old[account] if account in old and old[account].pairs == p else AccountIndex(p)
-                         for account, p in by_account.items()}
+        self._indexes = {
+            account: old[account] if account in old and old[account].pairs == p else AccountIndex(p)
+            for account, p in by_account.items()
+        }
         self.inventory_flow_logs = sum(len(ix.flow_logs) for ix in self._indexes.values())
         self.inventory_time_ms = time.time_ns() // 1_000_000 - 1  # the listing started before this
 
@@ -296,8 +322,9 @@ class Collector:
             self._hand_over(groups, index_of=self._indexes)
         self._queue.put(None)
 
-    def _take(self, data: bytes, addr: tuple, now: float, groups: dict[str, list], empty: AccountIndex,
-              pending: int) -> int:
+    def _take(
+        self, data: bytes, addr: tuple, now: float, groups: dict[str, list], empty: AccountIndex, pending: int
+    ) -> int:
         """Decode one datagram and attribute its flows into `groups`; the rows now pending.
 
         Templates are kept per transport session, the exporter's address and source port (RFC
@@ -387,8 +414,9 @@ class Collector:
         except Exception as e:  # noqa: BLE001 - a refused batch is counted, the collector goes on
             with self._lock:
                 self.counts["dropped"] += len(rows)
-            log.warning("collector batch not spooled", extra={"flow_log_id": fl.id, "records": len(rows),
-                                                             "error": str(e)[:200]})
+            log.warning(
+                "collector batch not spooled", extra={"flow_log_id": fl.id, "records": len(rows), "error": str(e)[:200]}
+            )
             return
         with self._lock:
             self.counts["records"] += len(ok)

@@ -7,6 +7,7 @@ e.g. `generator.window_seconds` -> FLOWLOG_GENERATOR_WINDOW_SECONDS,
 (a mapping key -> account) or FLOWLOG_API_KEYS="key1=account1,key2=account2".
 Unknown keys in the file are refused (a typo never silently does nothing).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -123,6 +124,7 @@ DEFAULT_REGIONS = ["bj", "gz"]
 class QuotasConfig:
     """Per-account quotas, each answered with RESOURCE_EXHAUSTED + google.rpc.QuotaFailure naming
     the setting. Regions come from a catalogue (`regions`), so a per-region quota is bounded too."""
+
     # Resources (RegisterResource) one account may hold, over all regions.
     resources_per_account: int = 1000
     # LogStores one account may hold, over all regions (a LogStore being purged does not count).
@@ -216,12 +218,19 @@ class Config:
         if self.archive_backend not in ("embedded", "minio", "none"):
             raise ConfigError(f"archive_backend must be 'embedded', 'minio' or 'none', not {self.archive_backend!r}")
         if self.query_backend == "elasticsearch" and not self.elasticsearch.url:
-            raise ConfigError("query_backend is 'elasticsearch' but elasticsearch.url (FLOWLOG_ELASTICSEARCH_URL) is empty")
-        if self.archive_backend == "minio" and not (self.minio.endpoint and self.minio.access_key and self.minio.secret_key):
-            raise ConfigError("archive_backend is 'minio' but minio.endpoint/access_key/secret_key "
-                              "(FLOWLOG_MINIO_ENDPOINT, FLOWLOG_MINIO_ACCESS_KEY, FLOWLOG_MINIO_SECRET_KEY) are not all set")
+            raise ConfigError(
+                "query_backend is 'elasticsearch' but elasticsearch.url (FLOWLOG_ELASTICSEARCH_URL) is empty"
+            )
+        if self.archive_backend == "minio" and not (
+            self.minio.endpoint and self.minio.access_key and self.minio.secret_key
+        ):
+            raise ConfigError(
+                "archive_backend is 'minio' but minio.endpoint/access_key/secret_key "
+                "(FLOWLOG_MINIO_ENDPOINT, FLOWLOG_MINIO_ACCESS_KEY, FLOWLOG_MINIO_SECRET_KEY) are not all set"
+            )
         chosen: list[tuple[str, ElasticsearchConfig | MinioConfig | EmbeddedConfig]] = (
-            [("elasticsearch", self.elasticsearch)] if self.query_backend == "elasticsearch" else [])
+            [("elasticsearch", self.elasticsearch)] if self.query_backend == "elasticsearch" else []
+        )
         chosen += [("minio", self.minio)] if self.archive_backend == "minio" else []
         for section, backend_cfg in chosen + [("embedded", self.embedded)]:
             problems = backend_cfg.problems()
@@ -248,10 +257,18 @@ class Config:
             raise ConfigError("limits.max_message_bytes and limits.max_request_bytes must be at least 1024")
         if lim.stream_send_timeout_seconds <= 0:
             raise ConfigError("limits.stream_send_timeout_seconds must be more than 0")
-        for name in ("max_repeated_values", "max_tail_streams", "max_query_streams_per_account", "max_query_streams",
-                     "max_aggregate_calls_per_account", "max_aggregate_calls",
-                     "max_ingest_inflight_bytes_per_account", "max_ingest_inflight_bytes",
-                     "max_receiving_bytes_per_account", "max_receiving_bytes"):
+        for name in (
+            "max_repeated_values",
+            "max_tail_streams",
+            "max_query_streams_per_account",
+            "max_query_streams",
+            "max_aggregate_calls_per_account",
+            "max_aggregate_calls",
+            "max_ingest_inflight_bytes_per_account",
+            "max_ingest_inflight_bytes",
+            "max_receiving_bytes_per_account",
+            "max_receiving_bytes",
+        ):
             if getattr(lim, name) < 1:
                 raise ConfigError(f"limits.{name} must be at least 1")
         for key, account in self.api_keys.items():
@@ -266,6 +283,7 @@ class Config:
         c = self.collector
         if c.listen:
             from server.collector import parse_listen
+
             try:
                 parse_listen(c.listen)
             except ValueError as e:
@@ -288,11 +306,13 @@ class Config:
         import re
 
         if not self.regions:
-            raise ConfigError("regions must name at least one region (e.g. [bj, gz]; FLOWLOG_REGIONS=\"bj,gz\")")
+            raise ConfigError('regions must name at least one region (e.g. [bj, gz]; FLOWLOG_REGIONS="bj,gz")')
         for r in self.regions:
             if not re.fullmatch(r"[a-z][a-z0-9-]{0,31}", r):
-                raise ConfigError(f"regions: {r!r} is not a region name: 1-32 lowercase letters, digits or '-', "
-                                  "starting with a letter")
+                raise ConfigError(
+                    f"regions: {r!r} is not a region name: 1-32 lowercase letters, digits or '-', "
+                    "starting with a letter"
+                )
         if len(set(self.regions)) != len(self.regions):
             raise ConfigError(f"regions: {self.regions} names a region twice")
         if self.retention_interval_seconds < 0.5:
@@ -300,8 +320,10 @@ class Config:
         q = self.quotas
         legacy, new = self.flow_log_quota, q.flow_logs_per_region
         if legacy is not None and new is not None and legacy != new:
-            raise ConfigError(f"flow_log_quota ({legacy}) and quotas.flow_logs_per_region ({new}) are the same "
-                              "setting with different values: keep one (quotas.flow_logs_per_region)")
+            raise ConfigError(
+                f"flow_log_quota ({legacy}) and quotas.flow_logs_per_region ({new}) are the same "
+                "setting with different values: keep one (quotas.flow_logs_per_region)"
+            )
         q.flow_logs_per_region = new if new is not None else legacy if legacy is not None else 10
         self.flow_log_quota = q.flow_logs_per_region
         for name in ("resources_per_account", "log_stores_per_account", "flow_logs_per_region"):
@@ -342,8 +364,11 @@ def _convert(value: Any, typ: Any, name: str) -> Any:
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{name}: expected a list (in the environment: values separated by commas)")
         (item_type,) = typing.get_args(typ) or (str,)
-        return [_convert(v.strip() if isinstance(v, str) else v, item_type, name) for v in items
-                if not (isinstance(v, str) and not v.strip())]
+        return [
+            _convert(v.strip() if isinstance(v, str) else v, item_type, name)
+            for v in items
+            if not (isinstance(v, str) and not v.strip())
+        ]
     if origin is dict:
         if isinstance(value, str):
             pairs = [p for p in value.split(",") if p.strip()]
@@ -386,7 +411,9 @@ def _apply_env(obj: Any, env: Mapping[str, str], prefix: str) -> None:
             setattr(obj, f.name, _convert(env[var], hints[f.name], var))
 
 
-def load(path: str | None = None, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+def load(
+    path: str | None = None, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
     """Defaults < file < environment < overrides (flags). With no file, the demo inventory is on
     and the generator uses 5-second windows, so a newcomer sees records at once."""
     env = os.environ if env is None else env

@@ -7,6 +7,7 @@ demo data: the bastion EIP's ACL refuses plain HTTP (acl-bastion-no-http) that i
 group would accept (sg-web-http), and the private resources' ACL refuses MySQL from
 192.168.0.0/16 (acl-no-mysql-from-192-168) that their security group accepts
 (sg-private-mysql-192-168). Flows no rule matches show up as default-deny."""
+
 from __future__ import annotations
 
 from server.core.model import Action, Direction, Resource, ResourceType, RuleKind, SecurityRule
@@ -49,15 +50,66 @@ V6_RULES = (
 def _region(region: str, n: int) -> list[Resource]:
     vpc = f"vpc-{region}demo"
     return [
-        Resource(f"eip-{region}-01", ResourceType.EIP, region, vpc, "web frontend EIP", (f"203.0.113.{10 + n}",), WEB_RULES),
-        Resource(f"eip-{region}-02", ResourceType.EIP, region, vpc, "bastion EIP", (f"203.0.113.{20 + n}",),
-                 BASTION_RULES),
-        Resource(f"nat-{region}-01", ResourceType.NAT_GATEWAY, region, vpc, "egress NAT", (f"198.51.100.{10 + n}", f"10.{n}.0.1"), WEB_RULES),
-        Resource(f"ip6gw-{region}-01", ResourceType.IPV6_GATEWAY, region, vpc, "IPv6 gateway", (f"2001:db8:{n}::/64",), V6_RULES),
-        Resource(f"peer-{region}-01", ResourceType.PEERING_CONNECTION, region, vpc, "peering to shared services", (f"10.{n}.8.0/24",), PRIVATE_RULES),
-        Resource(f"dcgw-{region}-01", ResourceType.DEDICATED_GATEWAY, region, vpc, "dedicated line to IDC", (f"10.{n}.16.0/24",), PRIVATE_RULES),
-        Resource(f"vpn-{region}-01", ResourceType.SSL_VPN_GATEWAY, region, vpc, "SSL VPN for staff", (f"198.51.100.{30 + n}", f"10.{n}.32.0/24"), WEB_RULES),
-        Resource(f"csn-{region}-01", ResourceType.CSN, region, "csn-demo", "Cloud Smart Network attachment", (f"10.{n}.64.0/20",), PRIVATE_RULES),
+        Resource(
+            f"eip-{region}-01", ResourceType.EIP, region, vpc, "web frontend EIP", (f"203.0.113.{10 + n}",), WEB_RULES
+        ),
+        Resource(
+            f"eip-{region}-02", ResourceType.EIP, region, vpc, "bastion EIP", (f"203.0.113.{20 + n}",), BASTION_RULES
+        ),
+        Resource(
+            f"nat-{region}-01",
+            ResourceType.NAT_GATEWAY,
+            region,
+            vpc,
+            "egress NAT",
+            (f"198.51.100.{10 + n}", f"10.{n}.0.1"),
+            WEB_RULES,
+        ),
+        Resource(
+            f"ip6gw-{region}-01",
+            ResourceType.IPV6_GATEWAY,
+            region,
+            vpc,
+            "IPv6 gateway",
+            (f"2001:db8:{n}::/64",),
+            V6_RULES,
+        ),
+        Resource(
+            f"peer-{region}-01",
+            ResourceType.PEERING_CONNECTION,
+            region,
+            vpc,
+            "peering to shared services",
+            (f"10.{n}.8.0/24",),
+            PRIVATE_RULES,
+        ),
+        Resource(
+            f"dcgw-{region}-01",
+            ResourceType.DEDICATED_GATEWAY,
+            region,
+            vpc,
+            "dedicated line to IDC",
+            (f"10.{n}.16.0/24",),
+            PRIVATE_RULES,
+        ),
+        Resource(
+            f"vpn-{region}-01",
+            ResourceType.SSL_VPN_GATEWAY,
+            region,
+            vpc,
+            "SSL VPN for staff",
+            (f"198.51.100.{30 + n}", f"10.{n}.32.0/24"),
+            WEB_RULES,
+        ),
+        Resource(
+            f"csn-{region}-01",
+            ResourceType.CSN,
+            region,
+            "csn-demo",
+            "Cloud Smart Network attachment",
+            (f"10.{n}.64.0/20",),
+            PRIVATE_RULES,
+        ),
     ]
 
 
@@ -88,8 +140,16 @@ def demo_flow_logs(regions) -> list:
         r = by_id[rid]
         if region not in regions:
             continue
-        out.append(CreateFlowLog(region=region, name=name, resource_type=int(r.type), resource_id=rid,
-                                 network_id=r.network_id, traffic_type=traffic,
-                                 destination=NewLogStoreSpec(project="sample", name=store),
-                                 description=description))
+        out.append(
+            CreateFlowLog(
+                region=region,
+                name=name,
+                resource_type=int(r.type),
+                resource_id=rid,
+                network_id=r.network_id,
+                traffic_type=traffic,
+                destination=NewLogStoreSpec(project="sample", name=store),
+                description=description,
+            )
+        )
     return out

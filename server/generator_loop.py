@@ -18,6 +18,7 @@ Guarantees, and how they are kept:
   between, up to `max_backlog_windows`; windows older than that are skipped with a warning.
 - PAUSED and deleted flow logs stop at once: the list is re-read every tick.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,10 +60,17 @@ class _Owed:
 class GeneratorLoop:
     """Generates records for every ACTIVE flow log, one finished window at a time."""
 
-    def __init__(self, list_flow_logs: ListFlowLogs, sink: Sink, window_seconds: float = 60,
-                 seed: int | None = None, intensity: float = 1.0,
-                 clock: Callable[[], int] = wall_clock_ms, max_backlog_windows: int = 10,
-                 retry_seconds: float = 1.0) -> None:
+    def __init__(
+        self,
+        list_flow_logs: ListFlowLogs,
+        sink: Sink,
+        window_seconds: float = 60,
+        seed: int | None = None,
+        intensity: float = 1.0,
+        clock: Callable[[], int] = wall_clock_ms,
+        max_backlog_windows: int = 10,
+        retry_seconds: float = 1.0,
+    ) -> None:
         window_ms = round(window_seconds * 1000)
         if window_ms < 1:
             raise ValueError("window_seconds must be at least 1 ms")
@@ -103,8 +111,7 @@ class GeneratorLoop:
             return True
         thread.join(timeout)
         if thread.is_alive():
-            log.warning("generator thread still busy after stop(); it is a daemon and exits with "
-                        "the process")
+            log.warning("generator thread still busy after stop(); it is a daemon and exits with the process")
             return False
         self._thread = None
         return True
@@ -162,9 +169,10 @@ class GeneratorLoop:
                 owed = self._owed[flow_log.id] = _Owed(latest)
             oldest_allowed = latest - (self.max_backlog_windows - 1) * wms
             if owed.next_start < oldest_allowed:
-                log.warning("generator skips windows it could not deliver in time",
-                            extra={"flow_log_id": flow_log.id,
-                                   "skipped_windows": (oldest_allowed - owed.next_start) // wms})
+                log.warning(
+                    "generator skips windows it could not deliver in time",
+                    extra={"flow_log_id": flow_log.id, "skipped_windows": (oldest_allowed - owed.next_start) // wms},
+                )
                 owed.next_start = oldest_allowed
             # No window that ended at or before the flow log was created.
             first_allowed = flow_log.create_time_ms - flow_log.create_time_ms % wms
@@ -177,8 +185,10 @@ class GeneratorLoop:
                 self._sink(batch)
             except Exception:
                 failures += 1
-                log.exception("generator window not delivered; retrying next tick",
-                              extra={"flow_log_id": flow_log.id, "window_start_ms": start})
+                log.exception(
+                    "generator window not delivered; retrying next tick",
+                    extra={"flow_log_id": flow_log.id, "window_start_ms": start},
+                )
                 continue
             owed.next_start = start + wms
             records += len(batch)

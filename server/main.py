@@ -3,6 +3,7 @@
 Stops cleanly on SIGTERM/SIGINT: stops taking requests (in-flight calls get a short grace),
 stops the generator, delivers what was acknowledged to the backends (bounded), exits.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,11 +38,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="flowlog-server", description="Self-hosted VPC flow-log service (gRPC).")
     p.add_argument("--listen", help="HOST:PORT to serve on (default 127.0.0.1:50051; env FLOWLOG_LISTEN)")
     p.add_argument("--data-dir", help="folder for the embedded default's files (default ./data; env FLOWLOG_DATA_DIR)")
-    p.add_argument("--http-listen", help="HOST:PORT for the web console and the JSON/HTTP API (off unless set; "
-                                          "env FLOWLOG_HTTP_LISTEN)")
+    p.add_argument(
+        "--http-listen",
+        help="HOST:PORT for the web console and the JSON/HTTP API (off unless set; env FLOWLOG_HTTP_LISTEN)",
+    )
     p.add_argument("--config", help="YAML settings file: backends, API keys, quota, generator (see README)")
-    p.add_argument("--collector-listen", metavar="HOST:PORT",
-                   help="UDP port for NetFlow v5/v9/IPFIX exporters (config collector.listen; default off)")
+    p.add_argument(
+        "--collector-listen",
+        metavar="HOST:PORT",
+        help="UDP port for NetFlow v5/v9/IPFIX exporters (config collector.listen; default off)",
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     return p.parse_args(argv)
 
@@ -69,6 +75,7 @@ async def serve(cfg) -> int:
     if cfg.http.listen:
         from server.api.server import SERVICE_NAMES
         from server.http.console import HttpConsole
+
         console = HttpConsole(cfg, server, SERVICE_NAMES, getattr(app, "auth", None))
     try:
         app.start()
@@ -87,11 +94,20 @@ async def serve(cfg) -> int:
             await server.stop(grace=1.0)
             await asyncio.get_running_loop().run_in_executor(None, app.stop, 15.0)
             return 1
-        log.info("web console on http%s://%s:%d/", "s" if cfg.tls.cert_file else "",
-                 cfg.http.listen.rpartition(":")[0].strip("[]") or "127.0.0.1", console.port)
-    log.info("flowlog serving on %s (query backend: %s, archive: %s, auth: %s%s)", cfg.listen, cfg.query_backend,
-             cfg.archive_backend, "API keys" if cfg.api_keys else "none, local account, loopback only",
-             ", demo inventory loaded" if cfg.demo else "")
+        log.info(
+            "web console on http%s://%s:%d/",
+            "s" if cfg.tls.cert_file else "",
+            cfg.http.listen.rpartition(":")[0].strip("[]") or "127.0.0.1",
+            console.port,
+        )
+    log.info(
+        "flowlog serving on %s (query backend: %s, archive: %s, auth: %s%s)",
+        cfg.listen,
+        cfg.query_backend,
+        cfg.archive_backend,
+        "API keys" if cfg.api_keys else "none, local account, loopback only",
+        ", demo inventory loaded" if cfg.demo else "",
+    )
     if app.collector is not None:
         log.info("NetFlow v5/v9/IPFIX collector on udp %s:%d", app.collector.host, app.collector.port)
     stop = asyncio.Event()
@@ -168,8 +184,12 @@ def configure_malloc() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides: dict = {"listen": args.listen, "data_dir": args.data_dir, "log_level": args.log_level,
-                       "collector": {"listen": args.collector_listen} if args.collector_listen else None}
+    overrides: dict = {
+        "listen": args.listen,
+        "data_dir": args.data_dir,
+        "log_level": args.log_level,
+        "collector": {"listen": args.collector_listen} if args.collector_listen else None,
+    }
     if args.http_listen is not None:
         overrides["http"] = {"listen": args.http_listen}
     try:
@@ -183,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from server.app import check_listen_address
         from server.http.console import check_http_listen
+
         check_listen_address(cfg)
         check_http_listen(cfg)
     except ConfigError as e:

@@ -55,18 +55,21 @@ def _external(kind: str) -> dict | None:
     endpoint = os.environ.get("FLOWLOG_TEST_S3_ENDPOINT")
     if not endpoint:
         return None
-    missing = [v for v in ("FLOWLOG_TEST_S3_ACCESS_KEY", "FLOWLOG_TEST_S3_SECRET_KEY")
-               if not os.environ.get(v)]
+    missing = [v for v in ("FLOWLOG_TEST_S3_ACCESS_KEY", "FLOWLOG_TEST_S3_SECRET_KEY") if not os.environ.get(v)]
     if missing:
         raise _svc.ServiceError(f"FLOWLOG_TEST_S3_ENDPOINT is set but {', '.join(missing)} is not")
     endpoint = endpoint.split("://", 1)[-1].rstrip("/")
     secure = os.environ.get("FLOWLOG_TEST_S3_SECURE", "0").lower() in ("1", "true", "yes")
-    return {"service": "s3", "endpoint": endpoint,
-            "url": f"{'https' if secure else 'http'}://{endpoint}",
-            "access_key": os.environ["FLOWLOG_TEST_S3_ACCESS_KEY"],
-            "secret_key": os.environ["FLOWLOG_TEST_S3_SECRET_KEY"],
-            "region": os.environ.get("FLOWLOG_TEST_S3_REGION") or None,
-            "secure": secure, "external": True}
+    return {
+        "service": "s3",
+        "endpoint": endpoint,
+        "url": f"{'https' if secure else 'http'}://{endpoint}",
+        "access_key": os.environ["FLOWLOG_TEST_S3_ACCESS_KEY"],
+        "secret_key": os.environ["FLOWLOG_TEST_S3_SECRET_KEY"],
+        "region": os.environ.get("FLOWLOG_TEST_S3_REGION") or None,
+        "secure": secure,
+        "external": True,
+    }
 
 
 class _Services:
@@ -88,8 +91,7 @@ class _Services:
             if self._closed:
                 fut.set_exception(_svc.ServiceError("test session already finished"))
                 return fut
-        threading.Thread(target=self._run, args=(kind, fut), name=f"flowlog-start-{kind}",
-                         daemon=True).start()
+        threading.Thread(target=self._run, args=(kind, fut), name=f"flowlog-start-{kind}", daemon=True).start()
         return fut
 
     def _run(self, kind: str, fut: concurrent.futures.Future) -> None:
@@ -124,8 +126,7 @@ class _Services:
             problem = f"{type(e).__name__}: {e}"
         what = "Elasticsearch" if kind == "es" else "the S3 server (MinIO/versitygw)"
         # outside the except block, so that the report is not cluttered by exception chaining
-        pytest.fail(f"could not start {what}:\n{problem}\n\nTo get it: {_svc.how_to_get(kind)}",
-                    pytrace=False)
+        pytest.fail(f"could not start {what}:\n{problem}\n\nTo get it: {_svc.how_to_get(kind)}", pytrace=False)
 
     def results(self) -> dict[str, dict]:
         out = {}
@@ -149,8 +150,10 @@ class _Services:
             try:
                 _svc.stop(info)
             except Exception as e:  # noqa: BLE001
-                print(f"flowlog services: failed to stop {info.get('service')} "
-                      f"pid {info.get('pid')}: {e}", file=sys.stderr)
+                print(
+                    f"flowlog services: failed to stop {info.get('service')} pid {info.get('pid')}: {e}",
+                    file=sys.stderr,
+                )
 
 
 _SERVICES = _Services()
@@ -185,8 +188,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         if info.get("external"):
             parts.append(f"{kind}: external {info.get('url')}")
             continue
-        s = (f"{info['service']} {info.get('version', '')} at {info['url']} "
-             f"(ready after {info.get('ready_after')}s)")
+        s = f"{info['service']} {info.get('version', '')} at {info['url']} (ready after {info.get('ready_after')}s)"
         if info.get("fallback_reason"):
             s += f" [MinIO unavailable: {info['fallback_reason']}]"
         parts.append(s)
@@ -220,6 +222,10 @@ def es_client(es_service):
 def minio_client(minio_service):
     from minio import Minio
 
-    return Minio(minio_service["endpoint"], access_key=minio_service["access_key"],
-                 secret_key=minio_service["secret_key"], secure=bool(minio_service.get("secure")),
-                 region=minio_service.get("region"))
+    return Minio(
+        minio_service["endpoint"],
+        access_key=minio_service["access_key"],
+        secret_key=minio_service["secret_key"],
+        secure=bool(minio_service.get("secure")),
+        region=minio_service.get("region"),
+    )

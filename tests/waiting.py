@@ -2,6 +2,7 @@
 tail message, a delivered offset, a thread that returned) with a generous deadline, and fails
 with a message saying what did not happen. A deadline is a bound on a hang, not a speed check:
 speed belongs in bench/."""
+
 from __future__ import annotations
 
 import threading

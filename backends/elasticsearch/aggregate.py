@@ -25,6 +25,7 @@ page (`after_key`), so counts, sums, min and max are exact whatever the shard co
 - Time: every page request gets the time left before the deadline as its timeout; running out
   is ResourceExhausted naming limits.aggregate_timeout_seconds.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -37,10 +38,12 @@ from server.core import aggregate as agg
 PAGE = 10_000  # buckets per request: fewer round trips (search.max_buckets is 65,536)
 EXACT_DOUBLE = 2**53
 
-_SUB = {("sum", "bytes"): ("sb", {"sum": {"field": "bytes"}}),
-        ("sum", "packets"): ("sp", {"sum": {"field": "packets"}}),
-        ("min", "start_time"): ("mn", {"min": {"field": "start_time"}}),
-        ("max", "end_time"): ("mx", {"max": {"field": "end_time"}})}
+_SUB = {
+    ("sum", "bytes"): ("sb", {"sum": {"field": "bytes"}}),
+    ("sum", "packets"): ("sp", {"sum": {"field": "packets"}}),
+    ("min", "start_time"): ("mn", {"min": {"field": "start_time"}}),
+    ("max", "end_time"): ("mx", {"max": {"field": "end_time"}}),
+}
 
 
 def _terms(field: str) -> dict[str, Any]:
@@ -103,8 +106,11 @@ def run(q: agg.AggregateQuery, search: Callable[[dict[str, Any], float], dict[st
     ops = [m.op for m in q.metrics]
     # One count_distinct and no prefix anywhere: every composite bucket is a new distinct value
     # of its group (or no value), so counting buckets is exact without holding the values.
-    count_buckets = (len(distinct) == 1 and not any(k.masked for k in q.group_by)
-                     and not any(m.distinct.masked for m in distinct if m.distinct is not None))
+    count_buckets = (
+        len(distinct) == 1
+        and not any(k.masked for k in q.group_by)
+        and not any(m.distinct.masked for m in distinct if m.distinct is not None)
+    )
     streaming = streams(q)
     ranker = agg.Ranker(q)
     accs: dict[tuple[int | None, agg.Key], _Acc] = {}

@@ -5,6 +5,7 @@ The backend owns it (Feast's habit: each store gets its own config once, at cons
 the whole app config); server.config.Config.validate() reports problems() when the backend is
 chosen, and the store refuses a config with problems.
 """
+
 from __future__ import annotations
 
 import re

@@ -18,12 +18,27 @@ The semantics are server/core/filter.py's (read its docstring); the query mirror
 - Everything runs in filter context (bool.filter / should + minimum_should_match / must_not):
   no scoring, and every `should` carries minimum_should_match 1 so it is never optional.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from server.core.filter import (ENUM_FIELDS, FIELDS, And, Compare, Expr, InList, Kind, Leaf,
-                                Network, Not, Or, Value, covers_mapped_range, is_host)
+from server.core.filter import (
+    ENUM_FIELDS,
+    FIELDS,
+    And,
+    Compare,
+    Expr,
+    InList,
+    Kind,
+    Leaf,
+    Network,
+    Not,
+    Or,
+    Value,
+    covers_mapped_range,
+    is_host,
+)
 
 __all__ = ["ENUM_FIELDS", "enum_name", "enum_number", "to_query"]
 
@@ -70,8 +85,9 @@ def _address_in(column: str, nets: tuple[Network, ...]) -> Query:
         clauses.append({"terms": {column: plain}})
     for net in nets:
         if covers_mapped_range(net):
-            clauses.append({"bool": {"filter": [{"term": {column: str(net)}}],
-                                     "must_not": [{"term": {column: _ALL_IPV4}}]}})
+            clauses.append(
+                {"bool": {"filter": [{"term": {column: str(net)}}], "must_not": [{"term": {column: _ALL_IPV4}}]}}
+            )
     return _any(clauses)
 
 
@@ -101,8 +117,7 @@ def _es_value(field: str, value: Value) -> Any:
 
 def _equals(column: str, kind: Kind, values: list[Any]) -> Query:
     if kind is Kind.TIME:
-        return _any([{"range": {column: {"gte": v, "lte": v, "format": "epoch_millis"}}}
-                     for v in values])
+        return _any([{"range": {column: {"gte": v, "lte": v, "format": "epoch_millis"}}} for v in values])
     if len(values) == 1:
         return {"term": {column: values[0]}}
     return {"terms": {column: values}}

@@ -33,6 +33,7 @@ only once every document is in the translog of the primary (and of the in-sync r
 any) and the translog is fsynced (index.translog.durability=request, the default) - and after
 the touched indices were refreshed, so the records are also searchable when write() returns.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,8 +44,8 @@ import time
 from datetime import date, timedelta
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from elasticsearch import Elasticsearch, helpers
-from elasticsearch import ApiError, ConnectionError as ESConnectionError, ConnectionTimeout, NotFoundError
+from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch, NotFoundError, helpers
+from elasticsearch import ConnectionError as ESConnectionError
 
 from backends.elasticsearch import aggregate as es_aggregate
 from backends.elasticsearch.config import ElasticsearchConfig
@@ -119,8 +120,10 @@ class RecordWriteError(RuntimeError):
     def __init__(self, errors: list[dict[str, Any]]) -> None:
         self.errors = errors
         first = errors[0]
-        super().__init__(f"{len(errors)} record(s) refused by Elasticsearch; first: "
-                         f"status {first.get('status')} {first.get('error')}")
+        super().__init__(
+            f"{len(errors)} record(s) refused by Elasticsearch; first: "
+            f"status {first.get('status')} {first.get('error')}"
+        )
 
 
 def log_store_base(prefix: str, account_id: str, key: LogStoreKey) -> str:
@@ -247,8 +250,10 @@ class ElasticsearchRecordStore:
                 # the added fields would be refused there until the fields are mapped. Adding a
                 # field is always compatible; a no-op where it is mapped already.
                 self._client.indices.put_mapping(
-                    index=f"{cfg.index_prefix}-records-*", allow_no_indices=True,
-                    properties={name: MAPPING["properties"][name] for name in ADDED_FIELDS})
+                    index=f"{cfg.index_prefix}-records-*",
+                    allow_no_indices=True,
+                    properties={name: MAPPING["properties"][name] for name in ADDED_FIELDS},
+                )
             self._template_ready = True
 
     def write(self, records: Sequence[FlowRecord]) -> None:
@@ -268,9 +273,16 @@ class ElasticsearchRecordStore:
         refresh: Any = "wait_for" if self._cfg.refresh == "wait_for" else False
         with _translate_errors("bulk write"):
             for ok, item in helpers.streaming_bulk(
-                    self._client, actions, chunk_size=self._cfg.bulk_chunk_size,
-                    raise_on_error=False, raise_on_exception=True, max_retries=3,
-                    initial_backoff=0.5, yield_ok=False, refresh=refresh):
+                self._client,
+                actions,
+                chunk_size=self._cfg.bulk_chunk_size,
+                raise_on_error=False,
+                raise_on_exception=True,
+                max_retries=3,
+                initial_backoff=0.5,
+                yield_ok=False,
+                refresh=refresh,
+            ):
                 if ok:
                     continue
                 result = next(iter(item.values()))
@@ -298,14 +310,23 @@ class ElasticsearchRecordStore:
             index = f"{base}-{self._day(r.start_time // DAY_MS)}"
             touched.add(index)
             doc: dict[str, Any] = {
-                "record_id": r.record_id, "version": r.version, "account_id": r.account_id,
-                "flow_log_id": r.flow_log_id, "region": r.region, "project": r.project,
+                "record_id": r.record_id,
+                "version": r.version,
+                "account_id": r.account_id,
+                "flow_log_id": r.flow_log_id,
+                "region": r.region,
+                "project": r.project,
                 "log_store": r.log_store,
                 "resource_type": rt_names.get(r.resource_type) or enum_name("resource_type", r.resource_type),
-                "resource_id": r.resource_id, "network_id": r.network_id,
-                "src_port": r.src_port, "dst_port": r.dst_port, "protocol": r.protocol,
-                "packets": r.packets, "bytes": r.bytes,
-                "start_time": r.start_time, "end_time": r.end_time,
+                "resource_id": r.resource_id,
+                "network_id": r.network_id,
+                "src_port": r.src_port,
+                "dst_port": r.dst_port,
+                "protocol": r.protocol,
+                "packets": r.packets,
+                "bytes": r.bytes,
+                "start_time": r.start_time,
+                "end_time": r.end_time,
                 "action": act_names.get(r.action) or enum_name("action", r.action),
                 "log_status": ls_names.get(r.log_status) or enum_name("log_status", r.log_status),
                 "direction": dir_names.get(r.direction) or enum_name("direction", r.direction),
@@ -344,20 +365,32 @@ class ElasticsearchRecordStore:
         sort = [{"start_time": {"order": order}}, {"record_id": {"order": order}}]
         size = min(batch_size, remaining, _MAX_PAGE)
         common: dict[str, Any] = dict(
-            query=body_query, sort=sort, track_total_hits=False, allow_partial_search_results=False,
-            filter_path=["pit_id", "hits.hits._source", "hits.hits.sort"])
+            query=body_query,
+            sort=sort,
+            track_total_hits=False,
+            allow_partial_search_results=False,
+            filter_path=["pit_id", "hits.hits._source", "hits.hits.sort"],
+        )
         if remaining <= size:  # one page: no point in time needed
             with _translate_errors("search"):
-                resp = _while_shards_start(lambda: self._client.search(
-                    index=indices, size=size, ignore_unavailable=True, allow_no_indices=True, **common))
+                resp = _while_shards_start(
+                    lambda: self._client.search(
+                        index=indices, size=size, ignore_unavailable=True, allow_no_indices=True, **common
+                    )
+                )
             hits = resp.get("hits", {}).get("hits", [])
             if hits:
                 yield [_record(h["_source"]) for h in hits]
             return
         with _translate_errors("open point in time"):
-            pit_id = _while_shards_start(lambda: self._client.open_point_in_time(
-                index=indices, keep_alive=self._cfg.pit_keep_alive, ignore_unavailable=True,
-                index_filter=self._time_range(query)))["id"]
+            pit_id = _while_shards_start(
+                lambda: self._client.open_point_in_time(
+                    index=indices,
+                    keep_alive=self._cfg.pit_keep_alive,
+                    ignore_unavailable=True,
+                    index_filter=self._time_range(query),
+                )
+            )["id"]
         try:
             search_after: list[Any] | None = None
             while remaining > 0:
@@ -365,8 +398,8 @@ class ElasticsearchRecordStore:
                 extra: dict[str, Any] = {} if search_after is None else {"search_after": search_after}
                 with _translate_errors("search"):
                     resp = self._client.search(
-                        pit={"id": pit_id, "keep_alive": self._cfg.pit_keep_alive}, size=size,
-                        **common, **extra)
+                        pit={"id": pit_id, "keep_alive": self._cfg.pit_keep_alive}, size=size, **common, **extra
+                    )
                 pit_id = resp.get("pit_id", pit_id)
                 hits = resp.get("hits", {}).get("hits", [])
                 if not hits:
@@ -384,9 +417,14 @@ class ElasticsearchRecordStore:
         if not indices:
             return 0
         with _translate_errors("count"):
-            resp = _while_shards_start(lambda: self._client.count(
-                index=indices, query=self._query(query, with_after=False), ignore_unavailable=True,
-                allow_no_indices=True))
+            resp = _while_shards_start(
+                lambda: self._client.count(
+                    index=indices,
+                    query=self._query(query, with_after=False),
+                    ignore_unavailable=True,
+                    allow_no_indices=True,
+                )
+            )
         return int(resp["count"])
 
     def aggregate(self, q: agg.AggregateQuery) -> agg.Groups:
@@ -400,10 +438,19 @@ class ElasticsearchRecordStore:
 
         def search(aggs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
             with _translate_errors("aggregate"):
-                resp = _while_shards_start(lambda: self._client.options(request_timeout=timeout_s).search(
-                    index=indices, size=0, query=body_query, aggs=aggs, track_total_hits=False,
-                    ignore_unavailable=True, allow_no_indices=True, allow_partial_search_results=False,
-                    filter_path=["aggregations"]))
+                resp = _while_shards_start(
+                    lambda: self._client.options(request_timeout=timeout_s).search(
+                        index=indices,
+                        size=0,
+                        query=body_query,
+                        aggs=aggs,
+                        track_total_hits=False,
+                        ignore_unavailable=True,
+                        allow_no_indices=True,
+                        allow_partial_search_results=False,
+                        filter_path=["aggregations"],
+                    )
+                )
             return resp.get("aggregations", {})
 
         return es_aggregate.run(q, search)
@@ -434,8 +481,10 @@ class ElasticsearchRecordStore:
         if start >= end or not stores:
             return ""
         first, last = start // DAY_MS, (end - 1) // DAY_MS
-        bases = [log_store_base(self._cfg.index_prefix, query.account_id,
-                                LogStoreKey(query.region, query.project, s)) for s in stores]
+        bases = [
+            log_store_base(self._cfg.index_prefix, query.account_id, LogStoreKey(query.region, query.project, s))
+            for s in stores
+        ]
         names = [p for b in bases for p in day_patterns(b, first, last)]
         joined = ",".join(names)
         if len(joined) > _MAX_INDEX_LIST:  # long ranges: every day index of the LogStores
@@ -462,10 +511,17 @@ class ElasticsearchRecordStore:
             filters.append(self._time_range(query))
             t, rid = query.after
             op = "lt" if query.newest_first else "gt"
-            filters.append({"bool": {"minimum_should_match": 1, "should": [
-                {"range": {"start_time": {op: t, "format": "epoch_millis"}}},
-                {"range": {"record_id": {op: rid}}},
-            ]}})
+            filters.append(
+                {
+                    "bool": {
+                        "minimum_should_match": 1,
+                        "should": [
+                            {"range": {"start_time": {op: t, "format": "epoch_millis"}}},
+                            {"range": {"record_id": {op: rid}}},
+                        ],
+                    }
+                }
+            )
         else:
             start, end = _clamp(query.start_ms, query.end_ms)
             filters.append({"range": {"start_time": {"gte": start, "lt": end, "format": "epoch_millis"}}})
@@ -527,8 +583,12 @@ class ElasticsearchRecordStore:
 
 def _make_client(cfg: ElasticsearchConfig) -> Elasticsearch:
     kwargs: dict[str, Any] = dict(
-        hosts=list(cfg.hosts), request_timeout=cfg.request_timeout_s, max_retries=cfg.max_retries,
-        retry_on_timeout=False, verify_certs=cfg.verify_certs)
+        hosts=list(cfg.hosts),
+        request_timeout=cfg.request_timeout_s,
+        max_retries=cfg.max_retries,
+        retry_on_timeout=False,
+        verify_certs=cfg.verify_certs,
+    )
     if cfg.username:
         kwargs["basic_auth"] = (cfg.username, cfg.password)
     if cfg.api_key:
@@ -542,14 +602,33 @@ def _record(src: dict[str, Any]) -> FlowRecord:
     packets = int(src["packets_u64"]) if "packets_u64" in src else src["packets"]
     nbytes = int(src["bytes_u64"]) if "bytes_u64" in src else src["bytes"]
     return FlowRecord(
-        src["record_id"], src["version"], src["account_id"], src["flow_log_id"], src["region"],
-        src["project"], src["log_store"], _enum("resource_type", src["resource_type"]),
-        src["resource_id"], src["network_id"], src.get("src_addr", ""), src.get("dst_addr", ""),
-        src["src_port"], src["dst_port"], src["protocol"], packets, nbytes,
-        src["start_time"], src["end_time"], _enum("action", src["action"]),
-        _enum("log_status", src["log_status"]), _enum("direction", src["direction"]), src["tcp_flags"],
-        src.get("rule_id", ""), _enum("rule_kind", src["rule_kind"]) if "rule_kind" in src else 0,
-        src.get("sampling_rate", 0))
+        src["record_id"],
+        src["version"],
+        src["account_id"],
+        src["flow_log_id"],
+        src["region"],
+        src["project"],
+        src["log_store"],
+        _enum("resource_type", src["resource_type"]),
+        src["resource_id"],
+        src["network_id"],
+        src.get("src_addr", ""),
+        src.get("dst_addr", ""),
+        src["src_port"],
+        src["dst_port"],
+        src["protocol"],
+        packets,
+        nbytes,
+        src["start_time"],
+        src["end_time"],
+        _enum("action", src["action"]),
+        _enum("log_status", src["log_status"]),
+        _enum("direction", src["direction"]),
+        src["tcp_flags"],
+        src.get("rule_id", ""),
+        _enum("rule_kind", src["rule_kind"]) if "rule_kind" in src else 0,
+        src.get("sampling_rate", 0),
+    )
 
 
 _ENUM_NUMBERS = {f: {m.name: int(m) for m in cls} for f, cls in ENUM_FIELDS.items()}

@@ -16,6 +16,7 @@ The statement also ranks (a window per bucket: the top `limit` groups, the rest 
 `other` in SQL), so only the answer reaches Python, however many groups DuckDB makes (its
 memory_limit bounds those; it spills beyond). At most max_groups + 1 rows come back.
 """
+
 from __future__ import annotations
 
 from server.core.aggregate import AggregateQuery, FieldKind, GroupKey, Metric
@@ -42,18 +43,24 @@ def _shifted(value: str, bits: int) -> str:
 def _masked(col: str, key: GroupKey) -> str:
     """The key integer (UHUGEINT) of the network of blob column `col`; NULL stays NULL."""
     value = f"CAST('0x' || hex({col}) AS UHUGEINT)"
-    return (f"CASE WHEN {col} IS NULL THEN NULL::UHUGEINT "
-            f"WHEN {col} BETWEEN {_V4_LO} AND {_V4_HI} THEN {_shifted(value, 32 - key.prefix4)} "
-            f"ELSE {_shifted(value, 128 - key.prefix6)} END")
+    return (
+        f"CASE WHEN {col} IS NULL THEN NULL::UHUGEINT "
+        f"WHEN {col} BETWEEN {_V4_LO} AND {_V4_HI} THEN {_shifted(value, 32 - key.prefix4)} "
+        f"ELSE {_shifted(value, 128 - key.prefix6)} END"
+    )
 
 
 def _final(col: str, key: GroupKey) -> str:
     return _masked(col, key) if key.masked else col
 
 
-_PARTIAL = {("count", ""): ("count(*)", "sum"), ("sum", "bytes"): ("sum(bytes)", "sum"),
-            ("sum", "packets"): ("sum(packets)", "sum"), ("min", "start_time"): ("min(start_time)", "min"),
-            ("max", "end_time"): ("max(end_time)", "max")}
+_PARTIAL = {
+    ("count", ""): ("count(*)", "sum"),
+    ("sum", "bytes"): ("sum(bytes)", "sum"),
+    ("sum", "packets"): ("sum(packets)", "sum"),
+    ("min", "start_time"): ("min(start_time)", "min"),
+    ("max", "end_time"): ("max(end_time)", "max"),
+}
 
 
 def _grouped(q: AggregateQuery, where: str, with_n: bool = True) -> str:
@@ -117,8 +124,7 @@ def top_sql(q: AggregateQuery, where: str) -> str:
     """fast_path: b, keys, metrics of the top `limit` + 1 groups."""
     keys = [f"x{i}" for i in range(len(q.group_by))]
     order = [f"v{q.order_index} {'DESC' if q.descending else 'ASC'}"] + [f"{k} ASC NULLS FIRST" for k in keys]
-    return (f"SELECT * FROM ({_grouped(q, where, with_n=False)}) ORDER BY {', '.join(order)} "
-            f"LIMIT {int(q.limit) + 1}")
+    return f"SELECT * FROM ({_grouped(q, where, with_n=False)}) ORDER BY {', '.join(order)} LIMIT {int(q.limit) + 1}"
 
 
 def totals_sql(where: str) -> str:
@@ -141,19 +147,23 @@ def aggregate_sql(q: AggregateQuery, where: str) -> str:
         # One bucket: a top-N (ORDER BY ... LIMIT, a heap) instead of sorting every group, and the
         # groups not in it (matched on their keys, NULL included) fold into `other`.
         same = " AND ".join(f"t.{k} IS NOT DISTINCT FROM g.{k}" for k in keys) or "TRUE"
-        return (f"WITH g AS MATERIALIZED ({_grouped(q, where)}), "
-                f"t AS (SELECT * FROM g ORDER BY {', '.join(order)} LIMIT {int(q.limit)}) "
-                f"SELECT 0 AS part, {', '.join(['b', *keys, 'n', *vals])} FROM t "
-                f"UNION ALL SELECT 1, {', '.join(['NULL', *nulls, 'sum(n)', *folded])} FROM g "
-                f"WHERE NOT EXISTS (SELECT 1 FROM t WHERE {same}) HAVING count(*) > 0 "
-                f"UNION ALL SELECT 2, {', '.join(['NULL', *nulls, 'sum(n)', *(['NULL'] * len(vals))])} FROM g")
-    return (f"WITH g AS MATERIALIZED ({_grouped(q, where)}), "
-            f"r AS (SELECT *, row_number() OVER (PARTITION BY b ORDER BY {', '.join(order)}) AS rn FROM g) "
-            f"SELECT * FROM (SELECT 0 AS part, {', '.join(['b', *keys, 'n', *vals])} FROM r "
-            f"WHERE rn <= {int(q.limit)}{cap}) "
-            f"UNION ALL SELECT 1, {', '.join(['NULL', *nulls, 'sum(n)', *folded])} FROM r WHERE rn > {int(q.limit)} "
-            f"HAVING count(*) > 0 "
-            f"UNION ALL SELECT 2, {', '.join(['NULL', *nulls, 'sum(n)', *(['NULL'] * len(vals))])} FROM g")
+        return (
+            f"WITH g AS MATERIALIZED ({_grouped(q, where)}), "
+            f"t AS (SELECT * FROM g ORDER BY {', '.join(order)} LIMIT {int(q.limit)}) "
+            f"SELECT 0 AS part, {', '.join(['b', *keys, 'n', *vals])} FROM t "
+            f"UNION ALL SELECT 1, {', '.join(['NULL', *nulls, 'sum(n)', *folded])} FROM g "
+            f"WHERE NOT EXISTS (SELECT 1 FROM t WHERE {same}) HAVING count(*) > 0 "
+            f"UNION ALL SELECT 2, {', '.join(['NULL', *nulls, 'sum(n)', *(['NULL'] * len(vals))])} FROM g"
+        )
+    return (
+        f"WITH g AS MATERIALIZED ({_grouped(q, where)}), "
+        f"r AS (SELECT *, row_number() OVER (PARTITION BY b ORDER BY {', '.join(order)}) AS rn FROM g) "
+        f"SELECT * FROM (SELECT 0 AS part, {', '.join(['b', *keys, 'n', *vals])} FROM r "
+        f"WHERE rn <= {int(q.limit)}{cap}) "
+        f"UNION ALL SELECT 1, {', '.join(['NULL', *nulls, 'sum(n)', *folded])} FROM r WHERE rn > {int(q.limit)} "
+        f"HAVING count(*) > 0 "
+        f"UNION ALL SELECT 2, {', '.join(['NULL', *nulls, 'sum(n)', *(['NULL'] * len(vals))])} FROM g"
+    )
 
 
 def _metric(m: Metric) -> str:

@@ -1,5 +1,6 @@
 """Typed configuration of the embedded backends: the `embedded:` section of the server's config
 (server.config nests this class; FLOWLOG_EMBEDDED_<KEY> in the environment)."""
+
 from __future__ import annotations
 
 import os

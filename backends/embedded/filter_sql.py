@@ -15,13 +15,26 @@ The semantics are server/core/filter.py's (read its docstring); the SQL mirrors 
 - IPv4 values become their ::ffff:0:0/96 range. An IPv6 network whose range contains that
   block (only ::/0 .. ::/80) also excludes it, since IPv6 values never match IPv4 addresses.
 """
+
 from __future__ import annotations
 
 import ipaddress
 import socket
 
-from server.core.filter import (FIELDS, And, Compare, Expr, InList, Kind, Leaf, Network, Not, Or,
-                                covers_mapped_range, is_host)
+from server.core.filter import (
+    FIELDS,
+    And,
+    Compare,
+    Expr,
+    InList,
+    Kind,
+    Leaf,
+    Network,
+    Not,
+    Or,
+    covers_mapped_range,
+    is_host,
+)
 
 _V4_MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 _MAPPED_LO = _V4_MAPPED_PREFIX + b"\x00" * 4

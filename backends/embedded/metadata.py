@@ -4,6 +4,7 @@ Durable when a transaction commits (WAL, synchronous=FULL). All transactions go 
 connection behind a lock and start with BEGIN IMMEDIATE, so they are serialised: the core's
 check-then-insert (quota, unique names, client tokens) is exact under any concurrency.
 """
+
 from __future__ import annotations
 
 import json
@@ -63,8 +64,22 @@ _WATCHED = ("flow_logs", "log_stores", "log_store_tombstones")
 
 
 def _rules_to_json(rules: tuple[SecurityRule, ...]) -> str:
-    return json.dumps([[r.priority, int(r.direction), int(r.action), r.protocol, r.peer_cidr, r.port_from, r.port_to,
-                        r.id, int(r.kind)] for r in rules])
+    return json.dumps(
+        [
+            [
+                r.priority,
+                int(r.direction),
+                int(r.action),
+                r.protocol,
+                r.peer_cidr,
+                r.port_from,
+                r.port_to,
+                r.id,
+                int(r.kind),
+            ]
+            for r in rules
+        ]
+    )
 
 
 def _rules_from_json(text: str) -> tuple[SecurityRule, ...]:
@@ -80,26 +95,49 @@ def _rules_from_json(text: str) -> tuple[SecurityRule, ...]:
 
 
 def _resource(row: sqlite3.Row) -> Resource:
-    return Resource(id=row["id"], type=ResourceType(row["type"]), region=row["region"], network_id=row["network_id"],
-                    name=row["name"], addresses=tuple(json.loads(row["addresses"])),
-                    rules=_rules_from_json(row["rules"]), create_time_ms=row["create_time_ms"],
-                    account_id=row["account_id"])
+    return Resource(
+        id=row["id"],
+        type=ResourceType(row["type"]),
+        region=row["region"],
+        network_id=row["network_id"],
+        name=row["name"],
+        addresses=tuple(json.loads(row["addresses"])),
+        rules=_rules_from_json(row["rules"]),
+        create_time_ms=row["create_time_ms"],
+        account_id=row["account_id"],
+    )
 
 
 def _log_store(row: sqlite3.Row) -> LogStore:
-    return LogStore(region=row["region"], project=row["project"], name=row["name"],
-                    retention_days=row["retention_days"], description=row["description"],
-                    create_time_ms=row["create_time_ms"], update_time_ms=row["update_time_ms"],
-                    account_id=row["account_id"])
+    return LogStore(
+        region=row["region"],
+        project=row["project"],
+        name=row["name"],
+        retention_days=row["retention_days"],
+        description=row["description"],
+        create_time_ms=row["create_time_ms"],
+        update_time_ms=row["update_time_ms"],
+        account_id=row["account_id"],
+    )
 
 
 def _flow_log(row: sqlite3.Row) -> FlowLog:
-    return FlowLog(id=row["id"], region=row["region"], name=row["name"],
-                   resource_type=ResourceType(row["resource_type"]), resource_id=row["resource_id"],
-                   network_id=row["network_id"], traffic_type=TrafficType(row["traffic_type"]),
-                   project=row["project"], log_store=row["log_store"], description=row["description"],
-                   state=FlowLogState(row["state"]), create_time_ms=row["create_time_ms"],
-                   update_time_ms=row["update_time_ms"], account_id=row["account_id"])
+    return FlowLog(
+        id=row["id"],
+        region=row["region"],
+        name=row["name"],
+        resource_type=ResourceType(row["resource_type"]),
+        resource_id=row["resource_id"],
+        network_id=row["network_id"],
+        traffic_type=TrafficType(row["traffic_type"]),
+        project=row["project"],
+        log_store=row["log_store"],
+        description=row["description"],
+        state=FlowLogState(row["state"]),
+        create_time_ms=row["create_time_ms"],
+        update_time_ms=row["update_time_ms"],
+        account_id=row["account_id"],
+    )
 
 
 class SqliteMetadataTx:
@@ -134,9 +172,20 @@ class SqliteMetadataTx:
         return [_resource(r) for r in self.c.execute(sql, args)]
 
     def insert_resource(self, r):
-        self.c.execute("INSERT INTO resources VALUES (?,?,?,?,?,?,?,?,?)",
-                       (r.account_id, r.id, int(r.type), r.region, r.network_id, r.name, json.dumps(list(r.addresses)),
-                        _rules_to_json(r.rules), r.create_time_ms))
+        self.c.execute(
+            "INSERT INTO resources VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                r.account_id,
+                r.id,
+                int(r.type),
+                r.region,
+                r.network_id,
+                r.name,
+                json.dumps(list(r.addresses)),
+                _rules_to_json(r.rules),
+                r.create_time_ms,
+            ),
+        )
 
     def delete_resource(self, account, resource_id):
         self.c.execute("DELETE FROM resources WHERE account_id=? AND id=?", (account, resource_id))
@@ -146,8 +195,10 @@ class SqliteMetadataTx:
 
     # LogStores
     def get_log_store(self, account, key: LogStoreKey):
-        row = self._one("SELECT * FROM log_stores WHERE account_id=? AND region=? AND project=? AND name=?",
-                        (account, key.region, key.project, key.name))
+        row = self._one(
+            "SELECT * FROM log_stores WHERE account_id=? AND region=? AND project=? AND name=?",
+            (account, key.region, key.project, key.name),
+        )
         return _log_store(row) if row else None
 
     def list_log_stores(self, account, *, region, project, after, limit):
@@ -168,20 +219,34 @@ class SqliteMetadataTx:
 
     def insert_log_store(self, s):
         self.changed = True
-        self.c.execute("INSERT INTO log_stores VALUES (?,?,?,?,?,?,?,?)",
-                       (s.account_id, s.region, s.project, s.name, s.retention_days, s.description,
-                        s.create_time_ms, s.update_time_ms))
+        self.c.execute(
+            "INSERT INTO log_stores VALUES (?,?,?,?,?,?,?,?)",
+            (
+                s.account_id,
+                s.region,
+                s.project,
+                s.name,
+                s.retention_days,
+                s.description,
+                s.create_time_ms,
+                s.update_time_ms,
+            ),
+        )
 
     def update_log_store(self, s):
         self.changed = True
-        self.c.execute("UPDATE log_stores SET retention_days=?, description=?, update_time_ms=? "
-                       "WHERE account_id=? AND region=? AND project=? AND name=?",
-                       (s.retention_days, s.description, s.update_time_ms, s.account_id, s.region, s.project, s.name))
+        self.c.execute(
+            "UPDATE log_stores SET retention_days=?, description=?, update_time_ms=? "
+            "WHERE account_id=? AND region=? AND project=? AND name=?",
+            (s.retention_days, s.description, s.update_time_ms, s.account_id, s.region, s.project, s.name),
+        )
 
     def delete_log_store(self, account, key):
         self.changed = True
-        self.c.execute("DELETE FROM log_stores WHERE account_id=? AND region=? AND project=? AND name=?",
-                       (account, key.region, key.project, key.name))
+        self.c.execute(
+            "DELETE FROM log_stores WHERE account_id=? AND region=? AND project=? AND name=?",
+            (account, key.region, key.project, key.name),
+        )
 
     # flow logs
     def get_flow_log(self, account, flow_log_id):
@@ -208,30 +273,60 @@ class SqliteMetadataTx:
         return self._one("SELECT count(*) FROM flow_logs WHERE account_id=? AND region=?", (account, region))[0]
 
     def flow_logs_using_resource(self, account, resource_id):
-        return [r[0] for r in self.c.execute("SELECT id FROM flow_logs WHERE account_id=? AND resource_id=? ORDER BY id",
-                                             (account, resource_id))]
+        return [
+            r[0]
+            for r in self.c.execute(
+                "SELECT id FROM flow_logs WHERE account_id=? AND resource_id=? ORDER BY id", (account, resource_id)
+            )
+        ]
 
     def flow_logs_delivering_to(self, account, key):
-        return [r[0] for r in self.c.execute(
-            "SELECT id FROM flow_logs WHERE account_id=? AND region=? AND project=? AND log_store=? ORDER BY id",
-            (account, key.region, key.project, key.name))]
+        return [
+            r[0]
+            for r in self.c.execute(
+                "SELECT id FROM flow_logs WHERE account_id=? AND region=? AND project=? AND log_store=? ORDER BY id",
+                (account, key.region, key.project, key.name),
+            )
+        ]
 
     def flow_log_name_taken(self, account, region, name, exclude_id=""):
-        return self._one("SELECT 1 FROM flow_logs WHERE account_id=? AND region=? AND name=? AND id!=?",
-                         (account, region, name, exclude_id)) is not None
+        return (
+            self._one(
+                "SELECT 1 FROM flow_logs WHERE account_id=? AND region=? AND name=? AND id!=?",
+                (account, region, name, exclude_id),
+            )
+            is not None
+        )
 
     def insert_flow_log(self, f):
         self.changed = True
-        self.c.execute("INSERT INTO flow_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                       (f.account_id, f.id, f.region, f.name, int(f.resource_type), f.resource_id, f.network_id,
-                        int(f.traffic_type), f.project, f.log_store, f.description, int(f.state),
-                        f.create_time_ms, f.update_time_ms))
+        self.c.execute(
+            "INSERT INTO flow_logs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                f.account_id,
+                f.id,
+                f.region,
+                f.name,
+                int(f.resource_type),
+                f.resource_id,
+                f.network_id,
+                int(f.traffic_type),
+                f.project,
+                f.log_store,
+                f.description,
+                int(f.state),
+                f.create_time_ms,
+                f.update_time_ms,
+            ),
+        )
 
     def update_flow_log(self, f):
         self.changed = True
-        self.c.execute("UPDATE flow_logs SET name=?, description=?, traffic_type=?, state=?, update_time_ms=? "
-                       "WHERE account_id=? AND id=?",
-                       (f.name, f.description, int(f.traffic_type), int(f.state), f.update_time_ms, f.account_id, f.id))
+        self.c.execute(
+            "UPDATE flow_logs SET name=?, description=?, traffic_type=?, state=?, update_time_ms=? "
+            "WHERE account_id=? AND id=?",
+            (f.name, f.description, int(f.traffic_type), int(f.state), f.update_time_ms, f.account_id, f.id),
+        )
 
     def delete_flow_log(self, account, flow_log_id):
         self.changed = True
@@ -243,16 +338,25 @@ class SqliteMetadataTx:
     # LogStores being purged (deleted from the user's view, records not yet gone everywhere)
     def insert_tombstone(self, account, key, deleted_ms):
         self.changed = True
-        self.c.execute("INSERT OR IGNORE INTO log_store_tombstones (account_id, region, project, name, deleted_ms) "
-                       "VALUES (?,?,?,?,?)", (account, key.region, key.project, key.name, deleted_ms))
+        self.c.execute(
+            "INSERT OR IGNORE INTO log_store_tombstones (account_id, region, project, name, deleted_ms) "
+            "VALUES (?,?,?,?,?)",
+            (account, key.region, key.project, key.name, deleted_ms),
+        )
 
     def tombstone_exists(self, account, key):
-        return self._one("SELECT 1 FROM log_store_tombstones WHERE account_id=? AND region=? AND project=? AND name=?",
-                         (account, key.region, key.project, key.name)) is not None
+        return (
+            self._one(
+                "SELECT 1 FROM log_store_tombstones WHERE account_id=? AND region=? AND project=? AND name=?",
+                (account, key.region, key.project, key.name),
+            )
+            is not None
+        )
 
     def get_client_token(self, account, token):
-        row = self._one("SELECT fingerprint, flow_log_id FROM client_tokens WHERE account_id=? AND token=?",
-                        (account, token))
+        row = self._one(
+            "SELECT fingerprint, flow_log_id FROM client_tokens WHERE account_id=? AND token=?", (account, token)
+        )
         return (row[0], row[1]) if row else None
 
     def put_client_token(self, account, token, fingerprint, flow_log_id):
@@ -295,21 +399,32 @@ class SqliteMetadataStore:
 
     def tombstones(self) -> list[Tombstone]:
         with self._lock:
-            return [Tombstone(r["account_id"], LogStoreKey(r["region"], r["project"], r["name"]), r["deleted_ms"],
-                              r["attempts"], r["last_error"])
-                    for r in self._conn.execute("SELECT * FROM log_store_tombstones ORDER BY deleted_ms")]
+            return [
+                Tombstone(
+                    r["account_id"],
+                    LogStoreKey(r["region"], r["project"], r["name"]),
+                    r["deleted_ms"],
+                    r["attempts"],
+                    r["last_error"],
+                )
+                for r in self._conn.execute("SELECT * FROM log_store_tombstones ORDER BY deleted_ms")
+            ]
 
     def purge_failed(self, account: str, key: LogStoreKey, error: str) -> None:
         with self.transaction() as tx:
-            tx.c.execute("UPDATE log_store_tombstones SET attempts = attempts + 1, last_error = ? "
-                         "WHERE account_id=? AND region=? AND project=? AND name=?",
-                         (error[:500], account, key.region, key.project, key.name))
+            tx.c.execute(
+                "UPDATE log_store_tombstones SET attempts = attempts + 1, last_error = ? "
+                "WHERE account_id=? AND region=? AND project=? AND name=?",
+                (error[:500], account, key.region, key.project, key.name),
+            )
 
     def remove_tombstone(self, account: str, key: LogStoreKey) -> None:
         with self.transaction() as tx:
             tx.changed = True
-            tx.c.execute("DELETE FROM log_store_tombstones WHERE account_id=? AND region=? AND project=? AND name=?",
-                         (account, key.region, key.project, key.name))
+            tx.c.execute(
+                "DELETE FROM log_store_tombstones WHERE account_id=? AND region=? AND project=? AND name=?",
+                (account, key.region, key.project, key.name),
+            )
 
     def regions_in_use(self) -> dict[str, int]:
         """Objects (resources, LogStores, flow logs) per region, over every account."""

@@ -6,6 +6,7 @@ temporary file in the object's own directory, fsyncs it, renames it over the fin
 fsyncs the directory, so a reader sees either the old object or the new one, never half of one,
 and the object survives a power cut once put() has returned.
 """
+
 from __future__ import annotations
 
 import os

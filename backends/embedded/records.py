@@ -21,6 +21,7 @@ since the last one, never on the write path; a crash before a checkpoint loses n
 replays the WAL on open. (Rows appended since the last checkpoint are held in memory uncompressed,
 ~280 bytes each: the row bound keeps a fast ingest from growing the server by that much per row.)
 """
+
 from __future__ import annotations
 
 import functools
@@ -38,7 +39,7 @@ from backends.embedded.aggregate_sql import aggregate_sql, fast_path, top_sql, t
 from backends.embedded.filter_sql import ip_to_blob, to_sql
 from server.core import aggregate as agg
 from server.core import columns
-from server.core.model import FlowRecord, LogStoreKey, RECORD_FIELDS
+from server.core.model import RECORD_FIELDS, FlowRecord, LogStoreKey
 from server.core.ports import RecordQuery
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,11 @@ assert tuple(c[0] for c in _COLUMNS) == RECORD_FIELDS, "schema must follow FlowR
 
 _SCHEMA = pa.schema(list(columns.SCHEMA) + [pa.field("src_ip", pa.binary()), pa.field("dst_ip", pa.binary())])
 
-_CREATE = ("CREATE TABLE IF NOT EXISTS records ("
-           + ", ".join(f"{name} {sql}" for name, sql in _COLUMNS)
-           + ", src_ip BLOB, dst_ip BLOB)")
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS records ("
+    + ", ".join(f"{name} {sql}" for name, sql in _COLUMNS)
+    + ", src_ip BLOB, dst_ip BLOB)"
+)
 
 _SELECT_FIELDS = ", ".join(RECORD_FIELDS)
 _KEY_COLUMNS = ("account_id", "region", "project", "log_store", "record_id")
@@ -127,8 +130,15 @@ class EmbeddedRecordStore:
 
     name = "embedded"
 
-    def __init__(self, path: Path, *, memory_limit: str | None = None, threads: int | None = None,
-                 checkpoint_interval_s: float = 30.0, checkpoint_rows: int = 100_000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        memory_limit: str | None = None,
+        threads: int | None = None,
+        checkpoint_interval_s: float = 30.0,
+        checkpoint_rows: int = 100_000,
+    ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
@@ -154,8 +164,11 @@ class EmbeddedRecordStore:
         self._checkpointer: threading.Thread | None = None
         if checkpoint_interval_s > 0:
             self._checkpointer = threading.Thread(
-                target=self._checkpoint_loop, args=(checkpoint_interval_s,),
-                name="embedded-records-checkpoint", daemon=True)
+                target=self._checkpoint_loop,
+                args=(checkpoint_interval_s,),
+                name="embedded-records-checkpoint",
+                daemon=True,
+            )
             self._checkpointer.start()
 
     # -- writing -------------------------------------------------------------------------------
@@ -194,13 +207,17 @@ class EmbeddedRecordStore:
                 # the range (an anti-join against the range built a hash table of all of it on
                 # every write: 20-30% slower once a million records overlap). Only a batch that
                 # repeats stored records (a collector's retry) pays for the anti-join.
-                again = ("FROM records WHERE start_time BETWEEN ? AND ? "
-                         "AND record_id IN (SELECT record_id FROM incoming)")
+                again = (
+                    "FROM records WHERE start_time BETWEEN ? AND ? AND record_id IN (SELECT record_id FROM incoming)"
+                )
                 if self._con.execute(f"SELECT 1 {again} LIMIT 1", [lo, hi]).fetchone() is None:
                     self._con.execute("INSERT INTO records BY NAME SELECT * FROM incoming")
                 else:
-                    self._con.execute(f"INSERT INTO records BY NAME SELECT i.* FROM incoming i ANTI JOIN "
-                                      f"(SELECT {_KEY} {again}) r USING ({_KEY})", [lo, hi])
+                    self._con.execute(
+                        f"INSERT INTO records BY NAME SELECT i.* FROM incoming i ANTI JOIN "
+                        f"(SELECT {_KEY} {again}) r USING ({_KEY})",
+                        [lo, hi],
+                    )
             finally:
                 self._con.unregister("incoming")
             self._dirty = True
@@ -235,7 +252,8 @@ class EmbeddedRecordStore:
                 cur.execute(
                     f"SELECT {_SELECT_FIELDS} FROM records WHERE {where}{kw} "
                     f"ORDER BY start_time {order}, record_id {order} LIMIT ?",
-                    params + kp + [want])
+                    params + kp + [want],
+                )
                 got = 0
                 last: FlowRecord | None = None
                 while got < want:
@@ -293,7 +311,8 @@ class EmbeddedRecordStore:
                 table = cur.sql(
                     f"SELECT {_SELECT_FIELDS} FROM records WHERE {where}{kw}{bound} "
                     f"ORDER BY start_time {order}, record_id {order} LIMIT ?",
-                    params=params + kp + bp + [want]).to_arrow_table()
+                    params=params + kp + bp + [want],
+                ).to_arrow_table()
                 got = table.num_rows
                 if got < want and bound:
                     window = window * 4  # type: ignore[operator]
@@ -354,7 +373,7 @@ class EmbeddedRecordStore:
         n = len(q.group_by)
         if fast:
             # (its count per group is not computed: 1 stands in, finish() never shows it)
-            rows = [(0, row[0], *row[1:1 + n], 1, *row[1 + n:]) for row in top[:q.limit]]
+            rows = [(0, row[0], *row[1 : 1 + n], 1, *row[1 + n :]) for row in top[: q.limit]]
             matched = int(totals[0]) if totals else 0
             if len(top) > q.limit:  # some group was folded: other = totals - top N
                 total = {"count": matched, "bytes": int(totals[1] or 0), "packets": int(totals[2] or 0)}
@@ -371,9 +390,9 @@ class EmbeddedRecordStore:
         other: tuple[int, ...] | None = None
         matched = 0
         for row in rows:
-            part, bucket, values = row[0], row[1], row[3 + n:]
+            part, bucket, values = row[0], row[1], row[3 + n :]
             if part == 0:
-                keys = tuple(_address_key(v) if a else v for v, a in zip(row[2:2 + n], address))
+                keys = tuple(_address_key(v) if a else v for v, a in zip(row[2 : 2 + n], address))
                 groups.append(agg.Group(bucket, keys, (int(row[2 + n]), *(int(v) for v in values))))
             elif part == 1:
                 other = tuple(int(v) for v in values)
@@ -391,7 +410,8 @@ class EmbeddedRecordStore:
             self._check_open()
             self._con.execute(
                 "DELETE FROM records WHERE account_id = ? AND region = ? AND project = ? AND log_store = ?",
-                [account_id, key.region, key.project, key.name])
+                [account_id, key.region, key.project, key.name],
+            )
             self._dirty = True
 
     def enforce_retention(self, account_id: str, key: LogStoreKey, retention_days: int, now_ms: int) -> int:
@@ -405,7 +425,8 @@ class EmbeddedRecordStore:
             self._con.begin()
             try:
                 row = self._con.execute(
-                    f"SELECT count(DISTINCT start_time // {DAY_MS}) FROM records WHERE {cond}", args).fetchone()
+                    f"SELECT count(DISTINCT start_time // {DAY_MS}) FROM records WHERE {cond}", args
+                ).fetchone()
                 days = int(row[0]) if row else 0
                 if days:
                     self._con.execute(f"DELETE FROM records WHERE {cond}", args)
@@ -532,17 +553,21 @@ def _to_arrow(records: Sequence[FlowRecord]) -> pa.Table:
 def _with_blobs(table: pa.Table) -> pa.Table:
     """The table as the `records` table holds it: the record columns, then src_ip and dst_ip."""
     table = table.combine_chunks()
-    return pa.Table.from_arrays(table.columns + [_blobs(table.column("src_addr").chunk(0)),
-                                                 _blobs(table.column("dst_addr").chunk(0))], schema=_SCHEMA)
+    return pa.Table.from_arrays(
+        table.columns + [_blobs(table.column("src_addr").chunk(0)), _blobs(table.column("dst_addr").chunk(0))],
+        schema=_SCHEMA,
+    )
 
 
 def _where(query: RecordQuery) -> tuple[str, list[object]]:
     """The WHERE clause of a query without its keyset condition, and its parameters."""
     stores = list(dict.fromkeys(query.log_stores))
-    sql = ("account_id = ? AND region = ? AND project = ? AND log_store IN ("
-           + ", ".join("?" * len(stores)) + ") AND start_time >= ? AND start_time < ?")
-    params: list[object] = [query.account_id, query.region, query.project, *stores,
-                            query.start_ms, query.end_ms]
+    sql = (
+        "account_id = ? AND region = ? AND project = ? AND log_store IN ("
+        + ", ".join("?" * len(stores))
+        + ") AND start_time >= ? AND start_time < ?"
+    )
+    params: list[object] = [query.account_id, query.region, query.project, *stores, query.start_ms, query.end_ms]
     if query.filter is not None:
         fsql, fparams = to_sql(query.filter)  # type: ignore[arg-type]
         if fsql:

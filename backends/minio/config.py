@@ -1,6 +1,7 @@
 """Typed configuration of the S3 archive backend: the `minio:` section of the server's config
 (server.config nests this class; FLOWLOG_MINIO_<KEY> in the environment). Any S3 server works:
 MinIO, AWS S3, Ceph RGW, SeaweedFS, Garage, versitygw."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

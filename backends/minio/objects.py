@@ -9,6 +9,7 @@ probe with ~1 s timeouts and no retries, so a dead server makes healthy() say Fa
 instead of hanging the health service for minutes (the client's own default is 5 minutes and
 5 retries).
 """
+
 from __future__ import annotations
 
 import io
@@ -67,16 +68,31 @@ class S3ObjectStore:
 
     name = "minio"
 
-    def __init__(self, endpoint: str, access_key: str, secret_key: str, bucket: str = "flowlog-archive",
-                 secure: bool = False, region: str = "us-east-1", ca_file: str | None = None, *,
-                 timeout_s: float = 30.0, probe_timeout_s: float = 1.0) -> None:
-        cfg = MinioConfig(endpoint, access_key, secret_key, bucket, secure, region, ca_file or "", timeout_s,
-                          probe_timeout_s)
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str = "flowlog-archive",
+        secure: bool = False,
+        region: str = "us-east-1",
+        ca_file: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        probe_timeout_s: float = 1.0,
+    ) -> None:
+        cfg = MinioConfig(
+            endpoint, access_key, secret_key, bucket, secure, region, ca_file or "", timeout_s, probe_timeout_s
+        )
         cfg.check()
         self.config = cfg
         self.bucket = cfg.bucket
-        self._http = _pool(cfg.ca_file, min(cfg.timeout_s, 5.0), cfg.timeout_s,
-                           Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]))
+        self._http = _pool(
+            cfg.ca_file,
+            min(cfg.timeout_s, 5.0),
+            cfg.timeout_s,
+            Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        )
         self._probe_http = _pool(cfg.ca_file, cfg.probe_timeout_s, cfg.probe_timeout_s, False)
         self._client = self._make_client(self._http)
         self._probe = self._make_client(self._probe_http)
@@ -85,13 +101,28 @@ class S3ObjectStore:
 
     @classmethod
     def from_config(cls, cfg: MinioConfig) -> "S3ObjectStore":
-        return cls(cfg.endpoint, cfg.access_key, cfg.secret_key, cfg.bucket, cfg.secure, cfg.region,
-                   cfg.ca_file or None, timeout_s=cfg.timeout_s, probe_timeout_s=cfg.probe_timeout_s)
+        return cls(
+            cfg.endpoint,
+            cfg.access_key,
+            cfg.secret_key,
+            cfg.bucket,
+            cfg.secure,
+            cfg.region,
+            cfg.ca_file or None,
+            timeout_s=cfg.timeout_s,
+            probe_timeout_s=cfg.probe_timeout_s,
+        )
 
     def _make_client(self, http: urllib3.PoolManager) -> Minio:
         cfg = self.config
-        client = Minio(cfg.endpoint, access_key=cfg.access_key, secret_key=cfg.secret_key,
-                       secure=cfg.secure, region=cfg.region, http_client=http)
+        client = Minio(
+            cfg.endpoint,
+            access_key=cfg.access_key,
+            secret_key=cfg.secret_key,
+            secure=cfg.secure,
+            region=cfg.region,
+            http_client=http,
+        )
         # Path-style everywhere: the lowest common denominator of S3 servers (virtual-host style
         # needs wildcard DNS that self-hosted servers rarely have).
         client.disable_virtual_style_endpoint()
@@ -101,8 +132,7 @@ class S3ObjectStore:
 
     def put(self, key: str, data: bytes) -> None:
         self._ensure_bucket()
-        self._client.put_object(self.bucket, key, io.BytesIO(data), len(data),
-                                content_type="application/octet-stream")
+        self._client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type="application/octet-stream")
 
     def get(self, key: str) -> bytes:
         self._ensure_bucket()

@@ -14,6 +14,7 @@ record says DIRECTION_UNSPECIFIED and the server derives it from the resource's 
 
 `sources.py` does the I/O: files, directories, standard input, gzip and Parquet detection.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -17,6 +17,7 @@ flow-direction field (the default format) direction stays DIRECTION_UNSPECIFIED 
 derives it from the resource's addresses. NODATA and SKIPDATA lines have no addresses, ports or
 counters: they become records with only times and log_status.
 """
+
 from __future__ import annotations
 
 import re
@@ -28,36 +29,86 @@ from clients.importers import Items, LineError
 from flowlog.v1 import record_pb2, types_pb2
 
 DEFAULT_FIELDS: tuple[str, ...] = (
-    "version", "account-id", "interface-id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol",
-    "packets", "bytes", "start", "end", "action", "log-status",
+    "version",
+    "account-id",
+    "interface-id",
+    "srcaddr",
+    "dstaddr",
+    "srcport",
+    "dstport",
+    "protocol",
+    "packets",
+    "bytes",
+    "start",
+    "end",
+    "action",
+    "log-status",
 )
 
 # The fields flowlog stores, AWS name -> FlowRecord field.
 MODELED_FIELDS: dict[str, str] = {
-    "srcaddr": "src_addr", "dstaddr": "dst_addr", "srcport": "src_port", "dstport": "dst_port",
-    "protocol": "protocol", "packets": "packets", "bytes": "bytes", "start": "start_time", "end": "end_time",
-    "action": "action", "log-status": "log_status", "tcp-flags": "tcp_flags", "flow-direction": "direction",
+    "srcaddr": "src_addr",
+    "dstaddr": "dst_addr",
+    "srcport": "src_port",
+    "dstport": "dst_port",
+    "protocol": "protocol",
+    "packets": "packets",
+    "bytes": "bytes",
+    "start": "start_time",
+    "end": "end_time",
+    "action": "action",
+    "log-status": "log_status",
+    "tcp-flags": "tcp_flags",
+    "flow-direction": "direction",
 }
 
 # Fields AWS documents that flowlog reads past: the account, region, VPC, subnet, interface and
 # resource come from the flow log the records are imported into; the rest has no FlowRecord
 # field. Names not listed here are skipped too (AWS adds fields over time); the list only helps
 # tell a header line from a data line and documents the mapping.
-SKIPPED_FIELDS: frozenset[str] = frozenset((
-    "version", "account-id", "interface-id", "vpc-id", "subnet-id", "instance-id", "type", "pkt-srcaddr",
-    "pkt-dstaddr", "region", "az-id", "sublocation-type", "sublocation-id", "pkt-src-aws-service",
-    "pkt-dst-aws-service", "traffic-path", "ecs-cluster-arn", "ecs-cluster-name", "ecs-container-instance-arn",
-    "ecs-container-instance-id", "ecs-container-id", "ecs-second-container-id", "ecs-service-name",
-    "ecs-task-definition-arn", "ecs-task-arn", "ecs-task-id", "reject-reason", "resource-id",
-    "encryption-status",
-))
+SKIPPED_FIELDS: frozenset[str] = frozenset(
+    (
+        "version",
+        "account-id",
+        "interface-id",
+        "vpc-id",
+        "subnet-id",
+        "instance-id",
+        "type",
+        "pkt-srcaddr",
+        "pkt-dstaddr",
+        "region",
+        "az-id",
+        "sublocation-type",
+        "sublocation-id",
+        "pkt-src-aws-service",
+        "pkt-dst-aws-service",
+        "traffic-path",
+        "ecs-cluster-arn",
+        "ecs-cluster-name",
+        "ecs-container-instance-arn",
+        "ecs-container-instance-id",
+        "ecs-container-id",
+        "ecs-second-container-id",
+        "ecs-service-name",
+        "ecs-task-definition-arn",
+        "ecs-task-arn",
+        "ecs-task-id",
+        "reject-reason",
+        "resource-id",
+        "encryption-status",
+    )
+)
 KNOWN_FIELDS = frozenset(MODELED_FIELDS) | SKIPPED_FIELDS
 REQUIRED_FIELDS = ("start", "end")
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 _ACTIONS = {"ACCEPT": types_pb2.ACTION_ACCEPT, "REJECT": types_pb2.ACTION_REJECT}
-_STATUSES = {"OK": types_pb2.LOG_STATUS_OK, "NODATA": types_pb2.LOG_STATUS_NODATA,
-             "SKIPDATA": types_pb2.LOG_STATUS_SKIPDATA}
+_STATUSES = {
+    "OK": types_pb2.LOG_STATUS_OK,
+    "NODATA": types_pb2.LOG_STATUS_NODATA,
+    "SKIPDATA": types_pb2.LOG_STATUS_SKIPDATA,
+}
 _DIRECTIONS = {"ingress": types_pb2.DIRECTION_INGRESS, "egress": types_pb2.DIRECTION_EGRESS}
 _FlowRecord = record_pb2.FlowRecord
 
@@ -110,8 +161,14 @@ def _fast_builder(index: dict[str, int]) -> Callable[[Sequence[str]], _FlowRecor
         if aws_name in index:
             args.append(f"{target}=row[{index[aws_name]}]")
             checks.append(f"row[{index[aws_name]}] == '-'")
-    for aws_name, target in (("srcport", "src_port"), ("dstport", "dst_port"), ("protocol", "protocol"),
-                             ("packets", "packets"), ("bytes", "bytes"), ("tcp-flags", "tcp_flags")):
+    for aws_name, target in (
+        ("srcport", "src_port"),
+        ("dstport", "dst_port"),
+        ("protocol", "protocol"),
+        ("packets", "packets"),
+        ("bytes", "bytes"),
+        ("tcp-flags", "tcp_flags"),
+    ):
         if aws_name in index:
             args.append(f"{target}=int(row[{index[aws_name]}])")
     if "action" in index:
@@ -127,8 +184,13 @@ def _fast_builder(index: dict[str, int]) -> Callable[[Sequence[str]], _FlowRecor
     if checks:
         source += f"    if {' or '.join(checks)}:\n        raise ValueError\n"
     source += f"    return FlowRecord({', '.join(args)})\n"
-    namespace: dict[str, Any] = {"FlowRecord": _FlowRecord, "ACTIONS": _ACTIONS, "DIRECTIONS": _DIRECTIONS,
-                                 "OK_ONLY": {"OK": types_pb2.LOG_STATUS_OK}, "OK": types_pb2.LOG_STATUS_OK}
+    namespace: dict[str, Any] = {
+        "FlowRecord": _FlowRecord,
+        "ACTIONS": _ACTIONS,
+        "DIRECTIONS": _DIRECTIONS,
+        "OK_ONLY": {"OK": types_pb2.LOG_STATUS_OK},
+        "OK": types_pb2.LOG_STATUS_OK,
+    }
     exec(compile(source, f"<aws fast builder {sorted(index)}>", "exec"), namespace)  # noqa: S102 - our own text
     return namespace["build"]
 
@@ -144,11 +206,26 @@ def _builder(index: dict[str, int]) -> Callable[[Sequence[Any]], _FlowRecord]:
     i_proto, i_pkts, i_bytes = get("protocol"), get("packets"), get("bytes")
     i_start, i_end, i_action, i_status = get("start"), get("end"), get("action"), get("log-status")
     i_flags, i_dir = get("tcp-flags"), get("flow-direction")
-    ints = [(name, i) for name, i in (("srcport", i_sport), ("dstport", i_dport), ("protocol", i_proto),
-                                      ("packets", i_pkts), ("bytes", i_bytes), ("tcp-flags", i_flags))
-            if i is not None]
-    targets = {"srcport": "src_port", "dstport": "dst_port", "protocol": "protocol", "packets": "packets",
-               "bytes": "bytes", "tcp-flags": "tcp_flags"}
+    ints = [
+        (name, i)
+        for name, i in (
+            ("srcport", i_sport),
+            ("dstport", i_dport),
+            ("protocol", i_proto),
+            ("packets", i_pkts),
+            ("bytes", i_bytes),
+            ("tcp-flags", i_flags),
+        )
+        if i is not None
+    ]
+    targets = {
+        "srcport": "src_port",
+        "dstport": "dst_port",
+        "protocol": "protocol",
+        "packets": "packets",
+        "bytes": "bytes",
+        "tcp-flags": "tcp_flags",
+    }
 
     def build(row: Sequence[Any]) -> _FlowRecord:
         kwargs: dict[str, Any] = {}
@@ -231,9 +308,13 @@ def parse_lines(lines: Iterable[str], source: str, fields: Sequence[str] | None 
             if fmt is None:
                 default = default or RecordFormat(DEFAULT_FIELDS, "the default format")
                 if len(tokens) != len(DEFAULT_FIELDS):
-                    yield LineError(source, number, f"has {len(tokens)} fields and the file has no header line: "
-                                                    f"without one, lines must be in the default format "
-                                                    f"({len(DEFAULT_FIELDS)} fields)")
+                    yield LineError(
+                        source,
+                        number,
+                        f"has {len(tokens)} fields and the file has no header line: "
+                        f"without one, lines must be in the default format "
+                        f"({len(DEFAULT_FIELDS)} fields)",
+                    )
                     continue
                 fmt = default
         yield _row_item(fmt, tokens, source, number)
@@ -249,8 +330,12 @@ def _is_data(tokens: Sequence[str]) -> bool:
 
 def _row_item(fmt: RecordFormat, row: Sequence[Any], source: str, number: int) -> Any:
     if fmt.missing:
-        return LineError(source, number, f"{fmt.origin} has no {' or '.join(fmt.missing)} field: flowlog needs "
-                                         "each record's start and end (epoch seconds)")
+        return LineError(
+            source,
+            number,
+            f"{fmt.origin} has no {' or '.join(fmt.missing)} field: flowlog needs "
+            "each record's start and end (epoch seconds)",
+        )
     if len(row) != len(fmt.fields):
         return LineError(source, number, f"has {len(row)} fields, {fmt.origin} names {len(fmt.fields)}")
     try:

@@ -27,6 +27,7 @@ rules). The encryption flag, MAC address and ACL id are not stored.
 A document that ends early (Azure appends to the hour's blob, so a copy of the current hour can
 stop mid-record) still gives its complete records, then one LineError where it stops.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,10 @@ from flowlog.v1 import record_pb2, types_pb2
 
 _PROTOCOLS = {"T": 6, "U": 17}
 _DIRECTIONS = {"I": types_pb2.DIRECTION_INGRESS, "O": types_pb2.DIRECTION_EGRESS}
-_OPPOSITE = {types_pb2.DIRECTION_INGRESS: types_pb2.DIRECTION_EGRESS,
-             types_pb2.DIRECTION_EGRESS: types_pb2.DIRECTION_INGRESS}
+_OPPOSITE = {
+    types_pb2.DIRECTION_INGRESS: types_pb2.DIRECTION_EGRESS,
+    types_pb2.DIRECTION_EGRESS: types_pb2.DIRECTION_INGRESS,
+}
 _FlowRecord = record_pb2.FlowRecord
 _RULE_ID = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
 _BEGIN_SKIPPED = "flow-begin tuple: no counters (the flow's C and E tuples carry them)"
@@ -106,9 +109,13 @@ def parse_document(data: bytes | str, source: str) -> Items:
         yield from _record_items(record, f"records[{i}]", source, lines)
     if truncated is not None:
         complete = f"{len(records)} complete record{'' if len(records) == 1 else 's'}"
-        yield LineError(source, truncated.lineno, f"not JSON from here: {truncated.msg} (column {truncated.colno}); "
-                                                  f"the {complete} before it are imported (a blob Azure is still "
-                                                  "writing ends early: import it again once complete)")
+        yield LineError(
+            source,
+            truncated.lineno,
+            f"not JSON from here: {truncated.msg} (column {truncated.colno}); "
+            f"the {complete} before it are imported (a blob Azure is still "
+            "writing ends early: import it again once complete)",
+        )
 
 
 _RECORDS_START = re.compile(r'\s*\{\s*"records"\s*:\s*\[')
@@ -156,8 +163,9 @@ def _record_items(record: Any, path: str, source: str, lines: _Lines) -> Items:
                 for t, tup in enumerate(_list(_get(flow, "flowTuples"))):
                     yield from _tuple_items(tup, f"{where}[{t}]", source, lines, rule, vnet=False)
     else:
-        yield LineError(source, 0, f"{path}: has neither flowRecords (VNet flow log) nor properties.flows "
-                                   "(NSG flow log)")
+        yield LineError(
+            source, 0, f"{path}: has neither flowRecords (VNet flow log) nor properties.flows (NSG flow log)"
+        )
 
 
 def _list(value: Any) -> list:
@@ -176,8 +184,9 @@ def _rule(name: Any) -> dict[str, Any]:
     return {"rule_id": name, "rule_kind": kind}
 
 
-def _tuple_items(tup: Any, path: str, source: str, lines: _Lines, rule: dict[str, Any], *,
-                 vnet: bool) -> Iterator[Item]:
+def _tuple_items(
+    tup: Any, path: str, source: str, lines: _Lines, rule: dict[str, Any], *, vnet: bool
+) -> Iterator[Item]:
     if not isinstance(tup, str):
         yield LineError(source, 0, f"{path}: a flow tuple must be a string")
         return
@@ -226,14 +235,31 @@ def _records(f: list[str], source: str, line: int, rule: dict[str, Any], vnet: b
         return
     when = Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
     action = types_pb2.ACTION_REJECT if denied else types_pb2.ACTION_ACCEPT
-    common = dict(protocol=protocol, start_time=when, end_time=when, action=action,
-                  log_status=types_pb2.LOG_STATUS_OK, **rule)
-    forward = _FlowRecord(src_addr=src, dst_addr=dst, src_port=sport, dst_port=dport, packets=counters[0],
-                          bytes=counters[1], direction=direction, **common)
+    common = dict(
+        protocol=protocol, start_time=when, end_time=when, action=action, log_status=types_pb2.LOG_STATUS_OK, **rule
+    )
+    forward = _FlowRecord(
+        src_addr=src,
+        dst_addr=dst,
+        src_port=sport,
+        dst_port=dport,
+        packets=counters[0],
+        bytes=counters[1],
+        direction=direction,
+        **common,
+    )
     reverse = None
     if counters[2] or counters[3]:
-        reverse = _FlowRecord(src_addr=dst, dst_addr=src, src_port=dport, dst_port=sport, packets=counters[2],
-                              bytes=counters[3], direction=_OPPOSITE[direction], **common)
+        reverse = _FlowRecord(
+            src_addr=dst,
+            dst_addr=src,
+            src_port=dport,
+            dst_port=sport,
+            packets=counters[2],
+            bytes=counters[3],
+            direction=_OPPOSITE[direction],
+            **common,
+        )
     yield line, forward
     if reverse is not None:
         yield line, reverse

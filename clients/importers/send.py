@@ -8,6 +8,7 @@ line they came from with two small arrays instead of a table of every record of 
 Importing the same files again is safe: the server derives each record's id from its flow
 window, so records it already holds are not stored twice.
 """
+
 from __future__ import annotations
 
 import time
@@ -69,8 +70,13 @@ class ImportResult:
 
 
 class _Run:
-    def __init__(self, files: Sequence[str], on_problem: Callable[[LineError], None] | None,
-                 on_progress: Callable[[ImportProgress], None] | None, max_problems: int) -> None:
+    def __init__(
+        self,
+        files: Sequence[str],
+        on_problem: Callable[[LineError], None] | None,
+        on_progress: Callable[[ImportProgress], None] | None,
+        max_problems: int,
+    ) -> None:
         self.files = files
         self.progress = ImportProgress(files_total=len(files))
         self.on_problem = on_problem
@@ -92,8 +98,9 @@ class _Run:
         if self.on_progress is not None:
             self.on_progress(self.progress)
 
-    def records(self, fmt: str, stdin: IO[bytes] | None,
-                aws_fields: Sequence[str] | None) -> Iterator[tuple[int, int, record_pb2.FlowRecord]]:
+    def records(
+        self, fmt: str, stdin: IO[bytes] | None, aws_fields: Sequence[str] | None
+    ) -> Iterator[tuple[int, int, record_pb2.FlowRecord]]:
         """(file index, line, record) of every record of every file; problems and skips are
         counted on the way."""
         p = self.progress
@@ -138,15 +145,29 @@ def import_files(
         first = _one_call(client, flow_log_id, first, records, run, batch_size, call_records)
     run.report()
     p = run.progress
-    return ImportResult(flow_log=flow_log, files=[sources.display_name(f) for f in files], records=p.records,
-                        accepted=p.accepted, rejected=run.rejected, skipped=p.skipped, calls=calls,
-                        elapsed=p.elapsed, problems=run.problems,
-                        undetailed=run.undetailed)
+    return ImportResult(
+        flow_log=flow_log,
+        files=[sources.display_name(f) for f in files],
+        records=p.records,
+        accepted=p.accepted,
+        rejected=run.rejected,
+        skipped=p.skipped,
+        calls=calls,
+        elapsed=p.elapsed,
+        problems=run.problems,
+        undetailed=run.undetailed,
+    )
 
 
-def _one_call(client: "FlowLogClient", flow_log_id: str, first: tuple[int, int, record_pb2.FlowRecord],
-              records: Iterator[tuple[int, int, record_pb2.FlowRecord]], run: _Run, batch_size: int,
-              call_records: int) -> tuple[int, int, record_pb2.FlowRecord] | None:
+def _one_call(
+    client: "FlowLogClient",
+    flow_log_id: str,
+    first: tuple[int, int, record_pb2.FlowRecord],
+    records: Iterator[tuple[int, int, record_pb2.FlowRecord]],
+    run: _Run,
+    batch_size: int,
+    call_records: int,
+) -> tuple[int, int, record_pb2.FlowRecord] | None:
     """One Ingest call of up to call_records records starting with `first`; returns the first
     record of the next call (None when all are sent)."""
     where_file = array("L")

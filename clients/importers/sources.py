@@ -11,6 +11,7 @@
 - A file that cannot be opened, or ends early (a truncated gzip), becomes a LineError; what was
   read before stays imported.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -176,8 +177,9 @@ class _Lines:
         return line
 
 
-def read_all(files: Sequence[str], fmt: str, stdin: IO[bytes] | None = None,
-             aws_fields: Sequence[str] | None = None) -> Iterator[tuple[int, Items]]:
+def read_all(
+    files: Sequence[str], fmt: str, stdin: IO[bytes] | None = None, aws_fields: Sequence[str] | None = None
+) -> Iterator[tuple[int, Items]]:
     """(index in `files`, items) of each file, in order."""
     for i, path in enumerate(files):
         yield i, read(path, fmt, stdin, aws_fields)

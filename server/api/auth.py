@@ -1,5 +1,6 @@
 """API keys -> accounts. Keys are compared by their SHA-256 digest (a dict lookup on a digest
 leaks nothing useful about the key) and a final constant-time compare; keys are never logged."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,9 @@ LOCAL_ACCOUNT = "local"
 
 class Authenticator:
     def __init__(self, api_keys: dict[str, str]) -> None:
-        self._by_digest = {hashlib.sha256(k.encode()).digest(): (hashlib.sha256(k.encode()).digest(), a)
-                           for k, a in api_keys.items()}
+        self._by_digest = {
+            hashlib.sha256(k.encode()).digest(): (hashlib.sha256(k.encode()).digest(), a) for k, a in api_keys.items()
+        }
         self.open = not api_keys
 
     def account(self, context: grpc.aio.ServicerContext) -> str:
@@ -28,8 +30,9 @@ class Authenticator:
                 header = value if isinstance(value, str) else value.decode("latin-1")
                 break
         if not header:
-            raise Unauthenticated("missing API key: send metadata 'authorization: Bearer <key>' "
-                                  "(flowlog --api-key or FLOWLOG_API_KEY)")
+            raise Unauthenticated(
+                "missing API key: send metadata 'authorization: Bearer <key>' (flowlog --api-key or FLOWLOG_API_KEY)"
+            )
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Unauthenticated("authorization metadata must be 'Bearer <api key>'")

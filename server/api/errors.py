@@ -1,4 +1,5 @@
 """Domain errors -> gRPC status codes with google.rpc details, for unary and streaming handlers."""
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,10 @@ def parse_message(cls, raw: bytes):
     try:
         return cls.FromString(raw)
     except pb_message.DecodeError as e:
-        raise E.InvalidArgument.field("request", f"is not a valid {cls.DESCRIPTOR.full_name} message ({e}); "
-                                                 "send a protobuf-encoded request of that type") from None
+        raise E.InvalidArgument.field(
+            "request",
+            f"is not a valid {cls.DESCRIPTOR.full_name} message ({e}); send a protobuf-encoded request of that type",
+        ) from None
 
 
 def to_status(err: E.DomainError) -> grpc.Status:
@@ -46,12 +49,16 @@ def to_status(err: E.DomainError) -> grpc.Status:
     status = status_pb2.Status(code=code, message=err.message)
     detail = None
     if isinstance(err, E.InvalidArgument):
-        detail = error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-            for v in err.violations])
+        detail = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in err.violations
+            ]
+        )
     elif isinstance(err, E.QuotaExceeded):
-        detail = error_details_pb2.QuotaFailure(violations=[
-            error_details_pb2.QuotaFailure.Violation(subject=err.subject, description=err.description)])
+        detail = error_details_pb2.QuotaFailure(
+            violations=[error_details_pb2.QuotaFailure.Violation(subject=err.subject, description=err.description)]
+        )
     if detail is not None:
         packed = any_pb2.Any()
         packed.Pack(detail)
@@ -61,8 +68,9 @@ def to_status(err: E.DomainError) -> grpc.Status:
 
 def internal_status(method: str, exc: BaseException) -> grpc.Status:
     log.exception("internal error in %s", method, exc_info=exc)
-    return rpc_status.to_status(status_pb2.Status(
-        code=code_pb2.INTERNAL, message="internal error; the server log has the details"))
+    return rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.INTERNAL, message="internal error; the server log has the details")
+    )
 
 
 def handle_errors(fn):
@@ -76,6 +84,7 @@ def handle_errors(fn):
     """
     name = fn.__qualname__
     if inspect.isasyncgenfunction(fn):
+
         @functools.wraps(fn)
         async def stream(self, request, context):
             try:
@@ -91,6 +100,7 @@ def handle_errors(fn):
                 status = internal_status(name, exc)
                 exc.__traceback__ = None
             await context.abort_with_status(status)
+
         return stream
 
     @functools.wraps(fn)
@@ -106,4 +116,5 @@ def handle_errors(fn):
             status = internal_status(name, exc)
             exc.__traceback__ = None
         await context.abort_with_status(status)
+
     return unary

@@ -6,6 +6,7 @@ them with the proto descriptors and server.core's constants, and refuses a modul
 (ImportError naming every difference): a field or a limit changed in one place cannot silently
 diverge from the other. `compiled` is the checked module, or None when it is not built.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -22,9 +23,14 @@ def expected() -> dict[str, dict[str, int]]:
     return {
         "FIELDS": {f.name: f.number for f in record_pb2.FlowRecord.DESCRIPTOR.fields},
         "INGEST_FIELDS": {f.name: f.number for f in ingest_pb2.IngestRequest.DESCRIPTOR.fields},
-        "LIMITS": {"max_future_ms": records.MAX_FUTURE_MS, "max_past_ms": records.MAX_PAST_MS,
-                   "max_window_ms": records.MAX_WINDOW_MS, "rule_id_max": rules.RULE_ID_MAX,
-                   "sampling_rate_max": rules.SAMPLING_RATE_MAX, "rule_kind_max": max(RuleKind)},
+        "LIMITS": {
+            "max_future_ms": records.MAX_FUTURE_MS,
+            "max_past_ms": records.MAX_PAST_MS,
+            "max_window_ms": records.MAX_WINDOW_MS,
+            "rule_id_max": rules.RULE_ID_MAX,
+            "sampling_rate_max": rules.SAMPLING_RATE_MAX,
+            "rule_kind_max": max(RuleKind),
+        },
     }
 
 
@@ -35,12 +41,18 @@ def check(module: Any) -> None:
         got = getattr(module, table, None)
         if got != want:
             keys = sorted(set(want) | set(got or {}))
-            diff = [f"{k}: C {None if got is None else got.get(k)!r}, Python {want.get(k)!r}" for k in keys
-                    if (got or {}).get(k) != want.get(k)]
+            diff = [
+                f"{k}: C {None if got is None else got.get(k)!r}, Python {want.get(k)!r}"
+                for k in keys
+                if (got or {}).get(k) != want.get(k)
+            ]
             problems.append(f"{table} ({'; '.join(diff)})")
     if problems:
-        raise ImportError("server/api/_fastingest.c disagrees with the protos / server.core: "
-                          + ", ".join(problems) + ". Update the C file's #defines and rebuild (make install)")
+        raise ImportError(
+            "server/api/_fastingest.c disagrees with the protos / server.core: "
+            + ", ".join(problems)
+            + ". Update the C file's #defines and rebuild (make install)"
+        )
 
 
 def _load() -> ModuleType | None:

@@ -17,6 +17,7 @@ server spend memory or threads it has not been allowed (issue 15):
 
 The caller's account is put in CURRENT_ACCOUNT for the servicer (server.api.services reads it).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -71,8 +72,11 @@ def check_repeated(message, limit: int, prefix: str = "", depth: int = 0) -> Non
             n = len(values)
             if n > limit:
                 raise InvalidArgument.field(name, f"at most {limit} values (has {n}; limits.max_repeated_values)")
-            if f.message_type is not None and not f.message_type.GetOptions().map_entry \
-                    and _repeated_fields(f.message_type):
+            if (
+                f.message_type is not None
+                and not f.message_type.GetOptions().map_entry
+                and _repeated_fields(f.message_type)
+            ):
                 for i, v in enumerate(values):
                     check_repeated(v, limit, f"{name}[{i}].", depth + 1)
         elif f.message_type is not None and message.HasField(f.name) and _repeated_fields(f.message_type):
@@ -107,9 +111,11 @@ class Gate:
         self.max_repeated = lim.max_repeated_values
         self.send_timeout = lim.stream_send_timeout_seconds
         self.max_message_bytes = lim.max_message_bytes
-        self.receiving = Limiter("bytes of requests being received",
-                                 Bound(lim.max_receiving_bytes_per_account, "limits.max_receiving_bytes_per_account"),
-                                 Bound(lim.max_receiving_bytes, "limits.max_receiving_bytes"))
+        self.receiving = Limiter(
+            "bytes of requests being received",
+            Bound(lim.max_receiving_bytes_per_account, "limits.max_receiving_bytes_per_account"),
+            Bound(lim.max_receiving_bytes, "limits.max_receiving_bytes"),
+        )
         self._released: asyncio.Event | None = None
 
     # -- the steps ---------------------------------------------------------------------------
@@ -137,8 +143,10 @@ class Gate:
         size = len(raw)
         if size > self.max_request_bytes:
             del raw  # not kept alive by the error's traceback
-            raise ResourceExhausted(f"request is {size} bytes; at most {self.max_request_bytes} bytes are "
-                                    "accepted (limits.max_request_bytes)")
+            raise ResourceExhausted(
+                f"request is {size} bytes; at most {self.max_request_bytes} bytes are "
+                "accepted (limits.max_request_bytes)"
+            )
         return raw
 
     async def _reserve(self, account: str) -> None:
@@ -175,7 +183,8 @@ class Gate:
         except asyncio.TimeoutError:
             raise ResourceExhausted(
                 f"the client read nothing for {self.send_timeout:g} s (limits.stream_send_timeout_seconds); "
-                "the stream was ended to free its reader: read responses as they come, and retry") from None
+                "the stream was ended to free its reader: read responses as they come, and retry"
+            ) from None
 
     # -- handlers ----------------------------------------------------------------------------
 
@@ -203,7 +212,9 @@ class Gate:
                 async def parsed():
                     async for raw in _Messages(context):
                         yield await gate.parse(req_cls, raw)
+
                 return await impl(parsed(), context)
+
             return grpc.stream_unary_rpc_method_handler(stream_in, response_serializer=serialize)
 
         async def request_of(context):
@@ -252,11 +263,13 @@ class Gate:
                     await responses.aclose()  # the reader's threads and transaction, now
                 if status is not None:
                     await context.abort_with_status(status)
+
             return grpc.stream_stream_rpc_method_handler(stream_out, response_serializer=serialize)
 
         async def unary(request_iterator, context):
             request = await request_of(context)
             return await impl(request, context)
+
         return grpc.stream_unary_rpc_method_handler(unary, response_serializer=serialize)
 
 
@@ -302,17 +315,23 @@ def open_handler(gate: Gate, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     async def many(request_iterator, context):
         async for raw in _Messages(context):
             if len(raw) > gate.max_request_bytes:
-                await context.abort_with_status(to_status(ResourceExhausted(
-                    f"request is {len(raw)} bytes; at most {gate.max_request_bytes} bytes are accepted "
-                    "(limits.max_request_bytes)")))
+                await context.abort_with_status(
+                    to_status(
+                        ResourceExhausted(
+                            f"request is {len(raw)} bytes; at most {gate.max_request_bytes} bytes are accepted "
+                            "(limits.max_request_bytes)"
+                        )
+                    )
+                )
             try:
                 request = deserialize(raw)
             except Exception as e:  # noqa: BLE001
                 e.__traceback__ = None
                 request = None
             if request is None:
-                await context.abort_with_status(to_status(
-                    InvalidArgument.field("request", "is not a valid message of its type")))
+                await context.abort_with_status(
+                    to_status(InvalidArgument.field("request", "is not a valid message of its type"))
+                )
             yield request
 
     async def send_all(result, context):
@@ -332,19 +351,25 @@ def open_handler(gate: Gate, h: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 
     ser = h.response_serializer
     if h.unary_unary:
+
         async def uu(request_iterator, context):
             return await h.unary_unary(await one(request_iterator, context), context)
+
         return grpc.stream_unary_rpc_method_handler(uu, response_serializer=ser)
     if h.unary_stream:
+
         async def us(request_iterator, context):
             await send_all(h.unary_stream(await one(request_iterator, context), context), context)
+
         return grpc.stream_stream_rpc_method_handler(us, response_serializer=ser)
     if h.stream_unary:
+
         async def su(request_iterator, context):
             return await h.stream_unary(many(request_iterator, context), context)
+
         return grpc.stream_unary_rpc_method_handler(su, response_serializer=ser)
 
     async def ss(request_iterator, context):
         await send_all(h.stream_stream(many(request_iterator, context), context), context)
-    return grpc.stream_stream_rpc_method_handler(ss, response_serializer=ser)
 
+    return grpc.stream_stream_rpc_method_handler(ss, response_serializer=ser)

@@ -2,13 +2,14 @@
 of its consumer (Query's read-ahead, Tail's feed), so reading and encoding the next batch
 overlaps with sending the current one (DuckDB, pyarrow and gRPC's transport work outside the GIL).
 """
+
 from __future__ import annotations
 
 import asyncio
 import queue
 import threading
-from concurrent.futures import Executor
 from collections.abc import Generator
+from concurrent.futures import Executor
 from typing import Any, Callable, Iterator
 
 

@@ -1,4 +1,5 @@
 """The grpc.aio server: our services, reflection, health (overall and per storage backend)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,15 +7,20 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message_factory import GetMessageClass
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from google.protobuf.message_factory import GetMessageClass
-
 from flowlog.v1 import flow_log_pb2, ingest_pb2, log_store_pb2, query_pb2, resource_pb2
 from server.api.gate import Gate, register_open_service
-from server.api.services import (FlowLogServicer, IngestServicer, LogStoreServicer, QueryServicer,
-                                 ResourceServicer, Runner)
+from server.api.services import (
+    FlowLogServicer,
+    IngestServicer,
+    LogStoreServicer,
+    QueryServicer,
+    ResourceServicer,
+    Runner,
+)
 
 if TYPE_CHECKING:
     from server.app import App
@@ -54,6 +60,7 @@ def _serializer(resp_cls):
 
     def ser(message) -> bytes:
         return message if type(message) is bytes else serialize(message)
+
     return ser
 
 
@@ -61,11 +68,13 @@ def servicers(app: "App") -> list[tuple[Any, str, object]]:
     """(proto module, service name, servicer) of each of our services: each servicer gets the
     use cases it serves and nothing else."""
     runner = Runner(app.auth, app.executor, app.stream_executor, app.query_executor)
-    return [(resource_pb2, "ResourceService", ResourceServicer(runner, app.service)),
-            (log_store_pb2, "LogStoreService", LogStoreServicer(runner, app.service)),
-            (flow_log_pb2, "FlowLogService", FlowLogServicer(runner, app.service)),
-            (ingest_pb2, "IngestService", IngestServicer(runner, app.ingest)),
-            (query_pb2, "QueryService", QueryServicer(runner, app.query, app.tail, app.aggregate))]
+    return [
+        (resource_pb2, "ResourceService", ResourceServicer(runner, app.service)),
+        (log_store_pb2, "LogStoreService", LogStoreServicer(runner, app.service)),
+        (flow_log_pb2, "FlowLogService", FlowLogServicer(runner, app.service)),
+        (ingest_pb2, "IngestService", IngestServicer(runner, app.ingest)),
+        (query_pb2, "QueryService", QueryServicer(runner, app.query, app.tail, app.aggregate)),
+    ]
 
 
 class GrpcServer:
@@ -89,15 +98,18 @@ class GrpcServer:
         self.server = grpc.aio.server(options=options)
         gate = Gate(app)
         for module, name, servicer in servicers(app):
-            self.server.add_generic_rpc_handlers(
-                (_handlers(module.DESCRIPTOR.services_by_name[name], servicer, gate),))
+            self.server.add_generic_rpc_handlers((_handlers(module.DESCRIPTOR.services_by_name[name], servicer, gate),))
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         # Health and reflection need no API key; their requests are bounded like ours.
-        register_open_service(gate, self.server,
-                              lambda s: health_pb2_grpc.add_HealthServicer_to_server(self.health, s))
+        register_open_service(gate, self.server, lambda s: health_pb2_grpc.add_HealthServicer_to_server(self.health, s))
         names = SERVICE_NAMES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-        register_open_service(gate, self.server, lambda s: reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection.aio.ReflectionServicer(names), s))
+        register_open_service(
+            gate,
+            self.server,
+            lambda s: reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+                reflection.aio.ReflectionServicer(names), s
+            ),
+        )
         self.port = self._bind(cfg.listen)
         self._health_task: asyncio.Task | None = None
         self._last_ok: dict[str, bool] = {}
@@ -113,8 +125,7 @@ class GrpcServer:
             if tls.client_ca_file:
                 with open(tls.client_ca_file, "rb") as f:
                     ca = f.read()
-            creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
-                                                require_client_auth=ca is not None)
+            creds = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
             return self.server.add_secure_port(listen, creds)
         return self.server.add_insecure_port(listen)
 

@@ -6,6 +6,7 @@ domain errors into status codes (server.api.errors). Blocking work (SQLite, Duck
 Elasticsearch, fsync) runs on the server's thread pools so the asyncio loop keeps serving many
 long streams (Tail) at once.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,11 +19,25 @@ from typing import Any, Callable
 
 from google.protobuf import empty_pb2
 
-from flowlog.v1 import (flow_log_pb2, flow_log_pb2_grpc, ingest_pb2, ingest_pb2_grpc, log_store_pb2,
-                        log_store_pb2_grpc, query_pb2, query_pb2_grpc, resource_pb2, resource_pb2_grpc)
+from flowlog.v1 import (
+    flow_log_pb2,
+    flow_log_pb2_grpc,
+    ingest_pb2,
+    ingest_pb2_grpc,
+    log_store_pb2,
+    log_store_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+    resource_pb2,
+    resource_pb2_grpc,
+)
 from server.api import convert, wire
 from server.api.auth import Authenticator
 from server.api.errors import handle_errors, parse_message
+
+# The compiled fast path of Ingest, checked against the protos and server.core at import; None
+# when not built (setup.py: optional), and the Python path gives the same results.
+from server.api.fastpath import compiled as _fastingest  # noqa: E402
 from server.api.gate import CURRENT_ACCOUNT
 from server.api.handoff import Feed, ReadAhead
 from server.core.errors import InvalidArgument
@@ -35,10 +50,6 @@ from server.core.usecases.query import BATCH as QUERY_BATCH
 from server.core.usecases.query import Query
 from server.core.usecases.tail import Tail
 
-# The compiled fast path of Ingest, checked against the protos and server.core at import; None
-# when not built (setup.py: optional), and the Python path gives the same results.
-from server.api.fastpath import compiled as _fastingest  # noqa: E402
-
 log = logging.getLogger("flowlog.api")
 _EMPTY = empty_pb2.Empty()
 
@@ -47,8 +58,9 @@ class Runner:
     """What every servicer shares: the caller's account and the thread pools (short calls; Tail
     streams; Query streams, each pool sized by the limits of what runs on it)."""
 
-    def __init__(self, auth: Authenticator, executor: Executor, stream_executor: Executor,
-                 query_executor: Executor | None = None) -> None:
+    def __init__(
+        self, auth: Authenticator, executor: Executor, stream_executor: Executor, query_executor: Executor | None = None
+    ) -> None:
         self.auth = auth
         self.executor = executor
         self.stream_executor = stream_executor
@@ -86,8 +98,9 @@ class _Crud(_Base):
 class ResourceServicer(_Crud, resource_pb2_grpc.ResourceServiceServicer):
     @handle_errors
     async def RegisterResource(self, request, context):
-        r = await self.run(self.service.register_resource, self.account(context),
-                           convert.resource_from_pb(request.resource))
+        r = await self.run(
+            self.service.register_resource, self.account(context), convert.resource_from_pb(request.resource)
+        )
         return convert.resource_to_pb(r)
 
     @handle_errors
@@ -97,11 +110,19 @@ class ResourceServicer(_Crud, resource_pb2_grpc.ResourceServiceServicer):
     @handle_errors
     async def ListResources(self, request, context):
         account = self.account(context)
-        page = await self.run(lambda: self.service.list_resources(
-            account, region=request.region, type=request.type, network_id=request.network_id,
-            page_size=request.page_size, page_token=request.page_token))
-        return resource_pb2.ListResourcesResponse(resources=[convert.resource_to_pb(r) for r in page.items],
-                                                  next_page_token=page.next_page_token)
+        page = await self.run(
+            lambda: self.service.list_resources(
+                account,
+                region=request.region,
+                type=request.type,
+                network_id=request.network_id,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        )
+        return resource_pb2.ListResourcesResponse(
+            resources=[convert.resource_to_pb(r) for r in page.items], next_page_token=page.next_page_token
+        )
 
     @handle_errors
     async def DeleteResource(self, request, context):
@@ -116,8 +137,9 @@ def _key(request) -> LogStoreKey:
 class LogStoreServicer(_Crud, log_store_pb2_grpc.LogStoreServiceServicer):
     @handle_errors
     async def CreateLogStore(self, request, context):
-        s = await self.run(self.service.create_log_store, self.account(context),
-                           convert.log_store_from_pb(request.log_store))
+        s = await self.run(
+            self.service.create_log_store, self.account(context), convert.log_store_from_pb(request.log_store)
+        )
         return convert.log_store_to_pb(s)
 
     @handle_errors
@@ -127,16 +149,27 @@ class LogStoreServicer(_Crud, log_store_pb2_grpc.LogStoreServiceServicer):
     @handle_errors
     async def ListLogStores(self, request, context):
         account = self.account(context)
-        page = await self.run(lambda: self.service.list_log_stores(
-            account, region=request.region, project=request.project, page_size=request.page_size,
-            page_token=request.page_token))
-        return log_store_pb2.ListLogStoresResponse(log_stores=[convert.log_store_to_pb(s) for s in page.items],
-                                                   next_page_token=page.next_page_token)
+        page = await self.run(
+            lambda: self.service.list_log_stores(
+                account,
+                region=request.region,
+                project=request.project,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        )
+        return log_store_pb2.ListLogStoresResponse(
+            log_stores=[convert.log_store_to_pb(s) for s in page.items], next_page_token=page.next_page_token
+        )
 
     @handle_errors
     async def UpdateLogStore(self, request, context):
-        s = await self.run(self.service.update_log_store, self.account(context),
-                           convert.log_store_from_pb(request.log_store), list(request.update_mask.paths))
+        s = await self.run(
+            self.service.update_log_store,
+            self.account(context),
+            convert.log_store_from_pb(request.log_store),
+            list(request.update_mask.paths),
+        )
         return convert.log_store_to_pb(s)
 
     @handle_errors
@@ -156,10 +189,18 @@ class FlowLogServicer(_Crud, flow_log_pb2_grpc.FlowLogServiceServicer):
         elif which == "existing_log_store":
             e = request.existing_log_store
             dest = ExistingLogStoreSpec(e.project, e.name, e.region)
-        req = CreateFlowLog(region=request.region, name=request.name, resource_type=request.resource_type,
-                            resource_id=request.resource_id, network_id=request.network_id,
-                            traffic_type=request.traffic_type, destination=dest, description=request.description,
-                            client_token=request.client_token, state=request.state)
+        req = CreateFlowLog(
+            region=request.region,
+            name=request.name,
+            resource_type=request.resource_type,
+            resource_id=request.resource_id,
+            network_id=request.network_id,
+            traffic_type=request.traffic_type,
+            destination=dest,
+            description=request.description,
+            client_token=request.client_token,
+            state=request.state,
+        )
         return convert.flow_log_to_pb(await self.run(self.service.create_flow_log, self.account(context), req))
 
     @handle_errors
@@ -169,18 +210,27 @@ class FlowLogServicer(_Crud, flow_log_pb2_grpc.FlowLogServiceServicer):
     @handle_errors
     async def ListFlowLogs(self, request, context):
         account = self.account(context)
-        page = await self.run(lambda: self.service.list_flow_logs(
-            account, region=request.region, resource_id=request.resource_id, state=request.state,
-            page_size=request.page_size, page_token=request.page_token))
-        return flow_log_pb2.ListFlowLogsResponse(flow_logs=[convert.flow_log_to_pb(f) for f in page.items],
-                                                 next_page_token=page.next_page_token)
+        page = await self.run(
+            lambda: self.service.list_flow_logs(
+                account,
+                region=request.region,
+                resource_id=request.resource_id,
+                state=request.state,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        )
+        return flow_log_pb2.ListFlowLogsResponse(
+            flow_logs=[convert.flow_log_to_pb(f) for f in page.items], next_page_token=page.next_page_token
+        )
 
     @handle_errors
     async def UpdateFlowLog(self, request, context):
         f = request.flow_log
         changes = {"name": f.name, "description": f.description, "traffic_type": f.traffic_type, "state": f.state}
-        updated = await self.run(self.service.update_flow_log, self.account(context), f.id, changes,
-                                 list(request.update_mask.paths))
+        updated = await self.run(
+            self.service.update_flow_log, self.account(context), f.id, changes, list(request.update_mask.paths)
+        )
         return convert.flow_log_to_pb(updated)
 
     @handle_errors
@@ -195,22 +245,65 @@ def _raw_rows(records) -> list[tuple]:
     append = out.append
     for r in records:
         s, e = r.start_time, r.end_time
-        append((r.record_id, r.account_id, r.flow_log_id, r.src_addr, r.dst_addr, r.src_port, r.dst_port,
-                r.protocol, r.packets, r.bytes, s.seconds * 1000 + s.nanos // 1_000_000,
-                e.seconds * 1000 + e.nanos // 1_000_000, r.action, r.log_status, r.direction, r.tcp_flags,
-                r.rule_id, r.rule_kind, r.sampling_rate))
+        append(
+            (
+                r.record_id,
+                r.account_id,
+                r.flow_log_id,
+                r.src_addr,
+                r.dst_addr,
+                r.src_port,
+                r.dst_port,
+                r.protocol,
+                r.packets,
+                r.bytes,
+                s.seconds * 1000 + s.nanos // 1_000_000,
+                e.seconds * 1000 + e.nanos // 1_000_000,
+                r.action,
+                r.log_status,
+                r.direction,
+                r.tcp_flags,
+                r.rule_id,
+                r.rule_kind,
+                r.sampling_rate,
+            )
+        )
     return out
 
 
 _RAW_FIELDS = operator.attrgetter(
-    "record_id", "account_id", "flow_log_id", "src_addr", "dst_addr", "src_port", "dst_port", "protocol", "packets",
-    "bytes", "start_time.seconds", "start_time.nanos", "end_time.seconds", "end_time.nanos", "action", "log_status",
-    "direction", "tcp_flags", "rule_id", "rule_kind", "sampling_rate")
+    "record_id",
+    "account_id",
+    "flow_log_id",
+    "src_addr",
+    "dst_addr",
+    "src_port",
+    "dst_port",
+    "protocol",
+    "packets",
+    "bytes",
+    "start_time.seconds",
+    "start_time.nanos",
+    "end_time.seconds",
+    "end_time.nanos",
+    "action",
+    "log_status",
+    "direction",
+    "tcp_flags",
+    "rule_id",
+    "rule_kind",
+    "sampling_rate",
+)
 
 
 def _ms(seconds, nanos) -> list[int]:
-    return list(map(operator.add, map(operator.mul, seconds, itertools.repeat(1000)),
-                    map(operator.floordiv, nanos, itertools.repeat(1_000_000))))
+    return list(
+        map(
+            operator.add,
+            map(operator.mul, seconds, itertools.repeat(1000)),
+            map(operator.floordiv, nanos, itertools.repeat(1_000_000)),
+        )
+    )
 
 
 def _raw_columns(records) -> tuple:
@@ -218,8 +311,9 @@ def _raw_columns(records) -> tuple:
     attribute fetch per record, the rest column-wise; the same values as _raw_rows)."""
     if not records:
         return ((),) * RAW_FIELDS
-    (rid, acc, flid, src, dst, sp, dp, proto, pk, by, ss, sn, es, en, act, st, di, fl, ri, rk,
-     sr) = zip(*map(_RAW_FIELDS, records))
+    (rid, acc, flid, src, dst, sp, dp, proto, pk, by, ss, sn, es, en, act, st, di, fl, ri, rk, sr) = zip(
+        *map(_RAW_FIELDS, records)
+    )
     return rid, acc, flid, src, dst, sp, dp, proto, pk, by, _ms(ss, sn), _ms(es, en), act, st, di, fl, ri, rk, sr
 
 
@@ -264,9 +358,13 @@ class IngestServicer(_Base, ingest_pb2_grpc.IngestServiceServicer):
             stream.close()
         r = stream.result
         return ingest_pb2.IngestResponse(
-            accepted=r.accepted, rejected=r.rejected,
-            rejections=[ingest_pb2.RejectedRecord(index=b.index, field=b.field, reason=b.reason)
-                        for b in r.rejections or ()])
+            accepted=r.accepted,
+            rejected=r.rejected,
+            rejections=[
+                ingest_pb2.RejectedRecord(index=b.index, field=b.field, reason=b.reason) for b in r.rejections or ()
+            ],
+        )
+
     # The raw request bytes (server.api.server._handlers): split by the use case, for the compiled path.
     Ingest.takes_bytes = True
 
@@ -294,8 +392,9 @@ def _list_chunks(batches):
         for batch in batches:
             if batch:
                 last = batch[-1]
-                yield [(wire.query_batch_response(wire.encode_batch(batch)), len(batch),
-                        (last.start_time, last.record_id))]
+                yield [
+                    (wire.query_batch_response(wire.encode_batch(batch)), len(batch), (last.start_time, last.record_id))
+                ]
     finally:
         batches.close()
 
@@ -342,12 +441,20 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
 
     async def _query(self, account: str, request):
         uc = self.query
-        planned = await self.run(lambda: uc.plan(
-            account, region=request.region, project=request.project, log_stores=list(request.log_stores),
-            start_ms=convert.ms_of(request.start_time) if request.HasField("start_time") else None,
-            end_ms=convert.ms_of(request.end_time) if request.HasField("end_time") else None,
-            filter_text=request.filter, limit=request.limit,
-            newest_first=request.order != query_pb2.ORDER_OLDEST_FIRST, page_token=request.page_token))
+        planned = await self.run(
+            lambda: uc.plan(
+                account,
+                region=request.region,
+                project=request.project,
+                log_stores=list(request.log_stores),
+                start_ms=convert.ms_of(request.start_time) if request.HasField("start_time") else None,
+                end_ms=convert.ms_of(request.end_time) if request.HasField("end_time") else None,
+                filter_text=request.filter,
+                limit=request.limit,
+                newest_first=request.order != query_pb2.ORDER_OLDEST_FIRST,
+                page_token=request.page_token,
+            )
+        )
         executor = self.runner.query_executor
         # Batches go out already encoded (server.api.wire): no protobuf object per record; the
         # next chunk is read and encoded while the current one is sent.
@@ -372,21 +479,36 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
         finally:
             await self.wait_query(source.close)
         summary = await self.run(uc.summary, planned, returned, last)
-        yield query_pb2.QueryResponse(summary=query_pb2.QuerySummary(
-            returned=summary.returned, matched=summary.matched, more=summary.more,
-            next_page_token=summary.next_page_token))
+        yield query_pb2.QueryResponse(
+            summary=query_pb2.QuerySummary(
+                returned=summary.returned,
+                matched=summary.matched,
+                more=summary.more,
+                next_page_token=summary.next_page_token,
+            )
+        )
 
     @handle_errors
     async def Aggregate(self, request, context):
         account = self.account(context)
         interval_ms = _interval_ms(request) if request.HasField("interval") else None
         with self.aggregate.slot(account):  # limits.max_aggregate_calls*
-            result = await self.run(lambda: self.aggregate.run(
-                account, region=request.region, project=request.project, log_stores=list(request.log_stores),
-                start_ms=convert.ms_of(request.start_time) if request.HasField("start_time") else None,
-                end_ms=convert.ms_of(request.end_time) if request.HasField("end_time") else None,
-                filter_text=request.filter, group_by=list(request.group_by), interval_ms=interval_ms,
-                metrics=list(request.metrics), order_by=request.order_by, limit=request.limit))
+            result = await self.run(
+                lambda: self.aggregate.run(
+                    account,
+                    region=request.region,
+                    project=request.project,
+                    log_stores=list(request.log_stores),
+                    start_ms=convert.ms_of(request.start_time) if request.HasField("start_time") else None,
+                    end_ms=convert.ms_of(request.end_time) if request.HasField("end_time") else None,
+                    filter_text=request.filter,
+                    group_by=list(request.group_by),
+                    interval_ms=interval_ms,
+                    metrics=list(request.metrics),
+                    order_by=request.order_by,
+                    limit=request.limit,
+                )
+            )
         return convert.aggregate_to_pb(result)
 
     @handle_errors
@@ -396,9 +518,17 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
         uc.acquire(account)
         try:
             start_ms = convert.ms_of(request.start_time) if request.HasField("start_time") else None
-            session = await self.run(lambda: uc.open(
-                account, region=request.region, project=request.project, log_stores=list(request.log_stores),
-                filter_text=request.filter, start_ms=start_ms, cursor=request.resume_cursor or None))
+            session = await self.run(
+                lambda: uc.open(
+                    account,
+                    region=request.region,
+                    project=request.project,
+                    log_stores=list(request.log_stores),
+                    filter_text=request.filter,
+                    start_ms=start_ms,
+                    cursor=request.resume_cursor or None,
+                )
+            )
             shared = self._shared
             feed = Feed(lambda: _next_tail_response(session, shared), self.runner.stream_executor)
             try:
@@ -412,6 +542,7 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
                 session.close()
         finally:
             uc.release(account)
+
     # A Tail that is not read ends by its own bounded queue (limits.tail_buffer_records), with a
     # resume cursor, rather than by server.api.gate's send timeout.
     Tail.own_backpressure = True

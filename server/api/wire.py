@@ -16,6 +16,7 @@ compare the two. `encode_batch()` falls back to that slow path for anything it d
 Field numbers are those of protos/flowlog/v1/record.proto (FlowRecord), query.proto
 (QueryResponse.batch = 1, TailResponse.batch = 1, TailResponse.cursor = 3).
 """
+
 from __future__ import annotations
 
 import threading
@@ -29,10 +30,18 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from flowlog.v1 import record_pb2
 from server.core.columns import records_of, table_of
-from server.core.model import FlowRecord, RECORD_FIELDS
+from server.core.model import RECORD_FIELDS, FlowRecord
 
-_VARINT_TYPES = frozenset({FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32,
-                           FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_ENUM, FieldDescriptor.TYPE_BOOL})
+_VARINT_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT32,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_ENUM,
+        FieldDescriptor.TYPE_BOOL,
+    }
+)
 
 
 def _fields_of(descriptor: Descriptor) -> tuple[tuple[str, int, str], ...]:
@@ -49,13 +58,16 @@ def _fields_of(descriptor: Descriptor) -> tuple[tuple[str, int, str], ...]:
         elif f.type in _VARINT_TYPES:
             kind = "i"
         else:
-            raise ImportError(f"server.api.wire cannot encode {descriptor.full_name}.{f.name} (type {f.type}): "
-                              "teach it the type")
+            raise ImportError(
+                f"server.api.wire cannot encode {descriptor.full_name}.{f.name} (type {f.type}): teach it the type"
+            )
         out.append((f.name, f.number, kind))
     names = {name for name, _, _ in out}
     if names != set(RECORD_FIELDS):
-        raise ImportError(f"{descriptor.full_name} and server.core.model.FlowRecord differ: proto only "
-                          f"{sorted(names - set(RECORD_FIELDS))}, FlowRecord only {sorted(set(RECORD_FIELDS) - names)}")
+        raise ImportError(
+            f"{descriptor.full_name} and server.core.model.FlowRecord differ: proto only "
+            f"{sorted(names - set(RECORD_FIELDS))}, FlowRecord only {sorted(set(RECORD_FIELDS) - names)}"
+        )
     return tuple(out)
 
 
@@ -205,8 +217,7 @@ def _seconds_window(window: int) -> pa.Array:
     """Index i -> the Timestamp's encoded `seconds` field (1) for second (window << 16) + i: the
     65,536 seconds (18 hours) around a batch's times, encoded once (b"" for 0)."""
     base = window << _WINDOW_BITS
-    return pa.array([(b"\x08" + varint(base + i)) if base + i else b"" for i in range(1 << _WINDOW_BITS)],
-                    pa.binary())
+    return pa.array([(b"\x08" + varint(base + i)) if base + i else b"" for i in range(1 << _WINDOW_BITS)], pa.binary())
 
 
 def _timestamp_field(col: pa.Array, number: int) -> pa.Array:
@@ -288,6 +299,7 @@ def encode_batch_pb(records: Sequence[FlowRecord]) -> bytes:
 def _slow(records: Sequence[FlowRecord]) -> bytes:
     from flowlog.v1 import query_pb2
     from server.api import convert
+
     return query_pb2.RecordBatch(records=convert.records_to_pb(list(records))).SerializeToString()
 
 
@@ -309,7 +321,7 @@ def encode_chunks(table: pa.Table, batch_size: int) -> list[tuple[bytes, int]]:
         framed = encode_records(table)
     except (_Unsupported, pa.ArrowException, OverflowError, TypeError):
         recs = records_of(table)
-        return [(_slow(recs[i:i + batch_size]), len(recs[i:i + batch_size])) for i in range(0, n, batch_size)]
+        return [(_slow(recs[i : i + batch_size]), len(recs[i : i + batch_size])) for i in range(0, n, batch_size)]
     return [(concat(framed, i, min(n, i + batch_size)), min(n, i + batch_size) - i) for i in range(0, n, batch_size)]
 
 
@@ -378,13 +390,48 @@ class RowEncoder:
         heads, tails, srcs, dsts, starts, ends, ports, enums, rules = self._caches
         fill = self._fill
         out = []
-        for (rid, ver, acc, fl, region, project, log_store, rtype, res_id, net, src, dst, sp, dp, proto, pk, nbytes,
-             st, et, act, status, direction, flags, rule_id, rule_kind, sampling) in records:
+        for (
+            rid,
+            ver,
+            acc,
+            fl,
+            region,
+            project,
+            log_store,
+            rtype,
+            res_id,
+            net,
+            src,
+            dst,
+            sp,
+            dp,
+            proto,
+            pk,
+            nbytes,
+            st,
+            et,
+            act,
+            status,
+            direction,
+            flags,
+            rule_id,
+            rule_kind,
+            sampling,
+        ) in records:
             hk = (ver, acc, fl, region, rtype, res_id, net)
             head = heads.get(hk)
             if head is None:
-                head = fill(heads, hk, _int(2, ver) + _str(3, acc) + _str(4, fl) + _str(5, region) + _int(6, rtype)
-                            + _str(7, res_id) + _str(8, net))
+                head = fill(
+                    heads,
+                    hk,
+                    _int(2, ver)
+                    + _str(3, acc)
+                    + _str(4, fl)
+                    + _str(5, region)
+                    + _int(6, rtype)
+                    + _str(7, res_id)
+                    + _str(8, net),
+                )
             tk = (project, log_store)
             tail = tails.get(tk)
             if tail is None:

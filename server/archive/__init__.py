@@ -35,11 +35,30 @@ milliseconds, for 50,000-record objects.
 The code in three files by job: layout.py (the key layout), parquet.py (the encoding) and
 writer.py (`Archive`: writing, listing, reading, deleting). This package re-exports their names.
 """
+
 from server.archive.layout import *  # noqa: F401,F403
-from server.archive.layout import (_BATCH_ID, _DT, _EPOCH, _HOUR, _NULL_PARTITION, _PART,  # noqa: F401
-                                   _day_index_of, _escape, _hour_index_of, _hour_parts)
+from server.archive.layout import (
+    _BATCH_ID,
+    _DT,
+    _EPOCH,
+    _HOUR,
+    _NULL_PARTITION,
+    _PART,  # noqa: F401
+    _day_index_of,
+    _escape,
+    _hour_index_of,
+    _hour_parts,
+)
 from server.archive.parquet import *  # noqa: F401,F403
-from server.archive.parquet import (_ADDED_COLUMNS, _COLUMNS, _IDX, _REQUIRED_COLUMNS,  # noqa: F401
-                                    _identity, _start_filter, _to_records, _write_parquet)
+from server.archive.parquet import (
+    _ADDED_COLUMNS,
+    _COLUMNS,
+    _IDX,
+    _REQUIRED_COLUMNS,  # noqa: F401
+    _identity,
+    _start_filter,
+    _to_records,
+    _write_parquet,
+)
 from server.archive.writer import *  # noqa: F401,F403
 from server.archive.writer import _DELETE_CHUNK, _MAX_HOUR_LISTINGS, _groups  # noqa: F401

@@ -1,14 +1,12 @@
 """The archive's key layout: Hive-style `account=/region=/project=/log_store=/dt=/hour=` paths,
 their escaping, and reading an hour or a day back from a path (see server/archive/__init__.py).
 """
+
 from __future__ import annotations
 
 import re
 from datetime import date, timedelta
 from urllib.parse import quote
-
-
-
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000

@@ -2,6 +2,7 @@
 neighbours share values; record_id is not stored but recomputed on read; objects written by an
 older format read back with the newer columns' defaults (see server/archive/__init__.py).
 """
+
 from __future__ import annotations
 
 import io
@@ -11,60 +12,95 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from server.archive.layout import HOUR_MS  # noqa: F401
 from server.core.model import FlowRecord, LogStoreKey, record_columns
 from server.core.records import record_id
 
-from server.archive.layout import HOUR_MS  # noqa: F401
-
-
 # The columns stored in every object, in file order. Everything a FlowRecord has except
 # record_id (derived) and the partition values (in the path).
-SCHEMA = pa.schema([
-    pa.field("start_time", pa.timestamp("ms", tz="UTC"), nullable=False),
-    pa.field("end_time", pa.timestamp("ms", tz="UTC"), nullable=False),
-    pa.field("flow_log_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-    pa.field("version", pa.uint32(), nullable=False),
-    pa.field("resource_type", pa.int32(), nullable=False),
-    pa.field("resource_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-    pa.field("network_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-    pa.field("src_addr", pa.string()),  # null on NODATA rows ("" in the domain)
-    pa.field("dst_addr", pa.string()),
-    pa.field("src_port", pa.uint32(), nullable=False),
-    pa.field("dst_port", pa.uint32(), nullable=False),
-    pa.field("protocol", pa.uint32(), nullable=False),
-    pa.field("packets", pa.uint64(), nullable=False),
-    pa.field("bytes", pa.uint64(), nullable=False),
-    pa.field("action", pa.int32(), nullable=False),
-    pa.field("log_status", pa.int32(), nullable=False),
-    pa.field("direction", pa.int32(), nullable=False),
-    pa.field("tcp_flags", pa.uint32(), nullable=False),
-    pa.field("rule_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
-    pa.field("rule_kind", pa.int32(), nullable=False),
-    pa.field("sampling_rate", pa.uint32(), nullable=False),
-], metadata={"flowlog.archive.format": "2"})
+SCHEMA = pa.schema(
+    [
+        pa.field("start_time", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("end_time", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("flow_log_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("version", pa.uint32(), nullable=False),
+        pa.field("resource_type", pa.int32(), nullable=False),
+        pa.field("resource_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("network_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("src_addr", pa.string()),  # null on NODATA rows ("" in the domain)
+        pa.field("dst_addr", pa.string()),
+        pa.field("src_port", pa.uint32(), nullable=False),
+        pa.field("dst_port", pa.uint32(), nullable=False),
+        pa.field("protocol", pa.uint32(), nullable=False),
+        pa.field("packets", pa.uint64(), nullable=False),
+        pa.field("bytes", pa.uint64(), nullable=False),
+        pa.field("action", pa.int32(), nullable=False),
+        pa.field("log_status", pa.int32(), nullable=False),
+        pa.field("direction", pa.int32(), nullable=False),
+        pa.field("tcp_flags", pa.uint32(), nullable=False),
+        pa.field("rule_id", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("rule_kind", pa.int32(), nullable=False),
+        pa.field("sampling_rate", pa.uint32(), nullable=False),
+    ],
+    metadata={"flowlog.archive.format": "2"},
+)
 _COLUMNS = tuple(SCHEMA.names)
 # Columns added in format 2: objects written before them lack them, and read back with these
 # values (FlowRecord's defaults). Every other column is required.
-_ADDED_COLUMNS: dict[str, pa.Scalar] = {"rule_id": pa.scalar("", pa.string()), "rule_kind": pa.scalar(0, pa.int32()),
-                                        "sampling_rate": pa.scalar(0, pa.uint32())}
+_ADDED_COLUMNS: dict[str, pa.Scalar] = {
+    "rule_id": pa.scalar("", pa.string()),
+    "rule_kind": pa.scalar(0, pa.int32()),
+    "sampling_rate": pa.scalar(0, pa.uint32()),
+}
 _REQUIRED_COLUMNS = tuple(c for c in _COLUMNS if c not in _ADDED_COLUMNS)
 _TIME_COLUMNS = ("start_time", "end_time")
-_INT_COLUMNS = ("version", "resource_type", "src_port", "dst_port", "protocol", "packets", "bytes",
-                "action", "log_status", "direction", "tcp_flags", "rule_kind", "sampling_rate")
+_INT_COLUMNS = (
+    "version",
+    "resource_type",
+    "src_port",
+    "dst_port",
+    "protocol",
+    "packets",
+    "bytes",
+    "action",
+    "log_status",
+    "direction",
+    "tcp_flags",
+    "rule_kind",
+    "sampling_rate",
+)
 _STR_COLUMNS = ("flow_log_id", "resource_id", "network_id", "rule_id")
 _ADDR_COLUMNS = ("src_addr", "dst_addr")
 _F = FlowRecord._fields
 _IDX = {name: _F.index(name) for name in _COLUMNS}
 
 
-_SORT_COLUMNS = ("start_time", "flow_log_id", "src_addr", "dst_addr", "src_port", "dst_port", "protocol",
-                 "direction", "end_time")
+_SORT_COLUMNS = (
+    "start_time",
+    "flow_log_id",
+    "src_addr",
+    "dst_addr",
+    "src_port",
+    "dst_port",
+    "protocol",
+    "direction",
+    "end_time",
+)
 
 
 def _identity(r: FlowRecord) -> tuple:
     """The fields record_id hashes: two records with the same identity are the same record."""
-    return (r.flow_log_id, r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.direction,
-            r.start_time, r.end_time)
+    return (
+        r.flow_log_id,
+        r.src_addr,
+        r.dst_addr,
+        r.src_port,
+        r.dst_port,
+        r.protocol,
+        r.direction,
+        r.start_time,
+        r.end_time,
+    )
 
 
 class CorruptObject(ValueError):
@@ -121,10 +157,14 @@ def _write_parquet(table: pa.Table) -> bytes:
     # Delta encoding for the times (sorted start times, end times near them); dictionaries for
     # the rest, which Parquet drops by itself per column chunk when a column has too many values.
     pq.write_table(
-        table, buf, compression="zstd", compression_level=3,
+        table,
+        buf,
+        compression="zstd",
+        compression_level=3,
         use_dictionary=[c for c in _COLUMNS if c not in _TIME_COLUMNS],
         column_encoding={c: "DELTA_BINARY_PACKED" for c in _TIME_COLUMNS},
-        row_group_size=max(len(table), 1), write_statistics=True,
+        row_group_size=max(len(table), 1),
+        write_statistics=True,
     )
     return buf.getvalue()
 
@@ -165,9 +205,37 @@ def _to_records(table: pa.Table, account_id: str, key: LogStoreKey) -> list[Flow
     acc, region, project, store = account_id, key.region, key.project, key.name
     out: list[FlowRecord] = []
     append = out.append
-    for (st, et, fl, ver, rt, rid, net, src, dst, sp, dp, proto, pk, by, act, ls, dr, flags, rule, kind,
-         sampling) in zip(*(cols[c] for c in _COLUMNS)):
-        append(FlowRecord(record_id(fl, src, dst, sp, dp, proto, dr, st, et), ver, acc, fl, region, project,
-                          store, rt, rid, net, src, dst, sp, dp, proto, pk, by, st, et, act, ls, dr, flags, rule,
-                          kind, sampling))
+    for st, et, fl, ver, rt, rid, net, src, dst, sp, dp, proto, pk, by, act, ls, dr, flags, rule, kind, sampling in zip(
+        *(cols[c] for c in _COLUMNS)
+    ):
+        append(
+            FlowRecord(
+                record_id(fl, src, dst, sp, dp, proto, dr, st, et),
+                ver,
+                acc,
+                fl,
+                region,
+                project,
+                store,
+                rt,
+                rid,
+                net,
+                src,
+                dst,
+                sp,
+                dp,
+                proto,
+                pk,
+                by,
+                st,
+                et,
+                act,
+                ls,
+                dr,
+                flags,
+                rule,
+                kind,
+                sampling,
+            )
+        )
     return out

@@ -2,6 +2,7 @@
 object per group and batch (idempotent by batch id), lists, reads, counts and deletes objects,
 over a byte-level ObjectStore (see server/archive/__init__.py).
 """
+
 from __future__ import annotations
 
 import io
@@ -17,15 +18,31 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from server.archive.layout import (
+    _BATCH_ID,
+    _PART,
+    DAY_MS,
+    HOUR_MS,  # noqa: F401
+    _day_index_of,
+    _escape,
+    _hour_index_of,
+    _hour_parts,
+)
+from server.archive.parquet import (
+    _F,
+    _REQUIRED_COLUMNS,
+    CorruptObject,
+    _identity,
+    _start_filter,  # noqa: F401
+    _to_records,
+    decode_table,
+    encode,
+    encode_table,
+)
 from server.core.columns import records_of, without_repeats
 from server.core.model import FlowRecord, LogStoreKey
 from server.core.ports import ObjectInfo, ObjectStore
 from server.core.records import record_id
-
-from server.archive.layout import (_BATCH_ID, _DT, _EPOCH, _HOUR, _NULL_PARTITION, _PART, DAY_MS, HOUR_MS,  # noqa: F401
-                                   _day_index_of, _escape, _hour_index_of, _hour_parts)
-from server.archive.parquet import (_F, _REQUIRED_COLUMNS, _COLUMNS, _IDX, SCHEMA, CorruptObject, _identity, _start_filter,  # noqa: F401
-                                    _to_records, _write_parquet, decode_table, encode, encode_table)
 
 log = logging.getLogger("server.archive")
 
@@ -51,7 +68,7 @@ def _groups(records: Sequence[FlowRecord]) -> dict[tuple[str, str, str, str, int
         hours = list(map(floordiv, map(_START_OF, records), repeat(HOUR_MS)))
         distinct = set(hours)
         if len(stores) == 1 and len(distinct) <= 4 and all(ids):
-            (account, region, project, log_store), = stores
+            ((account, region, project, log_store),) = stores
             out = {}
             for hour in sorted(distinct):
                 if len(distinct) == 1:
@@ -102,8 +119,10 @@ class Archive:
         for what, value in (("region", key.region), ("project", key.project), ("log_store", key.name)):
             if not value:
                 raise ValueError(f"archive path needs a {what}")
-        return (f"account={_escape(account_id)}/region={_escape(key.region)}/"
-                f"project={_escape(key.project)}/log_store={_escape(key.name)}/")
+        return (
+            f"account={_escape(account_id)}/region={_escape(key.region)}/"
+            f"project={_escape(key.project)}/log_store={_escape(key.name)}/"
+        )
 
     @classmethod
     def hour_prefix(cls, account_id: str, key: LogStoreKey, hour_index: int) -> str:
@@ -128,8 +147,11 @@ class Archive:
             return []
         store_cols = [table.column(c) for c in ("account_id", "region", "project", "log_store")]
         ids = table.column("record_id")
-        if (any(pc.count_distinct(c).as_py() != 1 for c in store_cols) or pc.min(table.column("start_time")).as_py() < 0
-                or pc.any(pc.equal(ids, "")).as_py()):
+        if (
+            any(pc.count_distinct(c).as_py() != 1 for c in store_cols)
+            or pc.min(table.column("start_time")).as_py() < 0
+            or pc.any(pc.equal(ids, "")).as_py()
+        ):
             return self.write_batch(batch_id, records_of(table))
         if pc.count_distinct(ids).as_py() != table.num_rows:
             # One LogStore: a record_id names one start_time, so one hour; the rows are sorted
@@ -150,8 +172,16 @@ class Archive:
             self.store.put(okey, data)
             keys.append(okey)
             total += len(data)
-        log.info("archived batch", extra={"batch_id": batch_id, "records": n, "objects": len(keys),
-                                          "bytes": total, "seconds": round(time.monotonic() - t0, 3)})
+        log.info(
+            "archived batch",
+            extra={
+                "batch_id": batch_id,
+                "records": n,
+                "objects": len(keys),
+                "bytes": total,
+                "seconds": round(time.monotonic() - t0, 3),
+            },
+        )
         return keys
 
     def write_batch(self, batch_id: str, records: Sequence[FlowRecord]) -> list[str]:
@@ -177,21 +207,32 @@ class Archive:
             keys.append(okey)
             total += len(data)
         if keys:
-            log.info("archived batch", extra={"batch_id": batch_id, "records": len(records), "objects": len(keys),
-                                              "bytes": total, "seconds": round(time.monotonic() - t0, 3)})
+            log.info(
+                "archived batch",
+                extra={
+                    "batch_id": batch_id,
+                    "records": len(records),
+                    "objects": len(keys),
+                    "bytes": total,
+                    "seconds": round(time.monotonic() - t0, 3),
+                },
+            )
         return keys
 
     @staticmethod
     def _check_ids(r: FlowRecord) -> None:
         """Readers recompute record_id; warn if the writer's ids were made some other way."""
         if r.record_id and r.record_id != record_id(*_identity(r)):
-            log.warning("record_id differs from server.core.records.record_id; the archive will return the "
-                        "recomputed id", extra={"record_id": r.record_id, "flow_log_id": r.flow_log_id})
+            log.warning(
+                "record_id differs from server.core.records.record_id; the archive will return the recomputed id",
+                extra={"record_id": r.record_id, "flow_log_id": r.flow_log_id},
+            )
 
     # -- listing ----------------------------------------------------------------------------
 
-    def objects(self, account_id: str, key: LogStoreKey, start_ms: int | None = None,
-                end_ms: int | None = None) -> Iterator[ArchivedObject]:
+    def objects(
+        self, account_id: str, key: LogStoreKey, start_ms: int | None = None, end_ms: int | None = None
+    ) -> Iterator[ArchivedObject]:
         """The LogStore's objects whose hour overlaps [start_ms, end_ms), in hour order.
 
         Lists only the overlapping hour prefixes when there are at most 48 of them, otherwise the
@@ -219,7 +260,7 @@ class Archive:
 
     @staticmethod
     def _parse(prefix: str, info: ObjectInfo) -> ArchivedObject | None:
-        rest = info.key[len(prefix):].split("/")
+        rest = info.key[len(prefix) :].split("/")
         if len(rest) != 3 or not _PART.match(rest[2]):
             log.warning("ignoring an object that is not laid out as an archive part", extra={"key": info.key})
             return None
@@ -231,8 +272,9 @@ class Archive:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def read(self, account_id: str, key: LogStoreKey, start_ms: int, end_ms: int,
-             batch_size: int = 10_000) -> Iterator[list[FlowRecord]]:
+    def read(
+        self, account_id: str, key: LogStoreKey, start_ms: int, end_ms: int, batch_size: int = 10_000
+    ) -> Iterator[list[FlowRecord]]:
         """Yield the LogStore's records with start_ms <= start_time < end_ms, in batches of at
         most batch_size.
 
@@ -306,7 +348,7 @@ class Archive:
         days: set[int] = set()
         doomed: list[str] = []
         for info in self.store.list(prefix):
-            seg = info.key[len(prefix):].split("/", 1)[0]
+            seg = info.key[len(prefix) :].split("/", 1)[0]
             day = _day_index_of(seg)
             if day is None or day >= first_kept:
                 continue
@@ -314,8 +356,9 @@ class Archive:
             doomed.append(info.key)
         self._delete(doomed)
         if days:
-            log.info("archive retention dropped days", extra={"prefix": prefix, "days": len(days),
-                                                              "objects": len(doomed)})
+            log.info(
+                "archive retention dropped days", extra={"prefix": prefix, "days": len(days), "objects": len(doomed)}
+            )
         return len(days)
 
     def _delete(self, keys: Iterable[str]) -> int:

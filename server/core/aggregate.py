@@ -32,6 +32,7 @@ Rules every backend follows (written once, here):
   `limits.aggregate_max_groups` groups (held by the backend; more is RESOURCE_EXHAUSTED naming
   the setting, before memory grows with it), within `limits.aggregate_timeout_seconds`.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -45,7 +46,7 @@ from typing import Any, Callable, Iterable, Sequence, Union, cast
 
 from server.core import filter as flt
 from server.core import model
-from server.core.errors import InvalidArgument, ResourceExhausted
+from server.core.errors import ResourceExhausted
 from server.core.model import RECORD_FIELDS, FlowRecord
 from server.core.ports import RecordQuery
 from server.core.query import MAX_TIME_MS, MIN_TIME_MS, Scope
@@ -90,14 +91,35 @@ def _enum_fields() -> dict[str, tuple[type[enum.IntEnum], str]]:
 ENUMS: dict[str, tuple[type[enum.IntEnum], str]] = _enum_fields()
 """Enum group fields -> (core enum, proto prefix): keys are shown as the full proto name."""
 
-_FIELD_ORDER = ("src_addr", "dst_addr", "src_port", "dst_port", "protocol", "action", "direction",
-                "log_status", "log_store", "flow_log_id", "resource_id", "resource_type", "network_id",
-                "rule_id", "rule_kind")
+_FIELD_ORDER = (
+    "src_addr",
+    "dst_addr",
+    "src_port",
+    "dst_port",
+    "protocol",
+    "action",
+    "direction",
+    "log_status",
+    "log_store",
+    "flow_log_id",
+    "resource_id",
+    "resource_type",
+    "network_id",
+    "rule_id",
+    "rule_kind",
+)
 FIELDS: dict[str, FieldKind] = {
-    name: (FieldKind.ADDRESS if name in ("src_addr", "dst_addr") else
-           FieldKind.NUMBER if name in ("src_port", "dst_port", "protocol") else
-           FieldKind.ENUM if name in ENUMS else FieldKind.TEXT)
-    for name in _FIELD_ORDER if name in RECORD_FIELDS
+    name: (
+        FieldKind.ADDRESS
+        if name in ("src_addr", "dst_addr")
+        else FieldKind.NUMBER
+        if name in ("src_port", "dst_port", "protocol")
+        else FieldKind.ENUM
+        if name in ENUMS
+        else FieldKind.TEXT
+    )
+    for name in _FIELD_ORDER
+    if name in RECORD_FIELDS
 }
 """The fields a request may group by (and count distinct), in API.md's order. rule_id and
 rule_kind join when the record model has them."""
@@ -108,6 +130,7 @@ SUMMED = ("bytes", "packets")
 # ---------------------------------------------------------------------------------------------
 # The request
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class GroupKey:
@@ -237,8 +260,13 @@ def parse_group_key(text: str, where: str, v: Violations) -> GroupKey | None:
     name, slash, rest = raw.partition("/")
     name = name.strip().lower()
     if name not in FIELDS:
-        hint = ("; group by src_addr and dst_addr separately" if name == "addr" else
-                "; group by src_port and dst_port separately" if name == "port" else _suggest(name, FIELDS))
+        hint = (
+            "; group by src_addr and dst_addr separately"
+            if name == "addr"
+            else "; group by src_port and dst_port separately"
+            if name == "port"
+            else _suggest(name, FIELDS)
+        )
         v.add(where, f"{_show(raw)} is not a field to group by: one of {', '.join(FIELDS)}{hint}")
         return None
     if not slash:
@@ -248,8 +276,10 @@ def parse_group_key(text: str, where: str, v: Violations) -> GroupKey | None:
         return None
     m = _PREFIX.fullmatch("/" + rest.replace(" ", ""))
     if m is None:
-        v.add(where, f"{_show(raw)}: write the prefix length as {name}/24 (both families) or {name}/24/64 "
-                     "(IPv4 /24, IPv6 /64)")
+        v.add(
+            where,
+            f"{_show(raw)}: write the prefix length as {name}/24 (both families) or {name}/24/64 (IPv4 /24, IPv6 /64)",
+        )
         return None
     if m.group(2) is None:
         n = int(m.group(1))
@@ -259,18 +289,23 @@ def parse_group_key(text: str, where: str, v: Violations) -> GroupKey | None:
         return GroupKey(name, min(n, 32), n, f"{name}/{n}")
     n4, n6 = int(m.group(1)), int(m.group(2))
     if n4 > 32 or n6 > 128:
-        v.add(where, f"{_show(raw)}: prefix lengths out of range: the IPv4 one 0-32 ({n4}), "
-                     f"the IPv6 one 0-128 ({n6})")
+        v.add(where, f"{_show(raw)}: prefix lengths out of range: the IPv4 one 0-32 ({n4}), the IPv6 one 0-128 ({n6})")
         return None
     return GroupKey(name, n4, n6, f"{name}/{n4}/{n6}")
 
 
 _METRIC = re.compile(r"([a-z_]+)\s*(?:\(\s*([^()]*?)\s*\))?")
-_SIMPLE = {("count", ""): Metric("count"), ("count", "*"): Metric("count"),
-           ("sum", "bytes"): Metric("sum", "bytes"), ("sum", "packets"): Metric("sum", "packets"),
-           ("min", "start_time"): Metric("min", "start_time"), ("max", "end_time"): Metric("max", "end_time")}
-METRIC_HELP = ("count, sum(bytes), sum(packets), min(start_time), max(end_time), "
-               "count_distinct(FIELD) for a group_by field")
+_SIMPLE = {
+    ("count", ""): Metric("count"),
+    ("count", "*"): Metric("count"),
+    ("sum", "bytes"): Metric("sum", "bytes"),
+    ("sum", "packets"): Metric("sum", "packets"),
+    ("min", "start_time"): Metric("min", "start_time"),
+    ("max", "end_time"): Metric("max", "end_time"),
+}
+METRIC_HELP = (
+    "count, sum(bytes), sum(packets), min(start_time), max(end_time), count_distinct(FIELD) for a group_by field"
+)
 
 
 def parse_metric(text: str, where: str, v: Violations) -> Metric | None:
@@ -292,15 +327,29 @@ def parse_metric(text: str, where: str, v: Violations) -> Metric | None:
         return Metric("count_distinct", key.field, key)
     metric = _SIMPLE.get((op, arg))
     if metric is None:
-        v.add(where, f"{_show(raw)} is not a metric: one of {METRIC_HELP}"
-                     + _suggest(raw.lower(), [n for (o, a), n in ((k, x.name) for k, x in _SIMPLE.items())]))
+        v.add(
+            where,
+            f"{_show(raw)} is not a metric: one of {METRIC_HELP}"
+            + _suggest(raw.lower(), [n for (o, a), n in ((k, x.name) for k, x in _SIMPLE.items())]),
+        )
         return None
     return metric
 
 
-def plan(scope: Scope, *, start_ms: int | None, end_ms: int | None, filter_text: str, group_by: Sequence[str],
-         interval_ms: int | None, metrics: Sequence[str], order_by: str, limit: int, limits: Limits,
-         now: Callable[[], float] = time.monotonic) -> AggregateQuery:
+def plan(
+    scope: Scope,
+    *,
+    start_ms: int | None,
+    end_ms: int | None,
+    filter_text: str,
+    group_by: Sequence[str],
+    interval_ms: int | None,
+    metrics: Sequence[str],
+    order_by: str,
+    limit: int,
+    limits: Limits,
+    now: Callable[[], float] = time.monotonic,
+) -> AggregateQuery:
     """Check and normalise a request (InvalidArgument naming every bad field)."""
     v = Violations()
     if start_ms is None:
@@ -314,9 +363,12 @@ def plan(scope: Scope, *, start_ms: int | None, end_ms: int | None, filter_text:
         if end_ms <= start_ms:
             v.add("end_time", "must be after start_time")
         elif limits.max_range_days and end_ms - start_ms > limits.max_range_days * DAY_MS:
-            v.add("end_time", f"the time range is {(end_ms - start_ms) / DAY_MS:.1f} days; Aggregate covers at "
-                              f"most {limits.max_range_days:g} days (limits.aggregate_max_range_days): "
-                              "narrow start_time..end_time")
+            v.add(
+                "end_time",
+                f"the time range is {(end_ms - start_ms) / DAY_MS:.1f} days; Aggregate covers at "
+                f"most {limits.max_range_days:g} days (limits.aggregate_max_range_days): "
+                "narrow start_time..end_time",
+            )
     keys: list[GroupKey] = []
     if len(group_by) > MAX_GROUP_BY:
         v.add("group_by", f"at most {MAX_GROUP_BY} fields (got {len(group_by)})")
@@ -343,8 +395,11 @@ def plan(scope: Scope, *, start_ms: int | None, end_ms: int | None, filter_text:
         wanted = parse_metric(raw.lstrip("-+ "), "order_by", sub)
         names = [mm.name for mm in parsed]
         if wanted is None or wanted.name not in names:
-            v.add("order_by", f"{_show(raw)} is not one of the request's metrics ({', '.join(names)}); "
-                              "write one of them, with '-' in front for descending")
+            v.add(
+                "order_by",
+                f"{_show(raw)} is not one of the request's metrics ({', '.join(names)}); "
+                "write one of them, with '-' in front for descending",
+            )
         else:
             order_index = names.index(wanted.name)
     if limit < 0 or limit > MAX_LIMIT:
@@ -355,20 +410,41 @@ def plan(scope: Scope, *, start_ms: int | None, end_ms: int | None, filter_text:
         elif start_ms is not None and end_ms is not None and end_ms > start_ms:
             buckets = (end_ms - 1) // interval_ms - start_ms // interval_ms + 1
             if limits.max_groups and buckets > limits.max_groups:
-                v.add("interval", f"{interval_ms} ms makes {buckets} buckets over the time range; at most "
-                                  f"{limits.max_groups} (limits.aggregate_max_groups): use a longer interval")
+                v.add(
+                    "interval",
+                    f"{interval_ms} ms makes {buckets} buckets over the time range; at most "
+                    f"{limits.max_groups} (limits.aggregate_max_groups): use a longer interval",
+                )
     v.raise_if_any()
     expr = flt.parse(filter_text)
     assert start_ms is not None and end_ms is not None
-    q = RecordQuery(account_id=scope.account_id, region=scope.region, project=scope.project,
-                    log_stores=scope.log_stores, start_ms=start_ms, end_ms=end_ms, filter=expr)
-    return AggregateQuery(q, tuple(keys), interval_ms or 0, tuple(parsed), order_index, descending,
-                          limit or DEFAULT_LIMIT, limits.max_groups, now() + limits.timeout_s, limits.timeout_s)
+    q = RecordQuery(
+        account_id=scope.account_id,
+        region=scope.region,
+        project=scope.project,
+        log_stores=scope.log_stores,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        filter=expr,
+    )
+    return AggregateQuery(
+        q,
+        tuple(keys),
+        interval_ms or 0,
+        tuple(parsed),
+        order_index,
+        descending,
+        limit or DEFAULT_LIMIT,
+        limits.max_groups,
+        now() + limits.timeout_s,
+        limits.timeout_s,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # Keys
 # ---------------------------------------------------------------------------------------------
+
 
 def address_value(text: str) -> int | None:
     """An address text as a key integer (IPv4-mapped space); None for "" (no address)."""
@@ -431,6 +507,7 @@ def _sort_key(value: KeyValue) -> tuple[int, int | str]:
 # Bounds
 # ---------------------------------------------------------------------------------------------
 
+
 class Budget:
     """The bounds a backend checks while it works (RESOURCE_EXHAUSTED naming the setting)."""
 
@@ -451,19 +528,24 @@ class Budget:
 
 
 def timed_out(q: AggregateQuery) -> ResourceExhausted:
-    return ResourceExhausted(f"Aggregate ran out of time ({q.timeout_s:g} s, limits.aggregate_timeout_seconds); "
-                             "narrow the time range or the filter, or group by fewer or coarser fields")
+    return ResourceExhausted(
+        f"Aggregate ran out of time ({q.timeout_s:g} s, limits.aggregate_timeout_seconds); "
+        "narrow the time range or the filter, or group by fewer or coarser fields"
+    )
 
 
 def too_many_groups(q: AggregateQuery) -> ResourceExhausted:
-    return ResourceExhausted(f"Aggregate makes more than {q.max_groups} groups (limits.aggregate_max_groups); "
-                             "group by fewer fields, use address prefixes (src_addr/24), a longer interval, "
-                             "or narrow the time range or the filter")
+    return ResourceExhausted(
+        f"Aggregate makes more than {q.max_groups} groups (limits.aggregate_max_groups); "
+        "group by fewer fields, use address prefixes (src_addr/24), a longer interval, "
+        "or narrow the time range or the filter"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The answer
 # ---------------------------------------------------------------------------------------------
+
 
 def other_value(metric: Metric, values: Iterable[int]) -> int:
     vals = list(values)
@@ -498,16 +580,19 @@ def finish(q: AggregateQuery, result: Groups) -> AggregateResult:
         # Keys ascending, then the metric (stable sort): ties keep the key order.
         members.sort(key=lambda g: tuple(_sort_key(k) for k in g.keys))
         members.sort(key=lambda g: g.values[i], reverse=q.descending)
-        for g in members[:q.limit]:
-            rows.append(AggregateRow(g.bucket, tuple(key_text(k, gk) for k, gk in zip(g.keys, q.group_by)),
-                                     g.values[1:]))
-        rest += members[q.limit:]
+        for g in members[: q.limit]:
+            rows.append(
+                AggregateRow(g.bucket, tuple(key_text(k, gk) for k, gk in zip(g.keys, q.group_by)), g.values[1:])
+            )
+        rest += members[q.limit :]
     other = None
     if rest:
-        other = AggregateRow(None, (), tuple(other_value(m, (g.values[j + 1] for g in rest))
-                                             for j, m in enumerate(q.metrics)))
-    return AggregateResult(tuple(k.name for k in q.group_by), tuple(m.name for m in q.metrics), rows, other,
-                           matched, result.approximate)
+        other = AggregateRow(
+            None, (), tuple(other_value(m, (g.values[j + 1] for g in rest)) for j, m in enumerate(q.metrics))
+        )
+    return AggregateResult(
+        tuple(k.name for k in q.group_by), tuple(m.name for m in q.metrics), rows, other, matched, result.approximate
+    )
 
 
 def group_order(q: AggregateQuery) -> Callable[[Group], tuple[Any, ...]]:
@@ -588,6 +673,7 @@ def bucket_of(start_time: int, interval_ms: int) -> int | None:
 # The oracle (tests): the same groups over FlowRecords in memory
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclass
 class _Acc:
     count: int = 0
@@ -601,14 +687,23 @@ def evaluate(q: AggregateQuery, records: Iterable[FlowRecord]) -> Groups:
     pred = flt.compile_predicate(rq.filter)  # type: ignore[arg-type]
     accs: dict[tuple[int | None, Key], _Acc] = {}
     for r in records:
-        if not (r.account_id == rq.account_id and r.region == rq.region and r.project == rq.project
-                and r.log_store in rq.log_stores and rq.start_ms <= r.start_time < rq.end_ms and pred(r)):
+        if not (
+            r.account_id == rq.account_id
+            and r.region == rq.region
+            and r.project == rq.project
+            and r.log_store in rq.log_stores
+            and rq.start_ms <= r.start_time < rq.end_ms
+            and pred(r)
+        ):
             continue
         k = (bucket_of(r.start_time, q.interval_ms), tuple(record_key(r, gk) for gk in q.group_by))
         acc = accs.get(k)
         if acc is None:
-            acc = accs[k] = _Acc(0, [0 if m.op in ("count", "sum", "count_distinct") else -1 for m in q.metrics],
-                                 [set() for _ in q.metrics])
+            acc = accs[k] = _Acc(
+                0,
+                [0 if m.op in ("count", "sum", "count_distinct") else -1 for m in q.metrics],
+                [set() for _ in q.metrics],
+            )
         acc.count += 1
         for j, m in enumerate(q.metrics):
             if m.op == "count":

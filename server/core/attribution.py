@@ -10,6 +10,7 @@ high rates (a collector or an Ingest stream asks about the same few thousand add
 again): the resource's networks become integer ranges per IP version, looked up by bisection, and
 each address's answer is remembered in a bounded cache.
 """
+
 from __future__ import annotations
 
 import ipaddress

@@ -10,6 +10,7 @@ The schema is FlowRecord's, field for field and in its order, with the narrowest
 holds every value the domain allows (ports, enums and flags in int32, counters in uint64, times
 as epoch milliseconds in int64). pyarrow is a data-layout library: nothing here does I/O.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Sequence
@@ -17,16 +18,35 @@ from typing import Iterable, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from server.core.model import FlowRecord, RECORD_FIELDS, record_columns
+from server.core.model import RECORD_FIELDS, FlowRecord, record_columns
 
 _TYPES: dict[str, pa.DataType] = {
-    "record_id": pa.string(), "version": pa.int32(), "account_id": pa.string(), "flow_log_id": pa.string(),
-    "region": pa.string(), "project": pa.string(), "log_store": pa.string(), "resource_type": pa.int32(),
-    "resource_id": pa.string(), "network_id": pa.string(), "src_addr": pa.string(), "dst_addr": pa.string(),
-    "src_port": pa.int32(), "dst_port": pa.int32(), "protocol": pa.int32(), "packets": pa.uint64(),
-    "bytes": pa.uint64(), "start_time": pa.int64(), "end_time": pa.int64(), "action": pa.int32(),
-    "log_status": pa.int32(), "direction": pa.int32(), "tcp_flags": pa.int32(), "rule_id": pa.string(),
-    "rule_kind": pa.int32(), "sampling_rate": pa.int32(),
+    "record_id": pa.string(),
+    "version": pa.int32(),
+    "account_id": pa.string(),
+    "flow_log_id": pa.string(),
+    "region": pa.string(),
+    "project": pa.string(),
+    "log_store": pa.string(),
+    "resource_type": pa.int32(),
+    "resource_id": pa.string(),
+    "network_id": pa.string(),
+    "src_addr": pa.string(),
+    "dst_addr": pa.string(),
+    "src_port": pa.int32(),
+    "dst_port": pa.int32(),
+    "protocol": pa.int32(),
+    "packets": pa.uint64(),
+    "bytes": pa.uint64(),
+    "start_time": pa.int64(),
+    "end_time": pa.int64(),
+    "action": pa.int32(),
+    "log_status": pa.int32(),
+    "direction": pa.int32(),
+    "tcp_flags": pa.int32(),
+    "rule_id": pa.string(),
+    "rule_kind": pa.int32(),
+    "sampling_rate": pa.int32(),
 }
 SCHEMA = pa.schema([pa.field(name, _TYPES[name]) for name in RECORD_FIELDS])
 assert tuple(SCHEMA.names) == RECORD_FIELDS, "SCHEMA must follow FlowRecord"
@@ -59,8 +79,19 @@ def table_of_columns(columns: Sequence[Sequence[object]]) -> pa.Table:
 # The FlowRecord fields whose values a batch of one flow log shares (version .. network_id), and the
 # varying ones, in the order of table_of_buffers' buffers (after record_id, src_addr, dst_addr).
 _SHARED = RECORD_FIELDS[1:10]
-_FIXED_WIDTH = ("src_port", "dst_port", "protocol", "packets", "bytes", "start_time", "end_time", "action",
-                "log_status", "direction", "tcp_flags")
+_FIXED_WIDTH = (
+    "src_port",
+    "dst_port",
+    "protocol",
+    "packets",
+    "bytes",
+    "start_time",
+    "end_time",
+    "action",
+    "log_status",
+    "direction",
+    "tcp_flags",
+)
 _TRAILING = ("rule_kind", "sampling_rate")  # fixed-width buffers after rule_id's
 
 
@@ -75,10 +106,11 @@ def table_of_buffers(n: int, shared: Sequence[object], buffers: Sequence[bytes])
     cols: dict[str, pa.Array] = {}
     strings = (("record_id", 0), ("src_addr", 2), ("dst_addr", 4), ("rule_id", 6 + len(_FIXED_WIDTH)))
     for name, k in strings:
-        cols[name] = pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(buffers[k]),
-                                                            pa.py_buffer(buffers[k + 1])])
+        cols[name] = pa.Array.from_buffers(
+            pa.string(), n, [None, pa.py_buffer(buffers[k]), pa.py_buffer(buffers[k + 1])]
+        )
     nf = len(_FIXED_WIDTH)
-    for name, buf in zip(_FIXED_WIDTH + _TRAILING, (*buffers[6:6 + nf], *buffers[8 + nf:])):
+    for name, buf in zip(_FIXED_WIDTH + _TRAILING, (*buffers[6 : 6 + nf], *buffers[8 + nf :])):
         cols[name] = pa.Array.from_buffers(_TYPES[name], n, [None, pa.py_buffer(buf)])
     for name, value in zip(_SHARED, shared):
         cols[name] = pa.repeat(pa.scalar(value, _TYPES[name]), n)

@@ -1,4 +1,5 @@
 """Domain errors. server/api maps each class to one gRPC status code with rich details."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

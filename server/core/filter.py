@@ -60,6 +60,7 @@ description starts "at position N:" (1-based character column; end of filter is 
 (4096 characters, nesting depth 32 counting both parentheses and NOT, 1000 values per IN list)
 are errors too, so no input can reach a RecursionError or any other exception.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -93,6 +94,7 @@ EQUALITY_OPS: frozenset[str] = frozenset({"=", "!="})
 # --------------------------------------------------------------------------------------------
 # The tree
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Compare:
@@ -137,6 +139,7 @@ Leaf = Union[Compare, InList]
 # Fields
 # --------------------------------------------------------------------------------------------
 
+
 class Kind(enum.Enum):
     ADDRESS = "address"
     NUMBER = "number"
@@ -170,8 +173,15 @@ class FieldSpec:
 
 
 PROTOCOL_NAMES: dict[str, int] = {
-    "icmp": 1, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51, "icmpv6": 58,
-    "ipv6-icmp": 58, "sctp": 132,
+    "icmp": 1,
+    "tcp": 6,
+    "udp": 17,
+    "gre": 47,
+    "esp": 50,
+    "ah": 51,
+    "icmpv6": 58,
+    "ipv6-icmp": 58,
+    "sctp": 132,
 }
 PROTOCOL_HINT = ("tcp", "udp", "icmp", "icmpv6", "gre", "esp", "ah", "sctp")
 
@@ -185,8 +195,13 @@ ENUM_FIELDS: dict[str, type[enum.IntEnum]] = {
 """Enum-valued record fields -> their core IntEnum; member names are the prefix-less proto
 names ("ACCEPT", "NAT_GATEWAY"), which is also what the Elasticsearch mapping stores."""
 
-_ENUM_PREFIX = {"action": "ACTION_", "log_status": "LOG_STATUS_", "direction": "DIRECTION_",
-                "resource_type": "RESOURCE_TYPE_", "rule_kind": "RULE_KIND_"}
+_ENUM_PREFIX = {
+    "action": "ACTION_",
+    "log_status": "LOG_STATUS_",
+    "direction": "DIRECTION_",
+    "resource_type": "RESOURCE_TYPE_",
+    "rule_kind": "RULE_KIND_",
+}
 
 
 def _build_fields() -> dict[str, FieldSpec]:
@@ -205,10 +220,14 @@ def _build_fields() -> dict[str, FieldSpec]:
         FieldSpec("start_time", Kind.TIME, ("start_time",)),
         FieldSpec("end_time", Kind.TIME, ("end_time",)),
     ]
-    specs += [FieldSpec(name, Kind.ENUM, (name,), enum=cls, enum_prefix=_ENUM_PREFIX[name])
-              for name, cls in ENUM_FIELDS.items()]
-    specs += [FieldSpec(name, Kind.STRING, (name,))
-              for name in ("flow_log_id", "resource_id", "network_id", "record_id", "log_store", "rule_id")]
+    specs += [
+        FieldSpec(name, Kind.ENUM, (name,), enum=cls, enum_prefix=_ENUM_PREFIX[name])
+        for name, cls in ENUM_FIELDS.items()
+    ]
+    specs += [
+        FieldSpec(name, Kind.STRING, (name,))
+        for name in ("flow_log_id", "resource_id", "network_id", "record_id", "log_store", "rule_id")
+    ]
     return {s.name: s for s in specs}
 
 
@@ -220,6 +239,7 @@ assert all(c in RECORD_FIELDS for s in FIELDS.values() for c in s.columns)
 # Errors
 # --------------------------------------------------------------------------------------------
 
+
 def _fail(pos: int, message: str) -> InvalidArgument:
     return InvalidArgument(FieldViolation("filter", f"at position {pos}: {message}"))
 
@@ -227,6 +247,7 @@ def _fail(pos: int, message: str) -> InvalidArgument:
 # --------------------------------------------------------------------------------------------
 # Lexer
 # --------------------------------------------------------------------------------------------
+
 
 class TokenType(enum.Enum):
     WORD = "word"
@@ -278,8 +299,7 @@ def _check_char(ch: str, pos: int) -> None:
     """Control, formatting (bidi overrides), surrogate, private and unassigned characters have
     no place in a filter and can make the text display differently from what it means."""
     if unicodedata.category(ch) in _FORBIDDEN_CATEGORIES:
-        raise _fail(pos, f"unexpected character U+{ord(ch):04X}; control and formatting "
-                         "characters are not allowed")
+        raise _fail(pos, f"unexpected character U+{ord(ch):04X}; control and formatting characters are not allowed")
 
 
 def tokenize(text: str) -> list[Token]:
@@ -291,22 +311,29 @@ def tokenize(text: str) -> list[Token]:
         if _is_space(ch):
             i += 1
         elif ch == "(":
-            tokens.append(Token(TokenType.LPAREN, ch, pos)); i += 1
+            tokens.append(Token(TokenType.LPAREN, ch, pos))
+            i += 1
         elif ch == ")":
-            tokens.append(Token(TokenType.RPAREN, ch, pos)); i += 1
+            tokens.append(Token(TokenType.RPAREN, ch, pos))
+            i += 1
         elif ch == ",":
-            tokens.append(Token(TokenType.COMMA, ch, pos)); i += 1
+            tokens.append(Token(TokenType.COMMA, ch, pos))
+            i += 1
         elif ch in "<>":
             if text.startswith("=", i + 1):
-                tokens.append(Token(TokenType.OP, ch + "=", pos)); i += 2
+                tokens.append(Token(TokenType.OP, ch + "=", pos))
+                i += 2
             else:
-                tokens.append(Token(TokenType.OP, ch, pos)); i += 1
+                tokens.append(Token(TokenType.OP, ch, pos))
+                i += 1
         elif ch == "=":
-            tokens.append(Token(TokenType.OP, "=", pos)); i += 1
+            tokens.append(Token(TokenType.OP, "=", pos))
+            i += 1
         elif ch == "!":
             if not text.startswith("=", i + 1):
                 raise _fail(pos, "expected '!=' (use NOT to negate a condition)")
-            tokens.append(Token(TokenType.OP, "!=", pos)); i += 2
+            tokens.append(Token(TokenType.OP, "!=", pos))
+            i += 2
         elif ch in "\"'":
             out: list[str] = []
             j = i + 1
@@ -317,11 +344,13 @@ def tokenize(text: str) -> list[Token]:
                 _check_char(c, j + 1)
                 if c == "\\" and j + 1 < n:
                     _check_char(text[j + 1], j + 2)
-                    out.append(text[j + 1]); j += 2
+                    out.append(text[j + 1])
+                    j += 2
                 elif c == ch:
                     break
                 else:
-                    out.append(c); j += 1
+                    out.append(c)
+                    j += 1
             tokens.append(Token(TokenType.STRING, "".join(out), pos))
             i = j + 1
         else:
@@ -344,7 +373,8 @@ _DIGITS = re.compile(r"[0-9]{1,30}")
 _PREFIX = re.compile(r"[0-9]{1,3}")
 _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
-    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))")
+    r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
@@ -394,8 +424,7 @@ def _parse_int(tok: Token, spec: FieldSpec) -> int:
         return named
     if not _DIGITS.fullmatch(text):
         if spec.names:
-            expected = (f"a protocol number {spec.minimum}-{spec.maximum} or a name "
-                        f"({', '.join(PROTOCOL_HINT)})")
+            expected = f"a protocol number {spec.minimum}-{spec.maximum} or a name ({', '.join(PROTOCOL_HINT)})"
         else:
             expected = f"a number {spec.minimum}-{spec.maximum}"
         raise _fail(tok.pos, f"expected {expected} for {spec.name}, found {tok.describe()}")
@@ -407,8 +436,7 @@ def _parse_int(tok: Token, spec: FieldSpec) -> int:
 
 def _parse_time(tok: Token, spec: FieldSpec) -> int:
     text = tok.text
-    expected = (f"expected an RFC 3339 timestamp like 2026-11-25T10:00:00Z or epoch milliseconds "
-                f"for {spec.name}")
+    expected = f"expected an RFC 3339 timestamp like 2026-11-25T10:00:00Z or epoch milliseconds for {spec.name}"
     if _DIGITS.fullmatch(text):
         if int(text) > MAX_TIME_MS:
             raise _fail(tok.pos, f"{expected}; {_shorten(text)} is out of range")
@@ -426,8 +454,7 @@ def _parse_time(tok: Token, spec: FieldSpec) -> int:
             if int(off_h) > 23 or int(off_m) > 59:
                 raise ValueError("offset")
             offset = timedelta(hours=int(off_h), minutes=int(off_m)) * (-1 if sign == "-" else 1)
-        moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
-                          tzinfo=timezone(offset))
+        moment = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=timezone(offset))
         ms = (moment - _EPOCH) // timedelta(milliseconds=1) + int((frac + "000")[:3])
     except (ValueError, OverflowError):
         raise _fail(tok.pos, f"{expected}; {_shorten(text)} is not a valid date and time") from None
@@ -440,12 +467,11 @@ def _parse_enum(tok: Token, spec: FieldSpec) -> int:
     assert spec.enum is not None
     name = tok.text.upper()
     if name.startswith(spec.enum_prefix):
-        name = name[len(spec.enum_prefix):]
+        name = name[len(spec.enum_prefix) :]
     member = spec.enum.__members__.get(name)
     if member is None:
         choices = [m.name for m in spec.enum if m.value != 0]
-        raise _fail(tok.pos, f"unknown {spec.name} {_shorten(tok.text)!r} (expected one of "
-                             f"{', '.join(choices)})")
+        raise _fail(tok.pos, f"unknown {spec.name} {_shorten(tok.text)!r} (expected one of {', '.join(choices)})")
     return int(member)
 
 
@@ -464,6 +490,7 @@ def _parse_value(tok: Token, spec: FieldSpec) -> Value:
 # --------------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------------
+
 
 class _Parser:
     """Recursive descent; recursion is bounded by MAX_DEPTH, long AND/OR chains are loops."""
@@ -486,8 +513,7 @@ class _Parser:
     def enter(self, tok: Token) -> None:
         self.depth += 1
         if self.depth > MAX_DEPTH:
-            raise _fail(tok.pos, f"filter nested too deeply (at most {MAX_DEPTH} levels of "
-                                 "parentheses and NOT)")
+            raise _fail(tok.pos, f"filter nested too deeply (at most {MAX_DEPTH} levels of parentheses and NOT)")
 
     def parse(self) -> Expr:
         expr = self.parse_or()
@@ -524,8 +550,9 @@ class _Parser:
             self.advance()
             expr = self.parse_or()
             if self.tok.type is not TokenType.RPAREN:
-                raise _fail(self.tok.pos, f"expected ')' to close '(' at position {tok.pos}, "
-                                          f"found {self.tok.describe()}")
+                raise _fail(
+                    self.tok.pos, f"expected ')' to close '(' at position {tok.pos}, found {self.tok.describe()}"
+                )
             self.advance()
             self.depth -= 1
             return expr
@@ -554,8 +581,11 @@ class _Parser:
         tok = self.advance()
         if tok.type is TokenType.OP:
             if tok.text not in EQUALITY_OPS and not spec.ordered:
-                raise _fail(tok.pos, f"operator '{tok.text}' cannot be used with {spec.name}; "
-                                     f"{spec.kind.value} fields take =, !=, IN or NOT IN")
+                raise _fail(
+                    tok.pos,
+                    f"operator '{tok.text}' cannot be used with {spec.name}; "
+                    f"{spec.kind.value} fields take =, !=, IN or NOT IN",
+                )
             value = self.parse_value(spec, f"'{tok.text}'")
             return Compare(spec.name, tok.text, value)  # type: ignore[arg-type]
         negated = False
@@ -566,8 +596,9 @@ class _Parser:
                 raise _fail(tok.pos, f"expected IN after {spec.name} NOT, found {tok.describe()}")
         if tok.keyword() == "IN":
             return self.parse_list(spec, negated)
-        raise _fail(tok.pos, f"expected an operator (=, !=, <, <=, >, >=, IN, NOT IN) after "
-                             f"{spec.name}, found {tok.describe()}")
+        raise _fail(
+            tok.pos, f"expected an operator (=, !=, <, <=, >, >=, IN, NOT IN) after {spec.name}, found {tok.describe()}"
+        )
 
     def parse_list(self, spec: FieldSpec, negated: bool) -> InList:
         keyword = "NOT IN" if negated else "IN"
@@ -584,8 +615,10 @@ class _Parser:
             if tok.type is TokenType.RPAREN:
                 break
             if tok.type is not TokenType.COMMA:
-                raise _fail(tok.pos, f"expected ',' or ')' in {keyword} list opened at position "
-                                     f"{open_tok.pos}, found {tok.describe()}")
+                raise _fail(
+                    tok.pos,
+                    f"expected ',' or ')' in {keyword} list opened at position {open_tok.pos}, found {tok.describe()}",
+                )
             after = "','"
         return InList(spec.name, tuple(dict.fromkeys(values)), negated)
 
@@ -605,8 +638,9 @@ def parse(text: str) -> Expr | None:
     if not isinstance(text, str):
         raise _fail(1, "the filter must be text")
     if len(text) > MAX_FILTER_LENGTH:
-        raise _fail(MAX_FILTER_LENGTH + 1, f"filter is {len(text)} characters long; at most "
-                                           f"{MAX_FILTER_LENGTH} are allowed")
+        raise _fail(
+            MAX_FILTER_LENGTH + 1, f"filter is {len(text)} characters long; at most {MAX_FILTER_LENGTH} are allowed"
+        )
     tokens = tokenize(text)
     if len(tokens) == 1:
         return None
@@ -616,6 +650,7 @@ def parse(text: str) -> Expr | None:
 # --------------------------------------------------------------------------------------------
 # Tree helpers
 # --------------------------------------------------------------------------------------------
+
 
 def iter_leaves(expr: Expr | None) -> Iterator[Leaf]:
     """Every Compare/InList of the tree, left to right."""
@@ -639,8 +674,7 @@ def fields_used(expr: Expr | None) -> frozenset[str]:
 def format_time(ms: int) -> str:
     """Epoch ms as RFC 3339 UTC with milliseconds (what parse() reads back)."""
     m = _EPOCH + timedelta(milliseconds=ms)
-    return (f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}"
-            f".{ms % 1000:03d}Z")
+    return f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:{m.second:02d}.{ms % 1000:03d}Z"
 
 
 def _format_value(field_name: str, value: Value) -> str:
@@ -686,8 +720,12 @@ Predicate = Callable[[FlowRecord], bool]
 AddressKey = tuple[int, int]  # (4 or 6, integer value)
 
 _OP_FUNCS: dict[str, Callable[[Any, Any], Any]] = {
-    "=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
-    ">": operator.gt, ">=": operator.ge,
+    "=": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
 }
 
 
@@ -711,8 +749,7 @@ def address_key(text: str) -> AddressKey | None:
 
 def _address_matcher(nets: tuple[Network, ...]) -> Callable[[AddressKey], bool]:
     hosts = frozenset((n.version, int(n.network_address)) for n in nets if is_host(n))
-    ranges = tuple((n.version, int(n.network_address), int(n.broadcast_address))
-                   for n in nets if not is_host(n))
+    ranges = tuple((n.version, int(n.network_address), int(n.broadcast_address)) for n in nets if not is_host(n))
 
     def match(key: AddressKey) -> bool:
         if key in hosts:
@@ -738,27 +775,33 @@ def _compile_address(leaf: Leaf) -> Predicate:
     if len(idx) == 1:
         (i,) = idx
         if negative:
+
             def single_neg(r: FlowRecord) -> bool:
                 k = key(r[i])
                 return k is not None and not match(k)
+
             return single_neg
 
         def single_pos(r: FlowRecord) -> bool:
             k = key(r[i])
             return k is not None and match(k)
+
         return single_pos
     i, j = idx
     if negative:
+
         def either_neg(r: FlowRecord) -> bool:
             a, b = key(r[i]), key(r[j])
             if a is None and b is None:
                 return False
             return not ((a is not None and match(a)) or (b is not None and match(b)))
+
         return either_neg
 
     def either_pos(r: FlowRecord) -> bool:
         a, b = key(r[i]), key(r[j])
         return (a is not None and match(a)) or (b is not None and match(b))
+
     return either_pos
 
 
@@ -797,11 +840,13 @@ def _compile(expr: Expr) -> Predicate:
         return lambda r: not inner(r)
     parts = tuple(_compile(i) for i in expr.items)
     if isinstance(expr, And):
+
         def all_of(r: FlowRecord) -> bool:
             for p in parts:
                 if not p(r):
                     return False
             return True
+
         return all_of
 
     def any_of(r: FlowRecord) -> bool:
@@ -809,6 +854,7 @@ def _compile(expr: Expr) -> Predicate:
             if p(r):
                 return True
         return False
+
     return any_of
 
 

@@ -25,6 +25,7 @@ What the traffic looks like, per resource type (see `_TYPE_PROFILES`):
   the type's `default_rules` when it has none; every record names the rule that decided it
   (`rule_id`, `rule_kind`; `default-deny` / RULE_KIND_DEFAULT when no rule matched).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,6 @@ from bisect import bisect
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
-
 from typing import Any, Callable, Iterator
 
 from server.core.model import (
@@ -88,8 +88,32 @@ _MAX_PPS_PER_MS = 50
 IDLE_PROBABILITY = 0.02
 
 # Traffic by hour of day (UTC+8: the product's regions live there), applied to the flow count.
-_DIURNAL = (0.55, 0.45, 0.4, 0.35, 0.35, 0.4, 0.5, 0.7, 0.9, 1.05, 1.15, 1.2,
-            1.2, 1.2, 1.25, 1.25, 1.2, 1.15, 1.15, 1.25, 1.35, 1.35, 1.1, 0.8)
+_DIURNAL = (
+    0.55,
+    0.45,
+    0.4,
+    0.35,
+    0.35,
+    0.4,
+    0.5,
+    0.7,
+    0.9,
+    1.05,
+    1.15,
+    1.2,
+    1.2,
+    1.2,
+    1.25,
+    1.25,
+    1.2,
+    1.15,
+    1.15,
+    1.25,
+    1.35,
+    1.35,
+    1.1,
+    0.8,
+)
 
 
 @dataclass(frozen=True)
@@ -127,24 +151,110 @@ _SVC = {
 }
 
 _MIXES: dict[str, dict[str, float]] = {
-    "internet-in": {"https": 30, "http": 12, "ssh": 6, "rdp": 4, "http-alt": 3, "mysql": 2,
-                    "postgres": 1, "redis": 1, "icmp": 5, "dns": 2, "ntp": 1, "ike": 1, "nat-t": 1,
-                    "gre": 0.2, "esp": 0.2, "sctp": 0.1},
-    "internet-out": {"https": 45, "http": 10, "dns": 15, "ntp": 4, "ssh": 2, "icmp": 3,
-                     "http-alt": 2, "nat-t": 0.3, "gre": 0.1, "esp": 0.1, "sctp": 0.05},
-    "private-in": {"https": 15, "http": 8, "ssh": 8, "mysql": 10, "postgres": 8, "redis": 8,
-                   "http-alt": 8, "rdp": 3, "dns": 6, "ntp": 2, "icmp": 6, "gre": 0.3, "esp": 0.3,
-                   "sctp": 0.2},
-    "private-out": {"https": 20, "http": 8, "ssh": 6, "mysql": 10, "postgres": 8, "redis": 8,
-                    "http-alt": 6, "dns": 10, "ntp": 3, "icmp": 5, "gre": 0.2, "esp": 0.2,
-                    "sctp": 0.2},
-    "vpn-internet-in": {"ike": 15, "nat-t": 25, "esp": 10, "https": 15, "openvpn": 10, "ssh": 2,
-                        "rdp": 2, "icmp": 4, "http": 2},
-    "vpn-private-in": {"ssh": 15, "rdp": 12, "https": 15, "http": 6, "mysql": 6, "postgres": 4,
-                       "redis": 2, "dns": 8, "icmp": 6, "http-alt": 4, "esp": 0.5, "sctp": 0.1},
-    "dcgw-private-in": {"https": 15, "http": 8, "ssh": 8, "mysql": 10, "postgres": 8, "redis": 6,
-                        "http-alt": 6, "dns": 6, "ntp": 2, "icmp": 6, "gre": 4, "bgp": 2,
-                        "rdp": 2, "esp": 0.3, "sctp": 0.2},
+    "internet-in": {
+        "https": 30,
+        "http": 12,
+        "ssh": 6,
+        "rdp": 4,
+        "http-alt": 3,
+        "mysql": 2,
+        "postgres": 1,
+        "redis": 1,
+        "icmp": 5,
+        "dns": 2,
+        "ntp": 1,
+        "ike": 1,
+        "nat-t": 1,
+        "gre": 0.2,
+        "esp": 0.2,
+        "sctp": 0.1,
+    },
+    "internet-out": {
+        "https": 45,
+        "http": 10,
+        "dns": 15,
+        "ntp": 4,
+        "ssh": 2,
+        "icmp": 3,
+        "http-alt": 2,
+        "nat-t": 0.3,
+        "gre": 0.1,
+        "esp": 0.1,
+        "sctp": 0.05,
+    },
+    "private-in": {
+        "https": 15,
+        "http": 8,
+        "ssh": 8,
+        "mysql": 10,
+        "postgres": 8,
+        "redis": 8,
+        "http-alt": 8,
+        "rdp": 3,
+        "dns": 6,
+        "ntp": 2,
+        "icmp": 6,
+        "gre": 0.3,
+        "esp": 0.3,
+        "sctp": 0.2,
+    },
+    "private-out": {
+        "https": 20,
+        "http": 8,
+        "ssh": 6,
+        "mysql": 10,
+        "postgres": 8,
+        "redis": 8,
+        "http-alt": 6,
+        "dns": 10,
+        "ntp": 3,
+        "icmp": 5,
+        "gre": 0.2,
+        "esp": 0.2,
+        "sctp": 0.2,
+    },
+    "vpn-internet-in": {
+        "ike": 15,
+        "nat-t": 25,
+        "esp": 10,
+        "https": 15,
+        "openvpn": 10,
+        "ssh": 2,
+        "rdp": 2,
+        "icmp": 4,
+        "http": 2,
+    },
+    "vpn-private-in": {
+        "ssh": 15,
+        "rdp": 12,
+        "https": 15,
+        "http": 6,
+        "mysql": 6,
+        "postgres": 4,
+        "redis": 2,
+        "dns": 8,
+        "icmp": 6,
+        "http-alt": 4,
+        "esp": 0.5,
+        "sctp": 0.1,
+    },
+    "dcgw-private-in": {
+        "https": 15,
+        "http": 8,
+        "ssh": 8,
+        "mysql": 10,
+        "postgres": 8,
+        "redis": 6,
+        "http-alt": 6,
+        "dns": 6,
+        "ntp": 2,
+        "icmp": 6,
+        "gre": 4,
+        "bgp": 2,
+        "rdp": 2,
+        "esp": 0.3,
+        "sctp": 0.2,
+    },
 }
 
 
@@ -169,15 +279,43 @@ _TYPE_PROFILES: dict[ResourceType, _TypeProfile] = {
     ResourceType.IPV6_GATEWAY: _TypeProfile(60, 0.0, 0.9, 0.5, 0.2, _IN, _OUT, _PIN, _POUT),
     ResourceType.PEERING_CONNECTION: _TypeProfile(80, 1.0, 1.0, 0.5, 0.03, _IN, _OUT, _PIN, _POUT),
     ResourceType.DEDICATED_GATEWAY: _TypeProfile(100, 0.97, 0.97, 0.5, 0.03, _IN, _OUT, "dcgw-private-in", _POUT),
-    ResourceType.SSL_VPN_GATEWAY: _TypeProfile(40, 0.0, 1.0, 0.4, 0.15, "vpn-internet-in", _OUT, "vpn-private-in",
-                                               _POUT),
+    ResourceType.SSL_VPN_GATEWAY: _TypeProfile(
+        40, 0.0, 1.0, 0.4, 0.15, "vpn-internet-in", _OUT, "vpn-private-in", _POUT
+    ),
     ResourceType.CSN: _TypeProfile(100, 1.0, 1.0, 0.5, 0.03, _IN, _OUT, _PIN, _POUT),
 }
 _FALLBACK_PROFILE = _TYPE_PROFILES[ResourceType.EIP]
 
 # Ports scanners knock on first.
-_SCAN_PORTS = (21, 22, 23, 25, 53, 80, 110, 135, 139, 143, 443, 445, 993, 995, 1433, 1521, 2375,
-               3306, 3389, 5432, 5900, 6379, 8080, 8443, 9200, 11211, 27017)
+_SCAN_PORTS = (
+    21,
+    22,
+    23,
+    25,
+    53,
+    80,
+    110,
+    135,
+    139,
+    143,
+    443,
+    445,
+    993,
+    995,
+    1433,
+    1521,
+    2375,
+    3306,
+    3389,
+    5432,
+    5900,
+    6379,
+    8080,
+    8443,
+    9200,
+    11211,
+    27017,
+)
 _SWEEP_PORTS = (22, 23, 445, 3389, 6379, 2375)
 
 # First octets of public IPv4 space: everything in 1-223 except ranges that hold private or
@@ -186,8 +324,20 @@ _SWEEP_PORTS = (22, 23, 445, 3389, 6379, 2375)
 _PUBLIC_V4_FIRST = tuple(o for o in range(1, 224) if o not in (10, 100, 127, 169, 172, 192, 198, 203))
 # /32s of well-known IPv6 allocations (CDNs, clouds, carriers): all inside 2000::/3, none of
 # them special-purpose.
-_PUBLIC_V6_PREFIXES = (0x2400CB00, 0x24046800, 0x240E0000, 0x24088000, 0x24098000, 0x2A001450,
-                       0x2A032880, 0x26064700, 0x26001F18, 0x20014860, 0x2A020000, 0x28040000)
+_PUBLIC_V6_PREFIXES = (
+    0x2400CB00,
+    0x24046800,
+    0x240E0000,
+    0x24088000,
+    0x24098000,
+    0x2A001450,
+    0x2A032880,
+    0x26064700,
+    0x26001F18,
+    0x20014860,
+    0x2A020000,
+    0x28040000,
+)
 
 # Address entries: (canonical text, integer value, IP version).
 _Addr = tuple[str, int, int]
@@ -196,8 +346,9 @@ _Local = tuple[str, int, int, float]
 
 # The ranges VPCs are built from. Documentation ranges (TEST-NET, 2001:db8::/32) are not among
 # them on purpose: demo inventories use them to stand for public addresses.
-_VPC_RANGES = tuple(ipaddress.ip_network(n) for n in
-                    ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"))
+_VPC_RANGES = tuple(
+    ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
 
 
 def _is_vpc_range(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
@@ -215,8 +366,7 @@ def _v6_text(n: int) -> str:
 def _fresh_public(rnd: random.Random, version: int) -> _Addr:
     r = rnd.random
     if version == 4:
-        n = ((_PUBLIC_V4_FIRST[int(r() * len(_PUBLIC_V4_FIRST))] << 24) | (int(r() * 65536) << 8)
-             | (1 + int(r() * 254)))
+        n = (_PUBLIC_V4_FIRST[int(r() * len(_PUBLIC_V4_FIRST))] << 24) | (int(r() * 65536) << 8) | (1 + int(r() * 254))
         return _v4_text(n), n, 4
     prefix = _PUBLIC_V6_PREFIXES[int(r() * len(_PUBLIC_V6_PREFIXES))]
     n = (prefix << 96) | (rnd.getrandbits(32) << 64) | rnd.getrandbits(64) | 1
@@ -255,16 +405,19 @@ def _private_nets(rnd: random.Random, version: int, local_nets: list[Any]) -> li
     172.16/12 and 192.168/16 (so rules that trust only some of them have something to refuse),
     for IPv6 three in fd00::/8; none overlapping the resource's own addresses (a peered VPC
     never shares the local range)."""
+
     def candidates() -> Iterator[Callable[[], ipaddress.IPv4Network | ipaddress.IPv6Network]]:
         if version == 4:
             yield lambda: ipaddress.IPv4Network((10 << 24 | rnd.randrange(256) << 16, 16))
-            yield lambda: ipaddress.IPv4Network(((172 << 24) | ((16 + rnd.randrange(16)) << 16)
-                                                 | (rnd.randrange(16) << 12), 20))
+            yield lambda: ipaddress.IPv4Network(
+                ((172 << 24) | ((16 + rnd.randrange(16)) << 16) | (rnd.randrange(16) << 12), 20)
+            )
             yield lambda: ipaddress.IPv4Network((192 << 24 | 168 << 16 | rnd.randrange(256) << 8, 24))
         else:
             for _ in range(3):
-                yield lambda: ipaddress.IPv6Network(((0xFD << 120) | (rnd.getrandbits(40) << 80)
-                                                     | (rnd.getrandbits(16) << 64), 64))
+                yield lambda: ipaddress.IPv6Network(
+                    ((0xFD << 120) | (rnd.getrandbits(40) << 80) | (rnd.getrandbits(16) << 64), 64)
+                )
 
     nets: list[_Net] = []
     own = [local for local in local_nets if local.version == version]
@@ -277,8 +430,9 @@ def _private_nets(rnd: random.Random, version: int, local_nets: list[Any]) -> li
     return nets
 
 
-def _local_hosts(net: ipaddress.IPv4Network | ipaddress.IPv6Network, rnd: random.Random,
-                 tp: _TypeProfile) -> list[_Local]:
+def _local_hosts(
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network, rnd: random.Random, tp: _TypeProfile
+) -> list[_Local]:
     """The local hosts flows use inside one of the resource's addresses (a lone IP is itself).
 
     A private local address (the inside of a NAT or VPN gateway) talks to private peers; a
@@ -335,8 +489,7 @@ class _Profile:
             except ValueError:
                 continue  # not an address: the API validates; the generator just skips it
         self.locals: list[list[_Local]] = [_local_hosts(net, rnd, tp) for net in nets]
-        self.families: dict[int, _Family] = {
-            v: _Family(v, rnd, nets) for v in sorted({net.version for net in nets})}
+        self.families: dict[int, _Family] = {v: _Family(v, rnd, nets) for v in sorted({net.version for net in nets})}
         # version -> [service table] indexed by private * 2 + egress
         mixes = (tp.internet_in, tp.internet_out, tp.private_in, tp.private_out)
         self.tables = {v: [_kinds(_MIXES[m], v) for m in mixes] for v in (4, 6)}
@@ -355,18 +508,44 @@ def _stable_int(*parts: object) -> int:
 
 def nodata_record(flow_log: FlowLog, window_start_ms: int, window_ms: int) -> FlowRecord:
     """The one LOG_STATUS_NODATA record that stands for a window without (kept) traffic."""
-    return with_id(FlowRecord(
-        "", RECORD_VERSION, flow_log.account_id, flow_log.id, flow_log.region, flow_log.project,
-        flow_log.log_store, int(flow_log.resource_type), flow_log.resource_id, flow_log.network_id,
-        "", "", 0, 0, 0, 0, 0, window_start_ms, window_start_ms + window_ms - 1,
-        int(Action.UNSPECIFIED), int(LogStatus.NODATA), int(Direction.UNSPECIFIED), 0, "", 0, 0))
+    return with_id(
+        FlowRecord(
+            "",
+            RECORD_VERSION,
+            flow_log.account_id,
+            flow_log.id,
+            flow_log.region,
+            flow_log.project,
+            flow_log.log_store,
+            int(flow_log.resource_type),
+            flow_log.resource_id,
+            flow_log.network_id,
+            "",
+            "",
+            0,
+            0,
+            0,
+            0,
+            0,
+            window_start_ms,
+            window_start_ms + window_ms - 1,
+            int(Action.UNSPECIFIED),
+            int(LogStatus.NODATA),
+            int(Direction.UNSPECIFIED),
+            0,
+            "",
+            0,
+            0,
+        )
+    )
 
 
 _START_TIME = itemgetter(17)
 
 
-def generate_window(flow_log: FlowLog, resource: Resource, window_start_ms: int, window_ms: int,
-                    seed: int, intensity: float = 1.0) -> list[FlowRecord]:
+def generate_window(
+    flow_log: FlowLog, resource: Resource, window_start_ms: int, window_ms: int, seed: int, intensity: float = 1.0
+) -> list[FlowRecord]:
     """The flow records of one flow log for the window [window_start_ms, +window_ms).
 
     Deterministic for (resource, window, seed, intensity); record ids follow from the fields.
@@ -427,15 +606,24 @@ class _Window:
         "ws",
     )
 
-    def __init__(self, fl: FlowLog, ws: int, wms: int, keep_accept: bool, keep_reject: bool,
-                 out: list[Any], seen: set[Any]) -> None:
+    def __init__(
+        self, fl: FlowLog, ws: int, wms: int, keep_accept: bool, keep_reject: bool, out: list[Any], seen: set[Any]
+    ) -> None:
         self.fl, self.ws, self.wms, self.last = fl, ws, wms, ws + wms - 1
         self.keep_accept, self.keep_reject = keep_accept, keep_reject
         self.out, self.seen = out, seen
         self.max_packets = max(100, wms * _MAX_PPS_PER_MS)
         # The constant leading fields of every record of this flow log.
-        self.head = (fl.account_id, fl.id, fl.region, fl.project, fl.log_store,
-                     int(fl.resource_type), fl.resource_id, fl.network_id)
+        self.head = (
+            fl.account_id,
+            fl.id,
+            fl.region,
+            fl.project,
+            fl.log_store,
+            int(fl.resource_type),
+            fl.resource_id,
+            fl.network_id,
+        )
 
 
 def _flows(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
@@ -450,9 +638,18 @@ def _flows(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
     p_egress = tp.p_egress
     per_version = {}
     for ver, fam in profile.families.items():
-        per_version[ver] = (fam.top, len(fam.top), fam.regular, len(fam.regular), fam.private_hosts,
-                            len(fam.private_hosts), fam.private_nets, len(fam.private_nets),
-                            profile.tables[ver], bool(fam.private_nets))
+        per_version[ver] = (
+            fam.top,
+            len(fam.top),
+            fam.regular,
+            len(fam.regular),
+            fam.private_hosts,
+            len(fam.private_hosts),
+            fam.private_nets,
+            len(fam.private_nets),
+            profile.tables[ver],
+            bool(fam.private_nets),
+        )
     decide = profile.rules.decision_int
     ws, wms, last = ctx.ws, ctx.wms, ctx.last
     keep_accept, keep_reject = ctx.keep_accept, ctx.keep_reject
@@ -466,13 +663,22 @@ def _flows(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
     for _ in range(n):
         hosts = locals_[int(r() * n_locals)] if n_locals > 1 else locals_[0]
         ltext, _lint, ver, p_private = hosts[int(r() * len(hosts))]
-        (top, n_top, regular, n_regular, private_hosts, n_private_hosts, private_nets,
-         n_private_nets, tables, has_private) = per_version[ver]
+        (
+            top,
+            n_top,
+            regular,
+            n_regular,
+            private_hosts,
+            n_private_hosts,
+            private_nets,
+            n_private_nets,
+            tables,
+            has_private,
+        ) = per_version[ver]
         private = r() < p_private and has_private
         egress = r() < p_egress
         items, cum, total = tables[2 * private + egress]
-        proto, port, size_lo, size_span, neg_inv_alpha, min_packets, client_mode = \
-            items[bisect(cum, r() * total)]
+        proto, port, size_lo, size_span, neg_inv_alpha, min_packets, client_mode = items[bisect(cum, r() * total)]
         # The peer.
         u = r()
         if private:
@@ -547,9 +753,36 @@ def _flows(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
         if rid in seen:
             continue
         seen_add(rid)
-        out_append(new(rid, version, acct, flid, region, project, store, rtype, res_id, net_id,
-                       src, dst, sport, dport, proto, packets, nbytes, start, end, action, 1,
-                       direction, flags, rule_id, rule_kind, 0))
+        out_append(
+            new(
+                rid,
+                version,
+                acct,
+                flid,
+                region,
+                project,
+                store,
+                rtype,
+                res_id,
+                net_id,
+                src,
+                dst,
+                sport,
+                dport,
+                proto,
+                packets,
+                nbytes,
+                start,
+                end,
+                action,
+                1,
+                direction,
+                flags,
+                rule_id,
+                rule_kind,
+                0,
+            )
+        )
 
 
 def _scan(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
@@ -615,9 +848,36 @@ def _scan(ctx: _Window, profile: _Profile, rnd: random.Random, n: int) -> None:
         if rid in seen:
             continue
         seen.add(rid)
-        ctx.out.append(FlowRecord(rid, RECORD_VERSION, acct, flid, region, project, store, rtype,
-                                  res_id, net_id, ptext, dst, sport, port, proto, packets, nbytes,
-                                  start, end, action, _OK, _INGRESS, flags, rule_id, rule_kind, 0))
+        ctx.out.append(
+            FlowRecord(
+                rid,
+                RECORD_VERSION,
+                acct,
+                flid,
+                region,
+                project,
+                store,
+                rtype,
+                res_id,
+                net_id,
+                ptext,
+                dst,
+                sport,
+                port,
+                proto,
+                packets,
+                nbytes,
+                start,
+                end,
+                action,
+                _OK,
+                _INGRESS,
+                flags,
+                rule_id,
+                rule_kind,
+                0,
+            )
+        )
 
 
 def expected_flows_per_minute(resource_type: ResourceType | int) -> float:

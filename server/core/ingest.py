@@ -9,6 +9,7 @@ gets it from the flow log's resource addresses (server.core.attribution: destina
 INGRESS, else source -> EGRESS, else it stays unspecified), before its record_id is computed,
 so the id is the same as if the collector had sent that direction.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,10 +21,19 @@ from typing import Any, Iterable, Sequence
 from server.core import rules
 from server.core.attribution import AddressMatcher
 from server.core.errors import FailedPrecondition, InvalidArgument, NotFound
-from server.core.model import FlowLog, FlowLogState, FlowRecord, RECORD_VERSION, RuleKind
+from server.core.model import RECORD_VERSION, FlowLog, FlowLogState, FlowRecord, RuleKind
 from server.core.ports import MetadataStore
-from server.core.records import (MAX_FUTURE_MS, MAX_PAST_MS, MAX_U64, MAX_WINDOW_MS, ZONE_REFUSED, canonical_address,
-                                 check_record, record_id, record_ids)
+from server.core.records import (
+    MAX_FUTURE_MS,
+    MAX_PAST_MS,
+    MAX_U64,
+    MAX_WINDOW_MS,
+    ZONE_REFUSED,
+    canonical_address,
+    check_record,
+    record_id,
+    record_ids,
+)
 
 
 @dataclass(frozen=True)
@@ -38,7 +48,9 @@ def flow_log_for_ingest(metadata: MetadataStore, account: str, flow_log_id: str)
     try:
         rules.check_flow_log_id(flow_log_id)
     except InvalidArgument:
-        raise InvalidArgument.field("flow_log_id", f"{flow_log_id[:40]!r} is not a flow log id ('fl-' and 8-32 lowercase letters or digits)") from None
+        raise InvalidArgument.field(
+            "flow_log_id", f"{flow_log_id[:40]!r} is not a flow log id ('fl-' and 8-32 lowercase letters or digits)"
+        ) from None
     with metadata.transaction() as tx:
         fl = tx.get_flow_log(account, flow_log_id)
     if fl is None:
@@ -62,8 +74,9 @@ _NO_MATCHER = AddressMatcher(())
 RAW_FIELDS = 19
 
 
-def accept(fl: FlowLog, raw: Iterable[tuple[Any, ...]], first_index: int, now_ms: int,
-           matcher: AddressMatcher | None = None) -> tuple[list[FlowRecord], list[Rejection]]:
+def accept(
+    fl: FlowLog, raw: Iterable[tuple[Any, ...]], first_index: int, now_ms: int, matcher: AddressMatcher | None = None
+) -> tuple[list[FlowRecord], list[Rejection]]:
     """Turn raw collector rows into stored records.
 
     `raw` yields tuples (record_id, account_id, flow_log_id, src_addr, dst_addr, src_port, dst_port, protocol,
@@ -76,8 +89,27 @@ def accept(fl: FlowLog, raw: Iterable[tuple[Any, ...]], first_index: int, now_ms
     account, fid = fl.account_id, fl.id
     head = stored_head(fl)
     matcher = matcher or _NO_MATCHER
-    for i, (rid, acc, flid, src, dst, sport, dport, proto, pkts, nbytes, start, end, action, status, direction,
-            flags, rule_id, rule_kind, sampling) in enumerate(raw, first_index):
+    for i, (
+        rid,
+        acc,
+        flid,
+        src,
+        dst,
+        sport,
+        dport,
+        proto,
+        pkts,
+        nbytes,
+        start,
+        end,
+        action,
+        status,
+        direction,
+        flags,
+        rule_id,
+        rule_kind,
+        sampling,
+    ) in enumerate(raw, first_index):
         if flid and flid != fid:
             bad.append(Rejection(i, "flow_log_id", f"record names flow log {flid[:40]!r} but the batch is for {fid}"))
             continue
@@ -97,15 +129,39 @@ def accept(fl: FlowLog, raw: Iterable[tuple[Any, ...]], first_index: int, now_ms
         if direction == 0 and src and dst:
             direction = matcher.direction(src, dst)
         # head: version .. network_id (mypy cannot count a starred tuple's fields)
-        rec = FlowRecord("", *head, src, dst, sport, dport, proto, pkts, nbytes, start, end,  # type: ignore[call-arg]
-                         action, status, direction, flags, rule_id, rule_kind, sampling)
+        rec = FlowRecord(
+            "",
+            *head,
+            src,
+            dst,
+            sport,
+            dport,
+            proto,
+            pkts,
+            nbytes,
+            start,
+            end,  # type: ignore[call-arg]
+            action,
+            status,
+            direction,
+            flags,
+            rule_id,
+            rule_kind,
+            sampling,
+        )
         problem = check_record(rec, now_ms)
         if problem is not None:
             bad.append(Rejection(i, problem.field, problem.reason))
             continue
         wanted = record_id(fid, src, dst, sport, dport, proto, direction, start, end)
         if rid and rid != wanted:
-            bad.append(Rejection(i, "record_id", "must be empty or the stable id of the flow window; leave it empty and the server computes it"))
+            bad.append(
+                Rejection(
+                    i,
+                    "record_id",
+                    "must be empty or the stable id of the flow window; leave it empty and the server computes it",
+                )
+            )
             continue
         ok.append(rec._replace(record_id=wanted))
     return ok, bad
@@ -114,8 +170,17 @@ def accept(fl: FlowLog, raw: Iterable[tuple[Any, ...]], first_index: int, now_ms
 def stored_head(fl: FlowLog) -> tuple[Any, ...]:
     """The stored fields every record of a flow log takes from it, in FlowRecord order (version
     through network_id): a collector's values for them are never kept."""
-    return (RECORD_VERSION, fl.account_id, fl.id, fl.region, fl.project, fl.log_store, int(fl.resource_type),
-            fl.resource_id, fl.network_id)
+    return (
+        RECORD_VERSION,
+        fl.account_id,
+        fl.id,
+        fl.region,
+        fl.project,
+        fl.log_store,
+        int(fl.resource_type),
+        fl.resource_id,
+        fl.network_id,
+    )
 
 
 class _Slow(Exception):
@@ -137,8 +202,9 @@ def _rule_ids_ok(rule_ids: Sequence[str]) -> bool:
     return True
 
 
-def accept_columns(fl: FlowLog, cols: Sequence[Sequence[Any]], first_index: int, now_ms: int,
-                   matcher: AddressMatcher | None = None) -> tuple[list[FlowRecord], list[Rejection]]:
+def accept_columns(
+    fl: FlowLog, cols: Sequence[Sequence[Any]], first_index: int, now_ms: int, matcher: AddressMatcher | None = None
+) -> tuple[list[FlowRecord], list[Rejection]]:
     """accept() of a batch given as 19 columns (accept()'s row fields, column by column).
 
     Same result as accept(fl, zip(*cols), ...), record for record: when every record of the batch
@@ -146,18 +212,46 @@ def accept_columns(fl: FlowLog, cols: Sequence[Sequence[Any]], first_index: int,
     record; as soon as one check fails anywhere in the batch, the whole batch goes through
     accept(), which finds the bad records and says why.
     """
-    (rids, accs, flids, srcs, dsts, sports, dports, protos, pkts, nbytes, starts, ends, actions, statuses,
-     directions, flags, rule_ids, rule_kinds, samplings) = cols
+    (
+        rids,
+        accs,
+        flids,
+        srcs,
+        dsts,
+        sports,
+        dports,
+        protos,
+        pkts,
+        nbytes,
+        starts,
+        ends,
+        actions,
+        statuses,
+        directions,
+        flags,
+        rule_ids,
+        rule_kinds,
+        samplings,
+    ) = cols
     if not starts:
         return [], []
     account, fid = fl.account_id, fl.id
     try:
         given = set(directions)
-        if not (set(flids) <= {"", fid} and set(accs) <= {"", account} and set(statuses) <= _OK_STATUSES
-                and set(actions) <= _ACTIONS and given <= _DIRECTIONS | {0}):
+        if not (
+            set(flids) <= {"", fid}
+            and set(accs) <= {"", account}
+            and set(statuses) <= _OK_STATUSES
+            and set(actions) <= _ACTIONS
+            and given <= _DIRECTIONS | {0}
+        ):
             raise _Slow
-        if not (set(rule_kinds) <= _RULE_KINDS and _rule_ids_ok(rule_ids)
-                and min(samplings) >= 0 and max(samplings) <= rules.SAMPLING_RATE_MAX):
+        if not (
+            set(rule_kinds) <= _RULE_KINDS
+            and _rule_ids_ok(rule_ids)
+            and min(samplings) >= 0
+            and max(samplings) <= rules.SAMPLING_RATE_MAX
+        ):
             raise _Slow
         src = list(map(canonical_address, srcs))  # ValueError: not an address
         dst = list(map(canonical_address, dsts))
@@ -173,8 +267,16 @@ def accept_columns(fl: FlowLog, cols: Sequence[Sequence[Any]], first_index: int,
             raise _Slow
         if list(map(contains, src, repeat(":"))) != list(map(contains, dst, repeat(":"))):
             raise _Slow
-        if (min(sports) < 0 or max(sports) > 65535 or min(dports) < 0 or max(dports) > 65535
-                or min(protos) < 0 or max(protos) > 255 or min(flags) < 0 or max(flags) > 0xFFF):
+        if (
+            min(sports) < 0
+            or max(sports) > 65535
+            or min(dports) < 0
+            or max(dports) > 65535
+            or min(protos) < 0
+            or max(protos) > 255
+            or min(flags) < 0
+            or max(flags) > 0xFFF
+        ):
             raise _Slow
         if not all(map(le, pkts, nbytes)) or min(pkts) < 0 or max(nbytes) > MAX_U64:
             raise _Slow
@@ -184,9 +286,31 @@ def accept_columns(fl: FlowLog, cols: Sequence[Sequence[Any]], first_index: int,
     except (_Slow, ValueError, TypeError):
         return accept(fl, zip(*cols), first_index, now_ms, matcher)
     r = repeat
-    return list(map(_new_record, zip(wanted, *(r(v) for v in stored_head(fl)), src, dst, sports, dports, protos, pkts,
-                                     nbytes, starts, ends, actions, statuses, directions, flags, rule_ids, rule_kinds,
-                                     samplings))), []
+    return list(
+        map(
+            _new_record,
+            zip(
+                wanted,
+                *(r(v) for v in stored_head(fl)),
+                src,
+                dst,
+                sports,
+                dports,
+                protos,
+                pkts,
+                nbytes,
+                starts,
+                ends,
+                actions,
+                statuses,
+                directions,
+                flags,
+                rule_ids,
+                rule_kinds,
+                samplings,
+            ),
+        )
+    ), []
 
 
 def _zone_hint(text: str) -> str:

@@ -6,6 +6,7 @@ thread. Over a limit the caller gets ResourceExhausted naming the setting to rai
 waiting would only move the pile-up into the server. Use cases call these (Query, Tail,
 Aggregate, Ingest); server/app.py builds them from the `limits:` settings.
 """
+
 from __future__ import annotations
 
 import threading
@@ -74,8 +75,10 @@ class Limiter:
             self.release(account, n)
 
     def _refused(self, bound: Bound, scope: str) -> ResourceExhausted:
-        return ResourceExhausted(f"too many {self.what} at once: at most {bound.value} {scope} ({bound.setting}); "
-                                 "finish or close some and retry")
+        return ResourceExhausted(
+            f"too many {self.what} at once: at most {bound.value} {scope} ({bound.setting}); "
+            "finish or close some and retry"
+        )
 
 
 @dataclass
@@ -88,22 +91,38 @@ class Limits:
     ingest_bytes: Limiter
 
     @classmethod
-    def build(cls, *, max_query_streams_per_account: int, max_query_streams: int,
-              max_aggregate_calls_per_account: int, max_aggregate_calls: int,
-              max_tail_streams_per_account: int, max_tail_streams: int,
-              max_ingest_inflight_bytes_per_account: int, max_ingest_inflight_bytes: int) -> "Limits":
+    def build(
+        cls,
+        *,
+        max_query_streams_per_account: int,
+        max_query_streams: int,
+        max_aggregate_calls_per_account: int,
+        max_aggregate_calls: int,
+        max_tail_streams_per_account: int,
+        max_tail_streams: int,
+        max_ingest_inflight_bytes_per_account: int,
+        max_ingest_inflight_bytes: int,
+    ) -> "Limits":
         s = "limits."
         return cls(
-            query_streams=Limiter("Query streams",
-                                  Bound(max_query_streams_per_account, s + "max_query_streams_per_account"),
-                                  Bound(max_query_streams, s + "max_query_streams")),
-            aggregate_calls=Limiter("Aggregate calls",
-                                    Bound(max_aggregate_calls_per_account, s + "max_aggregate_calls_per_account"),
-                                    Bound(max_aggregate_calls, s + "max_aggregate_calls")),
-            tail_streams=Limiter("Tail streams",
-                                 Bound(max_tail_streams_per_account, s + "max_tail_streams_per_account"),
-                                 Bound(max_tail_streams, s + "max_tail_streams")),
-            ingest_bytes=Limiter("bytes of Ingest messages in flight",
-                                 Bound(max_ingest_inflight_bytes_per_account,
-                                       s + "max_ingest_inflight_bytes_per_account"),
-                                 Bound(max_ingest_inflight_bytes, s + "max_ingest_inflight_bytes")))
+            query_streams=Limiter(
+                "Query streams",
+                Bound(max_query_streams_per_account, s + "max_query_streams_per_account"),
+                Bound(max_query_streams, s + "max_query_streams"),
+            ),
+            aggregate_calls=Limiter(
+                "Aggregate calls",
+                Bound(max_aggregate_calls_per_account, s + "max_aggregate_calls_per_account"),
+                Bound(max_aggregate_calls, s + "max_aggregate_calls"),
+            ),
+            tail_streams=Limiter(
+                "Tail streams",
+                Bound(max_tail_streams_per_account, s + "max_tail_streams_per_account"),
+                Bound(max_tail_streams, s + "max_tail_streams"),
+            ),
+            ingest_bytes=Limiter(
+                "bytes of Ingest messages in flight",
+                Bound(max_ingest_inflight_bytes_per_account, s + "max_ingest_inflight_bytes_per_account"),
+                Bound(max_ingest_inflight_bytes, s + "max_ingest_inflight_bytes"),
+            ),
+        )

@@ -3,6 +3,7 @@
 Enum values are numbered exactly as in protos/flowlog/v1/types.proto, so the API layer converts
 by value and storage keeps small integers.
 """
+
 from __future__ import annotations
 
 import enum
@@ -218,6 +219,6 @@ def record_columns(records: Sequence[FlowRecord]) -> list[list[Any]]:
         return [list(c) for c in zip(*records)] if n else [[] for _ in RECORD_FIELDS]
     cols: list[list[Any]] = [[] for _ in RECORD_FIELDS]
     for i in range(0, n, COLUMNS_SLICE):
-        for col, part in zip(cols, zip(*records[i:i + COLUMNS_SLICE])):
+        for col, part in zip(cols, zip(*records[i : i + COLUMNS_SLICE])):
             col.extend(part)
     return cols

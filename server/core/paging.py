@@ -4,6 +4,7 @@ A token is base64url(JSON payload) + "." + base64url(HMAC-SHA256). Changing a by
 for another account or with other filters is INVALID_ARGUMENT. The secret is the server's
 (persisted under the data dir) so tokens survive restarts and work across replicas sharing it.
 """
+
 from __future__ import annotations
 
 import base64
@@ -41,13 +42,16 @@ class TokenSigner:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()[:16]
 
     def encode(self, kind: str, account: str, bound_to: str, position: Any) -> str:
-        payload = json.dumps({"k": kind, "a": account, "b": bound_to, "p": position},
-                             separators=(",", ":")).encode()
+        payload = json.dumps({"k": kind, "a": account, "b": bound_to, "p": position}, separators=(",", ":")).encode()
         return f"{_b64(payload)}.{_b64(self._mac(payload))}"
 
     def decode(self, token: str, kind: str, account: str, bound_to: str, field: str = "page_token") -> Any:
         """The position stored in the token; InvalidArgument when it is not one of ours for this request."""
-        bad = InvalidArgument.field(field, "is not a valid token for this request: pass back the token the server returned, with the same other fields")
+        bad = InvalidArgument.field(
+            field,
+            "is not a valid token for this request: pass back the token the server returned, "
+            "with the same other fields",
+        )
         if len(token) > _MAX_TOKEN or token.count(".") != 1:
             raise bad
         body, mac = token.split(".")
@@ -65,5 +69,9 @@ class TokenSigner:
         if data.get("k") != kind or data.get("a") != account:
             raise bad
         if data.get("b") != bound_to:
-            raise InvalidArgument.field(field, "was issued for a request with other parameters: repeat the original request's fields with this token, or drop the token to start over")
+            raise InvalidArgument.field(
+                field,
+                "was issued for a request with other parameters: repeat the original request's fields "
+                "with this token, or drop the token to start over",
+            )
         return data.get("p")

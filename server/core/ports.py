@@ -9,6 +9,7 @@ Abilities a backend may or may not have are small declared Protocols of their ow
 composition root (server.app) or the object that uses one checks `isinstance(x, Ability)` once
 when it is wired, never with hasattr/getattr on the hot path.
 """
+
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
@@ -41,16 +42,18 @@ class MetadataTx(Protocol):
 
     # resources
     def get_resource(self, account: str, resource_id: str) -> Resource | None: ...
-    def list_resources(self, account: str, *, region: str, type: ResourceType, network_id: str,
-                       after: str, limit: int) -> list[Resource]: ...
+    def list_resources(
+        self, account: str, *, region: str, type: ResourceType, network_id: str, after: str, limit: int
+    ) -> list[Resource]: ...
     def insert_resource(self, resource: Resource) -> None: ...
     def delete_resource(self, account: str, resource_id: str) -> None: ...
     def count_resources(self, account: str) -> int: ...
 
     # LogStores
     def get_log_store(self, account: str, key: LogStoreKey) -> LogStore | None: ...
-    def list_log_stores(self, account: str, *, region: str, project: str,
-                        after: tuple[str, str, str] | None, limit: int) -> list[LogStore]: ...
+    def list_log_stores(
+        self, account: str, *, region: str, project: str, after: tuple[str, str, str] | None, limit: int
+    ) -> list[LogStore]: ...
     def insert_log_store(self, log_store: LogStore) -> None: ...
     def update_log_store(self, log_store: LogStore) -> None: ...
     def delete_log_store(self, account: str, key: LogStoreKey) -> None: ...
@@ -62,8 +65,9 @@ class MetadataTx(Protocol):
 
     # flow logs
     def get_flow_log(self, account: str, flow_log_id: str) -> FlowLog | None: ...
-    def list_flow_logs(self, account: str, *, region: str, resource_id: str, state: FlowLogState,
-                       after: str, limit: int) -> list[FlowLog]: ...
+    def list_flow_logs(
+        self, account: str, *, region: str, resource_id: str, state: FlowLogState, after: str, limit: int
+    ) -> list[FlowLog]: ...
     def count_flow_logs(self, account: str, region: str) -> int: ...
     def flow_logs_using_resource(self, account: str, resource_id: str) -> list[str]: ...
     def flow_logs_delivering_to(self, account: str, key: LogStoreKey) -> list[str]: ...
@@ -288,17 +292,30 @@ class RecordPipeline(Protocol):
     """Where the use cases hand records (server.pipeline.Pipeline): the durable spool in front of
     the backends, and the live Tail over it."""
 
-    def submit(self, records: Sequence[FlowRecord], prepared: tuple[bytes, Any] | None = None,
-               admit: Callable[[], object] | None = None) -> int:
+    def submit(
+        self,
+        records: Sequence[FlowRecord],
+        prepared: tuple[bytes, Any] | None = None,
+        admit: Callable[[], object] | None = None,
+    ) -> int:
         """Spool the records; durable when this returns (Ingest acknowledges after it).
         `prepared` is (spool payload, Arrow table) of the records when already made; `admit`
         is called once the submit is in flight and refuses it by raising."""
         ...
 
-    def tail(self, account_id: str, region: str, project: str, log_stores: Sequence[str],
-             predicate: Callable[[FlowRecord], bool] | None = None, *, start_ms: int | None = None,
-             cursor: str | None = None, heartbeat_s: float | None = None,
-             check: Callable[[], object] | None = None) -> TailEvents:
+    def tail(
+        self,
+        account_id: str,
+        region: str,
+        project: str,
+        log_stores: Sequence[str],
+        predicate: Callable[[FlowRecord], bool] | None = None,
+        *,
+        start_ms: int | None = None,
+        cursor: str | None = None,
+        heartbeat_s: float | None = None,
+        check: Callable[[], object] | None = None,
+    ) -> TailEvents:
         """A Tail session over LogStores the caller has checked; `check` raises to end it."""
         ...
 
@@ -313,7 +330,8 @@ class CompiledIngest(Protocol):
         """(flow_log_id, number of records) of the message, or None: not for the compiled path."""
         ...
 
-    def accept(self, message: bytes, head: tuple[Any, ...], record_type: type, now_ms: int,
-               want_columns: bool = False) -> tuple[list[FlowRecord], bytes, Any] | None:
+    def accept(
+        self, message: bytes, head: tuple[Any, ...], record_type: type, now_ms: int, want_columns: bool = False
+    ) -> tuple[list[FlowRecord], bytes, Any] | None:
         """(records, spool payload, Arrow buffers) when every record passes, else None."""
         ...

@@ -5,6 +5,7 @@ call; a LogStore named with another project or region is INVALID_ARGUMENT, a mis
 another account's) NOT_FOUND; the time range is required; newest first by default; a page
 token continues exactly where the previous call stopped and is bound to the same request.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,8 +38,14 @@ class Scope:
         return tuple(LogStoreKey(self.region, self.project, n) for n in self.log_stores)
 
 
-def resolve_scope(metadata: MetadataStore, account: str, region: str, project: str, log_stores: list[str],
-                  regions: rules.RegionCatalogue | None = None) -> Scope:
+def resolve_scope(
+    metadata: MetadataStore,
+    account: str,
+    region: str,
+    project: str,
+    log_stores: list[str],
+    regions: rules.RegionCatalogue | None = None,
+) -> Scope:
     """`regions`: the server's region catalogue (a region outside it is INVALID_ARGUMENT)."""
     v = rules.Violations(regions)
     v.region("region", region)
@@ -51,13 +58,21 @@ def resolve_scope(metadata: MetadataStore, account: str, region: str, project: s
     for i, entry in enumerate(log_stores[:MAX_LOG_STORES]):
         parts = entry.split("/")
         if len(parts) > 3 or not all(parts):
-            v.add(f"log_stores[{i}]", f"{entry[:80]!r} is not a LogStore: 'name', 'project/name' or 'region/project/name'")
+            v.add(
+                f"log_stores[{i}]", f"{entry[:80]!r} is not a LogStore: 'name', 'project/name' or 'region/project/name'"
+            )
             continue
         name = parts[-1]
         if len(parts) >= 2 and parts[-2] != project:
-            v.add(f"log_stores[{i}]", f"LogStore {entry!r} is in project {parts[-2]!r}; one call searches one project ({project!r})")
+            v.add(
+                f"log_stores[{i}]",
+                f"LogStore {entry!r} is in project {parts[-2]!r}; one call searches one project ({project!r})",
+            )
         if len(parts) == 3 and parts[0] != region:
-            v.add(f"log_stores[{i}]", f"LogStore {entry!r} is in region {parts[0]!r}; one call searches one region ({region!r})")
+            v.add(
+                f"log_stores[{i}]",
+                f"LogStore {entry!r} is in region {parts[0]!r}; one call searches one region ({region!r})",
+            )
         v.store_name(f"log_stores[{i}]", name, "LogStore name")
         if name not in names:
             names.append(name)
@@ -76,8 +91,18 @@ class PlannedQuery:
     bound: str  # what the page token is bound to
 
 
-def plan_query(scope: Scope, signer: TokenSigner, *, start_ms: int | None, end_ms: int | None, filter_text: str,
-               limit: int, newest_first: bool, page_token: str, default_limit: int) -> PlannedQuery:
+def plan_query(
+    scope: Scope,
+    signer: TokenSigner,
+    *,
+    start_ms: int | None,
+    end_ms: int | None,
+    filter_text: str,
+    limit: int,
+    newest_first: bool,
+    page_token: str,
+    default_limit: int,
+) -> PlannedQuery:
     v = rules.Violations()
     if start_ms is None:
         v.add("start_time", "is required")
@@ -93,16 +118,27 @@ def plan_query(scope: Scope, signer: TokenSigner, *, start_ms: int | None, end_m
     v.raise_if_any()
     assert start_ms is not None and end_ms is not None  # required: refused above
     expr = flt.parse(filter_text)
-    bound = fingerprint(scope.region, scope.project, sorted(scope.log_stores), start_ms, end_ms, filter_text, newest_first)
+    bound = fingerprint(
+        scope.region, scope.project, sorted(scope.log_stores), start_ms, end_ms, filter_text, newest_first
+    )
     after = None
     if page_token:
         pos = signer.decode(page_token, "query", scope.account_id, bound)
         if not (isinstance(pos, list) and len(pos) == 2 and isinstance(pos[0], int) and isinstance(pos[1], str)):
             raise InvalidArgument.field("page_token", "is not a valid token for this request")
         after = (pos[0], pos[1])
-    q = RecordQuery(account_id=scope.account_id, region=scope.region, project=scope.project,
-                    log_stores=scope.log_stores, start_ms=start_ms, end_ms=end_ms, filter=expr,
-                    newest_first=newest_first, after=after, limit=min(limit or default_limit, MAX_LIMIT))
+    q = RecordQuery(
+        account_id=scope.account_id,
+        region=scope.region,
+        project=scope.project,
+        log_stores=scope.log_stores,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        filter=expr,
+        newest_first=newest_first,
+        after=after,
+        limit=min(limit or default_limit, MAX_LIMIT),
+    )
     return PlannedQuery(q, bound)
 
 

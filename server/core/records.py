@@ -4,6 +4,7 @@ The record id is a hash of the flow window (flow log, five-tuple, direction, sta
 same window always gets the same id and a retried write never duplicates. It is derived, not
 stored, in the archive: the archive recomputes it on read with this same function.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Iterable
 
-from server.core.model import Action, Direction, FlowRecord, LogStatus, RECORD_VERSION, RuleKind
+from server.core.model import RECORD_VERSION, Action, Direction, FlowRecord, LogStatus, RuleKind
 from server.core.rules import SAMPLING_RATE_MAX, rule_id_problem
 
 # The record's time limits, in one place: the Python checks here and in server.core.ingest, the
@@ -32,16 +33,33 @@ MAX_U64 = 2**64 - 1
 _RULE_KINDS = frozenset(int(k) for k in RuleKind)
 
 
-def record_id(flow_log_id: str, src_addr: str, dst_addr: str, src_port: int, dst_port: int,
-              protocol: int, direction: int, start_time: int, end_time: int) -> str:
+def record_id(
+    flow_log_id: str,
+    src_addr: str,
+    dst_addr: str,
+    src_port: int,
+    dst_port: int,
+    protocol: int,
+    direction: int,
+    start_time: int,
+    end_time: int,
+) -> str:
     """32 hex characters (128 bits of BLAKE2b) over the fields that identify a flow window."""
     key = f"{flow_log_id}|{src_addr}|{dst_addr}|{src_port}|{dst_port}|{protocol}|{direction}|{start_time}|{end_time}"
     return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
 
 
-def record_ids(flow_log_id: str, src_addrs: Iterable[str], dst_addrs: Iterable[str], src_ports: Iterable[int],
-               dst_ports: Iterable[int], protocols: Iterable[int], directions: Iterable[int],
-               start_times: Iterable[int], end_times: Iterable[int]) -> list[str]:
+def record_ids(
+    flow_log_id: str,
+    src_addrs: Iterable[str],
+    dst_addrs: Iterable[str],
+    src_ports: Iterable[int],
+    dst_ports: Iterable[int],
+    protocols: Iterable[int],
+    directions: Iterable[int],
+    start_times: Iterable[int],
+    end_times: Iterable[int],
+) -> list[str]:
     """record_id() of many records of one flow log, column-wise (the same text, hashed the same
     way, without a Python call per record)."""
     # The flow log id is hashed once and the hash state copied per record: ~25% cheaper than a
@@ -49,8 +67,9 @@ def record_ids(flow_log_id: str, src_addrs: Iterable[str], dst_addrs: Iterable[s
     copy = hashlib.blake2b(f"{flow_log_id}|".encode(), digest_size=16).copy
     out: list[str] = []
     append = out.append
-    for a, b, c, d, e, f, g, h in zip(src_addrs, dst_addrs, src_ports, dst_ports, protocols, directions,
-                                      start_times, end_times):
+    for a, b, c, d, e, f, g, h in zip(
+        src_addrs, dst_addrs, src_ports, dst_ports, protocols, directions, start_times, end_times
+    ):
         x = copy()
         x.update(f"{a}|{b}|{c}|{d}|{e}|{f}|{g}|{h}".encode())
         append(x.hexdigest())
@@ -139,8 +158,9 @@ def check_record(r: FlowRecord, now_ms: int) -> RecordProblem | None:
         if problem is not None:
             return RecordProblem("rule_id", problem)
     if r.rule_kind not in _RULE_KINDS:
-        return RecordProblem("rule_kind", "must be RULE_KIND_ACL, RULE_KIND_SECURITY_GROUP, RULE_KIND_DEFAULT or "
-                                          "unspecified")
+        return RecordProblem(
+            "rule_kind", "must be RULE_KIND_ACL, RULE_KIND_SECURITY_GROUP, RULE_KIND_DEFAULT or unspecified"
+        )
     if not 0 <= r.sampling_rate <= SAMPLING_RATE_MAX:
         return RecordProblem("sampling_rate", f"must be 0-{SAMPLING_RATE_MAX} (0 or 1: unsampled)")
     if r.log_status == LogStatus.NODATA or (r.log_status == LogStatus.SKIPDATA and not r.src_addr and not r.dst_addr):
@@ -148,15 +168,19 @@ def check_record(r: FlowRecord, now_ms: int) -> RecordProblem | None:
         # A SKIPDATA record without addresses is the same: AWS writes skipped windows as
         # `- - - - - - - start end - SKIPDATA`; one with addresses is checked like any flow.
         if r.action not in (Action.UNSPECIFIED, Action.ACCEPT, Action.REJECT):
-            return RecordProblem("action", "must be ACTION_ACCEPT, ACTION_REJECT or unspecified on a NODATA or "
-                                           "SKIPDATA record")
+            return RecordProblem(
+                "action", "must be ACTION_ACCEPT, ACTION_REJECT or unspecified on a NODATA or SKIPDATA record"
+            )
         if r.direction not in (Direction.UNSPECIFIED, Direction.INGRESS, Direction.EGRESS):
-            return RecordProblem("direction", "must be DIRECTION_INGRESS, DIRECTION_EGRESS or unspecified on a "
-                                              "NODATA or SKIPDATA record")
+            return RecordProblem(
+                "direction", "must be DIRECTION_INGRESS, DIRECTION_EGRESS or unspecified on a NODATA or SKIPDATA record"
+            )
         return None
     if r.src_addr == "" or r.dst_addr == "":
-        return RecordProblem("src_addr" if r.src_addr == "" else "dst_addr",
-                             "is required unless log_status is LOG_STATUS_NODATA (or SKIPDATA with no addresses)")
+        return RecordProblem(
+            "src_addr" if r.src_addr == "" else "dst_addr",
+            "is required unless log_status is LOG_STATUS_NODATA (or SKIPDATA with no addresses)",
+        )
     if (":" in r.src_addr) != (":" in r.dst_addr):
         return RecordProblem("dst_addr", "must be of the same IP version as src_addr")
     if r.packets > r.bytes:
@@ -166,13 +190,16 @@ def check_record(r: FlowRecord, now_ms: int) -> RecordProblem | None:
     # Unspecified is accepted: Ingest derives it from the resource's addresses first
     # (server.core.attribution) and keeps it unspecified when neither side is the resource's.
     if r.direction not in (Direction.UNSPECIFIED, Direction.INGRESS, Direction.EGRESS):
-        return RecordProblem("direction", "must be DIRECTION_INGRESS, DIRECTION_EGRESS or unspecified (derived from "
-                                          "the resource's addresses)")
+        return RecordProblem(
+            "direction",
+            "must be DIRECTION_INGRESS, DIRECTION_EGRESS or unspecified (derived from the resource's addresses)",
+        )
     return None
 
 
 def with_id(r: FlowRecord) -> FlowRecord:
     """The record with its stable record_id and the current version filled in."""
-    rid = record_id(r.flow_log_id, r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol,
-                    r.direction, r.start_time, r.end_time)
+    rid = record_id(
+        r.flow_log_id, r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.direction, r.start_time, r.end_time
+    )
     return r._replace(record_id=rid, version=RECORD_VERSION)

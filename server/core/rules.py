@@ -3,6 +3,7 @@
 Validators append FieldViolations to a list instead of raising at the first problem, so one
 INVALID_ARGUMENT names every bad field (google.rpc.BadRequest).
 """
+
 from __future__ import annotations
 
 import enum
@@ -57,8 +58,7 @@ class RegionCatalogue:
         return iter(self.names)
 
     def unknown(self, value: str) -> str:
-        return (f"unknown region {_show(value)}: this server serves {', '.join(self.names)} "
-                "(the `regions` setting)")
+        return f"unknown region {_show(value)}: this server serves {', '.join(self.names)} (the `regions` setting)"
 
 
 class Violations:
@@ -83,7 +83,9 @@ class Violations:
             if required:
                 self.add(field, "is required (e.g. 'bj' or 'cn-north-1')")
         elif not _REGION.fullmatch(value):
-            self.add(field, f"{_show(value)} is not a region: 1-32 lowercase letters, digits or '-', starting with a letter")
+            self.add(
+                field, f"{_show(value)} is not a region: 1-32 lowercase letters, digits or '-', starting with a letter"
+            )
         elif self.regions is not None and value not in self.regions:
             self.add(field, self.regions.unknown(value))
 
@@ -93,7 +95,11 @@ class Violations:
             if required:
                 self.add(field, f"{what} is required")
         elif not _STORE_NAME.fullmatch(value):
-            self.add(field, f"{_show(value)} is not a valid {what}: 1-64 characters, a letter first, then letters, digits, '-' or '_'")
+            self.add(
+                field,
+                f"{_show(value)} is not a valid {what}: 1-64 characters, a letter first, "
+                "then letters, digits, '-' or '_'",
+            )
 
     def flow_log_name(self, field: str, value: str) -> None:
         """Rule 4: 1-65 characters, starts with a letter; letters, digits, Chinese, -_/."""
@@ -103,7 +109,11 @@ class Violations:
         elif n > FLOW_LOG_NAME_MAX:
             self.add(field, f"must be at most {FLOW_LOG_NAME_MAX} characters (has {n})")
         elif not _FLOW_LOG_NAME.fullmatch(value):
-            self.add(field, f"{_show(value)} is not a valid name: it must start with a letter and contain only letters, digits, Chinese characters and -_/.")
+            self.add(
+                field,
+                f"{_show(value)} is not a valid name: it must start with a letter and contain only letters, "
+                "digits, Chinese characters and -_/.",
+            )
 
     def description(self, field: str, value: str) -> None:
         """Rule 3: at most 200 characters, counted as Unicode code points."""
@@ -115,14 +125,20 @@ class Violations:
 
     def retention_days(self, field: str, value: int) -> None:
         if value != 0 and not RETENTION_MIN <= value <= RETENTION_MAX:
-            self.add(field, f"must be {RETENTION_MIN}-{RETENTION_MAX} days, or 0 for the default of {RETENTION_DEFAULT} (got {value})")
+            self.add(
+                field,
+                f"must be {RETENTION_MIN}-{RETENTION_MAX} days, or 0 for the default of {RETENTION_DEFAULT} "
+                f"(got {value})",
+            )
 
     def resource_id(self, field: str, value: str, *, required: bool = True) -> None:
         if not value:
             if required:
                 self.add(field, "is required")
         elif not _RESOURCE_ID.fullmatch(value):
-            self.add(field, f"{_show(value)} is not a resource id: 3-64 lowercase letters, digits or '-', a letter first")
+            self.add(
+                field, f"{_show(value)} is not a resource id: 3-64 lowercase letters, digits or '-', a letter first"
+            )
 
     def network_id(self, field: str, value: str) -> None:
         if not value:
@@ -177,7 +193,9 @@ def check_flow_log_id(value: str) -> None:
     if not value:
         raise InvalidArgument.field("id", "is required")
     if not _FLOW_LOG_ID.fullmatch(value):
-        raise InvalidArgument.field("id", f"{_show(value)} is not a flow log id ('fl-' and 8-32 lowercase letters or digits)")
+        raise InvalidArgument.field(
+            "id", f"{_show(value)} is not a flow log id ('fl-' and 8-32 lowercase letters or digits)"
+        )
 
 
 def page_size(value: int, field: str = "page_size") -> int:

@@ -22,15 +22,15 @@ Every rule has an id unique within its resource: `complete_rule_ids` gives the r
 without one `acl-N` / `sg-N` (N: the rule's position among the rules of its kind, bumped past
 ids already taken), deterministically, so a resource loaded again gets the same ids.
 """
+
 from __future__ import annotations
 
 import ipaddress
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from functools import lru_cache
 from typing import NamedTuple
-
-from dataclasses import replace
 
 from server.core.model import DEFAULT_DENY_RULE_ID, Action, Direction, ResourceType, RuleKind, SecurityRule
 
@@ -108,8 +108,11 @@ def _compile_one(rule: SecurityRule) -> _Compiled | None:
         try:
             net = ipaddress.ip_network(rule.peer_cidr.strip(), strict=False)
         except ValueError:
-            log.warning("security rule ignored: peer_cidr %r is not an IP or CIDR", rule.peer_cidr,
-                        extra={"priority": rule.priority})
+            log.warning(
+                "security rule ignored: peer_cidr %r is not an IP or CIDR",
+                rule.peer_cidr,
+                extra={"priority": rule.priority},
+            )
             return None
         version = net.version
         lo = int(net.network_address)
@@ -199,8 +202,13 @@ def compile_rules(rules: Sequence[SecurityRule] | CompiledRules) -> CompiledRule
     return _compile_cached(tuple(rules))
 
 
-def decide(rules: Sequence[SecurityRule] | CompiledRules, direction: Direction | int, protocol: int,
-           peer_addr: str, local_port: int) -> Action:
+def decide(
+    rules: Sequence[SecurityRule] | CompiledRules,
+    direction: Direction | int,
+    protocol: int,
+    peer_addr: str,
+    local_port: int,
+) -> Action:
     """ACCEPT or REJECT for one flow: first matching rule by ascending priority, else REJECT.
 
     `peer_addr` is the remote side of the flow (the source of an ingress flow, the destination
@@ -217,8 +225,9 @@ def decide(rules: Sequence[SecurityRule] | CompiledRules, direction: Direction |
 _PRIVATE_CIDRS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 
 
-def _in(priority: int, protocol: int = 0, port: int = 0, port_to: int = 0, peer: str = "",
-        action: Action = Action.ACCEPT) -> SecurityRule:
+def _in(
+    priority: int, protocol: int = 0, port: int = 0, port_to: int = 0, peer: str = "", action: Action = Action.ACCEPT
+) -> SecurityRule:
     return SecurityRule(priority, Direction.INGRESS, action, protocol, peer, port, port_to or port)
 
 
@@ -237,11 +246,18 @@ def _internal_rules() -> tuple[SecurityRule, ...]:
     the kind of misconfiguration flow logs exist to reveal.
     """
     return (
-        _in(100, PROTO_TCP, 22), _in(110, PROTO_TCP, 80), _in(120, PROTO_TCP, 443),
-        _in(130, PROTO_TCP, 3306, peer="10.0.0.0/8"), _in(131, PROTO_TCP, 3306, peer="fc00::/7"),
-        _in(140, PROTO_TCP, 5432), _in(150, PROTO_TCP, 6379), _in(160, PROTO_TCP, 8000, 8080),
-        _in(170, PROTO_UDP, 53), _in(180, PROTO_UDP, 123),
-        *_PING, _EGRESS_ALL,
+        _in(100, PROTO_TCP, 22),
+        _in(110, PROTO_TCP, 80),
+        _in(120, PROTO_TCP, 443),
+        _in(130, PROTO_TCP, 3306, peer="10.0.0.0/8"),
+        _in(131, PROTO_TCP, 3306, peer="fc00::/7"),
+        _in(140, PROTO_TCP, 5432),
+        _in(150, PROTO_TCP, 6379),
+        _in(160, PROTO_TCP, 8000, 8080),
+        _in(170, PROTO_UDP, 53),
+        _in(180, PROTO_UDP, 123),
+        *_PING,
+        _EGRESS_ALL,
     )
 
 
@@ -258,18 +274,24 @@ def default_rules(resource_type: ResourceType | int) -> tuple[SecurityRule, ...]
 def _default_rules(resource_type: ResourceType | int) -> tuple[SecurityRule, ...]:
     rt = ResourceType(resource_type)
     if rt == ResourceType.EIP:
-        return (_in(100, PROTO_TCP, 443), _in(110, PROTO_TCP, 80), _in(120, PROTO_TCP, 22),
-                *_PING, _EGRESS_ALL)
+        return (_in(100, PROTO_TCP, 443), _in(110, PROTO_TCP, 80), _in(120, PROTO_TCP, 22), *_PING, _EGRESS_ALL)
     if rt == ResourceType.NAT_GATEWAY:
         # Outbound NAT; inbound only a DNAT'ed HTTPS service and ping.
         return (_in(100, PROTO_TCP, 443), *_PING, _EGRESS_ALL)
     if rt == ResourceType.IPV6_GATEWAY:
         return (_in(100, PROTO_TCP, 443), _in(110, PROTO_TCP, 80), *_PING, _EGRESS_ALL)
     if rt == ResourceType.SSL_VPN_GATEWAY:
-        return (_in(100, PROTO_UDP, 500), _in(110, PROTO_UDP, 4500), _in(120, PROTO_ESP),
-                _in(130, PROTO_TCP, 443), _in(140, PROTO_UDP, 1194),
-                *_private_only(200, PROTO_TCP, 22), *_private_only(210, PROTO_TCP, 3389),
-                *_PING, _EGRESS_ALL)
+        return (
+            _in(100, PROTO_UDP, 500),
+            _in(110, PROTO_UDP, 4500),
+            _in(120, PROTO_ESP),
+            _in(130, PROTO_TCP, 443),
+            _in(140, PROTO_UDP, 1194),
+            *_private_only(200, PROTO_TCP, 22),
+            *_private_only(210, PROTO_TCP, 3389),
+            *_PING,
+            _EGRESS_ALL,
+        )
     if rt == ResourceType.DEDICATED_GATEWAY:
         return (_in(50, PROTO_GRE), _in(60, PROTO_TCP, 179), *_internal_rules())
     if rt in (ResourceType.PEERING_CONNECTION, ResourceType.CSN):

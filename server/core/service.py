@@ -9,6 +9,7 @@ Regions come from a catalogue (the `regions` setting): a region outside it is IN
 naming it, wherever it appears. Quotas (Quotas, the `quotas` settings) are checked in the same
 serialised metadata transaction as the insert, so they are exact under any concurrency.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -51,6 +52,8 @@ class Quotas:
     resources_per_account: int = 1000
     log_stores_per_account: int = 100
     flow_logs_per_region: int = DEFAULT_FLOW_LOG_QUOTA
+
+
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
@@ -96,11 +99,17 @@ LOG_STORE_MUTABLE = ("retention_days", "description")
 
 
 class Service:
-    def __init__(self, metadata: MetadataStore, signer: TokenSigner, *,
-                 flow_log_quota: int | None = None, quotas: Quotas | None = None,
-                 regions: Iterable[str] = DEFAULT_REGIONS,
-                 on_log_store_deleted: Callable[[str, LogStoreKey], None] | None = None,
-                 clock: Callable[[], int] = now_ms) -> None:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        signer: TokenSigner,
+        *,
+        flow_log_quota: int | None = None,
+        quotas: Quotas | None = None,
+        regions: Iterable[str] = DEFAULT_REGIONS,
+        on_log_store_deleted: Callable[[str, LogStoreKey], None] | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
         self.metadata = metadata
         self.signer = signer
         quotas = quotas or Quotas()
@@ -146,9 +155,11 @@ class Service:
                 _check_rule(v, f"resource.rules[{i}]", rule)
                 if rule.id:
                     if rule.id in ids:
-                        v.add(f"resource.rules[{i}].id",
-                              f"{rule.id!r} is already the id of resource.rules[{ids[rule.id]}]; "
-                              "rule ids must be unique within the resource")
+                        v.add(
+                            f"resource.rules[{i}].id",
+                            f"{rule.id!r} is already the id of resource.rules[{ids[rule.id]}]; "
+                            "rule ids must be unique within the resource",
+                        )
                     else:
                         ids[rule.id] = i
         v.raise_if_any()
@@ -156,19 +167,32 @@ class Service:
             rtype = ResourceType(r.type)
         except ValueError:  # pragma: no cover - refused above
             raise
-        addresses = tuple(str(ipaddress.ip_network(a, strict=True)).removesuffix("/32").removesuffix("/128")
-                          if "/" in a else ipaddress.ip_address(a).compressed for a in r.addresses)
-        resource = replace(r, id=r.id or new_id(RESOURCE_ID_PREFIX[rtype], 8), type=rtype, addresses=addresses,
-                           rules=complete_rule_ids(r.rules), account_id=account, create_time_ms=self.clock())
+        addresses = tuple(
+            str(ipaddress.ip_network(a, strict=True)).removesuffix("/32").removesuffix("/128")
+            if "/" in a
+            else ipaddress.ip_address(a).compressed
+            for a in r.addresses
+        )
+        resource = replace(
+            r,
+            id=r.id or new_id(RESOURCE_ID_PREFIX[rtype], 8),
+            type=rtype,
+            addresses=addresses,
+            rules=complete_rule_ids(r.rules),
+            account_id=account,
+            create_time_ms=self.clock(),
+        )
         with self.metadata.transaction() as tx:
             if tx.get_resource(account, resource.id) is not None:
                 raise AlreadyExists(f"resource {resource.id} already exists")
             limit = self.quotas.resources_per_account
             count = tx.count_resources(account)
             if count >= limit:
-                raise QuotaExceeded(f"quotas.resources_per_account: account {account}",
-                                    f"the account already has {count} resources, the maximum is {limit} "
-                                    "(setting quotas.resources_per_account); delete one before registering another")
+                raise QuotaExceeded(
+                    f"quotas.resources_per_account: account {account}",
+                    f"the account already has {count} resources, the maximum is {limit} "
+                    "(setting quotas.resources_per_account); delete one before registering another",
+                )
             tx.insert_resource(resource)
         return resource
 
@@ -179,8 +203,16 @@ class Service:
         with self.metadata.transaction() as tx:
             return _resource_or_404(tx, account, resource_id)
 
-    def list_resources(self, account: str, *, region: str = "", type: int = 0, network_id: str = "",
-                       page_size: int = 0, page_token: str = "") -> Page:
+    def list_resources(
+        self,
+        account: str,
+        *,
+        region: str = "",
+        type: int = 0,
+        network_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Page:
         v = self._violations()
         v.region("region", region, required=False)
         v.enum("type", type, ResourceType, required=False)
@@ -191,8 +223,9 @@ class Service:
         bound = fingerprint(region, type, network_id)
         after = self.signer.decode(page_token, "resources", account, bound) if page_token else ""
         with self.metadata.transaction() as tx:
-            items = tx.list_resources(account, region=region, type=ResourceType(type), network_id=network_id,
-                                      after=str(after), limit=size + 1)
+            items = tx.list_resources(
+                account, region=region, type=ResourceType(type), network_id=network_id, after=str(after), limit=size + 1
+            )
         return self._page(items[:size], len(items) > size, "resources", account, bound, lambda r: r.id)
 
     def delete_resource(self, account: str, resource_id: str) -> None:
@@ -203,7 +236,9 @@ class Service:
             _resource_or_404(tx, account, resource_id)
             users = tx.flow_logs_using_resource(account, resource_id)
             if users:
-                raise FailedPrecondition(f"resource {resource_id} is used by flow log(s) {', '.join(users)}; delete them first")
+                raise FailedPrecondition(
+                    f"resource {resource_id} is used by flow log(s) {', '.join(users)}; delete them first"
+                )
             tx.delete_resource(account, resource_id)
 
     # -- LogStores ------------------------------------------------------------------------
@@ -213,8 +248,13 @@ class Service:
         self._check_log_store_fields(v, ls, "log_store.")
         v.raise_if_any()
         now = self.clock()
-        store = replace(ls, retention_days=ls.retention_days or rules.RETENTION_DEFAULT, account_id=account,
-                        create_time_ms=now, update_time_ms=now)
+        store = replace(
+            ls,
+            retention_days=ls.retention_days or rules.RETENTION_DEFAULT,
+            account_id=account,
+            create_time_ms=now,
+            update_time_ms=now,
+        )
         with self.metadata.transaction() as tx:
             if tx.get_log_store(account, store.key) is not None:
                 raise AlreadyExists(f"LogStore {store.key} already exists")
@@ -227,8 +267,9 @@ class Service:
         with self.metadata.transaction() as tx:
             return _log_store_or_404(tx, account, key)
 
-    def list_log_stores(self, account: str, *, region: str = "", project: str = "", page_size: int = 0,
-                        page_token: str = "") -> Page:
+    def list_log_stores(
+        self, account: str, *, region: str = "", project: str = "", page_size: int = 0, page_token: str = ""
+    ) -> Page:
         v = self._violations()
         v.region("region", region, required=False)
         v.store_name("project", project, "project", required=False)
@@ -239,10 +280,12 @@ class Service:
         if after is not None and not (isinstance(after, list) and len(after) == 3):
             raise InvalidArgument.field("page_token", "is not a valid token for this request")
         with self.metadata.transaction() as tx:
-            items = tx.list_log_stores(account, region=region, project=project,
-                                       after=tuple(after) if after else None, limit=size + 1)
-        return self._page(items[:size], len(items) > size, "log_stores", account, bound,
-                          lambda s: [s.region, s.project, s.name])
+            items = tx.list_log_stores(
+                account, region=region, project=project, after=tuple(after) if after else None, limit=size + 1
+            )
+        return self._page(
+            items[:size], len(items) > size, "log_stores", account, bound, lambda s: [s.region, s.project, s.name]
+        )
 
     def update_log_store(self, account: str, ls: LogStore, mask: Iterable[str]) -> LogStore:
         key = ls.key
@@ -278,8 +321,10 @@ class Service:
             _log_store_or_404(tx, account, key)
             users = tx.flow_logs_delivering_to(account, key)
             if users:
-                raise FailedPrecondition(f"LogStore {key} receives records from flow log(s) {', '.join(users)}; "
-                                         "delete them or point them elsewhere first")
+                raise FailedPrecondition(
+                    f"LogStore {key} receives records from flow log(s) {', '.join(users)}; "
+                    "delete them or point them elsewhere first"
+                )
             tx.delete_log_store(account, key)
             tx.insert_tombstone(account, key, self.clock())
         if self.on_log_store_deleted is not None:
@@ -296,15 +341,19 @@ class Service:
         every query; and a healthy purge takes milliseconds (DeleteLogStore tries it before
         returning), so only a deletion during a backend outage makes a user wait for the name."""
         if tx.tombstone_exists(account, key):
-            raise FailedPrecondition(f"LogStore {key} was deleted and its records are still being purged (a backend "
-                                     "was unavailable); its name can be used again once the purge is done: retry later")
+            raise FailedPrecondition(
+                f"LogStore {key} was deleted and its records are still being purged (a backend "
+                "was unavailable); its name can be used again once the purge is done: retry later"
+            )
         limit = self.quotas.log_stores_per_account
         count = tx.count_log_stores(account)
         if count >= limit:
-            raise QuotaExceeded(f"quotas.log_stores_per_account: account {account}",
-                                f"the account already has {count} LogStores, the maximum is {limit} "
-                                f"(setting quotas.log_stores_per_account); delete one before creating another "
-                                f"({field})")
+            raise QuotaExceeded(
+                f"quotas.log_stores_per_account: account {account}",
+                f"the account already has {count} LogStores, the maximum is {limit} "
+                f"(setting quotas.log_stores_per_account); delete one before creating another "
+                f"({field})",
+            )
 
     def _check_log_store_fields(self, v: rules.Violations, ls: LogStore, prefix: str) -> None:
         v.region(prefix + "region", ls.region)
@@ -341,9 +390,21 @@ class Service:
             v.region("existing_log_store.region", dest.region, required=False)
         v.raise_if_any()
         assert dest is not None
-        request_fp = fingerprint(req.region, req.name, req.resource_type, req.resource_id, req.network_id,
-                                 req.traffic_type, req.description, req.state, type(dest).__name__, dest.project,
-                                 dest.name, getattr(dest, "retention_days", 0), dest.region)
+        request_fp = fingerprint(
+            req.region,
+            req.name,
+            req.resource_type,
+            req.resource_id,
+            req.network_id,
+            req.traffic_type,
+            req.description,
+            req.state,
+            type(dest).__name__,
+            dest.project,
+            dest.name,
+            getattr(dest, "retention_days", 0),
+            dest.region,
+        )
 
         with self.metadata.transaction() as tx:
             if req.client_token:  # rule 9
@@ -351,11 +412,15 @@ class Service:
                 if seen is not None:
                     seen_fp, flow_log_id = seen
                     if seen_fp != request_fp:
-                        raise AlreadyExists(f"client_token {req.client_token!r} was already used for a different "
-                                            "request; use a new token for a new flow log")
+                        raise AlreadyExists(
+                            f"client_token {req.client_token!r} was already used for a different "
+                            "request; use a new token for a new flow log"
+                        )
                     existing = tx.get_flow_log(account, flow_log_id)
                     if existing is None:
-                        raise NotFound(f"flow log {flow_log_id}, created with this client_token, has since been deleted")
+                        raise NotFound(
+                            f"flow log {flow_log_id}, created with this client_token, has since been deleted"
+                        )
                     return existing
 
             # rule 5: the resource exists, is of the type, in the region and in the network
@@ -364,19 +429,27 @@ class Service:
                 raise NotFound(f"resource {req.resource_id} not found")
             rv = self._violations()
             if resource.type != req.resource_type:
-                rv.add("resource_type", f"resource {resource.id} is a {ResourceType(resource.type).name}, "
-                                        f"not a {ResourceType(req.resource_type).name}")
+                rv.add(
+                    "resource_type",
+                    f"resource {resource.id} is a {ResourceType(resource.type).name}, "
+                    f"not a {ResourceType(req.resource_type).name}",
+                )
             if resource.region != req.region:
                 rv.add("region", f"resource {resource.id} is in region {resource.region!r}, not {req.region!r}")
             if resource.network_id != req.network_id:
-                rv.add("network_id", f"resource {resource.id} is in network {resource.network_id!r}, not {req.network_id!r}")
+                rv.add(
+                    "network_id",
+                    f"resource {resource.id} is in network {resource.network_id!r}, not {req.network_id!r}",
+                )
             rv.raise_if_any()
 
             # rule 2: the destination LogStore is in the flow log's region
             dest_field = "new_log_store" if isinstance(dest, NewLogStoreSpec) else "existing_log_store"
             if dest.region and dest.region != req.region:
-                raise FailedPrecondition(f"{dest_field} is in region {dest.region!r} but the flow log is in "
-                                         f"{req.region!r}: a flow log delivers only to a LogStore of its own region")
+                raise FailedPrecondition(
+                    f"{dest_field} is in region {dest.region!r} but the flow log is in "
+                    f"{req.region!r}: a flow log delivers only to a LogStore of its own region"
+                )
             key = LogStoreKey(req.region, dest.project, dest.name)
             if isinstance(dest, NewLogStoreSpec):  # rule 7, atomically with the flow log
                 if tx.get_log_store(account, key) is not None:
@@ -392,21 +465,43 @@ class Service:
             count = tx.count_flow_logs(account, req.region)
             limit = self.quotas.flow_logs_per_region
             if count >= limit:
-                raise QuotaExceeded(f"quotas.flow_logs_per_region: account {account}, region {req.region}",
-                                    f"region {req.region!r} already has {count} flow logs, the maximum is {limit} "
-                                    "(setting quotas.flow_logs_per_region, formerly flow_log_quota); delete one "
-                                    "before creating another")
+                raise QuotaExceeded(
+                    f"quotas.flow_logs_per_region: account {account}, region {req.region}",
+                    f"region {req.region!r} already has {count} flow logs, the maximum is {limit} "
+                    "(setting quotas.flow_logs_per_region, formerly flow_log_quota); delete one "
+                    "before creating another",
+                )
 
             now = self.clock()
             if isinstance(dest, NewLogStoreSpec):
-                tx.insert_log_store(LogStore(req.region, dest.project, dest.name,
-                                             dest.retention_days or rules.RETENTION_DEFAULT, "", now, now, account))
-            flow_log = FlowLog(id=new_id("fl"), region=req.region, name=req.name,
-                               resource_type=ResourceType(req.resource_type), resource_id=req.resource_id,
-                               network_id=req.network_id, traffic_type=TrafficType(req.traffic_type),
-                               project=dest.project, log_store=dest.name, description=req.description,
-                               state=FlowLogState(req.state or FlowLogState.ACTIVE), create_time_ms=now,
-                               update_time_ms=now, account_id=account)
+                tx.insert_log_store(
+                    LogStore(
+                        req.region,
+                        dest.project,
+                        dest.name,
+                        dest.retention_days or rules.RETENTION_DEFAULT,
+                        "",
+                        now,
+                        now,
+                        account,
+                    )
+                )
+            flow_log = FlowLog(
+                id=new_id("fl"),
+                region=req.region,
+                name=req.name,
+                resource_type=ResourceType(req.resource_type),
+                resource_id=req.resource_id,
+                network_id=req.network_id,
+                traffic_type=TrafficType(req.traffic_type),
+                project=dest.project,
+                log_store=dest.name,
+                description=req.description,
+                state=FlowLogState(req.state or FlowLogState.ACTIVE),
+                create_time_ms=now,
+                update_time_ms=now,
+                account_id=account,
+            )
             tx.insert_flow_log(flow_log)
             if req.client_token:
                 tx.put_client_token(account, req.client_token, request_fp, flow_log.id)
@@ -417,8 +512,16 @@ class Service:
         with self.metadata.transaction() as tx:
             return _flow_log_or_404(tx, account, flow_log_id)
 
-    def list_flow_logs(self, account: str, *, region: str = "", resource_id: str = "", state: int = 0,
-                       page_size: int = 0, page_token: str = "") -> Page:
+    def list_flow_logs(
+        self,
+        account: str,
+        *,
+        region: str = "",
+        resource_id: str = "",
+        state: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> Page:
         v = self._violations()
         v.region("region", region, required=False)
         v.resource_id("resource_id", resource_id, required=False)
@@ -428,12 +531,17 @@ class Service:
         bound = fingerprint(region, resource_id, state)
         after = self.signer.decode(page_token, "flow_logs", account, bound) if page_token else ""
         with self.metadata.transaction() as tx:
-            items = tx.list_flow_logs(account, region=region, resource_id=resource_id, state=FlowLogState(state),
-                                      after=str(after), limit=size + 1)
+            items = tx.list_flow_logs(
+                account,
+                region=region,
+                resource_id=resource_id,
+                state=FlowLogState(state),
+                after=str(after),
+                limit=size + 1,
+            )
         return self._page(items[:size], len(items) > size, "flow_logs", account, bound, lambda f: f.id)
 
-    def update_flow_log(self, account: str, flow_log_id: str, changes: dict[str, Any],
-                        mask: Iterable[str]) -> FlowLog:
+    def update_flow_log(self, account: str, flow_log_id: str, changes: dict[str, Any], mask: Iterable[str]) -> FlowLog:
         """`changes` holds the new values of the masked fields (name, description, traffic_type, state)."""
         rules.check_flow_log_id(flow_log_id)
         paths = _check_mask(mask, FLOW_LOG_MUTABLE, "flow_log")
@@ -451,9 +559,12 @@ class Service:
             current = _flow_log_or_404(tx, account, flow_log_id)
             new: dict[str, Any] = {}
             if "name" in paths:
-                if changes["name"] != current.name and tx.flow_log_name_taken(account, current.region, changes["name"],
-                                                                              exclude_id=flow_log_id):
-                    raise AlreadyExists(f"a flow log named {changes['name']!r} already exists in region {current.region!r}")
+                if changes["name"] != current.name and tx.flow_log_name_taken(
+                    account, current.region, changes["name"], exclude_id=flow_log_id
+                ):
+                    raise AlreadyExists(
+                        f"a flow log named {changes['name']!r} already exists in region {current.region!r}"
+                    )
                 new["name"] = changes["name"]
             if "description" in paths:
                 new["description"] = changes["description"]
@@ -474,8 +585,9 @@ class Service:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _page(self, items: list[Any], more: bool, kind: str, account: str, bound: str,
-              position: Callable[[Any], Any]) -> Page:
+    def _page(
+        self, items: list[Any], more: bool, kind: str, account: str, bound: str, position: Callable[[Any], Any]
+    ) -> Page:
         token = self.signer.encode(kind, account, bound, position(items[-1])) if more and items else ""
         return Page(items, token)
 
@@ -497,8 +609,10 @@ def _check_rule(v: rules.Violations, f: str, rule: SecurityRule) -> None:
     if rule.id == DEFAULT_DENY_RULE_ID:
         v.add(f + ".id", f"{DEFAULT_DENY_RULE_ID!r} is reserved for flows no rule matched; choose another id")
     if rule.kind not in (RuleKind.UNSPECIFIED, RuleKind.ACL, RuleKind.SECURITY_GROUP):
-        v.add(f + ".kind", f"must be RULE_KIND_ACL or RULE_KIND_SECURITY_GROUP (unspecified: security group), "
-                           f"not {rule.kind}")
+        v.add(
+            f + ".kind",
+            f"must be RULE_KIND_ACL or RULE_KIND_SECURITY_GROUP (unspecified: security group), not {rule.kind}",
+        )
 
 
 def _check_key(key: LogStoreKey, prefix: str = "", regions: "rules.RegionCatalogue | None" = None) -> None:
@@ -515,7 +629,9 @@ def _check_mask(mask: Iterable[str], mutable: tuple[str, ...], what: str) -> set
         raise InvalidArgument.field("update_mask", f"is required: name the fields to change ({', '.join(mutable)})")
     fixed = sorted(p for p in paths if p not in mutable)
     if fixed:
-        raise InvalidArgument.field("update_mask", f"{', '.join(fixed)} cannot be changed; mutable fields: {', '.join(mutable)}")
+        raise InvalidArgument.field(
+            "update_mask", f"{', '.join(fixed)} cannot be changed; mutable fields: {', '.join(mutable)}"
+        )
     return paths
 
 

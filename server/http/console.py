@@ -1,5 +1,6 @@
 """Wiring of the web console: a private Unix-socket port on the gRPC server, a channel to it, and
 the HTTP gateway on `http.listen` (off unless set)."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -41,15 +42,18 @@ def check_http_listen(cfg: Config) -> None:
     except ValueError:
         loopback = False
     if not loopback:
-        raise ConfigError(f"refusing to serve the web console on {listen} without API keys: anyone who can reach "
-                          "it would act as the local account. Configure api_keys or use 127.0.0.1")
+        raise ConfigError(
+            f"refusing to serve the web console on {listen} without API keys: anyone who can reach "
+            "it would act as the local account. Configure api_keys or use 127.0.0.1"
+        )
 
 
 class HttpConsole:
     """Created before the gRPC server starts (it adds the private port), started after it."""
 
-    def __init__(self, cfg: Config, grpc_server: GrpcServer, service_names: list[str],
-                 authenticator: Any = None) -> None:
+    def __init__(
+        self, cfg: Config, grpc_server: GrpcServer, service_names: list[str], authenticator: Any = None
+    ) -> None:
         self.cfg = cfg
         # A fresh folder only this user can enter (mkdtemp makes it 0700): the socket in it is the
         # gRPC server without TLS or client certificates, so nobody else may reach it. API keys
@@ -59,10 +63,12 @@ class HttpConsole:
         if not grpc_server.server.add_insecure_port(self.target):
             raise RuntimeError(f"cannot open the console's private gRPC socket {self.target}")
         limit = cfg.limits.max_message_bytes
-        self.channel = grpc.aio.insecure_channel(self.target, options=[
-            ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
-        self.gateway = Gateway(self.channel, service_methods(service_names), STATIC_DIR, VENDOR_FILES, limit,
-                               authenticator)
+        self.channel = grpc.aio.insecure_channel(
+            self.target, options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        )
+        self.gateway = Gateway(
+            self.channel, service_methods(service_names), STATIC_DIR, VENDOR_FILES, limit, authenticator
+        )
         self.port = 0
 
     async def start(self) -> int:

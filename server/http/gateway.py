@@ -18,6 +18,7 @@ Protocol (https://connectrpc.com/docs/protocol, the subset a browser needs):
   with enveloped messages and one end-of-stream envelope (flag 2) `{"error": ...}` or `{}`.
 - `Connect-Timeout-Ms` sets the call's deadline.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -60,18 +61,31 @@ CODES: dict[grpc.StatusCode, tuple[str, int]] = {
     grpc.StatusCode.UNAUTHENTICATED: ("unauthenticated", 401),
 }
 # google.rpc detail types the console reads; others are passed on without a `debug` copy.
-_DETAIL_TYPES = {cls.DESCRIPTOR.full_name: cls for cls in (
-    error_details_pb2.BadRequest, error_details_pb2.QuotaFailure, error_details_pb2.ErrorInfo,
-    error_details_pb2.RetryInfo, error_details_pb2.PreconditionFailure, error_details_pb2.ResourceInfo)}
+_DETAIL_TYPES = {
+    cls.DESCRIPTOR.full_name: cls
+    for cls in (
+        error_details_pb2.BadRequest,
+        error_details_pb2.QuotaFailure,
+        error_details_pb2.ErrorInfo,
+        error_details_pb2.RetryInfo,
+        error_details_pb2.PreconditionFailure,
+        error_details_pb2.ResourceInfo,
+    )
+}
 
 END_STREAM = 0x02
-STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml", ".png": "image/png",
-                ".ico": "image/x-icon"}
+STATIC_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
 SECURITY_HEADERS = {
     # The console loads nothing from elsewhere (no CDN): say so, so injected markup can't either.
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
-                               "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
@@ -105,8 +119,13 @@ def service_methods(service_names: list[str]) -> dict[str, Method]:
         service = pool.FindServiceByName(name)
         for m in service.methods:
             path = f"/{service.full_name}/{m.name}"
-            out[path] = Method(path, GetMessageClass(m.input_type), GetMessageClass(m.output_type),
-                               m.client_streaming, m.server_streaming)
+            out[path] = Method(
+                path,
+                GetMessageClass(m.input_type),
+                GetMessageClass(m.output_type),
+                m.client_streaming,
+                m.server_streaming,
+            )
     return out
 
 
@@ -122,8 +141,10 @@ class Codec:
             try:
                 return cls.FromString(data)
             except pb_message.DecodeError as e:
-                raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT,
-                                    f"the body is not a valid {cls.DESCRIPTOR.full_name} message ({e})") from None
+                raise ProtocolError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the body is not a valid {cls.DESCRIPTOR.full_name} message ({e})",
+                ) from None
         msg = cls()
         if not data.strip():
             return msg
@@ -132,9 +153,11 @@ class Codec:
         except UnicodeDecodeError:
             raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "the body is not UTF-8 text") from None
         except json_format.ParseError as e:
-            raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"the body is not a valid {cls.DESCRIPTOR.full_name} in JSON: {e}",
-                                field=_field_of(str(e))) from None
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the body is not a valid {cls.DESCRIPTOR.full_name} in JSON: {e}",
+                field=_field_of(str(e)),
+            ) from None
         return msg
 
     def encode(self, msg: Any) -> bytes:
@@ -146,10 +169,10 @@ class Codec:
 def _field_of(parse_error: str) -> str:
     """The field json_format names in its message ('Failed to parse log_stores field: ...' or
     'Message type "X" has no field named "y"'), so the console can show it next to the field."""
-    for marker in ("Failed to parse ", "has no field named \""):
+    for marker in ("Failed to parse ", 'has no field named "'):
         i = parse_error.find(marker)
         if i >= 0:
-            rest = parse_error[i + len(marker):]
+            rest = parse_error[i + len(marker) :]
             return rest.split(" ", 1)[0].rstrip('".') if marker.startswith("Failed") else rest.split('"', 1)[0]
     return "request"
 
@@ -163,17 +186,22 @@ def parse_envelopes(body: bytes) -> list[tuple[int, bytes]]:
     i = 0
     while i < len(body):
         if len(body) - i < 5:
-            raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "truncated envelope: a streaming request is "
-                                "messages each prefixed by 1 flag byte and a 4-byte big-endian length")
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "truncated envelope: a streaming request is "
+                "messages each prefixed by 1 flag byte and a 4-byte big-endian length",
+            )
         flags, n = struct.unpack_from(">BI", body, i)
         i += 5
         if len(body) - i < n:
-            raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"truncated envelope: {n} bytes announced, {len(body) - i} sent")
+            raise ProtocolError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"truncated envelope: {n} bytes announced, {len(body) - i} sent"
+            )
         if flags & 0x01:
-            raise ProtocolError(grpc.StatusCode.UNIMPLEMENTED, "compressed messages are not supported; "
-                                "send them uncompressed")
-        out.append((flags, body[i:i + n]))
+            raise ProtocolError(
+                grpc.StatusCode.UNIMPLEMENTED, "compressed messages are not supported; send them uncompressed"
+            )
+        out.append((flags, body[i : i + n]))
         i += n
     return out
 
@@ -214,8 +242,13 @@ def protocol_error_json(e: ProtocolError) -> dict:
         from google.protobuf import any_pb2
 
         packed = any_pb2.Any()
-        packed.Pack(error_details_pb2.BadRequest(field_violations=[
-            error_details_pb2.BadRequest.FieldViolation(field=e.field or "request", description=e.message)]))
+        packed.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=e.field or "request", description=e.message)
+                ]
+            )
+        )
         details.append(packed)
     return error_json(e.code, e.message, details)
 
@@ -225,8 +258,11 @@ def _timeout(request: web.Request) -> float | None:
     if raw is None:
         return None
     if not raw.isdigit() or len(raw) > 10:
-        raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, "Connect-Timeout-Ms must be a positive integer "
-                            "of at most 10 digits", field="Connect-Timeout-Ms")
+        raise ProtocolError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "Connect-Timeout-Ms must be a positive integer of at most 10 digits",
+            field="Connect-Timeout-Ms",
+        )
     return int(raw) / 1000.0
 
 
@@ -258,8 +294,15 @@ class Gateway:
     before the body is read, so a caller without a valid key cannot make the server read or parse
     anything (the gRPC side checks the key again: this is only the early refusal)."""
 
-    def __init__(self, channel: grpc.aio.Channel, methods: dict[str, Method], static_dir: Path,
-                 vendor_files: dict[str, Path], max_body_bytes: int, authenticator: Any = None) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        methods: dict[str, Method],
+        static_dir: Path,
+        vendor_files: dict[str, Path],
+        max_body_bytes: int,
+        authenticator: Any = None,
+    ) -> None:
         self.authenticator = authenticator
         self.channel = channel
         self.methods = methods
@@ -283,11 +326,13 @@ class Gateway:
         # call (a Tail would otherwise stay open until its next heartbeat fails to write).
         # shutdown_timeout: on stop, open streams (Tail) are cancelled after this grace instead of
         # holding the shutdown for aiohttp's default minute.
-        self.runner = web.AppRunner(self.application(), handler_cancellation=True, access_log=None,
-                                    shutdown_timeout=2.0)
+        self.runner = web.AppRunner(
+            self.application(), handler_cancellation=True, access_log=None, shutdown_timeout=2.0
+        )
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=ssl_context,
-                           reuse_address=True)
+        site = web.TCPSite(
+            self.runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=ssl_context, reuse_address=True
+        )
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
@@ -336,18 +381,30 @@ class Gateway:
         path = f"/{request.match_info['service']}/{request.match_info['method']}"
         method = self.methods.get(path)
         if method is None:
-            return self._unary_error(ProtocolError(grpc.StatusCode.UNIMPLEMENTED, f"no RPC {path[1:]}; the "
-                                                   "services are " + ", ".join(sorted({p.split('/')[1] for p in
-                                                                                     self.methods}))))
+            return self._unary_error(
+                ProtocolError(
+                    grpc.StatusCode.UNIMPLEMENTED,
+                    f"no RPC {path[1:]}; the "
+                    "services are " + ", ".join(sorted({p.split("/")[1] for p in self.methods})),
+                )
+            )
         ctype = request.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
         streaming = method.client_streaming or method.server_streaming
-        expected = ("application/connect+json", "application/connect+proto") if streaming else \
-                   ("application/json", "application/proto")
+        expected = (
+            ("application/connect+json", "application/connect+proto")
+            if streaming
+            else ("application/json", "application/proto")
+        )
         if ctype not in expected:
             # Connect: an unsupported content type is HTTP 415, with no Connect body.
-            return web.json_response({"code": "invalid_argument", "message": f"{path[1:]} takes Content-Type "
-                                      f"{' or '.join(expected)}, not {ctype or 'none'}"}, status=415,
-                                     headers={"Accept-Post": ", ".join(expected)})
+            return web.json_response(
+                {
+                    "code": "invalid_argument",
+                    "message": f"{path[1:]} takes Content-Type {' or '.join(expected)}, not {ctype or 'none'}",
+                },
+                status=415,
+                headers={"Accept-Post": ", ".join(expected)},
+            )
         codec = Codec(ctype.endswith("json"))
         try:
             self._authenticate(request)
@@ -356,8 +413,10 @@ class Gateway:
         except ProtocolError as e:
             return self._unary_error(e) if not streaming else await self._stream_error(request, codec, e)
         except web.HTTPRequestEntityTooLarge:
-            e = ProtocolError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"request body larger than {self.max_body_bytes} bytes (limits.max_message_bytes)")
+            e = ProtocolError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request body larger than {self.max_body_bytes} bytes (limits.max_message_bytes)",
+            )
             return self._unary_error(e) if not streaming else await self._stream_error(request, codec, e)
         if streaming:
             return await self._streaming(request, method, codec, body, timeout)
@@ -381,20 +440,23 @@ class Gateway:
     def _unary_error(self, e: ProtocolError) -> web.Response:
         return web.json_response(protocol_error_json(e), status=CODES[e.code][1])
 
-    async def _unary(self, method: Method, codec: Codec, body: bytes, timeout: float | None,
-                     md: tuple) -> web.Response:
+    async def _unary(self, method: Method, codec: Codec, body: bytes, timeout: float | None, md: tuple) -> web.Response:
         try:
             req = await self._decode(codec, method.request, body)
         except ProtocolError as e:
             return self._unary_error(e)
-        call = self.channel.unary_unary(method.path, request_serializer=method.request.SerializeToString,
-                                        response_deserializer=method.response.FromString)
+        call = self.channel.unary_unary(
+            method.path,
+            request_serializer=method.request.SerializeToString,
+            response_deserializer=method.response.FromString,
+        )
         try:
             resp = await call(req, metadata=md, timeout=timeout)
         except grpc.aio.AioRpcError as err:
             return web.json_response(rpc_error_json(err), status=CODES.get(err.code(), ("unknown", 500))[1])
-        return web.Response(body=codec.encode(resp),
-                            content_type="application/json" if codec.json else "application/proto")
+        return web.Response(
+            body=codec.encode(resp), content_type="application/json" if codec.json else "application/proto"
+        )
 
     async def _stream_error(self, request: web.Request, codec: Codec, e: ProtocolError) -> web.StreamResponse:
         resp = web.StreamResponse(status=200, headers={"Content-Type": self._stream_ctype(codec)})
@@ -407,36 +469,51 @@ class Gateway:
     def _stream_ctype(codec: Codec) -> str:
         return "application/connect+json" if codec.json else "application/connect+proto"
 
-    async def _streaming(self, request: web.Request, method: Method, codec: Codec, body: bytes,
-                         timeout: float | None) -> web.StreamResponse:
+    async def _streaming(
+        self, request: web.Request, method: Method, codec: Codec, body: bytes, timeout: float | None
+    ) -> web.StreamResponse:
         try:
             messages = [await self._decode(codec, method.request, data) for _, data in parse_envelopes(body)]
             if not method.client_streaming and len(messages) != 1:
-                raise ProtocolError(grpc.StatusCode.INVALID_ARGUMENT, f"{method.path[1:]} takes exactly one "
-                                    f"request message, got {len(messages)}")
+                raise ProtocolError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{method.path[1:]} takes exactly one request message, got {len(messages)}",
+                )
         except ProtocolError as e:
             return await self._stream_error(request, codec, e)
         md = _metadata(request)
-        resp = web.StreamResponse(status=200, headers={"Content-Type": self._stream_ctype(codec),
-                                                       "Cache-Control": "no-store",
-                                                       # no proxy buffering: Tail is live
-                                                       "X-Accel-Buffering": "no"})
+        resp = web.StreamResponse(
+            status=200,
+            headers={
+                "Content-Type": self._stream_ctype(codec),
+                "Cache-Control": "no-store",
+                # no proxy buffering: Tail is live
+                "X-Accel-Buffering": "no",
+            },
+        )
         await resp.prepare(request)
         end: dict[str, Any] = {}
         call: Any = None
         try:
             if method.client_streaming:
-                stub = self.channel.stream_unary(method.path, request_serializer=method.request.SerializeToString,
-                                                 response_deserializer=method.response.FromString)
+                stub = self.channel.stream_unary(
+                    method.path,
+                    request_serializer=method.request.SerializeToString,
+                    response_deserializer=method.response.FromString,
+                )
 
                 async def requests() -> AsyncIterator[Any]:
                     for m in messages:
                         yield m
+
                 call = stub(requests(), metadata=md, timeout=timeout)
                 await resp.write(envelope(0, codec.encode(await call)))
             else:
-                stub = self.channel.unary_stream(method.path, request_serializer=method.request.SerializeToString,
-                                                 response_deserializer=method.response.FromString)
+                stub = self.channel.unary_stream(
+                    method.path,
+                    request_serializer=method.request.SerializeToString,
+                    response_deserializer=method.response.FromString,
+                )
                 call = stub(messages[0], metadata=md, timeout=timeout)
                 async for item in call:
                     await resp.write(envelope(0, codec.encode(item)))

@@ -28,6 +28,7 @@ record in all, instead of one in each sink.
 Nothing here imports gRPC or a particular backend: the query store (server.core.ports.
 RecordStore) and the archive (server.archive.Archive) are injected.
 """
+
 from __future__ import annotations
 
 import logging
@@ -55,12 +56,25 @@ ARCHIVE_SINK = "archive"
 class Pipeline:
     """Wires spool, hub and sink workers. start() before use; stop() drains and closes."""
 
-    def __init__(self, data_dir: Path | str, query_store: RecordStore, archive: RecordArchive | None = None, *,
-                 cursor_secret: bytes, max_spool_bytes: int = 2 * 1024**3, tail_retention_s: float = 3600.0,
-                 tail_retention_bytes: int = 1024**3, archive_max_records: int = 50_000,
-                 archive_max_age_s: float = 60.0, tail_buffer_records: int = 50_000, heartbeat_s: float = 15.0,
-                 coalesce_records: int = 20_000, backoff_min_s: float = 0.2, backoff_max_s: float = 30.0,
-                 pace_max_s: float = 0.25) -> None:
+    def __init__(
+        self,
+        data_dir: Path | str,
+        query_store: RecordStore,
+        archive: RecordArchive | None = None,
+        *,
+        cursor_secret: bytes,
+        max_spool_bytes: int = 2 * 1024**3,
+        tail_retention_s: float = 3600.0,
+        tail_retention_bytes: int = 1024**3,
+        archive_max_records: int = 50_000,
+        archive_max_age_s: float = 60.0,
+        tail_buffer_records: int = 50_000,
+        heartbeat_s: float = 15.0,
+        coalesce_records: int = 20_000,
+        backoff_min_s: float = 0.2,
+        backoff_max_s: float = 30.0,
+        pace_max_s: float = 0.25,
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.query_store = query_store
         self.archive = archive
@@ -104,24 +118,40 @@ class Pipeline:
         archive_range = self._archive_max_records if self.archive is not None else 0
         memory_records = max(50_000, 2 * archive_range, 2 * self._coalesce_records)
         self._pace_records = memory_records - self._coalesce_records
-        spool = Spool(self.data_dir / "spool.db", max_spool_bytes=self.max_spool_bytes,
-                      tail_retention_s=self.tail_retention_s, tail_retention_bytes=self.tail_retention_bytes,
-                      on_commit=self.hub.publish,
-                      memory_records=memory_records,
-                      tables=isinstance(self.query_store, TableWriter) or isinstance(self.archive, ArchiveTableWriter))
+        spool = Spool(
+            self.data_dir / "spool.db",
+            max_spool_bytes=self.max_spool_bytes,
+            tail_retention_s=self.tail_retention_s,
+            tail_retention_bytes=self.tail_retention_bytes,
+            on_commit=self.hub.publish,
+            memory_records=memory_records,
+            tables=isinstance(self.query_store, TableWriter) or isinstance(self.archive, ArchiveTableWriter),
+        )
         self.spool = spool
         self.hub.last_seq = spool.head_seq
         sinks = [QUERY_SINK] + ([ARCHIVE_SINK] if self.archive is not None else [])
         spool.register_sinks(sinks)
         self._codec = CursorCodec(self._cursor_secret, spool.spool_id)
-        self.workers[QUERY_SINK] = RecordSinkWorker(QUERY_SINK, spool, self.query_store, self.fence,
-                                                    coalesce_records=self._coalesce_records,
-                                                    backoff_min_s=self._backoff_min_s, backoff_max_s=self._backoff_max_s)
+        self.workers[QUERY_SINK] = RecordSinkWorker(
+            QUERY_SINK,
+            spool,
+            self.query_store,
+            self.fence,
+            coalesce_records=self._coalesce_records,
+            backoff_min_s=self._backoff_min_s,
+            backoff_max_s=self._backoff_max_s,
+        )
         if self.archive is not None:
             self.workers[ARCHIVE_SINK] = ArchiveSinkWorker(
-                ARCHIVE_SINK, spool, self.archive, self.fence, max_records=self._archive_max_records,
-                max_age_s=self._archive_max_age_s, backoff_min_s=self._backoff_min_s,
-                backoff_max_s=self._backoff_max_s)
+                ARCHIVE_SINK,
+                spool,
+                self.archive,
+                self.fence,
+                max_records=self._archive_max_records,
+                max_age_s=self._archive_max_age_s,
+                backoff_min_s=self._backoff_min_s,
+                backoff_max_s=self._backoff_max_s,
+            )
         for w in self.workers.values():
             w.start()
         with self._state_lock:
@@ -145,16 +175,22 @@ class Pipeline:
             head = self.spool.head_seq
             behind = {n: o.seq for n, o in self.spool.sink_offsets().items() if o.seq < head}
             if behind:
-                log.warning("stopping with records not yet delivered; they stay spooled for the next start",
-                            extra={"head_seq": head, "sinks_behind": behind})
+                log.warning(
+                    "stopping with records not yet delivered; they stay spooled for the next start",
+                    extra={"head_seq": head, "sinks_behind": behind},
+                )
             self.spool.close()
         log.info("pipeline stopped", extra={"drained": drained})
         return drained
 
     # -- ingestion ----------------------------------------------------------------------------
 
-    def submit(self, records: Sequence[FlowRecord], prepared: tuple[bytes, object] | None = None,
-               admit: Callable[[], object] | None = None) -> int:
+    def submit(
+        self,
+        records: Sequence[FlowRecord],
+        prepared: tuple[bytes, object] | None = None,
+        admit: Callable[[], object] | None = None,
+    ) -> int:
         """Spool the records (complete, validated, with record_id); durable when this returns.
         Returns the highest seq given to them (for wait_delivered). Raises ResourceExhausted
         when a backend is too far behind (spool bound), Unavailable when stopping. `prepared`:
@@ -211,10 +247,16 @@ class Pipeline:
             if report:
                 self._paced_logged = t0
         if report:  # at most once a minute: a backend slower than the clients paces every call
-            log.info("ingestion paced: a backend is further behind than the spool keeps in memory", extra={
-                "sinks": {n: spool.backlog(n)[0] for n in behind}, "limit_records": limit,
-                "waited_s": round(waited, 3), "paced_calls": self.paced_calls,
-                "paced_seconds": round(self.paced_seconds, 1)})
+            log.info(
+                "ingestion paced: a backend is further behind than the spool keeps in memory",
+                extra={
+                    "sinks": {n: spool.backlog(n)[0] for n in behind},
+                    "limit_records": limit,
+                    "waited_s": round(waited, 3),
+                    "paced_calls": self.paced_calls,
+                    "paced_seconds": round(self.paced_seconds, 1),
+                },
+            )
 
     def wait_delivered(self, seq: int, timeout: float, sinks: Sequence[str] | None = None) -> bool:
         """Wait until the sinks (default: all) have stored everything through seq."""
@@ -223,19 +265,39 @@ class Pipeline:
 
     # -- tail -----------------------------------------------------------------------------------
 
-    def tail(self, account_id: str, region: str, project: str, log_stores: Sequence[str],
-             predicate: Callable[[FlowRecord], bool] | None = None, *, start_ms: int | None = None,
-             cursor: str | None = None, heartbeat_s: float | None = None,
-             check: Callable[[], object] | None = None) -> TailSession:
+    def tail(
+        self,
+        account_id: str,
+        region: str,
+        project: str,
+        log_stores: Sequence[str],
+        predicate: Callable[[FlowRecord], bool] | None = None,
+        *,
+        start_ms: int | None = None,
+        cursor: str | None = None,
+        heartbeat_s: float | None = None,
+        check: Callable[[], object] | None = None,
+    ) -> TailSession:
         """A Tail session over LogStores of one project (see server.pipeline.tail). The caller
         has checked that the LogStores exist and belong to the account; `predicate` is the
         compiled filter (server.core.filter.compile_predicate)."""
         if self.spool is None or self._codec is None or not self._accepting:
             raise Unavailable("the record pipeline is not running (the server is starting or stopping)")
-        return TailSession(self.spool, self.hub, self._codec, account_id, region, project, log_stores, predicate,
-                           start_ms=start_ms, cursor=cursor,
-                           heartbeat_s=self._heartbeat_s if heartbeat_s is None else heartbeat_s,
-                           buffer_records=self.hub.default_max_records, check=check)
+        return TailSession(
+            self.spool,
+            self.hub,
+            self._codec,
+            account_id,
+            region,
+            project,
+            log_stores,
+            predicate,
+            start_ms=start_ms,
+            cursor=cursor,
+            heartbeat_s=self._heartbeat_s if heartbeat_s is None else heartbeat_s,
+            buffer_records=self.hub.default_max_records,
+            check=check,
+        )
 
     # -- health, deletion -----------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ drop in the shared DropFence and waits until no write that could still carry tho
 in flight. Every write attempt (retries included) re-filters its batches through the fence, so
 after that wait no worker can bring the dropped records back.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,12 +53,14 @@ def batch_table(batches: Sequence[SpoolBatch]) -> object:
     return columns.concat(b.arrow() for b in batches)
 
 
-def batch_writer(rows: Callable[[list[FlowRecord]], object],
-                 table: Callable[[object], object] | None) -> Callable[[list[SpoolBatch]], object]:
+def batch_writer(
+    rows: Callable[[list[FlowRecord]], object], table: Callable[[object], object] | None
+) -> Callable[[list[SpoolBatch]], object]:
     """How a sink hands batches to its target: as one table when the target takes tables
     (`table` is its write_table), else as records; also as records when some value does not fit
     the table's types, so that the target's own rules decide (the archive keeps ports and flags
     as uint32, for one) instead of a conversion failing on every retry."""
+
     def write_rows(batches: list[SpoolBatch]) -> object:
         return rows(batch_records(batches))
 
@@ -70,6 +73,7 @@ def batch_writer(rows: Callable[[list[FlowRecord]], object],
         except ValueError:
             return write_rows(batches)
         return table(whole)
+
     return write_table
 
 
@@ -112,8 +116,15 @@ class DropFence:
 class SinkWorker:
     """The loop, retry and shutdown shared by both sinks; subclasses say what one delivery is."""
 
-    def __init__(self, name: str, spool: Spool, fence: DropFence | None = None, *,
-                 backoff_min_s: float = BACKOFF_MIN_S, backoff_max_s: float = BACKOFF_MAX_S) -> None:
+    def __init__(
+        self,
+        name: str,
+        spool: Spool,
+        fence: DropFence | None = None,
+        *,
+        backoff_min_s: float = BACKOFF_MIN_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+    ) -> None:
         self.name = name
         self.spool = spool
         self.fence = fence or DropFence()
@@ -151,8 +162,7 @@ class SinkWorker:
             self._wake.set()
             self._thread.join(1.0)
             if self._thread.is_alive():
-                log.warning("sink worker still inside a write at shutdown; leaving it",
-                            extra={"sink": self.name})
+                log.warning("sink worker still inside a write at shutdown; leaving it", extra={"sink": self.name})
         return not self._thread.is_alive() and self.delivered_seq >= self.spool.head_seq
 
     def stop(self, timeout: float) -> bool:
@@ -173,8 +183,15 @@ class SinkWorker:
     def status(self) -> SinkStatus:
         records, nbytes = self.spool.backlog(self.name)
         delivered = self.spool.sink_offset(self.name).seq
-        return SinkStatus(self.name, self._healthy, self._last_error, records, nbytes,
-                          max(0, self.spool.head_seq - delivered), delivered)
+        return SinkStatus(
+            self.name,
+            self._healthy,
+            self._last_error,
+            records,
+            nbytes,
+            max(0, self.spool.head_seq - delivered),
+            delivered,
+        )
 
     def retry_now(self) -> None:
         """The backend is reachable again (its health probe recovered): end the current backoff
@@ -188,8 +205,7 @@ class SinkWorker:
     def wait_writes_before(self, generation: int, timeout: float) -> bool:
         """Wait until no write that started before fence generation `generation` is in flight."""
         with self._cond:
-            return self._cond.wait_for(
-                lambda: self._attempt_gen is None or self._attempt_gen >= generation, timeout)
+            return self._cond.wait_for(lambda: self._attempt_gen is None or self._attempt_gen >= generation, timeout)
 
     # -- delivery -----------------------------------------------------------------------------
 
@@ -214,14 +230,23 @@ class SinkWorker:
                 self._healthy = False
                 self._last_error = f"{type(e).__name__}: {e}"[:500]
                 self.spool.sink_notes[self.name] = f"failing for {now - self._failing_since:.0f}s: {self._last_error}"
-                log.warning("sink write failed; will retry", extra={
-                    "sink": self.name, "error": self._last_error, "first_seq": batches[0].seq,
-                    "last_seq": batches[-1].seq, "records": sum(len(b.records) for b in batches),
-                    "retry_in_s": round(delay, 2)})
+                log.warning(
+                    "sink write failed; will retry",
+                    extra={
+                        "sink": self.name,
+                        "error": self._last_error,
+                        "first_seq": batches[0].seq,
+                        "last_seq": batches[-1].seq,
+                        "records": sum(len(b.records) for b in batches),
+                        "retry_in_s": round(delay, 2),
+                    },
+                )
             else:
                 if not self._healthy:
-                    log.info("sink recovered", extra={"sink": self.name,
-                                                      "after_s": round(time.monotonic() - self._failing_since, 1)})
+                    log.info(
+                        "sink recovered",
+                        extra={"sink": self.name, "after_s": round(time.monotonic() - self._failing_since, 1)},
+                    )
                 self._healthy = True
                 self._last_error = ""
                 self.spool.sink_notes.pop(self.name, None)
@@ -253,8 +278,10 @@ class SinkWorker:
                 self._healthy = False
                 self._last_error = "sink worker crashed; see the server log"
                 log.exception("sink worker crashed", extra={"sink": self.name})
-        log.info("sink worker stopped", extra={"sink": self.name, "delivered_seq": self.delivered_seq,
-                                               "head_seq": self.spool.head_seq})
+        log.info(
+            "sink worker stopped",
+            extra={"sink": self.name, "delivered_seq": self.delivered_seq, "head_seq": self.spool.head_seq},
+        )
 
     def _loop(self) -> None:
         raise NotImplementedError
@@ -264,9 +291,17 @@ class RecordSinkWorker(SinkWorker):
     """Copies the spool to the query backend (RecordStore.write is idempotent by record_id and
     durable + searchable on return), coalescing up to `coalesce_records` per write."""
 
-    def __init__(self, name: str, spool: Spool, store: RecordStore, fence: DropFence | None = None, *,
-                 coalesce_records: int = 20_000, backoff_min_s: float = BACKOFF_MIN_S,
-                 backoff_max_s: float = BACKOFF_MAX_S) -> None:
+    def __init__(
+        self,
+        name: str,
+        spool: Spool,
+        store: RecordStore,
+        fence: DropFence | None = None,
+        *,
+        coalesce_records: int = 20_000,
+        backoff_min_s: float = BACKOFF_MIN_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+    ) -> None:
         super().__init__(name, spool, fence, backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s)
         self.store = store
         self.coalesce_records = coalesce_records
@@ -298,10 +333,21 @@ class ArchiveSinkWorker(SinkWorker):
     two servers sharing one bucket from overwriting each other's objects.
     """
 
-    def __init__(self, name: str, spool: Spool, archive: ArchiveWriter, fence: DropFence | None = None, *,
-                 max_records: int = 50_000, max_age_s: float = 60.0, writer_id: str | None = None,
-                 poll_s: float = 0.2, clock_ms: Callable[[], int] | None = None,
-                 backoff_min_s: float = BACKOFF_MIN_S, backoff_max_s: float = BACKOFF_MAX_S) -> None:
+    def __init__(
+        self,
+        name: str,
+        spool: Spool,
+        archive: ArchiveWriter,
+        fence: DropFence | None = None,
+        *,
+        max_records: int = 50_000,
+        max_age_s: float = 60.0,
+        writer_id: str | None = None,
+        poll_s: float = 0.2,
+        clock_ms: Callable[[], int] | None = None,
+        backoff_min_s: float = BACKOFF_MIN_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+    ) -> None:
         super().__init__(name, spool, fence, backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s)
         self.archive = archive
         self._write_table = archive.write_table if isinstance(archive, ArchiveTableWriter) else None
@@ -318,8 +364,10 @@ class ArchiveSinkWorker(SinkWorker):
         batches = self.spool.read_after(offset, None, upto=last_seq)
         batch_id = self.batch_id(offset, last_seq)
         write_table = self._write_table
-        write = batch_writer(lambda records: self.archive.write_batch(batch_id, records),
-                             (lambda table: write_table(batch_id, table)) if write_table is not None else None)
+        write = batch_writer(
+            lambda records: self.archive.write_batch(batch_id, records),
+            (lambda table: write_table(batch_id, table)) if write_table is not None else None,
+        )
         if batches and not self._deliver(batches, write):
             return False
         self._commit(last_seq)
@@ -338,8 +386,10 @@ class ArchiveSinkWorker(SinkWorker):
         pending = self.spool.sink_offset(self.name).pending_to
         offset = self.delivered_seq
         if pending is not None and pending > offset:
-            log.info("rewriting the archive range interrupted by a crash",
-                     extra={"sink": self.name, "batch_id": self.batch_id(offset, pending)})
+            log.info(
+                "rewriting the archive range interrupted by a crash",
+                extra={"sink": self.name, "batch_id": self.batch_id(offset, pending)},
+            )
             if not self._flush(offset, pending):
                 return
             offset = pending

@@ -10,6 +10,7 @@ is marked overflowed and dropped from the routes at once; its next get() raises
 SubscriptionOverflow. It loses nothing for good: the spool still holds what it missed, and the
 Tail tells the client to reconnect with its last cursor.
 """
+
 from __future__ import annotations
 
 import collections
@@ -119,11 +120,18 @@ class Hub:
         self.last_seq = 0
         self._closed = False
 
-    def subscribe(self, account_id: str, region: str, project: str, log_stores: Iterable[str], *,
-                  max_records: int | None = None, max_batches: int | None = None) -> Subscription:
+    def subscribe(
+        self,
+        account_id: str,
+        region: str,
+        project: str,
+        log_stores: Iterable[str],
+        *,
+        max_records: int | None = None,
+        max_batches: int | None = None,
+    ) -> Subscription:
         keys = frozenset(BatchKey(account_id, region, project, s) for s in log_stores)
-        sub = Subscription(self, keys, max_records or self.default_max_records,
-                           max_batches or self.default_max_batches)
+        sub = Subscription(self, keys, max_records or self.default_max_records, max_batches or self.default_max_batches)
         with self._lock:
             if self._closed:
                 raise HubClosed("the server is stopping")
@@ -157,8 +165,10 @@ class Hub:
                 if subs:
                     for s in subs:
                         if not s._offer(b):
-                            log.warning("tail subscriber overflowed; disconnected",
-                                        extra={"log_store": "/".join(b.key), "max_records": s.max_records})
+                            log.warning(
+                                "tail subscriber overflowed; disconnected",
+                                extra={"log_store": "/".join(b.key), "max_records": s.max_records},
+                            )
                             self._remove(s)
                 self.last_seq = b.seq
         elif batches:

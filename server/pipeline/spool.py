@@ -31,6 +31,7 @@ The spool in four files by job: this one (the SQLite file, the group-commit writ
 reading for the sinks, dropping and trimming), spool_codec.py (the batch blob format),
 spool_offsets.py (the sinks' durable offsets and backlogs) and spool_scan.py (Tail's replay read).
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -48,11 +49,31 @@ from typing import Callable, Iterator, Sequence
 from server.core.columns import table_of_columns
 from server.core.errors import DomainError, ResourceExhausted, Unavailable
 from server.core.model import FlowRecord, record_columns
-from server.pipeline.spool_codec import (_ENUM_IDX, _FORMAT, _FORMAT_COLUMNS, _KEY_IDX, _MAX_IDLE_READERS,  # noqa: F401
-                                         _MISSING_DEFAULTS, _TRIM_CHUNK, _VALUE_IDX, FORMAT_VERSION,
-                                         MAX_BATCH_RECORDS, BatchKey, SpoolBatch, SpoolCorrupt, StoredRecords,
-                                         _all_columns, _key_of, _value_columns, decode, decode_table, encode,
-                                         encode_columns, encode_marshalled, group_by_log_store)
+from server.pipeline.spool_codec import (
+    _ENUM_IDX,
+    _FORMAT,
+    _FORMAT_COLUMNS,
+    _KEY_IDX,
+    _MAX_IDLE_READERS,  # noqa: F401
+    _MISSING_DEFAULTS,
+    _TRIM_CHUNK,
+    _VALUE_IDX,
+    FORMAT_VERSION,
+    MAX_BATCH_RECORDS,
+    BatchKey,
+    SpoolBatch,
+    SpoolCorrupt,
+    StoredRecords,
+    _all_columns,
+    _key_of,
+    _value_columns,
+    decode,
+    decode_table,
+    encode,
+    encode_columns,
+    encode_marshalled,
+    group_by_log_store,
+)
 from server.pipeline.spool_offsets import SinkOffset, SinkOffsets  # noqa: F401
 from server.pipeline.spool_scan import CursorExpired, ScanResult, TailScan  # noqa: F401
 
@@ -108,11 +129,19 @@ def _now_ms() -> int:
 class Spool(SinkOffsets, TailScan):
     """See the module docstring. Thread-safe: any thread may append, read and wait."""
 
-    def __init__(self, path: Path | str, *, max_spool_bytes: int = 2 * 1024**3,
-                 tail_retention_s: float = 3600.0, tail_retention_bytes: int = 1024**3,
-                 on_commit: Callable[[list[SpoolBatch]], None] | None = None,
-                 trim_interval_s: float = 1.0, memory_records: int = 50_000,
-                 clock_ms: Callable[[], int] = _now_ms, tables: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_spool_bytes: int = 2 * 1024**3,
+        tail_retention_s: float = 3600.0,
+        tail_retention_bytes: int = 1024**3,
+        on_commit: Callable[[list[SpoolBatch]], None] | None = None,
+        trim_interval_s: float = 1.0,
+        memory_records: int = 50_000,
+        clock_ms: Callable[[], int] = _now_ms,
+        tables: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_spool_bytes = max_spool_bytes
@@ -131,15 +160,17 @@ class Spool(SinkOffsets, TailScan):
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(self._lock_fd)
-            raise RuntimeError(f"the spool {self.path} is in use by another process: two servers cannot "
-                               "share one data dir") from None
+            raise RuntimeError(
+                f"the spool {self.path} is in use by another process: two servers cannot share one data dir"
+            ) from None
         self._wconn = self._connect()
         self._wconn.executescript(_SCHEMA)
         row = self._wconn.execute("SELECT v FROM meta WHERE k = 'spool_id'").fetchone()
         if row is None:
             self.spool_id = secrets.token_hex(8)
-            self._wconn.execute("INSERT INTO meta VALUES ('spool_id', ?), ('format', ?)",
-                                (self.spool_id, FORMAT_VERSION))
+            self._wconn.execute(
+                "INSERT INTO meta VALUES ('spool_id', ?), ('format', ?)", (self.spool_id, FORMAT_VERSION)
+            )
         else:
             self.spool_id = str(row[0])
         self._load_state()
@@ -162,8 +193,15 @@ class Spool(SinkOffsets, TailScan):
         self._last_trim = time.monotonic()
         self._writer = threading.Thread(target=self._run, name="flowlog-spool-writer", daemon=True)
         self._writer.start()
-        log.info("spool open", extra={"path": str(self.path), "head_seq": self.head_seq,
-                                      "spool_id": self.spool_id, "sinks": dict(self._v_offsets)})
+        log.info(
+            "spool open",
+            extra={
+                "path": str(self.path),
+                "head_seq": self.head_seq,
+                "spool_id": self.spool_id,
+                "sinks": dict(self._v_offsets),
+            },
+        )
 
     # -- connections --------------------------------------------------------------------------
 
@@ -214,9 +252,12 @@ class Spool(SinkOffsets, TailScan):
         self._w_backlog: dict[str, list[int]] = {}
         for sink, seq, pending in c.execute("SELECT sink, seq, pending_to FROM sink_offsets").fetchall():
             self._w_offsets[sink] = [seq, pending]
-            self._w_backlog[sink] = list(c.execute(
-                "SELECT COALESCE(sum(n), 0), COALESCE(sum(bytes), 0) FROM batches WHERE seq > ? AND skipped = 0",
-                (seq,)).fetchone())
+            self._w_backlog[sink] = list(
+                c.execute(
+                    "SELECT COALESCE(sum(n), 0), COALESCE(sum(bytes), 0) FROM batches WHERE seq > ? AND skipped = 0",
+                    (seq,),
+                ).fetchone()
+            )
 
     def _publish_view(self) -> None:
         self.head_seq = self._w_head
@@ -225,7 +266,6 @@ class Spool(SinkOffsets, TailScan):
         self._v_offsets = {k: SinkOffset(v[0], v[1]) for k, v in self._w_offsets.items()}
         self._v_backlog = {k: (v[0], v[1]) for k, v in self._w_backlog.items()}
         self._v_total = self._w_total
-
 
     @property
     def total_bytes(self) -> int:
@@ -326,8 +366,9 @@ class Spool(SinkOffsets, TailScan):
         batches = self.append_batches(records, prepared)
         return batches[-1].seq if batches else self.head_seq
 
-    def append_batches(self, records: Sequence[FlowRecord],
-                       prepared: tuple[bytes, object] | None = None) -> list[SpoolBatch]:
+    def append_batches(
+        self, records: Sequence[FlowRecord], prepared: tuple[bytes, object] | None = None
+    ) -> list[SpoolBatch]:
         """append(), returning the committed batches (one per LogStore, in seq order).
 
         `prepared`: (the marshalled value columns, the Arrow table) of records that are all of
@@ -339,13 +380,15 @@ class Spool(SinkOffsets, TailScan):
             raise Unavailable("the spool is closed: the server is stopping")
         if prepared is not None and len(records) <= MAX_BATCH_RECORDS:
             raw, table = prepared
-            encoded = [(BatchKey(*_key_of(records[0])), records, encode_marshalled(raw),
-                        table if self.tables else None)]
+            encoded = [
+                (BatchKey(*_key_of(records[0])), records, encode_marshalled(raw), table if self.tables else None)
+            ]
         else:
             encoded = [self._encode(key, rs) for key, rs in group_by_log_store(records)]
 
         def append_op(c: sqlite3.Connection) -> list[SpoolBatch]:
             return self._op_append(c, encoded)
+
         return self._submit(append_op, appends=True)  # type: ignore[return-value]
 
     def _encode(self, key: BatchKey, records: list[FlowRecord]) -> tuple[BatchKey, list[FlowRecord], bytes, object]:
@@ -371,10 +414,12 @@ class Spool(SinkOffsets, TailScan):
         return ResourceExhausted(
             f"ingestion is paused: {behind / 2**20:.0f} MiB of acknowledged records are waiting for the "
             f"'{sink}' backend, which is behind{' (' + note + ')' if note else ''}; the spool holds at most "
-            f"max_spool_bytes={self.max_spool_bytes}. Retry later: ingestion resumes as soon as it catches up")
+            f"max_spool_bytes={self.max_spool_bytes}. Retry later: ingestion resumes as soon as it catches up"
+        )
 
-    def _op_append(self, c: sqlite3.Connection, encoded: list[tuple[BatchKey, list[FlowRecord], bytes, object]]
-                   ) -> list[SpoolBatch]:
+    def _op_append(
+        self, c: sqlite3.Connection, encoded: list[tuple[BatchKey, list[FlowRecord], bytes, object]]
+    ) -> list[SpoolBatch]:
         need = sum(len(p) for _, _, p, _ in encoded)
         refusal = self._refusal(need)
         if refusal is not None:
@@ -389,8 +434,11 @@ class Spool(SinkOffsets, TailScan):
             payloads.append((seq, payload))
             out.append(SpoolBatch(seq, stored_ms, key, rs, len(payload), table=table))
             n_total += len(rs)
-        c.executemany("INSERT INTO batches (seq, stored_ms, account_id, region, project, log_store, n, bytes) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        c.executemany(
+            "INSERT INTO batches (seq, stored_ms, account_id, region, project, log_store, n, bytes) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
         c.executemany("INSERT INTO payloads (seq, data) VALUES (?, ?)", payloads)
         self._w_head = seq
         self._w_last_ms = stored_ms
@@ -458,7 +506,8 @@ class Spool(SinkOffsets, TailScan):
             cur = conn.execute(
                 "SELECT b.seq, b.stored_ms, b.account_id, b.region, b.project, b.log_store, b.n, b.skipped, p.data "
                 "FROM batches b LEFT JOIN payloads p ON p.seq = b.seq WHERE b.seq > ? AND b.seq <= ? ORDER BY b.seq",
-                (after_seq, head))
+                (after_seq, head),
+            )
             for row in cur:
                 raw.append(row)
                 if not row[7]:
@@ -476,11 +525,11 @@ class Spool(SinkOffsets, TailScan):
             return SpoolBatch(seq, stored_ms, key, [], 0, True)
         return SpoolBatch(seq, stored_ms, key, StoredRecords(data, key, n), len(data))
 
-
     def oldest_undelivered_ms(self, after_seq: int) -> int | None:
         with self._reading() as conn:
-            row = conn.execute("SELECT stored_ms FROM batches WHERE seq > ? AND skipped = 0 ORDER BY seq LIMIT 1",
-                               (after_seq,)).fetchone()
+            row = conn.execute(
+                "SELECT stored_ms FROM batches WHERE seq > ? AND skipped = 0 ORDER BY seq LIMIT 1", (after_seq,)
+            ).fetchone()
         return row[0] if row else None
 
     def plan_range(self, after_seq: int, max_records: int) -> int:
@@ -489,8 +538,10 @@ class Spool(SinkOffsets, TailScan):
         last = after_seq
         n = 0
         with self._reading() as conn:
-            cur = conn.execute("SELECT seq, n, skipped FROM batches WHERE seq > ? AND seq <= ? ORDER BY seq",
-                               (after_seq, self.head_seq))
+            cur = conn.execute(
+                "SELECT seq, n, skipped FROM batches WHERE seq > ? AND seq <= ? ORDER BY seq",
+                (after_seq, self.head_seq),
+            )
             for seq, k, skipped in cur:
                 last = seq
                 if not skipped:
@@ -504,8 +555,9 @@ class Spool(SinkOffsets, TailScan):
         """Wait until a batch after after_seq is committed (or timeout, wake(), close)."""
         with self._cond:
             wakes = self._wakes
-            return self._cond.wait_for(lambda: self.head_seq > after_seq or self._closed or self._wakes != wakes,
-                                       timeout)
+            return self._cond.wait_for(
+                lambda: self.head_seq > after_seq or self._closed or self._wakes != wakes, timeout
+            )
 
     def wake(self) -> None:
         """Wake every thread blocked in wait_for() (e.g. so that a sink notices a stop)."""
@@ -513,9 +565,7 @@ class Spool(SinkOffsets, TailScan):
             self._wakes += 1
             self._cond.notify_all()
 
-
     # -- sinks --------------------------------------------------------------------------------
-
 
     # -- dropping and trimming ----------------------------------------------------------------
 
@@ -523,9 +573,13 @@ class Spool(SinkOffsets, TailScan):
         """Mark every spooled batch of the LogStore skipped and delete its records; returns the
         head seq at that moment (later batches of a re-created LogStore are not affected).
         Durable when it returns."""
+
         def drop_op(c: sqlite3.Connection) -> int:
-            rows = c.execute("SELECT seq, n, bytes FROM batches WHERE account_id = ? AND region = ? AND project = ? "
-                             "AND log_store = ? AND skipped = 0 AND seq <= ?", (*key, self._w_head)).fetchall()
+            rows = c.execute(
+                "SELECT seq, n, bytes FROM batches WHERE account_id = ? AND region = ? AND project = ? "
+                "AND log_store = ? AND skipped = 0 AND seq <= ?",
+                (*key, self._w_head),
+            ).fetchall()
             if rows:
                 c.executemany("DELETE FROM payloads WHERE seq = ?", [(r[0],) for r in rows])
                 c.executemany("UPDATE batches SET skipped = 1, bytes = 0 WHERE seq = ?", [(r[0],) for r in rows])
@@ -539,6 +593,7 @@ class Spool(SinkOffsets, TailScan):
             through = self._w_head
             self._after_commit.append(lambda: self._forget_dropped(key, through))
             return through
+
         through = self._submit(drop_op)
         log.info("spool dropped LogStore", extra={"log_store": "/".join(key), "through_seq": through})
         return through  # type: ignore[return-value]
@@ -574,16 +629,20 @@ class Spool(SinkOffsets, TailScan):
         if cut <= self._w_trimmed:
             return 0
         # Bound one transaction's work: appends wait behind it.
-        row = c.execute("SELECT seq FROM batches WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?",
-                        (self._w_trimmed, max_batches - 1)).fetchone()
+        row = c.execute(
+            "SELECT seq FROM batches WHERE seq > ? ORDER BY seq LIMIT 1 OFFSET ?", (self._w_trimmed, max_batches - 1)
+        ).fetchone()
         if row is not None:
             cut = min(cut, row[0])
         count, nbytes, last_ms = c.execute(
-            "SELECT count(*), COALESCE(sum(bytes), 0), max(stored_ms) FROM batches WHERE seq <= ?", (cut,)).fetchone()
+            "SELECT count(*), COALESCE(sum(bytes), 0), max(stored_ms) FROM batches WHERE seq <= ?", (cut,)
+        ).fetchone()
         c.execute("DELETE FROM payloads WHERE seq <= ?", (cut,))
         c.execute("DELETE FROM batches WHERE seq <= ?", (cut,))
-        c.executemany("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
-                      [("trimmed_through", cut), ("trimmed_stored_ms", last_ms or self._w_trimmed_ms)])
+        c.executemany(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)",
+            [("trimmed_through", cut), ("trimmed_stored_ms", last_ms or self._w_trimmed_ms)],
+        )
         self._w_trimmed = cut
         self._w_trimmed_ms = last_ms or self._w_trimmed_ms
         self._after_commit.append(lambda: self._forget_through(cut))

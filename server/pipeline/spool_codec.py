@@ -3,6 +3,7 @@ columns, zstd), its encoders (from records, columns or the compiled Ingest path'
 bytes) and decoders (to records, or straight to an Arrow table), and the batch types the rest of
 the spool hands around. No SQLite, no threads: server/pipeline/spool.py stores these blobs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,11 +32,16 @@ _TRIM_CHUNK = 200
 
 # Positions in FlowRecord of the LogStore key: constant within a batch, so kept in the batch
 # row instead of in every record of the blob.
-_KEY_IDX = (FlowRecord._fields.index("account_id"), FlowRecord._fields.index("region"),
-            FlowRecord._fields.index("project"), FlowRecord._fields.index("log_store"))
+_KEY_IDX = (
+    FlowRecord._fields.index("account_id"),
+    FlowRecord._fields.index("region"),
+    FlowRecord._fields.index("project"),
+    FlowRecord._fields.index("log_store"),
+)
 _VALUE_IDX = tuple(i for i in range(len(FlowRecord._fields)) if i not in _KEY_IDX)
-_ENUM_IDX = tuple(FlowRecord._fields.index(f) for f in ("resource_type", "action", "log_status", "direction",
-                                                        "rule_kind"))
+_ENUM_IDX = tuple(
+    FlowRecord._fields.index(f) for f in ("resource_type", "action", "log_status", "direction", "rule_kind")
+)
 # Value columns per payload format, and what the columns a format lacks hold (FlowRecord's defaults).
 _FORMAT_COLUMNS = {1: 19, 2: len(_VALUE_IDX)}
 _MISSING_DEFAULTS = tuple(FlowRecord._field_defaults[FlowRecord._fields[i]] for i in _VALUE_IDX[19:])
@@ -74,14 +80,8 @@ class SpoolBatch(NamedTuple):
         return table_of(self.records)
 
 
-
-
-
-
 class SpoolCorrupt(Exception):
     """A payload this version cannot read (unknown format byte)."""
-
-
 
 
 # -- encoding ---------------------------------------------------------------------------------
@@ -100,6 +100,7 @@ def _zstd():
     """pyarrow's zstd codec, made on first use (importing pyarrow is not free)."""
     if not _codec_cache:
         import pyarrow as pa
+
         _codec_cache.append(pa.Codec("zstd", compression_level=1))
     return _codec_cache[0]
 
@@ -148,7 +149,7 @@ def _value_columns(data: bytes) -> tuple:
     if fmt != FORMAT_VERSION:  # an older payload: the columns it predates hold their defaults
         n = len(cols[0]) if cols else 0
         have = _FORMAT_COLUMNS[fmt]
-        cols = tuple(cols) + tuple([d] * n for d in _MISSING_DEFAULTS[have - 19:])
+        cols = tuple(cols) + tuple([d] * n for d in _MISSING_DEFAULTS[have - 19 :])
     return cols
 
 
@@ -226,5 +227,5 @@ def group_by_log_store(records: Sequence[FlowRecord]) -> list[tuple[BatchKey, li
     for k, rs in groups.items():
         bk = BatchKey(*k)
         for i in range(0, len(rs), MAX_BATCH_RECORDS):
-            out.append((bk, rs[i:i + MAX_BATCH_RECORDS] if len(rs) > MAX_BATCH_RECORDS else rs))
+            out.append((bk, rs[i : i + MAX_BATCH_RECORDS] if len(rs) > MAX_BATCH_RECORDS else rs))
     return out

@@ -2,6 +2,7 @@
 SQLite snapshot, so the trim check and the rows agree), and where a start time begins. A mixin of
 server.pipeline.spool.Spool (its read connections and batch rows).
 """
+
 from __future__ import annotations
 
 import sqlite3
@@ -34,8 +35,17 @@ class TailScan:
     _reading: Callable[[], AbstractContextManager[sqlite3.Connection]]
     _batch: Callable[[tuple[Any, ...]], SpoolBatch]
 
-    def scan(self, after_seq: int, account_id: str, region: str, project: str, log_stores: Sequence[str],
-             max_records: int, *, upto: int | None = None) -> ScanResult:
+    def scan(
+        self,
+        after_seq: int,
+        account_id: str,
+        region: str,
+        project: str,
+        log_stores: Sequence[str],
+        max_records: int,
+        *,
+        upto: int | None = None,
+    ) -> ScanResult:
         """A Tail's replay read: batches of the given LogStores after after_seq, up to about
         max_records records. Raises CursorExpired when batches after after_seq were trimmed."""
         head = self.head_seq if upto is None else min(upto, self.head_seq)
@@ -56,7 +66,8 @@ class TailScan:
                     "p.data FROM batches b LEFT JOIN payloads p ON p.seq = b.seq "
                     "WHERE b.seq > ? AND b.seq <= ? AND b.account_id = ? AND b.region = ? AND b.project = ? "
                     f"AND b.log_store IN ({','.join('?' * len(stores))}) AND b.skipped = 0 ORDER BY b.seq",
-                    (after_seq, head, account_id, region, project, *stores))
+                    (after_seq, head, account_id, region, project, *stores),
+                )
                 for r in cur:
                     raw.append(r)
                     n += r[6]
@@ -75,6 +86,7 @@ class TailScan:
         if self.trimmed_stored_ms >= start_ms and self.trimmed_through > 0:
             raise CursorExpired(f"batches stored since {start_ms} were trimmed")
         with self._reading() as conn:
-            row = conn.execute("SELECT min(seq) FROM batches WHERE stored_ms >= ? AND seq <= ?",
-                               (start_ms, head)).fetchone()
+            row = conn.execute(
+                "SELECT min(seq) FROM batches WHERE stored_ms >= ? AND seq <= ?", (start_ms, head)
+            ).fetchone()
         return row[0] if row and row[0] is not None else head + 1

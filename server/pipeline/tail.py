@@ -26,6 +26,7 @@ Cursors are signed (HMAC, server.core.paging.TokenSigner) and bound to the accou
 INVALID_ARGUMENT. They name the spool they come from: a cursor from another server's (or a
 reset) spool is FAILED_PRECONDITION.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,7 +45,6 @@ log = logging.getLogger(__name__)
 
 CURSOR_VERSION = 1
 _KIND = "tail"
-
 
 
 class Event(NamedTuple):
@@ -74,19 +74,26 @@ class CursorCodec:
         """(next_seq, skip). InvalidArgument when tampered / another account or scope;
         FailedPrecondition when it was issued by another spool."""
         pos = self._signer.decode(token, _KIND, account, scope, field="resume_cursor")
-        if (not isinstance(pos, list) or len(pos) != 4 or pos[0] != CURSOR_VERSION
-                or not all(isinstance(v, int) and v >= 0 for v in pos[2:])):
+        if (
+            not isinstance(pos, list)
+            or len(pos) != 4
+            or pos[0] != CURSOR_VERSION
+            or not all(isinstance(v, int) and v >= 0 for v in pos[2:])
+        ):
             raise InvalidArgument.field("resume_cursor", "is not a valid cursor of this server version")
         if pos[1] != self.spool_id:
-            raise FailedPrecondition("resume_cursor was issued by another server, or before this server's spool "
-                                     "was reset: start a new tail (with start_time) and use Query for the gap")
+            raise FailedPrecondition(
+                "resume_cursor was issued by another server, or before this server's spool "
+                "was reset: start a new tail (with start_time) and use Query for the gap"
+            )
         return pos[2], pos[3]
 
 
 def _expired(what: str, retention_s: float) -> FailedPrecondition:
     return FailedPrecondition(
         f"{what} is older than what Tail can replay (the server keeps about the last {retention_s / 60:.0f} "
-        f"minutes of stored records for Tail): use Query for older records, then tail without a cursor")
+        f"minutes of stored records for Tail): use Query for older records, then tail without a cursor"
+    )
 
 
 class TailSession:
@@ -103,11 +110,25 @@ class TailSession:
     than a match-everything predicate.
     """
 
-    def __init__(self, spool: Spool, hub: Hub, codec: CursorCodec, account_id: str, region: str, project: str,
-                 log_stores: Sequence[str], predicate: Callable[[FlowRecord], bool] | None = None, *,
-                 start_ms: int | None = None, cursor: str | None = None, heartbeat_s: float = 15.0,
-                 max_event_records: int = 1000, replay_page_records: int = 20_000,
-                 buffer_records: int | None = None, check: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        hub: Hub,
+        codec: CursorCodec,
+        account_id: str,
+        region: str,
+        project: str,
+        log_stores: Sequence[str],
+        predicate: Callable[[FlowRecord], bool] | None = None,
+        *,
+        start_ms: int | None = None,
+        cursor: str | None = None,
+        heartbeat_s: float = 15.0,
+        max_event_records: int = 1000,
+        replay_page_records: int = 20_000,
+        buffer_records: int | None = None,
+        check: Callable[[], object] | None = None,
+    ) -> None:
         if not log_stores:
             raise InvalidArgument.field("log_stores", "name at least one LogStore")
         self._spool = spool
@@ -140,8 +161,9 @@ class TailSession:
             self._start_ms = None
         elif start_ms is not None:
             if not MIN_TIME_MS <= start_ms <= MAX_TIME_MS:
-                raise InvalidArgument.field("start_time", "must be between 0001-01-01T00:00:00Z and "
-                                                          "9999-12-31T23:59:59.999Z")
+                raise InvalidArgument.field(
+                    "start_time", "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z"
+                )
             try:
                 self._next_seq = spool.first_seq_stored_since(start_ms)
             except CursorExpired:
@@ -201,12 +223,12 @@ class TailSession:
             idx = [i for i in range(start, n) if pred(records[i])]
         m = len(idx)
         for k in range(0, m, self._max_event):
-            chunk = idx[k:k + self._max_event]
+            chunk = idx[k : k + self._max_event]
             if k + self._max_event < m:
                 self._next_seq, self._skip = seq, chunk[-1] + 1
             else:
                 self._next_seq, self._skip = seq + 1, 0
-            out = records[chunk[0]:chunk[-1] + 1] if pred is None else [records[i] for i in chunk]
+            out = records[chunk[0] : chunk[-1] + 1] if pred is None else [records[i] for i in chunk]
             self._last_event = time.monotonic()
             yield Event("records", list(out), self.cursor)
         self._next_seq, self._skip = seq + 1, 0
@@ -215,8 +237,15 @@ class TailSession:
         """Replay from the spool up to `upto` (None: the head at each read) until caught up."""
         while not self._closed.is_set():
             try:
-                res = self._spool.scan(self._next_seq - 1, self.account_id, self.region, self.project,
-                                       self.log_stores, self._page, upto=upto)
+                res = self._spool.scan(
+                    self._next_seq - 1,
+                    self.account_id,
+                    self.region,
+                    self.project,
+                    self.log_stores,
+                    self._page,
+                    upto=upto,
+                )
             except CursorExpired:
                 raise _expired("the tail's position", self._spool.tail_retention_s) from None
             for b in res.batches:
@@ -233,8 +262,9 @@ class TailSession:
             yield from self._replay(None)
             if self._closed.is_set():
                 return
-            self._sub = self._hub.subscribe(self.account_id, self.region, self.project, self.log_stores,
-                                            max_records=self._buffer_records)
+            self._sub = self._hub.subscribe(
+                self.account_id, self.region, self.project, self.log_stores, max_records=self._buffer_records
+            )
             if self._closed.is_set():
                 return
             if self._check is not None:
@@ -246,8 +276,10 @@ class TailSession:
                 try:
                     batch = sub.get(max(0.0, wait))
                 except SubscriptionOverflow:
-                    e = ResourceExhausted(f"tail fell behind: more than {sub.max_records} records were waiting "
-                                          f"for this client; reconnect with resume_cursor={self.cursor}")
+                    e = ResourceExhausted(
+                        f"tail fell behind: more than {sub.max_records} records were waiting "
+                        f"for this client; reconnect with resume_cursor={self.cursor}"
+                    )
                     e.cursor = self.cursor  # type: ignore[attr-defined]
                     raise e from None
                 except HubClosed:

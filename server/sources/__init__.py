@@ -5,6 +5,7 @@ keeping each exporter's templates in memory under the caps of `Limits`. The UDP 
 (server/collector.py) owns the socket, one Decoder and the counters' reporting; attribution of
 flows to resources and flow logs is server/sources/attribution.py.
 """
+
 from server.sources.decoder import Decoder
 from server.sources.flows import ACCEPT, REJECT, Flow, Limits
 

@@ -8,6 +8,7 @@ DENY: REJECT). A flow with both ends in one resource is recorded twice, once eac
 The index is built once per inventory snapshot (the collector rebuilds it when flow logs or
 resources change); an address seen before costs one dict lookup.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Sequence
@@ -71,7 +72,7 @@ class AccountIndex:
         cache = self._targets
         targets = self._targets_of
         missed = 0
-        for (src, dst, sport, dport, proto, pkts, octets, start, end, flags, action, rate) in flows:
+        for src, dst, sport, dport, proto, pkts, octets, start, end, flags, action, rate in flows:
             hit = False
             into = cache.get(dst)
             if into is None:
@@ -83,8 +84,29 @@ class AccountIndex:
                         rows = groups.get(fid)
                         if rows is None:
                             rows = groups[fid] = []
-                        rows.append(("", "", "", src, dst, sport, dport, proto, pkts, octets, start, end, action,
-                                     status_ok, INGRESS, flags, "", 0, rate))
+                        rows.append(
+                            (
+                                "",
+                                "",
+                                "",
+                                src,
+                                dst,
+                                sport,
+                                dport,
+                                proto,
+                                pkts,
+                                octets,
+                                start,
+                                end,
+                                action,
+                                status_ok,
+                                INGRESS,
+                                flags,
+                                "",
+                                0,
+                                rate,
+                            )
+                        )
             out = cache.get(src)
             if out is None:
                 out = targets(src)
@@ -95,8 +117,29 @@ class AccountIndex:
                         rows = groups.get(fid)
                         if rows is None:
                             rows = groups[fid] = []
-                        rows.append(("", "", "", src, dst, sport, dport, proto, pkts, octets, start, end, action,
-                                     status_ok, EGRESS, flags, "", 0, rate))
+                        rows.append(
+                            (
+                                "",
+                                "",
+                                "",
+                                src,
+                                dst,
+                                sport,
+                                dport,
+                                proto,
+                                pkts,
+                                octets,
+                                start,
+                                end,
+                                action,
+                                status_ok,
+                                EGRESS,
+                                flags,
+                                "",
+                                0,
+                                rate,
+                            )
+                        )
             if not hit:
                 missed += 1
         return missed

@@ -11,6 +11,7 @@ interval (per sampler id when they name one) and its systemInitTimeMilliseconds.
 Every malformed or hostile input is counted and dropped: decode() never raises for bad bytes,
 and every structure it keeps is capped (server.sources.flows.Limits).
 """
+
 from __future__ import annotations
 
 import struct
@@ -128,13 +129,26 @@ class Decoder:
         n = min(count, (len(data) - 24) // 48)
         ntop = _n4
         for src, dst, pkts, octets, first, last, sport, dport, flags, proto in _V5_RECORD.iter_unpack(
-                memoryview(data)[24:24 + 48 * n]):
+            memoryview(data)[24 : 24 + 48 * n]
+        ):
             if proto == 1:  # type/code in the destination port: flowlog keeps no ports for ICMP
                 sport = dport = 0
-            out.append((ntop(src), ntop(dst), sport, dport, proto, pkts, octets,
-                        now_ms - (((uptime - first + 0x80000000) & 0xFFFFFFFF) - 0x80000000),
-                        now_ms - (((uptime - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000),
-                        flags, ACCEPT, interval))
+            out.append(
+                (
+                    ntop(src),
+                    ntop(dst),
+                    sport,
+                    dport,
+                    proto,
+                    pkts,
+                    octets,
+                    now_ms - (((uptime - first + 0x80000000) & 0xFFFFFFFF) - 0x80000000),
+                    now_ms - (((uptime - last + 0x80000000) & 0xFFFFFFFF) - 0x80000000),
+                    flags,
+                    ACCEPT,
+                    interval,
+                )
+            )
         if n < count:
             raise _Malformed
 
@@ -164,8 +178,9 @@ class Decoder:
             self._layouts.move_to_end(key)
         return layout
 
-    def _learn(self, s: Session, tid: int, fields: tuple[Field, ...], scope_count: int, options: bool,
-               ipfix: bool) -> bool:
+    def _learn(
+        self, s: Session, tid: int, fields: tuple[Field, ...], scope_count: int, options: bool, ipfix: bool
+    ) -> bool:
         c = self.counters
         if len(fields) > self.limits.max_template_fields or tid < 256:
             c.templates_refused += 1
@@ -270,8 +285,9 @@ class Decoder:
                         interval = (interval + row[slots[306]]) // interval
                     break
             if interval is not None:
-                sampler = next((row[slots[ie]] for ie in (302, 48) if ie in slots and isinstance(row[slots[ie]], int)),
-                               None)
+                sampler = next(
+                    (row[slots[ie]] for ie in (302, 48) if ie in slots and isinstance(row[slots[ie]], int)), None
+                )
                 if sampler is None:
                     s.sampling = interval
                 elif sampler in s.samplers or len(s.samplers) < self.limits.max_samplers_per_session:
@@ -295,7 +311,7 @@ class Decoder:
             if length < 4 or off + length > end:
                 broken = True
                 break
-            body = data[off + 4:off + length]
+            body = data[off + 4 : off + length]
             off += length
             if set_id == 0:
                 broken |= self._v9_templates(s, body, learned)
@@ -317,7 +333,7 @@ class Decoder:
                 return True
             if count == 0:
                 continue
-            fields = tuple(Field(ie, n, 0) for ie, n in struct.iter_unpack("!HH", body[off:off + 4 * count]))
+            fields = tuple(Field(ie, n, 0) for ie, n in struct.iter_unpack("!HH", body[off : off + 4 * count]))
             off += 4 * count
             if any(f.length == VARIABLE for f in fields):  # v9 has no variable-length fields
                 self.counters.templates_refused += 1
@@ -334,9 +350,9 @@ class Decoder:
             if scope_len % 4 or opt_len % 4 or scope_len + opt_len > end - off:
                 return True
             # Scope field types (1 system, 2 interface, ...) are not IEs: enterprise -1 keeps them unread.
-            scope = tuple(Field(ie, n, -1) for ie, n in struct.iter_unpack("!HH", body[off:off + scope_len]))
+            scope = tuple(Field(ie, n, -1) for ie, n in struct.iter_unpack("!HH", body[off : off + scope_len]))
             off += scope_len
-            opts = tuple(Field(ie, n, 0) for ie, n in struct.iter_unpack("!HH", body[off:off + opt_len]))
+            opts = tuple(Field(ie, n, 0) for ie, n in struct.iter_unpack("!HH", body[off : off + opt_len]))
             off += opt_len
             if any(f.length == VARIABLE for f in scope + opts):
                 self.counters.templates_refused += 1
@@ -347,8 +363,7 @@ class Decoder:
                 break
         return False
 
-    def _set(self, s: Session, tid: int, body: memoryview, export_ms: int, uptime: int, now: float,
-             out: list) -> None:
+    def _set(self, s: Session, tid: int, body: memoryview, export_ms: int, uptime: int, now: float, out: list) -> None:
         t = s.templates.get(tid)
         if t is None:
             if tid in s.withdrawn:
@@ -376,7 +391,7 @@ class Decoder:
             if slen < 4 or off + slen > end:
                 broken = True
                 break
-            body = data[off + 4:off + slen]
+            body = data[off + 4 : off + slen]
             off += slen
             if set_id == 2 or set_id == 3:
                 broken |= self._ipfix_templates(s, body, set_id == 3, learned)

@@ -5,6 +5,7 @@ times as epoch milliseconds, action as the flowlog Action number (ACCEPT unless 
 forwardingStatus says the packets were dropped), and the exporter's sampling interval (0 when
 it said nothing; the packet and byte counts are the exporter's, not scaled by it).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -58,9 +59,22 @@ class Limits:
 class Counters:
     """Running totals of one Decoder (plain ints; read them at any time)."""
 
-    __slots__ = ("datagrams", "decoded", "flows", "malformed", "unsupported_version", "template_misses",
-                 "held_decoded", "undecodable", "templates", "templates_withdrawn", "templates_evicted",
-                 "templates_refused", "sessions_evicted", "option_records")
+    __slots__ = (
+        "datagrams",
+        "decoded",
+        "flows",
+        "malformed",
+        "unsupported_version",
+        "template_misses",
+        "held_decoded",
+        "undecodable",
+        "templates",
+        "templates_withdrawn",
+        "templates_evicted",
+        "templates_refused",
+        "sessions_evicted",
+        "option_records",
+    )
 
     def __init__(self) -> None:
         for name in self.__slots__:

@@ -20,6 +20,7 @@ Milliseconds 161 and -Microseconds 162; forwardingStatus 89 (status 2 = dropped 
 sampling: samplingInterval 34, samplerRandomInterval 50, samplingPacketInterval 305 and
 samplingPacketSpace 306, samplerId 48 / selectorId 302 (looked up in the sampling options).
 """
+
 from __future__ import annotations
 
 import socket
@@ -31,8 +32,40 @@ VARIABLE = 65535  # template field length meaning "variable length" (RFC 7011 se
 
 # Used IEs and the kind of value each is: "a4"/"a16" addresses, "n" unsigned integers.
 ADDRESS_IES = {8: 4, 12: 4, 27: 16, 28: 16}
-NUMBER_IES = frozenset({1, 2, 4, 6, 7, 11, 21, 22, 34, 48, 50, 85, 86, 89, 150, 151, 152, 153, 154, 155, 156, 157,
-                        158, 159, 160, 161, 162, 302, 305, 306})
+NUMBER_IES = frozenset(
+    {
+        1,
+        2,
+        4,
+        6,
+        7,
+        11,
+        21,
+        22,
+        34,
+        48,
+        50,
+        85,
+        86,
+        89,
+        150,
+        151,
+        152,
+        153,
+        154,
+        155,
+        156,
+        157,
+        158,
+        159,
+        160,
+        161,
+        162,
+        302,
+        305,
+        306,
+    }
+)
 _CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
 NTP_EPOCH_OFFSET_S = 2_208_988_800  # 1900-01-01 to 1970-01-01
 
@@ -73,8 +106,11 @@ class Layout:
                 fmt.append(f"{f.length}x")
         # Only meaningful without variable fields; with them, `size` is the fixed part's minimum.
         self.struct = struct.Struct("".join(fmt))
-        self.size = self.struct.size if not self.variable else sum(
-            f.length for f in fields if f.length != VARIABLE) + sum(1 for f in fields if f.length == VARIABLE)
+        self.size = (
+            self.struct.size
+            if not self.variable
+            else sum(f.length for f in fields if f.length != VARIABLE) + sum(1 for f in fields if f.length == VARIABLE)
+        )
         self.extract: Callable[..., list] | None = _compile_extract(self.slots, fields, ipfix)
 
     def records(self, body: memoryview) -> list[tuple] | Any:
@@ -82,7 +118,7 @@ class Layout:
         when a variable-length record runs past the end of the set."""
         if not self.variable:
             n = len(body) // self.size
-            return self.struct.iter_unpack(body[:n * self.size]) if n else ()
+            return self.struct.iter_unpack(body[: n * self.size]) if n else ()
         return list(self._variable_records(body))
 
     def _variable_records(self, body: memoryview):
@@ -113,7 +149,7 @@ class Layout:
                     raise ValueError("record past the end of its set")
                 if f.ie in slots and f.ie not in seen and used(f):
                     seen.add(f.ie)
-                    raw = bytes(body[off:off + n])
+                    raw = bytes(body[off : off + n])
                     keep_bytes = f.ie in ADDRESS_IES or n not in _CODES
                     values[slots[f.ie]] = raw if keep_bytes else int.from_bytes(raw, "big")
                 off += n
@@ -224,9 +260,11 @@ def _compile_extract(slots: dict[int, int], fields: tuple[Field, ...], ipfix: bo
         start = f"({end} - {duration})" if duration else end
     elif end is None:
         end = f"({start} + {duration})" if duration else start
-    code = (f"def extract(rows, E, U, I, S, SM):\n"
-            f"    return [({src}, {dst}, {sport}, {dport}, {proto}, {packets}, {octets}, {start}, {end}, {flags}, "
-            f"{action}, {sampling}) for t in rows]\n")
+    code = (
+        f"def extract(rows, E, U, I, S, SM):\n"
+        f"    return [({src}, {dst}, {sport}, {dport}, {proto}, {packets}, {octets}, {start}, {end}, {flags}, "
+        f"{action}, {sampling}) for t in rows]\n"
+    )
     ns = dict(_NAMESPACE)
     exec(compile(code, "<flowlog template>", "exec"), ns)  # noqa: S102 - code made of slot numbers only
     return ns["extract"]

@@ -1,5 +1,6 @@
 """Hand-built NetFlow v5 / v9 / IPFIX datagrams for the tests, packed field by field with struct
 straight from RFC 3954 and RFC 7011 (written independently of server.sources)."""
+
 from __future__ import annotations
 
 import socket
@@ -13,9 +14,29 @@ def v5(records: Sequence[dict], *, uptime: int, secs: int, nsecs: int = 0, sampl
     """records: dicts with src, dst, pkts, octets, first, last (sysUpTime ms), sport, dport, flags, proto."""
     out = struct.pack("!HHIIIIBBH", 5, len(records), uptime, secs, nsecs, seq, 0, 0, sampling)
     for r in records:
-        out += struct.pack("!4s4s4sHHIIIIHHBBBBHHBBH", socket.inet_aton(r["src"]), socket.inet_aton(r["dst"]),
-                           b"\0" * 4, 1, 2, r["pkts"], r["octets"], r["first"], r["last"], r["sport"], r["dport"],
-                           0, r.get("flags", 0), r["proto"], 0, 0, 0, 24, 24, 0)
+        out += struct.pack(
+            "!4s4s4sHHIIIIHHBBBBHHBBH",
+            socket.inet_aton(r["src"]),
+            socket.inet_aton(r["dst"]),
+            b"\0" * 4,
+            1,
+            2,
+            r["pkts"],
+            r["octets"],
+            r["first"],
+            r["last"],
+            r["sport"],
+            r["dport"],
+            0,
+            r.get("flags", 0),
+            r["proto"],
+            0,
+            0,
+            0,
+            24,
+            24,
+            0,
+        )
     return out
 
 
@@ -53,8 +74,9 @@ def v9_template(tid: int, fields: Sequence[tuple]) -> bytes:
 
 
 def v9_options_template(tid: int, scope: Sequence[tuple], fields: Sequence[tuple]) -> bytes:
-    return (struct.pack("!HHH", tid, 4 * len(scope), 4 * len(fields))
-            + b"".join(struct.pack("!HH", t, n) for t, n in list(scope) + list(fields)))
+    return struct.pack("!HHH", tid, 4 * len(scope), 4 * len(fields)) + b"".join(
+        struct.pack("!HH", t, n) for t, n in list(scope) + list(fields)
+    )
 
 
 def v9(flowsets: Sequence[bytes], *, uptime: int, secs: int, source_id: int = 0, seq: int = 0) -> bytes:

@@ -4,6 +4,7 @@ ICMP/ICMPv6), and the flow records an exporter should make of it: the test's ora
 Each Flow is a conversation with packets both ways (or one way for ICMP scans); the expected
 records are one per direction that has packets, with packets and bytes (IP length, as NetFlow
 counts) summed from the packets written."""
+
 from __future__ import annotations
 
 import socket
@@ -73,12 +74,20 @@ def packet(src: str, dst: str, proto: int, sport: int, dport: int, size: int, se
     payload = bytes(size)
     l4 = _l4(proto, sport, dport, payload, v6, seq, flags)
     if v6:
-        ip = struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, 64, socket.inet_pton(socket.AF_INET6, src),
-                         socket.inet_pton(socket.AF_INET6, dst))
+        ip = struct.pack(
+            "!IHBB16s16s",
+            6 << 28,
+            len(l4),
+            proto,
+            64,
+            socket.inet_pton(socket.AF_INET6, src),
+            socket.inet_pton(socket.AF_INET6, dst),
+        )
         return ETH_DST + ETH_SRC + b"\x86\xdd" + ip + l4
     total = 20 + len(l4)
-    hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, total, seq & 0xFFFF, 0, 64, proto, 0, socket.inet_aton(src),
-                      socket.inet_aton(dst))
+    hdr = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, total, seq & 0xFFFF, 0, 64, proto, 0, socket.inet_aton(src), socket.inet_aton(dst)
+    )
     hdr = hdr[:10] + struct.pack("!H", _checksum(hdr)) + hdr[12:]
     return ETH_DST + ETH_SRC + b"\x08\x00" + hdr + l4
 
@@ -132,8 +141,15 @@ def standard_flows(n: int = 90) -> list[Conv]:
     frames stay within a 1500-byte MTU (tcpreplay onto a veth sends nothing larger)."""
     v4, v6 = f"10.{n}.0", f"2001:db8:{n:x}:"
     return [
-        Conv(f"{v4}.10", "198.51.100.20", 6, 40001, 443, [(0, 0), (1, 0), (0, 0), (0, 300), (1, 1200), (1, 1200),
-                                                          (0, 0)], start_s=0.0),
+        Conv(
+            f"{v4}.10",
+            "198.51.100.20",
+            6,
+            40001,
+            443,
+            [(0, 0), (1, 0), (0, 0), (0, 300), (1, 1200), (1, 1200), (0, 0)],
+            start_s=0.0,
+        ),
         Conv(f"{v4}.11", "192.0.2.53", 17, 53001, 53, [(0, 40), (1, 120)], start_s=0.2),
         Conv("203.0.113.9", f"{v4}.10", 6, 51515, 22, [(0, 0), (0, 0), (0, 0)], start_s=0.4),
         Conv(f"{v4}.12", "198.51.100.99", 1, 0, 0, [(0, 56), (0, 56), (0, 56)], start_s=0.6, gap_s=0.2),

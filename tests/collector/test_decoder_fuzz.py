@@ -1,6 +1,7 @@
 """Hostile datagrams against the decoders: random bytes, random but well-framed sets, template bombs
 (huge field counts and lengths), endless template churn and data for templates that never come.
 The decoder never raises and what it keeps stays under its caps (server.sources.flows.Limits)."""
+
 from __future__ import annotations
 
 import struct
@@ -11,9 +12,16 @@ from hypothesis import strategies as st
 from server.sources import Decoder, Limits
 from tests.collector import datagrams as d
 
-LIMITS = Limits(max_sessions=8, max_templates_per_session=16, max_template_fields=64, hold_seconds=5,
-                max_held_sets_per_session=4, max_held_bytes=64 * 1024, max_compiled_layouts=32,
-                max_samplers_per_session=8)
+LIMITS = Limits(
+    max_sessions=8,
+    max_templates_per_session=16,
+    max_template_fields=64,
+    hold_seconds=5,
+    max_held_sets_per_session=4,
+    max_held_bytes=64 * 1024,
+    max_compiled_layouts=32,
+    max_samplers_per_session=8,
+)
 
 
 def within_caps(dec: Decoder) -> None:
@@ -60,14 +68,55 @@ def test_random_bodies_behind_valid_headers(datagrams):
     within_caps(dec)
 
 
-_FIELD = st.tuples(st.sampled_from([1, 2, 4, 6, 7, 8, 11, 12, 21, 22, 27, 28, 34, 48, 50, 89, 150, 151, 152, 153, 154,
-                                    155, 156, 157, 158, 159, 160, 161, 162, 302, 305, 306, 999]),
-                   st.sampled_from([0, 1, 2, 3, 4, 5, 8, 16, 255, 65535]))
+_FIELD = st.tuples(
+    st.sampled_from(
+        [
+            1,
+            2,
+            4,
+            6,
+            7,
+            8,
+            11,
+            12,
+            21,
+            22,
+            27,
+            28,
+            34,
+            48,
+            50,
+            89,
+            150,
+            151,
+            152,
+            153,
+            154,
+            155,
+            156,
+            157,
+            158,
+            159,
+            160,
+            161,
+            162,
+            302,
+            305,
+            306,
+            999,
+        ]
+    ),
+    st.sampled_from([0, 1, 2, 3, 4, 5, 8, 16, 255, 65535]),
+)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.tuples(st.integers(256, 300), st.lists(_FIELD, max_size=12), st.binary(max_size=300),
-                          st.booleans()), max_size=15))
+@given(
+    st.lists(
+        st.tuples(st.integers(256, 300), st.lists(_FIELD, max_size=12), st.binary(max_size=300), st.booleans()),
+        max_size=15,
+    )
+)
 def test_random_templates_and_data(items):
     """Well-framed IPFIX with random templates (variable lengths, odd sizes, options) and random data."""
     dec = Decoder(LIMITS)
@@ -94,8 +143,13 @@ def test_template_bomb_huge_field_count():
 
 def test_template_bomb_huge_field_lengths():
     dec = Decoder(LIMITS)
-    dg = d.ipfix([d.ipfix_set(2, d.ipfix_template(256, [(8, 4), (12, 4), (1, 65000), (96, 65534)])),
-                  d.ipfix_set(256, b"\0" * 100)], export_time=0)
+    dg = d.ipfix(
+        [
+            d.ipfix_set(2, d.ipfix_template(256, [(8, 4), (12, 4), (1, 65000), (96, 65534)])),
+            d.ipfix_set(256, b"\0" * 100),
+        ],
+        export_time=0,
+    )
     assert dec.decode(dg, "x", 0.0) == []
     within_caps(dec)
 
@@ -105,8 +159,14 @@ def test_endless_template_churn_stays_bounded():
     for i in range(5000):
         fields = [(8, 4), (12, 4), (7, 2), (11, 2)] + [(999, 1 + i % 50)]
         exporter = f"10.0.{i % 20}.1" if i >= 2500 else "10.0.0.1"  # one exporter's churn, then many exporters
-        dg = d.ipfix([d.ipfix_set(2, d.ipfix_template(256 + i % 60000, fields)),
-                      d.ipfix_set(256 + (i + 7) % 60000, b"\1" * 200)], export_time=0, domain=i % 5 if i >= 2500 else 0)
+        dg = d.ipfix(
+            [
+                d.ipfix_set(2, d.ipfix_template(256 + i % 60000, fields)),
+                d.ipfix_set(256 + (i + 7) % 60000, b"\1" * 200),
+            ],
+            export_time=0,
+            domain=i % 5 if i >= 2500 else 0,
+        )
         dec.decode(dg, exporter, i * 0.01)
     within_caps(dec)
     assert dec.counters.templates_evicted > 0 and dec.counters.sessions_evicted > 0

@@ -1,5 +1,6 @@
 """collector.exporters: exact addresses and CIDR blocks (most specific wins), the default account,
 and IPv4-mapped IPv6 sources (a dual-stack socket)."""
+
 from __future__ import annotations
 
 import pytest
@@ -27,8 +28,13 @@ def test_listen_and_exporters_are_checked_at_start_up():
         load(None, env={}, overrides={"collector": {"exporters": {"not-an-ip": "acme"}}})
     with pytest.raises(ConfigError, match="HOST:PORT"):
         load(None, env={}, overrides={"collector": {"listen": "nowhere"}})
-    cfg = load(None, env={"FLOWLOG_COLLECTOR_LISTEN": "127.0.0.1:2055",
-                          "FLOWLOG_COLLECTOR_EXPORTERS": "192.0.2.1=acme,10.0.0.0/8=beta"})
+    cfg = load(
+        None,
+        env={
+            "FLOWLOG_COLLECTOR_LISTEN": "127.0.0.1:2055",
+            "FLOWLOG_COLLECTOR_EXPORTERS": "192.0.2.1=acme,10.0.0.0/8=beta",
+        },
+    )
     assert cfg.collector.listen == "127.0.0.1:2055"
     assert cfg.collector.exporters == {"192.0.2.1": "acme", "10.0.0.0/8": "beta"}
 

@@ -14,6 +14,7 @@ Each test checks that the records Query returns for the flow log are exactly the
 pcap.py from the packets it wrote. The exporters are installed by `scripts/services fetch
 exporters` (Debian packages), which `make test` runs.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -40,8 +41,10 @@ ACCEPT, INGRESS, EGRESS = 1, 1, 2
 def tool(command: str) -> str:
     path = flowlog_services.exporter_path(command)
     if path is None:
-        pytest.fail(f"{command} is not installed: run `scripts/services fetch exporters` (apt-get install -y "
-                    f"{flowlog_services.EXPORTER_PACKAGES[command]}); `make test` does it")
+        pytest.fail(
+            f"{command} is not installed: run `scripts/services fetch exporters` (apt-get install -y "
+            f"{flowlog_services.EXPORTER_PACKAGES[command]}); `make test` does it"
+        )
     return path
 
 
@@ -52,6 +55,7 @@ def expected_records(flows: list[pcap.Expected], networks: list[str]) -> list[tu
 
     def held(a: str) -> bool:
         return any(ipaddress.ip_address(a) in n for n in nets)
+
     out = []
     for e in flows:
         if held(e.dst):
@@ -65,8 +69,15 @@ def record_key(r) -> tuple:
     return (r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.packets, r.bytes, r.action, r.direction)
 
 
-def check(client, store: str, flows: list[pcap.Expected], networks: list[str], *, window_ms: tuple[int, int] | None,
-          slack_ms: int = 1000) -> None:
+def check(
+    client,
+    store: str,
+    flows: list[pcap.Expected],
+    networks: list[str],
+    *,
+    window_ms: tuple[int, int] | None,
+    slack_ms: int = 1000,
+) -> None:
     """The store holds exactly the expected records; times: the conversation's first and last packet
     (within slack_ms: exporters round) or, for live captures, inside window_ms."""
     want = expected_records(flows, networks)
@@ -102,15 +113,37 @@ def run_softflowd(tmp: Path, pcap_path: Path, frames: int, port: int, version: s
     and exports every flow when told to shut down. So: ask for statistics until it has read all
     `frames`, then shut it down."""
     ctl, log = tmp / f"sf-{version}.ctl", tmp / f"sf-{version}.log"
-    proc = subprocess.Popen([tool("softflowd"), "-d", "-r", str(pcap_path), "-n", f"127.0.0.1:{port}", "-v", version,
-                             "-p", str(tmp / "sf.pid"), "-c", str(ctl), *extra],
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            tool("softflowd"),
+            "-d",
+            "-r",
+            str(pcap_path),
+            "-n",
+            f"127.0.0.1:{port}",
+            "-v",
+            version,
+            "-p",
+            str(tmp / "sf.pid"),
+            "-c",
+            str(ctl),
+            *extra,
+        ],
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while True:
             out = subprocess.run([tool("softflowctl"), "-c", str(ctl), "statistics"], capture_output=True, text=True)
-            if out.returncode == 0 and _stat(out.stdout, "Packets processed") + _stat(
-                    out.stdout, "Ignored packets") + max(0, _stat(out.stdout, "Packets non-sampled")) >= frames:
+            if (
+                out.returncode == 0
+                and _stat(out.stdout, "Packets processed")
+                + _stat(out.stdout, "Ignored packets")
+                + max(0, _stat(out.stdout, "Packets non-sampled"))
+                >= frames
+            ):
                 break
             if proc.poll() == 0:  # it read the whole file, exported and shut down by itself
                 break
@@ -127,15 +160,18 @@ def run_softflowd(tmp: Path, pcap_path: Path, frames: int, port: int, version: s
     return log.read_text(errors="replace")
 
 
-@pytest.mark.parametrize("version,extra,n,ipv6", [
-    ("5", [], 101, False),           # v5: IPv4 only; times relative to sysUpTime in the header
-    ("9", [], 102, True),            # v9: FIRST/LAST_SWITCHED relative to the header's sysUpTime
-    ("10", ["-a"], 103, True),       # IPFIX: flowStart/EndSysUpTime + systemInitTimeMilliseconds (options)
-    ("10", ["-A", "sec"], 104, True),
-    ("10", ["-A", "milli"], 105, True),
-    ("10", ["-A", "micro"], 106, True),
-    ("10", ["-A", "nano"], 107, True),
-])
+@pytest.mark.parametrize(
+    "version,extra,n,ipv6",
+    [
+        ("5", [], 101, False),  # v5: IPv4 only; times relative to sysUpTime in the header
+        ("9", [], 102, True),  # v9: FIRST/LAST_SWITCHED relative to the header's sysUpTime
+        ("10", ["-a"], 103, True),  # IPFIX: flowStart/EndSysUpTime + systemInitTimeMilliseconds (options)
+        ("10", ["-A", "sec"], 104, True),
+        ("10", ["-A", "milli"], 105, True),
+        ("10", ["-A", "micro"], 106, True),
+        ("10", ["-A", "nano"], 107, True),
+    ],
+)
 def test_softflowd_from_a_pcap(collector, tmp_path, version, extra, n, ipv6):
     client, networks, store = new_target(collector, n)
     t0 = time.time() - 120
@@ -157,8 +193,14 @@ def test_softflowd_sampling_rate(collector, tmp_path):
     n = 108
     client, networks, store = new_target(collector, n)
     flows = pcap.write(str(tmp_path / "flows.pcap"), pcap.standard_flows(n), time.time() - 120)
-    run_softflowd(tmp_path, tmp_path / "flows.pcap", sum(e.packets for e in flows), collector.udp_port, "10",
-                  ["-A", "milli", "-s", "2"])
+    run_softflowd(
+        tmp_path,
+        tmp_path / "flows.pcap",
+        sum(e.packets for e in flows),
+        collector.udp_port,
+        "10",
+        ["-A", "milli", "-s", "2"],
+    )
     by_tuple = {e.key()[:5]: e for e in flows}
     got = wait_records(client, store, 1)
     for r in got:
@@ -184,8 +226,9 @@ def veth():
         subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{here}.disable_ipv6=1"], check=False)
         subprocess.run(ip + ["link", "set", there, "netns", ns], check=True)
         subprocess.run(ip + ["link", "set", here, "up"], check=True)
-        subprocess.run(ip + ["netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{there}.disable_ipv6=1"],
-                       check=False)
+        subprocess.run(
+            ip + ["netns", "exec", ns, "sysctl", "-qw", f"net.ipv6.conf.{there}.disable_ipv6=1"], check=False
+        )
         subprocess.run(ip + ["netns", "exec", ns, "ip", "link", "set", there, "up"], check=True)
         yield ns, here, there
     finally:
@@ -199,20 +242,26 @@ def test_pmacct_nfprobe_live_on_a_veth(collector, tmp_path, veth, version, n):
     client, networks, store = new_target(collector, n)
     flows = pcap.write(str(tmp_path / "flows.pcap"), pcap.standard_flows(n), time.time() - 60)
     conf = tmp_path / "pmacctd.conf"
-    conf.write_text("\n".join([
-        "daemonize: false",
-        f"pcap_interface: {here}",
-        f"pcap_filter: net 10.{n}.0.0/24 or net 2001:db8:{n:x}::/64",
-        "plugins: nfprobe",
-        f"nfprobe_receiver: 127.0.0.1:{collector.udp_port}",
-        f"nfprobe_version: {version}",
-        # expired 5 s after their last packet (a loaded machine may stall the replay for a second or two)
-        "nfprobe_timeouts: tcp=5:tcp.rst=5:tcp.fin=5:udp=5:icmp=5:general=5:maxlife=60:expint=1",
-        "aggregate: src_host, dst_host, src_port, dst_port, proto, tos",
-    ]) + "\n")
+    conf.write_text(
+        "\n".join(
+            [
+                "daemonize: false",
+                f"pcap_interface: {here}",
+                f"pcap_filter: net 10.{n}.0.0/24 or net 2001:db8:{n:x}::/64",
+                "plugins: nfprobe",
+                f"nfprobe_receiver: 127.0.0.1:{collector.udp_port}",
+                f"nfprobe_version: {version}",
+                # expired 5 s after their last packet (a loaded machine may stall the replay for a second or two)
+                "nfprobe_timeouts: tcp=5:tcp.rst=5:tcp.fin=5:udp=5:icmp=5:general=5:maxlife=60:expint=1",
+                "aggregate: src_host, dst_host, src_port, dst_port, proto, tos",
+            ]
+        )
+        + "\n"
+    )
     log = tmp_path / "pmacctd.log"
-    proc = subprocess.Popen([tool("pmacctd"), "-f", str(conf)], stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [tool("pmacctd"), "-f", str(conf)], stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 20
         while "link type is" not in log.read_text(errors="replace"):
@@ -220,8 +269,11 @@ def test_pmacct_nfprobe_live_on_a_veth(collector, tmp_path, veth, version, n):
             assert time.monotonic() < deadline, "pmacctd never started capturing:\n" + log.read_text(errors="replace")
             time.sleep(0.1)
         t_start = time.time_ns() // 1_000_000
-        subprocess.run(["ip", "netns", "exec", ns, tool("tcpreplay"), "-q", "-i", there, str(tmp_path / "flows.pcap")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["ip", "netns", "exec", ns, tool("tcpreplay"), "-q", "-i", there, str(tmp_path / "flows.pcap")],
+            check=True,
+            capture_output=True,
+        )
         t_end = time.time_ns() // 1_000_000
         check(client, store, flows, networks, window_ms=(t_start, t_end))
     finally:

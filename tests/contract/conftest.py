@@ -8,6 +8,7 @@ Elasticsearch is the real server from tests/fixtures_services.py (`-p tests.fixt
 asked for only by the Elasticsearch cases, so the embedded cases never wait for it. Each store
 gets a unique index prefix and its indices and template are deleted afterwards.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -39,9 +40,11 @@ REGION = "ap-guangzhou"
 PROJECT = "proj-a"
 LOG_STORES = ("ls-a", "ls-a-b", "Web", "web")
 # Same LogStore name in another account, region and project: never returned by the scope above.
-OTHERS = (("acct-2", REGION, PROJECT, "ls-a"),
-          (ACCOUNT, "ap-shanghai", PROJECT, "ls-a"),
-          (ACCOUNT, REGION, "proj-b", "ls-a"))
+OTHERS = (
+    ("acct-2", REGION, PROJECT, "ls-a"),
+    (ACCOUNT, "ap-shanghai", PROJECT, "ls-a"),
+    (ACCOUNT, REGION, "proj-b", "ls-a"),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -49,19 +52,32 @@ OTHERS = (("acct-2", REGION, PROJECT, "ls-a"),
 # ---------------------------------------------------------------------------------------------
 
 _V4_OUTSIDE = [f"203.0.113.{i}" for i in range(1, 40)] + [f"198.51.100.{i}" for i in range(1, 40)]
-_V4_INSIDE = ([f"10.0.{i // 50}.{i % 50 + 1}" for i in range(120)] + [f"10.1.2.{i}" for i in range(1, 20)]
-              + [f"172.16.0.{i}" for i in range(1, 20)])
+_V4_INSIDE = (
+    [f"10.0.{i // 50}.{i % 50 + 1}" for i in range(120)]
+    + [f"10.1.2.{i}" for i in range(1, 20)]
+    + [f"172.16.0.{i}" for i in range(1, 20)]
+)
 _V6_OUTSIDE = [str(ipaddress.IPv6Address(0x2400_CB00 << 96 | i)) for i in range(1, 40)]
-_V6_INSIDE = ([str(ipaddress.IPv6Address(0x2001_0DB8 << 96 | i)) for i in range(1, 30)]
-              + [str(ipaddress.IPv6Address(0x2001_0DB8_0000_0001 << 64 | i)) for i in range(1, 30)]
-              + [str(ipaddress.IPv6Address(0xFD00 << 112 | i)) for i in range(1, 10)])
+_V6_INSIDE = (
+    [str(ipaddress.IPv6Address(0x2001_0DB8 << 96 | i)) for i in range(1, 30)]
+    + [str(ipaddress.IPv6Address(0x2001_0DB8_0000_0001 << 64 | i)) for i in range(1, 30)]
+    + [str(ipaddress.IPv6Address(0xFD00 << 112 | i)) for i in range(1, 10)]
+)
 # IPv4-mapped IPv6 is the IPv4 address on both sides (filter rule 2): a few such rows.
 _V4_MAPPED = ["::ffff:a00:5", "::ffff:cb00:7101"]
 _SERVICE_PORTS = (22, 53, 80, 443, 3306, 3389, 8080)
 
 
-def make_records(account: str, region: str, project: str, log_store: str, n: int, seed: int,
-                 first_ms: int = DAY0_MS + 12 * HOUR_MS, span_ms: int = 2 * DAY_MS) -> list[FlowRecord]:
+def make_records(
+    account: str,
+    region: str,
+    project: str,
+    log_store: str,
+    n: int,
+    seed: int,
+    first_ms: int = DAY0_MS + 12 * HOUR_MS,
+    span_ms: int = 2 * DAY_MS,
+) -> list[FlowRecord]:
     """n distinct records of one LogStore, start times in [first_ms, first_ms + span_ms).
 
     Start times fall on few distinct instants (whole hours, or a minute past), so many
@@ -84,9 +100,31 @@ def make_records(account: str, region: str, project: str, log_store: str, n: int
         kind = rnd.random()
         if kind < 0.06:  # no traffic in the window, or skipped: no addresses, nothing counted
             status = LogStatus.NODATA if kind < 0.04 else LogStatus.SKIPDATA
-            r = FlowRecord("", 0, account, flow_log_id, region, project, log_store, int(resource_type),
-                           resource_id, network_id, "", "", 0, 0, 0, 0, 0, start, end,
-                           int(Action.UNSPECIFIED), int(status), int(Direction.UNSPECIFIED), 0)
+            r = FlowRecord(
+                "",
+                0,
+                account,
+                flow_log_id,
+                region,
+                project,
+                log_store,
+                int(resource_type),
+                resource_id,
+                network_id,
+                "",
+                "",
+                0,
+                0,
+                0,
+                0,
+                0,
+                start,
+                end,
+                int(Action.UNSPECIFIED),
+                int(status),
+                int(Direction.UNSPECIFIED),
+                0,
+            )
         else:
             v6 = kind > 0.7
             if kind > 0.97:
@@ -107,14 +145,43 @@ def make_records(account: str, region: str, project: str, log_store: str, n: int
             packets = rnd.randint(1, 5000)
             nbytes = packets * rnd.randint(40, 1500)
             flags = rnd.choice((2, 18, 19, 27)) if protocol == 6 else 0
-            kind = rules.choice((RuleKind.ACL, RuleKind.SECURITY_GROUP, RuleKind.SECURITY_GROUP)
-                                + ((RuleKind.DEFAULT,) if action == Action.REJECT else ()))
-            rule_id = ("default-deny" if kind == RuleKind.DEFAULT
-                       else f"{'acl' if kind == RuleKind.ACL else 'sg'}-{rules.randint(1, 3)}")
-            r = FlowRecord("", 0, account, flow_log_id, region, project, log_store, int(resource_type),
-                           resource_id, network_id, src, dst, sport, dport, protocol, packets, nbytes,
-                           start, end, int(action), int(LogStatus.OK), int(direction), flags, rule_id, int(kind),
-                           rules.choice((0, 0, 1, 100, 4096)))
+            kind = rules.choice(
+                (RuleKind.ACL, RuleKind.SECURITY_GROUP, RuleKind.SECURITY_GROUP)
+                + ((RuleKind.DEFAULT,) if action == Action.REJECT else ())
+            )
+            rule_id = (
+                "default-deny"
+                if kind == RuleKind.DEFAULT
+                else f"{'acl' if kind == RuleKind.ACL else 'sg'}-{rules.randint(1, 3)}"
+            )
+            r = FlowRecord(
+                "",
+                0,
+                account,
+                flow_log_id,
+                region,
+                project,
+                log_store,
+                int(resource_type),
+                resource_id,
+                network_id,
+                src,
+                dst,
+                sport,
+                dport,
+                protocol,
+                packets,
+                nbytes,
+                start,
+                end,
+                int(action),
+                int(LogStatus.OK),
+                int(direction),
+                flags,
+                rule_id,
+                int(kind),
+                rules.choice((0, 0, 1, 100, 4096)),
+            )
         r = with_id(r)
         out.setdefault(r.record_id, r)
     return list(out.values())
@@ -136,18 +203,20 @@ def build_dataset() -> DataSet:
     return DataSet(tuple(records))
 
 
-def write_shuffled(store: RecordStore, records: list[FlowRecord] | tuple[FlowRecord, ...],
-                   batch: int = 250, seed: int = 7) -> None:
+def write_shuffled(
+    store: RecordStore, records: list[FlowRecord] | tuple[FlowRecord, ...], batch: int = 250, seed: int = 7
+) -> None:
     """Write in random order and uneven batches: stored order must not matter."""
     shuffled = list(records)
     random.Random(seed).shuffle(shuffled)
     for i in range(0, len(shuffled), batch):
-        store.write(shuffled[i:i + batch])
+        store.write(shuffled[i : i + batch])
 
 
 # ---------------------------------------------------------------------------------------------
 # Backends
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Backend:
@@ -184,10 +253,12 @@ def _elasticsearch(request: pytest.FixtureRequest, tmp: Path) -> Backend:
     def cleanup() -> None:
         store.close()
         try:
-            names = [i["name"] for i in admin.indices.resolve_index(
-                name=f"{prefix}-*", expand_wildcards="all").get("indices", [])]
+            names = [
+                i["name"]
+                for i in admin.indices.resolve_index(name=f"{prefix}-*", expand_wildcards="all").get("indices", [])
+            ]
             for i in range(0, len(names), 20):
-                admin.indices.delete(index=",".join(names[i:i + 20]), ignore_unavailable=True)
+                admin.indices.delete(index=",".join(names[i : i + 20]), ignore_unavailable=True)
             admin.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-records")
         except ConnectionError:
             # The service fixture stops Elasticsearch at session end, which can come before the
@@ -228,8 +299,9 @@ def dataset() -> DataSet:
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def filled_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-                 dataset: DataSet) -> Iterator[RecordStore]:
+def filled_store(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, dataset: DataSet
+) -> Iterator[RecordStore]:
     """A store of each backend holding `dataset`, shared by the read-only tests of a module."""
     b = _FACTORIES[request.param](request, tmp_path_factory.mktemp(request.param))
     try:

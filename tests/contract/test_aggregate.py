@@ -7,6 +7,7 @@ one computed HERE from the records written, with plain Python (dicts, ipaddress,
 with server.core.aggregate's evaluator, nor with any backend's. The request is parsed by
 server.core.aggregate.plan() and the backend's groups ranked by finish(): what the server does.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -26,10 +27,15 @@ from tests.contract.conftest import ACCOUNT, DAY0_MS, DAY_MS, HOUR_MS, LOG_STORE
 
 ALL = (DAY0_MS, DAY0_MS + 3 * DAY_MS)
 SCOPE = Scope(ACCOUNT, REGION, PROJECT, LOG_STORES)
-ENUMS = {"action": ("ACTION_", Action), "direction": ("DIRECTION_", Direction),
-         "log_status": ("LOG_STATUS_", LogStatus), "resource_type": ("RESOURCE_TYPE_", ResourceType)}
+ENUMS = {
+    "action": ("ACTION_", Action),
+    "direction": ("DIRECTION_", Direction),
+    "log_status": ("LOG_STATUS_", LogStatus),
+    "resource_type": ("RESOURCE_TYPE_", ResourceType),
+}
 try:  # rule attribution (issue 16 part 1): grouped like the other enums once records carry it
     from server.core.model import RuleKind
+
     ENUMS["rule_kind"] = ("RULE_KIND_", RuleKind)
 except ImportError:  # pragma: no cover
     pass
@@ -38,6 +44,7 @@ except ImportError:  # pragma: no cover
 # ---------------------------------------------------------------------------------------------
 # The independent expectation
 # ---------------------------------------------------------------------------------------------
+
 
 def _address(text: str, prefix: tuple[int, int] | None) -> tuple[tuple, str]:
     """(sort key, text) of an address group key: ipaddress does the work, mapped IPv6 is IPv4."""
@@ -67,22 +74,39 @@ def _key(r: FlowRecord, spec: str) -> tuple[tuple, str]:
     return (value,), str(value)
 
 
-def expect(records: Iterable[FlowRecord], *, group_by: list[str] = [], metrics: list[str] = [],  # noqa: B006
-           order_by: str = "", limit: int = 10, interval_ms: int = 0, start_ms: int = ALL[0],
-           end_ms: int = ALL[1], log_stores: tuple[str, ...] = LOG_STORES, where=lambda r: True) -> dict[str, Any]:
+def expect(
+    records: Iterable[FlowRecord],
+    *,
+    group_by: list[str] = [],
+    metrics: list[str] = [],  # noqa: B006
+    order_by: str = "",
+    limit: int = 10,
+    interval_ms: int = 0,
+    start_ms: int = ALL[0],
+    end_ms: int = ALL[1],
+    log_stores: tuple[str, ...] = LOG_STORES,
+    where=lambda r: True,
+) -> dict[str, Any]:
     metrics = metrics or ["count", "sum(bytes)", "sum(packets)"]
     groups: dict[tuple, dict[str, Any]] = {}
     matched = 0
     for r in records:
-        if not (r.account_id == ACCOUNT and r.region == REGION and r.project == PROJECT
-                and r.log_store in log_stores and start_ms <= r.start_time < end_ms and where(r)):
+        if not (
+            r.account_id == ACCOUNT
+            and r.region == REGION
+            and r.project == PROJECT
+            and r.log_store in log_stores
+            and start_ms <= r.start_time < end_ms
+            and where(r)
+        ):
             continue
         matched += 1
         bucket = r.start_time // interval_ms * interval_ms if interval_ms else None
         keys = [_key(r, g) for g in group_by]
         k = (bucket, tuple(s for s, _ in keys))
-        g = groups.setdefault(k, {"bucket": bucket, "sort": tuple(s for s, _ in keys),
-                                  "text": tuple(t for _, t in keys), "recs": []})
+        g = groups.setdefault(
+            k, {"bucket": bucket, "sort": tuple(s for s, _ in keys), "text": tuple(t for _, t in keys), "recs": []}
+        )
         g["recs"].append(r)
 
     def value(metric: str, recs: list[FlowRecord]) -> int:
@@ -94,7 +118,7 @@ def expect(records: Iterable[FlowRecord], *, group_by: list[str] = [], metrics: 
             return min(r.start_time for r in recs)
         if metric == "max(end_time)":
             return max(r.end_time for r in recs)
-        inner = metric[len("count_distinct("):-1]
+        inner = metric[len("count_distinct(") : -1]
         seen = {_key(r, inner)[1] for r in recs}
         if inner.partition("/")[0] in ("src_addr", "dst_addr"):
             seen.discard("")  # no address is no value
@@ -114,26 +138,58 @@ def expect(records: Iterable[FlowRecord], *, group_by: list[str] = [], metrics: 
         rest += ranked[limit:]
     other = None
     if rest:
+
         def fold(i: int, m: str) -> int:
             vals = [g["values"][i] for g in rest]
-            return (sum(vals) if m == "count" or m.startswith("sum(") else min(vals) if m.startswith("min(")
-                    else max(vals) if m.startswith("max(") else 0)
+            return (
+                sum(vals)
+                if m == "count" or m.startswith("sum(")
+                else min(vals)
+                if m.startswith("min(")
+                else max(vals)
+                if m.startswith("max(")
+                else 0
+            )
+
         other = tuple(fold(i, m) for i, m in enumerate(metrics))
     return {"rows": rows, "other": other, "matched": matched}
 
 
-def ask(store, *, group_by: list[str] = [], metrics: list[str] = [], order_by: str = "",  # noqa: B006
-        limit: int = 10, interval_ms: int = 0, start_ms: int = ALL[0], end_ms: int = ALL[1],
-        log_stores: tuple[str, ...] = LOG_STORES, filter_text: str = "",
-        limits: agg.Limits = agg.Limits(max_range_days=0)) -> dict[str, Any]:
+def ask(
+    store,
+    *,
+    group_by: list[str] = [],
+    metrics: list[str] = [],
+    order_by: str = "",  # noqa: B006
+    limit: int = 10,
+    interval_ms: int = 0,
+    start_ms: int = ALL[0],
+    end_ms: int = ALL[1],
+    log_stores: tuple[str, ...] = LOG_STORES,
+    filter_text: str = "",
+    limits: agg.Limits = agg.Limits(max_range_days=0),
+) -> dict[str, Any]:
     assert isinstance(store, RecordAggregation)
     scope = Scope(ACCOUNT, REGION, PROJECT, log_stores)
-    q = agg.plan(scope, start_ms=start_ms, end_ms=end_ms, filter_text=filter_text, group_by=group_by,
-                 interval_ms=interval_ms or None, metrics=metrics, order_by=order_by, limit=limit, limits=limits)
+    q = agg.plan(
+        scope,
+        start_ms=start_ms,
+        end_ms=end_ms,
+        filter_text=filter_text,
+        group_by=group_by,
+        interval_ms=interval_ms or None,
+        metrics=metrics,
+        order_by=order_by,
+        limit=limit,
+        limits=limits,
+    )
     res = agg.finish(q, store.aggregate(q))
     assert not res.approximate
-    return {"rows": [(r.bucket_start_ms, r.keys, r.values) for r in res.rows],
-            "other": res.other.values if res.other else None, "matched": res.matched}
+    return {
+        "rows": [(r.bucket_start_ms, r.keys, r.values) for r in res.rows],
+        "other": res.other.values if res.other else None,
+        "matched": res.matched,
+    }
 
 
 def check(store, records, filter_text: str = "", **kw) -> dict[str, Any]:
@@ -162,14 +218,24 @@ def _predicate(filter_text: str):
 # Cases
 # ---------------------------------------------------------------------------------------------
 
+
 def test_top_talkers_by_address_with_other(filled_store, dataset: DataSet):
     want = check(filled_store, dataset.records, group_by=["src_addr"], metrics=["sum(bytes)", "count"])
     assert len(want["rows"]) == 10 and want["other"] is not None and want["matched"] > 1000
 
 
-@pytest.mark.parametrize("group_by", [["src_addr/24"], ["dst_addr/64"], ["src_addr/16/48"], ["dst_addr/0"],
-                                      ["src_addr/8", "dst_addr/120"], ["dst_addr/31/127"]],
-                         ids=lambda g: "+".join(g))
+@pytest.mark.parametrize(
+    "group_by",
+    [
+        ["src_addr/24"],
+        ["dst_addr/64"],
+        ["src_addr/16/48"],
+        ["dst_addr/0"],
+        ["src_addr/8", "dst_addr/120"],
+        ["dst_addr/31/127"],
+    ],
+    ids=lambda g: "+".join(g),
+)
 def test_address_prefixes_ipv4_and_ipv6(filled_store, dataset: DataSet, group_by):
     want = check(filled_store, dataset.records, group_by=group_by, limit=10_000)
     texts = {t for _, keys, _ in want["rows"] for t in keys}
@@ -178,12 +244,21 @@ def test_address_prefixes_ipv4_and_ipv6(filled_store, dataset: DataSet, group_by
 
 
 def test_nodata_rows_group_under_an_empty_key(filled_store, dataset: DataSet):
-    want = check(filled_store, dataset.records, group_by=["log_status", "src_addr", "dst_addr/24"],
-                 metrics=["count", "sum(packets)", "min(start_time)", "max(end_time)"], limit=10_000)
+    want = check(
+        filled_store,
+        dataset.records,
+        group_by=["log_status", "src_addr", "dst_addr/24"],
+        metrics=["count", "sum(packets)", "min(start_time)", "max(end_time)"],
+        limit=10_000,
+    )
     nodata = [row for row in want["rows"] if row[1][0] == "LOG_STATUS_NODATA"]
     assert nodata and all(row[1][1:] == ("", "") for row in nodata)
-    check(filled_store, dataset.records, filter_text="log_status = NODATA",
-          metrics=["count", "count_distinct(src_addr)", "sum(bytes)"])
+    check(
+        filled_store,
+        dataset.records,
+        filter_text="log_status = NODATA",
+        metrics=["count", "count_distinct(src_addr)", "sum(bytes)"],
+    )
 
 
 def test_empty_results(filled_store, dataset: DataSet):
@@ -202,8 +277,14 @@ def test_no_group_by_is_one_row_per_bucket(filled_store, dataset: DataSet):
 
 def test_ties_are_broken_by_keys_ascending(filled_store, dataset: DataSet):
     for order_by in ("", "count_distinct(protocol)", "-count_distinct(protocol)"):
-        want = check(filled_store, dataset.records, group_by=["direction", "action", "log_store"],
-                     metrics=["count_distinct(protocol)", "count"], order_by=order_by, limit=5)
+        want = check(
+            filled_store,
+            dataset.records,
+            group_by=["direction", "action", "log_store"],
+            metrics=["count_distinct(protocol)", "count"],
+            order_by=order_by,
+            limit=5,
+        )
         values = [row[2][0] for row in want["rows"]]
         assert len(values) != len(set(values)), "the case has ties"
     check(filled_store, dataset.records, group_by=["dst_port"], metrics=["count"], order_by="count", limit=20)
@@ -213,8 +294,16 @@ def test_buckets_at_range_edges(filled_store, dataset: DataSet):
     # Records start on whole hours or a minute past: from 20:01 the 20:00 bucket holds only the
     # 20:01 records, and records starting exactly at the end are out.
     start, end = DAY0_MS + 20 * HOUR_MS + 60_000, DAY0_MS + DAY_MS + 5 * HOUR_MS
-    want = check(filled_store, dataset.records, start_ms=start, end_ms=end, interval_ms=HOUR_MS,
-                 group_by=["action"], metrics=["count", "min(start_time)", "max(end_time)"], limit=3)
+    want = check(
+        filled_store,
+        dataset.records,
+        start_ms=start,
+        end_ms=end,
+        interval_ms=HOUR_MS,
+        group_by=["action"],
+        metrics=["count", "min(start_time)", "max(end_time)"],
+        limit=3,
+    )
     first = [row for row in want["rows"] if row[0] == DAY0_MS + 20 * HOUR_MS]
     assert first and all(row[2][1] == start for row in first), "the first bucket starts before the range"
     assert any(r.start_time == end and r.log_store in LOG_STORES for r in dataset.records), "an edge record exists"
@@ -224,9 +313,14 @@ def test_buckets_at_range_edges(filled_store, dataset: DataSet):
 
 
 def test_limit_per_bucket_and_other(filled_store, dataset: DataSet):
-    want = check(filled_store, dataset.records, interval_ms=12 * HOUR_MS, group_by=["dst_addr/24/64"],
-                 metrics=["sum(bytes)", "count", "min(start_time)", "max(end_time)", "count_distinct(src_addr)"],
-                 limit=2)
+    want = check(
+        filled_store,
+        dataset.records,
+        interval_ms=12 * HOUR_MS,
+        group_by=["dst_addr/24/64"],
+        metrics=["sum(bytes)", "count", "min(start_time)", "max(end_time)", "count_distinct(src_addr)"],
+        limit=2,
+    )
     per_bucket = defaultdict(int)
     for bucket, _, _ in want["rows"]:
         per_bucket[bucket] += 1
@@ -237,21 +331,54 @@ def test_limit_per_bucket_and_other(filled_store, dataset: DataSet):
 
 def test_count_distinct(filled_store, dataset: DataSet):
     # scanners: sources with the most distinct destinations among REJECTs
-    check(filled_store, dataset.records, filter_text="action = REJECT", group_by=["src_addr"],
-          metrics=["count_distinct(dst_addr)", "count_distinct(dst_port)", "count"], limit=15)
-    check(filled_store, dataset.records, group_by=["action"],
-          metrics=["count_distinct(dst_addr/24/64)", "count_distinct(src_addr)", "count_distinct(flow_log_id)",
-                   "count_distinct(resource_type)"])
-    check(filled_store, dataset.records, filter_text="action = REJECT AND protocol = tcp", group_by=["dst_addr/16"],
-          metrics=["count_distinct(src_addr/24)"])
+    check(
+        filled_store,
+        dataset.records,
+        filter_text="action = REJECT",
+        group_by=["src_addr"],
+        metrics=["count_distinct(dst_addr)", "count_distinct(dst_port)", "count"],
+        limit=15,
+    )
+    check(
+        filled_store,
+        dataset.records,
+        group_by=["action"],
+        metrics=[
+            "count_distinct(dst_addr/24/64)",
+            "count_distinct(src_addr)",
+            "count_distinct(flow_log_id)",
+            "count_distinct(resource_type)",
+        ],
+    )
+    check(
+        filled_store,
+        dataset.records,
+        filter_text="action = REJECT AND protocol = tcp",
+        group_by=["dst_addr/16"],
+        metrics=["count_distinct(src_addr/24)"],
+    )
     # which rules reject, and how many sources each
-    check(filled_store, dataset.records, filter_text="action = REJECT", group_by=["rule_kind"],
-          metrics=["count_distinct(rule_id)", "count_distinct(src_addr)", "count"])
+    check(
+        filled_store,
+        dataset.records,
+        filter_text="action = REJECT",
+        group_by=["rule_kind"],
+        metrics=["count_distinct(rule_id)", "count_distinct(src_addr)", "count"],
+    )
 
 
-@pytest.mark.parametrize("group_by", [["log_store"], ["protocol", "dst_port"], ["flow_log_id", "resource_id"],
-                                      ["resource_type", "network_id", "direction"], ["rule_kind", "rule_id"],
-                                      ["action", "rule_kind"]], ids=lambda g: "+".join(g))
+@pytest.mark.parametrize(
+    "group_by",
+    [
+        ["log_store"],
+        ["protocol", "dst_port"],
+        ["flow_log_id", "resource_id"],
+        ["resource_type", "network_id", "direction"],
+        ["rule_kind", "rule_id"],
+        ["action", "rule_kind"],
+    ],
+    ids=lambda g: "+".join(g),
+)
 def test_other_fields(filled_store, dataset: DataSet, group_by):
     check(filled_store, dataset.records, group_by=group_by, limit=7)
     check(filled_store, dataset.records, group_by=group_by, log_stores=("ls-a", "web"), limit=3)
@@ -262,17 +389,32 @@ def test_max_groups_is_resource_exhausted(filled_store):
     with pytest.raises(ResourceExhausted, match="limits.aggregate_max_groups"):
         ask(filled_store, group_by=["src_addr", "dst_addr", "src_port"], limit=10_000, limits=agg.Limits(max_groups=50))
     with pytest.raises(ResourceExhausted, match="limits.aggregate_max_groups"):
-        ask(filled_store, group_by=["src_addr/24/64", "dst_addr"], limit=100, interval_ms=DAY_MS,
-            limits=agg.Limits(max_groups=50, max_range_days=0))
+        ask(
+            filled_store,
+            group_by=["src_addr/24/64", "dst_addr"],
+            limit=100,
+            interval_ms=DAY_MS,
+            limits=agg.Limits(max_groups=50, max_range_days=0),
+        )
     # a top 10 of many groups is fine under a small bound
     ask(filled_store, group_by=["src_addr", "dst_addr", "src_port"], limits=agg.Limits(max_groups=50, max_range_days=0))
 
 
 def test_deadline_is_resource_exhausted(filled_store):
     scope = SCOPE
-    q = agg.plan(scope, start_ms=ALL[0], end_ms=ALL[1], filter_text="", group_by=["src_addr"], interval_ms=None,
-                 metrics=[], order_by="", limit=10, limits=agg.Limits(timeout_s=5, max_range_days=0),
-                 now=lambda: time.monotonic() - 10)
+    q = agg.plan(
+        scope,
+        start_ms=ALL[0],
+        end_ms=ALL[1],
+        filter_text="",
+        group_by=["src_addr"],
+        interval_ms=None,
+        metrics=[],
+        order_by="",
+        limit=10,
+        limits=agg.Limits(timeout_s=5, max_range_days=0),
+        now=lambda: time.monotonic() - 10,
+    )
     with pytest.raises(ResourceExhausted, match="limits.aggregate_timeout_seconds"):
         filled_store.aggregate(q)
 

@@ -6,6 +6,7 @@ MinIO cannot be built), one fresh bucket per test. Run with:
 
     .venv/bin/python -m pytest -p tests.fixtures_services tests/contract/test_archive.py -q
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -36,6 +37,7 @@ T0 = 1_767_225_600_000
 
 # -- backends -------------------------------------------------------------------------------
 
+
 def _s3_store(request: pytest.FixtureRequest) -> Iterator[ObjectStore]:
     svc = request.getfixturevalue("minio_service")
     client = request.getfixturevalue("minio_client")
@@ -52,8 +54,14 @@ def _s3_store(request: pytest.FixtureRequest) -> Iterator[ObjectStore]:
 
 
 def _s3(svc: dict, bucket: str) -> S3ObjectStore:
-    return S3ObjectStore(svc["endpoint"], svc["access_key"], svc["secret_key"], bucket,
-                         secure=bool(svc.get("secure")), region=svc.get("region") or "us-east-1")
+    return S3ObjectStore(
+        svc["endpoint"],
+        svc["access_key"],
+        svc["secret_key"],
+        bucket,
+        secure=bool(svc.get("secure")),
+        region=svc.get("region") or "us-east-1",
+    )
 
 
 @pytest.fixture(params=BACKENDS)
@@ -73,12 +81,21 @@ def archive(store: ObjectStore) -> Archive:
 
 # -- realistic records ----------------------------------------------------------------------
 
-_COMMON_PORTS = [443] * 30 + [80] * 10 + [53] * 8 + [22] * 4 + [3306, 5432, 6379, 8080, 8443, 123, 25, 587, 993,
-                                                                   3389, 9200, 27017]
+_COMMON_PORTS = (
+    [443] * 30 + [80] * 10 + [53] * 8 + [22] * 4 + [3306, 5432, 6379, 8080, 8443, 123, 25, 587, 993, 3389, 9200, 27017]
+)
 
 
-def realistic(n: int, *, seed: int = 1, start_ms: int = T0, hours: int = 1, window_ms: int = 60_000,
-              account: str = ACCOUNT, key: LogStoreKey = KEY) -> list[FlowRecord]:
+def realistic(
+    n: int,
+    *,
+    seed: int = 1,
+    start_ms: int = T0,
+    hours: int = 1,
+    window_ms: int = 60_000,
+    account: str = ACCOUNT,
+    key: LogStoreKey = KEY,
+) -> list[FlowRecord]:
     """Flow records as a few real resources produce them: 5 flow logs, each on a resource with
     1-3 public and 20-200 private addresses; peers 60% from 2,000 popular addresses (CDNs,
     resolvers), 40% anywhere; service ports mostly 443/80/53/22, ephemeral ports 32768-60999;
@@ -90,8 +107,9 @@ def realistic(n: int, *, seed: int = 1, start_ms: int = T0, hours: int = 1, wind
     for _ in range(5):
         fl = "fl-" + "".join(rnd.choice(alnum) for _ in range(10))
         pub = [str(ipaddress.IPv4Address(rnd.getrandbits(32) | 0x01000000)) for _ in range(rnd.randint(1, 3))]
-        priv = [f"10.{rnd.randint(0, 3)}.{rnd.randint(0, 255)}.{rnd.randint(1, 254)}"
-                for _ in range(rnd.randint(20, 200))]
+        priv = [
+            f"10.{rnd.randint(0, 3)}.{rnd.randint(0, 255)}.{rnd.randint(1, 254)}" for _ in range(rnd.randint(20, 200))
+        ]
         flow_logs.append((fl, rnd.choice([1, 2, 3, 5]), "eip-" + fl[3:], "vpc-" + fl[4:12], pub, priv))
     popular = [str(ipaddress.IPv4Address(rnd.getrandbits(32))) for _ in range(2000)]
     windows = hours * HOUR_MS // window_ms
@@ -125,27 +143,83 @@ def realistic(n: int, *, seed: int = 1, start_ms: int = T0, hours: int = 1, wind
         if ident in seen:
             continue
         seen.add(ident)
-        out.append(FlowRecord(record_id(*ident), 1, account, fl, key.region, key.project, key.name, rt, rid, net,
-                              src, dst, sp, dp, proto, pk, by, ws, we, act, status, d, flags))
+        out.append(
+            FlowRecord(
+                record_id(*ident),
+                1,
+                account,
+                fl,
+                key.region,
+                key.project,
+                key.name,
+                rt,
+                rid,
+                net,
+                src,
+                dst,
+                sp,
+                dp,
+                proto,
+                pk,
+                by,
+                ws,
+                we,
+                act,
+                status,
+                d,
+                flags,
+            )
+        )
     return out
 
 
-def one(start_ms: int, *, n: int = 0, account: str = ACCOUNT, key: LogStoreKey = KEY,
-        src: str = "10.0.0.1", dst: str = "203.0.113.7") -> FlowRecord:
+def one(
+    start_ms: int,
+    *,
+    n: int = 0,
+    account: str = ACCOUNT,
+    key: LogStoreKey = KEY,
+    src: str = "10.0.0.1",
+    dst: str = "203.0.113.7",
+) -> FlowRecord:
     """A single record at start_ms; n varies the source port so records stay distinct."""
     fl = "fl-abcdefgh"
     ident = (fl, src, dst, 40000 + n, 443, 6, 2, start_ms, start_ms + 60_000)
-    return FlowRecord(record_id(*ident), 1, account, fl, key.region, key.project, key.name, 1, "eip-abcdefgh",
-                      "vpc-abcdefgh", src, dst, 40000 + n, 443, 6, 10 + n, 1000 + n, start_ms, start_ms + 60_000,
-                      1, 1, 2, 27)
+    return FlowRecord(
+        record_id(*ident),
+        1,
+        account,
+        fl,
+        key.region,
+        key.project,
+        key.name,
+        1,
+        "eip-abcdefgh",
+        "vpc-abcdefgh",
+        src,
+        dst,
+        40000 + n,
+        443,
+        6,
+        10 + n,
+        1000 + n,
+        start_ms,
+        start_ms + 60_000,
+        1,
+        1,
+        2,
+        27,
+    )
 
 
-def read_all(archive: Archive, start: int = 0, end: int = 2**62, account: str = ACCOUNT,
-             key: LogStoreKey = KEY) -> list[FlowRecord]:
+def read_all(
+    archive: Archive, start: int = 0, end: int = 2**62, account: str = ACCOUNT, key: LogStoreKey = KEY
+) -> list[FlowRecord]:
     return [r for batch in archive.read(account, key, start, end) for r in batch]
 
 
 # -- ObjectStore contract -------------------------------------------------------------------
+
 
 def test_store_put_get_list_delete(store: ObjectStore) -> None:
     store.put("a/b/c.bin", b"one")
@@ -169,6 +243,7 @@ def test_store_put_get_list_delete(store: ObjectStore) -> None:
 
 # -- Archive: write and read ----------------------------------------------------------------
 
+
 def test_write_then_read_back_exactly(archive: Archive) -> None:
     records = realistic(3000, hours=2)
     keys = archive.write_batch("b1", records)
@@ -186,21 +261,59 @@ def test_write_then_read_back_exactly(archive: Archive) -> None:
 
 
 def test_nodata_and_extreme_values_round_trip(archive: Archive) -> None:
-    nodata = FlowRecord(record_id("fl-abcdefgh", "", "", 0, 0, 0, 1, T0, T0 + 60_000), 1, ACCOUNT, "fl-abcdefgh",
-                        KEY.region, KEY.project, KEY.name, 1, "eip-x", "vpc-x", "", "", 0, 0, 0, 0, 0, T0,
-                        T0 + 60_000, 1, 2, 1, 0)
-    v6 = one(T0 + 5, src="2001:db8::1", dst="2400:cb00::abcd")._replace(packets=2**64 - 1, bytes=2**64 - 1,
-                                                                         tcp_flags=0xFFF, src_port=65535)
-    v6 = v6._replace(record_id=record_id(v6.flow_log_id, v6.src_addr, v6.dst_addr, v6.src_port, v6.dst_port,
-                                         v6.protocol, v6.direction, v6.start_time, v6.end_time))
+    nodata = FlowRecord(
+        record_id("fl-abcdefgh", "", "", 0, 0, 0, 1, T0, T0 + 60_000),
+        1,
+        ACCOUNT,
+        "fl-abcdefgh",
+        KEY.region,
+        KEY.project,
+        KEY.name,
+        1,
+        "eip-x",
+        "vpc-x",
+        "",
+        "",
+        0,
+        0,
+        0,
+        0,
+        0,
+        T0,
+        T0 + 60_000,
+        1,
+        2,
+        1,
+        0,
+    )
+    v6 = one(T0 + 5, src="2001:db8::1", dst="2400:cb00::abcd")._replace(
+        packets=2**64 - 1, bytes=2**64 - 1, tcp_flags=0xFFF, src_port=65535
+    )
+    v6 = v6._replace(
+        record_id=record_id(
+            v6.flow_log_id,
+            v6.src_addr,
+            v6.dst_addr,
+            v6.src_port,
+            v6.dst_port,
+            v6.protocol,
+            v6.direction,
+            v6.start_time,
+            v6.end_time,
+        )
+    )
     archive.write_batch("b1", [nodata, v6])
     assert sorted(read_all(archive)) == sorted([nodata, v6])
 
 
 def test_records_spanning_hours_and_days_land_in_their_prefixes(archive: Archive) -> None:
     midnight = T0 + DAY_MS  # 2026-01-02T00:00Z
-    records = [one(midnight - 1, n=1), one(midnight, n=2), one(midnight + HOUR_MS + 1_800_000, n=3),
-               one(T0 + 5 * DAY_MS + 13 * HOUR_MS, n=4)]
+    records = [
+        one(midnight - 1, n=1),
+        one(midnight, n=2),
+        one(midnight + HOUR_MS + 1_800_000, n=3),
+        one(T0 + 5 * DAY_MS + 13 * HOUR_MS, n=4),
+    ]
     keys = archive.write_batch("b7", records)
     prefix = "account=acct-1/region=bj/project=proj/log_store=ls1/"
     assert sorted(keys) == [
@@ -224,8 +337,11 @@ def test_a_table_is_archived_byte_for_byte_like_its_records(archive: Archive) ->
     hours and days, NODATA rows, extreme values; tables spanning LogStores or repeating a record
     fall back to write_batch's rules."""
     from server.core.columns import concat, table_of
+
     records = realistic(3000, hours=3, seed=21)
-    records += [one(T0 + DAY_MS + 5, n=1, src="2001:db8::1", dst="2400:cb00::abcd")._replace(packets=2**64 - 1, bytes=2**64 - 1)]
+    records += [
+        one(T0 + DAY_MS + 5, n=1, src="2001:db8::1", dst="2400:cb00::abcd")._replace(packets=2**64 - 1, bytes=2**64 - 1)
+    ]
     records[-1] = records[-1]._replace(record_id=record_id(*_identity(records[-1])))
     table = concat([table_of(records[:1000]), table_of(records[1000:])])  # chunked, as the spool hands it over
     keys = archive.write_table("t1", table)
@@ -270,8 +386,12 @@ def test_other_log_stores_and_accounts_are_untouched(archive: Archive) -> None:
     other_project = LogStoreKey("bj", "proj2", "ls1")
     other_region = LogStoreKey("gz", "proj", "ls1")
     mine = [one(T0, n=1), one(T0 + 1, n=2)]
-    theirs = [one(T0, n=3, key=other_store), one(T0, n=4, key=other_project), one(T0, n=5, key=other_region),
-              one(T0, n=6, account="acct-2")]  # same region/project/name, another account
+    theirs = [
+        one(T0, n=3, key=other_store),
+        one(T0, n=4, key=other_project),
+        one(T0, n=5, key=other_region),
+        one(T0, n=6, account="acct-2"),
+    ]  # same region/project/name, another account
     archive.write_batch("b1", mine + theirs)
     assert sorted(read_all(archive)) == sorted(mine)
     assert read_all(archive, key=other_store) == [theirs[0]]
@@ -285,8 +405,12 @@ def test_other_log_stores_and_accounts_are_untouched(archive: Archive) -> None:
 def test_unusual_names_are_escaped_and_isolated(archive: Archive) -> None:
     odd_account, empty_account = "org/team a%", ""
     odd_key = LogStoreKey("bj", "proj", "a=b/..")
-    records = [one(T0, n=1, account=odd_account), one(T0, n=2, account=empty_account),
-               one(T0, n=3, account="org"), one(T0, n=4, key=odd_key)]
+    records = [
+        one(T0, n=1, account=odd_account),
+        one(T0, n=2, account=empty_account),
+        one(T0, n=3, account="org"),
+        one(T0, n=4, key=odd_key),
+    ]
     keys = archive.write_batch("b1", records)
     assert all(k.count("/") == 6 for k in keys)  # no value adds a path level
     assert any("account=__HIVE_DEFAULT_PARTITION__/" in k for k in keys)
@@ -351,8 +475,10 @@ def test_bytes_per_record_under_30(archive: Archive) -> None:
     assert len(keys) == 1
     size = sum(o.size for o in archive.store.list(""))
     per_record = size / len(records)
-    print(f"\narchive[{archive.name}]: {len(records)} records, {size} bytes, {per_record:.2f} bytes/record, "
-          f"written in {took:.2f}s")
+    print(
+        f"\narchive[{archive.name}]: {len(records)} records, {size} bytes, {per_record:.2f} bytes/record, "
+        f"written in {took:.2f}s"
+    )
     assert per_record < 30
     assert archive.count(ACCOUNT, KEY, 0, 2**62) == 50_000
 
@@ -375,6 +501,7 @@ def test_corrupt_object_is_skipped(archive: Archive, caplog: pytest.LogCaptureFi
 
 # -- backend specifics ----------------------------------------------------------------------
 
+
 def test_s3_bucket_creation_is_race_safe(minio_service: dict, minio_client) -> None:
     bucket = f"flowlog-race-{uuid.uuid4().hex[:16]}"
     stores = [_s3(minio_service, bucket) for _ in range(4)]
@@ -396,14 +523,15 @@ def _free_port() -> int:
 
 
 def test_s3_store_is_unhealthy_when_down() -> None:
-    store = S3ObjectStore(f"127.0.0.1:{_free_port()}", "minioadmin", "minioadmin", "flowlog-archive",
-                          timeout_s=1.0)
+    store = S3ObjectStore(f"127.0.0.1:{_free_port()}", "minioadmin", "minioadmin", "flowlog-archive", timeout_s=1.0)
     assert store.healthy() is False
     store.close()
 
 
-@pytest.mark.parametrize("bad", ["", "/abs/key", "a/../b", "../x", "a/./b", "a//b", "a/b/", "nul\x00byte",
-                                 "back\\slash", ".tmp-123/x", "a/.tmp-x"])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "/abs/key", "a/../b", "../x", "a/./b", "a//b", "a/b/", "nul\x00byte", "back\\slash", ".tmp-123/x", "a/.tmp-x"],
+)
 def test_local_store_rejects_keys_that_could_escape(tmp_path: Path, bad: str) -> None:
     store = LocalObjectStore(tmp_path / "root")
     with pytest.raises(InvalidKey):

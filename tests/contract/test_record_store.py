@@ -4,6 +4,7 @@ Expectations are computed in Python from the written records: ordered by (start_
 record_id) and filtered with server.core.filter.compile_predicate, so every backend must return
 exactly the same records in exactly the same order, and agree with the live-tail evaluator.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,16 +18,36 @@ from server.core.filter import compile_predicate, parse
 from server.core.model import FlowRecord, LogStoreKey
 from server.core.ports import RecordQuery, RecordStore
 from server.core.records import with_id
-from tests.contract.conftest import (ACCOUNT, DAY0_MS, DAY_MS, HOUR_MS, LOG_STORES, OTHERS, PROJECT,
-                                     REGION, Backend, DataSet, make_records, write_shuffled)
+from tests.contract.conftest import (
+    ACCOUNT,
+    DAY0_MS,
+    DAY_MS,
+    HOUR_MS,
+    LOG_STORES,
+    OTHERS,
+    PROJECT,
+    REGION,
+    Backend,
+    DataSet,
+    make_records,
+    write_shuffled,
+)
 
 ALL_DAYS = (DAY0_MS, DAY0_MS + 3 * DAY_MS)
 
 
-def query(log_stores: Iterable[str] = ("ls-a",), start_ms: int = ALL_DAYS[0], end_ms: int = ALL_DAYS[1],
-          **kw) -> RecordQuery:
-    base = dict(account_id=ACCOUNT, region=REGION, project=PROJECT, log_stores=tuple(log_stores),
-                start_ms=start_ms, end_ms=end_ms, limit=100_000)
+def query(
+    log_stores: Iterable[str] = ("ls-a",), start_ms: int = ALL_DAYS[0], end_ms: int = ALL_DAYS[1], **kw
+) -> RecordQuery:
+    base = dict(
+        account_id=ACCOUNT,
+        region=REGION,
+        project=PROJECT,
+        log_stores=tuple(log_stores),
+        start_ms=start_ms,
+        end_ms=end_ms,
+        limit=100_000,
+    )
     base.update(kw)
     return RecordQuery(**base)  # type: ignore[arg-type]
 
@@ -34,15 +55,25 @@ def query(log_stores: Iterable[str] = ("ls-a",), start_ms: int = ALL_DAYS[0], en
 def expected(records: Iterable[FlowRecord], q: RecordQuery) -> list[FlowRecord]:
     """What a store must return for q, computed from the records written to it."""
     pred = compile_predicate(q.filter)  # type: ignore[arg-type]
-    rows = [r for r in records
-            if r.account_id == q.account_id and r.region == q.region and r.project == q.project
-            and r.log_store in q.log_stores and q.start_ms <= r.start_time < q.end_ms and pred(r)]
+    rows = [
+        r
+        for r in records
+        if r.account_id == q.account_id
+        and r.region == q.region
+        and r.project == q.project
+        and r.log_store in q.log_stores
+        and q.start_ms <= r.start_time < q.end_ms
+        and pred(r)
+    ]
     rows.sort(key=lambda r: (r.start_time, r.record_id), reverse=q.newest_first)
     if q.after is not None:
         t, rid = q.after
-        rows = [r for r in rows if ((r.start_time, r.record_id) < (t, rid)) == q.newest_first
-                and (r.start_time, r.record_id) != (t, rid)]
-    return rows[:q.limit]
+        rows = [
+            r
+            for r in rows
+            if ((r.start_time, r.record_id) < (t, rid)) == q.newest_first and (r.start_time, r.record_id) != (t, rid)
+        ]
+    return rows[: q.limit]
 
 
 def fetch(store: RecordStore, q: RecordQuery, batch_size: int = 1000, *, arrow: bool = True) -> list[FlowRecord]:
@@ -52,6 +83,7 @@ def fetch(store: RecordStore, q: RecordQuery, batch_size: int = 1000, *, arrow: 
     search_arrow = getattr(store, "search_arrow", None) if arrow else None
     if search_arrow is not None:  # the Arrow variant (what Query streams) returns the very same records
         from server.core.columns import records_of as table_records
+
         tables = list(search_arrow(q, batch_size=batch_size))
         assert all(t.num_rows for t in tables) and all(t.num_rows % batch_size == 0 for t in tables[:-1])
         assert [r for t in tables for r in table_records(t)] == got
@@ -62,9 +94,11 @@ def fetch(store: RecordStore, q: RecordQuery, batch_size: int = 1000, *, arrow: 
 # Reading back (shared, read-only store)
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("newest_first", [True, False], ids=["newest_first", "oldest_first"])
-@pytest.mark.parametrize("stores", [("ls-a",), ("ls-a-b",), ("Web",), ("web",), ("ls-a", "Web"), LOG_STORES],
-                         ids=lambda s: "+".join(s))
+@pytest.mark.parametrize(
+    "stores", [("ls-a",), ("ls-a-b",), ("Web",), ("web",), ("ls-a", "Web"), LOG_STORES], ids=lambda s: "+".join(s)
+)
 def test_reads_back_every_record_of_the_log_stores_in_order(filled_store, dataset: DataSet, stores, newest_first):
     q = query(stores, newest_first=newest_first)
     want = expected(dataset.records, q)
@@ -77,8 +111,15 @@ def test_time_range_is_half_open_and_crosses_days(filled_store, dataset: DataSet
     want = expected(dataset.records, q)
     assert {r.start_time // DAY_MS for r in want} == {DAY0_MS // DAY_MS, DAY0_MS // DAY_MS + 1}
     assert any(r.start_time == q.start_ms for r in want), "the start is inclusive"
-    edge = [r for r in dataset.records if r.start_time == q.end_ms and r.log_store in LOG_STORES
-            and r.account_id == ACCOUNT and r.project == PROJECT and r.region == REGION]
+    edge = [
+        r
+        for r in dataset.records
+        if r.start_time == q.end_ms
+        and r.log_store in LOG_STORES
+        and r.account_id == ACCOUNT
+        and r.project == PROJECT
+        and r.region == REGION
+    ]
     assert edge, "the data set should hold records exactly at the end bound"
     got = fetch(filled_store, q)
     assert got == want
@@ -116,8 +157,10 @@ def test_unknown_log_store_and_empty_ranges_return_nothing(filled_store):
 
 def test_very_long_time_ranges(filled_store, dataset: DataSet):
     """Years around the data: the store must not give up on (or mis-name) long ranges."""
-    for start, end in [(DAY0_MS - 400 * DAY_MS, DAY0_MS + 40 * DAY_MS),
-                       (DAY0_MS - 3650 * DAY_MS, DAY0_MS + 3650 * DAY_MS)]:
+    for start, end in [
+        (DAY0_MS - 400 * DAY_MS, DAY0_MS + 40 * DAY_MS),
+        (DAY0_MS - 3650 * DAY_MS, DAY0_MS + 3650 * DAY_MS),
+    ]:
         q = query(LOG_STORES, start_ms=start, end_ms=end, limit=50)
         assert fetch(filled_store, q) == expected(dataset.records, q)
         assert filled_store.count(q) == len(expected(dataset.records, dataclasses.replace(q, limit=10**9)))
@@ -136,8 +179,7 @@ def test_limit(filled_store, dataset: DataSet, limit):
 def test_paging_with_after_has_no_gap_and_no_duplicate(filled_store, dataset: DataSet, newest_first, page):
     """Page after page, each continuing strictly after the last record of the previous one
     (what the API's page_token carries), through ties in start_time."""
-    base = query(LOG_STORES, newest_first=newest_first, start_ms=DAY0_MS + 20 * HOUR_MS,
-                 end_ms=DAY0_MS + 40 * HOUR_MS)
+    base = query(LOG_STORES, newest_first=newest_first, start_ms=DAY0_MS + 20 * HOUR_MS, end_ms=DAY0_MS + 40 * HOUR_MS)
     want = expected(dataset.records, base)
     assert len(want) > 150
     got: list[FlowRecord] = []
@@ -164,8 +206,9 @@ def test_batches_of_a_large_result(filled_store, dataset: DataSet):
 def test_after_in_the_middle_of_a_tie(filled_store, dataset: DataSet):
     q = query(LOG_STORES)
     want = expected(dataset.records, q)
-    i = next(i for i in range(1, len(want) - 1)
-             if want[i - 1].start_time == want[i].start_time == want[i + 1].start_time)
+    i = next(
+        i for i in range(1, len(want) - 1) if want[i - 1].start_time == want[i].start_time == want[i + 1].start_time
+    )
     for newest_first in (True, False):
         qq = dataclasses.replace(q, after=(want[i].start_time, want[i].record_id), newest_first=newest_first)
         assert fetch(filled_store, qq, batch_size=100) == expected(dataset.records, qq)
@@ -276,8 +319,10 @@ def test_rule_filters_agree_with_a_hand_written_oracle(filled_store, dataset: Da
     got = fetch(filled_store, q)
     assert got == want
     assert filled_store.count(q) == len(want)
-    assert all((r.rule_id, r.rule_kind, r.sampling_rate) == (w.rule_id, w.rule_kind, w.sampling_rate)
-               for r, w in zip(got, want))
+    assert all(
+        (r.rule_id, r.rule_kind, r.sampling_rate) == (w.rule_id, w.rule_kind, w.sampling_rate)
+        for r, w in zip(got, want)
+    )
 
 
 def test_rule_fields_round_trip(filled_store, dataset: DataSet):
@@ -286,7 +331,8 @@ def test_rule_fields_round_trip(filled_store, dataset: DataSet):
     written = {r.record_id: (r.rule_id, r.rule_kind, r.sampling_rate) for r in dataset.records}
     got = fetch(filled_store, query(LOG_STORES))
     assert got and {r.record_id: (r.rule_id, r.rule_kind, r.sampling_rate) for r in got} == {
-        r.record_id: written[r.record_id] for r in got}
+        r.record_id: written[r.record_id] for r in got
+    }
     assert {r.rule_kind for r in got} == {0, 1, 2, 3}
 
 
@@ -300,8 +346,11 @@ def test_filter_selectivity_sanity(dataset: DataSet):
 
 def test_filter_on_flow_log_id_and_record_id(filled_store, dataset: DataSet):
     some = expected(dataset.records, query(("Web",)))[17]
-    for text in (f"flow_log_id = {some.flow_log_id}", f"record_id = {some.record_id}",
-                 f"record_id IN ({some.record_id}, 0123)"):
+    for text in (
+        f"flow_log_id = {some.flow_log_id}",
+        f"record_id = {some.record_id}",
+        f"record_id IN ({some.record_id}, 0123)",
+    ):
         q = query(LOG_STORES, filter=parse(text))
         want = expected(dataset.records, q)
         assert want and fetch(filled_store, q) == want
@@ -324,6 +373,7 @@ def test_store_is_healthy(filled_store):
 # ---------------------------------------------------------------------------------------------
 # Writing and deleting (a fresh store per test)
 # ---------------------------------------------------------------------------------------------
+
 
 def test_records_are_searchable_as_soon_as_write_returns(record_store):
     for i in range(3):
@@ -367,10 +417,12 @@ def test_same_record_id_in_two_log_stores_is_two_records(record_store):
 
 def test_counters_round_trip_the_whole_uint64_range(record_store):
     base = make_records(ACCOUNT, REGION, PROJECT, "ls-a", 4, seed=13)
-    big = [with_id(base[0]._replace(packets=2**64 - 1, bytes=2**64 - 1)),
-           with_id(base[1]._replace(packets=2**63, bytes=2**63 + 12345)),
-           with_id(base[2]._replace(packets=2**63 - 1, bytes=2**63 - 1)),
-           with_id(base[3]._replace(packets=0, bytes=0))]
+    big = [
+        with_id(base[0]._replace(packets=2**64 - 1, bytes=2**64 - 1)),
+        with_id(base[1]._replace(packets=2**63, bytes=2**63 + 12345)),
+        with_id(base[2]._replace(packets=2**63 - 1, bytes=2**63 - 1)),
+        with_id(base[3]._replace(packets=0, bytes=0)),
+    ]
     record_store.write(big)
     q = query(("ls-a",))
     assert fetch(record_store, q) == expected(big, q)
@@ -390,8 +442,13 @@ def test_drop_log_store_removes_only_that_one(record_store):
     record_store.drop_log_store(ACCOUNT, LogStoreKey(REGION, PROJECT, "never-existed"))
     assert record_store.count(query(("ls-a",))) == 0
     assert record_store.count(query(("Web",))) == 0
-    left = [r for r in records if not (r.account_id == ACCOUNT and r.region == REGION and r.project == PROJECT
-                                       and r.log_store in ("ls-a", "Web"))]
+    left = [
+        r
+        for r in records
+        if not (
+            r.account_id == ACCOUNT and r.region == REGION and r.project == PROJECT and r.log_store in ("ls-a", "Web")
+        )
+    ]
     q = query(("ls-a-b", "web"))
     assert fetch(record_store, q) == expected(left, q)
     for acct, region, project, name in OTHERS:
@@ -446,8 +503,7 @@ def test_many_log_stores_in_one_query(record_store):
     names = tuple(f"store-{i:02d}" for i in range(40))
     records: list[FlowRecord] = []
     for i, name in enumerate(names):
-        records += make_records(ACCOUNT, REGION, PROJECT, name, 5, seed=900 + i,
-                                first_ms=DAY0_MS, span_ms=DAY_MS)
+        records += make_records(ACCOUNT, REGION, PROJECT, name, 5, seed=900 + i, first_ms=DAY0_MS, span_ms=DAY_MS)
     record_store.write(records)
     q = query(names, start_ms=DAY0_MS - 100 * DAY_MS, end_ms=DAY0_MS + 100 * DAY_MS)
     assert fetch(record_store, q, batch_size=33) == expected(records, q)
@@ -464,7 +520,7 @@ def test_concurrent_writers_and_readers(record_store):
     def writer(offset: int) -> None:
         try:
             for i in range(offset, len(records), 90):
-                record_store.write(records[i:i + 150])
+                record_store.write(records[i : i + 150])
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -476,6 +532,7 @@ def test_concurrent_writers_and_readers(record_store):
                 assert len(set(got)) == len(got)
                 if hasattr(record_store, "search_arrow"):  # its own snapshot: consistent too
                     from server.core.columns import records_of as table_records
+
                     got = [r for t in record_store.search_arrow(q, batch_size=40) for r in table_records(t)]
                     assert got == sorted(got, key=lambda r: (r.start_time, r.record_id), reverse=True)
                     assert len(set(got)) == len(got)
@@ -510,21 +567,28 @@ def test_arrow_search_with_bursts_and_gaps(record_store):
     records = []
     # A dense burst, a long gap, a sparse stretch, another burst on one instant (ties).
     records += make_records(ACCOUNT, REGION, PROJECT, "ls-a", 900, seed=1200, first_ms=DAY0_MS, span_ms=2 * HOUR_MS)
-    records += make_records(ACCOUNT, REGION, PROJECT, "ls-a", 60, seed=1201, first_ms=DAY0_MS + DAY_MS,
-                            span_ms=DAY_MS)
-    records += [r._replace(start_time=DAY0_MS + 2 * DAY_MS + 5, end_time=DAY0_MS + 2 * DAY_MS + 6)
-                for r in make_records(ACCOUNT, REGION, PROJECT, "ls-a", 500, seed=1202)]
+    records += make_records(ACCOUNT, REGION, PROJECT, "ls-a", 60, seed=1201, first_ms=DAY0_MS + DAY_MS, span_ms=DAY_MS)
+    records += [
+        r._replace(start_time=DAY0_MS + 2 * DAY_MS + 5, end_time=DAY0_MS + 2 * DAY_MS + 6)
+        for r in make_records(ACCOUNT, REGION, PROJECT, "ls-a", 500, seed=1202)
+    ]
     unique: dict[str, FlowRecord] = {}
     for r in map(with_id, records):  # restamped copies may collide: keep the first, as the store does
         unique.setdefault(r.record_id, r)
     records = list(unique.values())
     for i in range(0, len(records), 250):
-        record_store.write(records[i:i + 250])
+        record_store.write(records[i : i + 250])
     for newest_first in (True, False):
         for batch_size, limit in ((7, 100_000), (50, 1234), (100, 100_000), (1000, 100_000)):
             for flt in (None, parse("action = REJECT"), parse("protocol = tcp AND dst_port != 53")):
-                q = query(("ls-a",), start_ms=DAY0_MS - DAY_MS, end_ms=DAY0_MS + 4 * DAY_MS,
-                          newest_first=newest_first, limit=limit, filter=flt)
+                q = query(
+                    ("ls-a",),
+                    start_ms=DAY0_MS - DAY_MS,
+                    end_ms=DAY0_MS + 4 * DAY_MS,
+                    newest_first=newest_first,
+                    limit=limit,
+                    filter=flt,
+                )
                 assert fetch(record_store, q, batch_size=batch_size) == expected(records, q)
 
 
@@ -534,8 +598,13 @@ def _pipeline_write(store: RecordStore, batches: list[list[FlowRecord]]) -> None
     from server.core.columns import table_of
     from server.pipeline.fanout import batch_writer
     from server.pipeline.spool import BatchKey, SpoolBatch
-    spooled = [SpoolBatch(i + 1, 0, BatchKey(b[0].account_id, b[0].region, b[0].project, b[0].log_store), b, 0,
-                          table=table_of(b)) for i, b in enumerate(batches)]
+
+    spooled = [
+        SpoolBatch(
+            i + 1, 0, BatchKey(b[0].account_id, b[0].region, b[0].project, b[0].log_store), b, 0, table=table_of(b)
+        )
+        for i, b in enumerate(batches)
+    ]
     batch_writer(store.write, getattr(store, "write_table", None))(spooled)
 
 

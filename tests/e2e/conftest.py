@@ -1,4 +1,5 @@
 """A real flowlog-server process on a free loopback port, driven through the generated stubs."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from flowlog.v1 import (flow_log_pb2_grpc, ingest_pb2_grpc, log_store_pb2_grpc, query_pb2_grpc,
-                        resource_pb2_grpc)
+from flowlog.v1 import flow_log_pb2_grpc, ingest_pb2_grpc, log_store_pb2_grpc, query_pb2_grpc, resource_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_A = "test-key-account-a-0123456789"
@@ -61,16 +61,26 @@ def _channel(address: str, ca: bytes | None, client: tuple[bytes, bytes] | None)
     return grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert))
 
 
-def start_server(tmp: Path, settings: dict | None = None, data_dir: Path | None = None,
-                 port: int | None = None, timeout: float = 60, health_tls: bytes | None = None,
-                 health_client: tuple[bytes, bytes] | None = None) -> ServerProcess:
+def start_server(
+    tmp: Path,
+    settings: dict | None = None,
+    data_dir: Path | None = None,
+    port: int | None = None,
+    timeout: float = 60,
+    health_tls: bytes | None = None,
+    health_client: tuple[bytes, bytes] | None = None,
+) -> ServerProcess:
     """Start flowlog-server with a YAML config (merged over test defaults) and wait until healthy."""
     port = port or free_port()
     tmp.mkdir(parents=True, exist_ok=True)
     data_dir = data_dir or tmp / "data"
-    cfg = {"listen": f"127.0.0.1:{port}", "data_dir": str(data_dir), "demo": True,
-           "api_keys": {KEY_A: "acct-a", KEY_B: "acct-b"},
-           "generator": {"enabled": True, "window_seconds": 1.0, "seed": 7}}
+    cfg = {
+        "listen": f"127.0.0.1:{port}",
+        "data_dir": str(data_dir),
+        "demo": True,
+        "api_keys": {KEY_A: "acct-a", KEY_B: "acct-b"},
+        "generator": {"enabled": True, "window_seconds": 1.0, "seed": 7},
+    }
     for k, v in (settings or {}).items():
         if isinstance(v, dict) and isinstance(cfg.get(k), dict) and k != "api_keys":  # keys replace
             cfg[k] = {**cfg[k], **v}
@@ -80,8 +90,14 @@ def start_server(tmp: Path, settings: dict | None = None, data_dir: Path | None 
     config_path.write_text(yaml.safe_dump(cfg))
     log_path = tmp / f"server-{port}.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLOG_")}
-    proc = subprocess.Popen([sys.executable, "-m", "server.main", "--config", str(config_path)], cwd=ROOT, env=env,
-                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.main", "--config", str(config_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=open(log_path, "wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     sp = ServerProcess(proc, f"127.0.0.1:{port}", data_dir, config_path, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,6 +1,7 @@
 """Helpers for the web console's tests: a real flowlog-server with `http.listen`, and a small
 client of its JSON/HTTP API (the Connect protocol) written from the protocol, not from the code
 under test."""
+
 from __future__ import annotations
 
 import http.client
@@ -64,8 +65,14 @@ class HttpError(Exception):
         return out
 
 
-def unary(base: str, method: str, body: dict, key: str | None, content_type: str = "application/json",
-          raw: bytes | None = None) -> dict:
+def unary(
+    base: str,
+    method: str,
+    body: dict,
+    key: str | None,
+    content_type: str = "application/json",
+    raw: bytes | None = None,
+) -> dict:
     """POST /flowlog.v1.<method> with a JSON body; the JSON answer, or HttpError."""
     headers = {"Content-Type": content_type}
     if key:
@@ -96,8 +103,7 @@ class Stream:
         headers = {"Content-Type": "application/connect+json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        self.conn.request("POST", f"/flowlog.v1.{method}", body=envelope(0, json.dumps(body).encode()),
-                          headers=headers)
+        self.conn.request("POST", f"/flowlog.v1.{method}", body=envelope(0, json.dumps(body).encode()), headers=headers)
         self.resp = self.conn.getresponse()
         self.status = self.resp.status
         self.content_type = self.resp.getheader("Content-Type", "")

@@ -8,6 +8,7 @@ field and reason, the way every bad record is (the good records of the message a
 
 The CLI escapes control characters (ESC sequences, BEL, C1, bidi overrides) in everything it
 prints: tables, fields, JSON and error messages."""
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ def invalid(fn, req, md) -> grpc.RpcError:
 
 
 def resource(**kw) -> rs.Resource:
-    base = dict(type=t.RESOURCE_TYPE_EIP, region="bj", network_id="vpc-bjdemo", name="zone-test",
-                addresses=["203.0.113.200"])
+    base = dict(
+        type=t.RESOURCE_TYPE_EIP, region="bj", network_id="vpc-bjdemo", name="zone-test", addresses=["203.0.113.200"]
+    )
     base.update(kw)
     return rs.Resource(**base)
 
@@ -66,8 +68,11 @@ def test_zone_identifiers_are_refused_in_resources_and_filters(a):
         e = invalid(a.resources.RegisterResource, rs.RegisterResourceRequest(resource=resource(rules=[rule])), a.md)
         assert "resource.rules[0].peer_cidr" in bad_fields(e), e.details()
     store = "z" + uuid.uuid4().hex[:8]  # the Query below needs a LogStore of the caller
-    a.log_stores.CreateLogStore(ls.CreateLogStoreRequest(log_store=ls.LogStore(region="bj", project="proj",
-                                                                               name=store)), metadata=a.md, timeout=20)
+    a.log_stores.CreateLogStore(
+        ls.CreateLogStoreRequest(log_store=ls.LogStore(region="bj", project="proj", name=store)),
+        metadata=a.md,
+        timeout=20,
+    )
     for zone in ZONES:
         req = query_pb2.QueryRequest(region="bj", project="proj", log_stores=[store], filter=f"addr = {zone}")
         req.start_time.FromSeconds(0)
@@ -78,24 +83,44 @@ def test_zone_identifiers_are_refused_in_resources_and_filters(a):
 
 def test_zone_identifiers_in_ingested_records_are_rejected_with_a_reason(a):
     store = "z" + uuid.uuid4().hex[:8]
-    f = a.flow_logs.CreateFlowLog(fl.CreateFlowLogRequest(
-        region="bj", name="fl" + uuid.uuid4().hex[:8], resource_type=t.RESOURCE_TYPE_EIP, resource_id="eip-bj-01",
-        network_id="vpc-bjdemo", traffic_type=t.TRAFFIC_TYPE_ALL,
-        new_log_store=fl.NewLogStore(project="proj", name=store)), metadata=a.md, timeout=20)
+    f = a.flow_logs.CreateFlowLog(
+        fl.CreateFlowLogRequest(
+            region="bj",
+            name="fl" + uuid.uuid4().hex[:8],
+            resource_type=t.RESOURCE_TYPE_EIP,
+            resource_id="eip-bj-01",
+            network_id="vpc-bjdemo",
+            traffic_type=t.TRAFFIC_TYPE_ALL,
+            new_log_store=fl.NewLogStore(project="proj", name=store),
+        ),
+        metadata=a.md,
+        timeout=20,
+    )
     now = time.time_ns() // 1_000_000 - 60_000
 
     def rec(src: str, dst: str) -> record_pb2.FlowRecord:
-        r = record_pb2.FlowRecord(src_addr=src, dst_addr=dst, src_port=5000, dst_port=443, protocol=6, packets=1,
-                                  bytes=100, action=t.ACTION_ACCEPT, log_status=t.LOG_STATUS_OK,
-                                  direction=t.DIRECTION_INGRESS)
+        r = record_pb2.FlowRecord(
+            src_addr=src,
+            dst_addr=dst,
+            src_port=5000,
+            dst_port=443,
+            protocol=6,
+            packets=1,
+            bytes=100,
+            action=t.ACTION_ACCEPT,
+            log_status=t.LOG_STATUS_OK,
+            direction=t.DIRECTION_INGRESS,
+        )
         r.start_time.FromMilliseconds(now)
         r.end_time.FromMilliseconds(now + 1000)
         return r
+
     records = [rec("2001:db8::1", "2001:db8::2")]
     records += [rec(z if ":" in z else "2001:db8::9", "2001:db8::2") for z in ZONES]
     records += [rec("2001:db8::3", ZONES[0])]
-    resp = a.ingest.Ingest(iter([ingest_pb2.IngestRequest(flow_log_id=f.id, records=records)]), metadata=a.md,
-                           timeout=30)
+    resp = a.ingest.Ingest(
+        iter([ingest_pb2.IngestRequest(flow_log_id=f.id, records=records)]), metadata=a.md, timeout=30
+    )
     assert resp.accepted == 1 and resp.rejected == len(records) - 1, resp
     by_index = {r.index: r for r in resp.rejections}
     assert {r.field for r in resp.rejections} == {"src_addr", "dst_addr"}
@@ -115,8 +140,9 @@ def no_controls(text: str) -> bool:
 
 
 def test_cli_never_prints_control_characters_from_data(server, a, capsys):
-    r = a.resources.RegisterResource(rs.RegisterResourceRequest(resource=resource(name=HOSTILE_NAME)),
-                                     metadata=a.md, timeout=20)
+    r = a.resources.RegisterResource(
+        rs.RegisterResourceRequest(resource=resource(name=HOSTILE_NAME)), metadata=a.md, timeout=20
+    )
     assert r.name == HOSTILE_NAME  # stored as given: it is the terminal that must not act on it
     try:
         for args in (("resource", "get", r.id), ("resource", "list", "--region", "bj")):

@@ -1,4 +1,5 @@
 """The public contract end to end: a real server process, the generated stubs, every status path."""
+
 from __future__ import annotations
 
 import uuid
@@ -41,8 +42,15 @@ def bad_fields(e: grpc.RpcError) -> set[str]:
 
 def create_req(name=None, region="bj", resource="eip-bj-01", network="vpc-bjdemo", store=None, **kw):
     name = name or "fl-" + uuid.uuid4().hex[:8]
-    req = fl.CreateFlowLogRequest(region=region, name=name, resource_type=t.RESOURCE_TYPE_EIP, resource_id=resource,
-                                  network_id=network, traffic_type=t.TRAFFIC_TYPE_ALL, **kw)
+    req = fl.CreateFlowLogRequest(
+        region=region,
+        name=name,
+        resource_type=t.RESOURCE_TYPE_EIP,
+        resource_id=resource,
+        network_id=network,
+        traffic_type=t.TRAFFIC_TYPE_ALL,
+        **kw,
+    )
     if "existing_log_store" not in kw and "new_log_store" not in kw:
         req.new_log_store.CopyFrom(fl.NewLogStore(project="proj", name=store or "s" + uuid.uuid4().hex[:10]))
     return req
@@ -74,9 +82,14 @@ def test_create_get_list_update_delete(a, cleanup):
     assert call(a.flow_logs.GetFlowLog, fl.GetFlowLogRequest(id=f.id), a.md) == f
     ids = [x.id for x in call(a.flow_logs.ListFlowLogs, fl.ListFlowLogsRequest(region="bj"), a.md).flow_logs]
     assert f.id in ids
-    up = call(a.flow_logs.UpdateFlowLog, fl.UpdateFlowLogRequest(
-        flow_log=fl.FlowLog(id=f.id, state=t.FLOW_LOG_STATE_PAUSED, description="paused"),
-        update_mask=field_mask_pb2.FieldMask(paths=["state", "description"])), a.md)
+    up = call(
+        a.flow_logs.UpdateFlowLog,
+        fl.UpdateFlowLogRequest(
+            flow_log=fl.FlowLog(id=f.id, state=t.FLOW_LOG_STATE_PAUSED, description="paused"),
+            update_mask=field_mask_pb2.FieldMask(paths=["state", "description"]),
+        ),
+        a.md,
+    )
     assert up.state == t.FLOW_LOG_STATE_PAUSED and up.description == "paused" and up.name == f.name
     call(a.flow_logs.DeleteFlowLog, fl.DeleteFlowLogRequest(id=f.id), a.md)
     assert err(a.flow_logs.GetFlowLog, fl.GetFlowLogRequest(id=f.id), a.md).code() == grpc.StatusCode.NOT_FOUND
@@ -88,17 +101,25 @@ def test_create_get_list_update_delete(a, cleanup):
 def test_eleventh_flow_log_is_resource_exhausted(a, cleanup):
     existing = len(call(a.flow_logs.ListFlowLogs, fl.ListFlowLogsRequest(region="gz", page_size=100), a.md).flow_logs)
     for _ in range(10 - existing):
-        cleanup.append(call(a.flow_logs.CreateFlowLog, create_req(region="gz", resource="eip-gz-01",
-                                                                    network="vpc-gzdemo"), a.md).id)
+        cleanup.append(
+            call(
+                a.flow_logs.CreateFlowLog, create_req(region="gz", resource="eip-gz-01", network="vpc-gzdemo"), a.md
+            ).id
+        )
     store = "orphan" + uuid.uuid4().hex[:6]
-    e = err(a.flow_logs.CreateFlowLog, create_req(region="gz", resource="eip-gz-01", network="vpc-gzdemo",
-                                                  store=store), a.md)
+    e = err(
+        a.flow_logs.CreateFlowLog,
+        create_req(region="gz", resource="eip-gz-01", network="vpc-gzdemo", store=store),
+        a.md,
+    )
     assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     st = rpc_status.from_call(e)
     assert any(d.Is(error_details_pb2.QuotaFailure.DESCRIPTOR) for d in st.details)
     # rule 7: no LogStore left behind
-    assert err(a.log_stores.GetLogStore, ls.GetLogStoreRequest(region="gz", project="proj", name=store),
-               a.md).code() == grpc.StatusCode.NOT_FOUND
+    assert (
+        err(a.log_stores.GetLogStore, ls.GetLogStoreRequest(region="gz", project="proj", name=store), a.md).code()
+        == grpc.StatusCode.NOT_FOUND
+    )
 
 
 def test_quota_exact_under_50_parallel_creates(b):
@@ -107,6 +128,7 @@ def test_quota_exact_under_50_parallel_creates(b):
             return b.flow_logs.CreateFlowLog(create_req(name=f"par{i}", store=f"par{i}"), metadata=b.md, timeout=30).id
         except grpc.RpcError as e:
             return e.code()
+
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(create, range(50)))
     ids = [r for r in results if isinstance(r, str)]
@@ -120,8 +142,16 @@ def test_quota_exact_under_50_parallel_creates(b):
 
 def test_cross_region_log_store_is_failed_precondition(a):
     store = "gz" + uuid.uuid4().hex[:8]
-    call(a.log_stores.CreateLogStore, ls.CreateLogStoreRequest(log_store=ls.LogStore(region="gz", project="proj", name=store)), a.md)
-    e = err(a.flow_logs.CreateFlowLog, create_req(existing_log_store=fl.ExistingLogStore(project="proj", name=store, region="gz")), a.md)
+    call(
+        a.log_stores.CreateLogStore,
+        ls.CreateLogStoreRequest(log_store=ls.LogStore(region="gz", project="proj", name=store)),
+        a.md,
+    )
+    e = err(
+        a.flow_logs.CreateFlowLog,
+        create_req(existing_log_store=fl.ExistingLogStore(project="proj", name=store, region="gz")),
+        a.md,
+    )
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
@@ -133,20 +163,23 @@ def test_description_201_invalid_200_chinese_ok(a, cleanup):
     assert f.description == "中" * 200
 
 
-@pytest.mark.parametrize("mutate,field", [
-    (lambda r: setattr(r, "name", ""), "name"),
-    (lambda r: setattr(r, "name", "x" * 66), "name"),
-    (lambda r: setattr(r, "name", "9lives"), "name"),
-    (lambda r: setattr(r, "traffic_type", 0), "traffic_type"),
-    (lambda r: setattr(r, "traffic_type", 99), "traffic_type"),
-    (lambda r: setattr(r, "resource_type", 0), "resource_type"),
-    (lambda r: setattr(r, "region", ""), "region"),
-    (lambda r: setattr(r, "region", "BJ!"), "region"),
-    (lambda r: setattr(r, "network_id", ""), "network_id"),
-    (lambda r: r.ClearField("new_log_store"), "destination_choice"),
-    (lambda r: setattr(r.new_log_store, "retention_days", 4000), "new_log_store.retention_days"),
-    (lambda r: setattr(r, "client_token", "t" * 65), "client_token"),
-])
+@pytest.mark.parametrize(
+    "mutate,field",
+    [
+        (lambda r: setattr(r, "name", ""), "name"),
+        (lambda r: setattr(r, "name", "x" * 66), "name"),
+        (lambda r: setattr(r, "name", "9lives"), "name"),
+        (lambda r: setattr(r, "traffic_type", 0), "traffic_type"),
+        (lambda r: setattr(r, "traffic_type", 99), "traffic_type"),
+        (lambda r: setattr(r, "resource_type", 0), "resource_type"),
+        (lambda r: setattr(r, "region", ""), "region"),
+        (lambda r: setattr(r, "region", "BJ!"), "region"),
+        (lambda r: setattr(r, "network_id", ""), "network_id"),
+        (lambda r: r.ClearField("new_log_store"), "destination_choice"),
+        (lambda r: setattr(r.new_log_store, "retention_days", 4000), "new_log_store.retention_days"),
+        (lambda r: setattr(r, "client_token", "t" * 65), "client_token"),
+    ],
+)
 def test_bad_fields_are_invalid_argument_naming_the_field(a, mutate, field):
     req = create_req()
     mutate(req)
@@ -158,9 +191,18 @@ def test_bad_fields_are_invalid_argument_naming_the_field(a, mutate, field):
 
 def test_not_found_paths(a):
     assert err(a.flow_logs.CreateFlowLog, create_req(resource="eip-missing"), a.md).code() == grpc.StatusCode.NOT_FOUND
-    assert err(a.flow_logs.CreateFlowLog, create_req(existing_log_store=fl.ExistingLogStore(project="p", name="nope")),
-               a.md).code() == grpc.StatusCode.NOT_FOUND
-    assert err(a.flow_logs.GetFlowLog, fl.GetFlowLogRequest(id="fl-doesnotexist"), a.md).code() == grpc.StatusCode.NOT_FOUND
+    assert (
+        err(
+            a.flow_logs.CreateFlowLog,
+            create_req(existing_log_store=fl.ExistingLogStore(project="p", name="nope")),
+            a.md,
+        ).code()
+        == grpc.StatusCode.NOT_FOUND
+    )
+    assert (
+        err(a.flow_logs.GetFlowLog, fl.GetFlowLogRequest(id="fl-doesnotexist"), a.md).code()
+        == grpc.StatusCode.NOT_FOUND
+    )
     e = err(a.flow_logs.GetFlowLog, fl.GetFlowLogRequest(id="bogus id"), a.md)
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and bad_fields(e) == {"id"}
     assert err(a.resources.GetResource, rs.GetResourceRequest(id="eip-zzz"), a.md).code() == grpc.StatusCode.NOT_FOUND
@@ -189,7 +231,9 @@ def test_already_exists_and_failed_precondition(a, cleanup):
     e = err(a.flow_logs.CreateFlowLog, create_req(name=f.name), a.md)
     assert e.code() == grpc.StatusCode.ALREADY_EXISTS
     d = f.destination
-    e = err(a.log_stores.DeleteLogStore, ls.DeleteLogStoreRequest(region="bj", project=d.project, name=d.log_store), a.md)
+    e = err(
+        a.log_stores.DeleteLogStore, ls.DeleteLogStoreRequest(region="bj", project=d.project, name=d.log_store), a.md
+    )
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
     e = err(a.resources.DeleteResource, rs.DeleteResourceRequest(id="eip-bj-01"), a.md)
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -212,10 +256,14 @@ def test_auth(server, a):
 def test_accounts_are_isolated(a, b, cleanup):
     f = call(a.flow_logs.CreateFlowLog, create_req(), a.md)
     cleanup.append(f.id)
-    for fn, req in [(b.flow_logs.GetFlowLog, fl.GetFlowLogRequest(id=f.id)),
-                    (b.flow_logs.DeleteFlowLog, fl.DeleteFlowLogRequest(id=f.id)),
-                    (b.log_stores.GetLogStore, ls.GetLogStoreRequest(region="bj", project=f.destination.project,
-                                                                     name=f.destination.log_store))]:
+    for fn, req in [
+        (b.flow_logs.GetFlowLog, fl.GetFlowLogRequest(id=f.id)),
+        (b.flow_logs.DeleteFlowLog, fl.DeleteFlowLogRequest(id=f.id)),
+        (
+            b.log_stores.GetLogStore,
+            ls.GetLogStoreRequest(region="bj", project=f.destination.project, name=f.destination.log_store),
+        ),
+    ]:
         assert err(fn, req, b.md).code() == grpc.StatusCode.NOT_FOUND
     assert f.id not in [x.id for x in call(b.flow_logs.ListFlowLogs, fl.ListFlowLogsRequest(), b.md).flow_logs]
 
@@ -223,10 +271,16 @@ def test_accounts_are_isolated(a, b, cleanup):
 def test_paging_and_bad_page_token(a):
     project = "pg" + uuid.uuid4().hex[:6]
     for i in range(5):
-        call(a.log_stores.CreateLogStore, ls.CreateLogStoreRequest(log_store=ls.LogStore(region="bj", project=project, name=f"s{i}")), a.md)
+        call(
+            a.log_stores.CreateLogStore,
+            ls.CreateLogStoreRequest(log_store=ls.LogStore(region="bj", project=project, name=f"s{i}")),
+            a.md,
+        )
     names, token = [], ""
     while True:
-        resp = call(a.log_stores.ListLogStores, ls.ListLogStoresRequest(project=project, page_size=2, page_token=token), a.md)
+        resp = call(
+            a.log_stores.ListLogStores, ls.ListLogStoresRequest(project=project, page_size=2, page_token=token), a.md
+        )
         names += [s.name for s in resp.log_stores]
         token = resp.next_page_token
         if not token:
@@ -245,6 +299,7 @@ def test_oversized_message_is_refused_and_server_survives(a):
 
 def test_health_and_backends(a):
     from grpc_health.v1 import health_pb2
+
     for name in ("", "flowlog.v1.FlowLogService", "flowlog.backend.query", "flowlog.backend.archive"):
         resp = a.health.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
         assert resp.status == health_pb2.HealthCheckResponse.SERVING, name
@@ -258,12 +313,27 @@ def test_a_second_server_on_the_same_data_dir_says_so(server, a):
     import sys
 
     from tests.e2e.conftest import ROOT, free_port
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLOG_")}
-    second = subprocess.run([sys.executable, "-m", "server.main", "--data-dir", str(server.data_dir),
-                             "--listen", f"127.0.0.1:{free_port()}"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "server.main",
+            "--data-dir",
+            str(server.data_dir),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert second.returncode == 1, second.stderr
-    assert f"the data dir {server.data_dir} is in use by another flowlog server (pid {server.proc.pid})" \
-        in second.stderr, second.stderr
+    assert (
+        f"the data dir {server.data_dir} is in use by another flowlog server (pid {server.proc.pid})" in second.stderr
+    ), second.stderr
     assert "Traceback" not in second.stderr
     assert a.resources.ListResources(rs.ListResourcesRequest(page_size=1), metadata=a.md, timeout=10).resources

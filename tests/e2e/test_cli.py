@@ -1,10 +1,9 @@
 """The `flowlog` CLI against a real server: tables, JSON, one-line errors and exit codes."""
+
 from __future__ import annotations
 
 import json
 import uuid
-
-import pytest
 
 from clients.cli import main
 from tests.e2e.conftest import KEY_A
@@ -27,9 +26,27 @@ def test_resource_list_table_and_json(server, capsys):
 
 def test_flow_log_lifecycle_and_errors(server, capsys):
     name = "cli" + uuid.uuid4().hex[:6]
-    code, out, err = run(server, capsys, "--json", "flowlog", "create", "--region", "bj", "--name", name,
-                         "--resource-type", "eip", "--resource-id", "eip-bj-02", "--network-id", "vpc-bjdemo",
-                         "--traffic-type", "allow", "--new-log-store", f"proj/{name}")
+    code, out, err = run(
+        server,
+        capsys,
+        "--json",
+        "flowlog",
+        "create",
+        "--region",
+        "bj",
+        "--name",
+        name,
+        "--resource-type",
+        "eip",
+        "--resource-id",
+        "eip-bj-02",
+        "--network-id",
+        "vpc-bjdemo",
+        "--traffic-type",
+        "allow",
+        "--new-log-store",
+        f"proj/{name}",
+    )
     assert code == 0, err
     fl = json.loads(out)
     assert fl["name"] == name and fl["traffic_type"] == "TRAFFIC_TYPE_ALLOW"
@@ -41,9 +58,26 @@ def test_flow_log_lifecycle_and_errors(server, capsys):
     assert code == 1
     first = err.splitlines()[0]
     assert first.startswith("flowlog: INVALID_ARGUMENT") and "200 characters" in err and "Traceback" not in err
-    code, _, err = run(server, capsys, "flowlog", "create", "--region", "bj", "--name", name + "2",
-                       "--resource-type", "eip", "--resource-id", "eip-bj-02", "--network-id", "vpc-bjdemo",
-                       "--traffic-type", "all", "--log-store", "proj/doesnotexist")
+    code, _, err = run(
+        server,
+        capsys,
+        "flowlog",
+        "create",
+        "--region",
+        "bj",
+        "--name",
+        name + "2",
+        "--resource-type",
+        "eip",
+        "--resource-id",
+        "eip-bj-02",
+        "--network-id",
+        "vpc-bjdemo",
+        "--traffic-type",
+        "all",
+        "--log-store",
+        "proj/doesnotexist",
+    )
     assert code == 1 and "NOT_FOUND" in err
     code, out, err = run(server, capsys, "flowlog", "delete", fl["id"])
     assert code == 0, err
@@ -52,27 +86,79 @@ def test_flow_log_lifecycle_and_errors(server, capsys):
 
 
 def test_query_prints_records(server, capsys):
-    from tests.e2e.test_records import pb_record
-    from clients.client import FlowLogClient
     from datetime import datetime, timedelta, timezone
+
+    from clients.client import FlowLogClient
+    from tests.e2e.test_records import pb_record
+
     name = "cq" + uuid.uuid4().hex[:6]
     with FlowLogClient(server.address, KEY_A) as c:
-        fl = c.create_flow_log(region="bj", name=name, resource_type="eip", resource_id="eip-bj-02",
-                               network_id="vpc-bjdemo", traffic_type="all", new_log_store=f"proj/{name}")
+        fl = c.create_flow_log(
+            region="bj",
+            name=name,
+            resource_type="eip",
+            resource_id="eip-bj-02",
+            network_id="vpc-bjdemo",
+            traffic_type="all",
+            new_log_store=f"proj/{name}",
+        )
         base = datetime.now(timezone.utc) - timedelta(minutes=3)
         c.ingest(fl.id, [[pb_record(i, base) for i in range(30)]])
         c.delete_flow_log(fl.id)
-    code, out, err = run(server, capsys, "--json", "query", "--region", "bj", "--project", "proj", "--log-store", name,
-                         "--since", "1h", "--filter", "src_addr = 10.1.0.0/16 AND action = REJECT", "--all")
+    code, out, err = run(
+        server,
+        capsys,
+        "--json",
+        "query",
+        "--region",
+        "bj",
+        "--project",
+        "proj",
+        "--log-store",
+        name,
+        "--since",
+        "1h",
+        "--filter",
+        "src_addr = 10.1.0.0/16 AND action = REJECT",
+        "--all",
+    )
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert len(rows) == 10 and all(r["action"] == "ACTION_REJECT" for r in rows)
-    code, out, err = run(server, capsys, "query", "--region", "bj", "--project", "proj", "--log-store", name,
-                         "--since", "1h", "--filter", "src_addr = 10.1.0.0/16", "--limit", "5")
+    code, out, err = run(
+        server,
+        capsys,
+        "query",
+        "--region",
+        "bj",
+        "--project",
+        "proj",
+        "--log-store",
+        name,
+        "--since",
+        "1h",
+        "--filter",
+        "src_addr = 10.1.0.0/16",
+        "--limit",
+        "5",
+    )
     assert code == 0 and len([line for line in out.splitlines() if "10.1." in line]) == 5
     assert "page-token" in err or "--all" in err  # says how to continue
-    code, _, err = run(server, capsys, "query", "--region", "bj", "--project", "proj", "--log-store", name,
-                       "--since", "1h", "--filter", "port ==")
+    code, _, err = run(
+        server,
+        capsys,
+        "query",
+        "--region",
+        "bj",
+        "--project",
+        "proj",
+        "--log-store",
+        name,
+        "--since",
+        "1h",
+        "--filter",
+        "port ==",
+    )
     assert code == 1 and "INVALID_ARGUMENT" in err and "position" in err
 
 

@@ -3,6 +3,7 @@ flowlog-server with API keys. Screenshots go to tests/artifacts/ (gitignored).
 
 What each test checks against is computed apart from the page: gRPC calls through the generated
 stubs (the records that exist, the Aggregate answer) or counts over Query results."""
+
 from __future__ import annotations
 
 import os
@@ -25,15 +26,25 @@ from tests.e2e.conftest import KEY_A, ROOT, Stubs, start_server
 from tests.e2e.console_support import ConsoleServer, start_console_server
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 
 
 def chromium() -> str:
     path = os.environ.get("FLOWLOG_CHROMIUM") or "/usr/bin/chromium"
     if not os.path.exists(path):
-        pytest.fail(f"{path} is missing: run `scripts/services fetch browser` (apt-get install chromium) "
-                    "or point FLOWLOG_CHROMIUM at a Chromium binary")
+        pytest.fail(
+            f"{path} is missing: run `scripts/services fetch browser` (apt-get install chromium) "
+            "or point FLOWLOG_CHROMIUM at a Chromium binary"
+        )
     return path
 
 
@@ -56,8 +67,9 @@ def browser():
 
 @pytest.fixture
 def page(browser, console):
-    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, locale="en-GB", timezone_id="UTC",
-                              accept_downloads=True)
+    ctx = browser.new_context(
+        viewport={"width": 1400, "height": 900}, locale="en-GB", timezone_id="UTC", accept_downloads=True
+    )
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
@@ -75,9 +87,11 @@ def row_ids(pg, table: str) -> list[str]:
 
 def record_tail_bodies(pg, bodies: list[bytes]) -> None:
     """Keep the body of every Tail request the page sends (enveloped JSON: bytes)."""
+
     def keep(r):
         if r.url.endswith(".QueryService/Tail"):
             bodies.append(r.post_data_buffer or b"")
+
     pg.on("request", keep)
 
 
@@ -101,10 +115,19 @@ def stubs(cs: ConsoleServer) -> Stubs:
 
 
 def grpc_create(s: Stubs, region: str, name: str, project: str, store: str) -> fl.FlowLog:
-    return s.flow_logs.CreateFlowLog(fl.CreateFlowLogRequest(
-        region=region, name=name, resource_type=t.RESOURCE_TYPE_EIP, resource_id=f"eip-{region}-01",
-        network_id=f"vpc-{region}demo", traffic_type=t.TRAFFIC_TYPE_ALL,
-        new_log_store=fl.NewLogStore(project=project, name=store)), metadata=s.md, timeout=20)
+    return s.flow_logs.CreateFlowLog(
+        fl.CreateFlowLogRequest(
+            region=region,
+            name=name,
+            resource_type=t.RESOURCE_TYPE_EIP,
+            resource_id=f"eip-{region}-01",
+            network_id=f"vpc-{region}demo",
+            traffic_type=t.TRAFFIC_TYPE_ALL,
+            new_log_store=fl.NewLogStore(project=project, name=store),
+        ),
+        metadata=s.md,
+        timeout=20,
+    )
 
 
 def ts(dt: datetime) -> timestamp_pb2.Timestamp:
@@ -113,12 +136,21 @@ def ts(dt: datetime) -> timestamp_pb2.Timestamp:
     return out
 
 
-def query_records(s: Stubs, region: str, project: str, stores: list[str], start: datetime, end: datetime,
-                  flt: str = "") -> list:
+def query_records(
+    s: Stubs, region: str, project: str, stores: list[str], start: datetime, end: datetime, flt: str = ""
+) -> list:
     out, token = [], ""
     while True:
-        req = query_pb2.QueryRequest(region=region, project=project, log_stores=stores, start_time=ts(start),
-                                     end_time=ts(end), filter=flt, limit=1000, page_token=token)
+        req = query_pb2.QueryRequest(
+            region=region,
+            project=project,
+            log_stores=stores,
+            start_time=ts(start),
+            end_time=ts(end),
+            filter=flt,
+            limit=1000,
+            page_token=token,
+        )
         summary = None
         for resp in s.query.Query(req, metadata=s.md, timeout=60):
             out.extend(resp.batch.records)
@@ -149,16 +181,23 @@ def settled_records(s: Stubs, region, project, stores, start, end, flt=""):
         same = last[0] is not None and len(ids) == len(last[0]) and len(ids) > 0
         last[0] = ids
         return ids if same else None
+
     return wait_for(read, interval=1.0, what="records settle")
 
 
 def pause(s: Stubs, fid: str) -> None:
-    s.flow_logs.UpdateFlowLog(fl.UpdateFlowLogRequest(flow_log=fl.FlowLog(id=fid, state=t.FLOW_LOG_STATE_PAUSED),
-                                                      update_mask=field_mask_pb2.FieldMask(paths=["state"])),
-                              metadata=s.md, timeout=20)
+    s.flow_logs.UpdateFlowLog(
+        fl.UpdateFlowLogRequest(
+            flow_log=fl.FlowLog(id=fid, state=t.FLOW_LOG_STATE_PAUSED),
+            update_mask=field_mask_pb2.FieldMask(paths=["state"]),
+        ),
+        metadata=s.md,
+        timeout=20,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
+
 
 def test_key_prompt_create_through_the_form_field_errors_and_quota(page, console):
     cs = console["cs"]
@@ -198,8 +237,12 @@ def test_key_prompt_create_through_the_form_field_errors_and_quota(page, console
                 shot(page, "console-create")
             page.get_by_role("button", name="Create", exact=True).click()
             sync_api.expect(page.get_by_role("status")).to_contain_text(f"Created flow log {name}")
-        made = {f.name: f for f in s.flow_logs.ListFlowLogs(fl.ListFlowLogsRequest(region="gz", page_size=100),
-                                                            metadata=s.md, timeout=20).flow_logs}
+        made = {
+            f.name: f
+            for f in s.flow_logs.ListFlowLogs(
+                fl.ListFlowLogsRequest(region="gz", page_size=100), metadata=s.md, timeout=20
+            ).flow_logs
+        }
         assert made["web-frontend"].destination.log_store == "web-frontend-store"
         assert made["bastion"].description == "flow log 10 made in the browser"
         sync_api.expect(page.locator("table[aria-label='Flow logs'] tbody tr")).to_have_count(10)
@@ -218,8 +261,13 @@ def test_key_prompt_create_through_the_form_field_errors_and_quota(page, console
         shot(page, "console-quota")
         # The refused flow log left no LogStore behind (rule 7), seen through gRPC.
         from flowlog.v1 import log_store_pb2 as ls
-        names = [x.name for x in s.log_stores.ListLogStores(ls.ListLogStoresRequest(region="gz", page_size=1000),
-                                                             metadata=s.md, timeout=20).log_stores]
+
+        names = [
+            x.name
+            for x in s.log_stores.ListLogStores(
+                ls.ListLogStoresRequest(region="gz", page_size=1000), metadata=s.md, timeout=20
+            ).log_stores
+        ]
         assert "eleventh" not in names and "bastion-store" in names
     finally:
         s.close()
@@ -246,8 +294,13 @@ def test_pause_resume_edit_and_delete_keep_the_log_store(page, console):
         page.get_by_role("button", name="Confirm delete").click()
         sync_api.expect(page.get_by_role("status")).to_contain_text("LogStore ops/edit-me kept")
         from flowlog.v1 import log_store_pb2 as ls
-        assert s.log_stores.GetLogStore(ls.GetLogStoreRequest(region="bj", project="ops", name="edit-me"),
-                                        metadata=s.md, timeout=20).name == "edit-me"
+
+        assert (
+            s.log_stores.GetLogStore(
+                ls.GetLogStoreRequest(region="bj", project="ops", name="edit-me"), metadata=s.md, timeout=20
+            ).name
+            == "edit-me"
+        )
         with pytest.raises(grpc.RpcError):
             s.flow_logs.GetFlowLog(fl.GetFlowLogRequest(id=f.id), metadata=s.md, timeout=20)
     finally:
@@ -262,9 +315,20 @@ def traffic(console):
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=5)
     f = grpc_create(s, "bj", "shop", "shop", "edge")
     other = grpc_create(s, "bj", "shop-nat", "shop", "nat")
-    wait_for(lambda: len({r.log_store for r in query_records(s, "bj", "shop", ["edge", "nat"], start,
-                                                              datetime.now(UTC) + timedelta(minutes=1))}) == 2,
-             what="both flow logs have records")
+    wait_for(
+        lambda: (
+            len(
+                {
+                    r.log_store
+                    for r in query_records(
+                        s, "bj", "shop", ["edge", "nat"], start, datetime.now(UTC) + timedelta(minutes=1)
+                    )
+                }
+            )
+            == 2
+        ),
+        what="both flow logs have records",
+    )
     yield {"flow_log": f, "other": other, "start": start, "stubs": s}
     s.close()
 
@@ -288,13 +352,16 @@ def test_tail_shows_generated_records_pause_and_resume_from_the_cursor(page, con
         recs = query_records(s, "bj", "shop", ["edge"], traffic["start"] - timedelta(minutes=5), now)
         ids = {r.record_id for r in recs}
         return ids if set(seen) <= ids else None
+
     stored = wait_for(stored_ids, what="tailed records are stored")
     assert set(seen) <= stored
     bodies: list[bytes] = []
     record_tail_bodies(page, bodies)
     page.get_by_role("button", name="Resume").click()
-    wait_for(lambda: page.locator("table[aria-label='Live records'] tbody tr").count() > len(seen),
-             what="new records after resume")
+    wait_for(
+        lambda: page.locator("table[aria-label='Live records'] tbody tr").count() > len(seen),
+        what="new records after resume",
+    )
     assert any(b"resumeCursor" in b for b in bodies), "resume sends the cursor"
     after = row_ids(page, "Live records")
     assert len(after) == len(set(after)), "no record twice after resuming from the cursor"
@@ -307,26 +374,33 @@ def test_search_with_a_filter_paging_download_and_a_filter_error(page, console, 
     end = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
     flt = "protocol = tcp AND NOT dst_port = 443"
     want = settled_records(s, "bj", "shop", ["edge", "nat"], start, end, flt)
-    login(page, cs.base, f"#/search?region=bj&project=shop&stores=edge,nat&from={start.strftime('%Y-%m-%dT%H:%M:%SZ')}"
-                         f"&to={end.strftime('%Y-%m-%dT%H:%M:%SZ')}&filter={quote(flt)}&limit=10")
+    login(
+        page,
+        cs.base,
+        f"#/search?region=bj&project=shop&stores=edge,nat&from={start.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        f"&to={end.strftime('%Y-%m-%dT%H:%M:%SZ')}&filter={quote(flt)}&limit=10",
+    )
     summary = page.locator("#search-summary")
     sync_api.expect(summary).to_contain_text(f"of {len(want):,} matching")
     shown = row_ids(page, "Search results")
     assert len(shown) == min(10, len(want)) and set(shown) <= {r.record_id for r in want}
-    protocols = page.eval_on_selector_all("table[aria-label='Search results'] tbody tr td:nth-child(6)",
-                                          "cs => cs.map(c => c.textContent)")
+    protocols = page.eval_on_selector_all(
+        "table[aria-label='Search results'] tbody tr td:nth-child(6)", "cs => cs.map(c => c.textContent)"
+    )
     assert set(protocols) == {"tcp"}
     shot(page, "console-search")
     if len(want) > 10:
         page.get_by_role("link", name="Next page").click()
         sync_api.expect(page.get_by_role("link", name="Previous page")).to_be_visible()
-        second = page.eval_on_selector_all("table[aria-label='Search results'] tbody tr",
-                                           "rs => rs.map(r => r.dataset.recordId)")
+        second = page.eval_on_selector_all(
+            "table[aria-label='Search results'] tbody tr", "rs => rs.map(r => r.dataset.recordId)"
+        )
         assert second and not set(second) & set(shown)
         assert set(shown) | set(second) <= {r.record_id for r in want}
     with page.expect_download() as dl:
         page.get_by_role("button", name="Download JSON").click()
     import json
+
     data = json.loads(Path(dl.value.path()).read_text())
     assert data["records"] and all(r["protocol"] == 6 for r in data["records"])
 
@@ -348,8 +422,10 @@ def test_analysis_chart_numbers_equal_the_api(page, console, traffic):
     pause(s, traffic["flow_log"].id)
     pause(s, traffic["other"].id)
     end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
-    url = (f"#/analysis?region=bj&project=shop&stores=edge,nat&from={start.strftime('%Y-%m-%dT%H:%M:%SZ')}"
-           f"&to={end.strftime('%Y-%m-%dT%H:%M:%SZ')}&metric=bytes")
+    url = (
+        f"#/analysis?region=bj&project=shop&stores=edge,nat&from={start.strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        f"&to={end.strftime('%Y-%m-%dT%H:%M:%SZ')}&metric=bytes"
+    )
     login(page, cs.base, url)
     # Records still in the pipeline when the flow logs were paused may land while the page loads:
     # compare only a page drawn over the same records before and after it (else draw it again).
@@ -361,8 +437,9 @@ def test_analysis_chart_numbers_equal_the_api(page, console, traffic):
             const c = Chart.getChart(document.querySelector('#traffic-over-time canvas'));
             return c.data.datasets.map(d => ({key: d.key, data: d.data}));
         }""")
-        if {r.record_id for r in query_records(s, "bj", "shop", ["edge", "nat"], start, end)} == \
-                {r.record_id for r in records}:
+        if {r.record_id for r in query_records(s, "bj", "shop", ["edge", "nat"], start, end)} == {
+            r.record_id for r in records
+        }:
             break
     shot(page, "console-analysis")
     # Oracle 1: bytes per action counted over the Query results, independently of Aggregate.
@@ -373,11 +450,22 @@ def test_analysis_chart_numbers_equal_the_api(page, console, traffic):
     # (NODATA/SKIPDATA records have no action and 0 bytes: a zero series may or may not be drawn)
     assert {k: v for k, v in got.items() if v} == {k: v for k, v in want.items() if v}, (got, want)
     # Oracle 2: the top talkers table equals an Aggregate call through gRPC.
-    req = query_pb2.AggregateRequest(region="bj", project="shop", log_stores=["edge", "nat"], start_time=ts(start),
-                                     end_time=ts(end), group_by=["src_addr"], metrics=["sum(bytes)", "count"], limit=10)
+    req = query_pb2.AggregateRequest(
+        region="bj",
+        project="shop",
+        log_stores=["edge", "nat"],
+        start_time=ts(start),
+        end_time=ts(end),
+        group_by=["src_addr"],
+        metrics=["sum(bytes)", "count"],
+        limit=10,
+    )
     agg = s.query.Aggregate(req, metadata=s.md, timeout=60)
-    rows = page.eval_on_selector_all("#top-talkers tbody tr", """rs => rs.map(r => [...r.cells].map(
-        c => c.dataset.value || c.textContent))""")
+    rows = page.eval_on_selector_all(
+        "#top-talkers tbody tr",
+        """rs => rs.map(r => [...r.cells].map(
+        c => c.dataset.value || c.textContent))""",
+    )
     assert rows == [[row.keys[0] or "(none)", *map(str, row.values)] for row in agg.rows]
     # Clicking a row narrows the filter to it, in the URL.
     page.locator("#top-talkers tbody tr.click").first.click()
@@ -391,9 +479,14 @@ def test_lost_tail_connection_resumes_from_its_cursor(page, console, traffic, tm
     """The server goes away under an open tail and comes back: the page reconnects with its cursor."""
     cs = console["cs"]
     s = traffic["stubs"]
-    s.flow_logs.UpdateFlowLog(fl.UpdateFlowLogRequest(
-        flow_log=fl.FlowLog(id=traffic["flow_log"].id, state=t.FLOW_LOG_STATE_ACTIVE),
-        update_mask=field_mask_pb2.FieldMask(paths=["state"])), metadata=s.md, timeout=20)
+    s.flow_logs.UpdateFlowLog(
+        fl.UpdateFlowLogRequest(
+            flow_log=fl.FlowLog(id=traffic["flow_log"].id, state=t.FLOW_LOG_STATE_ACTIVE),
+            update_mask=field_mask_pb2.FieldMask(paths=["state"]),
+        ),
+        metadata=s.md,
+        timeout=20,
+    )
     login(page, cs.base, "#/tail?region=bj&project=shop&stores=edge&state=live")
     rows = page.locator("table[aria-label='Live records'] tbody tr")
     sync_api.expect(rows.first).to_be_visible()
@@ -406,6 +499,7 @@ def test_lost_tail_connection_resumes_from_its_cursor(page, console, traffic, tm
     before = rows.count()
     shot(page, "console-tail-reconnecting")
     import yaml
+
     settings = yaml.safe_load(config.read_text())
     restarted = start_server(tmp_path, settings, data_dir=data_dir, port=port)
     console["cs"] = ConsoleServer(restarted, cs.http_port)
@@ -418,6 +512,12 @@ def test_lost_tail_connection_resumes_from_its_cursor(page, console, traffic, tm
 
 def test_screenshots_for_the_readme_are_where_the_readme_says():
     """docs/console-*.png are committed copies of this suite's screenshots."""
-    for name in ("console-flow-logs", "console-tail", "console-search", "console-search-error", "console-quota",
-                 "console-analysis"):
+    for name in (
+        "console-flow-logs",
+        "console-tail",
+        "console-search",
+        "console-search-error",
+        "console-quota",
+        "console-analysis",
+    ):
         assert (ROOT / "docs" / f"{name}.png").is_file(), f"docs/{name}.png: copy it from tests/artifacts/"

@@ -1,5 +1,6 @@
 """The API as JSON over HTTP (Connect protocol) against a real server: auth, error mapping, every
 RPC reachable, streaming Query and Tail (with resume), and the same answers as gRPC."""
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,16 @@ def console(tmp_path_factory):
 
 
 def new_flow_log(base: str, key: str, project: str = "web", store: str | None = None, **kw) -> dict:
-    body = {"region": "bj", "name": "h" + uuid.uuid4().hex[:8], "resourceType": "RESOURCE_TYPE_EIP",
-            "resourceId": "eip-bj-01", "networkId": "vpc-bjdemo", "trafficType": "TRAFFIC_TYPE_ALL",
-            "newLogStore": {"project": project, "name": store or "s" + uuid.uuid4().hex[:8]}, **kw}
+    body = {
+        "region": "bj",
+        "name": "h" + uuid.uuid4().hex[:8],
+        "resourceType": "RESOURCE_TYPE_EIP",
+        "resourceId": "eip-bj-01",
+        "networkId": "vpc-bjdemo",
+        "trafficType": "TRAFFIC_TYPE_ALL",
+        "newLogStore": {"project": project, "name": store or "s" + uuid.uuid4().hex[:8]},
+        **kw,
+    }
     return unary(base, "FlowLogService/CreateFlowLog", body, key)
 
 
@@ -64,8 +72,10 @@ def test_unary_answers_as_grpc_does(console):
     stubs = Stubs(console.grpc.address, KEY_A)
     try:
         from flowlog.v1 import resource_pb2
-        want = stubs.resources.ListResources(resource_pb2.ListResourcesRequest(region="gz", page_size=1000),
-                                             metadata=stubs.md, timeout=20)
+
+        want = stubs.resources.ListResources(
+            resource_pb2.ListResourcesRequest(region="gz", page_size=1000), metadata=stubs.md, timeout=20
+        )
     finally:
         stubs.close()
     assert [r["id"] for r in got["resources"]] == [r.id for r in want.resources]
@@ -74,8 +84,12 @@ def test_unary_answers_as_grpc_does(console):
 
 def test_invalid_argument_is_400_with_each_field_named(console):
     with pytest.raises(HttpError) as e:
-        unary(console.base, "FlowLogService/CreateFlowLog",
-              {"region": "bj", "name": "1bad", "description": "x" * 201}, KEY_A)
+        unary(
+            console.base,
+            "FlowLogService/CreateFlowLog",
+            {"region": "bj", "name": "1bad", "description": "x" * 201},
+            KEY_A,
+        )
     assert e.value.status == 400 and e.value.code == "invalid_argument"
     fields = e.value.violations()
     assert {"name", "description", "traffic_type", "resource_id"} <= set(fields), fields
@@ -134,9 +148,12 @@ def test_protocol_errors(console):
 def test_update_mask_and_delete_keep_the_log_store(console):
     store = "keep" + uuid.uuid4().hex[:6]
     fl = new_flow_log(console.base, KEY_A, store=store)
-    up = unary(console.base, "FlowLogService/UpdateFlowLog",
-               {"flowLog": {"id": fl["id"], "state": "FLOW_LOG_STATE_PAUSED", "description": "x"},
-                "updateMask": "state"}, KEY_A)
+    up = unary(
+        console.base,
+        "FlowLogService/UpdateFlowLog",
+        {"flowLog": {"id": fl["id"], "state": "FLOW_LOG_STATE_PAUSED", "description": "x"}, "updateMask": "state"},
+        KEY_A,
+    )
     assert up["state"] == "FLOW_LOG_STATE_PAUSED" and up.get("description", "") == ""
     assert unary(console.base, "FlowLogService/DeleteFlowLog", {"id": fl["id"]}, KEY_A) == {}
     got = unary(console.base, "LogStoreService/GetLogStore", {"region": "bj", "project": "web", "name": store}, KEY_A)
@@ -154,24 +171,38 @@ def test_streaming_query_matches_grpc_and_errors_end_the_stream(console):
     scope = {"region": "bj", "project": "qp", "logStores": [store]}
     stubs = Stubs(console.grpc.address, KEY_A)
     try:
+
         def grpc_ids():
             end = datetime.now(UTC) + timedelta(minutes=5)
-            req = query_pb2.QueryRequest(region="bj", project="qp", log_stores=[store], limit=1000,
-                                         start_time=timestamp_pb2.Timestamp(seconds=int(start.timestamp())),
-                                         end_time=timestamp_pb2.Timestamp(seconds=int(end.timestamp())))
+            req = query_pb2.QueryRequest(
+                region="bj",
+                project="qp",
+                log_stores=[store],
+                limit=1000,
+                start_time=timestamp_pb2.Timestamp(seconds=int(start.timestamp())),
+                end_time=timestamp_pb2.Timestamp(seconds=int(end.timestamp())),
+            )
             ids = []
             for resp in stubs.query.Query(req, metadata=stubs.md, timeout=30):
                 ids += [r.record_id for r in resp.batch.records]
             return ids, end
 
         wait_for(lambda: len(grpc_ids()[0]) >= 5)
-        unary(console.base, "FlowLogService/UpdateFlowLog",
-              {"flowLog": {"id": fl["id"], "state": "FLOW_LOG_STATE_PAUSED"}, "updateMask": "state"}, KEY_A)
+        unary(
+            console.base,
+            "FlowLogService/UpdateFlowLog",
+            {"flowLog": {"id": fl["id"], "state": "FLOW_LOG_STATE_PAUSED"}, "updateMask": "state"},
+            KEY_A,
+        )
         _, end = grpc_ids()  # after the pause no new window starts
 
         def http_query() -> tuple[list[dict], dict | None]:
-            s = Stream(console.http_port, "QueryService/Query",
-                       {**scope, "startTime": _ts(start), "endTime": _ts(end), "limit": 1000}, KEY_A)
+            s = Stream(
+                console.http_port,
+                "QueryService/Query",
+                {**scope, "startTime": _ts(start), "endTime": _ts(end), "limit": 1000},
+                KEY_A,
+            )
             try:
                 assert s.status == 200 and s.content_type.startswith("application/connect+json")
                 return list(s), s.end
@@ -191,8 +222,12 @@ def test_streaming_query_matches_grpc_and_errors_end_the_stream(console):
         assert set(http_ids) == before and len(http_ids) == len(set(http_ids))
         assert int(summary[0]["matched"]) == len(http_ids)
 
-        s = Stream(console.http_port, "QueryService/Query",
-                   {**scope, "startTime": _ts(start), "endTime": _ts(end), "filter": "action = = REJECT"}, KEY_A)
+        s = Stream(
+            console.http_port,
+            "QueryService/Query",
+            {**scope, "startTime": _ts(start), "endTime": _ts(end), "filter": "action = = REJECT"},
+            KEY_A,
+        )
         try:
             assert list(s) == [] and s.status == 200
         finally:
@@ -271,15 +306,26 @@ def test_without_a_config_file_the_console_opens_on_demo_flow_logs_with_traffic(
         start = datetime.now(UTC) - timedelta(minutes=5)
 
         def records():
-            s = Stream(cs.http_port, "QueryService/Query",
-                       {"region": "bj", "project": "sample", "logStores": ["web"], "startTime": _ts(start),
-                        "endTime": _ts(datetime.now(UTC) + timedelta(minutes=1))}, None)
+            s = Stream(
+                cs.http_port,
+                "QueryService/Query",
+                {
+                    "region": "bj",
+                    "project": "sample",
+                    "logStores": ["web"],
+                    "startTime": _ts(start),
+                    "endTime": _ts(datetime.now(UTC) + timedelta(minutes=1)),
+                },
+                None,
+            )
             try:
                 return [r for m in s if "batch" in m for r in m["batch"].get("records", [])]
             finally:
                 s.close()
+
         assert wait_for(records)
     finally:
         assert cs.grpc.stop() == 0
     from server.config import load
+
     assert load(None, env={}).demo_flow_logs and not load(None, env={}).api_keys

@@ -5,6 +5,7 @@ The examples' times are moved to the last hour (keeping each line's window and t
 lines) because the server refuses records more than 3650 days old (AWS's v2 examples are from
 2014-2016); one unshifted 2014 line checks that refusal's report.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -50,10 +51,18 @@ def client(server):
 def flow_log(client):
     """A resource owning the examples' hosts and an ACTIVE flow log on it, in its own LogStore."""
     name = "imp" + uuid.uuid4().hex[:8]
-    resource = client.register_resource(type="eip", region="bj", network_id="vpc-import", name=name,
-                                        addresses=RESOURCE_ADDRESSES)
-    return client.create_flow_log(region="bj", name=name, resource_type="eip", resource_id=resource.id,
-                                  network_id="vpc-import", traffic_type="all", new_log_store=f"imports/{name}")
+    resource = client.register_resource(
+        type="eip", region="bj", network_id="vpc-import", name=name, addresses=RESOURCE_ADDRESSES
+    )
+    return client.create_flow_log(
+        region="bj",
+        name=name,
+        resource_type="eip",
+        resource_id=resource.id,
+        network_id="vpc-import",
+        traffic_type="all",
+        new_log_store=f"imports/{name}",
+    )
 
 
 def run(server, capsys, *args: str) -> tuple[int, str, str]:
@@ -64,8 +73,15 @@ def run(server, capsys, *args: str) -> tuple[int, str, str]:
 
 def stored(client, fl) -> list:
     now = datetime.now(timezone.utc)
-    return list(client.query_all(region="bj", project=fl.destination.project, log_stores=[fl.destination.log_store],
-                                 start=now - timedelta(days=2), end=now + timedelta(hours=1)))
+    return list(
+        client.query_all(
+            region="bj",
+            project=fl.destination.project,
+            log_stores=[fl.destination.log_store],
+            start=now - timedelta(days=2),
+            end=now + timedelta(hours=1),
+        )
+    )
 
 
 def wait_for_count(client, fl, n: int, timeout: float = 30) -> list:
@@ -79,9 +95,21 @@ def wait_for_count(client, fl, n: int, timeout: float = 30) -> list:
 
 
 def key(r) -> tuple:
-    return (r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.packets, r.bytes,
-            r.start_time.ToMilliseconds(), r.end_time.ToMilliseconds(), r.action, r.log_status, r.direction,
-            r.tcp_flags)
+    return (
+        r.src_addr,
+        r.dst_addr,
+        r.src_port,
+        r.dst_port,
+        r.protocol,
+        r.packets,
+        r.bytes,
+        r.start_time.ToMilliseconds(),
+        r.end_time.ToMilliseconds(),
+        r.action,
+        r.log_status,
+        r.direction,
+        r.tcp_flags,
+    )
 
 
 def shifted_aws(name: str, to: datetime) -> tuple[list[str], int]:
@@ -130,10 +158,12 @@ def test_custom_v5_import_query_back_and_import_again(server, client, flow_log, 
     assert "accepted 2, rejected 0" in out
     s, e = (1616729292 + delta) * 1000, (1616729349 + delta) * 1000
     # By hand from AWS's two lines: S3 -> instance (ingress), instance -> S3 (egress).
-    expected = sorted([
-        ("52.95.128.179", "10.0.0.71", 80, 34210, 6, 14, 15044, s, e, t.ACTION_ACCEPT, t.LOG_STATUS_OK, IN, 19),
-        ("10.0.0.71", "52.95.128.179", 34210, 80, 6, 7, 471, s, e, t.ACTION_ACCEPT, t.LOG_STATUS_OK, OUT, 3),
-    ])
+    expected = sorted(
+        [
+            ("52.95.128.179", "10.0.0.71", 80, 34210, 6, 14, 15044, s, e, t.ACTION_ACCEPT, t.LOG_STATUS_OK, IN, 19),
+            ("10.0.0.71", "52.95.128.179", 34210, 80, 6, 7, 471, s, e, t.ACTION_ACCEPT, t.LOG_STATUS_OK, OUT, 3),
+        ]
+    )
     records = wait_for_count(client, flow_log, 2)
     assert sorted(key(r) for r in records) == expected
     assert all(r.flow_log_id == flow_log.id and r.resource_id == flow_log.resource_id for r in records)
@@ -170,10 +200,22 @@ def test_default_v2_direction_derived_nodata_skipdata_and_import_again(server, c
     resource's addresses (here the instance 172.31.16.139, the RDP target 172.31.9.12 and the
     IPv6 subnet); re-importing gives the same record ids, direction included."""
     name = "v2" + uuid.uuid4().hex[:8]
-    resource = client.register_resource(type="eip", region="bj", network_id="vpc-import", name=name,
-                                        addresses=["172.31.16.139/32", "172.31.9.12/32", "2001:db8:1234:a102::/64"])
-    fl = client.create_flow_log(region="bj", name=name, resource_type="eip", resource_id=resource.id,
-                                network_id="vpc-import", traffic_type="all", new_log_store=f"imports/{name}")
+    resource = client.register_resource(
+        type="eip",
+        region="bj",
+        network_id="vpc-import",
+        name=name,
+        addresses=["172.31.16.139/32", "172.31.9.12/32", "2001:db8:1234:a102::/64"],
+    )
+    fl = client.create_flow_log(
+        region="bj",
+        name=name,
+        resource_type="eip",
+        resource_id=resource.id,
+        network_id="vpc-import",
+        traffic_type="all",
+        new_log_store=f"imports/{name}",
+    )
     lines, w = spread_aws("aws-default-v2.log", datetime.now(timezone.utc) - timedelta(hours=1))
     path = tmp_path / "v2.log.gz"
     path.write_bytes(gzip.compress("".join(lines).encode()))
@@ -182,16 +224,30 @@ def test_default_v2_direction_derived_nodata_skipdata_and_import_again(server, c
     assert "accepted 7, rejected 0" in out
     A, R, NO = t.ACTION_ACCEPT, t.ACTION_REJECT, t.ACTION_UNSPECIFIED
     OK, NODATA, SKIP, UNSPEC = t.LOG_STATUS_OK, t.LOG_STATUS_NODATA, t.LOG_STATUS_SKIPDATA, t.DIRECTION_UNSPECIFIED
-    expected = sorted([
-        ("172.31.16.139", "172.31.16.21", 20641, 22, 6, 20, 4249, *w[0], A, OK, OUT, 0),
-        ("172.31.9.69", "172.31.9.12", 49761, 3389, 6, 20, 4249, *w[1], R, OK, IN, 0),
-        ("", "", 0, 0, 0, 0, 0, *w[2], NO, NODATA, UNSPEC, 0),
-        ("", "", 0, 0, 0, 0, 0, *w[3], NO, SKIP, UNSPEC, 0),
-        ("203.0.113.12", "172.31.16.139", 0, 0, 1, 4, 336, *w[4], A, OK, IN, 0),
-        ("172.31.16.139", "203.0.113.12", 0, 0, 1, 4, 336, *w[5], R, OK, OUT, 0),
-        ("2001:db8:1234:a100:8d6e:3477:df66:f105", "2001:db8:1234:a102:3304:8879:34cf:4071", 34892, 22, 6, 54, 8855,
-         *w[6], A, OK, IN, 0),
-    ])
+    expected = sorted(
+        [
+            ("172.31.16.139", "172.31.16.21", 20641, 22, 6, 20, 4249, *w[0], A, OK, OUT, 0),
+            ("172.31.9.69", "172.31.9.12", 49761, 3389, 6, 20, 4249, *w[1], R, OK, IN, 0),
+            ("", "", 0, 0, 0, 0, 0, *w[2], NO, NODATA, UNSPEC, 0),
+            ("", "", 0, 0, 0, 0, 0, *w[3], NO, SKIP, UNSPEC, 0),
+            ("203.0.113.12", "172.31.16.139", 0, 0, 1, 4, 336, *w[4], A, OK, IN, 0),
+            ("172.31.16.139", "203.0.113.12", 0, 0, 1, 4, 336, *w[5], R, OK, OUT, 0),
+            (
+                "2001:db8:1234:a100:8d6e:3477:df66:f105",
+                "2001:db8:1234:a102:3304:8879:34cf:4071",
+                34892,
+                22,
+                6,
+                54,
+                8855,
+                *w[6],
+                A,
+                OK,
+                IN,
+                0,
+            ),
+        ]
+    )
     records = wait_for_count(client, fl, 7)
     assert sorted(key(r) for r in records) == expected
     ids = sorted(r.record_id for r in records)
@@ -212,11 +268,13 @@ def test_directory_gzip_parquet_and_stdin(server, client, flow_log, tmp_path, ca
     names = lines[0].split()
     rows = [line.split() for line in lines[7:9]]
     ints = {"srcport", "dstport", "protocol", "bytes", "packets", "start", "end", "tcp-flags", "version"}
-    table = pa.table({n.replace("-", "_"): [int(r[i]) if n in ints else r[i] for r in rows]
-                      for i, n in enumerate(names)})
+    table = pa.table(
+        {n.replace("-", "_"): [int(r[i]) if n in ints else r[i] for r in rows] for i, n in enumerate(names)}
+    )
     pq.write_table(table, day / "123456789010_vpcflowlogs_eu-west-1_fl-0abc1234_20190826T1955Z_f009.log.parquet")
-    code, out, err = run(server, capsys, "import", "--flow-log", flow_log.id, "--format", "aws",
-                         str(tmp_path / "AWSLogs"))
+    code, out, err = run(
+        server, capsys, "import", "--flow-log", flow_log.id, "--format", "aws", str(tmp_path / "AWSLogs")
+    )
     assert code == 0, err
     assert "imported 3 files" in out and "accepted 8, rejected 0" in out
     records = wait_for_count(client, flow_log, 8)
@@ -226,16 +284,18 @@ def test_directory_gzip_parquet_and_stdin(server, client, flow_log, tmp_path, ca
     srv, cli, A, OK = "10.0.0.62", "52.213.180.42", t.ACTION_ACCEPT, t.LOG_STATUS_OK
     # By hand from AWS's eight lines; no flow-direction in this format: the server derives it from
     # the resource's 10.0.0.0/16 (client -> instance: ingress, instance -> client: egress).
-    assert sorted(key(r) for r in records) == sorted([
-        (cli, srv, 43416, 5001, 6, 8, 568, *w1, A, OK, IN, 2),
-        (srv, cli, 5001, 43416, 6, 7, 376, *w1, A, OK, OUT, 18),
-        (cli, srv, 43418, 5001, 6, 70, 100701, *w1, A, OK, IN, 2),
-        (srv, cli, 5001, 43418, 6, 12, 632, *w1, A, OK, OUT, 18),
-        (srv, cli, 5001, 43418, 6, 1219, 63388, *w2, A, OK, OUT, 1),
-        (cli, srv, 43418, 5001, 6, 15774, 23294588, *w2, A, OK, IN, 1),
-        (cli, srv, 43638, 5001, 6, 17, 1260, *w3, A, OK, IN, 3),
-        (srv, cli, 5001, 43638, 6, 14, 967, *w3, A, OK, OUT, 19),
-    ])
+    assert sorted(key(r) for r in records) == sorted(
+        [
+            (cli, srv, 43416, 5001, 6, 8, 568, *w1, A, OK, IN, 2),
+            (srv, cli, 5001, 43416, 6, 7, 376, *w1, A, OK, OUT, 18),
+            (cli, srv, 43418, 5001, 6, 70, 100701, *w1, A, OK, IN, 2),
+            (srv, cli, 5001, 43418, 6, 12, 632, *w1, A, OK, OUT, 18),
+            (srv, cli, 5001, 43418, 6, 1219, 63388, *w2, A, OK, OUT, 1),
+            (cli, srv, 43418, 5001, 6, 15774, 23294588, *w2, A, OK, IN, 1),
+            (cli, srv, 43638, 5001, 6, 17, 1260, *w3, A, OK, IN, 3),
+            (srv, cli, 5001, 43638, 6, 14, 967, *w3, A, OK, OUT, 19),
+        ]
+    )
 
     stdin = io.BytesIO(gzip.compress("".join(lines).encode()))
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(stdin))
@@ -257,10 +317,12 @@ def test_azure_vnet_flow_log(server, client, flow_log, tmp_path, capsys):
     assert "accepted 19, rejected 0, skipped 5" in out
     records = wait_for_count(client, flow_log, 19)
     ts = 1663146022793 + delta
-    assert ("10.0.0.6", "198.51.100.84", 36776, 443, 6, 22, 2217, ts, ts, t.ACTION_ACCEPT, t.LOG_STATUS_OK, OUT,
-            0) in {key(r) for r in records}
-    assert ("198.51.100.84", "10.0.0.6", 443, 36776, 6, 33, 32466, ts, ts, t.ACTION_ACCEPT, t.LOG_STATUS_OK, IN,
-            0) in {key(r) for r in records}
+    assert ("10.0.0.6", "198.51.100.84", 36776, 443, 6, 22, 2217, ts, ts, t.ACTION_ACCEPT, t.LOG_STATUS_OK, OUT, 0) in {
+        key(r) for r in records
+    }
+    assert ("198.51.100.84", "10.0.0.6", 443, 36776, 6, 33, 32466, ts, ts, t.ACTION_ACCEPT, t.LOG_STATUS_OK, IN, 0) in {
+        key(r) for r in records
+    }
     assert sum(r.action == t.ACTION_REJECT for r in records) == 9
     ids = sorted(r.record_id for r in records)
     code, out, _ = run(server, capsys, "import", "--flow-log", flow_log.id, "--format", "azure", str(path))
@@ -273,8 +335,9 @@ def test_unknown_flow_log_and_missing_file(server, tmp_path, capsys):
     path.write_text((FIXTURES / "aws-custom-v5.log").read_text())
     code, _, err = run(server, capsys, "import", "--flow-log", "fl-doesnotexist", "--format", "aws", str(path))
     assert code == 1 and "NOT_FOUND" in err and "Traceback" not in err
-    code, _, err = run(server, capsys, "import", "--flow-log", "fl-doesnotexist", "--format", "aws",
-                       str(tmp_path / "nope.log"))
+    code, _, err = run(
+        server, capsys, "import", "--flow-log", "fl-doesnotexist", "--format", "aws", str(tmp_path / "nope.log")
+    )
     assert code == 1 and "nope.log" in err
     code, _, err = run(server, capsys, "import", "--flow-log", "fl-x", "--format", "gcp", str(path))
     assert code == 2

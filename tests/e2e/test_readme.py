@@ -1,5 +1,6 @@
 """The README's examples, run as written (only the address changed) against a real server with
 no API keys and the demo inventory: if the README drifts from the code, this fails."""
+
 from __future__ import annotations
 
 import os
@@ -44,6 +45,7 @@ def commands(section: str) -> list[str]:
 def grpcurl() -> str:
     sys.path.insert(0, str(ROOT / "scripts"))
     import flowlog_services as fs
+
     try:
         return fs.fetch("grpcurl")
     except Exception as e:  # noqa: BLE001 - say how to get it
@@ -65,8 +67,14 @@ def run(cmd: str, address: str, tool: str, flowlog_bin: str) -> subprocess.Compl
         argv = [flowlog_bin, "--server", address] + argv[1:]
     follows = "tail" in argv or any(a.endswith("/Tail") for a in argv)
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=6 if follows else 60, cwd=ROOT,
-                              env={k: v for k, v in os.environ.items() if not k.startswith("FLOWLOG_")})
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=6 if follows else 60,
+            cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if not k.startswith("FLOWLOG_")},
+        )
     except subprocess.TimeoutExpired as e:
         assert follows, f"{cmd} did not finish"
         return subprocess.CompletedProcess(argv, 0, e.stdout or "", e.stderr or "")
@@ -105,8 +113,23 @@ def test_scenario_filters_parse_and_run(readme_server):
     flowlog_bin = str(Path(sys.executable).with_name("flowlog"))
     cmds = [c.split(" | ")[0] for c in commands("Filter language (Query and Tail)") if c.startswith("flowlog")]
     assert len(cmds) >= 4
-    subprocess.run([flowlog_bin, "--server", readme_server.address, "logstore", "create", "--region", "bj",
-                    "--project", "demo", "--name", "scen"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            flowlog_bin,
+            "--server",
+            readme_server.address,
+            "logstore",
+            "create",
+            "--region",
+            "bj",
+            "--project",
+            "demo",
+            "--name",
+            "scen",
+        ],
+        check=True,
+        capture_output=True,
+    )
     for cmd in cmds:
         r = run(cmd.replace("--log-store web", "--log-store scen"), readme_server.address, "", flowlog_bin)
         assert r.returncode == 0, f"{cmd}\n{r.stderr}"
@@ -117,6 +140,7 @@ def test_configuration_example_loads():
     import yaml
 
     from server.config import Config, _apply
+
     block = re.search(r"```yaml\n(.*?)```", README, re.S).group(1)
     cfg = Config()
     _apply(cfg, yaml.safe_load(block), "")

@@ -1,5 +1,6 @@
 """Records end to end on the embedded default: generated and ingested records, Query across
 LogStores with paging, Tail live and resumed, LogStore deletion. A real server process."""
+
 from __future__ import annotations
 
 import threading
@@ -37,13 +38,23 @@ def uid(prefix: str) -> str:
 
 def make_flow_log(c: FlowLogClient, store: str, *, traffic="all", resource="eip-bj-01", project="proj", new=True):
     kw = {"new_log_store": f"{project}/{store}"} if new else {"log_store": f"{project}/{store}"}
-    return c.create_flow_log(region="bj", name=uid("fl"), resource_type="eip", resource_id=resource,
-                             network_id="vpc-bjdemo", traffic_type=traffic, **kw)
+    return c.create_flow_log(
+        region="bj",
+        name=uid("fl"),
+        resource_type="eip",
+        resource_id=resource,
+        network_id="vpc-bjdemo",
+        traffic_type=traffic,
+        **kw,
+    )
 
 
 def query_all(c: FlowLogClient, stores, *, filter="", since="1h", limit=0, order=None) -> list:
-    return list(c.query_all(region="bj", project="proj", log_stores=stores, start=since, filter=filter,
-                            limit=limit, order=order))
+    return list(
+        c.query_all(
+            region="bj", project="proj", log_stores=stores, start=since, filter=filter, limit=limit, order=order
+        )
+    )
 
 
 def wait_for(fn, timeout: float, interval: float = 0.1):
@@ -56,10 +67,19 @@ def wait_for(fn, timeout: float, interval: float = 0.1):
 
 
 def pb_record(i: int, base: datetime, **kw) -> record_pb2.FlowRecord:
-    r = record_pb2.FlowRecord(src_addr=f"10.1.{i // 250}.{i % 250 + 1}", dst_addr="203.0.113.11",
-                              src_port=40000 + i % 20000, dst_port=[443, 22, 3389, 53][i % 4],
-                              protocol=17 if i % 4 == 3 else 6, packets=1 + i % 7, bytes=(1 + i % 7) * 100,
-                              action=1 + (i % 3 == 0), log_status=1, direction=1, tcp_flags=2)
+    r = record_pb2.FlowRecord(
+        src_addr=f"10.1.{i // 250}.{i % 250 + 1}",
+        dst_addr="203.0.113.11",
+        src_port=40000 + i % 20000,
+        dst_port=[443, 22, 3389, 53][i % 4],
+        protocol=17 if i % 4 == 3 else 6,
+        packets=1 + i % 7,
+        bytes=(1 + i % 7) * 100,
+        action=1 + (i % 3 == 0),
+        log_status=1,
+        direction=1,
+        tcp_flags=2,
+    )
     r.start_time.FromDatetime(base + timedelta(milliseconds=i * 10))
     r.end_time.FromDatetime(base + timedelta(milliseconds=i * 10 + 5))
     for k, v in kw.items():
@@ -86,8 +106,7 @@ def test_traffic_type_deny_keeps_only_rejects_and_pause_stops(client):
     store = uid("deny")
     fl = make_flow_log(client, store, traffic="deny")
     try:
-        records = wait_for(lambda: [r for r in query_all(client, [store], since="5m") if r.log_status == 1],
-                           timeout=30)
+        records = wait_for(lambda: [r for r in query_all(client, [store], since="5m") if r.log_status == 1], timeout=30)
         assert records and all(r.action == 2 for r in records)
         client.update_flow_log(fl.id, state="paused")
         # A witness flow log, ACTIVE from after the pause. The generator submits windows one after
@@ -99,8 +118,9 @@ def test_traffic_type_deny_keeps_only_rejects_and_pause_stops(client):
         try:
             first = len(wait_for(lambda: query_all(client, [witness_store], since="5m"), timeout=30))
             before = len(query_all(client, [store], since="5m"))
-            assert first and wait_for(lambda: len(query_all(client, [witness_store], since="5m")) > first,
-                                      timeout=30), "the generator did not run again within 30 s"
+            assert first and wait_for(
+                lambda: len(query_all(client, [witness_store], since="5m")) > first, timeout=30
+            ), "the generator did not run again within 30 s"
             assert len(query_all(client, [store], since="5m")) == before
         finally:
             client.delete_flow_log(witness.id)
@@ -132,9 +152,18 @@ def test_ingest_rejects_bad_records_keeps_good_and_never_duplicates(client):
     assert by_index[25][0] == "src_addr" and by_index[26][0] == "dst_port" and by_index[27][0] == "packets"
     assert by_index[28][0] == "action" and by_index[29][0] == "dst_addr" and by_index[30][0] == "end_time"
     assert by_index[31][0] == "start_time" and "future" in by_index[31][1] and by_index[32][0] == "flow_log_id"
-    got = wait_for(lambda: [r for r in query_all(client, [store], since="1h",
-                                                   filter="src_addr = 10.1.0.0/16") if len(r.record_id) == 32]
-                   if len(query_all(client, [store], since="1h", filter="src_addr = 10.1.0.0/16")) >= 50 else [], 10)
+    got = wait_for(
+        lambda: (
+            [
+                r
+                for r in query_all(client, [store], since="1h", filter="src_addr = 10.1.0.0/16")
+                if len(r.record_id) == 32
+            ]
+            if len(query_all(client, [store], since="1h", filter="src_addr = 10.1.0.0/16")) >= 50
+            else []
+        ),
+        10,
+    )
     assert len(got) == 50 and len({r.record_id for r in got}) == 50
     # a retry of the same records never duplicates
     assert client.ingest(fl.id, [good]).accepted == 50
@@ -173,13 +202,17 @@ def test_ingest_bytes_that_are_not_an_ingest_request(client):
     whose framing reads but whose records do not parse is still INVALID_ARGUMENT naming the
     message type, whatever else is wrong with it, and the messages before it are kept."""
     from flowlog.v1 import ingest_pb2
+
     store = uid("raw")
     fl = make_flow_log(client, store)
     base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
     good = ingest_pb2.IngestRequest(flow_log_id=fl.id, records=[pb_record(i, base) for i in range(20)])
     broken_record = b"\x12\x03\x4a\x05a"  # records: one FlowRecord whose src_addr runs past its end
-    raw = client.channel.stream_unary("/flowlog.v1.IngestService/Ingest", request_serializer=lambda b: b,
-                                      response_deserializer=ingest_pb2.IngestResponse.FromString)
+    raw = client.channel.stream_unary(
+        "/flowlog.v1.IngestService/Ingest",
+        request_serializer=lambda b: b,
+        response_deserializer=ingest_pb2.IngestResponse.FromString,
+    )
     for flow_log_id in ("fl-doesnotexist9", fl.id):
         msg = ingest_pb2.IngestRequest(flow_log_id=flow_log_id).SerializeToString() + broken_record
         with pytest.raises(grpc.RpcError) as e:
@@ -237,8 +270,14 @@ def test_query_filters_match_the_evaluator(client, two_stores):
     base_filter = "src_addr = 10.1.0.0/16"
     everything = query_all(client, stores, since="2h", filter=base_filter)
     as_records = {r.record_id: r for r in everything}
-    for text in ["action = REJECT", "dst_port IN (22, 3389)", "NOT protocol = tcp", "port = 443 AND packets >= 4",
-                 "addr = 10.1.2.0/24 OR dst_port = 53", "bytes > 500 AND NOT action = ACCEPT"]:
+    for text in [
+        "action = REJECT",
+        "dst_port IN (22, 3389)",
+        "NOT protocol = tcp",
+        "port = 443 AND packets >= 4",
+        "addr = 10.1.2.0/24 OR dst_port = 53",
+        "bytes > 500 AND NOT action = ACCEPT",
+    ]:
         got = query_all(client, stores, since="2h", filter=f"{base_filter} AND ({text})")
         pred = compile_predicate(parse(text))
         expected = [rid for rid, r in as_records.items() if pred(_domain(r))]
@@ -247,10 +286,31 @@ def test_query_filters_match_the_evaluator(client, two_stores):
 
 
 def _domain(r: record_pb2.FlowRecord) -> FlowRecord:
-    return FlowRecord(r.record_id, r.version, r.account_id, r.flow_log_id, r.region, r.project, r.log_store,
-                      r.resource_type, r.resource_id, r.network_id, r.src_addr, r.dst_addr, r.src_port, r.dst_port,
-                      r.protocol, r.packets, r.bytes, r.start_time.ToMilliseconds(), r.end_time.ToMilliseconds(),
-                      r.action, r.log_status, r.direction, r.tcp_flags)
+    return FlowRecord(
+        r.record_id,
+        r.version,
+        r.account_id,
+        r.flow_log_id,
+        r.region,
+        r.project,
+        r.log_store,
+        r.resource_type,
+        r.resource_id,
+        r.network_id,
+        r.src_addr,
+        r.dst_addr,
+        r.src_port,
+        r.dst_port,
+        r.protocol,
+        r.packets,
+        r.bytes,
+        r.start_time.ToMilliseconds(),
+        r.end_time.ToMilliseconds(),
+        r.action,
+        r.log_status,
+        r.direction,
+        r.tcp_flags,
+    )
 
 
 def test_query_status_paths(client, other, two_stores):
@@ -287,8 +347,13 @@ def test_tail_live_filtered_and_resumed(client):
     cursors: list[str] = []
     # From a start time before the Ingest below: replayed from the spool, then live, without a gap,
     # however long the tail takes to subscribe.
-    tail = client.tail(region="bj", project="proj", log_stores=[store], filter="dst_port = 22",
-                       start=datetime.now(timezone.utc) - timedelta(seconds=1))
+    tail = client.tail(
+        region="bj",
+        project="proj",
+        log_stores=[store],
+        filter="dst_port = 22",
+        start=datetime.now(timezone.utc) - timedelta(seconds=1),
+    )
 
     def follow():
         for msg in tail:
@@ -364,8 +429,14 @@ def test_rule_fields_and_a_missing_direction_through_ingest_query_and_tail(clien
         resp = client.ingest(fl.id, [[acl, deny, inbound, outbound, elsewhere, *bad]])
         assert (resp.accepted, resp.rejected) == (5, 3)
         assert [(r.index, r.field) for r in resp.rejections] == [(5, "rule_id"), (6, "rule_kind"), (7, "sampling_rate")]
-        got = wait_for(lambda: [r for r in query_all(client, [store], filter=MARK)] if len(
-            query_all(client, [store], filter=MARK)) >= 5 else [], 10)
+        got = wait_for(
+            lambda: (
+                [r for r in query_all(client, [store], filter=MARK)]
+                if len(query_all(client, [store], filter=MARK)) >= 5
+                else []
+            ),
+            10,
+        )
         by_port = {r.src_port: r for r in got}
         assert len(got) == 5
         a = by_port[acl.src_port]
@@ -376,11 +447,14 @@ def test_rule_fields_and_a_missing_direction_through_ingest_query_and_tail(clien
         # The filter fields, on the server's store.
         assert [r.src_port for r in query_all(client, [store], filter=f"{MARK} AND rule_kind = ACL")] == [acl.src_port]
         assert [r.src_port for r in query_all(client, [store], filter=f"{MARK} AND rule_id = default-deny")] == [
-            deny.src_port]
+            deny.src_port
+        ]
         assert [r.src_port for r in query_all(client, [store], filter=f"{MARK} AND sampling_rate > 1")] == [
-            acl.src_port]
-        assert {r.src_port for r in query_all(client, [store], filter=f"{MARK} AND rule_kind = RULE_KIND_DEFAULT")
-                } == {deny.src_port}
+            acl.src_port
+        ]
+        assert {r.src_port for r in query_all(client, [store], filter=f"{MARK} AND rule_kind = RULE_KIND_DEFAULT")} == {
+            deny.src_port
+        }
         # The derived direction is part of the record id: the same flow sent with the direction
         # spelt out is the same record, not a second one.
         explicit = _marked(2, base, src_addr="198.51.100.9", dst_addr="203.0.113.11", direction=1)
@@ -388,8 +462,13 @@ def test_rule_fields_and_a_missing_direction_through_ingest_query_and_tail(clien
         again = query_all(client, [store], filter=MARK)
         assert len(again) == 5 and {r.record_id for r in again} == {r.record_id for r in got}
         # Tail replays the same records with their fields (start: from the spool, then live).
-        tail = client.tail(region="bj", project="proj", log_stores=[store], start=base - timedelta(minutes=1),
-                           filter=f"{MARK} AND rule_id IN (acl-edge-1, default-deny)")
+        tail = client.tail(
+            region="bj",
+            project="proj",
+            log_stores=[store],
+            start=base - timedelta(minutes=1),
+            filter=f"{MARK} AND rule_id IN (acl-edge-1, default-deny)",
+        )
         tailed: list = []
         try:
             for msg in tail:
@@ -400,7 +479,9 @@ def test_rule_fields_and_a_missing_direction_through_ingest_query_and_tail(clien
         finally:
             tail.cancel()
         assert sorted((r.rule_id, r.rule_kind, r.sampling_rate) for r in tailed) == [
-            ("acl-edge-1", 1, 100), ("default-deny", 3, 0)]
+            ("acl-edge-1", 1, 100),
+            ("default-deny", 3, 0),
+        ]
     finally:
         client.delete_flow_log(fl.id)
 

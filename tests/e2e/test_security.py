@@ -1,4 +1,5 @@
 """Start-up refusals, TLS with and without client certificates, and API keys never logged."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,14 @@ from tests.e2e.conftest import KEY_A, ROOT, free_port, start_server
 
 def run_server(args: list[str], env: dict | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FLOWLOG_")}
-    return subprocess.run([sys.executable, "-m", "server.main", *args], cwd=ROOT, env={**clean, **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "server.main", *args],
+        cwd=ROOT,
+        env={**clean, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_refuses_non_loopback_without_keys(tmp_path):
@@ -47,23 +54,66 @@ def _openssl(*args: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
     d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=flowlog-test-ca",
-             "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=flowlog-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        cwd=d,
+    )
     for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", cwd=d)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=d,
+        )
         (d / f"{name}.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "2", "-out", f"{name}.pem", "-extfile", f"{name}.ext", cwd=d)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.pem",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
     return d
 
 
 def _list(address: str, creds: grpc.ChannelCredentials) -> grpc.StatusCode | None:
     from flowlog.v1 import resource_pb2_grpc
+
     with grpc.secure_channel(address, creds) as ch:
         try:
             resource_pb2_grpc.ResourceServiceStub(ch).ListResources(
-                rs.ListResourcesRequest(page_size=1), metadata=(("authorization", f"Bearer {KEY_A}"),), timeout=10)
+                rs.ListResourcesRequest(page_size=1), metadata=(("authorization", f"Bearer {KEY_A}"),), timeout=10
+            )
             return None
         except grpc.RpcError as e:
             return e.code()
@@ -77,14 +127,19 @@ def test_tls_and_client_certificates(tmp_path, pki):
         assert _list(sp.address, grpc.ssl_channel_credentials(ca)) is None
         with grpc.insecure_channel(sp.address) as ch:  # plaintext to a TLS port fails
             from flowlog.v1 import resource_pb2_grpc
+
             with pytest.raises(grpc.RpcError):
                 resource_pb2_grpc.ResourceServiceStub(ch).ListResources(rs.ListResourcesRequest(), timeout=5)
     finally:
         assert sp.stop() == 0
     mtls = {**tls, "client_ca_file": str(pki / "ca.pem")}
     client = grpc.ssl_channel_credentials(ca, (pki / "client.key").read_bytes(), (pki / "client.pem").read_bytes())
-    sp = start_server(tmp_path / "mtls", {"tls": mtls, "generator": {"enabled": False}}, health_tls=ca,
-                      health_client=((pki / "client.key").read_bytes(), (pki / "client.pem").read_bytes()))
+    sp = start_server(
+        tmp_path / "mtls",
+        {"tls": mtls, "generator": {"enabled": False}},
+        health_tls=ca,
+        health_client=((pki / "client.key").read_bytes(), (pki / "client.pem").read_bytes()),
+    )
     try:
         assert _list(sp.address, client) is None
         assert _list(sp.address, grpc.ssl_channel_credentials(ca)) == grpc.StatusCode.UNAVAILABLE
@@ -102,13 +157,25 @@ def test_refuses_plaintext_off_loopback_with_api_keys(tmp_path):
     assert "without TLS" in r.stderr and "plaintext" in r.stderr and "allow_plaintext" in r.stderr, r.stderr
     assert "tls.cert_file" in r.stderr
     # The console's JSON API takes the same keys: the same rule for http.listen.
-    r = run_server(["--listen", f"127.0.0.1:{free_port()}", "--http-listen", f"0.0.0.0:{free_port()}",
-                    "--data-dir", str(tmp_path / "h")], env=env)
+    r = run_server(
+        [
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--http-listen",
+            f"0.0.0.0:{free_port()}",
+            "--data-dir",
+            str(tmp_path / "h"),
+        ],
+        env=env,
+    )
     assert r.returncode == 2 and "http.listen" in r.stderr and "without TLS" in r.stderr, r.stderr
     # Loopback stays allowed without TLS, and allow_plaintext lets a proxied server start.
     port = free_port()
-    sp = start_server(tmp_path / "proxied", {"listen": f"0.0.0.0:{port}", "allow_plaintext": True,
-                                             "generator": {"enabled": False}}, port=port)
+    sp = start_server(
+        tmp_path / "proxied",
+        {"listen": f"0.0.0.0:{port}", "allow_plaintext": True, "generator": {"enabled": False}},
+        port=port,
+    )
     try:
         assert _list_plain(sp.address) is None
     finally:
@@ -117,10 +184,12 @@ def test_refuses_plaintext_off_loopback_with_api_keys(tmp_path):
 
 def _list_plain(address: str) -> grpc.StatusCode | None:
     from flowlog.v1 import resource_pb2_grpc
+
     with grpc.insecure_channel(address) as ch:
         try:
             resource_pb2_grpc.ResourceServiceStub(ch).ListResources(
-                rs.ListResourcesRequest(page_size=1), metadata=(("authorization", f"Bearer {KEY_A}"),), timeout=10)
+                rs.ListResourcesRequest(page_size=1), metadata=(("authorization", f"Bearer {KEY_A}"),), timeout=10
+            )
             return None
         except grpc.RpcError as e:
             return e.code()
@@ -132,14 +201,15 @@ def test_client_and_cli_speak_tls_given_a_ca_or_an_https_target(tmp_path, pki, c
 
     ca_file = str(pki / "ca.pem")
     tls = {"cert_file": str(pki / "server.pem"), "key_file": str(pki / "server.key")}
-    sp = start_server(tmp_path / "tls", {"tls": tls, "generator": {"enabled": False}},
-                      health_tls=(pki / "ca.pem").read_bytes())
+    sp = start_server(
+        tmp_path / "tls", {"tls": tls, "generator": {"enabled": False}}, health_tls=(pki / "ca.pem").read_bytes()
+    )
     port = sp.address.rsplit(":", 1)[1]
     monkeypatch.delenv("FLOWLOG_CA_FILE", raising=False)
     try:
+
         def cli(*args: str) -> tuple[int, str, str]:
-            code = main(["--api-key", KEY_A, "--timeout", "10", *args, "resource", "list", "--region", "bj",
-                         "--json"])
+            code = main(["--api-key", KEY_A, "--timeout", "10", *args, "resource", "list", "--region", "bj", "--json"])
             out, err = capsys.readouterr()
             return code, out, err
 

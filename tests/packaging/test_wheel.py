@@ -7,6 +7,7 @@ setuptools and the pinned grpcio-tools that generates the stubs in setup.py). Wh
 dependencies (at requirements.lock's versions) are kept in $FLOWLOG_CACHE/wheels so that later
 runs need no network; the first run fetches them (a few minutes).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,9 @@ BUILD_REQUIRES = ["setuptools", "grpcio-tools"]
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     out = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    assert out.returncode == 0, f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, (
+        f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    )
     return out
 
 
@@ -62,8 +65,10 @@ def test_wheel_from_a_clean_checkout_installs_working_commands(tmp_path):
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
     constraints = ["-c", str(ROOT / "requirements.lock")]
     if not complete.exists():
-        _run(pip + ["download", "-q", "-d", str(wheelhouse), *constraints, *BUILD_REQUIRES],
-             env=_pip_env(wheelhouse, offline=False))
+        _run(
+            pip + ["download", "-q", "-d", str(wheelhouse), *constraints, *BUILD_REQUIRES],
+            env=_pip_env(wheelhouse, offline=False),
+        )
 
     src = _clean_checkout(tmp_path / "src")
     dist = tmp_path / "dist"
@@ -71,32 +76,54 @@ def test_wheel_from_a_clean_checkout_installs_working_commands(tmp_path):
     wheels = list(dist.glob("flowlog-*.whl"))
     assert len(wheels) == 1, wheels
     if not complete.exists():
-        _run(pip + ["download", "-q", "-d", str(wheelhouse), *constraints, str(wheels[0])],
-             env=_pip_env(wheelhouse, offline=False))
+        _run(
+            pip + ["download", "-q", "-d", str(wheelhouse), *constraints, str(wheels[0])],
+            env=_pip_env(wheelhouse, offline=False),
+        )
         complete.touch()
 
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     bin_dir = env_dir / "bin"
-    _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check", *constraints,
-          str(wheels[0])], env=_pip_env(wheelhouse, offline=True))
+    _run(
+        [
+            str(bin_dir / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            *constraints,
+            str(wheels[0]),
+        ],
+        env=_pip_env(wheelhouse, offline=True),
+    )
 
     # Run from an empty folder, so nothing can come from the checkout.
     work = tmp_path / "work"
     work.mkdir()
     env = _pip_env(wheelhouse, offline=True)
-    _run([str(bin_dir / "python"), "-c", "import flowlog.v1.query_pb2_grpc, server.main, clients.cli"], cwd=work,
-         env=env)
+    _run(
+        [str(bin_dir / "python"), "-c", "import flowlog.v1.query_pb2_grpc, server.main, clients.cli"], cwd=work, env=env
+    )
     port = free_port()
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(bin_dir / "flowlog-server"), "--listen", f"127.0.0.1:{port}", "--data-dir",
-                                 str(tmp_path / "data")], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(bin_dir / "flowlog-server"), "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data")],
+            cwd=work,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         _wait_serving(f"127.0.0.1:{port}", proc, log_path)
-        out = _run([str(bin_dir / "flowlog"), "--server", f"127.0.0.1:{port}", "resource", "list", "--region", "bj"],
-                   cwd=work, env=env).stdout
+        out = _run(
+            [str(bin_dir / "flowlog"), "--server", f"127.0.0.1:{port}", "resource", "list", "--region", "bj"],
+            cwd=work,
+            env=env,
+        ).stdout
         assert "eip-bj-01" in out, out  # the demo inventory, served by the installed server
     finally:
         proc.terminate()
@@ -112,8 +139,10 @@ def _wait_serving(address: str, proc: subprocess.Popen, log_path: Path, deadline
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"the installed flowlog-server exited with {proc.returncode}:\n"
-                                 f"{log_path.read_text(errors='replace')[-3000:]}")
+            raise AssertionError(
+                f"the installed flowlog-server exited with {proc.returncode}:\n"
+                f"{log_path.read_text(errors='replace')[-3000:]}"
+            )
         try:
             with grpc.insecure_channel(address) as ch:
                 resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
@@ -121,5 +150,7 @@ def _wait_serving(address: str, proc: subprocess.Popen, log_path: Path, deadline
                     return
         except grpc.RpcError:
             time.sleep(0.2)  # polling interval of a condition wait, not a fixed wait before a check
-    raise AssertionError(f"the installed flowlog-server did not serve within {deadline_s} s:\n"
-                         f"{log_path.read_text(errors='replace')[-3000:]}")
+    raise AssertionError(
+        f"the installed flowlog-server did not serve within {deadline_s} s:\n"
+        f"{log_path.read_text(errors='replace')[-3000:]}"
+    )

@@ -6,6 +6,7 @@ The property all of tests/reliability checks: an acknowledged record is stored e
 the query backend and in the archive, whatever happened in between (backend outages, backend
 errors, kill -9, SIGTERM, hostile input, load); and one account never sees another's data.
 """
+
 from __future__ import annotations
 
 import collections
@@ -43,8 +44,10 @@ ARCHIVE_HEALTH = "flowlog.backend.archive"
 
 # Settings every reliability server starts with: no generator (only records the test sends), the
 # archive flushed quickly (so that the archive can be checked within a test), keys for two accounts.
-BASE_SETTINGS = {"generator": {"enabled": False},
-                 "pipeline": {"archive_max_age_seconds": 1.0, "archive_max_records": 5000}}
+BASE_SETTINGS = {
+    "generator": {"enabled": False},
+    "pipeline": {"archive_max_age_seconds": 1.0, "archive_max_records": 5000},
+}
 
 
 def wait_for(fn, timeout: float, interval: float = 0.2, what: str = "condition"):
@@ -70,12 +73,14 @@ def wait_delivered(fetch, acked: set, timeout: float, what: str) -> list[str]:
         except grpc.RpcError:
             return False
         return acked <= set(last)
+
     deadline = time.monotonic() + timeout
     while not done():
         if time.monotonic() > deadline:
             missing = acked - set(last)
-            pytest.fail(f"{what}: {len(missing)} of {len(acked)} acknowledged records still missing after "
-                        f"{timeout:.0f}s")
+            pytest.fail(
+                f"{what}: {len(missing)} of {len(acked)} acknowledged records still missing after {timeout:.0f}s"
+            )
         time.sleep(1.0)
     return last
 
@@ -101,11 +106,19 @@ def base_ms() -> int:
 
 def make_record(i: int, start_ms: int) -> record_pb2.FlowRecord:
     """Record number i: a unique five-tuple (so a unique record_id) for i < 2**24."""
-    r = record_pb2.FlowRecord(src_addr=f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}", dst_addr="203.0.113.11",
-                              src_port=1024 + i % 60000, dst_port=(443, 22, 80, 53)[i % 4],
-                              protocol=(6, 6, 6, 17)[i % 4],
-                              packets=1 + i % 50, bytes=64 * (1 + i % 50) + i % 7, action=t.ACTION_ACCEPT + i % 2,
-                              log_status=t.LOG_STATUS_OK, direction=t.DIRECTION_INGRESS, tcp_flags=i % 64)
+    r = record_pb2.FlowRecord(
+        src_addr=f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
+        dst_addr="203.0.113.11",
+        src_port=1024 + i % 60000,
+        dst_port=(443, 22, 80, 53)[i % 4],
+        protocol=(6, 6, 6, 17)[i % 4],
+        packets=1 + i % 50,
+        bytes=64 * (1 + i % 50) + i % 7,
+        action=t.ACTION_ACCEPT + i % 2,
+        log_status=t.LOG_STATUS_OK,
+        direction=t.DIRECTION_INGRESS,
+        tcp_flags=i % 64,
+    )
     r.start_time.FromMilliseconds(start_ms + i % 1000)
     r.end_time.FromMilliseconds(start_ms + i % 1000 + 999)
     return r
@@ -113,8 +126,17 @@ def make_record(i: int, start_ms: int) -> record_pb2.FlowRecord:
 
 def expected_id(flow_log_id: str, r: record_pb2.FlowRecord) -> str:
     """The record_id the server gives r (server.core.records.record_id over the flow window)."""
-    return record_id(flow_log_id, canonical_address(r.src_addr), canonical_address(r.dst_addr), r.src_port,
-                     r.dst_port, r.protocol, r.direction, r.start_time.ToMilliseconds(), r.end_time.ToMilliseconds())
+    return record_id(
+        flow_log_id,
+        canonical_address(r.src_addr),
+        canonical_address(r.dst_addr),
+        r.src_port,
+        r.dst_port,
+        r.protocol,
+        r.direction,
+        r.start_time.ToMilliseconds(),
+        r.end_time.ToMilliseconds(),
+    )
 
 
 def batch(flow_log_id: str, n: int, start_ms: int | None = None) -> tuple[ingest_pb2.IngestRequest, list[str]]:
@@ -124,6 +146,7 @@ def batch(flow_log_id: str, n: int, start_ms: int | None = None) -> tuple[ingest
 
 
 # -- accounts, flow logs ------------------------------------------------------------------------
+
 
 @dataclass
 class Target:
@@ -139,25 +162,42 @@ class Target:
 def create_target(stubs: Stubs, store: str | None = None, project: str = "proj", retention_days: int = 0) -> Target:
     """A flow log delivering to a new LogStore (retention 0: the server's default)."""
     store = store or "s" + uuid.uuid4().hex[:10]
-    req = fl.CreateFlowLogRequest(region="bj", name="fl" + uuid.uuid4().hex[:8], resource_type=t.RESOURCE_TYPE_EIP,
-                                  resource_id="eip-bj-01", network_id="vpc-bjdemo",
-                                  traffic_type=t.TRAFFIC_TYPE_ALL,
-                                  new_log_store=fl.NewLogStore(project=project, name=store,
-                                                               retention_days=retention_days))
+    req = fl.CreateFlowLogRequest(
+        region="bj",
+        name="fl" + uuid.uuid4().hex[:8],
+        resource_type=t.RESOURCE_TYPE_EIP,
+        resource_id="eip-bj-01",
+        network_id="vpc-bjdemo",
+        traffic_type=t.TRAFFIC_TYPE_ALL,
+        new_log_store=fl.NewLogStore(project=project, name=store, retention_days=retention_days),
+    )
     f = stubs.flow_logs.CreateFlowLog(req, metadata=stubs.md, timeout=30)
     return Target(stubs, f.id, project, store)
 
 
-def query_ids(target: Target, page: int = 5000, start_ms: int = 0, end_ms: int = 4_000_000_000_000,
-              filter: str = "", log_stores: list[str] | None = None, timeout: float = 60) -> list[str]:
+def query_ids(
+    target: Target,
+    page: int = 5000,
+    start_ms: int = 0,
+    end_ms: int = 4_000_000_000_000,
+    filter: str = "",
+    log_stores: list[str] | None = None,
+    timeout: float = 60,
+) -> list[str]:
     """Every record_id the Query RPC returns for the LogStore (all pages, oldest first): a list,
     so that duplicates show."""
     out: list[str] = []
     token = ""
     for _ in range(10_000):
-        req = query_pb2.QueryRequest(region=target.region, project=target.project,
-                                     log_stores=log_stores or [target.log_store], filter=filter, limit=page,
-                                     order=query_pb2.ORDER_OLDEST_FIRST, page_token=token)
+        req = query_pb2.QueryRequest(
+            region=target.region,
+            project=target.project,
+            log_stores=log_stores or [target.log_store],
+            filter=filter,
+            limit=page,
+            order=query_pb2.ORDER_OLDEST_FIRST,
+            page_token=token,
+        )
         req.start_time.FromMilliseconds(start_ms)
         req.end_time.FromMilliseconds(end_ms)
         summary = None
@@ -186,6 +226,7 @@ def check_exactly_once(stored: list[str], acked: set[str], sent: set[str], what:
 
 # -- a client that streams batches and keeps the books ------------------------------------------
 
+
 @dataclass
 class Books:
     sent: set = field(default_factory=set)
@@ -201,9 +242,18 @@ class Ingester(threading.Thread):
     """Sends Ingest calls of `messages` x `per_message` records until stopped; an Ingest call's
     records are acknowledged when the call returns OK with all of them accepted."""
 
-    def __init__(self, target: Target, books: Books | None = None, *, per_message: int = 200, messages: int = 2,
-                 pause_s: float = 0.05, timeout_s: float = 30.0, max_calls: int = 100_000,
-                 keep_calls: bool = False) -> None:
+    def __init__(
+        self,
+        target: Target,
+        books: Books | None = None,
+        *,
+        per_message: int = 200,
+        messages: int = 2,
+        pause_s: float = 0.05,
+        timeout_s: float = 30.0,
+        max_calls: int = 100_000,
+        keep_calls: bool = False,
+    ) -> None:
         super().__init__(daemon=True, name="ingester")
         self.target = target
         self.books = books or Books()
@@ -261,6 +311,7 @@ class Ingester(threading.Thread):
 
 # -- health -------------------------------------------------------------------------------------
 
+
 def health(stubs: Stubs, service: str = "", timeout: float = 5) -> int | None:
     try:
         return stubs.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout).status
@@ -291,6 +342,7 @@ class HealthWatch(threading.Thread):
 
 # -- memory -------------------------------------------------------------------------------------
 
+
 class RssSampler(threading.Thread):
     def __init__(self, pid: int, interval_s: float = 1.0) -> None:
         super().__init__(daemon=True, name="rss-sampler")
@@ -319,6 +371,7 @@ def rss_mb(pid: int) -> float:
 
 # -- servers --------------------------------------------------------------------------------------
 
+
 def settings(**overrides) -> dict:
     out = {k: dict(v) for k, v in BASE_SETTINGS.items()}
     for k, v in overrides.items():
@@ -335,8 +388,9 @@ def server_factory(tmp_path):
     stopped at the end of the test, whatever happened (SIGKILL if SIGTERM does not do it)."""
     started: list[ServerProcess] = []
 
-    def start(cfg: dict | None = None, data_dir: Path | None = None, name: str = "srv",
-              port: int | None = None) -> ServerProcess:
+    def start(
+        cfg: dict | None = None, data_dir: Path | None = None, name: str = "srv", port: int | None = None
+    ) -> ServerProcess:
         sp = start_server(tmp_path / f"{name}-{len(started)}", settings(**(cfg or {})), data_dir=data_dir, port=port)
         started.append(sp)
         return sp
@@ -360,8 +414,13 @@ class ExternalService:
 
     def start_again(self) -> float:
         t0 = time.monotonic()
-        self.info = fs.start(self.info["service"], owner_pid=os.getpid(), data_dir=self.info["data_dir"],
-                             port=int(self.info["port"]), transport_port=self.info.get("transport_port"))
+        self.info = fs.start(
+            self.info["service"],
+            owner_pid=os.getpid(),
+            data_dir=self.info["data_dir"],
+            port=int(self.info["port"]),
+            transport_port=self.info.get("transport_port"),
+        )
         self.up = True
         return time.monotonic() - t0
 

@@ -7,6 +7,7 @@ backend and in the archive exactly once, and the metadata (flow log, LogStore) i
 SIGTERM: the process exits 0 within a bounded time, and everything it acknowledged has reached
 both backends before it exits (the spool's sink offsets are at its head).
 """
+
 from __future__ import annotations
 
 import signal
@@ -22,8 +23,20 @@ from flowlog.v1 import flow_log_pb2 as fl
 from flowlog.v1 import log_store_pb2 as ls
 from flowlog.v1 import query_pb2
 from server.core.model import LogStoreKey
-from tests.reliability.conftest import (wait_delivered, KEY_A, Ingester, Stubs, Target, check_exactly_once, create_target, free_port,
-                                        query_ids, report, settings, wait_for)
+from tests.reliability.conftest import (
+    KEY_A,
+    Ingester,
+    Stubs,
+    Target,
+    check_exactly_once,
+    create_target,
+    free_port,
+    query_ids,
+    report,
+    settings,
+    wait_delivered,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 ACCOUNT_A = "acct-a"
@@ -53,8 +66,9 @@ def spool_state(data_dir: Path) -> tuple[int, dict[str, int]]:
 
 def metadata_snapshot(a: Stubs, target: Target) -> tuple:
     f = a.flow_logs.GetFlowLog(fl.GetFlowLogRequest(id=target.flow_log_id), metadata=a.md, timeout=20)
-    s = a.log_stores.GetLogStore(ls.GetLogStoreRequest(region="bj", project=target.project, name=target.log_store),
-                                 metadata=a.md, timeout=20)
+    s = a.log_stores.GetLogStore(
+        ls.GetLogStoreRequest(region="bj", project=target.project, name=target.log_store), metadata=a.md, timeout=20
+    )
     listed = a.flow_logs.ListFlowLogs(fl.ListFlowLogsRequest(region="bj"), metadata=a.md, timeout=20)
     return f, s, sorted(x.id for x in listed.flow_logs)
 
@@ -76,16 +90,20 @@ def test_kill9_mid_ingest_and_restart(tmp_path, server_factory, record_property)
         for cycle in range(CYCLES):
             # Kill at different points of the work: after a different number of acknowledgements each cycle.
             at = (cycle + 1) * 3000 + (cycle * 1117) % 3600
-            wait_for(lambda: sum(len(i.books.acked) for i in ingesters) > at, 30,
-                     what="acknowledgements before the kill")
+            wait_for(
+                lambda: sum(len(i.books.acked) for i in ingesters) > at, 30, what="acknowledgements before the kill"
+            )
             sp.proc.kill()
             sp.proc.wait(10)
             t0 = time.monotonic()
             sp = server_factory(cfg, data_dir=data, port=port, name="run")
             restarts.append(round(time.monotonic() - t0, 1))
         after = sum(len(i.books.acked) for i in ingesters)
-        wait_for(lambda: sum(len(i.books.acked) for i in ingesters) > after + 1800, 30,
-                 what="acknowledgements after the last restart")
+        wait_for(
+            lambda: sum(len(i.books.acked) for i in ingesters) > after + 1800,
+            30,
+            what="acknowledgements after the last restart",
+        )
     finally:
         for ing in ingesters:
             ing.stop()
@@ -97,13 +115,23 @@ def test_kill9_mid_ingest_and_restart(tmp_path, server_factory, record_property)
         assert codes <= {"UNAVAILABLE", "CANCELLED", "DEADLINE_EXCEEDED"}, codes
         stored = wait_delivered(lambda: query_ids(target), acked, 60, "every acknowledged record in the query backend")
         check_exactly_once(stored, acked, sent, "query backend after kill -9")
-        archived = wait_delivered(lambda: archive_ids(data, target), acked, 60, "every acknowledged record in the archive")
+        archived = wait_delivered(
+            lambda: archive_ids(data, target), acked, 60, "every acknowledged record in the archive"
+        )
         check_exactly_once(archived, acked, sent, "archive after kill -9")
         after = metadata_snapshot(a, target)
         assert after == before, "flow log / LogStore metadata changed across crashes"
-        report(record_property, "kill9", cycles=CYCLES, records_acked=len(acked), records_sent=len(sent),
-               stored=len(stored), unacked_but_stored=len(set(stored) - acked), failed_calls=failed_calls,
-               restart_s=restarts)
+        report(
+            record_property,
+            "kill9",
+            cycles=CYCLES,
+            records_acked=len(acked),
+            records_sent=len(sent),
+            stored=len(stored),
+            unacked_but_stored=len(set(stored) - acked),
+            failed_calls=failed_calls,
+            restart_s=restarts,
+        )
     finally:
         assert sp.stop() == 0, sp.log_tail()
 
@@ -160,8 +188,9 @@ def test_sigterm_during_ingest_exits_cleanly_and_delivers(tmp_path, server_facto
     assert all(t.ended_with in ("UNAVAILABLE", "CANCELLED", "OK") for t in tails), [t.ended_with for t in tails]
 
     head, offsets = spool_state(data)
-    assert offsets and all(seq == head for seq in offsets.values()), \
+    assert offsets and all(seq == head for seq in offsets.values()), (
         f"stopped with acknowledged records not delivered: head {head}, sinks {offsets}"
+    )
     archived = archive_ids(data, target)  # the server is down: this is what the shutdown wrote
     check_exactly_once(archived, acked, sent, "archive after SIGTERM")
 
@@ -171,7 +200,13 @@ def test_sigterm_during_ingest_exits_cleanly_and_delivers(tmp_path, server_facto
         target2 = Target(b, target.flow_log_id, target.project, target.log_store)
         stored = query_ids(target2)  # no wait: delivered before the first server exited
         check_exactly_once(stored, acked, sent, "query backend after SIGTERM")
-        report(record_property, "sigterm", exit_s=round(exit_s, 1), records_acked=len(acked),
-               tail_records=sum(t.records for t in tails), tails_ended=sorted({t.ended_with for t in tails}))
+        report(
+            record_property,
+            "sigterm",
+            exit_s=round(exit_s, 1),
+            records_acked=len(acked),
+            tail_records=sum(t.records for t in tails),
+            tails_ended=sorted({t.ended_with for t in tails}),
+        )
     finally:
         assert sp2.stop() == 0

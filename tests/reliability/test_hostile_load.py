@@ -4,6 +4,7 @@ takes the server's memory nor stops another tenant's Query and Tail.
 
 Memory is a correctness property here: the test reads the server's peak resident set (VmHWM
 in /proc/<pid>/status) before and after the flood and bounds the growth."""
+
 from __future__ import annotations
 
 import threading
@@ -12,8 +13,18 @@ import grpc
 import pytest
 
 from flowlog.v1 import query_pb2
-from tests.reliability.conftest import (KEY_A, KEY_B, Stubs, batch, create_target, query_ids, report, settings,
-                                        start_server, wait_for)
+from tests.reliability.conftest import (
+    KEY_A,
+    KEY_B,
+    Stubs,
+    batch,
+    create_target,
+    query_ids,
+    report,
+    settings,
+    start_server,
+    wait_for,
+)
 
 MIB = 1 << 20
 CLIENTS = 20
@@ -100,8 +111,9 @@ def test_floods_of_huge_messages_cost_bounded_memory_and_other_tenants_keep_work
         wait_for(lambda: set(ids) <= set(query_ids(tb)), 30, what="the victim's records to be searchable")
 
         # The victim's Tail, read on a thread for the whole test: it must keep receiving.
-        tail = b.query.Tail(query_pb2.TailRequest(region="bj", project=tb.project, log_stores=[tb.log_store]),
-                            metadata=b.md)
+        tail = b.query.Tail(
+            query_pb2.TailRequest(region="bj", project=tb.project, log_stores=[tb.log_store]), metadata=b.md
+        )
         tail_seen = [0]
 
         def read_tail():
@@ -110,6 +122,7 @@ def test_floods_of_huge_messages_cost_bounded_memory_and_other_tenants_keep_work
                     tail_seen[0] += 1
             except grpc.RpcError:
                 pass
+
         reader = threading.Thread(target=read_tail, daemon=True)
         reader.start()
         wait_for(lambda: tail_seen[0] > 0, 30, what="the victim's Tail to answer")
@@ -119,19 +132,49 @@ def test_floods_of_huge_messages_cost_bounded_memory_and_other_tenants_keep_work
         big = 16 * MIB
         at_cap = 2 * MIB - 64  # just under limits.max_message_bytes: read, then refused undecoded
         kinds = {
-            "register 16 MiB, no key": ("/flowlog.v1.ResourceService/RegisterResource", empty_rules_resource(big), None,
-                                        False, {"UNAUTHENTICATED"}),
-            "register 16 MiB, key": ("/flowlog.v1.ResourceService/RegisterResource", empty_rules_resource(big), KEY_A,
-                                     False, {"RESOURCE_EXHAUSTED"}),
-            "ingest 16 MiB, no key": ("/flowlog.v1.IngestService/Ingest", empty_records_ingest(ta.flow_log_id, big),
-                                      None, True, {"UNAUTHENTICATED"}),
-            "ingest 16 MiB, key": ("/flowlog.v1.IngestService/Ingest", empty_records_ingest(ta.flow_log_id, big),
-                                   KEY_A, True, {"RESOURCE_EXHAUSTED"}),
-            "register 2 MiB, key": ("/flowlog.v1.ResourceService/RegisterResource", empty_rules_resource(at_cap),
-                                    KEY_A, False, {"RESOURCE_EXHAUSTED"}),
+            "register 16 MiB, no key": (
+                "/flowlog.v1.ResourceService/RegisterResource",
+                empty_rules_resource(big),
+                None,
+                False,
+                {"UNAUTHENTICATED"},
+            ),
+            "register 16 MiB, key": (
+                "/flowlog.v1.ResourceService/RegisterResource",
+                empty_rules_resource(big),
+                KEY_A,
+                False,
+                {"RESOURCE_EXHAUSTED"},
+            ),
+            "ingest 16 MiB, no key": (
+                "/flowlog.v1.IngestService/Ingest",
+                empty_records_ingest(ta.flow_log_id, big),
+                None,
+                True,
+                {"UNAUTHENTICATED"},
+            ),
+            "ingest 16 MiB, key": (
+                "/flowlog.v1.IngestService/Ingest",
+                empty_records_ingest(ta.flow_log_id, big),
+                KEY_A,
+                True,
+                {"RESOURCE_EXHAUSTED"},
+            ),
+            "register 2 MiB, key": (
+                "/flowlog.v1.ResourceService/RegisterResource",
+                empty_rules_resource(at_cap),
+                KEY_A,
+                False,
+                {"RESOURCE_EXHAUSTED"},
+            ),
             # Over 8 streams of one account (16 MiB / 2 MiB), limits.max_ingest_inflight_bytes_per_account.
-            "ingest 2 MiB, key": ("/flowlog.v1.IngestService/Ingest", empty_records_ingest(ta.flow_log_id, at_cap),
-                                  KEY_A, True, {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"}),
+            "ingest 2 MiB, key": (
+                "/flowlog.v1.IngestService/Ingest",
+                empty_records_ingest(ta.flow_log_id, at_cap),
+                KEY_A,
+                True,
+                {"INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"},
+            ),
         }
         growth = {}
         for name, (method, payload, key, streaming, expected) in kinds.items():
@@ -153,14 +196,25 @@ def test_floods_of_huge_messages_cost_bounded_memory_and_other_tenants_keep_work
             assert all(d for d in details), f"{name}: an error without a message"
             wait_for(lambda: tail_seen[0] > seen, 20, what=f"the victim's Tail to keep answering ({name})")
             growth[name] = round((vm(pid, "VmHWM") - rss_before) / MIB, 1)
-            report(record_property, "hostile_flood", kind=name, victim_queries=answered,
-                   hwm_over_rss_before_mb=growth[name])
+            report(
+                record_property,
+                "hostile_flood",
+                kind=name,
+                victim_queries=answered,
+                hwm_over_rss_before_mb=growth[name],
+            )
         hwm_after = vm(pid, "VmHWM")
-        report(record_property, "hostile_flood_total", rss_before_mb=round(rss_before / MIB, 1),
-               hwm_before_mb=round(hwm_before / MIB, 1), hwm_after_mb=round(hwm_after / MIB, 1))
+        report(
+            record_property,
+            "hostile_flood_total",
+            rss_before_mb=round(rss_before / MIB, 1),
+            hwm_before_mb=round(hwm_before / MIB, 1),
+            hwm_after_mb=round(hwm_after / MIB, 1),
+        )
         assert hwm_after - rss_before < RSS_BOUND_MB * MIB, (
             f"{CLIENTS} clients x {ROUNDS} rounds of each kind raised the server's peak RSS by "
-            f"{(hwm_after - rss_before) / MIB:.0f} MB (bound {RSS_BOUND_MB} MB): {growth}")
+            f"{(hwm_after - rss_before) / MIB:.0f} MB (bound {RSS_BOUND_MB} MB): {growth}"
+        )
         tail.cancel()
         reader.join(10)
     finally:

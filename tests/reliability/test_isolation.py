@@ -6,6 +6,7 @@ name ("shared"), so a token or cursor replayed by B names a LogStore that B does
 API keys are never logged: the server runs with log level DEBUG, sees good keys, wrong keys and
 keys pasted into request fields, and its log is grepped for them.
 """
+
 from __future__ import annotations
 
 import threading
@@ -16,13 +17,21 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from flowlog.v1 import flow_log_pb2 as fl
-from flowlog.v1 import ingest_pb2
+from flowlog.v1 import ingest_pb2, query_pb2
 from flowlog.v1 import log_store_pb2 as ls
-from flowlog.v1 import query_pb2
 from flowlog.v1 import resource_pb2 as rs
 from flowlog.v1 import types_pb2 as t
-from tests.reliability.conftest import (KEY_A, KEY_B, Stubs, batch, create_target, query_ids, settings,
-                                        start_server, wait_for)
+from tests.reliability.conftest import (
+    KEY_A,
+    KEY_B,
+    Stubs,
+    batch,
+    create_target,
+    query_ids,
+    settings,
+    start_server,
+    wait_for,
+)
 
 WRONG_KEY = "wrong-key-" + uuid.uuid4().hex
 # A key that shares a long prefix with a real one: the answer must not differ from any wrong key.
@@ -31,8 +40,9 @@ NEAR_KEY = KEY_A[:-1] + ("x" if KEY_A[-1] != "x" else "y")
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    sp = start_server(tmp_path_factory.mktemp("iso"),
-                      settings(log_level="DEBUG", limits={"tail_heartbeat_seconds": 0.5}))
+    sp = start_server(
+        tmp_path_factory.mktemp("iso"), settings(log_level="DEBUG", limits={"tail_heartbeat_seconds": 0.5})
+    )
     yield sp
     assert sp.stop() == 0
 
@@ -84,6 +94,7 @@ def first_tail_message(stubs: Stubs, req: query_pb2.TailRequest, timeout: float 
 
 # -- Ingest ---------------------------------------------------------------------------------------
 
+
 def test_ingest_into_another_accounts_flow_log_is_not_found(world):
     b, ta = world["b"], world["ta"]
     req, _ = batch(ta.flow_log_id, 5)
@@ -110,6 +121,7 @@ def test_records_naming_another_account_or_flow_log_are_rejected(world):
 
 # -- Query ---------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["only-a", "proj/only-a", "bj/proj/only-a"])
 def test_query_and_tail_of_another_accounts_log_store_are_not_found(world, name):
     b = world["b"]
@@ -134,16 +146,21 @@ def test_same_named_log_stores_return_only_own_records(world):
 
 def test_page_token_of_another_account_is_invalid(world):
     a, b = world["a"], world["b"]
-    summary = [r.summary for r in a.query.Query(qreq(["shared"], limit=10), metadata=a.md, timeout=20)
-               if r.HasField("summary")][0]
+    summary = [
+        r.summary for r in a.query.Query(qreq(["shared"], limit=10), metadata=a.md, timeout=20) if r.HasField("summary")
+    ][0]
     token = summary.next_page_token
     assert token, "A has more than 10 records: a next_page_token"
     # The same request, B's own LogStore of the same name, A's token.
-    assert code_of(b.query.Query, qreq(["shared"], token=token, limit=10), metadata=b.md,
-                   timeout=20) == grpc.StatusCode.INVALID_ARGUMENT
+    assert (
+        code_of(b.query.Query, qreq(["shared"], token=token, limit=10), metadata=b.md, timeout=20)
+        == grpc.StatusCode.INVALID_ARGUMENT
+    )
     # A token that names a LogStore B does not have is NOT_FOUND before it is looked at.
-    assert code_of(b.query.Query, qreq(["only-a"], token=token, limit=10), metadata=b.md,
-                   timeout=20) == grpc.StatusCode.NOT_FOUND
+    assert (
+        code_of(b.query.Query, qreq(["only-a"], token=token, limit=10), metadata=b.md, timeout=20)
+        == grpc.StatusCode.NOT_FOUND
+    )
     # Sanity: A may use it.
     got = [r for r in a.query.Query(qreq(["shared"], token=token, limit=10), metadata=a.md, timeout=20)]
     assert got[-1].HasField("summary")
@@ -163,8 +180,9 @@ def test_tail_cursor_of_another_account_is_invalid(world):
 def test_tail_of_same_named_log_store_never_sees_the_other_account(world):
     a, b, ta, tb = world["a"], world["b"], world["ta"], world["tb"]
     seen: list[str] = []
-    call = b.query.Tail(query_pb2.TailRequest(region="bj", project="proj", log_stores=["shared"]),
-                        metadata=b.md, timeout=30)
+    call = b.query.Tail(
+        query_pb2.TailRequest(region="bj", project="proj", log_stores=["shared"]), metadata=b.md, timeout=30
+    )
 
     live = threading.Event()
 
@@ -175,6 +193,7 @@ def test_tail_of_same_named_log_store_never_sees_the_other_account(world):
                 seen.extend(r.record_id for r in resp.batch.records)
         except grpc.RpcError:
             pass
+
     th = threading.Thread(target=consume, daemon=True)
     th.start()
     assert live.wait(30), "B's tail sent no first message within 30 s"
@@ -199,38 +218,63 @@ def test_tail_of_same_named_log_store_never_sees_the_other_account(world):
 
 # -- everything else by id / name -------------------------------------------------------------------
 
+
 def test_other_accounts_objects_are_not_found_everywhere(world):
     a, b, ta = world["a"], world["b"], world["ta"]
     md, nf = b.md, grpc.StatusCode.NOT_FOUND
     fid = ta.flow_log_id
     assert code_of(b.flow_logs.GetFlowLog, fl.GetFlowLogRequest(id=fid), metadata=md, timeout=20) == nf
     assert code_of(b.flow_logs.DeleteFlowLog, fl.DeleteFlowLogRequest(id=fid), metadata=md, timeout=20) == nf
-    upd = fl.UpdateFlowLogRequest(flow_log=fl.FlowLog(id=fid, description="mine now"),
-                                  update_mask=field_mask_pb2.FieldMask(paths=["description"]))
+    upd = fl.UpdateFlowLogRequest(
+        flow_log=fl.FlowLog(id=fid, description="mine now"), update_mask=field_mask_pb2.FieldMask(paths=["description"])
+    )
     assert code_of(b.flow_logs.UpdateFlowLog, upd, metadata=md, timeout=20) == nf
-    assert fid not in {f.id for f in b.flow_logs.ListFlowLogs(fl.ListFlowLogsRequest(page_size=1000), metadata=md,
-                                                               timeout=20).flow_logs}
+    assert fid not in {
+        f.id
+        for f in b.flow_logs.ListFlowLogs(fl.ListFlowLogsRequest(page_size=1000), metadata=md, timeout=20).flow_logs
+    }
     key = dict(region="bj", project="proj", name="only-a")
     assert code_of(b.log_stores.GetLogStore, ls.GetLogStoreRequest(**key), metadata=md, timeout=20) == nf
     assert code_of(b.log_stores.DeleteLogStore, ls.DeleteLogStoreRequest(**key), metadata=md, timeout=20) == nf
-    upd_ls = ls.UpdateLogStoreRequest(log_store=ls.LogStore(retention_days=1, **key),
-                                      update_mask=field_mask_pb2.FieldMask(paths=["retention_days"]))
+    upd_ls = ls.UpdateLogStoreRequest(
+        log_store=ls.LogStore(retention_days=1, **key), update_mask=field_mask_pb2.FieldMask(paths=["retention_days"])
+    )
     assert code_of(b.log_stores.UpdateLogStore, upd_ls, metadata=md, timeout=20) == nf
-    assert "only-a" not in {s.name for s in b.log_stores.ListLogStores(ls.ListLogStoresRequest(page_size=1000),
-                                                                        metadata=md, timeout=20).log_stores}
+    assert "only-a" not in {
+        s.name
+        for s in b.log_stores.ListLogStores(ls.ListLogStoresRequest(page_size=1000), metadata=md, timeout=20).log_stores
+    }
     # A flow log of B may not deliver into A's LogStore.
-    req = fl.CreateFlowLogRequest(region="bj", name="steal" + uuid.uuid4().hex[:6], resource_type=t.RESOURCE_TYPE_EIP,
-                                  resource_id="eip-bj-02", network_id="vpc-bjdemo", traffic_type=t.TRAFFIC_TYPE_ALL,
-                                  existing_log_store=fl.ExistingLogStore(project="proj", name="only-a"))
+    req = fl.CreateFlowLogRequest(
+        region="bj",
+        name="steal" + uuid.uuid4().hex[:6],
+        resource_type=t.RESOURCE_TYPE_EIP,
+        resource_id="eip-bj-02",
+        network_id="vpc-bjdemo",
+        traffic_type=t.TRAFFIC_TYPE_ALL,
+        existing_log_store=fl.ExistingLogStore(project="proj", name="only-a"),
+    )
     assert code_of(b.flow_logs.CreateFlowLog, req, metadata=md, timeout=20) == nf
     # A's registered resource is invisible to B.
-    r = a.resources.RegisterResource(rs.RegisterResourceRequest(resource=rs.Resource(
-        type=t.RESOURCE_TYPE_EIP, region="bj", network_id="vpc-bjdemo", name="a-private", addresses=["203.0.113.99"])),
-        metadata=a.md, timeout=20)
+    r = a.resources.RegisterResource(
+        rs.RegisterResourceRequest(
+            resource=rs.Resource(
+                type=t.RESOURCE_TYPE_EIP,
+                region="bj",
+                network_id="vpc-bjdemo",
+                name="a-private",
+                addresses=["203.0.113.99"],
+            )
+        ),
+        metadata=a.md,
+        timeout=20,
+    )
     assert code_of(b.resources.GetResource, rs.GetResourceRequest(id=r.id), metadata=md, timeout=20) == nf
     assert code_of(b.resources.DeleteResource, rs.DeleteResourceRequest(id=r.id), metadata=md, timeout=20) == nf
-    assert r.id not in {x.id for x in b.resources.ListResources(rs.ListResourcesRequest(page_size=1000), metadata=md,
-                                                                 timeout=20).resources}
+    assert r.id not in {
+        x.id
+        for x in b.resources.ListResources(rs.ListResourcesRequest(page_size=1000), metadata=md, timeout=20).resources
+    }
     # A's data is untouched by all of that.
     assert a.flow_logs.GetFlowLog(fl.GetFlowLogRequest(id=fid), metadata=a.md, timeout=20).description == ""
     assert a.log_stores.GetLogStore(ls.GetLogStoreRequest(**key), metadata=a.md, timeout=20).retention_days != 1
@@ -243,21 +287,42 @@ def test_client_token_is_per_account(world):
     token = "tok-" + uuid.uuid4().hex
 
     def req(name):
-        return fl.CreateFlowLogRequest(region="gz", name=name, resource_type=t.RESOURCE_TYPE_EIP,
-                                       resource_id="eip-gz-01", network_id="vpc-gzdemo",
-                                       traffic_type=t.TRAFFIC_TYPE_ALL, client_token=token,
-                                       new_log_store=fl.NewLogStore(project="tok", name="s" + uuid.uuid4().hex[:8]))
+        return fl.CreateFlowLogRequest(
+            region="gz",
+            name=name,
+            resource_type=t.RESOURCE_TYPE_EIP,
+            resource_id="eip-gz-01",
+            network_id="vpc-gzdemo",
+            traffic_type=t.TRAFFIC_TYPE_ALL,
+            client_token=token,
+            new_log_store=fl.NewLogStore(project="tok", name="s" + uuid.uuid4().hex[:8]),
+        )
+
     fa = a.flow_logs.CreateFlowLog(req("same"), metadata=a.md, timeout=20)
     fb = b.flow_logs.CreateFlowLog(req("same"), metadata=b.md, timeout=20)
     assert fa.id != fb.id
-    assert code_of(b.flow_logs.GetFlowLog, fl.GetFlowLogRequest(id=fa.id), metadata=b.md, timeout=20) \
+    assert (
+        code_of(b.flow_logs.GetFlowLog, fl.GetFlowLogRequest(id=fa.id), metadata=b.md, timeout=20)
         == grpc.StatusCode.NOT_FOUND
+    )
 
 
 # -- authentication and the log ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("header", [None, f"Bearer {WRONG_KEY}", f"Bearer {NEAR_KEY}", f"Bearer {KEY_A[:8]}",
-                                    f"Basic {KEY_A}", KEY_A, "Bearer ", f"Bearer {KEY_A} extra"])
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        f"Bearer {WRONG_KEY}",
+        f"Bearer {NEAR_KEY}",
+        f"Bearer {KEY_A[:8]}",
+        f"Basic {KEY_A}",
+        KEY_A,
+        "Bearer ",
+        f"Bearer {KEY_A} extra",
+    ],
+)
 def test_missing_or_wrong_keys_are_unauthenticated_in_every_service(srv, world, header):
     stubs = Stubs(srv.address, None)
     md = (("authorization", header),) if header is not None else ()
@@ -307,13 +372,23 @@ def test_api_keys_are_never_logged(srv, world):
     a = world["a"]
     # Keys pasted into fields the server validates and may quote back.
     for bad in (KEY_B, WRONG_KEY):
-        for fn, req in ((a.flow_logs.GetFlowLog, fl.GetFlowLogRequest(id=bad)),
-                        (a.log_stores.GetLogStore, ls.GetLogStoreRequest(region="bj", project="proj", name=bad))):
+        for fn, req in (
+            (a.flow_logs.GetFlowLog, fl.GetFlowLogRequest(id=bad)),
+            (a.log_stores.GetLogStore, ls.GetLogStoreRequest(region="bj", project="proj", name=bad)),
+        ):
             code_of(fn, req, metadata=a.md, timeout=10)
         code_of(a.query.Query, qreq(["shared"], token=bad), metadata=a.md, timeout=10)
-        code_of(lambda: list(a.query.Query(query_pb2.QueryRequest(region="bj", project="proj", log_stores=["shared"],
-                                                                  filter=f"resource_id = '{bad}' AND ("),
-                                           metadata=a.md, timeout=10)))
+        code_of(
+            lambda: list(
+                a.query.Query(
+                    query_pb2.QueryRequest(
+                        region="bj", project="proj", log_stores=["shared"], filter=f"resource_id = '{bad}' AND ("
+                    ),
+                    metadata=a.md,
+                    timeout=10,
+                )
+            )
+        )
         code_of(a.ingest.Ingest, iter([ingest_pb2.IngestRequest(flow_log_id=bad)]), metadata=a.md, timeout=10)
     # Every call above has been answered, and the server logs while handling a call, before it answers.
     log = srv.log_path.read_text(errors="replace")

@@ -2,8 +2,8 @@
 has open at once (each open Tail holds a thread of a pool all accounts share while it waits), so
 one account cannot starve the others' tails. Closed, cancelled and failed streams give their
 slot back."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import grpc
 import pytest
@@ -16,16 +16,19 @@ LIMIT = 5
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    sp = start_server(tmp_path_factory.mktemp("limits"),
-                      settings(limits={"max_tail_streams_per_account": LIMIT, "tail_heartbeat_seconds": 0.5}))
+    sp = start_server(
+        tmp_path_factory.mktemp("limits"),
+        settings(limits={"max_tail_streams_per_account": LIMIT, "tail_heartbeat_seconds": 0.5}),
+    )
     yield sp
     assert sp.stop() == 0
 
 
 def open_tail(stubs: Stubs, store: str):
     """A started Tail call and its first message (or the error that ended it)."""
-    call = stubs.query.Tail(query_pb2.TailRequest(region="bj", project="proj", log_stores=[store]),
-                            metadata=stubs.md, timeout=60)
+    call = stubs.query.Tail(
+        query_pb2.TailRequest(region="bj", project="proj", log_stores=[store]), metadata=stubs.md, timeout=60
+    )
     it = iter(call)
     try:
         return call, it, next(it)
@@ -62,6 +65,7 @@ def test_tail_streams_per_account_are_bounded_and_slots_come_back(srv):
                 return None
             open_calls.append(call)
             return call
+
         wait_for(reopened, 10, interval=0.3, what="a cancelled Tail's slot to be given back")
         for c in open_calls:
             c.cancel()
@@ -73,6 +77,7 @@ def test_tail_streams_per_account_are_bounded_and_slots_come_back(srv):
                 for c, _, _ in calls:
                     c.cancel()
             return calls if ok else None
+
         calls = wait_for(all_slots_back, 30, interval=0.3, what=f"all {LIMIT} Tail slots to come back")
         for c, _, _ in calls:
             c.cancel()

@@ -7,6 +7,7 @@ health (grpc.health.v1, "flowlog.backend.query" / "flowlog.backend.archive") is 
 it is down and SERVING once it is back; the failure is in the server log; and once the backend is
 back every acknowledged record is in it exactly once.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,20 +21,43 @@ import grpc
 import pytest
 
 from server.core.model import LogStoreKey
-from tests.reliability.conftest import (wait_delivered, ARCHIVE_HEALTH, KEY_A, NOT_SERVING, QUERY_HEALTH, SERVING, HealthWatch,
-                                        Ingester, Stubs, Target, check_exactly_once, create_target, health,
-                                        query_ids, report, settings, wait_for)
+from tests.reliability.conftest import (
+    ARCHIVE_HEALTH,
+    KEY_A,
+    NOT_SERVING,
+    QUERY_HEALTH,
+    SERVING,
+    HealthWatch,
+    Ingester,
+    Stubs,
+    Target,
+    check_exactly_once,
+    create_target,
+    health,
+    query_ids,
+    report,
+    settings,
+    wait_delivered,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 ACCOUNT_A = "acct-a"
 
 
 def backend_settings(es, s3, tag: str) -> dict:
-    return settings(query_backend="elasticsearch", archive_backend="minio",
-                    elasticsearch={"url": es.info["url"], "index_prefix": f"rel{tag}"},
-                    minio={"endpoint": s3.info["endpoint"], "access_key": s3.info["access_key"],
-                           "secret_key": s3.info["secret_key"], "bucket": f"rel-{tag}",
-                           "region": s3.info.get("region") or "us-east-1"})
+    return settings(
+        query_backend="elasticsearch",
+        archive_backend="minio",
+        elasticsearch={"url": es.info["url"], "index_prefix": f"rel{tag}"},
+        minio={
+            "endpoint": s3.info["endpoint"],
+            "access_key": s3.info["access_key"],
+            "secret_key": s3.info["secret_key"],
+            "bucket": f"rel-{tag}",
+            "region": s3.info.get("region") or "us-east-1",
+        },
+    )
 
 
 def archive_ids(s3, bucket: str, target: Target) -> list[str]:
@@ -41,8 +65,13 @@ def archive_ids(s3, bucket: str, target: Target) -> list[str]:
     from backends.minio.objects import S3ObjectStore
     from server.archive import Archive
 
-    store = S3ObjectStore(s3.info["endpoint"], s3.info["access_key"], s3.info["secret_key"], bucket,
-                          region=s3.info.get("region") or "us-east-1")
+    store = S3ObjectStore(
+        s3.info["endpoint"],
+        s3.info["access_key"],
+        s3.info["secret_key"],
+        bucket,
+        region=s3.info.get("region") or "us-east-1",
+    )
     try:
         key = LogStoreKey(target.region, target.project, target.log_store)
         return [r.record_id for b in Archive(store).read(ACCOUNT_A, key, 0, 4_000_000_000_000) for r in b]
@@ -51,9 +80,12 @@ def archive_ids(s3, bucket: str, target: Target) -> list[str]:
 
 
 def es_request(es, method: str, path: str, body: dict | None = None) -> dict:
-    req = urllib.request.Request(es.info["url"] + path, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        es.info["url"] + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read() or b"{}")
 
@@ -115,10 +147,16 @@ def test_elasticsearch_killed_and_restarted(server_factory, dedicated_es, dedica
     check_exactly_once(stored_archive, books.acked, books.sent, "archive")
     log = sp.log_path.read_text(errors="replace")
     assert "sink write failed; will retry" in log and "sink='query'" in log, "the outage must be in the server log"
-    report(record_property, "es_outage", records_acked=len(books.acked), acks_during_outage=acks_during,
-           outage_s=round(t_back - t_down, 1), es_boot_s=round(boot_s, 1),
-           serving_after_s=round(t_serving - t_back, 1),
-           all_delivered_after_s=round(t_serving - t_back + delivered_s, 1))
+    report(
+        record_property,
+        "es_outage",
+        records_acked=len(books.acked),
+        acks_during_outage=acks_during,
+        outage_s=round(t_back - t_down, 1),
+        es_boot_s=round(boot_s, 1),
+        serving_after_s=round(t_serving - t_back, 1),
+        all_delivered_after_s=round(t_serving - t_back + delivered_s, 1),
+    )
     assert sp.stop() == 0
 
 
@@ -156,16 +194,23 @@ def test_s3_killed_and_restarted(server_factory, dedicated_es, dedicated_s3, rec
     assert NOT_SERVING in watch.statuses_between(t_down, t_back)
 
     t0 = time.monotonic()
-    stored = wait_delivered(lambda: archive_ids(dedicated_s3, bucket, target), books.acked, 60,
-                            "archive after the outage")
+    stored = wait_delivered(
+        lambda: archive_ids(dedicated_s3, bucket, target), books.acked, 60, "archive after the outage"
+    )
     delivered_s = time.monotonic() - t0
     check_exactly_once(stored, books.acked, books.sent, "archive")
     check_exactly_once(query_ids(target), books.acked, books.sent, "Elasticsearch")
     log = sp.log_path.read_text(errors="replace")
     assert "sink write failed; will retry" in log and "sink='archive'" in log, "the outage must be in the server log"
-    report(record_property, "s3_outage", records_acked=len(books.acked), acks_during_outage=acks_during,
-           outage_s=round(t_back - t_down, 1), serving_after_s=round(t_serving - t_back, 1),
-           all_delivered_after_s=round(t_serving - t_back + delivered_s, 1))
+    report(
+        record_property,
+        "s3_outage",
+        records_acked=len(books.acked),
+        acks_during_outage=acks_during,
+        outage_s=round(t_back - t_down, 1),
+        serving_after_s=round(t_serving - t_back, 1),
+        all_delivered_after_s=round(t_serving - t_back + delivered_s, 1),
+    )
     assert sp.stop() == 0
 
 
@@ -188,8 +233,7 @@ def test_elasticsearch_refuses_writes_then_recovers(server_factory, dedicated_es
         wait_for(lambda: health(a, QUERY_HEALTH) == NOT_SERVING, 20, what="query backend NOT_SERVING under the block")
         assert health(a, "") == NOT_SERVING, "overall health follows the backends"
         blocked_count = len(query_ids(target))
-        wait_for(lambda: _acks_since(ing.books, t_block) >= 30, 60,
-                 what="acknowledgements while the index is blocked")
+        wait_for(lambda: _acks_since(ing.books, t_block) >= 30, 60, what="acknowledgements while the index is blocked")
         assert len(query_ids(target)) == blocked_count, "nothing can be written while the index is blocked"
         es_request(dedicated_es, "PUT", f"/{pattern}/_settings", {"index.blocks.write": None})
         t_unblock = time.monotonic()
@@ -206,13 +250,20 @@ def test_elasticsearch_refuses_writes_then_recovers(server_factory, dedicated_es
     assert "cluster_block_exception" in log, "the refusal's reason must be in the server log"
     assert "sink write failed; will retry" in log and "retry_in_s=" in log
     assert "flowlog.backend.query NOT_SERVING" in log, "the health change and its detail must be logged"
-    report(record_property, "es_write_block", records_acked=len(books.acked), acks_while_blocked=acks_during,
-           blocked_s=round(t_unblock - t_block, 1), serving_after_unblock_s=round(t_serving - t_unblock, 1))
+    report(
+        record_property,
+        "es_write_block",
+        records_acked=len(books.acked),
+        acks_while_blocked=acks_during,
+        blocked_s=round(t_unblock - t_block, 1),
+        serving_after_unblock_s=round(t_serving - t_unblock, 1),
+    )
     assert sp.stop() == 0
 
 
-def test_spool_bound_refuses_ingestion_during_a_long_outage_then_resumes(server_factory, dedicated_es, dedicated_s3,
-                                                                          record_property):
+def test_spool_bound_refuses_ingestion_during_a_long_outage_then_resumes(
+    server_factory, dedicated_es, dedicated_s3, record_property
+):
     """A backend down for long: the spool's byte bound (pipeline.max_spool_bytes, tiny here) stops
     ingestion with RESOURCE_EXHAUSTED naming the backend that is behind, instead of growing the
     spool without bound or dropping records; once the backend is back ingestion resumes, and
@@ -248,6 +299,7 @@ def test_spool_bound_refuses_ingestion_during_a_long_outage_then_resumes(server_
 
     def accepted_again():
         return ing.one_call()
+
     wait_for(accepted_again, 60, interval=1.0, what="ingestion accepted again after the archive came back")
     resumed_s = time.monotonic() - t0
     for _ in range(5):
@@ -257,13 +309,20 @@ def test_spool_bound_refuses_ingestion_during_a_long_outage_then_resumes(server_
     stored = wait_delivered(lambda: archive_ids(dedicated_s3, bucket, target), books.acked, 60, "archive")
     check_exactly_once(stored, books.acked, books.sent, "archive")
     check_exactly_once(query_ids(target), books.acked, books.sent, "Elasticsearch")
-    report(record_property, "spool_bound", acked_before_refusal=acked_before, refused_calls=len(books.errors),
-           resumed_after_s=round(resumed_s, 1), records_acked=len(books.acked))
+    report(
+        record_property,
+        "spool_bound",
+        acked_before_refusal=acked_before,
+        refused_calls=len(books.errors),
+        resumed_after_s=round(resumed_s, 1),
+        records_acked=len(books.acked),
+    )
     assert sp.stop() == 0
 
 
 def test_sigterm_while_a_backend_is_down_exits_in_bounded_time_and_delivers_after_restart(
-        tmp_path, server_factory, dedicated_es, dedicated_s3, record_property):
+    tmp_path, server_factory, dedicated_es, dedicated_s3, record_property
+):
     """SIGTERM while the archive is down: the drain cannot finish, so the server gives up after
     its bounded drain time, exits 0, and keeps what it could not deliver in its spool; the next
     start delivers it."""
@@ -297,8 +356,12 @@ def test_sigterm_while_a_backend_is_down_exits_in_bounded_time_and_delivers_afte
         stored = wait_delivered(lambda: archive_ids(dedicated_s3, bucket, target), ing.books.acked, 60, "archive")
         check_exactly_once(stored, ing.books.acked, ing.books.sent, "archive after restart")
         b = Stubs(sp2.address, KEY_A)
-        check_exactly_once(query_ids(Target(b, target.flow_log_id, target.project, target.log_store)),
-                           ing.books.acked, ing.books.sent, "Elasticsearch after restart")
+        check_exactly_once(
+            query_ids(Target(b, target.flow_log_id, target.project, target.log_store)),
+            ing.books.acked,
+            ing.books.sent,
+            "Elasticsearch after restart",
+        )
         report(record_property, "sigterm_backend_down", exit_s=round(exit_s, 1), records_acked=len(ing.books.acked))
     finally:
         assert sp2.stop() == 0

@@ -8,6 +8,7 @@ error, and it must lose nothing); the server's memory is flat (RSS sampled every
 highest value of the last minute within 1.3x of the highest of the first minute after warm-up).
 Prints throughput, latencies and memory (pytest -s, or -rA; also in the junit properties).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,19 @@ import grpc
 import pytest
 
 from flowlog.v1 import query_pb2
-from tests.reliability.conftest import (KEY_A, Books, Ingester, RssSampler, Stubs, Target, check_exactly_once,
-                                        create_target, query_ids, report, wait_for)
+from tests.reliability.conftest import (
+    KEY_A,
+    Books,
+    Ingester,
+    RssSampler,
+    Stubs,
+    Target,
+    check_exactly_once,
+    create_target,
+    query_ids,
+    report,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +46,15 @@ INGEST_STREAMS, QUERY_THREADS, TAILS = 8, 4, 20
 # query threads. A soak checks that a sustainable load stays stable (memory, backend lag), not how
 # much load it takes to saturate the machine.
 PER_MESSAGE, MESSAGES, PAUSE_S = 125, 2, 1.0
-FILTERS = ["", "action = REJECT", "dst_port IN (22, 443)", "src_addr = 10.0.0.0/16", "protocol = udp AND bytes > 100",
-           "NOT port = 80 AND direction = INGRESS", "addr IN (203.0.113.11, 10.1.2.3)"]
+FILTERS = [
+    "",
+    "action = REJECT",
+    "dst_port IN (22, 443)",
+    "src_addr = 10.0.0.0/16",
+    "protocol = udp AND bytes > 100",
+    "NOT port = 80 AND direction = INGRESS",
+    "addr IN (203.0.113.11, 10.1.2.3)",
+]
 
 
 class LagSampler(threading.Thread):
@@ -55,8 +74,9 @@ class LagSampler(threading.Thread):
                 con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5)
                 try:
                     off = con.execute("SELECT seq FROM sink_offsets WHERE sink = 'query'").fetchone()
-                    lag = con.execute("SELECT COALESCE(sum(n), 0) FROM batches WHERE seq > ? AND skipped = 0",
-                                      (off[0] if off else 0,)).fetchone()[0]
+                    lag = con.execute(
+                        "SELECT COALESCE(sum(n), 0) FROM batches WHERE seq > ? AND skipped = 0", (off[0] if off else 0,)
+                    ).fetchone()[0]
                 finally:
                     con.close()
             except sqlite3.Error:
@@ -80,10 +100,14 @@ class Querier(threading.Thread):
         s = self.target.stubs
         while not self.stop_event.is_set():
             now = time.time_ns() // 1_000_000
-            req = query_pb2.QueryRequest(region="bj", project=self.target.project, log_stores=[self.target.log_store],
-                                         filter=self.rng.choice(FILTERS), limit=self.rng.choice([100, 1000, 5000]),
-                                         order=self.rng.choice([query_pb2.ORDER_NEWEST_FIRST,
-                                                                query_pb2.ORDER_OLDEST_FIRST]))
+            req = query_pb2.QueryRequest(
+                region="bj",
+                project=self.target.project,
+                log_stores=[self.target.log_store],
+                filter=self.rng.choice(FILTERS),
+                limit=self.rng.choice([100, 1000, 5000]),
+                order=self.rng.choice([query_pb2.ORDER_NEWEST_FIRST, query_pb2.ORDER_OLDEST_FIRST]),
+            )
             req.start_time.FromMilliseconds(now - 20 * 60_000)
             req.end_time.FromMilliseconds(now + 60_000)
             t0 = time.monotonic()
@@ -122,8 +146,9 @@ class Tailer(threading.Thread):
         s = self.target.stubs
         cursor = ""
         while not self.stop_event.is_set():
-            req = query_pb2.TailRequest(region="bj", project=self.target.project, log_stores=[self.target.log_store],
-                                        resume_cursor=cursor)
+            req = query_pb2.TailRequest(
+                region="bj", project=self.target.project, log_stores=[self.target.log_store], resume_cursor=cursor
+            )
             with self.lock:
                 if self.stop_event.is_set():
                     return
@@ -161,8 +186,18 @@ def test_soak(server_factory, record_property):
     targets = [Target(st, target.flow_log_id, target.project, target.log_store) for st in stubs]
     stop = threading.Event()
     books = Books()
-    ingesters = [Ingester(targets[i % 4], books, per_message=PER_MESSAGE, messages=MESSAGES, pause_s=PAUSE_S,
-                          timeout_s=30, keep_calls=True) for i in range(INGEST_STREAMS)]
+    ingesters = [
+        Ingester(
+            targets[i % 4],
+            books,
+            per_message=PER_MESSAGE,
+            messages=MESSAGES,
+            pause_s=PAUSE_S,
+            timeout_s=30,
+            keep_calls=True,
+        )
+        for i in range(INGEST_STREAMS)
+    ]
     queriers = [Querier(targets[i % 4], stop, seed=i) for i in range(QUERY_THREADS)]
     tailers = [Tailer(targets[i % 4], stop) for i in range(TAILS)]
     rss = RssSampler(sp.proc.pid, interval_s=1.0)
@@ -196,8 +231,12 @@ def test_soak(server_factory, record_property):
     try:
         # Everything acknowledged is in the query backend, once.
         t_drain = time.monotonic()
-        wait_for(lambda: len(query_ids(targets[0], page=50_000)) >= len(acked), 30, interval=1.0,
-                 what="the query backend to catch up")
+        wait_for(
+            lambda: len(query_ids(targets[0], page=50_000)) >= len(acked),
+            30,
+            interval=1.0,
+            what="the query backend to catch up",
+        )
         drain_s = time.monotonic() - t_drain
         stored = query_ids(targets[0], page=50_000)
         check_exactly_once(stored, acked, sent, "soak query backend")
@@ -233,28 +272,41 @@ def test_soak(server_factory, record_property):
     last = [r for t, r in after if t >= max(WARMUP_S + 60, after[-1][0] - 60)] if after else []
     mib = 2**20
     numbers = dict(
-        duration_s=round(elapsed), records_acked=len(acked), ingest_records_per_s=round(len(acked) / elapsed),
-        ingest_calls=books.calls, ingest_errors=len(ingest_errors), queries=len(lat), query_errors=len(query_errors),
+        duration_s=round(elapsed),
+        records_acked=len(acked),
+        ingest_records_per_s=round(len(acked) / elapsed),
+        ingest_calls=books.calls,
+        ingest_errors=len(ingest_errors),
+        queries=len(lat),
+        query_errors=len(query_errors),
         query_p50_ms=round(statistics.median(lat) * 1000) if lat else None,
         query_p99_ms=round(lat[int(len(lat) * 0.99)] * 1000) if lat else None,
-        query_records=sum(q.records for q in queriers), tails=TAILS, tail_records=sum(len(t.seen) for t in tailers),
-        tail_reconnects=sum(t.reconnects for t in tailers), tail_errors=len(tail_errors), tail_duplicates=duplicates,
-        tail_missing=sum(tail_missing), drain_after_stop_s=round(drain_s, 1),
+        query_records=sum(q.records for q in queriers),
+        tails=TAILS,
+        tail_records=sum(len(t.seen) for t in tailers),
+        tail_reconnects=sum(t.reconnects for t in tailers),
+        tail_errors=len(tail_errors),
+        tail_duplicates=duplicates,
+        tail_missing=sum(tail_missing),
+        drain_after_stop_s=round(drain_s, 1),
         query_backend_lag_records_max=max(lag_samples, default=None),
         query_backend_lag_records_last=lag_samples[-1] if lag_samples else None,
         rss_start_mib=round(rss_samples[0][1] / mib) if rss_samples else None,
         rss_first_min_max_mib=round(max(first) / mib) if first else None,
         rss_last_min_max_mib=round(max(last) / mib) if last else None,
-        rss_max_mib=round(max(r for _, r in rss_samples) / mib) if rss_samples else None)
+        rss_max_mib=round(max(r for _, r in rss_samples) / mib) if rss_samples else None,
+    )
     report(record_property, "soak", **numbers)
     assert not ingest_errors, f"Ingest errors: {ingest_errors[:5]}"
     assert not query_errors, f"Query errors: {query_errors[:5]}"
     assert not tail_errors, f"Tail errors: {tail_errors[:5]}"
     assert duplicates == 0, "a tail received a record twice"
     assert sum(tail_missing) == 0, f"tails missed records acknowledged while they were live: {tail_missing}"
-    assert lag_samples and max(lag_samples[-3:]) < 20_000, \
+    assert lag_samples and max(lag_samples[-3:]) < 20_000, (
         f"the query backend falls behind a sustainable load: lag samples {lag_samples}"
+    )
     assert first and last, "not enough memory samples"
-    assert max(last) <= 1.3 * max(first), \
+    assert max(last) <= 1.3 * max(first), (
         f"server memory grew: first-minute peak {max(first) / mib:.0f} MiB, last-minute peak {max(last) / mib:.0f} MiB"
+    )
     assert sp.stop() == 0, sp.log_tail()

@@ -6,6 +6,7 @@ A slot is given back only after the stream's reader has stopped and closed the b
 (server.api.services: the Query's finally waits for the read-ahead to close before it releases
 the slot), so "a new Query gets the slot" is the observable form of "the reader thread and the
 read transaction were released"."""
+
 from __future__ import annotations
 
 import threading
@@ -14,8 +15,18 @@ import grpc
 import pytest
 
 from flowlog.v1 import ingest_pb2, query_pb2
-from tests.reliability.conftest import (KEY_A, KEY_B, Stubs, batch, create_target, query_ids, report, settings,
-                                        start_server, wait_for)
+from tests.reliability.conftest import (
+    KEY_A,
+    KEY_B,
+    Stubs,
+    batch,
+    create_target,
+    query_ids,
+    report,
+    settings,
+    start_server,
+    wait_for,
+)
 
 SEND_TIMEOUT_S = 2.0
 RECORDS = 60_000  # ~6.6 MB per Query: more than a connection buffers (~4 MB) before sends block
@@ -23,11 +34,21 @@ RECORDS = 60_000  # ~6.6 MB per Query: more than a connection buffers (~4 MB) be
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    sp = start_server(tmp_path_factory.mktemp("streams"), settings(limits={
-        "max_query_streams_per_account": 2, "max_query_streams": 3,
-        "max_tail_streams_per_account": 2, "max_tail_streams": 3, "tail_heartbeat_seconds": 0.5,
-        "stream_send_timeout_seconds": SEND_TIMEOUT_S,
-        "max_ingest_inflight_bytes_per_account": 3 * 2 * 1024 * 1024, "max_ingest_inflight_bytes": 64 * 1024 * 1024}))
+    sp = start_server(
+        tmp_path_factory.mktemp("streams"),
+        settings(
+            limits={
+                "max_query_streams_per_account": 2,
+                "max_query_streams": 3,
+                "max_tail_streams_per_account": 2,
+                "max_tail_streams": 3,
+                "tail_heartbeat_seconds": 0.5,
+                "stream_send_timeout_seconds": SEND_TIMEOUT_S,
+                "max_ingest_inflight_bytes_per_account": 3 * 2 * 1024 * 1024,
+                "max_ingest_inflight_bytes": 64 * 1024 * 1024,
+            }
+        ),
+    )
     yield sp
     assert sp.stop() == 0, sp.log_tail()
 
@@ -60,8 +81,10 @@ class Stalled:
     def __init__(self, address: str, key: str, target) -> None:
         self.channel = grpc.insecure_channel(address, options=[("grpc.http2.bdp_probe", 0)])
         from flowlog.v1 import query_pb2_grpc
+
         self.call = query_pb2_grpc.QueryServiceStub(self.channel).Query(
-            query_request(target), metadata=(("authorization", f"Bearer {key}"),), timeout=120)
+            query_request(target), metadata=(("authorization", f"Bearer {key}"),), timeout=120
+        )
         self.it = iter(self.call)
         self.first = next(self.it)
 
@@ -99,6 +122,7 @@ def test_query_streams_bounded_per_account_and_in_total_and_stalled_ones_time_ou
         stalled.append(Stalled(srv.address, KEY_B, tb))
         e = refused(lambda: list(b.query.Query(query_request(tb), metadata=b.md, timeout=30)))
         assert "(limits.max_query_streams)" in e.details(), e.details()
+
         # The stalled Queries are ended by the server (their clients still read nothing), and
         # their slots (threads, cursors) come back: all three slots can be taken again ...
         def all_slots_back():
@@ -113,6 +137,7 @@ def test_query_streams_bounded_per_account_and_in_total_and_stalled_ones_time_ou
             finally:
                 for f in fresh:
                     f.close()
+
         wait_for(all_slots_back, 60, interval=0.5, what="the stalled Queries' slots to come back")
 
         def a_queries():  # once the probes' own slots are back (they were cancelled)
@@ -121,6 +146,7 @@ def test_query_streams_bounded_per_account_and_in_total_and_stalled_ones_time_ou
             except grpc.RpcError as e:
                 assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (e.code(), e.details())
                 return False
+
         wait_for(a_queries, 30, interval=0.3, what="A's Query to run to its end")
         # ... and what the stalled clients read in the end is the reason.
         ends = [s.drain() for s in stalled]
@@ -137,8 +163,11 @@ def test_tail_streams_bounded_per_account_and_in_total(srv, loaded):
     a, b, ta, tb = loaded
 
     def tail(stubs, target):
-        call = stubs.query.Tail(query_pb2.TailRequest(region="bj", project=target.project,
-                                                      log_stores=[target.log_store]), metadata=stubs.md, timeout=60)
+        call = stubs.query.Tail(
+            query_pb2.TailRequest(region="bj", project=target.project, log_stores=[target.log_store]),
+            metadata=stubs.md,
+            timeout=60,
+        )
         it = iter(call)
         next(it)
         return call
@@ -158,6 +187,7 @@ def test_tail_streams_bounded_per_account_and_in_total(srv, loaded):
                 return True
             except grpc.RpcError:
                 return False
+
         wait_for(b_again, 10, interval=0.3, what="a cancelled Tail's slot to come back")
     finally:
         for c in calls:
@@ -185,6 +215,7 @@ def test_ingest_bytes_in_flight_bounded_per_account(srv, loaded):
             results.append(a.ingest.Ingest(slow_messages(), metadata=a.md, timeout=90))
         except grpc.RpcError as e:
             results.append(e)
+
     threads = [threading.Thread(target=stream, daemon=True) for _ in range(3)]
     for th in threads:
         th.start()
@@ -199,6 +230,7 @@ def test_ingest_bytes_in_flight_bounded_per_account(srv, loaded):
                 return None  # the three had not all been admitted yet
             except grpc.RpcError as e:
                 return e
+
         e = wait_for(fourth, 30, what="a fourth Ingest stream of the account to be refused")
         assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (e.code(), e.details())
         assert "limits.max_ingest_inflight_bytes_per_account" in e.details(), e.details()

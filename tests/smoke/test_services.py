@@ -12,13 +12,15 @@ def es_index(es_client):
     name = f"flowlog-smoke-{uuid.uuid4().hex[:12]}"
     es_client.indices.create(
         index=name,
-        mappings={"properties": {
-            "src_addr": {"type": "ip"},
-            "dst_port": {"type": "integer"},
-            "bytes": {"type": "long"},
-            "action": {"type": "keyword"},
-            "start": {"type": "date", "format": "epoch_second"},
-        }},
+        mappings={
+            "properties": {
+                "src_addr": {"type": "ip"},
+                "dst_port": {"type": "integer"},
+                "bytes": {"type": "long"},
+                "action": {"type": "keyword"},
+                "start": {"type": "date", "format": "epoch_second"},
+            }
+        },
         settings={"number_of_shards": 1, "number_of_replicas": 0},
     )
     yield name
@@ -29,10 +31,8 @@ def test_es_index_get_search_roundtrip(es_client, es_service, es_index):
     health = es_client.cluster.health(index=es_index, wait_for_status="yellow", timeout="30s")
     assert health["status"] in ("yellow", "green")
 
-    doc = {"src_addr": "10.1.2.3", "dst_port": 443, "bytes": 12345, "action": "ACCEPT",
-           "start": 1700000000}
-    other = {"src_addr": "192.168.7.9", "dst_port": 22, "bytes": 99, "action": "REJECT",
-             "start": 1700000060}
+    doc = {"src_addr": "10.1.2.3", "dst_port": 443, "bytes": 12345, "action": "ACCEPT", "start": 1700000000}
+    other = {"src_addr": "192.168.7.9", "dst_port": 22, "bytes": 99, "action": "REJECT", "start": 1700000060}
     resp = es_client.index(index=es_index, id="rec-1", document=doc)
     assert resp["result"] == "created"
     es_client.index(index=es_index, id="rec-2", document=other)
@@ -49,11 +49,12 @@ def test_es_index_get_search_roundtrip(es_client, es_service, es_index):
     assert hit["_id"] == "rec-1"
     assert hit["_source"] == doc
 
-    agg = es_client.search(index=es_index, size=0,
-                           aggs={"by_action": {"terms": {"field": "action"},
-                                               "aggs": {"b": {"sum": {"field": "bytes"}}}}})
-    buckets = {b["key"]: (b["doc_count"], b["b"]["value"])
-               for b in agg["aggregations"]["by_action"]["buckets"]}
+    agg = es_client.search(
+        index=es_index,
+        size=0,
+        aggs={"by_action": {"terms": {"field": "action"}, "aggs": {"b": {"sum": {"field": "bytes"}}}}},
+    )
+    buckets = {b["key"]: (b["doc_count"], b["b"]["value"]) for b in agg["aggregations"]["by_action"]["buckets"]}
     assert buckets == {"ACCEPT": (1, 12345.0), "REJECT": (1, 99.0)}
 
     # The server really is Elasticsearch 9 (same major as the Python client).
@@ -72,9 +73,14 @@ def test_s3_bucket_put_get_list_roundtrip(minio_client, minio_service):
 
         payload = b"ts,src,dst,bytes\n1700000000,10.1.2.3,10.9.8.7,12345\n" * 100
         key = "archive/2023/11/14/part-0001.csv"
-        put = minio_client.put_object(bucket, key, io.BytesIO(payload), length=len(payload),
-                                      content_type="text/csv",
-                                      metadata={"x-amz-meta-records": "100"})
+        put = minio_client.put_object(
+            bucket,
+            key,
+            io.BytesIO(payload),
+            length=len(payload),
+            content_type="text/csv",
+            metadata={"x-amz-meta-records": "100"},
+        )
         assert put.object_name == key
         minio_client.put_object(bucket, "archive/2023/11/15/part-0001.csv", io.BytesIO(b"x"), 1)
 
@@ -91,8 +97,7 @@ def test_s3_bucket_put_get_list_roundtrip(minio_client, minio_service):
         assert st.content_type == "text/csv"
         assert st.metadata.get("x-amz-meta-records") == "100"
 
-        listed = [(o.object_name, o.size)
-                  for o in minio_client.list_objects(bucket, prefix="archive/", recursive=True)]
+        listed = [(o.object_name, o.size) for o in minio_client.list_objects(bucket, prefix="archive/", recursive=True)]
         assert listed == [(key, len(payload)), ("archive/2023/11/15/part-0001.csv", 1)]
         top = [o.object_name for o in minio_client.list_objects(bucket, prefix="archive/2023/")]
         assert top == ["archive/2023/11/"]

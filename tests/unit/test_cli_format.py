@@ -2,6 +2,7 @@
 parsing, error formatting from real google.rpc.Status protos, argument parsing of every
 command, and (against a tiny in-process fake servicer) what goes over the wire: the API key
 on unary and streaming calls, update masks, paging and rich error details."""
+
 from __future__ import annotations
 
 import io
@@ -79,8 +80,15 @@ def test_stream_table_prints_header_once_and_grows_columns() -> None:
 
 def _record(**kw: object) -> record_pb2.FlowRecord:
     r = record_pb2.FlowRecord(
-        src_addr="10.0.0.1", dst_addr="203.0.113.9", src_port=51234, dst_port=443, protocol=6,
-        packets=12, bytes=34567, action=types_pb2.ACTION_ACCEPT, log_status=types_pb2.LOG_STATUS_OK,
+        src_addr="10.0.0.1",
+        dst_addr="203.0.113.9",
+        src_port=51234,
+        dst_port=443,
+        protocol=6,
+        packets=12,
+        bytes=34567,
+        action=types_pb2.ACTION_ACCEPT,
+        log_status=types_pb2.LOG_STATUS_OK,
         log_store="flows",
     )
     r.start_time.FromDatetime(NOW)
@@ -91,8 +99,19 @@ def _record(**kw: object) -> record_pb2.FlowRecord:
 
 def test_record_row_uses_friendly_names_and_utc_times() -> None:
     row = fmt.record_row(_record())
-    assert row == ["2024-05-01T12:00:00Z", "10.0.0.1", "203.0.113.9", "51234", "443", "tcp", "12", "34,567",
-                   "ACCEPT", "-", "flows"]
+    assert row == [
+        "2024-05-01T12:00:00Z",
+        "10.0.0.1",
+        "203.0.113.9",
+        "51234",
+        "443",
+        "tcp",
+        "12",
+        "34,567",
+        "ACCEPT",
+        "-",
+        "flows",
+    ]
     assert len(row) == len(fmt.RECORD_HEADERS)
     ruled = fmt.record_row(_record(rule_id="acl-no-http", rule_kind=types_pb2.RULE_KIND_ACL))
     assert ruled[fmt.RECORD_HEADERS.index("RULE")] == "ACL acl-no-http"
@@ -107,15 +126,26 @@ def test_record_row_uses_friendly_names_and_utc_times() -> None:
 
 
 def test_flow_log_and_resource_rows() -> None:
-    f = flow_log_pb2.FlowLog(id="fl-abcdefgh", region="r", name="n", resource_type=types_pb2.RESOURCE_TYPE_NAT_GATEWAY,
-                             resource_id="nat-1", network_id="vpc-1", traffic_type=types_pb2.TRAFFIC_TYPE_DENY,
-                             state=types_pb2.FLOW_LOG_STATE_PAUSED)
+    f = flow_log_pb2.FlowLog(
+        id="fl-abcdefgh",
+        region="r",
+        name="n",
+        resource_type=types_pb2.RESOURCE_TYPE_NAT_GATEWAY,
+        resource_id="nat-1",
+        network_id="vpc-1",
+        traffic_type=types_pb2.TRAFFIC_TYPE_DENY,
+        state=types_pb2.FLOW_LOG_STATE_PAUSED,
+    )
     f.destination.project, f.destination.log_store = "ops", "flows"
     row = fmt.flow_log_row(f)
     assert row[3] == "nat-gateway:nat-1" and row[5] == "deny" and row[6] == "ops/flows" and row[7] == "paused"
     assert row[8] == ""  # unset create_time
-    res = resource_pb2.Resource(id="eip-1", type=types_pb2.RESOURCE_TYPE_EIP, addresses=["1.2.3.4", "5.6.7.8"],
-                                rules=[resource_pb2.SecurityRule(priority=10, action=types_pb2.ACTION_REJECT)])
+    res = resource_pb2.Resource(
+        id="eip-1",
+        type=types_pb2.RESOURCE_TYPE_EIP,
+        addresses=["1.2.3.4", "5.6.7.8"],
+        rules=[resource_pb2.SecurityRule(priority=10, action=types_pb2.ACTION_REJECT)],
+    )
     assert fmt.resource_row(res)[1] == "eip" and fmt.resource_row(res)[5] == "1.2.3.4,5.6.7.8"
     assert fmt.rule_text(res.rules[0]) == "10 any REJECT any any any"
 
@@ -217,9 +247,16 @@ def test_protocols() -> None:
 
 @pytest.mark.parametrize(
     "text, delta",
-    [("15m", timedelta(minutes=15)), ("2h", timedelta(hours=2)), ("1d", timedelta(days=1)),
-     ("90s", timedelta(seconds=90)), ("1w", timedelta(weeks=1)), ("1h30m", timedelta(minutes=90)),
-     ("1.5h", timedelta(minutes=90)), ("2H", timedelta(hours=2))],
+    [
+        ("15m", timedelta(minutes=15)),
+        ("2h", timedelta(hours=2)),
+        ("1d", timedelta(days=1)),
+        ("90s", timedelta(seconds=90)),
+        ("1w", timedelta(weeks=1)),
+        ("1h30m", timedelta(minutes=90)),
+        ("1.5h", timedelta(minutes=90)),
+        ("2H", timedelta(hours=2)),
+    ],
 )
 def test_durations(text: str, delta: timedelta) -> None:
     assert fmt.parse_duration(text) == delta
@@ -299,7 +336,10 @@ def test_error_from_status_with_field_violations() -> None:
         ("name", "must start with a letter"),
     ]
     assert err.reason == "FIELD_INVALID" and err.domain == "flowlog" and err.metadata == {"k": "v"}
-    assert err.detail_lines() == ["description: must be at most 200 characters (has 201)", "name: must start with a letter"]
+    assert err.detail_lines() == [
+        "description: must be at most 200 characters (has 201)",
+        "name: must start with a letter",
+    ]
 
 
 def test_error_from_status_with_quota_failure() -> None:
@@ -327,7 +367,11 @@ def test_error_hints_per_code(code: int, hint: str) -> None:
 
 
 def test_error_from_rpc_error_reads_trailing_metadata() -> None:
-    status = _status(code_pb2.INVALID_ARGUMENT, "filter: syntax error at position 7", _bad_request(("filter", "syntax error at position 7")))
+    status = _status(
+        code_pb2.INVALID_ARGUMENT,
+        "filter: syntax error at position 7",
+        _bad_request(("filter", "syntax error at position 7")),
+    )
     grpc_status = rpc_status.to_status(status)
 
     class FakeRpcError(grpc.RpcError):
@@ -379,15 +423,43 @@ def test_global_options_before_or_after_the_command() -> None:
 def test_resource_commands() -> None:
     a = parse("resource", "list", "--region", "ap-x", "--type", "nat-gateway", "--network-id", "vpc-1")
     assert (a.handler, a.region, a.type, a.network_id) == (
-        cli.cmd_resource_list, "ap-x", types_pb2.RESOURCE_TYPE_NAT_GATEWAY, "vpc-1")
+        cli.cmd_resource_list,
+        "ap-x",
+        types_pb2.RESOURCE_TYPE_NAT_GATEWAY,
+        "vpc-1",
+    )
     assert parse("resources", "get", "eip-1").id == "eip-1"
-    r = parse("resource", "register", "--type", "eip", "--region", "ap-x", "--network-id", "vpc-1", "--name", "web",
-              "--address", "1.2.3.4", "--address", "5.6.7.8", "--id", "eip-custom",
-              "--rule", "priority=100,action=accept,direction=ingress,protocol=tcp,peer=10.0.0.0/8,ports=22")
+    r = parse(
+        "resource",
+        "register",
+        "--type",
+        "eip",
+        "--region",
+        "ap-x",
+        "--network-id",
+        "vpc-1",
+        "--name",
+        "web",
+        "--address",
+        "1.2.3.4",
+        "--address",
+        "5.6.7.8",
+        "--id",
+        "eip-custom",
+        "--rule",
+        "priority=100,action=accept,direction=ingress,protocol=tcp,peer=10.0.0.0/8,ports=22",
+    )
     assert r.addresses == ["1.2.3.4", "5.6.7.8"] and r.id == "eip-custom" and r.type == types_pb2.RESOURCE_TYPE_EIP
     rule = r.rules[0]
-    assert (rule.priority, rule.action, rule.direction, rule.protocol, rule.peer_cidr, rule.port_from, rule.port_to) == (
-        100, types_pb2.ACTION_ACCEPT, types_pb2.DIRECTION_INGRESS, 6, "10.0.0.0/8", 22, 22)
+    assert (
+        rule.priority,
+        rule.action,
+        rule.direction,
+        rule.protocol,
+        rule.peer_cidr,
+        rule.port_from,
+        rule.port_to,
+    ) == (100, types_pb2.ACTION_ACCEPT, types_pb2.DIRECTION_INGRESS, 6, "10.0.0.0/8", 22, 22)
     assert parse("resource", "delete", "eip-1").handler == cli.cmd_resource_delete
 
 
@@ -400,8 +472,20 @@ def test_rule_spec_defaults_and_errors() -> None:
 
 
 def test_logstore_commands() -> None:
-    a = parse("logstore", "create", "--region", "r", "--project", "p", "--name", "n", "--retention-days", "30",
-              "--description", "d")
+    a = parse(
+        "logstore",
+        "create",
+        "--region",
+        "r",
+        "--project",
+        "p",
+        "--name",
+        "n",
+        "--retention-days",
+        "30",
+        "--description",
+        "d",
+    )
     assert (a.region, a.project, a.name, a.retention_days, a.description) == ("r", "p", "n", 30, "d")
     g = parse("logstore", "get", "r", "p", "n")
     assert (g.pos_region, g.pos_project, g.pos_name) == ("r", "p", "n")
@@ -420,35 +504,125 @@ def test_logstore_address_positionals_fill_what_flags_leave() -> None:
 
 
 def test_flowlog_commands() -> None:
-    a = parse("flowlog", "create", "--region", "r", "--name", "web", "--resource-type", "eip", "--resource-id", "eip-1",
-              "--network-id", "vpc-1", "--traffic-type", "allow", "--new-log-store", "ops/flows", "--retention-days", "3",
-              "--description", "d", "--client-token", "t", "--paused")
+    a = parse(
+        "flowlog",
+        "create",
+        "--region",
+        "r",
+        "--name",
+        "web",
+        "--resource-type",
+        "eip",
+        "--resource-id",
+        "eip-1",
+        "--network-id",
+        "vpc-1",
+        "--traffic-type",
+        "allow",
+        "--new-log-store",
+        "ops/flows",
+        "--retention-days",
+        "3",
+        "--description",
+        "d",
+        "--client-token",
+        "t",
+        "--paused",
+    )
     assert a.resource_type == types_pb2.RESOURCE_TYPE_EIP and a.traffic_type == types_pb2.TRAFFIC_TYPE_ALLOW
     assert a.new_log_store == ("ops", "flows") and a.log_store is None and a.retention_days == 3
     assert a.paused and a.client_token == "t"
-    b = parse("fl", "create", "--region", "r", "--name", "w", "--resource-id", "eip-1", "--traffic-type", "ALL",
-              "--log-store", "ops/flows")
+    b = parse(
+        "fl",
+        "create",
+        "--region",
+        "r",
+        "--name",
+        "w",
+        "--resource-id",
+        "eip-1",
+        "--traffic-type",
+        "ALL",
+        "--log-store",
+        "ops/flows",
+    )
     assert b.log_store == ("ops", "flows") and b.resource_type is None
     assert parse("flowlogs", "get", "fl-1").id == "fl-1"
     assert parse("flowlog", "list", "--region", "r").region == "r"
     u = parse("flowlog", "update", "fl-1", "--state", "paused", "--traffic-type", "deny")
     assert (u.state, u.traffic_type, u.name, u.description) == (
-        types_pb2.FLOW_LOG_STATE_PAUSED, types_pb2.TRAFFIC_TYPE_DENY, None, None)
+        types_pb2.FLOW_LOG_STATE_PAUSED,
+        types_pb2.TRAFFIC_TYPE_DENY,
+        None,
+        None,
+    )
     assert parse("flowlog", "delete", "fl-1").handler == cli.cmd_flowlog_delete
 
 
 def test_query_and_tail_commands() -> None:
-    q = parse("query", "--region", "r", "--project", "p", "--log-store", "a", "--log-store", "b,c", "--since", "2h",
-              "--until", "2024-05-01T00:00:00Z", "--filter", "action = REJECT", "--limit", "100", "--oldest-first", "--all")
+    q = parse(
+        "query",
+        "--region",
+        "r",
+        "--project",
+        "p",
+        "--log-store",
+        "a",
+        "--log-store",
+        "b,c",
+        "--since",
+        "2h",
+        "--until",
+        "2024-05-01T00:00:00Z",
+        "--filter",
+        "action = REJECT",
+        "--limit",
+        "100",
+        "--oldest-first",
+        "--all",
+    )
     assert q.log_stores == ["a", "b,c"] and cli._log_stores(q.log_stores) == ["a", "b", "c"]
     assert (q.start, q.end, q.filter, q.limit, q.oldest_first, q.all) == (
-        "2h", "2024-05-01T00:00:00Z", "action = REJECT", 100, True, True)
-    d = parse("query", "--region", "r", "--project", "p", "--log-store", "a", "--start", "2024-05-01T00:00:00Z",
-              "--end", "1h", "--page-token", "tok")
+        "2h",
+        "2024-05-01T00:00:00Z",
+        "action = REJECT",
+        100,
+        True,
+        True,
+    )
+    d = parse(
+        "query",
+        "--region",
+        "r",
+        "--project",
+        "p",
+        "--log-store",
+        "a",
+        "--start",
+        "2024-05-01T00:00:00Z",
+        "--end",
+        "1h",
+        "--page-token",
+        "tok",
+    )
     assert d.start == "2024-05-01T00:00:00Z" and d.end == "1h" and d.page_token == "tok" and not d.all
     assert parse("query", "--region", "r", "--project", "p", "--log-store", "a").start == "15m"
-    t = parse("tail", "--region", "r", "--project", "p", "--log-store", "a", "--since", "5m", "--cursor", "c1",
-              "--filter", "port = 22", "-v")
+    t = parse(
+        "tail",
+        "--region",
+        "r",
+        "--project",
+        "p",
+        "--log-store",
+        "a",
+        "--since",
+        "5m",
+        "--cursor",
+        "c1",
+        "--filter",
+        "port = 22",
+        "-v",
+    )
     assert (t.start, t.cursor, t.filter, t.verbose) == ("5m", "c1", "port = 22", True)
     i = parse("ingest", "--flow-log-id", "fl-1", "--file", "records.jsonl", "--batch-size", "500")
     assert (i.flow_log_id, i.file, i.batch_size) == ("fl-1", "records.jsonl", 500)
@@ -461,10 +635,36 @@ def test_query_and_tail_commands() -> None:
         ["resource"],
         ["resource", "list", "--type", "vpn"],
         ["flowlog", "create", "--region", "r", "--name", "n", "--resource-id", "x", "--traffic-type", "all"],
-        ["flowlog", "create", "--region", "r", "--name", "n", "--resource-id", "x", "--traffic-type", "all",
-         "--log-store", "a/b", "--new-log-store", "c/d"],
-        ["flowlog", "create", "--region", "r", "--name", "n", "--resource-id", "x", "--traffic-type", "all",
-         "--log-store", "no-slash"],
+        [
+            "flowlog",
+            "create",
+            "--region",
+            "r",
+            "--name",
+            "n",
+            "--resource-id",
+            "x",
+            "--traffic-type",
+            "all",
+            "--log-store",
+            "a/b",
+            "--new-log-store",
+            "c/d",
+        ],
+        [
+            "flowlog",
+            "create",
+            "--region",
+            "r",
+            "--name",
+            "n",
+            "--resource-id",
+            "x",
+            "--traffic-type",
+            "all",
+            "--log-store",
+            "no-slash",
+        ],
         ["flowlog", "update", "fl-1", "--state", "deleted"],
         ["query", "--region", "r", "--project", "p", "--log-store", "a", "--since", "yesterday"],
         ["query", "--region", "r", "--project", "p", "--log-store", "a", "--all", "--page-token", "t"],
@@ -485,8 +685,26 @@ def test_usage_errors_exit_2_without_traceback(argv: list[str], capsys: pytest.C
         ["flowlog", "update", "fl-1"],
         ["logstore", "update", "r", "p", "n"],
         ["logstore", "get", "r", "p"],
-        ["flowlog", "create", "--region", "r", "--name", "n", "--resource-id", "x", "--resource-type", "eip",
-         "--network-id", "v", "--traffic-type", "all", "--log-store", "a/b", "--retention-days", "3"],
+        [
+            "flowlog",
+            "create",
+            "--region",
+            "r",
+            "--name",
+            "n",
+            "--resource-id",
+            "x",
+            "--resource-type",
+            "eip",
+            "--network-id",
+            "v",
+            "--traffic-type",
+            "all",
+            "--log-store",
+            "a/b",
+            "--retention-days",
+            "3",
+        ],
         ["query", "--region", "r", "--project", "p", "--log-store", "a", "--since", "1h", "--until", "2h"],
     ],
 )
@@ -513,7 +731,9 @@ def test_unreachable_server_is_one_line_and_exit_1(capsys: pytest.CaptureFixture
 def test_missing_local_files_are_one_line_errors(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
     assert cli.main(["--ca-file", str(tmp_path / "nope.pem"), "resource", "list"]) == 1
     assert "cannot read" in capsys.readouterr().err
-    assert cli.main(["--server", "127.0.0.1:1", "ingest", "--flow-log-id", "x", "--file", str(tmp_path / "no.jsonl")]) == 1
+    assert (
+        cli.main(["--server", "127.0.0.1:1", "ingest", "--flow-log-id", "x", "--file", str(tmp_path / "no.jsonl")]) == 1
+    )
     assert "No such file" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"src_addr": "1.2.3.4"}\n\n{"src_adr": "x"}\n')
@@ -523,11 +743,19 @@ def test_missing_local_files_are_one_line_errors(tmp_path, capsys: pytest.Captur
 
 def test_continue_command_repeats_the_exact_window() -> None:
     args = parse("query", "--region", "r", "--project", "p", "--log-store", "a", "--filter", "port = 22")
-    request = FlowLogClient.build_query(region="r", project="p", log_stores=["a"], start="2024-05-01T00:00:00.5Z",
-                                        end="2024-05-01T01:00:00Z", filter="port = 22")
+    request = FlowLogClient.build_query(
+        region="r",
+        project="p",
+        log_stores=["a"],
+        start="2024-05-01T00:00:00.5Z",
+        end="2024-05-01T01:00:00Z",
+        filter="port = 22",
+    )
     text = cli._continue_command(cli.Ctx(args, io.StringIO(), io.StringIO()), request, "TOKEN")
-    assert text == ("flowlog query --region r --project p --log-store a --start 2024-05-01T00:00:00.500Z "
-                    "--end 2024-05-01T01:00:00Z --filter 'port = 22' --page-token TOKEN")
+    assert text == (
+        "flowlog query --region r --project p --log-store a --start 2024-05-01T00:00:00.500Z "
+        "--end 2024-05-01T01:00:00Z --filter 'port = 22' --page-token TOKEN"
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -550,7 +778,9 @@ class _FakeFlowLogs(flow_log_pb2_grpc.FlowLogServiceServicer):
         self._auth(context)
         start = int(request.page_token or 0)
         items = [flow_log_pb2.FlowLog(id=f"fl-{i:08d}") for i in range(start, min(start + 2, 5))]
-        return flow_log_pb2.ListFlowLogsResponse(flow_logs=items, next_page_token=str(start + 2) if start + 2 < 5 else "")
+        return flow_log_pb2.ListFlowLogsResponse(
+            flow_logs=items, next_page_token=str(start + 2) if start + 2 < 5 else ""
+        )
 
     def UpdateFlowLog(self, request, context):  # type: ignore[no-untyped-def]
         self._auth(context)
@@ -559,8 +789,11 @@ class _FakeFlowLogs(flow_log_pb2_grpc.FlowLogServiceServicer):
 
     def CreateFlowLog(self, request, context):  # type: ignore[no-untyped-def]
         self._auth(context)
-        status = _status(code_pb2.INVALID_ARGUMENT, "description: must be at most 200 characters (has 201)",
-                         _bad_request(("description", "must be at most 200 characters (has 201)")))
+        status = _status(
+            code_pb2.INVALID_ARGUMENT,
+            "description: must be at most 200 characters (has 201)",
+            _bad_request(("description", "must be at most 200 characters (has 201)")),
+        )
         context.abort_with_status(rpc_status.to_status(status))
 
     def DeleteFlowLog(self, request, context):  # type: ignore[no-untyped-def]
@@ -576,10 +809,15 @@ class _FakeQuery(query_pb2_grpc.QueryServiceServicer):
         self._flow_logs._auth(context)
         start = int(request.page_token or 0)
         end = min(start + 3, 7)
-        yield query_pb2.QueryResponse(batch=query_pb2.RecordBatch(records=[_record(src_port=i) for i in range(start, end)]))
+        yield query_pb2.QueryResponse(
+            batch=query_pb2.RecordBatch(records=[_record(src_port=i) for i in range(start, end)])
+        )
         more = end < 7
-        yield query_pb2.QueryResponse(summary=query_pb2.QuerySummary(
-            returned=end - start, matched=7, more=more, next_page_token=str(end) if more else ""))
+        yield query_pb2.QueryResponse(
+            summary=query_pb2.QuerySummary(
+                returned=end - start, matched=7, more=more, next_page_token=str(end) if more else ""
+            )
+        )
 
     def Tail(self, request, context) -> Iterator[query_pb2.TailResponse]:  # type: ignore[no-untyped-def]
         self._flow_logs._auth(context)
@@ -640,8 +878,16 @@ def test_client_tail_skips_heartbeats_but_keeps_their_cursor(fake) -> None:  # t
 def test_client_raises_flowlog_error_with_details(fake) -> None:  # type: ignore[no-untyped-def]
     target, _ = fake
     with FlowLogClient(target, "k1") as client, pytest.raises(FlowLogError) as info:
-        client.create_flow_log(region="r", name="n", resource_type="eip", resource_id="eip-1", network_id="vpc-1",
-                               traffic_type="all", log_store="ops/flows", description="x" * 201)
+        client.create_flow_log(
+            region="r",
+            name="n",
+            resource_type="eip",
+            resource_id="eip-1",
+            network_id="vpc-1",
+            traffic_type="all",
+            log_store="ops/flows",
+            description="x" * 201,
+        )
     assert info.value.one_line() == "INVALID_ARGUMENT: description: must be at most 200 characters (has 201)"
     assert info.value.field_violations == [("description", "must be at most 200 characters (has 201)")]
     with FlowLogClient(target, "wrong") as client, pytest.raises(FlowLogError) as info:
@@ -669,10 +915,32 @@ def test_cli_in_process_against_the_fake(fake, capsys: pytest.CaptureFixture[str
 
     assert cli.main(["--api-key", "nope", "flowlog", "list"]) == 1
     assert capsys.readouterr().err == (
-        "flowlog: UNAUTHENTICATED: missing or wrong API key\n  hint: check the --api-key / FLOWLOG_API_KEY\n")
+        "flowlog: UNAUTHENTICATED: missing or wrong API key\n  hint: check the --api-key / FLOWLOG_API_KEY\n"
+    )
 
-    assert cli.main(["flowlog", "create", "--region", "r", "--name", "n", "--resource-id", "eip-1", "--resource-type",
-                     "eip", "--network-id", "v", "--traffic-type", "all", "--log-store", "ops/flows"]) == 1
+    assert (
+        cli.main(
+            [
+                "flowlog",
+                "create",
+                "--region",
+                "r",
+                "--name",
+                "n",
+                "--resource-id",
+                "eip-1",
+                "--resource-type",
+                "eip",
+                "--network-id",
+                "v",
+                "--traffic-type",
+                "all",
+                "--log-store",
+                "ops/flows",
+            ]
+        )
+        == 1
+    )
     assert capsys.readouterr().err.splitlines()[:2] == [
         "flowlog: INVALID_ARGUMENT: description: must be at most 200 characters (has 201)",
         "  - description: must be at most 200 characters (has 201)",

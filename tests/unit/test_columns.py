@@ -1,4 +1,5 @@
 """server.core.columns: flow records as one Arrow table, the form the spool hands the sinks."""
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -10,12 +11,36 @@ from server.core.records import with_id
 
 
 def _records(n: int) -> list[FlowRecord]:
-    return [with_id(FlowRecord("", 1, "acct", "fl-abcdefgh", "bj", "proj", "web", ResourceType.EIP, "eip-1", "vpc-1",
-                               f"10.0.0.{i % 250 + 1}" if i % 7 else "", "2001:db8::1" if i % 7 else "", 1024 + i, 443,
-                               6, i, 2**64 - 1 - i, 1_700_000_000_000 + i, 1_700_000_060_000 + i,
-                               Action.REJECT if i % 3 else Action.ACCEPT,
-                               LogStatus.OK if i % 7 else LogStatus.NODATA, Direction.EGRESS, i % 0x1000))
-            for i in range(n)]
+    return [
+        with_id(
+            FlowRecord(
+                "",
+                1,
+                "acct",
+                "fl-abcdefgh",
+                "bj",
+                "proj",
+                "web",
+                ResourceType.EIP,
+                "eip-1",
+                "vpc-1",
+                f"10.0.0.{i % 250 + 1}" if i % 7 else "",
+                "2001:db8::1" if i % 7 else "",
+                1024 + i,
+                443,
+                6,
+                i,
+                2**64 - 1 - i,
+                1_700_000_000_000 + i,
+                1_700_000_060_000 + i,
+                Action.REJECT if i % 3 else Action.ACCEPT,
+                LogStatus.OK if i % 7 else LogStatus.NODATA,
+                Direction.EGRESS,
+                i % 0x1000,
+            )
+        )
+        for i in range(n)
+    ]
 
 
 def test_records_round_trip_through_a_table_every_field_and_extreme():
@@ -50,6 +75,7 @@ def test_a_value_outside_the_table_types_goes_to_the_sink_as_records():
     the hand-over then gives the target rows, and its own rules decide."""
     from server.pipeline.fanout import batch_writer
     from server.pipeline.spool import BatchKey, SpoolBatch
+
     odd = _records(3)
     odd[2] = odd[2]._replace(src_port=3_000_000_000)
     with pytest.raises(ValueError, match="src_port"):

@@ -1,4 +1,5 @@
 """Every rule of API.md (FlowLogService 1-9, resources, LogStores) through the domain core."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,9 +35,15 @@ def _store_for(name: str) -> str:
 
 
 def req(**kw) -> CreateFlowLog:
-    base = dict(region="bj", name="web-fl", resource_type=ResourceType.EIP, resource_id="eip-bj-01",
-                network_id="vpc-bjdemo", traffic_type=TrafficType.ALL,
-                destination=NewLogStoreSpec("proj", _store_for(kw.get("name", "web-fl"))))
+    base = dict(
+        region="bj",
+        name="web-fl",
+        resource_type=ResourceType.EIP,
+        resource_id="eip-bj-01",
+        network_id="vpc-bjdemo",
+        traffic_type=TrafficType.ALL,
+        destination=NewLogStoreSpec("proj", _store_for(kw.get("name", "web-fl"))),
+    )
     base.update(kw)
     return CreateFlowLog(**base)
 
@@ -70,6 +77,7 @@ def test_rule1_quota_exact_under_concurrency(svc):
             return "ok"
         except QuotaExceeded:
             return "quota"
+
     with ThreadPoolExecutor(50) as pool:
         results = list(pool.map(create, range(50)))
     assert results.count("ok") == 10 and results.count("quota") == 40
@@ -140,10 +148,29 @@ def test_rule6_traffic_type_required(svc):
 
 def test_every_bad_field_is_named_at_once(svc):
     with pytest.raises(InvalidArgument) as e:
-        svc.create_flow_log(A, CreateFlowLog(region="", name="", resource_type=0, resource_id="", network_id="",
-                                             traffic_type=0, destination=None, description="d" * 300))
-    assert fields(e.value) >= {"region", "name", "resource_type", "resource_id", "network_id", "traffic_type",
-                               "description", "destination_choice"}
+        svc.create_flow_log(
+            A,
+            CreateFlowLog(
+                region="",
+                name="",
+                resource_type=0,
+                resource_id="",
+                network_id="",
+                traffic_type=0,
+                destination=None,
+                description="d" * 300,
+            ),
+        )
+    assert fields(e.value) >= {
+        "region",
+        "name",
+        "resource_type",
+        "resource_id",
+        "network_id",
+        "traffic_type",
+        "description",
+        "destination_choice",
+    }
 
 
 def test_rule7_refused_flow_log_leaves_no_log_store(svc):

@@ -4,6 +4,7 @@ Whenever the compiled path returns records, they must be exactly what the Python
 for the same bytes (protobuf's parse, then server.core.ingest.accept_columns), with no
 rejections; for anything else it must return None, never a different answer, and never crash.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -13,12 +14,12 @@ import shutil
 import tracemalloc
 
 import pytest
+from google.protobuf import message as pb_message
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flowlog.v1 import ingest_pb2, record_pb2
-from google.protobuf import message as pb_message
-from google.protobuf.timestamp_pb2 import Timestamp
 from server.api import services
 from server.core.ingest import accept_columns, stored_head
 from server.core.model import FlowLog, FlowRecord, ResourceType, TrafficType
@@ -26,8 +27,18 @@ from server.core.model import FlowLog, FlowRecord, ResourceType, TrafficType
 fast = services._fastingest
 
 NOW = 1_780_000_000_000
-FL = FlowLog(id="fl-abcdefgh1", region="bj", name="n", resource_type=ResourceType.NAT_GATEWAY, resource_id="nat-1",
-             network_id="vpc-1", traffic_type=TrafficType.ALL, project="p", log_store="ls", account_id="acct")
+FL = FlowLog(
+    id="fl-abcdefgh1",
+    region="bj",
+    name="n",
+    resource_type=ResourceType.NAT_GATEWAY,
+    resource_id="nat-1",
+    network_id="vpc-1",
+    traffic_type=TrafficType.ALL,
+    project="p",
+    log_store="ls",
+    account_id="acct",
+)
 HEAD = stored_head(FL)
 
 
@@ -36,6 +47,7 @@ def test_built_wherever_a_c_compiler_is():
     C compiler and Python's headers are, it must have been built."""
     import sysconfig
     from pathlib import Path
+
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler here: the server runs the pure-Python Ingest path")
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
@@ -80,8 +92,16 @@ def ts(ms: int) -> Timestamp:
     return Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000 + 123)
 
 
-RULE_IDS = ["", "", "acl-1", "sg-web-3", "default-deny", "DefaultRule_DenyAllInBound", "/subscriptions/x/acl:1.2",
-            "r" * 128]
+RULE_IDS = [
+    "",
+    "",
+    "acl-1",
+    "sg-web-3",
+    "default-deny",
+    "DefaultRule_DenyAllInBound",
+    "/subscriptions/x/acl:1.2",
+    "r" * 128,
+]
 
 
 def clean_record(rnd: random.Random, start: int) -> record_pb2.FlowRecord:
@@ -93,20 +113,36 @@ def clean_record(rnd: random.Random, start: int) -> record_pb2.FlowRecord:
         addr = lambda: f"10.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(1, 255)}"  # noqa: E731
     pk = rnd.randrange(0, 100)
     return record_pb2.FlowRecord(
-        src_addr=addr(), dst_addr=addr(), src_port=rnd.randrange(65536), dst_port=rnd.choice([22, 443, 53, 65535]),
-        protocol=rnd.choice([6, 17, 1, 58, 0, 255]), packets=pk, bytes=pk * rnd.randrange(1, 1500) + rnd.randrange(2),
-        start_time=ts(start), end_time=ts(start + rnd.randrange(0, 86_400_000)), action=rnd.choice([1, 2]),
-        log_status=rnd.choice([1, 3]), direction=rnd.choice([1, 2]), tcp_flags=rnd.randrange(0x1000),
-        rule_id=rnd.choice(RULE_IDS), rule_kind=rnd.randrange(4), sampling_rate=rnd.choice([0, 1, 100, 2**31 - 1]),
+        src_addr=addr(),
+        dst_addr=addr(),
+        src_port=rnd.randrange(65536),
+        dst_port=rnd.choice([22, 443, 53, 65535]),
+        protocol=rnd.choice([6, 17, 1, 58, 0, 255]),
+        packets=pk,
+        bytes=pk * rnd.randrange(1, 1500) + rnd.randrange(2),
+        start_time=ts(start),
+        end_time=ts(start + rnd.randrange(0, 86_400_000)),
+        action=rnd.choice([1, 2]),
+        log_status=rnd.choice([1, 3]),
+        direction=rnd.choice([1, 2]),
+        tcp_flags=rnd.randrange(0x1000),
+        rule_id=rnd.choice(RULE_IDS),
+        rule_kind=rnd.randrange(4),
+        sampling_rate=rnd.choice([0, 1, 100, 2**31 - 1]),
         # What the server overwrites, sent anyway by a collector that does not know better:
-        region=rnd.choice(["", "elsewhere"]), project=rnd.choice(["", "x"]), version=rnd.choice([0, 7]),
-        account_id=rnd.choice(["", "acct"]), flow_log_id=rnd.choice(["", FL.id]))
+        region=rnd.choice(["", "elsewhere"]),
+        project=rnd.choice(["", "x"]),
+        version=rnd.choice([0, 7]),
+        account_id=rnd.choice(["", "acct"]),
+        flow_log_id=rnd.choice(["", FL.id]),
+    )
 
 
 def clean_batch(seed: int, n: int) -> ingest_pb2.IngestRequest:
     rnd = random.Random(seed)
-    return ingest_pb2.IngestRequest(flow_log_id=FL.id,
-                                    records=[clean_record(rnd, NOW - rnd.randrange(1, 10 * 86_400_000)) for _ in range(n)])
+    return ingest_pb2.IngestRequest(
+        flow_log_id=FL.id, records=[clean_record(rnd, NOW - rnd.randrange(1, 10 * 86_400_000)) for _ in range(n)]
+    )
 
 
 @pytestmark_fast
@@ -140,15 +176,44 @@ def test_record_ids_sent_by_the_collector_are_kept_when_right():
 
 
 BAD_EDITS = [  # one record made into something the compiled path must leave to the Python path
-    ("record_id", "f" * 32), ("record_id", "abc"), ("account_id", "other"), ("flow_log_id", "fl-other123"),
-    ("src_addr", ""), ("src_addr", "999.1.1.1"), ("src_addr", "10.000.0.1"), ("src_addr", "::1"),
-    ("dst_addr", "::ffff:10.0.0.1"), ("dst_addr", "fe80::1%eth0"), ("dst_addr", "1.2.3.4\x00"),
-    ("dst_addr", "١٢٣.1.1.1"), ("src_addr", "x" * 46), ("src_port", 65536), ("dst_port", 2**32 - 1),
-    ("protocol", 256), ("tcp_flags", 0x1000), ("packets", 10**12), ("packets", "one more than bytes"), ("action", 0), ("action", 3),
-    ("log_status", 2), ("log_status", 0), ("log_status", 4), ("direction", 0), ("direction", -1),
-    ("region", "é"), ("project", "\u00ff"), ("src_addr", "10.0.0.1\u00e9"),
-    ("rule_id", "sg web"), ("rule_id", "r" * 129), ("rule_id", "规则"), ("rule_id", "sg\x00"), ("rule_id", "a,b"),
-    ("rule_kind", 4), ("rule_kind", -1), ("sampling_rate", 2**31), ("sampling_rate", 2**32 - 1),
+    ("record_id", "f" * 32),
+    ("record_id", "abc"),
+    ("account_id", "other"),
+    ("flow_log_id", "fl-other123"),
+    ("src_addr", ""),
+    ("src_addr", "999.1.1.1"),
+    ("src_addr", "10.000.0.1"),
+    ("src_addr", "::1"),
+    ("dst_addr", "::ffff:10.0.0.1"),
+    ("dst_addr", "fe80::1%eth0"),
+    ("dst_addr", "1.2.3.4\x00"),
+    ("dst_addr", "١٢٣.1.1.1"),
+    ("src_addr", "x" * 46),
+    ("src_port", 65536),
+    ("dst_port", 2**32 - 1),
+    ("protocol", 256),
+    ("tcp_flags", 0x1000),
+    ("packets", 10**12),
+    ("packets", "one more than bytes"),
+    ("action", 0),
+    ("action", 3),
+    ("log_status", 2),
+    ("log_status", 0),
+    ("log_status", 4),
+    ("direction", 0),
+    ("direction", -1),
+    ("region", "é"),
+    ("project", "\u00ff"),
+    ("src_addr", "10.0.0.1\u00e9"),
+    ("rule_id", "sg web"),
+    ("rule_id", "r" * 129),
+    ("rule_id", "规则"),
+    ("rule_id", "sg\x00"),
+    ("rule_id", "a,b"),
+    ("rule_kind", 4),
+    ("rule_kind", -1),
+    ("sampling_rate", 2**31),
+    ("sampling_rate", 2**32 - 1),
 ]
 
 
@@ -165,8 +230,10 @@ def test_a_record_it_is_not_sure_of_sends_the_batch_to_the_python_path(field, va
 
 
 @pytestmark_fast
-@pytest.mark.parametrize("edit", ["no start", "end before start", "window over a day", "future", "too old",
-                                  "negative nanos", "start merged twice"])
+@pytest.mark.parametrize(
+    "edit",
+    ["no start", "end before start", "window over a day", "future", "too old", "negative nanos", "start merged twice"],
+)
 def test_times_it_is_not_sure_of(edit):
     batch = clean_batch(4, 20)
     r = batch.records[5]
@@ -216,13 +283,26 @@ def test_encodings_protobuf_accepts_read_the_same():
     varints: read as protobuf reads them, or left to it."""
     batch = clean_batch(5, 3)
     recs = [r.SerializeToString() for r in batch.records]
-    unknown = _varint(99 << 3 | 0) + _varint(5) + _field(100, b"\xff\xfe") + _varint(101 << 3 | 5) + b"abcd" \
-        + _varint(102 << 3 | 1) + b"12345678"
+    unknown = (
+        _varint(99 << 3 | 0)
+        + _varint(5)
+        + _field(100, b"\xff\xfe")
+        + _varint(101 << 3 | 5)
+        + b"abcd"
+        + _varint(102 << 3 | 1)
+        + b"12345678"
+    )
     port_twice = _varint(11 << 3) + _varint(1) + recs[0] + _varint(11 << 3) + _varint(8080)
     fat_varint = recs[1] + _varint(13 << 3) + b"\x86\x80\x80\x00"  # protocol 6 in four bytes
     reordered = b"".join(reversed(_split_fields(recs[2])))
-    data = (unknown + _field(2, port_twice) + _field(1, FL.id.encode()) + _field(2, fat_varint) + unknown
-            + _field(2, reordered + unknown))
+    data = (
+        unknown
+        + _field(2, port_twice)
+        + _field(1, FL.id.encode())
+        + _field(2, fat_varint)
+        + unknown
+        + _field(2, reordered + unknown)
+    )
     got = compare(data)
     assert got is not None and [r.src_port for r in got][0] == 8080 and got[1].protocol == 6
 
@@ -254,8 +334,10 @@ def _split_fields(rec: bytes) -> list[bytes]:
 
 @pytestmark_fast
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, 2**32), st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(["flip", "drop", "insert",
-                                                                                          "cut"])), max_size=4))
+@given(
+    st.integers(0, 2**32),
+    st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from(["flip", "drop", "insert", "cut"])), max_size=4),
+)
 def test_mutated_bytes_never_crash_and_never_disagree(seed, edits):
     data = bytearray(clean_batch(seed, 8).SerializeToString())
     rnd = random.Random(seed)
@@ -273,23 +355,59 @@ def test_mutated_bytes_never_crash_and_never_disagree(seed, edits):
 
 
 _u32 = st.one_of(st.integers(0, 300), st.integers(0, 70000), st.integers(0, 2**32 - 1))
-_addr = st.one_of(st.sampled_from(["10.0.0.1", "192.168.1.255", "::1", "2001:db8::1", "0.0.0.0", "", "1.2.3",
-                                   "::ffff:1.2.3.4", "2001:DB8:0::0:1", "1.2.3.04", "fe80::1%1", "a", "::"]),
-                  st.ip_addresses().map(str), st.text(max_size=12))
+_addr = st.one_of(
+    st.sampled_from(
+        [
+            "10.0.0.1",
+            "192.168.1.255",
+            "::1",
+            "2001:db8::1",
+            "0.0.0.0",
+            "",
+            "1.2.3",
+            "::ffff:1.2.3.4",
+            "2001:DB8:0::0:1",
+            "1.2.3.04",
+            "fe80::1%1",
+            "a",
+            "::",
+        ]
+    ),
+    st.ip_addresses().map(str),
+    st.text(max_size=12),
+)
 
 
 @pytestmark_fast
 @settings(max_examples=400, deadline=None)
-@given(st.lists(st.fixed_dictionaries({
-    "src_addr": _addr, "dst_addr": _addr, "src_port": _u32, "dst_port": _u32, "protocol": _u32, "tcp_flags": _u32,
-    "packets": st.integers(0, 2**64 - 1), "bytes": st.integers(0, 2**64 - 1),
-    "action": st.integers(-1, 4), "log_status": st.integers(-1, 4), "direction": st.integers(-1, 4),
-    "record_id": st.sampled_from(["", "x", "0" * 32]), "account_id": st.sampled_from(["", "acct", "b"]),
-    "flow_log_id": st.sampled_from(["", FL.id, "fl-zzzzzzzz"]),
-    "rule_id": st.one_of(st.sampled_from(RULE_IDS + ["r" * 129, "a b"]), st.text(max_size=6)),
-    "rule_kind": st.integers(-1, 5), "sampling_rate": _u32,
-    "start": st.integers(-10**12, NOW + 10**9), "length": st.integers(-1000, 2 * 86_400_000),
-}), max_size=6))
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "src_addr": _addr,
+                "dst_addr": _addr,
+                "src_port": _u32,
+                "dst_port": _u32,
+                "protocol": _u32,
+                "tcp_flags": _u32,
+                "packets": st.integers(0, 2**64 - 1),
+                "bytes": st.integers(0, 2**64 - 1),
+                "action": st.integers(-1, 4),
+                "log_status": st.integers(-1, 4),
+                "direction": st.integers(-1, 4),
+                "record_id": st.sampled_from(["", "x", "0" * 32]),
+                "account_id": st.sampled_from(["", "acct", "b"]),
+                "flow_log_id": st.sampled_from(["", FL.id, "fl-zzzzzzzz"]),
+                "rule_id": st.one_of(st.sampled_from(RULE_IDS + ["r" * 129, "a b"]), st.text(max_size=6)),
+                "rule_kind": st.integers(-1, 5),
+                "sampling_rate": _u32,
+                "start": st.integers(-(10**12), NOW + 10**9),
+                "length": st.integers(-1000, 2 * 86_400_000),
+            }
+        ),
+        max_size=6,
+    )
+)
 def test_arbitrary_records_never_disagree(records):
     msgs = []
     for r in records:
@@ -342,8 +460,10 @@ def test_address_text_is_ipaddress_text(seed):
             src = f"{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}.{rnd.randrange(256)}"
             dst = f"{rnd.randrange(10)}.{rnd.randrange(100)}.{rnd.randrange(255, 256)}.0"
         else:
-            groups = [0 if rnd.random() < 0.5 else rnd.choice([1, 0xF, 0x10, 0xABC, 0xFFFF, rnd.randrange(65536)])
-                      for _ in range(8)]
+            groups = [
+                0 if rnd.random() < 0.5 else rnd.choice([1, 0xF, 0x10, 0xABC, 0xFFFF, rnd.randrange(65536)])
+                for _ in range(8)
+            ]
             addr = ipaddress.IPv6Address(b"".join(g.to_bytes(2, "big") for g in groups))
             src = rnd.choice([str(addr), addr.exploded, str(addr).upper()])
             dst = "2001:db8::1"
@@ -365,6 +485,7 @@ def test_records_are_left_out_of_the_cyclic_gc():
     """Records hold only str and int, so they can be in no reference cycle: the compiled path
     leaves them out of the cyclic GC (CPython does so for plain tuples, not for FlowRecord)."""
     import gc
+
     got = fast.accept(clean_batch(8, 10).SerializeToString(), HEAD, FlowRecord, NOW)
     assert got and not any(gc.is_tracked(r) for r in got)
     assert all(gc.is_tracked(r) for r in python_path(clean_batch(8, 10).SerializeToString())[0])
@@ -380,6 +501,7 @@ def test_spool_payload_and_arrow_table_are_what_the_spool_would_make(seed):
     from server.core.columns import SCHEMA, table_of, table_of_buffers
     from server.core.model import record_columns
     from server.pipeline import spool
+
     batch = clean_batch(seed, 500)
     big = batch.records[3]
     big.packets, big.bytes = 2**64 - 2, 2**64 - 1  # the widest marshal longs
@@ -402,6 +524,7 @@ def test_spool_payload_and_arrow_table_are_what_the_spool_would_make(seed):
 
 # -- one source for the schema and its limits ----------------------------------------------------
 
+
 def test_the_compiled_path_was_built_with_the_protos_field_numbers_and_the_cores_limits():
     from server.api import fastpath
     from server.core import records
@@ -416,13 +539,19 @@ def test_a_compiled_path_that_disagrees_is_refused_naming_each_difference():
 
     from server.api import fastpath
 
-    drifted = SimpleNamespace(FIELDS={**fast.FIELDS, "rule_id": 99}, INGEST_FIELDS=dict(fast.INGEST_FIELDS),
-                              LIMITS={**fast.LIMITS, "max_window_ms": 3_600_000})
+    drifted = SimpleNamespace(
+        FIELDS={**fast.FIELDS, "rule_id": 99},
+        INGEST_FIELDS=dict(fast.INGEST_FIELDS),
+        LIMITS={**fast.LIMITS, "max_window_ms": 3_600_000},
+    )
     with pytest.raises(ImportError) as e:
         fastpath.check(drifted)
     assert "rule_id: C 99, Python 24" in str(e.value) and "max_window_ms: C 3600000, Python 86400000" in str(e.value)
-    missing = SimpleNamespace(FIELDS={k: v for k, v in fast.FIELDS.items() if k != "sampling_rate"},
-                              INGEST_FIELDS=dict(fast.INGEST_FIELDS), LIMITS=dict(fast.LIMITS))
+    missing = SimpleNamespace(
+        FIELDS={k: v for k, v in fast.FIELDS.items() if k != "sampling_rate"},
+        INGEST_FIELDS=dict(fast.INGEST_FIELDS),
+        LIMITS=dict(fast.LIMITS),
+    )
     with pytest.raises(ImportError, match="sampling_rate: C None, Python 26"):
         fastpath.check(missing)
 

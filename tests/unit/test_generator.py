@@ -1,4 +1,5 @@
 """The record generator (pure) and its scheduler (GeneratorLoop, driven by a fake clock)."""
+
 from __future__ import annotations
 
 import collections
@@ -8,7 +9,6 @@ from dataclasses import replace
 
 import pytest
 
-from tests.waiting import finishes, wait_for
 from server.core.generator import EPHEMERAL_HI, EPHEMERAL_LO, SYN, default_rules, generate_window
 from server.core.model import (
     RECORD_VERSION,
@@ -25,6 +25,7 @@ from server.core.model import (
 )
 from server.core.records import check_record, with_id
 from server.generator_loop import GeneratorLoop
+from tests.waiting import finishes, wait_for
 
 MIN = 60_000
 T0 = 1_760_000_000_000 - 1_760_000_000_000 % MIN  # a window boundary
@@ -40,19 +41,38 @@ RESOURCES = {
 }
 
 
-def make(rt: ResourceType = ResourceType.EIP, traffic: TrafficType = TrafficType.ALL, *,
-         addresses: tuple[str, ...] | None = None, rules: tuple[SecurityRule, ...] = (),
-         fl_id: str = "fl-test0001", create_time_ms: int = 1) -> tuple[FlowLog, Resource]:
+def make(
+    rt: ResourceType = ResourceType.EIP,
+    traffic: TrafficType = TrafficType.ALL,
+    *,
+    addresses: tuple[str, ...] | None = None,
+    rules: tuple[SecurityRule, ...] = (),
+    fl_id: str = "fl-test0001",
+    create_time_ms: int = 1,
+) -> tuple[FlowLog, Resource]:
     rid, addrs = RESOURCES[rt]
-    res = Resource(rid, rt, "bj", "vpc-test01", "r", addrs if addresses is None else addresses, rules,
-                   account_id="acct-1")
-    fl = FlowLog(fl_id, "bj", "f", rt, rid, "vpc-test01", traffic, "proj", "store",
-                 create_time_ms=create_time_ms, account_id="acct-1")
+    res = Resource(
+        rid, rt, "bj", "vpc-test01", "r", addrs if addresses is None else addresses, rules, account_id="acct-1"
+    )
+    fl = FlowLog(
+        fl_id,
+        "bj",
+        "f",
+        rt,
+        rid,
+        "vpc-test01",
+        traffic,
+        "proj",
+        "store",
+        create_time_ms=create_time_ms,
+        account_id="acct-1",
+    )
     return fl, res
 
 
-def windows(fl: FlowLog, res: Resource, n: int, seed: int = 1, intensity: float = 1.0,
-            window_ms: int = MIN) -> list[list[FlowRecord]]:
+def windows(
+    fl: FlowLog, res: Resource, n: int, seed: int = 1, intensity: float = 1.0, window_ms: int = MIN
+) -> list[list[FlowRecord]]:
     return [generate_window(fl, res, T0 + i * window_ms, window_ms, seed, intensity) for i in range(n)]
 
 
@@ -69,6 +89,7 @@ def local(r: FlowRecord) -> str:
 
 
 # --- the generator --------------------------------------------------------------------------
+
 
 def test_deterministic_for_the_same_inputs():
     fl, res = make()
@@ -91,8 +112,14 @@ def test_every_record_is_valid_and_complete(rt):
         for r in window:
             assert check_record(r, now_ms=end) is None, r
             assert with_id(r) == r  # record_id is the stable hash of the fields
-            assert (r.version, r.account_id, r.flow_log_id, r.region, r.project, r.log_store) == \
-                (RECORD_VERSION, "acct-1", fl.id, "bj", "proj", "store")
+            assert (r.version, r.account_id, r.flow_log_id, r.region, r.project, r.log_store) == (
+                RECORD_VERSION,
+                "acct-1",
+                fl.id,
+                "bj",
+                "proj",
+                "store",
+            )
             assert (r.resource_type, r.resource_id, r.network_id) == (int(rt), res.id, "vpc-test01")
             assert start <= r.start_time <= r.end_time < end
             if r.log_status == LogStatus.NODATA:
@@ -135,8 +162,11 @@ def test_internet_facing_peers_are_public_and_internal_peers_private():
         fl, res = make(rt)
         peers = {ipaddress.ip_address(peer(r)) for r in flat(windows(fl, res, 10)) if r.log_status == LogStatus.OK}
         assert all(any(p in n for n in private) for p in peers)
-        assert {next(str(n) for n in private if p in n) for p in peers} == \
-            {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"}
+        assert {next(str(n) for n in private if p in n) for p in peers} == {
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+        }
 
 
 def test_protocols_ports_and_flags_are_plausible():
@@ -201,7 +231,10 @@ def test_traffic_type_filters_accept_and_reject():
     all_ = windows(fl_all, res, 10)
     allow = windows(fl_allow, res, 10)
     deny = windows(fl_deny, res, 10)
-    ok = lambda rs: [r for r in rs if r.log_status == LogStatus.OK]
+
+    def ok(rs):
+        return [r for r in rs if r.log_status == LogStatus.OK]
+
     assert {r.action for r in ok(flat(allow))} == {Action.ACCEPT}
     assert {r.action for r in ok(flat(deny))} == {Action.REJECT}
     assert {r.action for r in ok(flat(all_))} == {Action.ACCEPT, Action.REJECT}
@@ -209,6 +242,7 @@ def test_traffic_type_filters_accept_and_reject():
     # One resource, one traffic: ALL is exactly ALLOW plus DENY.
     def body(rs):
         return sorted(r[10:] for r in ok(rs))
+
     for a, b, c in zip(all_, allow, deny, strict=True):
         assert body(a) == sorted(body(b) + body(c))
 
@@ -218,8 +252,15 @@ def test_nodata_when_idle():
     for i in range(5):
         [r] = generate_window(fl, res, T0 + i * MIN, MIN, 1, intensity=0)
         assert r.log_status == LogStatus.NODATA
-        assert (r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.packets, r.bytes) == \
-            ("", "", 0, 0, 0, 0, 0)
+        assert (r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.packets, r.bytes) == (
+            "",
+            "",
+            0,
+            0,
+            0,
+            0,
+            0,
+        )
         assert (r.action, r.direction, r.tcp_flags) == (Action.UNSPECIFIED, Direction.UNSPECIFIED, 0)
         assert (r.start_time, r.end_time) == (T0 + i * MIN, T0 + (i + 1) * MIN - 1)
         assert check_record(r, now_ms=T0 + (i + 1) * MIN) is None and with_id(r) == r
@@ -265,6 +306,7 @@ def test_rejects_bad_windows():
 
 
 # --- the scheduler --------------------------------------------------------------------------
+
 
 class Clock:
     def __init__(self, now: int) -> None:

@@ -1,4 +1,5 @@
 """`http.listen`: off by default, a flag/env/file setting, loopback-only without API keys."""
+
 from __future__ import annotations
 
 import pytest

@@ -3,6 +3,7 @@
 Expected values are written out by hand from the sample lines (tests/fixtures/importers), field
 by field as the vendors document them, not computed by the code under test.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -27,8 +28,21 @@ def row(r) -> tuple:
     """A record as (src, dst, sport, dport, proto, packets, bytes, start ms, end ms, action,
     log_status, direction, tcp_flags)."""
     ms = lambda ts: ts.seconds * 1000 + ts.nanos // 1_000_000  # noqa: E731
-    return (r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.packets, r.bytes, ms(r.start_time),
-            ms(r.end_time), r.action, r.log_status, r.direction, r.tcp_flags)
+    return (
+        r.src_addr,
+        r.dst_addr,
+        r.src_port,
+        r.dst_port,
+        r.protocol,
+        r.packets,
+        r.bytes,
+        ms(r.start_time),
+        ms(r.end_time),
+        r.action,
+        r.log_status,
+        r.direction,
+        r.tcp_flags,
+    )
 
 
 def split(items) -> tuple[list[tuple[int, tuple]], list[LineError], list[Skipped]]:
@@ -61,8 +75,24 @@ AWS_V2 = [
     (5, ("", "", 0, 0, 0, 0, 0, 1431280876000, 1431280934000, NONE, SKIPDATA, UNSPEC, 0)),
     (6, ("203.0.113.12", "172.31.16.139", 0, 0, 1, 4, 336, 1432917027000, 1432917142000, ACCEPT, OK, UNSPEC, 0)),
     (7, ("172.31.16.139", "203.0.113.12", 0, 0, 1, 4, 336, 1432917094000, 1432917142000, REJECT, OK, UNSPEC, 0)),
-    (8, ("2001:db8:1234:a100:8d6e:3477:df66:f105", "2001:db8:1234:a102:3304:8879:34cf:4071", 34892, 22, 6, 54, 8855,
-         1477913708000, 1477913820000, ACCEPT, OK, UNSPEC, 0)),
+    (
+        8,
+        (
+            "2001:db8:1234:a100:8d6e:3477:df66:f105",
+            "2001:db8:1234:a102:3304:8879:34cf:4071",
+            34892,
+            22,
+            6,
+            54,
+            8855,
+            1477913708000,
+            1477913820000,
+            ACCEPT,
+            OK,
+            UNSPEC,
+            0,
+        ),
+    ),
 ]
 
 
@@ -131,8 +161,7 @@ def test_aws_bad_lines_are_reported_and_the_rest_kept():
     ]
     records, errors, _ = split(aws.parse_lines([header, good, *bad, good], "bad.log"))
     assert [line for line, _ in records] == [2, 9]
-    assert [(e.line, e.field) for e in errors] == [(3, "srcport"), (4, "action"), (5, ""), (6, "start"),
-                                                   (7, "packets")]
+    assert [(e.line, e.field) for e in errors] == [(3, "srcport"), (4, "action"), (5, ""), (6, "start"), (7, "packets")]
     assert str(errors[0]) == "bad.log:3: srcport: 'port' is not a whole number"
     assert "has 4 fields, the header (line 1) names 14" in errors[2].reason
 
@@ -143,8 +172,10 @@ def test_aws_header_mid_stream_switches_format():
     records, errors, _ = split(aws.parse_lines(v2 + v5, "-"))
     assert errors == []
     assert len(records) == len(AWS_V2) + 2
-    assert records[-1] == (len(v2) + 3, ("10.0.0.71", "52.95.128.179", 34210, 80, 6, 7, 471, 1616729292000,
-                                         1616729349000, ACCEPT, OK, OUT, 3))
+    assert records[-1] == (
+        len(v2) + 3,
+        ("10.0.0.71", "52.95.128.179", 34210, 80, 6, 7, 471, 1616729292000, 1616729349000, ACCEPT, OK, OUT, 3),
+    )
 
 
 def test_aws_header_detection():
@@ -159,8 +190,10 @@ def test_aws_header_detection():
 # opposite direction. B tuples carry no counters and are skipped; D tuples are REJECT.
 def _vnet_expected() -> list[tuple[str, list[tuple]]]:
     def out(ts, dst, sport, p1, b1, p2, b2):
-        return [("10.0.0.6", dst, sport, 443, 6, p1, b1, ts, ts, ACCEPT, OK, OUT, 0),
-                (dst, "10.0.0.6", 443, sport, 6, p2, b2, ts, ts, ACCEPT, OK, IN, 0)]
+        return [
+            ("10.0.0.6", dst, sport, 443, 6, p1, b1, ts, ts, ACCEPT, OK, OUT, 0),
+            (dst, "10.0.0.6", 443, sport, 6, p2, b2, ts, ts, ACCEPT, OK, IN, 0),
+        ]
 
     def denied(ts, src, sport, dport):
         return [(src, "10.0.0.6", sport, dport, 6, 0, 0, ts, ts, REJECT, OK, IN, 0)]
@@ -168,10 +201,14 @@ def _vnet_expected() -> list[tuple[str, list[tuple]]]:
     return [
         ("1663146003606,10.0.0.6,192.0.2.180", out(1663146003606, "192.0.2.180", 23956, 3, 767, 2, 1580)),
         ("1663146003640,10.0.0.6,203.0.113.17", out(1663146003640, "203.0.113.17", 22730, 3, 705, 4, 4569)),
-        ("1663146004251,10.0.0.6,203.0.113.17,22732,443,6,O,E", out(1663146004251, "203.0.113.17", 22732, 3, 705, 4,
-                                                                    4569)),
-        ("1663146004622,10.0.0.6,203.0.113.17,22734,443,6,O,E", out(1663146004622, "203.0.113.17", 22734, 2, 134, 1,
-                                                                    108)),
+        (
+            "1663146004251,10.0.0.6,203.0.113.17,22732,443,6,O,E",
+            out(1663146004251, "203.0.113.17", 22732, 3, 705, 4, 4569),
+        ),
+        (
+            "1663146004622,10.0.0.6,203.0.113.17,22734,443,6,O,E",
+            out(1663146004622, "203.0.113.17", 22734, 2, 134, 1, 108),
+        ),
         ("1663146022793,10.0.0.6,198.51.100.84", out(1663146022793, "198.51.100.84", 36776, 22, 2217, 33, 32466)),
         ("1663145998065,", denied(1663145998065, "203.0.113.153", 55188, 22)),
         ("1663146005503,", denied(1663146005503, "192.0.2.164", 35276, 119)),
@@ -193,18 +230,27 @@ def test_azure_vnet_flow_log_example():
     data = (FIXTURES / "azure-vnet-flowlog.json").read_bytes()
     records, errors, skipped = split(azure.parse_document(data, "PT1H.json"))
     assert errors == []
-    expected = [(_line_containing("azure-vnet-flowlog.json", prefix), r)
-                for prefix, rows in _vnet_expected() for r in rows]
+    expected = [
+        (_line_containing("azure-vnet-flowlog.json", prefix), r) for prefix, rows in _vnet_expected() for r in rows
+    ]
     assert records == expected
     assert len(skipped) == 5 and all(s.reason.startswith("flow-begin tuple") for s in skipped)
     SG = t.RULE_KIND_SECURITY_GROUP
     assert rules(azure.parse_document(data, "PT1H.json")) == (
-        [("DefaultRule_AllowInternetOutBound", SG)] * 10 + [("BlockHighRiskTCPPortsFromInternet", SG)] * 2
-        + [("Internet", SG)] * 7)
+        [("DefaultRule_AllowInternetOutBound", SG)] * 10
+        + [("BlockHighRiskTCPPortsFromInternet", SG)] * 2
+        + [("Internet", SG)] * 7
+    )
     assert sorted(s.line for s in skipped) == sorted(
-        _line_containing("azure-vnet-flowlog.json", ts) for ts in
-        ("1663146003599,", "1663146003637,", "1663146004251,10.0.0.6,203.0.113.17,22732,443,6,O,B",
-         "1663146004622,10.0.0.6,203.0.113.17,22734,443,6,O,B", "1663146017343,"))
+        _line_containing("azure-vnet-flowlog.json", ts)
+        for ts in (
+            "1663146003599,",
+            "1663146003637,",
+            "1663146004251,10.0.0.6,203.0.113.17,22732,443,6,O,B",
+            "1663146004622,10.0.0.6,203.0.113.17,22734,443,6,O,B",
+            "1663146017343,",
+        )
+    )
 
 
 def test_azure_nsg_v2_example():
@@ -214,53 +260,91 @@ def test_azure_nsg_v2_example():
     line = lambda prefix: _line_containing("azure-nsg-v2.json", prefix)  # noqa: E731
     host = "10.5.16.4"
     assert records == [
-        (line("1542110402,"), ("94.102.49.190", host, 28746, 443, 17, 0, 0, 1542110402000, 1542110402000, REJECT, OK,
-                               IN, 0)),
-        (line("1542110424,"), ("176.119.4.10", host, 56509, 59336, 6, 0, 0, 1542110424000, 1542110424000, REJECT, OK,
-                               IN, 0)),
-        (line("1542110432,"), ("167.99.86.8", host, 48495, 8088, 6, 0, 0, 1542110432000, 1542110432000, REJECT, OK,
-                               IN, 0)),
-        (line("1542110379,10.5.16.4,13.67.143.117"), (host, "13.67.143.117", 59932, 443, 6, 1, 66, 1542110379000,
-                                                      1542110379000, ACCEPT, OK, OUT, 0)),
-        (line("1542110379,10.5.16.4,13.67.143.117"), ("13.67.143.117", host, 443, 59932, 6, 1, 66, 1542110379000,
-                                                      1542110379000, ACCEPT, OK, IN, 0)),
-        (line("1542110379,10.5.16.4,13.67.143.115"), (host, "13.67.143.115", 44931, 443, 6, 30, 16978, 1542110379000,
-                                                      1542110379000, ACCEPT, OK, OUT, 0)),
-        (line("1542110379,10.5.16.4,13.67.143.115"), ("13.67.143.115", host, 443, 44931, 6, 24, 14008, 1542110379000,
-                                                      1542110379000, ACCEPT, OK, IN, 0)),
-        (line("1542110406,"), (host, "40.71.12.225", 59929, 443, 6, 15, 8489, 1542110406000, 1542110406000, ACCEPT,
-                               OK, OUT, 0)),
-        (line("1542110406,"), ("40.71.12.225", host, 443, 59929, 6, 12, 7054, 1542110406000, 1542110406000, ACCEPT,
-                               OK, IN, 0)),
+        (
+            line("1542110402,"),
+            ("94.102.49.190", host, 28746, 443, 17, 0, 0, 1542110402000, 1542110402000, REJECT, OK, IN, 0),
+        ),
+        (
+            line("1542110424,"),
+            ("176.119.4.10", host, 56509, 59336, 6, 0, 0, 1542110424000, 1542110424000, REJECT, OK, IN, 0),
+        ),
+        (
+            line("1542110432,"),
+            ("167.99.86.8", host, 48495, 8088, 6, 0, 0, 1542110432000, 1542110432000, REJECT, OK, IN, 0),
+        ),
+        (
+            line("1542110379,10.5.16.4,13.67.143.117"),
+            (host, "13.67.143.117", 59932, 443, 6, 1, 66, 1542110379000, 1542110379000, ACCEPT, OK, OUT, 0),
+        ),
+        (
+            line("1542110379,10.5.16.4,13.67.143.117"),
+            ("13.67.143.117", host, 443, 59932, 6, 1, 66, 1542110379000, 1542110379000, ACCEPT, OK, IN, 0),
+        ),
+        (
+            line("1542110379,10.5.16.4,13.67.143.115"),
+            (host, "13.67.143.115", 44931, 443, 6, 30, 16978, 1542110379000, 1542110379000, ACCEPT, OK, OUT, 0),
+        ),
+        (
+            line("1542110379,10.5.16.4,13.67.143.115"),
+            ("13.67.143.115", host, 443, 44931, 6, 24, 14008, 1542110379000, 1542110379000, ACCEPT, OK, IN, 0),
+        ),
+        (
+            line("1542110406,"),
+            (host, "40.71.12.225", 59929, 443, 6, 15, 8489, 1542110406000, 1542110406000, ACCEPT, OK, OUT, 0),
+        ),
+        (
+            line("1542110406,"),
+            ("40.71.12.225", host, 443, 59929, 6, 12, 7054, 1542110406000, 1542110406000, ACCEPT, OK, IN, 0),
+        ),
     ]
     assert [s.line for s in skipped] == [line("1542110377,")]
     assert rules(azure.parse_document(data, "nsg.json")) == (
         [("DefaultRule_DenyAllInBound", t.RULE_KIND_DEFAULT)] * 3
-        + [("DefaultRule_AllowInternetOutBound", t.RULE_KIND_SECURITY_GROUP)] * 6)
+        + [("DefaultRule_AllowInternetOutBound", t.RULE_KIND_SECURITY_GROUP)] * 6
+    )
 
 
 def test_azure_nsg_v1_tuple():
-    doc = {"records": [{"properties": {"Version": 1, "flows": [{"rule": "r", "flows": [{"mac": "m", "flowTuples": [
-        "1497646722,10.0.0.4,168.62.32.14,44904,443,T,O,A"]}]}]}}]}
+    doc = {
+        "records": [
+            {
+                "properties": {
+                    "Version": 1,
+                    "flows": [
+                        {
+                            "rule": "r",
+                            "flows": [{"mac": "m", "flowTuples": ["1497646722,10.0.0.4,168.62.32.14,44904,443,T,O,A"]}],
+                        }
+                    ],
+                }
+            }
+        ]
+    }
     import json
+
     records, errors, _ = split(azure.parse_document(json.dumps(doc), "v1.json"))
     assert errors == []
-    assert records == [(1, ("10.0.0.4", "168.62.32.14", 44904, 443, 6, 0, 0, 1497646722000, 1497646722000, ACCEPT,
-                            OK, OUT, 0))]
+    assert records == [
+        (1, ("10.0.0.4", "168.62.32.14", 44904, 443, 6, 0, 0, 1497646722000, 1497646722000, ACCEPT, OK, OUT, 0))
+    ]
 
 
 def test_azure_bad_tuples_and_documents():
     text = (FIXTURES / "azure-vnet-flowlog.json").read_text()
-    broken = text.replace("1663146003606,10.0.0.6,192.0.2.180,23956,443,6,O,E",
-                          "1663146003606,10.0.0.6,192.0.2.180,23956,https,6,O,E")
-    broken = broken.replace("1663145998065,203.0.113.153,10.0.0.6,55188,22,6,I,D,NX,0,0,0,0",
-                            "1663145998065,203.0.113.153,10.0.0.6,55188,22,6,X,D,NX,0,0,0,0")
+    broken = text.replace(
+        "1663146003606,10.0.0.6,192.0.2.180,23956,443,6,O,E", "1663146003606,10.0.0.6,192.0.2.180,23956,https,6,O,E"
+    )
+    broken = broken.replace(
+        "1663145998065,203.0.113.153,10.0.0.6,55188,22,6,I,D,NX,0,0,0,0",
+        "1663145998065,203.0.113.153,10.0.0.6,55188,22,6,X,D,NX,0,0,0,0",
+    )
     records, errors, _ = split(azure.parse_document(broken, "PT1H.json"))
     good = sum(len(rows) for _, rows in _vnet_expected())
     assert len(records) == good - 2 - 1  # the E tuple made two records, the D tuple one
     assert [(e.line, e.field) for e in errors] == [
         (_line_containing("azure-vnet-flowlog.json", "1663146003606,"), "dst_port"),
-        (_line_containing("azure-vnet-flowlog.json", "1663145998065,"), "direction")]
+        (_line_containing("azure-vnet-flowlog.json", "1663145998065,"), "direction"),
+    ]
     assert "records[0].flowRecords.flows[0].flowGroups[0].flowTuples[1]" in errors[0].reason
     assert "'https' is not a whole number" in errors[0].reason
 
@@ -276,6 +360,7 @@ def test_azure_blob_cut_short_keeps_its_complete_records():
     """Azure appends to the hour's PT1H.json as the hour goes: a copy taken mid-hour can stop
     inside a record. The complete records are imported, the rest is one error with its line."""
     import json
+
     doc = json.loads((FIXTURES / "azure-vnet-flowlog.json").read_text())
     text = json.dumps({"records": [doc["records"][0], doc["records"][0]]}, indent=1)
     cut = text[: text.rindex("1663145990049")]
@@ -320,17 +405,97 @@ def test_truncated_gzip_keeps_what_was_read(tmp_path):
 
 def test_parquet_with_aws_columns(tmp_path):
     """AWS's Parquet flow logs: the format's fields as columns, `-` written as null."""
-    names = ["version", "account_id", "interface_id", "srcaddr", "dstaddr", "srcport", "dstport", "protocol",
-             "packets", "bytes", "start", "end", "action", "log_status", "flow_direction", "tcp_flags"]
-    types = [pa.int32(), pa.string(), pa.string(), pa.string(), pa.string(), pa.int32(), pa.int32(), pa.int32(),
-             pa.int64(), pa.int64(), pa.int64(), pa.int64(), pa.string(), pa.string(), pa.string(), pa.int32()]
+    names = [
+        "version",
+        "account_id",
+        "interface_id",
+        "srcaddr",
+        "dstaddr",
+        "srcport",
+        "dstport",
+        "protocol",
+        "packets",
+        "bytes",
+        "start",
+        "end",
+        "action",
+        "log_status",
+        "flow_direction",
+        "tcp_flags",
+    ]
+    types = [
+        pa.int32(),
+        pa.string(),
+        pa.string(),
+        pa.string(),
+        pa.string(),
+        pa.int32(),
+        pa.int32(),
+        pa.int32(),
+        pa.int64(),
+        pa.int64(),
+        pa.int64(),
+        pa.int64(),
+        pa.string(),
+        pa.string(),
+        pa.string(),
+        pa.int32(),
+    ]
     rows = [
-        [2, "123456789010", "eni-1235b8ca123456789", "172.31.16.139", "172.31.16.21", 20641, 22, 6, 20, 4249,
-         1418530010, 1418530070, "ACCEPT", "OK", "ingress", 2],
-        [2, "123456789010", "eni-1235b8ca123456789", None, None, None, None, None, None, None, 1431280876,
-         1431280934, None, "NODATA", None, None],
-        [2, "123456789010", "eni-1235b8ca123456789", "172.31.16.139", "203.0.113.12", 0, 0, 1, 4, 336,
-         1432917094, 1432917142, "REJECT", "OK", "egress", None],
+        [
+            2,
+            "123456789010",
+            "eni-1235b8ca123456789",
+            "172.31.16.139",
+            "172.31.16.21",
+            20641,
+            22,
+            6,
+            20,
+            4249,
+            1418530010,
+            1418530070,
+            "ACCEPT",
+            "OK",
+            "ingress",
+            2,
+        ],
+        [
+            2,
+            "123456789010",
+            "eni-1235b8ca123456789",
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            1431280876,
+            1431280934,
+            None,
+            "NODATA",
+            None,
+            None,
+        ],
+        [
+            2,
+            "123456789010",
+            "eni-1235b8ca123456789",
+            "172.31.16.139",
+            "203.0.113.12",
+            0,
+            0,
+            1,
+            4,
+            336,
+            1432917094,
+            1432917142,
+            "REJECT",
+            "OK",
+            "egress",
+            None,
+        ],
     ]
     table = pa.table({n: pa.array([r[i] for r in rows], type=ty) for i, (n, ty) in enumerate(zip(names, types))})
     pq.write_table(table, tmp_path / "flows.parquet", row_group_size=2)
@@ -369,8 +534,12 @@ def test_s3_layout_directory_is_walked_in_time_order(tmp_path):
         path.write_bytes(gzip.compress((lines[0] + lines[line - 1]).encode()))
     (tmp_path / "AWSLogs" / "aws-logs-write-test").write_text("Permission Check Successful")
     files = sources.expand([str(tmp_path)], "aws")
-    assert [Path(f).name.split("_")[4] for f in files] == ["20210325T2350Z", "20210325T2355Z", "20210326T0000Z",
-                                                   "20210326T0005Z"]
+    assert [Path(f).name.split("_")[4] for f in files] == [
+        "20210325T2350Z",
+        "20210325T2355Z",
+        "20210326T0000Z",
+        "20210326T0005Z",
+    ]
     got = [split(sources.read(f, "aws"))[0] for f in files]
     by_line = dict(AWS_V2)
     assert got == [[(2, by_line[7])], [(2, by_line[3])], [(2, by_line[6])], [(2, by_line[2])]]
@@ -398,8 +567,9 @@ def test_stdin_gzip_and_azure(tmp_path):
     data = gzip.compress((FIXTURES / "aws-custom-v5.log").read_bytes())
     records, errors, _ = read("-", stdin=io.BytesIO(data))
     assert errors == [] and [line for line, _ in records] == [2, 3]
-    records, errors, skipped = read("-", fmt="azure", stdin=io.BytesIO((FIXTURES / "azure-vnet-flowlog.json")
-                                                                      .read_bytes()))
+    records, errors, skipped = read(
+        "-", fmt="azure", stdin=io.BytesIO((FIXTURES / "azure-vnet-flowlog.json").read_bytes())
+    )
     assert errors == [] and len(records) == 19 and len(skipped) == 5
 
 
@@ -425,9 +595,11 @@ def test_progress_and_bad_lines_on_stderr():
     reporter.done()
     lines = log.getvalue().splitlines()
     assert lines[0].startswith("1/3 files, 12,345 records sent (") and lines[0].endswith("1 bad, 0s: b.log.gz")
-    assert lines[1:4] == ["flowlog: a.log:3: srcport: 'x' is not a whole number",
-                          "flowlog: a.log:4: srcport: 'x' is not a whole number",
-                          "flowlog: further bad lines are counted, not shown (--max-errors 2)"]
+    assert lines[1:4] == [
+        "flowlog: a.log:3: srcport: 'x' is not a whole number",
+        "flowlog: a.log:4: srcport: 'x' is not a whole number",
+        "flowlog: further bad lines are counted, not shown (--max-errors 2)",
+    ]
     assert lines[4].split(" (")[0] == lines[0].split(" (")[0] and len(lines) == 5 and reporter.errors == 3
 
     screen = _Terminal()  # a terminal: one line rewritten in place, cleared before an error line
@@ -449,11 +621,31 @@ def test_server_takes_skipdata_without_addresses():
     from server.core.records import check_record
 
     now = 1_700_000_000_000
-    bare = FlowRecord(record_id="", version=1, account_id="acct", flow_log_id="fl-abcdefgh", region="bj",
-                      project="proj", log_store="store", resource_type=1, resource_id="eip-1", network_id="vpc-1",
-                      src_addr="", dst_addr="", src_port=0, dst_port=0, protocol=0, packets=0, bytes=0,
-                      start_time=now - 60_000, end_time=now, action=int(Action.UNSPECIFIED),
-                      log_status=int(LogStatus.SKIPDATA), direction=int(Direction.UNSPECIFIED), tcp_flags=0)
+    bare = FlowRecord(
+        record_id="",
+        version=1,
+        account_id="acct",
+        flow_log_id="fl-abcdefgh",
+        region="bj",
+        project="proj",
+        log_store="store",
+        resource_type=1,
+        resource_id="eip-1",
+        network_id="vpc-1",
+        src_addr="",
+        dst_addr="",
+        src_port=0,
+        dst_port=0,
+        protocol=0,
+        packets=0,
+        bytes=0,
+        start_time=now - 60_000,
+        end_time=now,
+        action=int(Action.UNSPECIFIED),
+        log_status=int(LogStatus.SKIPDATA),
+        direction=int(Direction.UNSPECIFIED),
+        tcp_flags=0,
+    )
     assert check_record(bare, now) is None
     half = bare._replace(src_addr="10.0.0.1")
     assert check_record(half, now).field == "dst_addr"
@@ -465,8 +657,9 @@ def test_aws_fields_for_lines_without_a_header():
     from clients.cli import build_parser
 
     header, *data = lines_of("aws-custom-v5.log")
-    args = build_parser().parse_args(["import", "--flow-log", "fl-abcdefgh", "--format", "aws", "--aws-fields",
-                                      header.strip(), "-"])
+    args = build_parser().parse_args(
+        ["import", "--flow-log", "fl-abcdefgh", "--format", "aws", "--aws-fields", header.strip(), "-"]
+    )
     records, errors, _ = split(aws.parse_lines(data, "cw.log", args.aws_fields))
     assert errors == [] and [(line, r[11]) for line, r in records] == [(1, IN), (2, OUT)]
     _, errors, _ = split(aws.parse_lines(data, "cw.log"))  # without it: not the default format

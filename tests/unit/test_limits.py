@@ -1,5 +1,6 @@
 """server.core.limits: per-account and total bounds, errors naming the setting, slots given back
 (the piece Query, Tail, Aggregate and Ingest call; no server needed)."""
+
 from __future__ import annotations
 
 import threading
@@ -12,8 +13,11 @@ from server.core.usecases.aggregate import Aggregate
 
 
 def limiter(per_account: int, total: int) -> Limiter:
-    return Limiter("Query streams", Bound(per_account, "limits.max_query_streams_per_account"),
-                   Bound(total, "limits.max_query_streams"))
+    return Limiter(
+        "Query streams",
+        Bound(per_account, "limits.max_query_streams_per_account"),
+        Bound(total, "limits.max_query_streams"),
+    )
 
 
 def test_per_account_then_total_bound_each_named():
@@ -57,6 +61,7 @@ def test_threads_never_exceed_the_bounds():
                         assert lim.held(account) <= 3
             except ResourceExhausted:
                 refused.append(account)
+
     threads = [threading.Thread(target=work, args=(f"acct{i % 3}",)) for i in range(9)]
     for t in threads:
         t.start()
@@ -66,9 +71,16 @@ def test_threads_never_exceed_the_bounds():
 
 
 def test_the_aggregate_use_case_takes_its_slot():
-    limits = Limits.build(max_query_streams_per_account=1, max_query_streams=1, max_aggregate_calls_per_account=1,
-                          max_aggregate_calls=2, max_tail_streams_per_account=1, max_tail_streams=1,
-                          max_ingest_inflight_bytes_per_account=1, max_ingest_inflight_bytes=1)
+    limits = Limits.build(
+        max_query_streams_per_account=1,
+        max_query_streams=1,
+        max_aggregate_calls_per_account=1,
+        max_aggregate_calls=2,
+        max_tail_streams_per_account=1,
+        max_tail_streams=1,
+        max_ingest_inflight_bytes_per_account=1,
+        max_ingest_inflight_bytes=1,
+    )
     agg = Aggregate(metadata=None, records=object(), limits=None, slots=limits.aggregate_calls)  # type: ignore[arg-type]
     with agg.slot("a"):
         with pytest.raises(ResourceExhausted, match="limits.max_aggregate_calls_per_account"):

@@ -1,6 +1,7 @@
 """The record pipeline with real parts: the SQLite spool, the embedded DuckDB query store and
 the archive on a local folder. Failures are injected by wrapping the real store (our own port),
 crashes by SIGKILLing a child process."""
+
 from __future__ import annotations
 
 import signal
@@ -14,7 +15,6 @@ import pytest
 
 from backends.embedded.objects import LocalObjectStore
 from backends.embedded.records import EmbeddedRecordStore
-from tests.waiting import finishes
 from server.archive import Archive
 from server.core.errors import ResourceExhausted, Unavailable
 from server.core.model import Action, Direction, FlowRecord, LogStatus, LogStoreKey
@@ -23,7 +23,8 @@ from server.core.records import with_id
 from server.pipeline import Pipeline
 from server.pipeline.fanout import ArchiveSinkWorker, DropFence
 from server.pipeline.hub import Hub, SubscriptionOverflow
-from server.pipeline.spool import BatchKey, MAX_BATCH_RECORDS, Spool, decode, encode, group_by_log_store
+from server.pipeline.spool import MAX_BATCH_RECORDS, BatchKey, Spool, decode, encode, group_by_log_store
+from tests.waiting import finishes
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNT, REGION, PROJECT = "acct-1", "ap-guangzhou", "proj"
@@ -36,10 +37,31 @@ def make_records(n: int, start: int = 0, log_store: str = "web", account: str = 
     """n distinct records; record i has start_time BASE_MS + i*1000 (so a distinct record_id)."""
     out = []
     for i in range(start, start + n):
-        r = FlowRecord("", 0, account, "fl-abcdefgh", REGION, PROJECT, log_store, 1, "eip-1", "vpc-1",
-                       f"10.0.{i % 250}.{i % 200 + 1}", "203.0.113.7", 1024 + i % 60000, (22, 80, 443)[i % 3], 6,
-                       1 + i % 50, 100 + i, BASE_MS + i * 1000, BASE_MS + i * 1000 + 60_000,
-                       Action.ACCEPT if i % 4 else Action.REJECT, LogStatus.OK, Direction.INGRESS, 2)
+        r = FlowRecord(
+            "",
+            0,
+            account,
+            "fl-abcdefgh",
+            REGION,
+            PROJECT,
+            log_store,
+            1,
+            "eip-1",
+            "vpc-1",
+            f"10.0.{i % 250}.{i % 200 + 1}",
+            "203.0.113.7",
+            1024 + i % 60000,
+            (22, 80, 443)[i % 3],
+            6,
+            1 + i % 50,
+            100 + i,
+            BASE_MS + i * 1000,
+            BASE_MS + i * 1000 + 60_000,
+            Action.ACCEPT if i % 4 else Action.REJECT,
+            LogStatus.OK,
+            Direction.INGRESS,
+            2,
+        )
         out.append(with_id(r))
     return out
 
@@ -130,6 +152,7 @@ def test_spooled_batches_carry_their_arrow_table(tmp_path):
     and the sinks convert their records instead."""
     from server.core.columns import SCHEMA, records_of, table_of
     from server.pipeline.fanout import batch_table
+
     recs = make_records(30, log_store="a") + make_records(20, start=30, log_store="b")
     spool = Spool(tmp_path / "spool.db", tables=True)
     try:
@@ -164,6 +187,7 @@ def test_a_prepared_batch_is_spooled_as_given_and_reads_back_the_same(tmp_path):
     from server.core.columns import table_of
     from server.core.model import record_columns
     from server.pipeline.spool import _ENUM_IDX, _VALUE_IDX
+
     recs = make_records(40, log_store="a")
     cols = record_columns(recs)
     for i in _ENUM_IDX:  # what the fast path writes: plain ints
@@ -262,8 +286,12 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 def test_spool_survives_sigkill(tmp_path):
     path = tmp_path / "spool.db"
-    out = subprocess.run([sys.executable, "-c", CHILD_SPOOL.format(repo=str(REPO), path=str(path))],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD_SPOOL.format(repo=str(REPO), path=str(path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == -signal.SIGKILL, out.stderr
     acked = [int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("acked")]
     assert acked == list(range(1, 21))
@@ -299,8 +327,12 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_pipeline_resumes_after_sigkill_and_delivers_exactly_once(tmp_path):
-    out = subprocess.run([sys.executable, "-c", CHILD_PIPELINE.format(repo=str(REPO), dir=str(tmp_path))],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD_PIPELINE.format(repo=str(REPO), dir=str(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == -signal.SIGKILL, out.stderr
     assert len([ln for ln in out.stdout.splitlines() if ln.startswith("acked")]) == 30
     store = EmbeddedRecordStore(tmp_path / "records.duckdb", checkpoint_interval_s=0)
@@ -312,8 +344,11 @@ def test_pipeline_resumes_after_sigkill_and_delivers_exactly_once(tmp_path):
         assert p.wait_delivered(30, 30)
         assert count_query(store) == 30_000
         assert count_archive(archive) == 30_000
-        got = sorted(r.start_time for batch in archive.read(ACCOUNT, LogStoreKey(REGION, PROJECT, "web"), 0, FOREVER)
-                     for r in batch)
+        got = sorted(
+            r.start_time
+            for batch in archive.read(ACCOUNT, LogStoreKey(REGION, PROJECT, "web"), 0, FOREVER)
+            for r in batch
+        )
         assert got == [BASE_MS + i * 1000 for i in range(30_000)]
     finally:
         p.stop(5)
@@ -353,7 +388,7 @@ def test_archive_rewrites_a_pending_range_after_a_crash(tmp_path, archive):
     spool.register_sinks(["archive"])
     recs = make_records(3000)
     for i in range(3):
-        spool.append(recs[i * 1000:(i + 1) * 1000])
+        spool.append(recs[i * 1000 : (i + 1) * 1000])
     # The crashed process: noted the range (0, 3] as pending and wrote part of it.
     spool.set_pending("archive", 3)
     worker = ArchiveSinkWorker("archive", spool, archive, DropFence(), max_records=10_000, max_age_s=3600)
@@ -367,7 +402,7 @@ def test_archive_rewrites_a_pending_range_after_a_crash(tmp_path, archive):
     worker = ArchiveSinkWorker("archive", spool, archive, DropFence(), max_records=10_000, max_age_s=3600)
     worker.start()
     assert spool.wait_offsets(3, ["archive"], 10)  # redone although neither max_records nor max_age is due
-    assert spool.sink_offset("archive") .pending_to is None
+    assert spool.sink_offset("archive").pending_to is None
     assert count_archive(archive) == 3000
     keys = {info.key for info in archive.store.list("")}
     assert set(first_keys) <= keys and all(batch_id in k for k in keys if k.endswith(".parquet"))
@@ -432,6 +467,7 @@ def test_a_healthy_sink_past_the_memory_window_holds_submits_back_for_a_bounded_
         def one_more() -> None:
             p.submit(make_records(1000, start=n))
             done.set()
+
         p.pace_max_s = 30.0
         threading.Thread(target=one_more, daemon=True).start()
         assert not done.wait(0.3)  # held while the sink stays behind...
@@ -500,7 +536,10 @@ def test_drop_log_store_keeps_its_spooled_records_out_of_the_sinks(tmp_path, sto
         assert wait_until(lambda: flaky.calls >= 1)
         p.drop_log_store(ACCOUNT, LogStoreKey(REGION, PROJECT, "gone"))
         batches = p.spool.read_after(0, None)
-        assert {(b.key.log_store, b.skipped, len(b.records)) for b in batches} == {("gone", True, 0), ("kept", False, 300)}
+        assert {(b.key.log_store, b.skipped, len(b.records)) for b in batches} == {
+            ("gone", True, 0),
+            ("kept", False, 300),
+        }
         seq = p.submit(make_records(200, start=5000, log_store="gone"))  # re-created later: kept
         flaky.down.clear()
         assert p.stop(10)
@@ -547,6 +586,7 @@ def test_trim_bounds_delivered_bytes_kept_for_tail(tmp_path, store):
 
 def _batch(seq: int, log_store: str, n: int):
     from server.pipeline.spool import SpoolBatch
+
     return SpoolBatch(seq, 0, BatchKey(ACCOUNT, REGION, PROJECT, log_store), make_records(n, log_store=log_store), n)
 
 

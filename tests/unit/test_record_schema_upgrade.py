@@ -5,6 +5,7 @@ columns, archive Parquet objects without them, SQLite metadata rows of rules wit
 Each old form is written here the way the previous release wrote it (its layout spelled out in
 the test, not produced by today's code), then read through today's code.
 """
+
 from __future__ import annotations
 
 import io
@@ -29,8 +30,31 @@ T0 = 1_780_000_000_000
 KEY = LogStoreKey("bj", "p", "ls")
 
 # One record as the previous release stored it: FlowRecord's first 23 fields.
-OLD = ("", 1, "acct", "fl-abcdefgh", "bj", "p", "ls", 1, "eip-1", "vpc-1", "10.0.0.1", "203.0.113.7", 40000, 443,
-       6, 5, 500, T0, T0 + 1000, 1, 1, 1, 2)
+OLD = (
+    "",
+    1,
+    "acct",
+    "fl-abcdefgh",
+    "bj",
+    "p",
+    "ls",
+    1,
+    "eip-1",
+    "vpc-1",
+    "10.0.0.1",
+    "203.0.113.7",
+    40000,
+    443,
+    6,
+    5,
+    500,
+    T0,
+    T0 + 1000,
+    1,
+    1,
+    1,
+    2,
+)
 OLD_ID = record_id("fl-abcdefgh", "10.0.0.1", "203.0.113.7", 40000, 443, 6, 1, T0, T0 + 1000)
 
 
@@ -69,9 +93,34 @@ def test_an_old_records_duckdb_gets_the_columns_on_open(tmp_path):
     con.close()
     store = EmbeddedRecordStore(path, checkpoint_interval_s=0)
     try:
-        new = FlowRecord(record_id("fl-abcdefgh", "10.0.0.2", "203.0.113.7", 40001, 22, 6, 1, T0 + 5, T0 + 6), 1,
-                         "acct", "fl-abcdefgh", "bj", "p", "ls", 1, "eip-1", "vpc-1", "10.0.0.2", "203.0.113.7",
-                         40001, 22, 6, 1, 60, T0 + 5, T0 + 6, 2, 1, 1, 2, "default-deny", int(RuleKind.DEFAULT), 0)
+        new = FlowRecord(
+            record_id("fl-abcdefgh", "10.0.0.2", "203.0.113.7", 40001, 22, 6, 1, T0 + 5, T0 + 6),
+            1,
+            "acct",
+            "fl-abcdefgh",
+            "bj",
+            "p",
+            "ls",
+            1,
+            "eip-1",
+            "vpc-1",
+            "10.0.0.2",
+            "203.0.113.7",
+            40001,
+            22,
+            6,
+            1,
+            60,
+            T0 + 5,
+            T0 + 6,
+            2,
+            1,
+            1,
+            2,
+            "default-deny",
+            int(RuleKind.DEFAULT),
+            0,
+        )
         store.write([new])
         q = RecordQuery("acct", "bj", "p", ("ls",), T0 - 1, T0 + 10, newest_first=False)
         got = [r for batch in store.search(q) for r in batch]
@@ -87,19 +136,24 @@ def test_an_old_records_duckdb_gets_the_columns_on_open(tmp_path):
 def test_an_old_archive_object_reads_with_the_defaults(tmp_path):
     # The previous release's object: its 18 columns (no record_id, no partition values).
     old = dict(zip(FlowRecord._fields, _old_record()))
-    table = pa.table({
-        "start_time": pa.array([old["start_time"]], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-        "end_time": pa.array([old["end_time"]], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
-        "flow_log_id": pa.array([old["flow_log_id"]]).dictionary_encode(),
-        "version": pa.array([1], pa.uint32()), "resource_type": pa.array([1], pa.int32()),
-        "resource_id": pa.array([old["resource_id"]]).dictionary_encode(),
-        "network_id": pa.array([old["network_id"]]).dictionary_encode(),
-        "src_addr": [old["src_addr"]], "dst_addr": [old["dst_addr"]],
-        **{c: pa.array([old[c]], pa.uint32()) for c in ("src_port", "dst_port", "protocol")},
-        "packets": pa.array([5], pa.uint64()), "bytes": pa.array([500], pa.uint64()),
-        **{c: pa.array([old[c]], pa.int32()) for c in ("action", "log_status", "direction")},
-        "tcp_flags": pa.array([2], pa.uint32()),
-    })
+    table = pa.table(
+        {
+            "start_time": pa.array([old["start_time"]], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            "end_time": pa.array([old["end_time"]], pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+            "flow_log_id": pa.array([old["flow_log_id"]]).dictionary_encode(),
+            "version": pa.array([1], pa.uint32()),
+            "resource_type": pa.array([1], pa.int32()),
+            "resource_id": pa.array([old["resource_id"]]).dictionary_encode(),
+            "network_id": pa.array([old["network_id"]]).dictionary_encode(),
+            "src_addr": [old["src_addr"]],
+            "dst_addr": [old["dst_addr"]],
+            **{c: pa.array([old[c]], pa.uint32()) for c in ("src_port", "dst_port", "protocol")},
+            "packets": pa.array([5], pa.uint64()),
+            "bytes": pa.array([500], pa.uint64()),
+            **{c: pa.array([old[c]], pa.int32()) for c in ("action", "log_status", "direction")},
+            "tcp_flags": pa.array([2], pa.uint32()),
+        }
+    )
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     store = LocalObjectStore(tmp_path / "archive")
@@ -111,8 +165,19 @@ def test_an_old_archive_object_reads_with_the_defaults(tmp_path):
     assert archive.count("acct", KEY, hour * 3_600_000, (hour + 1) * 3_600_000) == 1
     # ...and records with the fields round-trip through a new object.
     new = FlowRecord(*_old_record()[:-1], 2, "acl-9", int(RuleKind.ACL), 7)._replace(start_time=T0 + 2)
-    new = new._replace(record_id=record_id(new.flow_log_id, new.src_addr, new.dst_addr, new.src_port, new.dst_port,
-                                           new.protocol, new.direction, new.start_time, new.end_time))
+    new = new._replace(
+        record_id=record_id(
+            new.flow_log_id,
+            new.src_addr,
+            new.dst_addr,
+            new.src_port,
+            new.dst_port,
+            new.protocol,
+            new.direction,
+            new.start_time,
+            new.end_time,
+        )
+    )
     archive.write_batch("new-batch", [new])
     got = [r for batch in archive.read("acct", KEY, T0 + 2, T0 + 3) for r in batch]
     assert got == [new]
@@ -123,13 +188,18 @@ def test_old_metadata_rules_load_with_ids_and_security_group_kind(tmp_path):
     SqliteMetadataStore(path)  # today's schema; the resources table is unchanged
     con = sqlite3.connect(str(path))
     old_rules = [[10, 1, 1, 6, "", 443, 443], [20, 1, 2, 0, "", 0, 0], [10, 2, 1, 0, "", 0, 0]]
-    con.execute("INSERT INTO resources VALUES (?,?,?,?,?,?,?,?,?)",
-                ("acct", "eip-old", 1, "bj", "vpc-1", "old", json.dumps(["203.0.113.1"]), json.dumps(old_rules), 1))
+    con.execute(
+        "INSERT INTO resources VALUES (?,?,?,?,?,?,?,?,?)",
+        ("acct", "eip-old", 1, "bj", "vpc-1", "old", json.dumps(["203.0.113.1"]), json.dumps(old_rules), 1),
+    )
     con.commit()
     con.close()
     meta = SqliteMetadataStore(path)
     r = meta.resource_of("acct", "eip-old")
     assert r is not None
-    assert [(x.id, x.kind) for x in r.rules] == [("sg-1", RuleKind.SECURITY_GROUP), ("sg-2", RuleKind.SECURITY_GROUP),
-                                                 ("sg-3", RuleKind.SECURITY_GROUP)]
+    assert [(x.id, x.kind) for x in r.rules] == [
+        ("sg-1", RuleKind.SECURITY_GROUP),
+        ("sg-2", RuleKind.SECURITY_GROUP),
+        ("sg-3", RuleKind.SECURITY_GROUP),
+    ]
     assert meta.resource_of("acct", "eip-old") == r  # the same ids on every load

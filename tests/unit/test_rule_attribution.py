@@ -8,6 +8,7 @@ not with the server's evaluator:
   security-group rules by priority, else default-deny (oracle: a plain loop over the rules);
 - rule ids: generated when empty, duplicates refused naming the field.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -19,8 +20,17 @@ from backends.embedded.metadata import SqliteMetadataStore
 from server.core.attribution import AddressMatcher, direction_for
 from server.core.errors import InvalidArgument
 from server.core.generator import generate_window
-from server.core.model import (Action, Direction, FlowLog, LogStatus, Resource, ResourceType, RuleKind, SecurityRule,
-                               TrafficType)
+from server.core.model import (
+    Action,
+    Direction,
+    FlowLog,
+    LogStatus,
+    Resource,
+    ResourceType,
+    RuleKind,
+    SecurityRule,
+    TrafficType,
+)
 from server.core.paging import TokenSigner
 from server.core.security import complete_rule_ids, default_rules
 from server.core.service import Service
@@ -38,6 +48,7 @@ def oracle_direction(addresses: list[str], src: str, dst: str) -> int:
         except ValueError:
             return False
         return any(ip in ipaddress.ip_network(a, strict=False) for a in addresses)
+
     return 1 if owns(dst) else 2 if owns(src) else 0
 
 
@@ -48,8 +59,11 @@ def _addresses(rnd: random.Random) -> str:
     if choice < 0.45:
         return f"192.0.2.{rnd.randrange(256)}"
     if choice < 0.7:
-        return str(ipaddress.IPv6Address(rnd.choice([0x2001_0DB8_0005, 0x2001_0DB8_0006, 0x2001_0DB8_0000]) << 80
-                                         | rnd.randrange(4)))
+        return str(
+            ipaddress.IPv6Address(
+                rnd.choice([0x2001_0DB8_0005, 0x2001_0DB8_0006, 0x2001_0DB8_0000]) << 80 | rnd.randrange(4)
+            )
+        )
     if choice < 0.8:
         return f"fd{rnd.randrange(256):02x}::{rnd.randrange(65536):x}"
     return rnd.choice(["10.9.9.9", "10.9.9.8", "2001:db8::1", "::ffff:10.1.0.1", "0.0.0.0", "::", "nonsense", ""])
@@ -109,9 +123,18 @@ def oracle_decision(rules: list[SecurityRule], r) -> tuple[int, str, int]:
 
 
 def _flow_log(resource: Resource, traffic: TrafficType = TrafficType.ALL) -> FlowLog:
-    return FlowLog(id="fl-rules0001", region=resource.region, name="n", resource_type=resource.type,
-                   resource_id=resource.id, network_id=resource.network_id, traffic_type=traffic, project="p",
-                   log_store="ls", account_id="acct")
+    return FlowLog(
+        id="fl-rules0001",
+        region=resource.region,
+        name="n",
+        resource_type=resource.type,
+        resource_id=resource.id,
+        network_id=resource.network_id,
+        traffic_type=traffic,
+        project="p",
+        log_store="ls",
+        account_id="acct",
+    )
 
 
 MIXED = (
@@ -127,10 +150,15 @@ MIXED = (
 
 
 @pytest.mark.parametrize("rules", [MIXED, None], ids=["mixed", "type-defaults"])
-@pytest.mark.parametrize("rtype,addresses", [(ResourceType.EIP, ("203.0.113.50",)),
-                                             (ResourceType.NAT_GATEWAY, ("198.51.100.60", "10.3.0.1")),
-                                             (ResourceType.IPV6_GATEWAY, ("2001:db8:7::/64",)),
-                                             (ResourceType.PEERING_CONNECTION, ("10.4.8.0/24",))])
+@pytest.mark.parametrize(
+    "rtype,addresses",
+    [
+        (ResourceType.EIP, ("203.0.113.50",)),
+        (ResourceType.NAT_GATEWAY, ("198.51.100.60", "10.3.0.1")),
+        (ResourceType.IPV6_GATEWAY, ("2001:db8:7::/64",)),
+        (ResourceType.PEERING_CONNECTION, ("10.4.8.0/24",)),
+    ],
+)
 def test_every_generated_record_names_the_rule_the_oracle_picks(rules, rtype, addresses):
     given = tuple(rules) if rules is not None else ()
     res = Resource("res-rules", rtype, "bj", "vpc-1", "r", addresses, given)
@@ -170,12 +198,23 @@ def test_demo_acl_rejects_what_its_security_group_accepts():
 
 # -- rule ids ---------------------------------------------------------------------------------------
 
+
 def test_empty_ids_are_generated_per_kind_and_never_collide():
-    rules = (SecurityRule(1, _I, _A), SecurityRule(2, _I, _R, kind=_ACL), SecurityRule(3, _I, _A, id="sg-2"),
-             SecurityRule(4, _I, _A, kind=RuleKind.UNSPECIFIED), SecurityRule(5, _E, _A, kind=_ACL, id="mine"))
+    rules = (
+        SecurityRule(1, _I, _A),
+        SecurityRule(2, _I, _R, kind=_ACL),
+        SecurityRule(3, _I, _A, id="sg-2"),
+        SecurityRule(4, _I, _A, kind=RuleKind.UNSPECIFIED),
+        SecurityRule(5, _E, _A, kind=_ACL, id="mine"),
+    )
     done = complete_rule_ids(rules)
-    assert [(r.id, r.kind) for r in done] == [("sg-1", _SG), ("acl-1", _ACL), ("sg-2", _SG), ("sg-3", _SG),
-                                              ("mine", _ACL)]
+    assert [(r.id, r.kind) for r in done] == [
+        ("sg-1", _SG),
+        ("acl-1", _ACL),
+        ("sg-2", _SG),
+        ("sg-3", _SG),
+        ("mine", _ACL),
+    ]
     assert complete_rule_ids(done) == done
 
 
@@ -191,20 +230,29 @@ def _res(*rules: SecurityRule) -> Resource:
 
 
 def test_registration_fills_ids_and_refuses_duplicates_naming_the_field(svc):
-    r = svc.register_resource("acct", _res(SecurityRule(10, _I, _A, 6, "", 22, 22),
-                                           SecurityRule(5, _I, _R, 0, "", 0, 0, "", _ACL)))
+    r = svc.register_resource(
+        "acct", _res(SecurityRule(10, _I, _A, 6, "", 22, 22), SecurityRule(5, _I, _R, 0, "", 0, 0, "", _ACL))
+    )
     assert [(x.id, x.kind) for x in r.rules] == [("sg-1", _SG), ("acl-1", _ACL)]
     assert svc.get_resource("acct", r.id).rules == r.rules
     with pytest.raises(InvalidArgument) as e:
-        svc.register_resource("acct", _res(SecurityRule(10, _I, _A, id="web"), SecurityRule(20, _I, _R, id="db"),
-                                           SecurityRule(30, _I, _R, id="web")))
+        svc.register_resource(
+            "acct",
+            _res(
+                SecurityRule(10, _I, _A, id="web"),
+                SecurityRule(20, _I, _R, id="db"),
+                SecurityRule(30, _I, _R, id="web"),
+            ),
+        )
     assert [v.field for v in e.value.violations] == ["resource.rules[2].id"]
     assert "resource.rules[0]" in e.value.violations[0].description
-    for bad, field in [(SecurityRule(1, _I, _A, id="no spaces"), "resource.rules[0].id"),
-                       (SecurityRule(1, _I, _A, id="x" * 129), "resource.rules[0].id"),
-                       (SecurityRule(1, _I, _A, id="default-deny"), "resource.rules[0].id"),
-                       (SecurityRule(1, _I, _A, kind=RuleKind.DEFAULT), "resource.rules[0].kind"),
-                       (SecurityRule(1, _I, _A, kind=9), "resource.rules[0].kind")]:
+    for bad, field in [
+        (SecurityRule(1, _I, _A, id="no spaces"), "resource.rules[0].id"),
+        (SecurityRule(1, _I, _A, id="x" * 129), "resource.rules[0].id"),
+        (SecurityRule(1, _I, _A, id="default-deny"), "resource.rules[0].id"),
+        (SecurityRule(1, _I, _A, kind=RuleKind.DEFAULT), "resource.rules[0].kind"),
+        (SecurityRule(1, _I, _A, kind=9), "resource.rules[0].kind"),
+    ]:
         with pytest.raises(InvalidArgument) as e:
             svc.register_resource("acct", _res(bad))
         assert [v.field for v in e.value.violations] == [field], bad

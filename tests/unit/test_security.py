@@ -1,4 +1,5 @@
 """Security-rule evaluation: ascending priority, first match wins, no match is REJECT."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,15 @@ IN, OUT = Direction.INGRESS, Direction.EGRESS
 ACC, REJ = Action.ACCEPT, Action.REJECT
 
 
-def rule(priority: int, action: Action = ACC, protocol: int = 0, peer: str = "", port_from: int = 0,
-         port_to: int = 0, direction: Direction = IN) -> SecurityRule:
+def rule(
+    priority: int,
+    action: Action = ACC,
+    protocol: int = 0,
+    peer: str = "",
+    port_from: int = 0,
+    port_to: int = 0,
+    direction: Direction = IN,
+) -> SecurityRule:
     return SecurityRule(priority, direction, action, protocol, peer, port_from, port_to)
 
 
@@ -40,30 +48,33 @@ RULES = (
 )
 
 
-@pytest.mark.parametrize("direction,protocol,peer,port,expected", [
-    (IN, PROTO_TCP, "198.51.100.1", 443, ACC),
-    (IN, PROTO_TCP, "2400:cb00::1", 443, ACC),          # "" matches either family
-    (IN, PROTO_TCP, "198.51.100.1", 444, REJ),          # no rule: REJECT
-    (IN, PROTO_UDP, "198.51.100.1", 443, REJ),          # protocol must match
-    (IN, PROTO_TCP, "10.1.2.3", 22, ACC),
-    (IN, PROTO_TCP, "11.1.2.3", 22, REJ),               # outside the CIDR
-    (IN, PROTO_TCP, "2001:db8:5::9", 22, ACC),          # IPv6 CIDR
-    (IN, PROTO_TCP, "2001:db9::1", 22, REJ),
-    (IN, PROTO_TCP, "::ffff:10.1.2.3", 22, REJ),        # an IPv6 address never matches an IPv4 CIDR
-    (IN, PROTO_TCP, "203.0.113.7", 443, ACC),           # priority 10 before the block at 30
-    (IN, PROTO_TCP, "203.0.113.7", 8080, REJ),          # the block at 30 before the accept at 40
-    (IN, PROTO_TCP, "203.0.113.8", 22, REJ),
-    (IN, PROTO_TCP, "198.51.100.1", 7999, REJ),         # range is inclusive at both ends
-    (IN, PROTO_TCP, "198.51.100.1", 8000, ACC),
-    (IN, PROTO_TCP, "198.51.100.1", 8080, ACC),
-    (IN, PROTO_TCP, "198.51.100.1", 8081, REJ),
-    (IN, PROTO_UDP, "198.51.100.1", 53, ACC),
-    (IN, PROTO_ICMP, "198.51.100.1", 0, ACC),           # port range 0-0 = any
-    (IN, PROTO_ICMPV6, "2400:cb00::1", 0, ACC),
-    (IN, PROTO_ESP, "198.51.100.1", 0, REJ),
-    (OUT, PROTO_TCP, "198.51.100.1", 51000, ACC),       # egress rule: any
-    (OUT, PROTO_ESP, "2400:cb00::1", 0, ACC),
-])
+@pytest.mark.parametrize(
+    "direction,protocol,peer,port,expected",
+    [
+        (IN, PROTO_TCP, "198.51.100.1", 443, ACC),
+        (IN, PROTO_TCP, "2400:cb00::1", 443, ACC),  # "" matches either family
+        (IN, PROTO_TCP, "198.51.100.1", 444, REJ),  # no rule: REJECT
+        (IN, PROTO_UDP, "198.51.100.1", 443, REJ),  # protocol must match
+        (IN, PROTO_TCP, "10.1.2.3", 22, ACC),
+        (IN, PROTO_TCP, "11.1.2.3", 22, REJ),  # outside the CIDR
+        (IN, PROTO_TCP, "2001:db8:5::9", 22, ACC),  # IPv6 CIDR
+        (IN, PROTO_TCP, "2001:db9::1", 22, REJ),
+        (IN, PROTO_TCP, "::ffff:10.1.2.3", 22, REJ),  # an IPv6 address never matches an IPv4 CIDR
+        (IN, PROTO_TCP, "203.0.113.7", 443, ACC),  # priority 10 before the block at 30
+        (IN, PROTO_TCP, "203.0.113.7", 8080, REJ),  # the block at 30 before the accept at 40
+        (IN, PROTO_TCP, "203.0.113.8", 22, REJ),
+        (IN, PROTO_TCP, "198.51.100.1", 7999, REJ),  # range is inclusive at both ends
+        (IN, PROTO_TCP, "198.51.100.1", 8000, ACC),
+        (IN, PROTO_TCP, "198.51.100.1", 8080, ACC),
+        (IN, PROTO_TCP, "198.51.100.1", 8081, REJ),
+        (IN, PROTO_UDP, "198.51.100.1", 53, ACC),
+        (IN, PROTO_ICMP, "198.51.100.1", 0, ACC),  # port range 0-0 = any
+        (IN, PROTO_ICMPV6, "2400:cb00::1", 0, ACC),
+        (IN, PROTO_ESP, "198.51.100.1", 0, REJ),
+        (OUT, PROTO_TCP, "198.51.100.1", 51000, ACC),  # egress rule: any
+        (OUT, PROTO_ESP, "2400:cb00::1", 0, ACC),
+    ],
+)
 def test_rule_table(direction, protocol, peer, port, expected):
     assert decide(RULES, direction, protocol, peer, port) is expected
     assert compile_rules(RULES).decide(direction, protocol, peer, port) is expected
@@ -110,11 +121,13 @@ def test_compiled_once_and_integer_form_agrees():
     compiled = compile_rules(RULES)
     assert isinstance(compiled, CompiledRules) and compile_rules(compiled) is compiled
     import ipaddress
+
     for peer in ("10.9.9.9", "203.0.113.7", "2001:db8::1"):
         ip = ipaddress.ip_address(peer)
         for port in (22, 443, 8080):
-            assert compiled.decide_int(1, PROTO_TCP, ip.version, int(ip), port) == \
-                decide(RULES, IN, PROTO_TCP, peer, port)
+            assert compiled.decide_int(1, PROTO_TCP, ip.version, int(ip), port) == decide(
+                RULES, IN, PROTO_TCP, peer, port
+            )
 
 
 @pytest.mark.parametrize("rt", [t for t in ResourceType if t != ResourceType.UNSPECIFIED])
@@ -122,9 +135,9 @@ def test_default_rules_accept_and_reject_something(rt):
     rules = default_rules(rt)
     assert rules and effective_rules(rt, ()) == rules
     assert decide(rules, OUT, PROTO_TCP, "198.51.100.1", 40000) is ACC  # egress is open
-    assert decide(rules, IN, PROTO_ICMP, "198.51.100.1", 0) is ACC      # ping answers
+    assert decide(rules, IN, PROTO_ICMP, "198.51.100.1", 0) is ACC  # ping answers
     assert decide(rules, IN, PROTO_ICMPV6, "2400:cb00::1", 0) is ACC
-    assert decide(rules, IN, PROTO_TCP, "198.51.100.1", 23) is REJ      # telnet never
+    assert decide(rules, IN, PROTO_TCP, "198.51.100.1", 23) is REJ  # telnet never
     assert decide(rules, IN, 132, "10.1.1.1", 3868) is REJ
 
 
@@ -140,7 +153,7 @@ def test_default_rules_per_type():
     assert decide(vpn, IN, PROTO_TCP, "198.51.100.1", 3389) is REJ
     peering = default_rules(ResourceType.PEERING_CONNECTION)
     assert decide(peering, IN, PROTO_TCP, "10.3.0.5", 3306) is ACC
-    assert decide(peering, IN, PROTO_TCP, "192.168.3.5", 3306) is REJ   # MySQL from 10/8 only
+    assert decide(peering, IN, PROTO_TCP, "192.168.3.5", 3306) is REJ  # MySQL from 10/8 only
     assert decide(peering, IN, PROTO_TCP, "fd12::5", 3306) is ACC
     own = (rule(1, REJ),)
     assert effective_rules(ResourceType.EIP, own) == own

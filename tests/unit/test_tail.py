@@ -1,4 +1,5 @@
 """Tail sessions over a real pipeline: replay then live, cursors, heartbeats, overflow, close."""
+
 from __future__ import annotations
 
 import threading
@@ -6,13 +7,13 @@ import time
 
 import pytest
 
-from tests.waiting import wait_for
+from backends.embedded.records import EmbeddedRecordStore
 from server.core.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from server.core.filter import compile_predicate, parse
 from server.core.model import FlowRecord
 from server.pipeline.tail import TailSession
-from backends.embedded.records import EmbeddedRecordStore
 from tests.unit.test_pipeline import ACCOUNT, BASE_MS, PROJECT, REGION, SECRET, FlakyStore, make_pipeline, make_records
+from tests.waiting import wait_for
 
 
 @pytest.fixture
@@ -100,8 +101,19 @@ def test_filter_and_resume_with_a_filter(pipeline):
     expected = [index(r) for r in make_records(1200) if pred(r)]
     assert len(expected) == 100
     # Events of at most 30 records: the cursor after the second event points inside the batch.
-    s = TailSession(pipeline.spool, pipeline.hub, pipeline._codec, ACCOUNT, REGION, PROJECT, ["web"], pred,
-                    start_ms=0, heartbeat_s=0.2, max_event_records=30)
+    s = TailSession(
+        pipeline.spool,
+        pipeline.hub,
+        pipeline._codec,
+        ACCOUNT,
+        REGION,
+        PROJECT,
+        ["web"],
+        pred,
+        start_ms=0,
+        heartbeat_s=0.2,
+        max_event_records=30,
+    )
     head, cursor = take(s, 60)
     assert head == expected[:60]
     s.close()
@@ -114,8 +126,11 @@ def test_filter_and_resume_with_a_filter(pipeline):
 def test_only_the_requested_log_stores_of_the_account(pipeline):
     s = pipeline.tail(ACCOUNT, REGION, PROJECT, ["web", "db"], heartbeat_s=0.2)
     next(s)  # a heartbeat: now live
-    pipeline.submit(make_records(5, log_store="other") + make_records(3, start=100, log_store="db")
-                    + make_records(4, start=200, account="acct-2"))
+    pipeline.submit(
+        make_records(5, log_store="other")
+        + make_records(3, start=100, log_store="db")
+        + make_records(4, start=200, account="acct-2")
+    )
     got, _ = take(s, 3)
     assert got == [100, 101, 102]
     s.close()
@@ -163,6 +178,7 @@ def test_cursor_of_another_spool_is_failed_precondition(tmp_path, pipeline, stor
     _, cursor = take(s, 3)
     s.close()
     from server.pipeline import Pipeline
+
     other = Pipeline(tmp_path / "other", store, None, cursor_secret=SECRET)
     other.start()
     try:
@@ -176,8 +192,7 @@ def test_expired_cursor_and_start_time_are_failed_precondition(tmp_path, store):
     p = make_pipeline(tmp_path, store, tail_retention_s=0)
     try:
         seq = p.submit(make_records(5))
-        s = TailSession(p.spool, p.hub, p._codec, ACCOUNT, REGION, PROJECT, ["web"], start_ms=0,
-                        max_event_records=2)
+        s = TailSession(p.spool, p.hub, p._codec, ACCOUNT, REGION, PROJECT, ["web"], start_ms=0, max_event_records=2)
         _, cursor = take(s, 2)  # points inside batch 1
         s.close()
         assert p.wait_delivered(seq, 10)

@@ -11,6 +11,7 @@ and the query backend does not: a range before retention is empty in both. Readi
 would only matter if the two retentions diverge (e.g. a longer archive retention), which
 flowlog does not offer yet (README, "Aggregate").
 """
+
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
@@ -24,8 +25,14 @@ from server.core.rules import RegionCatalogue
 
 
 class Aggregate:
-    def __init__(self, metadata: MetadataStore, records: object, limits: agg.Limits,
-                 regions: RegionCatalogue | None = None, slots: Limiter | None = None) -> None:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        records: object,
+        limits: agg.Limits,
+        regions: RegionCatalogue | None = None,
+        slots: Limiter | None = None,
+    ) -> None:
         self.metadata = metadata
         # Calls running at once, per account and in total (limits.max_aggregate_calls_per_account,
         # max_aggregate_calls): each holds a worker thread and the backend while it runs.
@@ -40,14 +47,38 @@ class Aggregate:
         refuses at once): RESOURCE_EXHAUSTED naming the setting when none is free."""
         return self.slots.hold(account) if self.slots is not None else nullcontext()
 
-    def run(self, account: str, *, region: str, project: str, log_stores: list[str], start_ms: int | None,
-            end_ms: int | None, filter_text: str, group_by: list[str], interval_ms: int | None, metrics: list[str],
-            order_by: str, limit: int) -> agg.AggregateResult:
+    def run(
+        self,
+        account: str,
+        *,
+        region: str,
+        project: str,
+        log_stores: list[str],
+        start_ms: int | None,
+        end_ms: int | None,
+        filter_text: str,
+        group_by: list[str],
+        interval_ms: int | None,
+        metrics: list[str],
+        order_by: str,
+        limit: int,
+    ) -> agg.AggregateResult:
         """Blocks (metadata, then the backend): call it off the event loop."""
         scope = query_core.resolve_scope(self.metadata, account, region, project, log_stores, self.regions)
-        q = agg.plan(scope, start_ms=start_ms, end_ms=end_ms, filter_text=filter_text, group_by=group_by,
-                     interval_ms=interval_ms, metrics=metrics, order_by=order_by, limit=limit, limits=self.limits)
+        q = agg.plan(
+            scope,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            filter_text=filter_text,
+            group_by=group_by,
+            interval_ms=interval_ms,
+            metrics=metrics,
+            order_by=order_by,
+            limit=limit,
+            limits=self.limits,
+        )
         if self._records is None:
-            raise FailedPrecondition(f"the query backend {self._backend!r} cannot aggregate; "
-                                     "use query_backend embedded or elasticsearch")
+            raise FailedPrecondition(
+                f"the query backend {self._backend!r} cannot aggregate; use query_backend embedded or elasticsearch"
+            )
         return agg.finish(q, self._records.aggregate(q))

@@ -15,6 +15,7 @@ derives it from the addresses of the flow log's resource (server.core.attributio
 per flow log per stream) before the record id is made; the compiled path leaves such messages
 to it.
 """
+
 from __future__ import annotations
 
 import time
@@ -73,9 +74,17 @@ class IngestResult:
 class Ingest:
     """Built once (server.app); open() one stream per Ingest call."""
 
-    def __init__(self, metadata: MetadataStore, pipeline: RecordPipeline, *, max_records_per_message: int,
-                 compiled: CompiledIngest | None = None, clock: Callable[[], int] = now_ms,
-                 inflight: Limiter | None = None, stream_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        pipeline: RecordPipeline,
+        *,
+        max_records_per_message: int,
+        compiled: CompiledIngest | None = None,
+        clock: Callable[[], int] = now_ms,
+        inflight: Limiter | None = None,
+        stream_bytes: int = 0,
+    ) -> None:
         self.metadata = metadata
         self.pipeline = pipeline
         self.max_records_per_message = max_records_per_message
@@ -132,8 +141,10 @@ class IngestStream:
         millions of empty records (two bytes each) would take ~100 times its size decoded."""
         limit = self._ingest.max_records_per_message
         if count is not None and count > limit:
-            raise InvalidArgument.field("records", f"at most {limit} records per message (got {count}); "
-                                        "split the batch (limits.max_records_per_message)")
+            raise InvalidArgument.field(
+                "records",
+                f"at most {limit} records per message (got {count}); split the batch (limits.max_records_per_message)",
+            )
 
     def split(self, message: bytes | ParsedMessage) -> Message:
         """The message's flow log and size; INVALID_ARGUMENT past max_records_per_message."""
@@ -157,8 +168,9 @@ class IngestStream:
         watch = self._flow_logs.get(msg.flow_log_id)
         if watch is None:
             try:
-                watch = FlowLogWatch(self._ingest.metadata, self.account, msg.flow_log_id,
-                                     ingest_core.flow_log_for_ingest)
+                watch = FlowLogWatch(
+                    self._ingest.metadata, self.account, msg.flow_log_id, ingest_core.flow_log_for_ingest
+                )
             except Exception:
                 if msg.data is not None:
                     self._parse(msg.data)  # a message that is not valid says so first

@@ -6,6 +6,7 @@ ability (chosen once at wiring) or as FlowRecord lists; summary() then says how 
 match in all, whether there are more, and the signed token that continues exactly after the
 last record returned (keyset paging: one probe for the next record and one count per page).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,8 +33,16 @@ class QuerySummary:
 
 
 class Query:
-    def __init__(self, metadata: MetadataStore, records: RecordStore, signer: TokenSigner, *,
-                 default_limit: int, regions: RegionCatalogue | None = None, slots: Limiter | None = None) -> None:
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        records: RecordStore,
+        signer: TokenSigner,
+        *,
+        default_limit: int,
+        regions: RegionCatalogue | None = None,
+        slots: Limiter | None = None,
+    ) -> None:
         self.metadata = metadata
         # Open Query streams per account and in total (limits.max_query_streams_per_account,
         # max_query_streams): each holds reader threads and a read transaction (DuckDB) or point
@@ -60,13 +69,33 @@ class Query:
         """True: read with tables(); False: with batches()."""
         return self._arrow is not None
 
-    def plan(self, account: str, *, region: str, project: str, log_stores: list[str], start_ms: int | None,
-             end_ms: int | None, filter_text: str, limit: int, newest_first: bool, page_token: str) -> PlannedQuery:
+    def plan(
+        self,
+        account: str,
+        *,
+        region: str,
+        project: str,
+        log_stores: list[str],
+        start_ms: int | None,
+        end_ms: int | None,
+        filter_text: str,
+        limit: int,
+        newest_first: bool,
+        page_token: str,
+    ) -> PlannedQuery:
         """Blocks on the metadata store (the LogStores must exist and be the account's)."""
         scope = query_core.resolve_scope(self.metadata, account, region, project, log_stores, self.regions)
-        return query_core.plan_query(scope, self.signer, start_ms=start_ms, end_ms=end_ms, filter_text=filter_text,
-                                     limit=limit, newest_first=newest_first, page_token=page_token,
-                                     default_limit=self.default_limit)
+        return query_core.plan_query(
+            scope,
+            self.signer,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            filter_text=filter_text,
+            limit=limit,
+            newest_first=newest_first,
+            page_token=page_token,
+            default_limit=self.default_limit,
+        )
 
     def tables(self, planned: PlannedQuery, batch_size: int = BATCH) -> Iterator[Any]:
         """The page as Arrow tables of at most batch_size records (a generator: close it)."""
