@@ -371,8 +371,17 @@ def test_search_with_a_filter_paging_download_and_a_filter_error(page, console, 
     cs = console["cs"]
     s = traffic["stubs"]
     start = traffic["start"]
-    end = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
     flt = "protocol = tcp AND NOT dst_port = 443"
+
+    def a_settled_match() -> bool:
+        # The flow logs may be only seconds old: wait until the range holds a matching record
+        # old enough to be inside [start, end) below, or the search would be empty.
+        cutoff = datetime.now(UTC) - timedelta(seconds=2)
+        rows = query_records(s, "bj", "shop", ["edge", "nat"], start, datetime.now(UTC), flt)
+        return any(r.start_time.ToDatetime(tzinfo=UTC) < cutoff for r in rows)
+
+    wait_for(a_settled_match, interval=1.0, what="a record matching the filter")
+    end = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
     want = settled_records(s, "bj", "shop", ["edge", "nat"], start, end, flt)
     login(
         page,
