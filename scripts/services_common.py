@@ -63,6 +63,14 @@ EXPORTER_PACKAGES = {
     "tcpreplay": "tcpreplay",
 }
 
+# PostgreSQL (the replicas' shared metadata store): Debian's `postgresql` package, whose initdb,
+# pg_ctl and postgres live in /usr/lib/postgresql/<major>/bin (not on PATH). The newest major found
+# there is used; PG_MIN_MAJOR is the oldest we accept (15 is Debian 12's).
+PG_PACKAGE = "postgresql"
+PG_LIB_ROOT = "/usr/lib/postgresql"
+PG_MIN_MAJOR = 13  # DROP DATABASE ... WITH (FORCE), used by the tests' per-test databases
+PG_SUPERUSER = "flowlog"  # the throwaway server's superuser (trust auth, loopback only)
+
 # Fixed test credentials (loopback-only throwaway servers).
 S3_ACCESS_KEY = "flowlog"
 S3_SECRET_KEY = "flowlog-secret-key"
@@ -70,9 +78,10 @@ S3_REGION = "us-east-1"
 
 ES_START_TIMEOUT = 300.0  # generous: on a loaded 2-core machine Elasticsearch has taken over 120 s to boot
 S3_START_TIMEOUT = 30.0
+PG_START_TIMEOUT = 120.0  # initdb + first start; ~3 s on an idle 2-core machine, far more at load 20
 STOP_TIMEOUT = 30.0
 
-SERVICES = ("es", "minio", "versitygw")  # plus the alias "s3"
+SERVICES = ("es", "minio", "versitygw", "postgres")  # plus the alias "s3"
 
 
 class ServiceError(RuntimeError):

@@ -31,6 +31,9 @@ from services_common import (
     MINIO_MODULE,
     MINIO_VERSION,
     MVN_DEPENDENCY_PLUGIN,
+    PG_LIB_ROOT,
+    PG_MIN_MAJOR,
+    PG_PACKAGE,
     SERVICES,
     VERSITYGW_PACKAGE,
     VERSITYGW_VERSION,
@@ -414,8 +417,72 @@ def fetch_exporters() -> str:
     return ", ".join(exporter_path(cmd) or cmd for cmd in EXPORTER_PACKAGES)
 
 
+_PG_TOOLS = ("initdb", "postgres", "pg_isready")
+
+
+def pg_bin_dir() -> str | None:
+    """The newest /usr/lib/postgresql/<major>/bin holding initdb, postgres and pg_isready
+    (FLOWLOG_PG_BIN overrides), or None."""
+    override = os.environ.get("FLOWLOG_PG_BIN")
+    if override:
+        return override if all(os.access(os.path.join(override, t), os.X_OK) for t in _PG_TOOLS) else None
+    found: list[tuple[int, str]] = []
+    for d in glob.glob(os.path.join(PG_LIB_ROOT, "*", "bin")):
+        major = os.path.basename(os.path.dirname(d))
+        if (
+            major.isdigit()
+            and int(major) >= PG_MIN_MAJOR
+            and all(os.access(os.path.join(d, t), os.X_OK) for t in _PG_TOOLS)
+        ):
+            found.append((int(major), d))
+    return max(found)[1] if found else None
+
+
+def fetch_postgres() -> str:
+    """Debian's postgresql package, installed with apt-get when it is missing (as root); returns
+    the versioned bin dir holding initdb and postgres (not on PATH)."""
+    found = pg_bin_dir()
+    if found:
+        return found
+    if os.environ.get("FLOWLOG_PG_BIN"):
+        raise ServiceError(f"FLOWLOG_PG_BIN={os.environ['FLOWLOG_PG_BIN']} lacks one of {', '.join(_PG_TOOLS)}")
+    with _locked("postgres"):
+        found = pg_bin_dir()
+        if found:
+            return found
+        apt = shutil.which("apt-get")
+        if apt is None or os.geteuid() != 0:
+            raise ServiceError(
+                f"PostgreSQL {PG_MIN_MAJOR}+ is missing (no {PG_LIB_ROOT}/<major>/bin/initdb): install it as root "
+                f"with `apt-get install -y {PG_PACKAGE}`, or point FLOWLOG_PG_BIN at a folder with initdb and postgres"
+            )
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        log(f"installing Debian's {PG_PACKAGE} package with apt-get ...")
+        if (
+            subprocess.run(
+                [apt, "install", "-y", "--no-install-recommends", PG_PACKAGE],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ).returncode
+            != 0
+        ):
+            _run_with_progress([apt, "update", "-q"], "apt-get update", env=env)
+            _run_with_progress(
+                [apt, "install", "-y", "-q", "--no-install-recommends", PG_PACKAGE],
+                f"apt-get install {PG_PACKAGE}",
+                env=env,
+            )
+        found = pg_bin_dir()
+        if not found:
+            raise ServiceError(f"apt-get installed {PG_PACKAGE} but no {PG_LIB_ROOT}/<major>/bin/initdb is there")
+        return found
+
+
 def fetch(name: str) -> str:
     """Obtain a server (or grpcurl, or the browser) once; returns its home dir / binary path."""
+    if name == "postgres":
+        return fetch_postgres()
     if name == "grpcurl":
         return fetch_grpcurl()
     if name == "browser":
@@ -435,6 +502,12 @@ def fetch(name: str) -> str:
 def how_to_get(name: str) -> str:
     here = os.path.dirname(os.path.abspath(__file__))
     cli = os.path.join(here, "services")
+    if name == "postgres":
+        return (
+            f"run `{cli} fetch postgres` (as root it installs Debian's {PG_PACKAGE} package with apt-get; "
+            f"otherwise install it yourself, or set FLOWLOG_PG_BIN to a folder with initdb and postgres), "
+            "or point FLOWLOG_TEST_POSTGRES_DSN at a running PostgreSQL whose user may create databases"
+        )
     if name == "es":
         return (
             f"run `{cli} fetch es` (downloads {ES_GROUP}:{ES_ARTIFACT}:{ES_VERSION}:zip from "

@@ -22,6 +22,8 @@ from services_common import (
     ES_START_TIMEOUT,
     ES_VERSION,
     MINIO_VERSION,
+    PG_START_TIMEOUT,
+    PG_SUPERUSER,
     S3_ACCESS_KEY,
     S3_REGION,
     S3_SECRET_KEY,
@@ -37,7 +39,15 @@ from services_common import (
     free_port,
     log,
 )  # noqa: F401
-from services_fetch import _S3_FALLBACK_REASON, _es_user, _pick_java_home, fetch, fetch_es, resolve  # noqa: F401
+from services_fetch import (  # noqa: F401
+    _S3_FALLBACK_REASON,
+    _es_user,
+    _pick_java_home,
+    fetch,
+    fetch_es,
+    fetch_postgres,
+    resolve,
+)
 
 # --------------------------------------------------------------------------------------------
 # Process management
@@ -179,11 +189,15 @@ def _wait_ready(
 
 
 def _ensure_es_user() -> tuple[int, int]:
-    user = _es_user()
+    return _ensure_user(_es_user(), "Elasticsearch")
+
+
+def _ensure_user(user: str, what: str) -> tuple[int, int]:
+    """(uid, gid) of an unprivileged system user, created (useradd --system) when missing."""
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
-        log(f"creating unprivileged system user {user!r} (Elasticsearch refuses to run as root)")
+        log(f"creating unprivileged system user {user!r} ({what} refuses to run as root)")
         try:
             subprocess.run(
                 [
@@ -206,9 +220,7 @@ def _ensure_es_user() -> tuple[int, int]:
             try:  # created concurrently by another session?
                 pw = pwd.getpwnam(user)
             except KeyError:
-                raise ServiceError(
-                    f"cannot create system user {user!r} for Elasticsearch (useradd): {detail}"
-                ) from None
+                raise ServiceError(f"cannot create system user {user!r} for {what} (useradd): {detail}") from None
             return pw.pw_uid, pw.pw_gid
         pw = pwd.getpwnam(user)
     return pw.pw_uid, pw.pw_gid
@@ -483,6 +495,157 @@ def start_s3(
     raise last_err
 
 
+def _remove_stale_pid_file(pgdata: str) -> None:
+    """After a SIGKILL, postmaster.pid names the dead postmaster. Postgres removes it itself unless
+    that pid still "exists": a zombie whose parent (an exited `services start`, re-parented to a
+    container's init that reaps nothing) never waits for it. Such a file is stale: remove it."""
+    path = os.path.join(pgdata, "postmaster.pid")
+    try:
+        with open(path) as fh:
+            pid = int(fh.readline().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        state = "gone"
+    if state in ("Z", "X", "gone"):
+        log(f"removing stale {path} (postmaster {pid} is {'a zombie' if state == 'Z' else 'gone'})")
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
+
+
+def _pg_user() -> str:
+    return os.environ.get("FLOWLOG_PG_USER", "flowlog-pg")
+
+
+def _pg_major(bin_dir: str) -> str:
+    return os.path.basename(os.path.dirname(bin_dir))
+
+
+def start_postgres(
+    owner_pid: int | None = None, on_spawn=None, *, data_dir: str | None = None, port: int | None = None
+) -> dict:
+    """See start().  A fresh cluster (initdb: superuser PG_SUPERUSER, trust auth, UTF8) in a temp
+    dir, served on 127.0.0.1 only (no Unix socket); as root it runs as the unprivileged system
+    user FLOWLOG_PG_USER (default flowlog-pg, created when missing), since postgres refuses root.
+    data_dir/port: reuse an instance dir and port (restart).  A throwaway test server: fsync off
+    (FLOWLOG_PG_FSYNC=on keeps it), so a crash of the machine may lose it; a crash of flowlog may not."""
+    bin_dir = fetch_postgres()
+    as_root = os.geteuid() == 0
+    uid = gid = None
+    if as_root:
+        uid, gid = _ensure_user(_pg_user(), "PostgreSQL")
+    last_err: ServiceError | None = None
+    wanted_port = port
+    for attempt in range(3):  # retry on a lost race for a "free" port
+        own_dir = data_dir is None
+        inst = tempfile.mkdtemp(prefix="flowlog-postgres-", dir=_tmp_parent()) if own_dir else data_dir
+        pgdata = os.path.join(inst, "data")
+        log_path = os.path.join(inst, "console.log")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(HOME=inst, LC_ALL="C.UTF-8", LANG="C.UTF-8")
+        as_user = {"user": uid, "group": gid, "extra_groups": []} if as_root else {}
+        try:
+            if as_root:
+                os.chown(inst, uid, gid)
+            if not os.path.isdir(pgdata):
+                t0 = time.monotonic()
+                r = subprocess.run(
+                    [
+                        os.path.join(bin_dir, "initdb"),
+                        "-D",
+                        pgdata,
+                        "-U",
+                        PG_SUPERUSER,
+                        "--auth=trust",
+                        "-E",
+                        "UTF8",
+                        "--locale=C.UTF-8",
+                        "--no-sync",
+                    ],
+                    env=env,
+                    cwd=inst,
+                    capture_output=True,
+                    text=True,
+                    **as_user,
+                )
+                if r.returncode != 0:
+                    raise ServiceError(f"initdb ({bin_dir}) failed with code {r.returncode}:\n{r.stdout}{r.stderr}")
+                log(f"initdb {pgdata} in {time.monotonic() - t0:.1f}s")
+        except BaseException:
+            if own_dir:
+                shutil.rmtree(inst, ignore_errors=True)
+            raise
+        _remove_stale_pid_file(pgdata)
+        port = wanted_port or free_port()
+        cmd = [
+            os.path.join(bin_dir, "postgres"), "-D", pgdata, "-p", str(port),
+            "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
+            "-c", "max_connections=300", "-c", "shared_buffers=64MB",
+            "-c", f"fsync={os.environ.get('FLOWLOG_PG_FSYNC', 'off')}",
+        ]  # fmt: skip
+        open(log_path, "ab").close()
+        if as_root:
+            os.chown(log_path, uid, gid)
+        t0 = time.monotonic()
+        log(f"starting postgres {_pg_major(bin_dir)} on 127.0.0.1:{port} (data {pgdata})")
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=inst,
+                start_new_session=True, close_fds=True, **as_user,
+            )  # fmt: skip
+        _PROCS[proc.pid] = proc
+        info = {
+            "service": "postgres",
+            "version": _pg_major(bin_dir),
+            "bin_dir": bin_dir,
+            "host": "127.0.0.1",
+            "port": port,
+            "user": PG_SUPERUSER,
+            "dsn": f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/postgres",
+            "url": f"postgresql://{PG_SUPERUSER}@127.0.0.1:{port}/postgres",
+            "pid": proc.pid,
+            "pgid": proc.pid,
+            "starttime": _proc_starttime(proc.pid),
+            "data_dir": inst,
+            "log": log_path,
+        }
+        with open(_registry_path(info), "w") as fh:
+            json.dump(info, fh)
+        if owner_pid:
+            _start_watchdog(info, owner_pid)
+        if on_spawn:
+            on_spawn(info)
+
+        def probe() -> bool:
+            r = subprocess.run(
+                [os.path.join(bin_dir, "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", PG_SUPERUSER],
+                env=env, capture_output=True,
+            )  # fmt: skip
+            return r.returncode == 0
+
+        try:
+            _wait_ready(proc, probe, PG_START_TIMEOUT, f"postgres {_pg_major(bin_dir)}", log_path)
+        except ServiceError as e:
+            stop(info, keep_data=not own_dir)
+            if "could not bind" in str(e) or "already in use" in str(e):
+                last_err = e
+                if wanted_port or not own_dir:
+                    time.sleep(2.0)
+                continue
+            raise
+        except BaseException:
+            stop(info, keep_data=not own_dir)
+            raise
+        info["started_in"] = round(time.monotonic() - t0, 1)
+        log(f"postgres ready at 127.0.0.1:{port} in {info['started_in']}s (pid {proc.pid})")
+        return info
+    assert last_err is not None
+    raise last_err
+
+
 def start(
     name: str,
     owner_pid: int | None = None,
@@ -505,6 +668,8 @@ def start(
     name = resolve(name)
     if name == "es":
         return start_es(owner_pid, on_spawn, data_dir=data_dir, port=port, transport_port=transport_port)
+    if name == "postgres":
+        return start_postgres(owner_pid, on_spawn, data_dir=data_dir, port=port)
     info = start_s3(name, owner_pid, on_spawn, data_dir=data_dir, port=port)
     if _S3_FALLBACK_REASON[0]:
         info["fallback_reason"] = _S3_FALLBACK_REASON[0]
@@ -529,7 +694,9 @@ def stop(info: dict, keep_data: bool = False, kill: bool = False) -> None:
         if leader_pgid != pgid:
             log(f"pid {pid} is not the leader of process group {pgid}; not signalling it")
         else:
-            _kill_group(pgid, sig=signal.SIGKILL if kill else signal.SIGTERM)
+            # postgres: SIGTERM is its "smart" shutdown, which waits for every client to leave; SIGINT is "fast"
+            clean = signal.SIGINT if info.get("service") == "postgres" else signal.SIGTERM
+            _kill_group(pgid, sig=signal.SIGKILL if kill else clean)
     else:
         p = _PROCS.pop(pgid, None)
         if p is not None:

@@ -47,6 +47,9 @@ _S3_FIXTURES = {"minio_service", "minio_client"}
 
 
 def _external(kind: str) -> dict | None:
+    if kind == "postgres":  # tests/fixtures_postgres.py
+        dsn = os.environ.get("FLOWLOG_TEST_POSTGRES_DSN")
+        return {"service": "postgres", "dsn": dsn, "url": dsn, "external": True} if dsn else None
     if kind == "es":
         url = os.environ.get("FLOWLOG_TEST_ES_URL")
         if url:
@@ -73,7 +76,8 @@ def _external(kind: str) -> dict | None:
 
 
 class _Services:
-    """Starts each kind ("es", "s3") at most once per process, possibly in the background."""
+    """Starts each kind ("es", "s3", "postgres": tests/fixtures_postgres.py) at most once per process,
+    possibly in the background."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -124,7 +128,7 @@ class _Services:
             problem = str(e)
         except Exception as e:  # noqa: BLE001
             problem = f"{type(e).__name__}: {e}"
-        what = "Elasticsearch" if kind == "es" else "the S3 server (MinIO/versitygw)"
+        what = {"es": "Elasticsearch", "postgres": "PostgreSQL"}.get(kind, "the S3 server (MinIO/versitygw)")
         # outside the except block, so that the report is not cluttered by exception chaining
         pytest.fail(f"could not start {what}:\n{problem}\n\nTo get it: {_svc.how_to_get(kind)}", pytrace=False)
 

@@ -106,3 +106,21 @@ def test_s3_bucket_put_get_list_roundtrip(minio_client, minio_service):
             minio_client.remove_object(bucket, o.object_name)
         minio_client.remove_bucket(bucket)
     assert not minio_client.bucket_exists(bucket)
+
+
+def test_postgres_fresh_database_per_test(postgres_service, postgres_dsn):
+    """The PostgreSQL of tests/fixtures_postgres.py: a fresh database, a real transaction, not run as root."""
+    import psycopg
+
+    with psycopg.connect(postgres_dsn) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()
+        assert tables == (0,)
+        conn.execute("CREATE TABLE t (k text PRIMARY KEY, v bigint)")
+        conn.execute("INSERT INTO t VALUES ('a', 1), ('b', 2)")
+        conn.commit()
+        assert conn.execute("SELECT sum(v) FROM t").fetchone() == (3,)
+        assert conn.execute("SELECT current_database()").fetchone()[0] != "postgres"
+    if not postgres_service.get("external"):
+        with open(f"/proc/{postgres_service['pid']}/status") as fh:
+            uid = next(int(line.split()[1]) for line in fh if line.startswith("Uid:"))
+        assert uid != 0
