@@ -289,7 +289,7 @@ def test_spool_bound_refuses_ingestion_during_a_long_outage_then_resumes(
         if not ing.one_call():
             refused = ing.books.errors[-1]
             break
-        time.sleep(ing.pause_s)
+        time.sleep(ing.pause_s)  # pacing the producer at ~2,000 records/s (above): the sleep is the point
     assert refused is not None, "the spool never refused ingestion"
     assert refused[1] == "RESOURCE_EXHAUSTED" and "'archive' backend" in refused[2], refused
     acked_before = len(ing.books.acked)

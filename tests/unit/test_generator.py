@@ -25,7 +25,7 @@ from server.core.model import (
 )
 from server.core.records import check_record, with_id
 from server.generator_loop import GeneratorLoop
-from tests.waiting import finishes, wait_for
+from tests.waiting import DEADLINE_S, finishes, wait_for
 
 MIN = 60_000
 T0 = 1_760_000_000_000 - 1_760_000_000_000 % MIN  # a window boundary
@@ -466,7 +466,7 @@ def test_thread_generates_and_stops_promptly():
     assert isinstance(loop.seed, int)  # seed None: random per process
     loop.start()
     try:
-        assert got.wait(3), "the thread generates the finished window"
+        assert got.wait(DEADLINE_S), "the thread generates the finished window"
         assert loop.running
     finally:
         assert finishes(loop.stop, what="GeneratorLoop.stop()")

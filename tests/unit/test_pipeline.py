@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,7 @@ from server.pipeline import Pipeline
 from server.pipeline.fanout import ArchiveSinkWorker, DropFence
 from server.pipeline.hub import Hub, SubscriptionOverflow
 from server.pipeline.spool import MAX_BATCH_RECORDS, BatchKey, Spool, decode, encode, group_by_log_store
-from tests.waiting import finishes
+from tests.waiting import DEADLINE_S, finishes, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 ACCOUNT, REGION, PROJECT = "acct-1", "ap-guangzhou", "proj"
@@ -102,13 +101,13 @@ class FlakyStore:
         return getattr(self.store, name)
 
 
-def wait_until(cond, timeout: float = 10.0, step: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
+def wait_until(cond, timeout: float = DEADLINE_S) -> bool:
+    """cond() became true within `timeout` (a bound on a hang: tests/waiting.py)."""
+    try:
+        wait_for(cond, "a condition of the test", timeout)
+    except AssertionError:
+        return False
+    return True
 
 
 @pytest.fixture
@@ -470,9 +469,11 @@ def test_a_healthy_sink_past_the_memory_window_holds_submits_back_for_a_bounded_
 
         p.pace_max_s = 30.0
         threading.Thread(target=one_more, daemon=True).start()
-        assert not done.wait(0.3)  # held while the sink stays behind...
+        # Held while the sink stays behind: a bounded look for a wrong early release (a slow
+        # machine can only make it pass without seeing one, never fail a correct pipeline).
+        assert not done.wait(0.3)
         slow.gate.set()
-        assert done.wait(10)  # ...and let go as soon as it has caught up, not after 30 s
+        assert done.wait(DEADLINE_S)  # ...and let go once it has caught up (pace_max_s is 30 s: not timed out)
         assert p.wait_delivered(p.spool.head_seq, 20)
         assert count_query(store) == n + 1000
         assert p.paced_calls == 2
@@ -622,10 +623,12 @@ def test_hub_wakes_a_blocked_consumer():
     hub = Hub()
     sub = hub.subscribe(ACCOUNT, REGION, PROJECT, ["web"])
     got = []
-    t = threading.Thread(target=lambda: got.append(sub.get(5)))
+    t = threading.Thread(target=lambda: got.append(sub.get(DEADLINE_S)))
     t.start()
-    time.sleep(0.05)
+    # Publish only once the consumer waits on its subscription's condition (the stdlib Condition
+    # lists its waiters): what is tested is the wake-up, not a get() that finds a batch queued.
+    wait_for(lambda: sub._cond._waiters, "the consumer blocked in get()")  # type: ignore[attr-defined]
     hub.publish([_batch(9, "web", 1)])
-    t.join(2)
+    finishes(t.join, what="the woken consumer")
     assert got and got[0].seq == 9
     sub.close()

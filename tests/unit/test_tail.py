@@ -13,7 +13,7 @@ from server.core.filter import compile_predicate, parse
 from server.core.model import FlowRecord
 from server.pipeline.tail import TailSession
 from tests.unit.test_pipeline import ACCOUNT, BASE_MS, PROJECT, REGION, SECRET, FlakyStore, make_pipeline, make_records
-from tests.waiting import wait_for
+from tests.waiting import DEADLINE_S, finishes, wait_for
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def index(r: FlowRecord) -> int:
     return (r.start_time - BASE_MS) // 1000
 
 
-def take(session, n_records: int, timeout: float = 10.0) -> tuple[list[int], str]:
+def take(session, n_records: int, timeout: float = DEADLINE_S) -> tuple[list[int], str]:
     """Iterate until n_records records arrived; return their indexes and the last cursor."""
     got: list[int] = []
     cursor = ""
@@ -52,20 +52,27 @@ def test_replay_then_live_has_no_gap_or_duplicate_under_concurrent_ingestion(pip
     total_batches, per = 150, 40
     started = threading.Event()
 
+    replay_under_way = threading.Event()
+
     def submitter() -> None:
         for i in range(total_batches):
             pipeline.submit(make_records(per, start=i * per))
             if i == 40:
                 started.set()
-            time.sleep(0.001)
+                # The other 109 batches arrive while the replaying tail is under way (a condition,
+                # not a pace: the hand-off from replay to live happens with ingestion running).
+                assert replay_under_way.wait(DEADLINE_S)
 
     t = threading.Thread(target=submitter)
     t.start()
-    assert started.wait(10)
+    assert started.wait(DEADLINE_S)
     replaying = pipeline.tail(ACCOUNT, REGION, PROJECT, ["web"], start_ms=0, heartbeat_s=0.2)
     live = pipeline.tail(ACCOUNT, REGION, PROJECT, ["web"], heartbeat_s=0.2)
-    everything, _ = take(replaying, total_batches * per)
-    t.join()
+    first, _ = take(replaying, 1)
+    replay_under_way.set()
+    rest, _ = take(replaying, total_batches * per - len(first))
+    everything = first + rest
+    finishes(t.join, what="the submitter")
     assert everything == list(range(total_batches * per))
     # The live-only tail started mid-stream: what it got is one gap-free run up to the end.
     got: list[int] = []
@@ -287,7 +294,7 @@ def test_tail_is_independent_of_a_failing_query_backend(tmp_path, store):
         p.stop(5)
 
 
-def _wait(cond, timeout: float = 5.0) -> bool:
+def _wait(cond, timeout: float = DEADLINE_S) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():
