@@ -18,7 +18,7 @@ from server.config import Config, ConfigError
 from server.core.limits import Limits
 from server.core.model import FlowLogState, FlowRecord, LogStoreKey
 from server.core.paging import TokenSigner
-from server.core.ports import CompiledIngest, MetadataStore, RecordArchive, RecordStore
+from server.core.ports import CompiledIngest, MetadataStore, RecordArchive, RecordStore, SharedMetadata
 from server.core.purge import Purger
 from server.core.service import Quotas, Service
 from server.core.usecases.ingest import Ingest
@@ -35,6 +35,16 @@ def _embedded_metadata(cfg: Config) -> MetadataStore:
     from backends.embedded.metadata import SqliteMetadataStore
 
     return SqliteMetadataStore(cfg.data_path / "metadata.db")
+
+
+def _postgres_metadata(cfg: Config) -> MetadataStore:
+    from backends.postgres.db import DatabaseUnreachable
+    from backends.postgres.metadata import PostgresMetadataStore
+
+    try:
+        return PostgresMetadataStore(cfg.postgres)
+    except DatabaseUnreachable as e:
+        raise ConfigError(str(e)) from None
 
 
 def _embedded_records(cfg: Config):
@@ -65,7 +75,10 @@ def _minio_objects(cfg: Config):
     return S3ObjectStore.from_config(cfg.minio)
 
 
-METADATA_BACKENDS: dict[str, Callable[[Config], MetadataStore]] = {"embedded": _embedded_metadata}
+METADATA_BACKENDS: dict[str, Callable[[Config], MetadataStore]] = {
+    "embedded": _embedded_metadata,
+    "postgres": _postgres_metadata,
+}
 QUERY_BACKENDS: dict[str, Callable[[Config], Any]] = {
     "embedded": _embedded_records,
     "elasticsearch": _elasticsearch_records,
@@ -283,10 +296,28 @@ class App:
         self._probe_ok: dict[str, bool] = {}
         self._retention = threading.Thread(target=self._retention_loop, name="flowlog-retention", daemon=True)
         if cfg.demo:
-            for account in sorted(set(cfg.api_keys.values())) or [LOCAL_ACCOUNT]:
+            self._load_demos(sorted(set(cfg.api_keys.values())) or [LOCAL_ACCOUNT])
+
+    def _load_demos(self, accounts: list[str]) -> None:
+        """The demo inventory (and demo flow logs) of each account. With several replicas on one
+        metadata store (SharedMetadata), it is loaded once: under a cluster-wide lock, and only
+        where no replica has marked it loaded (a marker per account in the shared settings), so
+        replicas starting together or restarting later never load it twice."""
+        from contextlib import nullcontext
+
+        from server.api.auth import LOCAL_ACCOUNT
+
+        shared = self.metadata if isinstance(self.metadata, SharedMetadata) else None
+        with shared.exclusive("demo") if shared is not None else nullcontext(True):
+            for account in accounts:
+                marker = f"demo_loaded:{account}"
+                if shared is not None and self.metadata.setting(marker, b"") == b"1":
+                    continue
                 self._load_demo(account)
-            if cfg.demo_flow_logs and not cfg.api_keys:
-                self._load_demo_flow_logs(LOCAL_ACCOUNT)
+                if self.config.demo_flow_logs and not self.config.api_keys and account == LOCAL_ACCOUNT:
+                    self._load_demo_flow_logs(account)
+                if shared is not None:
+                    shared.put_setting(marker, b"1")
 
     def _build_collector(self, cfg: Config):
         """The NetFlow/IPFIX listener: its flows go through the Ingest rules and the pipeline."""
@@ -414,6 +445,17 @@ class App:
             delay = interval
 
     def enforce_retention(self) -> None:
+        """One retention pass. With several replicas on one metadata store, the replica holding
+        the cluster lock "retention" runs it and the others skip that round (each step is
+        idempotent anyway: this only saves the repeated work)."""
+        if isinstance(self.metadata, SharedMetadata):
+            with self.metadata.exclusive("retention", wait=False) as mine:
+                if mine:
+                    self._enforce_retention()
+        else:
+            self._enforce_retention()
+
+    def _enforce_retention(self) -> None:
         now = time.time_ns() // 1_000_000
         for ls in self.metadata.all_log_stores():
             try:

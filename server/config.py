@@ -22,6 +22,7 @@ from typing import Any, Mapping
 from backends.elasticsearch.config import ElasticsearchConfig
 from backends.embedded.config import EmbeddedConfig
 from backends.minio.config import MinioConfig
+from backends.postgres.config import PostgresConfig
 
 
 class ConfigError(Exception):
@@ -183,7 +184,8 @@ class Config:
     # Also create a few demo flow logs (project "sample") in the local account on a fresh data dir,
     # so the web console opens on traffic. On with no config file (`make run`), like `demo`.
     demo_flow_logs: bool = False
-    # Metadata backend: "embedded" (SQLite under data_dir).
+    # Metadata backend: "embedded" (SQLite under data_dir) or "postgres" (a PostgreSQL database
+    # shared by several replicas: the `postgres:` section, postgres.dsn / FLOWLOG_POSTGRES_DSN).
     metadata_backend: str = "embedded"
     # Query backend: "embedded" (DuckDB under data_dir) or "elasticsearch".
     query_backend: str = "embedded"
@@ -197,6 +199,7 @@ class Config:
     embedded: EmbeddedConfig = field(default_factory=EmbeddedConfig)
     elasticsearch: ElasticsearchConfig = field(default_factory=ElasticsearchConfig)
     minio: MinioConfig = field(default_factory=MinioConfig)
+    postgres: PostgresConfig = field(default_factory=PostgresConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
     # With API keys and a listen address off loopback the server needs tls (keys would travel in
@@ -211,8 +214,8 @@ class Config:
         return Path(self.data_dir)
 
     def validate(self) -> None:
-        if self.metadata_backend not in ("embedded",):
-            raise ConfigError(f"metadata_backend must be 'embedded', not {self.metadata_backend!r}")
+        if self.metadata_backend not in ("embedded", "postgres"):
+            raise ConfigError(f"metadata_backend must be 'embedded' or 'postgres', not {self.metadata_backend!r}")
         if self.query_backend not in ("embedded", "elasticsearch"):
             raise ConfigError(f"query_backend must be 'embedded' or 'elasticsearch', not {self.query_backend!r}")
         if self.archive_backend not in ("embedded", "minio", "none"):
@@ -228,9 +231,10 @@ class Config:
                 "archive_backend is 'minio' but minio.endpoint/access_key/secret_key "
                 "(FLOWLOG_MINIO_ENDPOINT, FLOWLOG_MINIO_ACCESS_KEY, FLOWLOG_MINIO_SECRET_KEY) are not all set"
             )
-        chosen: list[tuple[str, ElasticsearchConfig | MinioConfig | EmbeddedConfig]] = (
+        chosen: list[tuple[str, ElasticsearchConfig | MinioConfig | EmbeddedConfig | PostgresConfig]] = (
             [("elasticsearch", self.elasticsearch)] if self.query_backend == "elasticsearch" else []
         )
+        chosen += [("postgres", self.postgres)] if self.metadata_backend == "postgres" else []
         chosen += [("minio", self.minio)] if self.archive_backend == "minio" else []
         for section, backend_cfg in chosen + [("embedded", self.embedded)]:
             problems = backend_cfg.problems()

@@ -61,6 +61,9 @@ async def serve(cfg) -> int:
     except DataDirInUse as e:
         log.error("%s", e)
         return 1
+    except ConfigError as e:  # e.g. postgres.dsn names a server that cannot be reached
+        log.error("%s", e)
+        return 2
     try:
         server = GrpcServer(app)
     except RuntimeError as e:

@@ -15,20 +15,16 @@ from pathlib import Path
 from typing import Iterator
 
 from server.core.model import (
-    Action,
-    Direction,
     FlowLog,
     FlowLogState,
     LogStore,
     LogStoreKey,
     Resource,
     ResourceType,
-    RuleKind,
-    SecurityRule,
     TrafficType,
 )
 from server.core.ports import Tombstone
-from server.core.security import complete_rule_ids
+from server.core.rules_json import rules_from_json, rules_to_json
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resources (
@@ -63,35 +59,9 @@ CREATE TABLE IF NOT EXISTS log_store_tombstones (
 _WATCHED = ("flow_logs", "log_stores", "log_store_tombstones")
 
 
-def _rules_to_json(rules: tuple[SecurityRule, ...]) -> str:
-    return json.dumps(
-        [
-            [
-                r.priority,
-                int(r.direction),
-                int(r.action),
-                r.protocol,
-                r.peer_cidr,
-                r.port_from,
-                r.port_to,
-                r.id,
-                int(r.kind),
-            ]
-            for r in rules
-        ]
-    )
-
-
-def _rules_from_json(text: str) -> tuple[SecurityRule, ...]:
-    """Rows written before rules had ids and kinds hold 7 items per rule: those rules are
-    security-group rules and get their ids as at registration (complete_rule_ids: the same
-    ids on every load)."""
-    rules = []
-    for item in json.loads(text):
-        p, d, a, proto, cidr, pf, pt = item[:7]
-        rid, kind = (item[7], RuleKind(item[8])) if len(item) >= 9 else ("", RuleKind.SECURITY_GROUP)
-        rules.append(SecurityRule(p, Direction(d), Action(a), proto, cidr, pf, pt, rid, kind))
-    return complete_rule_ids(rules)
+# The rules' JSON form is shared with the other metadata backends (server.core.rules_json).
+_rules_to_json = rules_to_json
+_rules_from_json = rules_from_json
 
 
 def _resource(row: sqlite3.Row) -> Resource:

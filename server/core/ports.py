@@ -335,3 +335,22 @@ class CompiledIngest(Protocol):
     ) -> tuple[list[FlowRecord], bytes, Any] | None:
         """(records, spool payload, Arrow buffers) when every record passes, else None."""
         ...
+
+
+# -- several replicas on one metadata store (issue 19; owner pg) -------------------------------
+
+
+@runtime_checkable
+class SharedMetadata(Protocol):
+    """Optional: a metadata store shared by several replicas (metadata_backend: postgres). The
+    embedded store lacks it: one process owns its file, and nothing needs coordinating."""
+
+    def exclusive(self, name: str, wait: bool = True) -> AbstractContextManager[bool]:
+        """Hold the cluster-wide lock `name` for a block. wait=False yields False at once when
+        another replica holds it (then skip the work: another replica is doing it). Released at
+        the end of the block, or by the store when the holder dies."""
+        ...
+
+    def put_setting(self, key: str, value: bytes) -> None:
+        """Store a server-wide setting, replacing its value (setting() reads it)."""
+        ...

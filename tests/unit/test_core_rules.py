@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from backends.embedded.metadata import SqliteMetadataStore
 from server.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, QuotaExceeded
 from server.core.model import LogStore, LogStoreKey, Resource, ResourceType, TrafficType
 from server.core.paging import TokenSigner
@@ -18,16 +17,15 @@ A, B = "acct-a", "acct-b"
 
 
 @pytest.fixture
-def svc(tmp_path):
+def svc(metadata_store):  # every metadata backend (tests/unit/conftest.py)
     deleted: list = []
-    store = SqliteMetadataStore(tmp_path / "meta.db")
+    store = metadata_store
     s = Service(store, TokenSigner(b"k" * 32), on_log_store_deleted=lambda a, k: deleted.append((a, k)))
     s.deleted = deleted
     for acct in (A, B):
         for r in demo_resources():
             s.register_resource(acct, r)
     yield s
-    store.close()
 
 
 def _store_for(name: str) -> str:

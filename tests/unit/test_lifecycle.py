@@ -43,10 +43,8 @@ KEY = LogStoreKey("bj", "proj", "web")
 
 
 @pytest.fixture
-def meta(tmp_path):
-    m = SqliteMetadataStore(tmp_path / "meta.db")
-    yield m
-    m.close()
+def meta(metadata_store):  # every metadata backend (tests/unit/conftest.py)
+    return metadata_store
 
 
 def service(meta, **kw) -> Service:

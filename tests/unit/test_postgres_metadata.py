@@ -1,0 +1,166 @@
+"""What the PostgreSQL metadata store adds to the port's contract (the contract itself runs on it
+through tests/unit/conftest.py's `metadata_store`): several stores on one database behave as the
+replicas they stand for. Real PostgreSQL (tests/fixtures_postgres.py), no mocks."""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import psycopg
+import pytest
+
+from backends.embedded.metadata import SqliteMetadataStore
+from backends.postgres.config import PostgresConfig
+from backends.postgres.metadata import PostgresMetadataStore
+from server.config import ConfigError, load
+from server.core.errors import QuotaExceeded
+from server.core.model import FlowLogState, LogStoreKey, ResourceType, TrafficType
+from server.core.paging import TokenSigner
+from server.core.ports import SharedMetadata
+from server.core.service import CreateFlowLog, NewLogStoreSpec, Quotas, Service
+from server.demo import demo_resources
+from tests.waiting import wait_for
+
+A = "acct-a"
+
+
+@pytest.fixture
+def two_replicas(postgres_dsn):
+    """Two stores on one database: what two flowlog-server processes hold."""
+    a = PostgresMetadataStore(PostgresConfig(dsn=postgres_dsn))
+    b = PostgresMetadataStore(PostgresConfig(dsn=postgres_dsn))
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _service(store, quota=10) -> Service:
+    s = Service(store, TokenSigner(b"k" * 32), quotas=Quotas(flow_logs_per_region=quota))
+    return s
+
+
+def _req(i: int) -> CreateFlowLog:
+    return CreateFlowLog(
+        region="bj",
+        name=f"fl{i}",
+        resource_type=ResourceType.EIP,
+        resource_id="eip-bj-01",
+        network_id="vpc-bjdemo",
+        traffic_type=TrafficType.ALL,
+        destination=NewLogStoreSpec("proj", f"store{i}"),
+    )
+
+
+def test_generation_reflects_changes_committed_by_another_replica(two_replicas):
+    a, b = two_replicas
+    sa = _service(a)
+    for r in demo_resources():
+        sa.register_resource(A, r)
+    before = b.generation()
+    fl = sa.create_flow_log(A, _req(1))
+    assert a.generation() > before  # its own commit: at once
+    wait_for(lambda: b.generation() > before, "replica b to see replica a's CreateFlowLog in its generation")
+    g = b.generation()
+    with a.transaction() as tx:
+        tx.update_flow_log(replace(tx.get_flow_log(A, fl.id), state=FlowLogState.PAUSED))
+    wait_for(lambda: b.generation() > g, "replica b to see the pause")
+    with b.transaction() as tx:
+        assert tx.get_flow_log(A, fl.id).state == FlowLogState.PAUSED
+    g = b.generation()
+    with a.transaction() as tx:  # a resource is not watched: no change for open streams
+        tx.insert_resource(replace(demo_resources()[0], id="eip-extra", account_id=A))
+    with a.transaction() as tx:
+        tx.insert_tombstone(A, LogStoreKey("bj", "proj", "gone"), 1)
+    wait_for(lambda: b.generation() > g, "replica b to see a tombstone")
+
+
+def test_settings_are_shared_and_the_first_value_wins(two_replicas):
+    a, b = two_replicas
+    assert a.setting("token_secret", b"from-a") == b"from-a"
+    assert b.setting("token_secret", b"from-b") == b"from-a"
+    assert isinstance(a, SharedMetadata)
+    b.put_setting("marker", b"1")
+    assert a.setting("marker", b"") == b"1"
+
+
+def test_quota_exact_when_two_replicas_create_at_once(two_replicas):
+    a, b = two_replicas
+    services = [_service(a, quota=7), _service(b, quota=7)]
+    for r in demo_resources():
+        services[0].register_resource(A, r)
+
+    def create(i: int) -> str:
+        try:
+            services[i % 2].create_flow_log(A, _req(i))
+            return "ok"
+        except QuotaExceeded:
+            return "quota"
+
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(create, range(40)))
+    assert results.count("ok") == 7, results
+    with psycopg.connect(a.db.cfg.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM flow_logs WHERE account_id=%s", (A,)).fetchone() == (7,)
+
+
+def test_exclusive_lock_is_held_by_one_replica_and_freed_when_it_ends(two_replicas):
+    a, b = two_replicas
+    with a.exclusive("retention", wait=False) as mine:
+        assert mine
+        with b.exclusive("retention", wait=False) as theirs:
+            assert not theirs
+    with b.exclusive("retention", wait=False) as theirs:
+        assert theirs
+
+
+def test_rules_are_stored_as_the_embedded_store_stores_them(postgres_dsn, tmp_path):
+    pg = PostgresMetadataStore(PostgresConfig(dsn=postgres_dsn))
+    lite = SqliteMetadataStore(tmp_path / "meta.db")
+    try:
+        for store in (pg, lite):
+            with store.transaction() as tx:
+                for r in demo_resources():
+                    tx.insert_resource(replace(r, account_id=A))
+        with psycopg.connect(postgres_dsn) as conn:
+            pg_rows = dict(conn.execute("SELECT id, rules FROM resources").fetchall())
+        lite_rows = dict(lite._conn.execute("SELECT id, rules FROM resources").fetchall())
+        assert pg_rows == lite_rows and len(pg_rows) == len(demo_resources())
+        for r in demo_resources():
+            assert pg.resource_of(A, r.id).rules == lite.resource_of(A, r.id).rules
+    finally:
+        pg.close()
+        lite.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_dsn_names_the_setting_host_and_port(tmp_path):
+    from server.app import App
+
+    port = _closed_port()
+    cfg = load(
+        None,
+        env={},
+        overrides={
+            "data_dir": str(tmp_path / "d"),
+            "metadata_backend": "postgres",
+            "postgres": {"dsn": f"postgresql://flowlog@127.0.0.1:{port}/flowlog", "connect_timeout_seconds": 2},
+        },
+    )
+    with pytest.raises(ConfigError) as e:
+        App(cfg)
+    msg = str(e.value)
+    assert "postgres.dsn" in msg and f"127.0.0.1:{port}" in msg and "FLOWLOG_POSTGRES_DSN" in msg
+
+
+def test_postgres_without_dsn_is_refused_naming_the_setting():
+    with pytest.raises(ConfigError, match=r"postgres: dsn is empty: set postgres.dsn \(FLOWLOG_POSTGRES_DSN\)"):
+        load(None, env={"FLOWLOG_METADATA_BACKEND": "postgres"})
+    cfg = load(None, env={"FLOWLOG_METADATA_BACKEND": "postgres", "FLOWLOG_POSTGRES_DSN": "postgresql://x@h/db"})
+    assert cfg.postgres.dsn == "postgresql://x@h/db"
