@@ -407,7 +407,8 @@ def _next_tail_response(session, shared: "wire.SharedBatches"):
         return None
     kind, payload, cursor = event
     if kind == "records":
-        return wire.tail_batch_response(shared.get(payload), cursor)
+        # From another replica the records come encoded already (server.pipeline.replicated).
+        return wire.tail_batch_response(payload if isinstance(payload, bytes) else shared.get(payload), cursor)
     return query_pb2.TailResponse(heartbeat=query_pb2.Heartbeat(time=convert.ts(now_ms())), cursor=cursor)
 
 

@@ -279,7 +279,9 @@ class ArchiveTableWriter(Protocol):
 
 class TailEvents(Protocol):
     """A Tail session: yields (kind, payload, cursor) events, kind "records" (payload: the
-    records of one batch) or "heartbeat"; close() ends it (and wakes a reader waiting in it)."""
+    records of one batch, or, from another replica, those records already encoded as a
+    flowlog.v1.RecordBatch: `bytes`) or "heartbeat"; close() ends it (and wakes a reader waiting
+    in it)."""
 
     def __iter__(self) -> Iterator[tuple[str, Any, str]]: ...
 
@@ -315,8 +317,10 @@ class RecordPipeline(Protocol):
         cursor: str | None = None,
         heartbeat_s: float | None = None,
         check: Callable[[], object] | None = None,
+        filter_text: str = "",
     ) -> TailEvents:
-        """A Tail session over LogStores the caller has checked; `check` raises to end it."""
+        """A Tail session over LogStores the caller has checked; `check` raises to end it.
+        `predicate` is `filter_text` compiled (replicas apply the text at their source)."""
         ...
 
 
@@ -354,3 +358,52 @@ class SharedMetadata(Protocol):
     def put_setting(self, key: str, value: bytes) -> None:
         """Store a server-wide setting, replacing its value (setting() reads it)."""
         ...
+
+
+# -- replicas (owner: tail, issue 19) ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaInfo:
+    """One flowlog-server process sharing the metadata store: its id is its spool's id (stable
+    across restarts of the same data dir), `address` is where the other replicas reach its
+    ReplicaService, and `heartbeat_age_ms` how long ago it last said it was alive (measured by the
+    directory's own clock, so the replicas' clocks need not agree)."""
+
+    replica_id: str
+    address: str
+    heartbeat_age_ms: int
+    started_ms: int = 0
+
+
+@dataclass(frozen=True)
+class ReplicaSnapshot:
+    """The directory as read at `read_ms` (the reader's clock, taken BEFORE the read): a replica
+    that registered before read_ms is in `replicas`, so a replica missing from a snapshot stored
+    nothing before its read_ms (give or take the clocks' skew)."""
+
+    read_ms: int
+    replicas: tuple[ReplicaInfo, ...]
+
+
+class ReplicaDirectory(Protocol):
+    """The replicas of one deployment, in the shared metadata store (PostgreSQL). Absent (None)
+    with metadata_backend embedded: one process, one spool.
+
+    A replica registers (heartbeat) BEFORE it spools anything and then every few seconds; list()
+    returns the replicas heard from within `forget_ms` (down ones included: their spools are
+    durable and their records arrive when they return)."""
+
+    def heartbeat(self, replica_id: str, address: str, started_ms: int) -> None:
+        """Insert or refresh this replica's row (its address may change between restarts)."""
+        ...
+
+    def list(self, forget_ms: int) -> list[ReplicaInfo]:
+        """Every replica whose last heartbeat is at most forget_ms old, by replica id."""
+        ...
+
+    def remove(self, replica_id: str) -> None:
+        """Forget a replica at once (an operator retiring its data dir)."""
+        ...
+
+    def close(self) -> None: ...

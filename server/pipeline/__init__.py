@@ -42,6 +42,7 @@ from server.core.model import FlowRecord, LogStoreKey
 from server.core.ports import ArchiveTableWriter, RecordArchive, RecordStore, TableWriter
 from server.pipeline.fanout import ArchiveSinkWorker, DropFence, RecordSinkWorker, SinkStatus, SinkWorker
 from server.pipeline.hub import Hub
+from server.pipeline.replicated import MergedTailSession, ReplicaTails
 from server.pipeline.spool import BatchKey, Spool
 from server.pipeline.tail import CursorCodec, TailSession
 
@@ -93,6 +94,8 @@ class Pipeline:
         self.spool: Spool | None = None
         self.workers: dict[str, SinkWorker] = {}
         self._codec: CursorCodec | None = None
+        # Set by attach_replicas() when replicas share the metadata store (None: one process).
+        self.replicas: ReplicaTails | None = None
         self._state_lock = threading.Condition()
         self._accepting = False
         self._inflight = 0
@@ -277,26 +280,103 @@ class Pipeline:
         cursor: str | None = None,
         heartbeat_s: float | None = None,
         check: Callable[[], object] | None = None,
-    ) -> TailSession:
+        filter_text: str = "",
+    ) -> TailSession | MergedTailSession:
         """A Tail session over LogStores of one project (see server.pipeline.tail). The caller
         has checked that the LogStores exist and belong to the account; `predicate` is the
-        compiled filter (server.core.filter.compile_predicate)."""
+        compiled filter (server.core.filter.compile_predicate) of `filter_text`. With replicas
+        (attach_replicas), a session over every replica's spool (server.pipeline.replicated)."""
         if self.spool is None or self._codec is None or not self._accepting:
+            raise Unavailable("the record pipeline is not running (the server is starting or stopping)")
+        hb = self._heartbeat_s if heartbeat_s is None else heartbeat_s
+        if self.replicas is None:
+            return TailSession(
+                self.spool,
+                self.hub,
+                self._codec,
+                account_id,
+                region,
+                project,
+                log_stores,
+                predicate,
+                start_ms=start_ms,
+                cursor=cursor,
+                heartbeat_s=hb,
+                buffer_records=self.hub.default_max_records,
+                check=check,
+            )
+        spool, hub, codec = self.spool, self.hub, self._codec
+        r = self.replicas
+
+        def open_local(position: tuple[int, int] | None, start_ms: int | None) -> TailSession:
+            return TailSession(
+                spool,
+                hub,
+                codec,
+                account_id,
+                region,
+                project,
+                log_stores,
+                predicate,
+                start_ms=start_ms,
+                position=position,
+                heartbeat_s=max(0.2, hb / 2),
+                buffer_records=hub.default_max_records,
+                check=check,
+            )
+
+        return MergedTailSession(
+            local_spool_id=spool.spool_id,
+            open_local=open_local,
+            peers=r.peers,
+            snapshot=r.snapshot,
+            live_ms=r.live_ms,
+            codec=r.codec,
+            account_id=account_id,
+            region=region,
+            project=project,
+            log_stores=log_stores,
+            scope=CursorCodec.scope(region, project, log_stores),
+            filter_text=filter_text,
+            start_ms=start_ms,
+            cursor=cursor,
+            heartbeat_s=hb,
+            skew_ms=r.skew_ms,
+        )
+
+    def attach_replicas(self, replicas: "ReplicaTails") -> None:
+        """From now on Tail sessions follow every replica's spool (server.pipeline.replicated)."""
+        self.replicas = replicas
+
+    def spool_stream(
+        self,
+        account_id: str,
+        region: str,
+        project: str,
+        log_stores: Sequence[str],
+        predicate: Callable[[FlowRecord], bool] | None,
+        *,
+        position: tuple[int, int] | None,
+        start_ms: int | None,
+        heartbeat_s: float,
+    ) -> TailSession:
+        """This replica's spool from a raw position (or a stored-since time) for another
+        replica's merged Tail (ReplicaService.StreamSpool): the Tail logic without cursors."""
+        if self.spool is None or not self._accepting:
             raise Unavailable("the record pipeline is not running (the server is starting or stopping)")
         return TailSession(
             self.spool,
             self.hub,
-            self._codec,
+            None,
             account_id,
             region,
             project,
             log_stores,
             predicate,
             start_ms=start_ms,
-            cursor=cursor,
-            heartbeat_s=self._heartbeat_s if heartbeat_s is None else heartbeat_s,
+            position=position,
+            heartbeat_s=heartbeat_s,
             buffer_records=self.hub.default_max_records,
-            check=check,
         )
 
     # -- health, deletion -----------------------------------------------------------------------

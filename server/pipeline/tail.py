@@ -104,17 +104,19 @@ class TailSession:
     Unavailable when the server stops, FailedPrecondition when replay hits trimmed data.
     close() (from any thread) unsubscribes and ends the iteration.
 
-    With both `cursor` and `start_ms`, the cursor wins. The start position is validated in the
-    constructor (bad or expired cursors raise there, before any streaming); the replay and the
-    hub subscription start at the first next(). `predicate=None` (no filter) takes a faster path
-    than a match-everything predicate.
+    With both `cursor` and `start_ms`, the cursor wins. `position` (next_seq, skip) is a cursor's
+    content, unsigned: for a replica serving its spool to another one (server.pipeline.replicated),
+    which signs the cursors itself; such a session may have no codec (its events' cursors are "").
+    The start position is validated in the constructor (bad or expired cursors raise there,
+    before any streaming); the replay and the hub subscription start at the first next().
+    `predicate=None` (no filter) takes a faster path than a match-everything predicate.
     """
 
     def __init__(
         self,
         spool: Spool,
         hub: Hub,
-        codec: CursorCodec,
+        codec: CursorCodec | None,
         account_id: str,
         region: str,
         project: str,
@@ -123,6 +125,7 @@ class TailSession:
         *,
         start_ms: int | None = None,
         cursor: str | None = None,
+        position: tuple[int, int] | None = None,
         heartbeat_s: float = 15.0,
         max_event_records: int = 1000,
         replay_page_records: int = 20_000,
@@ -152,8 +155,12 @@ class TailSession:
         self._closed = threading.Event()
         self._last_event = time.monotonic()
         # Where the session starts; validated now so that a bad request fails before streaming.
-        if cursor:
-            self._next_seq, self._skip = codec.decode(cursor, account_id, self._scope)
+        if cursor or position is not None:
+            if position is not None:
+                self._next_seq, self._skip = position
+            else:
+                assert codec is not None and cursor
+                self._next_seq, self._skip = codec.decode(cursor, account_id, self._scope)
             if self._next_seq <= spool.trimmed_through:
                 raise _expired("resume_cursor", spool.tail_retention_s)
             if self._next_seq > spool.head_seq + 1:
@@ -185,8 +192,16 @@ class TailSession:
 
     @property
     def cursor(self) -> str:
-        """The cursor of the current position (after the last event returned)."""
+        """The cursor of the current position (after the last event returned); "" for a
+        session without a codec (a replica's stream, which carries raw positions)."""
+        if self._codec is None:
+            return ""
         return self._codec.encode(self.account_id, self._scope, self._next_seq, self._skip)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """(next_seq, skip) after the last event returned: what `cursor` signs."""
+        return self._next_seq, self._skip
 
     def close(self) -> None:
         """Stop the session and free its hub subscription. Safe from any thread, also while

@@ -73,4 +73,5 @@ class Tail:
             cursor=cursor,
             heartbeat_s=self.heartbeat_s,
             check=watch.check,
+            filter_text=filter_text,
         )
