@@ -18,7 +18,14 @@ from server.config import Config, ConfigError
 from server.core.limits import Limits
 from server.core.model import FlowLogState, FlowRecord, LogStoreKey
 from server.core.paging import TokenSigner
-from server.core.ports import CompiledIngest, MetadataStore, RecordArchive, RecordStore, SharedMetadata
+from server.core.ports import (
+    CompiledIngest,
+    MetadataStore,
+    RecordArchive,
+    RecordStore,
+    ReplicaDirectory,
+    SharedMetadata,
+)
 from server.core.purge import Purger
 from server.core.service import Quotas, Service
 from server.core.usecases.ingest import Ingest
@@ -84,6 +91,30 @@ QUERY_BACKENDS: dict[str, Callable[[Config], Any]] = {
     "elasticsearch": _elasticsearch_records,
 }
 ARCHIVE_BACKENDS: dict[str, Callable[[Config], Any]] = {"embedded": _embedded_objects, "minio": _minio_objects}
+
+
+def _postgres_replicas(cfg: Config) -> ReplicaDirectory:
+    from backends.postgres.replicas import PostgresReplicaDirectory
+
+    return PostgresReplicaDirectory(cfg.postgres.dsn)
+
+
+# Metadata backends shared by several replicas, and their replica directory (Tail across replicas).
+REPLICA_DIRECTORIES: dict[str, Callable[[Config], ReplicaDirectory]] = {"postgres": _postgres_replicas}
+
+
+def advertise_address(cfg: Config, port: int | None) -> str:
+    """Where the other replicas reach this one: replica.advertise, else the listen address with
+    the port bound (a wildcard host is refused: the others could not dial it)."""
+    if cfg.replica.advertise:
+        return cfg.replica.advertise
+    host, _, listen_port = cfg.listen.rpartition(":")
+    if host.strip("[]") in ("", "0.0.0.0", "::"):
+        raise ConfigError(
+            f"listen is {cfg.listen}, which other replicas cannot dial: set replica.advertise "
+            "(FLOWLOG_REPLICA_ADVERTISE) to the HOST:PORT they reach this replica at"
+        )
+    return f"{host}:{port or listen_port}"
 
 
 def is_loopback(host: str) -> bool:
@@ -179,6 +210,7 @@ class App:
         self.metadata: MetadataStore = METADATA_BACKENDS[cfg.metadata_backend](cfg)
         secret = self.metadata.setting("token_secret", secrets.token_bytes(32))
         self.signer = TokenSigner(secret)
+        self.signer_secret = secret
         self.auth = Authenticator(cfg.api_keys)
         self.records: RecordStore = QUERY_BACKENDS[cfg.query_backend](cfg)
         self.archive: RecordArchive | None = (
@@ -292,6 +324,16 @@ class App:
                 intensity=cfg.generator.intensity,
             )
         self.collector = self._build_collector(cfg) if cfg.collector.listen else None
+        # Replicas (metadata shared in PostgreSQL): the directory, the secret of ReplicaService
+        # (shared through the metadata store), and the heartbeat loop started by start().
+        self.replica_directory: ReplicaDirectory | None = None
+        self.replica_secret = ""
+        self.replica_loop = None
+        self._peers = None
+        if cfg.metadata_backend in REPLICA_DIRECTORIES:
+            self.replica_secret = self.metadata.setting("replica_secret", secrets.token_bytes(32)).hex()
+            advertise_address(cfg, None)  # refuses a wildcard listen without replica.advertise, now
+            self.replica_directory = REPLICA_DIRECTORIES[cfg.metadata_backend](cfg)
         self._stop = threading.Event()
         self._probe_ok: dict[str, bool] = {}
         self._retention = threading.Thread(target=self._retention_loop, name="flowlog-retention", daemon=True)
@@ -492,8 +534,11 @@ class App:
             out["collector"] = self.collector.health()
         return out
 
-    def start(self) -> None:
+    def start(self, port: int | None = None) -> None:
+        """Start the background work. `port`: the gRPC port bound (for replica.advertise's default)."""
         self.pipeline.start()
+        if self.replica_directory is not None:
+            self._start_replica(port)
         if self.collector is not None:
             try:
                 self.collector.start()
@@ -507,9 +552,47 @@ class App:
         self._retention.start()
         self.purge_loop.start()  # resumes the purges a previous process left unfinished
 
+    def _start_replica(self, port: int | None) -> None:
+        """Register in the replica directory (before anything is spooled: the generator, the
+        collector and the gRPC server start after this) and let Tails follow every replica."""
+        from server.api.replica import GrpcPeers
+        from server.pipeline.replicated import ReplicaTails, VectorCursorCodec
+        from server.replica_loop import ReplicaLoop
+
+        cfg = self.config
+        r = cfg.replica
+        spool = self.pipeline.spool
+        assert spool is not None and self.replica_directory is not None
+        roots = None
+        if cfg.tls.cert_file:
+            with open(r.ca_file or cfg.tls.cert_file, "rb") as f:
+                roots = f.read()
+        self.replica_loop = ReplicaLoop(
+            self.replica_directory,
+            spool.spool_id,
+            advertise_address(cfg, port),
+            heartbeat_s=r.heartbeat_seconds,
+            forget_s=r.forget_after_seconds,
+        )
+        self.replica_loop.start()
+        self._peers = GrpcPeers(
+            self.replica_secret, root_certificates=roots, max_message_bytes=cfg.limits.max_message_bytes
+        )
+        self.pipeline.attach_replicas(
+            ReplicaTails(
+                peers=self._peers,
+                snapshot=self.replica_loop.snapshot,
+                codec=VectorCursorCodec(self.signer_secret),
+                live_ms=int(r.down_after_seconds * 1000),
+                skew_ms=int(r.clock_skew_seconds * 1000),
+            )
+        )
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop producing, drain what was acknowledged to the backends (bounded), close."""
         self._stop.set()
+        if self.replica_loop is not None:
+            self.replica_loop.stop()
         self.purge_loop.stop()
         if self.generator is not None:
             self.generator.stop()
@@ -522,6 +605,10 @@ class App:
         self.records.close()
         if self.archive is not None:
             self.archive.close()
+        if self._peers is not None:
+            self._peers.close()
+        if self.replica_directory is not None:
+            self.replica_directory.close()
         self.metadata.close()
         if self._dir_lock is not None:  # another server may take the data dir now
             import os

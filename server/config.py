@@ -163,6 +163,31 @@ class HttpConfig:
     listen: str = ""
 
 
+# -- replicas: Tail across replicas (owner: tail, issue 19) -----------------------------------
+
+
+@dataclass
+class ReplicaConfig:
+    """How this replica takes part in Tail across replicas (metadata_backend postgres only)."""
+
+    # HOST:PORT the other replicas reach this one's gRPC port at (its ReplicaService). Empty: the
+    # listen address with the port actually bound, which must then not be a wildcard (0.0.0.0, ::).
+    advertise: str = ""
+    # How often this replica refreshes its row in the directory and reads the others'.
+    heartbeat_seconds: float = 2.0
+    # A replica not heard from for this long counts as down: Tails retry it only once it
+    # heartbeats again (its records wait in its durable spool meanwhile).
+    down_after_seconds: float = 10.0
+    # A replica not heard from for this long leaves the directory: Tails stop waiting for it.
+    forget_after_seconds: float = 3600.0
+    # How far the replicas' clocks may disagree: a spool a Tail cursor does not know yet starts at
+    # the records it stored since the cursor's directory time minus this.
+    clock_skew_seconds: float = 2.0
+    # PEM file of the CA (or self-signed certificate) the replicas' TLS certificates are checked
+    # against, when the server listens with tls.cert_file; empty: tls.cert_file itself.
+    ca_file: str = ""
+
+
 @dataclass
 class Config:
     listen: str = "127.0.0.1:50051"
@@ -208,6 +233,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     collector: CollectorConfig = field(default_factory=CollectorConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    replica: ReplicaConfig = field(default_factory=ReplicaConfig)
 
     @property
     def data_path(self) -> Path:
@@ -256,6 +282,7 @@ class Config:
         if self.tls.client_ca_file and not self.tls.cert_file:
             raise ConfigError("tls.client_ca_file needs tls.cert_file and tls.key_file")
         self._validate_collector()
+        self._validate_replica()
         lim = self.limits
         if lim.max_message_bytes < 1024 or lim.max_request_bytes < 1024:
             raise ConfigError("limits.max_message_bytes and limits.max_request_bytes must be at least 1024")
@@ -280,6 +307,21 @@ class Config:
                 raise ConfigError(f"API key for account {account!r} is too short: use at least 16 random characters")
             if not account:
                 raise ConfigError("every API key needs an account id")
+
+    def _validate_replica(self) -> None:
+        r = self.replica
+        if r.heartbeat_seconds < 0.1:
+            raise ConfigError("replica.heartbeat_seconds must be at least 0.1")
+        if r.down_after_seconds < 2 * r.heartbeat_seconds:
+            raise ConfigError("replica.down_after_seconds must be at least twice replica.heartbeat_seconds")
+        if r.forget_after_seconds < r.down_after_seconds:
+            raise ConfigError("replica.forget_after_seconds must be at least replica.down_after_seconds")
+        if r.clock_skew_seconds < 0:
+            raise ConfigError("replica.clock_skew_seconds must be 0 or more")
+        if r.advertise:
+            host, sep, port = r.advertise.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"replica.advertise must be HOST:PORT (e.g. 10.0.0.5:50051), not {r.advertise!r}")
 
     def _validate_collector(self) -> None:
         import ipaddress

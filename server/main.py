@@ -81,7 +81,7 @@ async def serve(cfg) -> int:
 
         console = HttpConsole(cfg, server, SERVICE_NAMES, getattr(app, "auth", None))
     try:
-        app.start()
+        app.start(port=server.port)
     except CollectorBindError as e:
         app.stop(timeout=1)
         if console is not None:

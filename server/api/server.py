@@ -99,10 +99,24 @@ class GrpcServer:
         gate = Gate(app)
         for module, name, servicer in servicers(app):
             self.server.add_generic_rpc_handlers((_handlers(module.DESCRIPTOR.services_by_name[name], servicer, gate),))
+        names_extra: list[str] = []
+        if app.replica_secret:  # replicas: ReplicaService, behind the replicas' shared secret
+            from flowlog.v1 import replica_pb2
+            from server.api.replica import SERVICE_NAME, ReplicaGate, ReplicaServicer
+
+            servicer = ReplicaServicer(
+                Runner(app.auth, app.executor, app.stream_executor, app.query_executor),
+                app.pipeline,
+                app.limits.tail_streams,
+            )
+            service = replica_pb2.DESCRIPTOR.services_by_name["ReplicaService"]
+            self.server.add_generic_rpc_handlers((_handlers(service, servicer, ReplicaGate(app, app.replica_secret)),))
+            names_extra.append(SERVICE_NAME)
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         # Health and reflection need no API key; their requests are bounded like ours.
         register_open_service(gate, self.server, lambda s: health_pb2_grpc.add_HealthServicer_to_server(self.health, s))
-        names = SERVICE_NAMES + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        names = SERVICE_NAMES + names_extra
+        names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         register_open_service(
             gate,
             self.server,
