@@ -10,7 +10,7 @@ PROTOS := $(wildcard protos/flowlog/v1/*.proto)
 
 .PHONY: run test install stubs services bench lint clean web
 
-$(STAMP): requirements.lock pyproject.toml setup.py server/api/_fastingest.c $(PROTOS) scripts/gen_protos.py
+$(STAMP): requirements.lock pyproject.toml setup.py server/native/_fastingest.c $(PROTOS) scripts/gen_protos.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(PY) scripts/gen_protos.py

@@ -4,7 +4,7 @@
   protos/ by scripts/gen_protos.py with the grpcio-tools pinned in [build-system] requires, at
   build time (build_py): `pip install .`, `pip wheel .`, an sdist and `make install` all get stubs
   that match the protos, and none are committed.
-- server/api/_fastingest.c, the compiled path of Ingest, is optional=True: without a C compiler
+- server/native/_fastingest.c, the compiled path of Ingest and the collector, is optional=True: without a C compiler
   the install still succeeds and the server uses the pure-Python path (the same results, ~3 us
   more CPU per ingested record).
 """
@@ -54,8 +54,8 @@ setup(
     cmdclass={"build_py": BuildPyWithStubs},
     ext_modules=[
         Extension(
-            "server.api._fastingest",
-            ["server/api/_fastingest.c"],
+            "server.native._fastingest",
+            ["server/native/_fastingest.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
             optional=True,
         )

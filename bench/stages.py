@@ -2,7 +2,7 @@
 `python -m bench.stages [--records N]`.
 
 Not a target check: a map of where the time of an ingested record goes, for whoever works on
-the ingest path next. The first line is the compiled fast path (server/api/_fastingest.c), which
+the ingest path next. The first line is the compiled fast path (server/native/_fastingest.c), which
 takes every benchmark batch: it replaces the Python steps after it up to the Arrow table. Each step runs
 over the same realistic records as the ingest benchmark
 (bench.dataset), single-threaded, with the server's GC thresholds and pyarrow settings; the
@@ -63,12 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     flow_logs = {fl.id: fl for fl, _ in fls}
     print(f"{n:,} records in {len(frames)} IngestRequests of <= 1,000, best of 3 runs per step")
 
-    from server.api import services
     from server.core.model import FlowRecord
+    from server.native import fastpath
     from server.pipeline.spool import encode_marshalled
 
-    if services._fastingest is not None:
-        fast = services._fastingest
+    if fastpath.compiled is not None:
+        fast = fastpath.compiled
 
         def compiled() -> list:
             out = []
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
         _best("compiled path: bytes -> records + payload + table", compiled, n)
     else:
-        print("(server/api/_fastingest.c is not built: the server takes the Python steps below)")
+        print("(server/native/_fastingest.c is not built: the server takes the Python steps below)")
     print("The Python path, taken by batches the compiled path leaves to it (or all, without it):")
     msgs = _best(
         "parse IngestRequest (protobuf, C)", lambda: [ingest_pb2.IngestRequest.FromString(f) for f in frames], n

@@ -199,8 +199,8 @@ class App:
 
     def __init__(self, cfg: Config) -> None:
         from server.api.auth import LOCAL_ACCOUNT, Authenticator
-        from server.api.services import compiled_ingest
         from server.archive import Archive
+        from server.native.fastpath import compiled_ingest
         from server.pipeline import Pipeline
 
         check_listen_address(cfg)
@@ -277,7 +277,7 @@ class App:
         )
         compiled = compiled_ingest(cfg.native_ingest)
         if compiled is not None and not isinstance(compiled, CompiledIngest):
-            raise TypeError("server.api._fastingest does not provide split/accept: rebuild it (make install)")
+            raise TypeError("server.native._fastingest does not provide split/accept: rebuild it (make install)")
         self.ingest = Ingest(
             self.metadata,
             self.pipeline,

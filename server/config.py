@@ -217,7 +217,7 @@ class Config:
     # Archive backend: "embedded" (a folder under data_dir), "minio" (any S3) or "none".
     archive_backend: str = "embedded"
     log_level: str = "INFO"
-    # Ingest through the compiled fast path (server/api/_fastingest.c) when it is built; false:
+    # Ingest through the compiled fast path (server/native/_fastingest.c) when it is built; false:
     # always the pure-Python path (same results, more CPU per record).
     native_ingest: bool = True
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)

@@ -34,10 +34,6 @@ from flowlog.v1 import (
 from server.api import convert, wire
 from server.api.auth import Authenticator
 from server.api.errors import handle_errors, parse_message
-
-# The compiled fast path of Ingest, checked against the protos and server.core at import; None
-# when not built (setup.py: optional), and the Python path gives the same results.
-from server.api.fastpath import compiled as _fastingest  # noqa: E402
 from server.api.gate import CURRENT_ACCOUNT
 from server.api.handoff import Feed, ReadAhead
 from server.core.errors import InvalidArgument
@@ -326,11 +322,6 @@ def _parse(data: bytes) -> ParsedMessage:
 
 
 _RECORDS_FIELD = ingest_pb2.IngestRequest.DESCRIPTOR.fields_by_name["records"].number
-
-
-def compiled_ingest(enabled: bool = True) -> Any:
-    """The compiled Ingest path (server.core.ports.CompiledIngest) when built and enabled, else None."""
-    return _fastingest if enabled else None
 
 
 class IngestServicer(_Base, ingest_pb2_grpc.IngestServiceServicer):

@@ -97,7 +97,7 @@ _TRAILING = ("rule_kind", "sampling_rate")  # fixed-width buffers after rule_id'
 
 def table_of_buffers(n: int, shared: Sequence[object], buffers: Sequence[bytes]) -> pa.Table:
     """The table of n records of one flow log given as Arrow buffers (the Ingest fast path,
-    server/api/_fastingest.c, writes them): `shared` holds the values of version .. network_id,
+    server/native/_fastingest.c, writes them): `shared` holds the values of version .. network_id,
     the same for every record; `buffers` the little-endian offsets and data of record_id,
     src_addr and dst_addr, then one buffer per fixed-width field src_port .. tcp_flags, then the
     offsets and data of rule_id, then rule_kind and sampling_rate."""

@@ -26,6 +26,9 @@ from server.core.ports import MetadataStore
 from server.core.records import (
     MAX_FUTURE_MS,
     MAX_PAST_MS,
+    MAX_PORT,
+    MAX_PROTOCOL,
+    MAX_TCP_FLAGS,
     MAX_U64,
     MAX_WINDOW_MS,
     ZONE_REFUSED,
@@ -269,13 +272,13 @@ def accept_columns(
             raise _Slow
         if (
             min(sports) < 0
-            or max(sports) > 65535
+            or max(sports) > MAX_PORT
             or min(dports) < 0
-            or max(dports) > 65535
+            or max(dports) > MAX_PORT
             or min(protos) < 0
-            or max(protos) > 255
+            or max(protos) > MAX_PROTOCOL
             or min(flags) < 0
-            or max(flags) > 0xFFF
+            or max(flags) > MAX_TCP_FLAGS
         ):
             raise _Slow
         if not all(map(le, pkts, nbytes)) or min(pkts) < 0 or max(nbytes) > MAX_U64:

@@ -326,7 +326,7 @@ class RecordPipeline(Protocol):
 
 @runtime_checkable
 class CompiledIngest(Protocol):
-    """Optional: the compiled Ingest path (server/api/_fastingest.c, built when a C compiler is
+    """Optional: the compiled Ingest path (server/native/_fastingest.c, built when a C compiler is
     there). It reads an IngestRequest's bytes and takes only batches in which every record passes
     every check; anything else it declines (None) and the Python path decides."""
 

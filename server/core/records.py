@@ -15,11 +15,12 @@ from functools import lru_cache
 from typing import Iterable
 
 from server.core.model import RECORD_VERSION, Action, Direction, FlowRecord, LogStatus, RuleKind
-from server.core.rules import SAMPLING_RATE_MAX, rule_id_problem
+from server.core.rules import RULE_ID_CHARS, RULE_ID_MAX, SAMPLING_RATE_MAX, rule_id_problem
 
-# The record's time limits, in one place: the Python checks here and in server.core.ingest, the
-# compiled path (server/api/_fastingest.c, checked against these at import by server/api/fastpath.py)
-# and the API's time fields (server.core.query, server.pipeline.tail) all use these.
+# The record's limits, in one place: the Python checks here and in server.core.ingest, the
+# compiled path (server/native/_fastingest.c holds none of its own: server/native/fastpath.py
+# hands it record_limits() at import) and the API's time fields (server.core.query,
+# server.pipeline.tail) all use these.
 # A record may start at most this far in the future of the server's clock (clock skew allowance).
 MAX_FUTURE_MS = 5 * 60 * 1000
 # ...and at most this far in the past (older records would fall outside any retention at once).
@@ -30,7 +31,35 @@ MAX_WINDOW_MS = 86_400_000
 MIN_TIME_MS = -62_135_596_800_000
 MAX_TIME_MS = 253_402_300_799_999
 MAX_U64 = 2**64 - 1
+# Ports, protocol and TCP flags: what the backends' 32-bit (or narrower) columns store.
+MAX_PORT = 65535
+MAX_PROTOCOL = 255
+MAX_TCP_FLAGS = 0xFFF
 _RULE_KINDS = frozenset(int(k) for k in RuleKind)
+
+
+def record_limits() -> dict[str, int | str]:
+    """Every bound check_record applies, by name: what the compiled path is configured with."""
+    return {
+        "max_future_ms": MAX_FUTURE_MS,
+        "max_past_ms": MAX_PAST_MS,
+        "max_window_ms": MAX_WINDOW_MS,
+        "max_port": MAX_PORT,
+        "max_protocol": MAX_PROTOCOL,
+        "max_tcp_flags": MAX_TCP_FLAGS,
+        "rule_id_max": RULE_ID_MAX,
+        "rule_id_chars": "".join(sorted(RULE_ID_CHARS)),
+        "sampling_rate_max": SAMPLING_RATE_MAX,
+        "rule_kind_max": max(_RULE_KINDS),
+    }
+
+
+def _span(ms: int) -> str:
+    """A limit in words: "5 minutes", "24 hours", "3650 days"."""
+    for unit, size in (("days", 86_400_000), ("hours", 3_600_000), ("minutes", 60_000), ("seconds", 1000)):
+        if ms % size == 0 and ms >= size and (unit != "days" or ms // size > 1):
+            return f"{ms // size} {unit}"
+    return f"{ms} ms"
 
 
 def record_id(
@@ -135,22 +164,24 @@ def check_record(r: FlowRecord, now_ms: int) -> RecordProblem | None:
     if r.end_time < r.start_time:
         return RecordProblem("end_time", "must not be before start_time")
     if r.start_time > now_ms + MAX_FUTURE_MS:
-        return RecordProblem("start_time", "is more than 5 minutes in the future; check the collector's clock")
+        return RecordProblem(
+            "start_time", f"is more than {_span(MAX_FUTURE_MS)} in the future; check the collector's clock"
+        )
     if r.start_time < now_ms - MAX_PAST_MS:
-        return RecordProblem("start_time", "is more than 3650 days in the past")
+        return RecordProblem("start_time", f"is more than {_span(MAX_PAST_MS)} in the past")
     if r.end_time - r.start_time > MAX_WINDOW_MS:
-        return RecordProblem("end_time", "a flow window may last at most 24 hours")
+        return RecordProblem("end_time", f"a flow window may last at most {_span(MAX_WINDOW_MS)}")
     # Ranges hold for every record, NODATA ones too: the backends store ports, protocol and flags
     # in 32-bit (or narrower) columns, and a value one of them cannot store would be retried by
     # its sink forever, holding back every record spooled after it.
-    if not 0 <= r.src_port <= 65535:
-        return RecordProblem("src_port", "must be 0-65535")
-    if not 0 <= r.dst_port <= 65535:
-        return RecordProblem("dst_port", "must be 0-65535")
-    if not 0 <= r.protocol <= 255:
-        return RecordProblem("protocol", "must be an IANA protocol number 0-255")
-    if not 0 <= r.tcp_flags <= 0xFFF:
-        return RecordProblem("tcp_flags", "must fit in 12 bits")
+    if not 0 <= r.src_port <= MAX_PORT:
+        return RecordProblem("src_port", f"must be 0-{MAX_PORT}")
+    if not 0 <= r.dst_port <= MAX_PORT:
+        return RecordProblem("dst_port", f"must be 0-{MAX_PORT}")
+    if not 0 <= r.protocol <= MAX_PROTOCOL:
+        return RecordProblem("protocol", f"must be an IANA protocol number 0-{MAX_PROTOCOL}")
+    if not 0 <= r.tcp_flags <= MAX_TCP_FLAGS:
+        return RecordProblem("tcp_flags", f"must fit in {MAX_TCP_FLAGS.bit_length()} bits")
     if not (0 <= r.packets <= MAX_U64 and 0 <= r.bytes <= MAX_U64):
         return RecordProblem("bytes", "out of range")
     if r.rule_id:

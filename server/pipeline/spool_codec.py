@@ -135,7 +135,7 @@ def encode_columns(cols: list[Sequence[object]]) -> bytes:
 
 def encode_marshalled(raw: bytes) -> bytes:
     """The payload of value columns already marshalled as encode_columns() does (the Ingest
-    fast path writes them so: server/api/_fastingest.c)."""
+    fast path writes them so: server/native/_fastingest.c)."""
     return _FORMAT + len(raw).to_bytes(4, "little") + _zstd().compress(raw, asbytes=True)
 
 

@@ -1,4 +1,4 @@
-"""server/api/_fastingest.c, the compiled fast path of Ingest, against the Python path it stands in for.
+"""server/native/_fastingest.c, the compiled fast path of Ingest, against the Python path it stands in for.
 
 Whenever the compiled path returns records, they must be exactly what the Python path returns
 for the same bytes (protobuf's parse, then server.core.ingest.accept_columns), with no
@@ -23,8 +23,9 @@ from flowlog.v1 import ingest_pb2, record_pb2
 from server.api import services
 from server.core.ingest import accept_columns, stored_head
 from server.core.model import FlowLog, FlowRecord, ResourceType, TrafficType
+from server.native import fastpath
 
-fast = services._fastingest
+fast = fastpath.compiled
 
 NOW = 1_780_000_000_000
 FL = FlowLog(
@@ -52,10 +53,10 @@ def test_built_wherever_a_c_compiler_is():
         pytest.skip("no C compiler here: the server runs the pure-Python Ingest path")
     if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
         pytest.skip("no Python headers here (e.g. Debian's python3-dev): the server runs the pure-Python Ingest path")
-    assert fast is not None, "setup.py did not build server/api/_fastingest.c: run `make install` and read its output"
+    assert fast is not None, "setup.py did not build server/native/_fastingest.c: run `make install`, read its output"
 
 
-pytestmark_fast = pytest.mark.skipif(fast is None, reason="server/api/_fastingest.c is not built here")
+pytestmark_fast = pytest.mark.skipif(fast is None, reason="server/native/_fastingest.c is not built here")
 
 
 def python_path(data: bytes):
@@ -525,32 +526,97 @@ def test_spool_payload_and_arrow_table_are_what_the_spool_would_make(seed):
 # -- one source for the schema and its limits ----------------------------------------------------
 
 
-def test_the_compiled_path_was_built_with_the_protos_field_numbers_and_the_cores_limits():
-    from server.api import fastpath
+def test_the_compiled_path_was_built_with_the_protos_field_numbers_and_runs_the_cores_limits():
     from server.core import records
 
     fastpath.check(fast)  # what the server ran at import
     assert fast.FIELDS == {f.name: f.number for f in record_pb2.FlowRecord.DESCRIPTOR.fields}
-    assert fast.LIMITS["max_window_ms"] == records.MAX_WINDOW_MS == 24 * 3600 * 1000
+    assert fast.limits() == records.record_limits()
+
+
+def _edge_record(**changes) -> record_pb2.FlowRecord:
+    start = changes.pop("start", NOW - 60_000)
+    end = changes.pop("end", start + 1000)
+    base = dict(
+        src_addr="10.0.0.1",
+        dst_addr="10.0.0.2",
+        src_port=1234,
+        dst_port=443,
+        protocol=6,
+        packets=1,
+        bytes=100,
+        action=1,
+        log_status=1,
+        direction=1,
+    )
+    base.update(changes)
+    return record_pb2.FlowRecord(start_time=ts(start), end_time=ts(end), **base)
+
+
+def _edges() -> list[tuple[str, dict, dict]]:
+    """(limit, a record just inside it, a record just past it), from server.core.records' values."""
+    from server.core import records, rules
+
+    w, fut, past = records.MAX_WINDOW_MS, records.MAX_FUTURE_MS, records.MAX_PAST_MS
+    s = NOW - 60_000
+    return [
+        ("max_window_ms", dict(start=s - w, end=s), dict(start=s - w - 1, end=s)),
+        ("max_future_ms", dict(start=NOW + fut - 1000), dict(start=NOW + fut + 1000)),
+        ("max_past_ms", dict(start=NOW - past + 1000), dict(start=NOW - past - 1000)),
+        ("max_port", dict(src_port=records.MAX_PORT), dict(src_port=records.MAX_PORT + 1)),
+        ("max_protocol", dict(protocol=records.MAX_PROTOCOL), dict(protocol=records.MAX_PROTOCOL + 1)),
+        ("max_tcp_flags", dict(tcp_flags=records.MAX_TCP_FLAGS), dict(tcp_flags=records.MAX_TCP_FLAGS + 1)),
+        ("rule_id_max", dict(rule_id="r" * rules.RULE_ID_MAX), dict(rule_id="r" * (rules.RULE_ID_MAX + 1))),
+        ("rule_id_chars", dict(rule_id="a-b_c.d:e/F9"), dict(rule_id="a+b")),
+        (
+            "sampling_rate_max",
+            dict(sampling_rate=rules.SAMPLING_RATE_MAX),
+            dict(sampling_rate=rules.SAMPLING_RATE_MAX + 1),
+        ),
+        ("rule_kind_max", dict(rule_kind=3), dict(rule_kind=4)),
+    ]
+
+
+@pytestmark_fast
+@pytest.mark.parametrize("limit,inside,past", _edges(), ids=[e[0] for e in _edges()])
+def test_the_compiled_path_and_the_python_path_draw_each_limit_at_the_same_place(limit, inside, past):
+    """Drift guard: a limit changed in server.core.records moves the edge for both paths, since the
+    C file is handed the same values (a hard-coded limit in either would fail here)."""
+    ok = ingest_pb2.IngestRequest(flow_log_id=FL.id, records=[_edge_record(**inside)]).SerializeToString()
+    bad = ingest_pb2.IngestRequest(flow_log_id=FL.id, records=[_edge_record(**past)]).SerializeToString()
+    assert compare(ok) is not None and python_path(ok)[1] == []
+    assert fast.accept(bad, HEAD, FlowRecord, NOW) is None
+    assert len(python_path(bad)[1]) == 1
+
+
+@pytestmark_fast
+def test_the_compiled_path_applies_the_limits_it_is_given_not_its_own():
+    from server.core import records
+
+    two_hours = ingest_pb2.IngestRequest(
+        flow_log_id=FL.id, records=[_edge_record(start=NOW - 3 * 3_600_000, end=NOW - 3_600_000)]
+    ).SerializeToString()
+    assert fast.accept(two_hours, HEAD, FlowRecord, NOW) is not None
+    try:
+        fast.configure({**records.record_limits(), "max_window_ms": 3_600_000})
+        assert fast.accept(two_hours, HEAD, FlowRecord, NOW) is None
+        with pytest.raises(KeyError, match="max_port"):
+            fast.configure({k: v for k, v in records.record_limits().items() if k != "max_port"})
+    finally:
+        fast.configure(records.record_limits())
+    assert fast.limits() == records.record_limits()
 
 
 def test_a_compiled_path_that_disagrees_is_refused_naming_each_difference():
     from types import SimpleNamespace
 
-    from server.api import fastpath
-
-    drifted = SimpleNamespace(
-        FIELDS={**fast.FIELDS, "rule_id": 99},
-        INGEST_FIELDS=dict(fast.INGEST_FIELDS),
-        LIMITS={**fast.LIMITS, "max_window_ms": 3_600_000},
-    )
+    drifted = SimpleNamespace(FIELDS={**fast.FIELDS, "rule_id": 99}, INGEST_FIELDS=dict(fast.INGEST_FIELDS))
     with pytest.raises(ImportError) as e:
         fastpath.check(drifted)
-    assert "rule_id: C 99, Python 24" in str(e.value) and "max_window_ms: C 3600000, Python 86400000" in str(e.value)
+    assert "rule_id: C 99, Python 24" in str(e.value)
     missing = SimpleNamespace(
         FIELDS={k: v for k, v in fast.FIELDS.items() if k != "sampling_rate"},
         INGEST_FIELDS=dict(fast.INGEST_FIELDS),
-        LIMITS=dict(fast.LIMITS),
     )
     with pytest.raises(ImportError, match="sampling_rate: C None, Python 26"):
         fastpath.check(missing)

@@ -1,10 +1,11 @@
-"""The compiled Ingest path (server/api/_fastingest.c), loaded and checked once at import.
+"""The compiled record path (server/native/_fastingest.c), loaded, configured and checked once at import.
 
-The C file reads IngestRequest and FlowRecord bytes by field number and applies the record limits
-itself, so it exports what it was built with (FIELDS, INGEST_FIELDS, LIMITS). check() compares
-them with the proto descriptors and server.core's constants, and refuses a module that disagrees
-(ImportError naming every difference): a field or a limit changed in one place cannot silently
-diverge from the other. `compiled` is the checked module, or None when it is not built.
+The C file reads IngestRequest and FlowRecord bytes by field number, so it exports the numbers it
+was built with (FIELDS, INGEST_FIELDS); check() compares them with the proto descriptors and
+refuses a module that disagrees (ImportError naming every difference). The record limits (time
+window and bounds, port/protocol/flag ranges, rule ids, sampling rate) are written only in
+server.core.records: _load() hands them to the module (configure), which applies exactly those.
+`compiled` is the ready module, or None when it is not built.
 """
 
 from __future__ import annotations
@@ -14,28 +15,19 @@ from types import ModuleType
 from typing import Any
 
 from flowlog.v1 import ingest_pb2, record_pb2
-from server.core import records, rules
-from server.core.model import RuleKind
+from server.core import records
 
 
 def expected() -> dict[str, dict[str, int]]:
-    """What the compiled path must have been built with."""
+    """The field numbers the compiled path must have been built with."""
     return {
         "FIELDS": {f.name: f.number for f in record_pb2.FlowRecord.DESCRIPTOR.fields},
         "INGEST_FIELDS": {f.name: f.number for f in ingest_pb2.IngestRequest.DESCRIPTOR.fields},
-        "LIMITS": {
-            "max_future_ms": records.MAX_FUTURE_MS,
-            "max_past_ms": records.MAX_PAST_MS,
-            "max_window_ms": records.MAX_WINDOW_MS,
-            "rule_id_max": rules.RULE_ID_MAX,
-            "sampling_rate_max": rules.SAMPLING_RATE_MAX,
-            "rule_kind_max": max(RuleKind),
-        },
     }
 
 
 def check(module: Any) -> None:
-    """ImportError listing every constant of `module` that differs from expected()."""
+    """ImportError listing every field number of `module` that differs from expected()."""
     problems = []
     for table, want in expected().items():
         got = getattr(module, table, None)
@@ -49,7 +41,7 @@ def check(module: Any) -> None:
             problems.append(f"{table} ({'; '.join(diff)})")
     if problems:
         raise ImportError(
-            "server/api/_fastingest.c disagrees with the protos / server.core: "
+            "server/native/_fastingest.c disagrees with the protos: "
             + ", ".join(problems)
             + ". Update the C file's #defines and rebuild (make install)"
         )
@@ -57,11 +49,17 @@ def check(module: Any) -> None:
 
 def _load() -> ModuleType | None:
     try:
-        module = importlib.import_module("server.api._fastingest")
+        module = importlib.import_module("server.native._fastingest")
     except ImportError:  # pragma: no cover - built wherever a C compiler is (setup.py: optional)
         return None
     check(module)
+    module.configure(records.record_limits())
     return module
 
 
 compiled = _load()
+
+
+def compiled_ingest(enabled: bool = True) -> Any:
+    """The compiled Ingest path (server.core.ports.CompiledIngest) when built and enabled, else None."""
+    return compiled if enabled else None

@@ -202,10 +202,10 @@ typedef struct {
     char id[32];
 } rec;
 
-/* FlowRecord's field numbers (protos/flowlog/v1/record.proto) and IngestRequest's. The module exports
- * them as FIELDS and INGEST_FIELDS, and the limits below as LIMITS; server/api/fastpath.py checks
- * both at import against the proto descriptors and server.core's constants, so a field or a limit
- * changed on one side cannot silently diverge from this file. */
+/* FlowRecord's field numbers (protos/flowlog/v1/record.proto) and IngestRequest's (case labels
+ * need constants). The module exports them as FIELDS and INGEST_FIELDS; server/native/fastpath.py
+ * checks them at import against the proto descriptors, so a field renumbered in the protos cannot
+ * silently diverge from this file. The record limits are not here: see configure(). */
 #define F_RECORD_ID 1
 #define F_VERSION 2
 #define F_ACCOUNT_ID 3
@@ -418,25 +418,24 @@ static char *put_u64(char *p, uint64_t v) {
     return p + (20 - n);
 }
 
-/* server.core.rules: RULE_ID_MAX, RULE_ID_CHARS, SAMPLING_RATE_MAX; RuleKind's largest value. */
-#define RULE_ID_MAX 128
-#define SAMPLING_RATE_MAX 0x7FFFFFFFULL
-#define RULE_KIND_MAX 3
+/* The record limits: none are written here. server/native/fastpath.py calls configure() with
+ * server.core.records.record_limits() at import, and accept() refuses to run before it did, so a
+ * limit changed in server.core is the limit this file applies. */
+typedef struct {
+    int64_t max_future_ms, max_past_ms, max_window_ms;
+    uint64_t max_port, max_protocol, max_tcp_flags, rule_id_max, sampling_rate_max, rule_kind_max;
+    uint8_t rule_id_char[256]; /* 1: a character a rule id may hold */
+    int configured;
+} limits_t;
+
+static limits_t L;
 
 static int rule_id_ok(const uint8_t *s, size_t n) {
-    if (n > RULE_ID_MAX) return 0;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t c = s[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
-              c == '.' || c == ':' || c == '/'))
-            return 0;
-    }
+    if (n > L.rule_id_max) return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!L.rule_id_char[s[i]]) return 0;
     return 1;
 }
-
-#define MAX_FUTURE_MS (5LL * 60 * 1000)
-#define MAX_PAST_MS (3650LL * 86400000)
-#define MAX_WINDOW_MS 86400000LL
 
 typedef struct {
     const uint8_t *fid, *account;
@@ -455,11 +454,13 @@ static int check_and_id(const batch_ctx *b, rec *o, char *key) {
         !canonical(o->dst, o->dst_n, o->dst_txt, &o->dst_len))
         return 0;
     if ((memchr(o->src_txt, ':', o->src_len) != NULL) != (memchr(o->dst_txt, ':', o->dst_len) != NULL)) return 0;
-    if (o->start <= 0 || o->start > b->now_ms + MAX_FUTURE_MS || o->start < b->now_ms - MAX_PAST_MS) return 0;
-    if (o->end < o->start || o->end - o->start > MAX_WINDOW_MS) return 0;
-    if (o->sport > 65535 || o->dport > 65535 || o->proto > 255 || o->flags > 0xFFF) return 0;
+    if (o->start <= 0 || o->start > b->now_ms + L.max_future_ms || o->start < b->now_ms - L.max_past_ms) return 0;
+    if (o->end < o->start || o->end - o->start > L.max_window_ms) return 0;
+    if (o->sport > L.max_port || o->dport > L.max_port || o->proto > L.max_protocol || o->flags > L.max_tcp_flags)
+        return 0;
     if (o->pkts > o->bytes) return 0;
-    if (o->rule_kind > RULE_KIND_MAX || o->sampling > SAMPLING_RATE_MAX || !rule_id_ok(o->rule, o->rule_n)) return 0;
+    if (o->rule_kind > L.rule_kind_max || o->sampling > L.sampling_rate_max || !rule_id_ok(o->rule, o->rule_n))
+        return 0;
     /* f"{flow_log_id}|{src}|{dst}|{sport}|{dport}|{protocol}|{direction}|{start}|{end}" */
     char *p = key;
     memcpy(p, b->fid, b->fid_n);
@@ -549,16 +550,18 @@ static PyObject *address_str(const char *text, uint8_t len) {
 /* Rule ids repeat even more than addresses (a resource has a few dozen rules): the same kind of
  * cache, with room for the longest id. */
 #define RULE_SLOTS 1024
+#define RULE_CACHED_MAX 128 /* longer ids (if the limit ever allows them) are not cached */
 
 typedef struct {
     uint8_t len;
-    char text[RULE_ID_MAX];
+    char text[RULE_CACHED_MAX];
     PyObject *str;
 } rule_slot;
 
 static rule_slot *rule_cache;
 
 static PyObject *rule_str(const uint8_t *text, size_t len) {
+    if (len > RULE_CACHED_MAX) return PyUnicode_FromStringAndSize((const char *)text, (Py_ssize_t)len);
     uint32_t h = 2166136261u;
     for (size_t i = 0; i < len; i++) h = (h ^ text[i]) * 16777619u;
     rule_slot *slot = &rule_cache[h & (RULE_SLOTS - 1)];
@@ -809,7 +812,7 @@ PyDoc_STRVAR(accept_doc,
 "head: (version, account_id, flow_log_id, region, project, log_store, resource_type,\n"
 "resource_id, network_id) of the batch's flow log; record_type: server.core.model.FlowRecord.\n"
 "columns=True: (records, spool payload before compression, Arrow buffers) instead; see\n"
-"spool_marshal and arrow_buffers in server/api/_fastingest.c.");
+"spool_marshal and arrow_buffers in server/native/_fastingest.c.");
 
 static PyObject *fi_accept(PyObject *self, PyObject *args) {
     Py_buffer buf;
@@ -821,6 +824,10 @@ static PyObject *fi_accept(PyObject *self, PyObject *args) {
     PyObject *out = NULL;
     rec *records = NULL;
     char *key = NULL;
+    if (!L.configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastingest.configure(limits) was not called (server/native/fastpath.py)");
+        goto done;
+    }
     if (PyTuple_GET_SIZE(head) != HEAD_N) {
         PyErr_SetString(PyExc_ValueError, "head must have 9 items");
         goto done;
@@ -941,7 +948,80 @@ static PyObject *fi_blake2b(PyObject *self, PyObject *args) {
     return PyUnicode_FromStringAndSize(out, 32);
 }
 
+/* ---- the record limits ------------------------------------------------------------------ */
+
+#define INT_LIMITS 9
+static const char *const LIMIT_NAMES[INT_LIMITS] = {
+    "max_future_ms", "max_past_ms", "max_window_ms", "max_port", "max_protocol",
+    "max_tcp_flags", "rule_id_max", "sampling_rate_max", "rule_kind_max",
+};
+
+PyDoc_STRVAR(configure_doc,
+"configure(limits) -> None\n\n"
+"Set the record limits accept() applies: server.core.records.record_limits(), a dict of\n"
+"max_future_ms, max_past_ms, max_window_ms, max_port, max_protocol, max_tcp_flags,\n"
+"rule_id_max, sampling_rate_max, rule_kind_max (non-negative ints) and rule_id_chars (the\n"
+"ASCII characters a rule id may hold). Every key is required; accept() refuses to run before.");
+
+static PyObject *fi_configure(PyObject *self, PyObject *args) {
+    PyObject *d;
+    if (!PyArg_ParseTuple(args, "O!:configure", &PyDict_Type, &d)) return NULL;
+    limits_t n;
+    memset(&n, 0, sizeof n);
+    uint64_t v[INT_LIMITS];
+    for (int k = 0; k < INT_LIMITS; k++) {
+        PyObject *o = PyDict_GetItemString(d, LIMIT_NAMES[k]);
+        if (!o) return PyErr_Format(PyExc_KeyError, "configure: the limit %s is missing", LIMIT_NAMES[k]);
+        v[k] = PyLong_AsUnsignedLongLong(o);
+        if (PyErr_Occurred()) return NULL;
+        if (k < 3 && v[k] > (uint64_t)INT64_MAX / 4)
+            return PyErr_Format(PyExc_ValueError, "configure: %s is too large", LIMIT_NAMES[k]);
+    }
+    n.max_future_ms = (int64_t)v[0];
+    n.max_past_ms = (int64_t)v[1];
+    n.max_window_ms = (int64_t)v[2];
+    n.max_port = v[3];
+    n.max_protocol = v[4];
+    n.max_tcp_flags = v[5];
+    n.rule_id_max = v[6];
+    n.sampling_rate_max = v[7];
+    n.rule_kind_max = v[8];
+    PyObject *chars = PyDict_GetItemString(d, "rule_id_chars");
+    if (!chars || !PyUnicode_Check(chars))
+        return PyErr_Format(PyExc_KeyError, "configure: rule_id_chars (a str) is missing");
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(chars, &len);
+    if (!s) return NULL;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        if ((uint8_t)s[i] & 0x80) return PyErr_Format(PyExc_ValueError, "configure: rule_id_chars must be ASCII");
+        n.rule_id_char[(uint8_t)s[i]] = 1;
+    }
+    n.configured = 1;
+    L = n;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(limits_doc, "limits() -> dict: the limits configure() set (what accept() applies), or None before.");
+
+static PyObject *fi_limits(PyObject *self, PyObject *args) {
+    if (!L.configured) Py_RETURN_NONE;
+    char chars[129];
+    int n = 0;
+    for (int c = 0; c < 128; c++)
+        if (L.rule_id_char[c]) chars[n++] = (char)c;
+    chars[n] = 0;
+    return Py_BuildValue("{s:L,s:L,s:L,s:K,s:K,s:K,s:K,s:K,s:K,s:s}", "max_future_ms", (long long)L.max_future_ms,
+                         "max_past_ms", (long long)L.max_past_ms, "max_window_ms", (long long)L.max_window_ms,
+                         "max_port", (unsigned long long)L.max_port, "max_protocol",
+                         (unsigned long long)L.max_protocol, "max_tcp_flags", (unsigned long long)L.max_tcp_flags,
+                         "rule_id_max", (unsigned long long)L.rule_id_max, "sampling_rate_max",
+                         (unsigned long long)L.sampling_rate_max, "rule_kind_max",
+                         (unsigned long long)L.rule_kind_max, "rule_id_chars", chars);
+}
+
 static PyMethodDef methods[] = {
+    {"configure", fi_configure, METH_VARARGS, configure_doc},
+    {"limits", fi_limits, METH_NOARGS, limits_doc},
     {"split", fi_split, METH_VARARGS, split_doc},
     {"accept", fi_accept, METH_VARARGS, accept_doc},
     {"blake2b128_hex", fi_blake2b, METH_VARARGS, blake2b_doc},
@@ -950,7 +1030,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_fastingest",
-    "Fast path of the Ingest RPC (see server/api/_fastingest.c).", -1, methods, NULL, NULL, NULL, NULL,
+    "Fast path of the Ingest RPC (see server/native/_fastingest.c).", -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__fastingest(void) {
@@ -970,20 +1050,13 @@ PyMODINIT_FUNC PyInit__fastingest(void) {
         "direction", F_DIRECTION, "tcp_flags", F_TCP_FLAGS, "project", F_PROJECT, "log_store", F_LOG_STORE,
         "rule_id", F_RULE_ID, "rule_kind", F_RULE_KIND, "sampling_rate", F_SAMPLING_RATE);
     PyObject *ingest = Py_BuildValue("{s:i,s:i}", "flow_log_id", IR_FLOW_LOG_ID, "records", IR_RECORDS);
-    PyObject *limits = Py_BuildValue("{s:L,s:L,s:L,s:i,s:K,s:i}", "max_future_ms", (long long)MAX_FUTURE_MS,
-                                     "max_past_ms", (long long)MAX_PAST_MS, "max_window_ms", (long long)MAX_WINDOW_MS,
-                                     "rule_id_max", (int)RULE_ID_MAX, "sampling_rate_max",
-                                     (unsigned long long)SAMPLING_RATE_MAX, "rule_kind_max", (int)RULE_KIND_MAX);
-    if (!fields || !ingest || !limits || PyModule_AddObject(m, "FIELDS", fields) < 0) goto fail;
+    if (!fields || !ingest || PyModule_AddObject(m, "FIELDS", fields) < 0) goto fail;
     fields = NULL;
     if (PyModule_AddObject(m, "INGEST_FIELDS", ingest) < 0) goto fail;
-    ingest = NULL;
-    if (PyModule_AddObject(m, "LIMITS", limits) < 0) goto fail;
     return m;
 fail:
     Py_XDECREF(fields);
     Py_XDECREF(ingest);
-    Py_XDECREF(limits);
     Py_DECREF(m);
     return NULL;
 }
