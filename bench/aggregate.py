@@ -74,11 +74,10 @@ class ESBaseline:
     def __init__(self, es: dict, log_store: str) -> None:
         from elasticsearch import Elasticsearch
 
-        from backends.elasticsearch.records import log_store_base
-        from server.core.model import LogStoreKey
+        from backends.elasticsearch.records import shared_base
 
         self.client = Elasticsearch(es["url"], request_timeout=300)
-        self.index = log_store_base(ES_PREFIX, ACCOUNT, LogStoreKey(REGION, PROJECT, log_store)) + "-*"
+        self.index = shared_base(ES_PREFIX) + "-*"  # the shared day indices; the query filters the LogStore
         self.log_store = log_store
 
     def run(self, name: str, t0: int, t1: int) -> int:

@@ -146,7 +146,7 @@ class ElasticsearchBaseline:
         self.store.ensure_template()
 
     def prepare(self, records: list) -> Any:
-        return list(self.store._actions(records, set()))
+        return list(self.store._actions(records, set(), int(time.time() * 1000)))
 
     def run(self, actions: list) -> float:
         from elasticsearch import helpers
@@ -154,7 +154,7 @@ class ElasticsearchBaseline:
         client = self.store._client
         t0 = time.monotonic()
         ok, errors = helpers.bulk(client, actions, chunk_size=1000, raise_on_error=False, refresh=False)
-        client.indices.refresh(index="baseline-records-*")
+        client.indices.refresh(index="baseline-flows-*")
         dt = time.monotonic() - t0
         if errors:
             raise RuntimeError(f"baseline bulk errors: {errors[:2]}")
@@ -367,9 +367,9 @@ def run(backend: str, n_records: int, repeats: int, services: Services, workdir:
         total = min(50_000, n_records) + repeats * n_records
         # Bytes on disk per million records.
         if backend == "elasticsearch":
-            docs, size = _es_stats(es, "flowlog-records-*")
+            docs, size = _es_stats(es, "flowlog-flows-*")
             result["disk"] = {
-                "what": "ES primary store (flowlog-records-*), after flush",
+                "what": "ES primary store (flowlog-flows-*), after flush",
                 "records": docs,
                 "bytes": size,
                 "bytes_per_record": size / max(docs, 1),

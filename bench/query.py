@@ -126,9 +126,11 @@ def build_elasticsearch(es: dict, log_store: str, n: int) -> tuple[int, int, int
         batch = next(gen)[: n - total]
         lo = batch[0].start_time if lo is None else lo
         hi = max(r.start_time for r in batch)
-        helpers.bulk(store._client, store._actions(batch, set()), chunk_size=2000, refresh=False)
+        helpers.bulk(
+            store._client, store._actions(batch, set(), int(time.time() * 1000)), chunk_size=2000, refresh=False
+        )
         total += len(batch)
-    store._client.indices.refresh(index=f"{ES_PREFIX}-records-*")
+    store._client.indices.refresh(index=f"{ES_PREFIX}-flows-*")
     store.close()
     log(f"query dataset {log_store} (elasticsearch): {total:,} records in {time.monotonic() - t0:.0f}s")
     return total, lo, hi
@@ -206,10 +208,9 @@ class ESBaseline:
         from elasticsearch import Elasticsearch
 
         self.client = Elasticsearch(es["url"], request_timeout=120)
-        from backends.elasticsearch.records import log_store_base
-        from server.core.model import LogStoreKey
+        from backends.elasticsearch.records import shared_base
 
-        self.index = log_store_base(ES_PREFIX, ACCOUNT, LogStoreKey(REGION, PROJECT, log_store)) + "-*"
+        self.index = shared_base(ES_PREFIX) + "-*"  # the shared day indices; the query filters the LogStore
         self.log_store = log_store
 
     def query(self, name: str, t0: int, t1: int) -> dict:

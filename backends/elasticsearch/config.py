@@ -25,7 +25,15 @@ class ElasticsearchConfig:
     ca_file / verify_certs: TLS verification for https URLs.
     index_prefix: every index and the index template start with `<index_prefix>-records`; lower
         case letters, digits, `-` and `_` only (no dots: the index naming relies on that).
-    shards / replicas: per day index; one shard holds a LogStore's day well.
+    shards / replicas: per shared day index (all LogStores' records of one UTC day): raise
+        `shards` when a day of records outgrows ~30 GB per shard; replicas per production needs.
+    max_shards: the most shards (primaries + replicas) flowlog's indices may hold on the cluster;
+        creating a day index past it fails with a message naming this setting (warning from
+        80% on). Keep it below cluster.max_shards_per_node (1,000 by default) x data nodes, minus
+        what else the cluster holds. Days kept x shards x (1 + replicas) + 1 must fit.
+    sweep_interval_s: how often (at most) retention looks for whole shared day indices in which
+        every LogStore is past retention or deleted, to drop them; reads hide such records at
+        once whatever this is.
     refresh_interval: the indices' own refresh interval (how often ES makes new writes visible
         in the background).
     refresh: how write() makes its records searchable before returning: "wait_for" (the bulk
@@ -52,6 +60,8 @@ class ElasticsearchConfig:
     index_prefix: str = "flowlog"
     shards: int = 1
     replicas: int = 0
+    max_shards: int = 900
+    sweep_interval_s: float = 300.0
     refresh_interval: str = "1s"
     refresh: str = "true"
     codec: str = "best_compression"
@@ -78,6 +88,10 @@ class ElasticsearchConfig:
             out.append("index_prefix: 1-48 of a-z, 0-9, '-', '_', starting with a letter or digit")
         if self.shards < 1 or self.replicas < 0:
             out.append("shards must be >= 1 and replicas >= 0")
+        if self.max_shards < self.shards * (1 + self.replicas) + 1:
+            out.append("max_shards: at least shards x (1 + replicas) + 1 (one day index and the registry)")
+        if self.sweep_interval_s < 0:
+            out.append("sweep_interval_s must be >= 0")
         if not _INTERVAL_RE.match(self.refresh_interval):
             out.append("refresh_interval: a time like '1s' or '500ms', or '-1'")
         if self.refresh not in REFRESH_MODES:

@@ -1,26 +1,49 @@
-"""The Elasticsearch query backend: one index per LogStore and UTC day.
+"""The Elasticsearch query backend: records of every LogStore share one index per UTC day.
 
-Why plain day indices: the test distribution (and many self-managed clusters) has no data
-streams, ILM or _delete_by_query, so retention and LogStore deletion drop whole indices, and a
-search names only the day indices its time range overlaps.
+Layout (why: one index per LogStore and day, the first layout, met Elasticsearch's budget of
+1,000 shards per node at about 140 LogStores kept a week, after which the sink stalled):
+- `<prefix>-flows-<yyyy.mm.dd>`: the records whose start_time falls on that UTC day, of every
+  account, region, project and LogStore, made from the index template `<prefix>-flows` with
+  `shards` primaries and `replicas` replicas each. Flowlog's shard count is then
+  days kept x shards x (1 + replicas) + 1 (the registry), whatever the number of LogStores or
+  accounts; `shards` is how the layout grows with volume (aim for 10-50 GB per shard).
+  Why per day and not per account and day, or rolled over by size: per account would make the
+  count grow with the number of accounts; rollover needs an alias per write target and
+  gives indices that straddle days, so retention could not drop whole indices by date, and the
+  test distribution has no ILM to drive it. A day index is still the unit of physical removal.
+- The LogStore is a field: account_id, region, project and log_store are keywords every query
+  filters on, plus `ls_key` (16 hex digits of BLAKE2b over the exact, case-sensitive key, so
+  `Web` and `web` differ) which the maintenance aggregates on.
+- `_id` = `<record_id>.<ls_key>`: create-only bulk writes keep writes idempotent by record_id
+  within a LogStore (a retry is a 409, which is success), while two LogStores may hold the same
+  record_id, as before.
+- `ingested_ms` (date): the writer's clock when the record was indexed; deletion markers compare
+  against it.
+- `<prefix>-logstores`: the registry (backends/elasticsearch/registry.py) of per-LogStore
+  retention floors and deletion markers that every read applies, so deletion and retention are
+  exact at once, for Query, count and Aggregate alike.
+- Physical removal (sweep(), run by enforce_retention at most every sweep_interval_s): a day
+  index is dropped when every LogStore with records in it is past its floor or deleted (checked
+  again under a write block before the delete, so a record written meanwhile is refused and
+  retried by the sink into a new index instead of being lost); where the cluster has
+  _delete_by_query (detected once; the test distribution has none) deletion and retention also
+  delete the hidden documents at once.
+- The shard budget: before it creates a day index the store counts flowlog's shards (cluster
+  health over its indices); past `max_shards` the write fails with a message naming the setting
+  (the sink retries it, health shows it), and from 80% on it logs a warning.
 
-Index names: `<prefix>-records-<readable>.<hash>-<yyyy.mm.dd>`, where <readable> is
-`<account>-<region>-<project>-<log_store>` lower-cased, with any other character than a-z, 0-9,
-`-`, `_` replaced by `_`, truncated (index names are lower case and at most 255 bytes), and
-<hash> is 16 hex digits of BLAKE2b over the exact, case-sensitive key. The readable part is for
-people; the hash is what tells LogStores apart (`Web` vs `web`). Since neither the prefix nor
-the readable part holds a dot, the first dot of an index name ends the readable part, so a
-pattern `<base>-*` (or `<base>-2026.*`) of one LogStore can never match another's index, even
-for names like `ls-a` and `ls-a-b`. Every query also filters on account/region/project/
-log_store (belt and braces).
+Migration from the per-LogStore layout (`<prefix>-records-<readable>.<hash>-<yyyy.mm.dd>`, see
+log_store_base): nothing to do. New records go to the shared indices; as long as any old index
+exists (checked at start and every 10 minutes) reads also name the old indices of the queried
+LogStores, deletion drops them and retention drops their old days as before, so they disappear
+with their retention.
 
 Mapping (the filter translator backends/elasticsearch/filter_dsl.py depends on it): every
 FlowRecord field; src_addr/dst_addr `ip`, omitted from the document when empty (NODATA rows);
 start_time/end_time `date` (epoch_millis); enum fields as `keyword` holding the prefix-less
 enum name (filter_dsl.enum_name), rule_kind too; rule_id `keyword`; ports, protocol, tcp_flags,
-version, sampling_rate `integer`; packets and bytes `long`. Indices made before rule_id,
-rule_kind and sampling_rate existed get them when the store first writes (put_mapping on every
-index of the prefix, ADDED_FIELDS); their older documents lack them and read back as "", 0, 0.
+version, sampling_rate `integer`; packets and bytes `long`. Old-layout indices made before
+rule_id, rule_kind and sampling_rate existed read those back as "", 0, 0.
 
 uint64: packets/bytes are uint64 in the API but `long` is signed and the test distribution has
 no `unsigned_long`. Values above 2**63-1 are indexed as 2**63-1 (so range filters, which the
@@ -36,6 +59,7 @@ the touched indices were refreshed, so the records are also searchable when writ
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -50,6 +74,7 @@ from elasticsearch import ConnectionError as ESConnectionError
 from backends.elasticsearch import aggregate as es_aggregate
 from backends.elasticsearch.config import ElasticsearchConfig
 from backends.elasticsearch.filter_dsl import ENUM_FIELDS, enum_name, enum_number, to_query
+from backends.elasticsearch.registry import Entry, Registry
 from server.core import aggregate as agg
 from server.core.errors import Unavailable
 from server.core.model import FlowRecord, LogStoreKey
@@ -66,6 +91,8 @@ _UNSAFE = re.compile(r"[^a-z0-9_-]")
 _DAY_SUFFIX = re.compile(r"-(\d{4})\.(\d{2})\.(\d{2})$")
 # Longest comma-joined index list we put in a URL (ES refuses request lines over 4 KiB).
 _MAX_INDEX_LIST = 3000
+# How often to look again whether any index of the first layout is left.
+_LEGACY_RECHECK_S = 600.0
 # Elasticsearch's default index.max_result_window caps `size` too.
 _MAX_PAGE = 10_000
 
@@ -106,10 +133,10 @@ MAPPING: dict[str, Any] = {
         "rule_id": _KEYWORD,
         "rule_kind": _KEYWORD,
         "sampling_rate": _INTEGER,
+        "ls_key": _KEYWORD,
+        "ingested_ms": _DATE,
     },
 }
-# Fields added after the first release: put into the mapping of existing indices (see above).
-ADDED_FIELDS = ("rule_id", "rule_kind", "sampling_rate")
 
 _ENUM_NAMES = {f: {int(m): m.name for m in cls} for f, cls in ENUM_FIELDS.items()}
 
@@ -126,12 +153,34 @@ class RecordWriteError(RuntimeError):
         )
 
 
+def ls_key(account_id: str, region: str, project: str, log_store: str) -> str:
+    """16 hex digits of BLAKE2b over the exact, case-sensitive LogStore key."""
+    exact = "\x1f".join((account_id, region, project, log_store))
+    return hashlib.blake2b(exact.encode(), digest_size=_HASH_LEN // 2).hexdigest()
+
+
+def shared_base(prefix: str) -> str:
+    """`<prefix>-flows`: the shared day indices' names without the day (and their template)."""
+    return f"{prefix}-flows"
+
+
+def registry_name(prefix: str) -> str:
+    return f"{prefix}-logstores"
+
+
 def log_store_base(prefix: str, account_id: str, key: LogStoreKey) -> str:
-    """`<prefix>-records-<readable>.<hash>`: the name of a LogStore's indices without the day."""
-    exact = "\x1f".join((account_id, key.region, key.project, key.name))
-    digest = hashlib.blake2b(exact.encode(), digest_size=_HASH_LEN // 2).hexdigest()
+    """The FIRST layout (one index per LogStore and day, still read and dropped, no longer
+    written): `<prefix>-records-<readable>.<hash>`, the name of a LogStore's indices without the
+    day. <readable> is `<account>-<region>-<project>-<log_store>` lower-cased, any character other
+    than a-z, 0-9, `-`, `_` replaced by `_`, truncated; <hash> is ls_key(). Since neither the
+    prefix nor the readable part holds a dot, `<base>-*` of one LogStore never matches another's."""
+    digest = ls_key(account_id, key.region, key.project, key.name)
     readable = _UNSAFE.sub("_", f"{account_id}-{key.region}-{key.project}-{key.name}".lower())
     return f"{prefix}-records-{readable[:_READABLE_MAX]}.{digest}"
+
+
+def legacy_pattern(prefix: str) -> str:
+    return f"{prefix}-records-*"
 
 
 def day_suffix(day: int) -> str:
@@ -184,6 +233,10 @@ def _month_end(d: date) -> date:
     return nxt - timedelta(days=1)
 
 
+class ShardBudgetExceeded(RuntimeError):
+    """Creating a day index would take flowlog's shards past elasticsearch.max_shards."""
+
+
 class ElasticsearchRecordStore:
     """RecordStore on Elasticsearch 9 through the official client. Thread-safe (the client is).
 
@@ -201,16 +254,25 @@ class ElasticsearchRecordStore:
         self._template_lock = threading.Lock()
         self._template_ready = False
         self._day_names: dict[int, str] = {}
+        self._base = shared_base(config.index_prefix)
+        self.registry = Registry(self._client, registry_name(config.index_prefix), config.replicas)
+        self._known: set[str] = set()  # day indices known to exist (created or seen by this store)
+        self._index_lock = threading.Lock()
+        self._legacy: tuple[float, bool] | None = None  # (when checked, any first-layout index)
+        self._dbq: bool | None = None  # whether the cluster has _delete_by_query
+        self._sweep_lock = threading.Lock()
+        self._last_sweep = float("-inf")
+        self._groups: dict[str, tuple[int, dict[str, int]]] = {}  # index -> (docs, ls_key -> max ingested)
 
     # -- names ---------------------------------------------------------------------------------
 
     @property
     def template_name(self) -> str:
-        return f"{self._cfg.index_prefix}-records"
+        return self._base
 
-    def index_name(self, account_id: str, key: LogStoreKey, start_ms: int) -> str:
-        """The day index a record of the LogStore starting at start_ms belongs to."""
-        return f"{log_store_base(self._cfg.index_prefix, account_id, key)}-{self._day(start_ms // DAY_MS)}"
+    def index_name(self, start_ms: int) -> str:
+        """The shared day index a record starting at start_ms belongs to."""
+        return f"{self._base}-{self._day(start_ms // DAY_MS)}"
 
     def _day(self, day: int) -> str:
         name = self._day_names.get(day)
@@ -218,10 +280,25 @@ class ElasticsearchRecordStore:
             name = self._day_names[day] = day_suffix(day)
         return name
 
+    def _has_legacy(self) -> bool:
+        """Whether any index of the first layout is left (checked at most every 10 minutes: once
+        none is left, none comes back, since nothing writes that layout any more)."""
+        now = time.monotonic()
+        if self._legacy is not None and now - self._legacy[0] < _LEGACY_RECHECK_S:
+            return self._legacy[1]
+        with _translate_errors("list indices"):
+            resp = self._client.indices.resolve_index(
+                name=legacy_pattern(self._cfg.index_prefix), expand_wildcards="all"
+            )
+        found = bool(resp.get("indices"))
+        self._legacy = (now, found)
+        return found
+
     # -- writing -------------------------------------------------------------------------------
 
     def ensure_template(self) -> None:
-        """Put (or update) the composable index template `<prefix>-records`; idempotent."""
+        """Put (or update) the composable index template `<prefix>-flows` and create the
+        registry; idempotent."""
         with self._template_lock:
             if self._template_ready:
                 return
@@ -240,21 +317,65 @@ class ElasticsearchRecordStore:
             with _translate_errors("put index template"):
                 self._client.indices.put_index_template(
                     name=self.template_name,
-                    index_patterns=[f"{cfg.index_prefix}-records-*"],
+                    index_patterns=[f"{self._base}-*"],
                     template={"settings": {"index": settings}, "mappings": MAPPING},
                     priority=100,
                     meta={"managed_by": "flowlog"},
                 )
-            with _translate_errors("put mapping"):
-                # Indices made from an older template: the mapping is "strict", so documents with
-                # the added fields would be refused there until the fields are mapped. Adding a
-                # field is always compatible; a no-op where it is mapped already.
-                self._client.indices.put_mapping(
-                    index=f"{cfg.index_prefix}-records-*",
-                    allow_no_indices=True,
-                    properties={name: MAPPING["properties"][name] for name in ADDED_FIELDS},
-                )
+                self.registry.ensure()
             self._template_ready = True
+
+    def _ensure_days(self, days: Iterable[int]) -> None:
+        """Create the day indices that do not exist yet, within the shard budget."""
+        names = {f"{self._base}-{self._day(d)}" for d in days} - self._known
+        if not names:
+            return
+        with self._index_lock, _translate_errors("create day index"):
+            for name in sorted(names - self._known):
+                if not self._client.indices.exists(index=name):
+                    self._check_budget(name)
+                    try:
+                        # Waits for the primary to start, so the first search of the day does
+                        # not meet an unassigned shard.
+                        self._client.indices.create(index=name)
+                    except ApiError as exc:
+                        if exc.error != "resource_already_exists_exception":
+                            raise
+                    log.info("created day index %s", name)
+                self._known.add(name)
+
+    def shard_usage(self) -> tuple[int, int]:
+        """(shards of flowlog's indices on the cluster, primaries and replicas, assigned or not;
+        the configured bound elasticsearch.max_shards)."""
+        prefix = self._cfg.index_prefix
+        with _translate_errors("cluster health"):
+            h = self._client.cluster.health(
+                index=f"{self._base}-*,{legacy_pattern(prefix)},{registry_name(prefix)}*",
+                expand_wildcards="all",
+            )
+        used = int(h["active_shards"]) + int(h["initializing_shards"]) + int(h["unassigned_shards"])
+        return used, self._cfg.max_shards
+
+    def _check_budget(self, name: str) -> None:
+        used, bound = self.shard_usage()
+        need = self._cfg.shards * (1 + self._cfg.replicas)
+        if used + need > bound:
+            msg = (
+                f"creating the day index {name} needs {need} shard(s) and flowlog's indices hold {used}: that "
+                f"would pass elasticsearch.max_shards = {bound}. Lower the LogStores' retention_days, raise "
+                "elasticsearch.max_shards (keep it under the cluster's cluster.max_shards_per_node x data nodes), "
+                "or lower elasticsearch.shards / elasticsearch.replicas"
+            )
+            log.error(msg)
+            raise ShardBudgetExceeded(msg)
+        if used + need >= 0.8 * bound:
+            log.warning(
+                "flowlog's Elasticsearch indices will hold %d of their %d shards (elasticsearch.max_shards) "
+                "after creating %s",
+                used + need,
+                bound,
+                name,
+            )
 
     def write(self, records: Sequence[FlowRecord]) -> None:
         """Index the records with create-only bulk requests, `_id` = record_id.
@@ -267,8 +388,9 @@ class ElasticsearchRecordStore:
         if not records:
             return
         self.ensure_template()
+        self._ensure_days({r.start_time // DAY_MS for r in records})
         touched: set[str] = set()
-        actions = self._actions(records, touched)
+        actions = self._actions(records, touched, _now_ms())
         errors: list[dict[str, Any]] = []
         refresh: Any = "wait_for" if self._cfg.refresh == "wait_for" else False
         with _translate_errors("bulk write"):
@@ -296,17 +418,17 @@ class ElasticsearchRecordStore:
             log.error("bulk write refused %d of %d record(s): %s", len(errors), len(records), errors[:3])
             raise RecordWriteError(errors)
 
-    def _actions(self, records: Sequence[FlowRecord], touched: set[str]) -> Iterator[dict[str, Any]]:
-        bases: dict[tuple[str, str, str, str], str] = {}
-        prefix = self._cfg.index_prefix
+    def _actions(self, records: Sequence[FlowRecord], touched: set[str], now_ms: int) -> Iterator[dict[str, Any]]:
+        keys: dict[tuple[str, str, str, str], str] = {}
+        base = self._base
         rt_names, act_names = _ENUM_NAMES["resource_type"], _ENUM_NAMES["action"]
         ls_names, dir_names = _ENUM_NAMES["log_status"], _ENUM_NAMES["direction"]
         kind_names = _ENUM_NAMES["rule_kind"]
         for r in records:
             k = (r.account_id, r.region, r.project, r.log_store)
-            base = bases.get(k)
-            if base is None:
-                base = bases[k] = log_store_base(prefix, r.account_id, LogStoreKey(r.region, r.project, r.log_store))
+            lk = keys.get(k)
+            if lk is None:
+                lk = keys[k] = ls_key(*k)
             index = f"{base}-{self._day(r.start_time // DAY_MS)}"
             touched.add(index)
             doc: dict[str, Any] = {
@@ -334,6 +456,8 @@ class ElasticsearchRecordStore:
                 "rule_id": r.rule_id,
                 "rule_kind": kind_names.get(r.rule_kind) or enum_name("rule_kind", r.rule_kind),
                 "sampling_rate": r.sampling_rate,
+                "ls_key": lk,
+                "ingested_ms": now_ms,
             }
             if r.src_addr:
                 doc["src_addr"] = r.src_addr
@@ -343,7 +467,7 @@ class ElasticsearchRecordStore:
                 doc["packets"], doc["packets_u64"] = INT64_MAX, str(r.packets)
             if r.bytes > INT64_MAX:
                 doc["bytes"], doc["bytes_u64"] = INT64_MAX, str(r.bytes)
-            yield {"_op_type": "create", "_index": index, "_id": r.record_id, "_source": doc}
+            yield {"_op_type": "create", "_index": index, "_id": f"{r.record_id}.{lk}", "_source": doc}
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -357,10 +481,13 @@ class ElasticsearchRecordStore:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         remaining = query.limit
-        indices = self._indices(query)
-        if remaining <= 0 or not indices:
+        if remaining <= 0:
             return
-        body_query = self._query(query, with_after=True)
+        hidden, floor = self._visibility(query)
+        indices = self._indices(query, floor)
+        if not indices:
+            return
+        body_query = self._query(query, hidden, with_after=True)
         order = "desc" if query.newest_first else "asc"
         sort = [{"start_time": {"order": order}}, {"record_id": {"order": order}}]
         size = min(batch_size, remaining, _MAX_PAGE)
@@ -413,14 +540,15 @@ class ElasticsearchRecordStore:
             self._close_pit(pit_id)
 
     def count(self, query: RecordQuery) -> int:
-        indices = self._indices(query)
+        hidden, floor = self._visibility(query)
+        indices = self._indices(query, floor)
         if not indices:
             return 0
         with _translate_errors("count"):
             resp = _while_shards_start(
                 lambda: self._client.count(
                     index=indices,
-                    query=self._query(query, with_after=False),
+                    query=self._query(query, hidden, with_after=False),
                     ignore_unavailable=True,
                     allow_no_indices=True,
                 )
@@ -431,10 +559,11 @@ class ElasticsearchRecordStore:
         """RecordAggregation: a composite aggregation paged to its end (see
         backends/elasticsearch/aggregate.py), each page one search with size 0."""
         rq = q.query
-        indices = self._indices(rq)
+        hidden, floor = self._visibility(rq)
+        indices = self._indices(rq, floor)
         if not indices:
             return agg.Groups([])
-        body_query = self._query(rq, with_after=False)
+        body_query = self._query(rq, hidden, with_after=False)
 
         def search(aggs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
             with _translate_errors("aggregate"):
@@ -474,32 +603,52 @@ class ElasticsearchRecordStore:
                 start = max(start, t)
         return start, end
 
-    def _indices(self, query: RecordQuery) -> str:
-        """Comma-joined names/patterns of the day indices the query can touch ("" = none)."""
+    def _visibility(self, query: RecordQuery) -> tuple[list[dict[str, Any]], int]:
+        """The registry's rules for the queried LogStores (registry.py): clauses that exclude
+        their hidden records, and the earliest start_time any of them can show (so the indices
+        of days every one of them has aged out of are not even named)."""
+        stores = list(dict.fromkeys(query.log_stores))
+        keys = {ls_key(query.account_id, query.region, query.project, s): s for s in stores}
+        with _translate_errors("read the LogStore registry"):
+            entries = self.registry.get(keys)
+        hidden: list[dict[str, Any]] = []
+        for e in entries.values():
+            hidden += _hidden_clauses(e, term={"log_store": e.log_store})
+        floors = [entries[k].floor_ms if k in entries else 0 for k in keys]
+        return hidden, min(floors, default=0)
+
+    def _indices(self, query: RecordQuery, floor: int = 0) -> str:
+        """Comma-joined names/patterns of the indices the query can touch ("" = none): the
+        shared day indices of its range, and, while any is left, the first layout's day indices
+        of its LogStores."""
         start, end = self._bounds(query)
+        start = max(start, floor)
         stores = list(dict.fromkeys(query.log_stores))
         if start >= end or not stores:
             return ""
         first, last = start // DAY_MS, (end - 1) // DAY_MS
-        bases = [
-            log_store_base(self._cfg.index_prefix, query.account_id, LogStoreKey(query.region, query.project, s))
-            for s in stores
-        ]
-        names = [p for b in bases for p in day_patterns(b, first, last)]
-        joined = ",".join(names)
-        if len(joined) > _MAX_INDEX_LIST:  # long ranges: every day index of the LogStores
-            joined = ",".join(f"{b}-*" for b in bases)
-        if len(joined) > _MAX_INDEX_LIST:
-            # So many LogStores that even that is too long for a URL: the whole prefix, the
+        joined = ",".join(day_patterns(self._base, first, last))
+        if len(joined) > _MAX_INDEX_LIST // 3:
+            joined = f"{self._base}-*"
+        if not self._has_legacy():
+            return joined
+        room = _MAX_INDEX_LIST - len(joined) - 1
+        prefix = self._cfg.index_prefix
+        bases = [log_store_base(prefix, query.account_id, LogStoreKey(query.region, query.project, s)) for s in stores]
+        legacy = ",".join(p for b in bases for p in day_patterns(b, first, last))
+        if len(legacy) > room:  # long ranges: every day index of the LogStores
+            legacy = ",".join(f"{b}-*" for b in bases)
+        if len(legacy) > room:
+            # So many LogStores that even that is too long for a URL: the whole first layout, the
             # term filters on the LogStore fields keep the result exact.
-            joined = f"{self._cfg.index_prefix}-records-*"
-        return joined
+            legacy = legacy_pattern(prefix)
+        return f"{joined},{legacy}"
 
     def _time_range(self, query: RecordQuery) -> dict[str, Any]:
         start, end = self._bounds(query)
         return {"range": {"start_time": {"gte": start, "lt": end, "format": "epoch_millis"}}}
 
-    def _query(self, query: RecordQuery, *, with_after: bool) -> dict[str, Any]:
+    def _query(self, query: RecordQuery, hidden: list[dict[str, Any]], *, with_after: bool) -> dict[str, Any]:
         stores = list(dict.fromkeys(query.log_stores))
         filters: list[dict[str, Any]] = [
             {"term": {"account_id": query.account_id}},
@@ -527,12 +676,14 @@ class ElasticsearchRecordStore:
             filters.append({"range": {"start_time": {"gte": start, "lt": end, "format": "epoch_millis"}}})
         if query.filter is not None:
             filters.append(to_query(query.filter))  # type: ignore[arg-type]
+        if hidden:
+            return {"bool": {"filter": filters, "must_not": hidden}}
         return {"bool": {"filter": filters}}
 
     # -- deleting ------------------------------------------------------------------------------
 
     def _day_indices(self, account_id: str, key: LogStoreKey) -> dict[str, int]:
-        """The LogStore's existing day indices -> their UTC day number."""
+        """The LogStore's existing day indices of the FIRST layout -> their UTC day number."""
         base = log_store_base(self._cfg.index_prefix, account_id, key)
         with _translate_errors("list indices"):
             resp = self._client.indices.resolve_index(name=f"{base}-*", expand_wildcards="all")
@@ -543,26 +694,250 @@ class ElasticsearchRecordStore:
                 out[entry["name"]] = day
         return out
 
+    def _shared_indices(self) -> dict[str, int]:
+        """The existing shared day indices -> their UTC day number."""
+        with _translate_errors("list indices"):
+            resp = self._client.indices.resolve_index(name=f"{self._base}-*", expand_wildcards="all")
+        out = {}
+        for entry in resp.get("indices", []):
+            day = _day_of_index(self._base, entry["name"])
+            if day is not None:
+                out[entry["name"]] = day
+        return out
+
     def _delete_indices(self, names: Iterable[str]) -> None:
         with _translate_errors("delete indices"):
             for chunk in _chunks(sorted(names)):
                 self._client.indices.delete(index=chunk, ignore_unavailable=True)
+        self._known.difference_update(names)
+
+    def _entry(self, account_id: str, key: LogStoreKey) -> Entry:
+        return Entry(
+            ls_key(account_id, key.region, key.project, key.name), account_id, key.region, key.project, key.name
+        )
 
     def drop_log_store(self, account_id: str, key: LogStoreKey) -> None:
-        """Delete every day index of the LogStore (by exact name: no wildcard deletes)."""
-        names = self._day_indices(account_id, key)
-        if names:
-            self._delete_indices(names)
-            log.info("dropped %d day index(es) of %s (account %s)", len(names), key, account_id)
+        """Hide every record of the LogStore at once (a deletion marker in the registry: reads
+        exclude what was ingested before it), drop its first-layout indices, and delete its
+        documents where the cluster has _delete_by_query; otherwise the shared day indices lose
+        them when they age out (sweep). Returns only once the clock has passed the marker, so a
+        LogStore of the same name created afterwards writes records that are newer."""
+        entry = self._entry(account_id, key)
+        with _translate_errors("mark the LogStore deleted"):
+            mark = self.registry.mark_deleted(entry, _now_ms())
+        if self._has_legacy():
+            names = self._day_indices(account_id, key)
+            if names:
+                self._delete_indices(names)
+                log.info("dropped %d first-layout day index(es) of %s (account %s)", len(names), key, account_id)
+        if self.delete_by_query_supported():
+            self._delete_by_query(_hidden_clauses(dataclasses.replace(entry, deleted_ms=mark), term=None)[0], entry)
+        while _now_ms() <= mark:
+            time.sleep(0.001)
+        log.info("LogStore %s (account %s) hidden from reads (deletion marker %d)", key, account_id, mark)
 
     def enforce_retention(self, account_id: str, key: LogStoreKey, retention_days: int, now_ms: int) -> int:
-        """Delete the day indices of UTC days before (now - retention_days); returns how many."""
-        cutoff_day = (now_ms - retention_days * DAY_MS) // DAY_MS
-        old = [n for n, day in self._day_indices(account_id, key).items() if day < cutoff_day]
-        if old:
-            self._delete_indices(old)
-            log.info("retention dropped %d day index(es) of %s (account %s)", len(old), key, account_id)
-        return len(old)
+        """Hide the records of UTC days before (now - retention_days): the LogStore's floor in the
+        registry rises to the start of the first day kept (never falls), first-layout day indices
+        before it are dropped, and the documents are deleted where the cluster can; then, at most
+        every sweep_interval_s, the sweep drops whole shared day indices. Returns the number of
+        days that held records of the LogStore and were dropped now."""
+        floor = (now_ms - retention_days * DAY_MS) // DAY_MS * DAY_MS
+        dropped: set[int] = set()
+        if self._has_legacy():
+            old = {n: day for n, day in self._day_indices(account_id, key).items() if day * DAY_MS < floor}
+            if old:
+                self._delete_indices(old)
+                dropped |= set(old.values())
+                log.info(
+                    "retention dropped %d first-layout day index(es) of %s (account %s)", len(old), key, account_id
+                )
+        entry = self._entry(account_id, key)
+        with _translate_errors("retention"):
+            current = self.registry.get([entry.ls_key]).get(entry.ls_key)
+            before = current.floor_ms if current is not None else 0
+            if floor > before:
+                dropped |= self._days_with_records(current or entry, before, floor)
+                self.registry.raise_floor(entry, floor)
+                if self.delete_by_query_supported():
+                    rule = {"range": {"start_time": {"lt": floor, "format": "epoch_millis"}}}
+                    self._delete_by_query(rule, entry)
+        self.maybe_sweep(now_ms)
+        return len(dropped)
+
+    def _days_with_records(self, entry: Entry, start_ms: int, end_ms: int) -> set[int]:
+        """The UTC days in [start_ms, end_ms) on which the LogStore has records not yet hidden."""
+        first, last = start_ms // DAY_MS, (end_ms - 1) // DAY_MS
+        index = ",".join(day_patterns(self._base, first, last))
+        if len(index) > _MAX_INDEX_LIST:
+            index = f"{self._base}-*"
+        resp = self._client.search(
+            index=index,
+            size=0,
+            query={
+                "bool": {
+                    "filter": [
+                        {"term": {"ls_key": entry.ls_key}},
+                        {"range": {"start_time": {"gte": start_ms, "lt": end_ms, "format": "epoch_millis"}}},
+                    ],
+                    "must_not": _hidden_clauses(entry, term=None),
+                }
+            },
+            aggs={
+                "days": {"date_histogram": {"field": "start_time", "fixed_interval": f"{DAY_MS}ms", "min_doc_count": 1}}
+            },
+            ignore_unavailable=True,
+            allow_no_indices=True,
+            track_total_hits=False,
+        )
+        return {int(b["key"]) // DAY_MS for b in resp.get("aggregations", {}).get("days", {}).get("buckets", [])}
+
+    def delete_by_query_supported(self) -> bool:
+        """Whether the cluster has _delete_by_query (the reindex module), asked once with a query
+        that matches nothing; the test distribution answers 400 "no handler found"."""
+        if self._dbq is None:
+            self.registry.ensure()
+            try:
+                self._client.delete_by_query(index=self.registry.name, query={"match_none": {}})
+                self._dbq = True
+            except ApiError as exc:
+                if exc.status_code not in (400, 404, 405):
+                    raise
+                self._dbq = False
+            log.info(
+                "Elasticsearch %s _delete_by_query: deleted and aged-out records %s",
+                "has" if self._dbq else "has no",
+                "are deleted at once" if self._dbq else "stay hidden until their whole day index is dropped",
+            )
+        return self._dbq
+
+    def _delete_by_query(self, rule: dict[str, Any], entry: Entry) -> None:
+        with _translate_errors("delete by query"):
+            self._client.delete_by_query(
+                index=f"{self._base}-*",
+                query={"bool": {"filter": [{"term": {"ls_key": entry.ls_key}}, rule]}},
+                conflicts="proceed",
+                refresh=True,
+                wait_for_completion=True,
+                allow_no_indices=True,
+                ignore_unavailable=True,
+            )
+
+    def maybe_sweep(self, now_ms: int) -> None:
+        """sweep(), unless one ran less than sweep_interval_s ago or runs right now."""
+        if time.monotonic() - self._last_sweep < self._cfg.sweep_interval_s:
+            return
+        if not self._sweep_lock.acquire(blocking=False):
+            return
+        try:
+            self._last_sweep = time.monotonic()
+            self._sweep(now_ms)
+        except Exception:  # noqa: BLE001 - the next round tries again; reads are exact meanwhile
+            log.exception("sweep of the shared day indices failed")
+        finally:
+            self._sweep_lock.release()
+
+    def sweep(self, now_ms: int) -> list[str]:
+        """Physical removal: drop every shared day index of a past UTC day in which every
+        LogStore is hidden (past its floor, or deleted before its records there were written),
+        and remove the deletion markers that hide nothing any more. Returns the dropped indices.
+
+        Each candidate is checked again under a write block (index.blocks.write) right before the
+        delete: a record written to it meanwhile is refused (the sink retries it, into a new index
+        of that day) or makes the check fail, never lost with the index."""
+        with self._sweep_lock:
+            self._last_sweep = time.monotonic()
+            return self._sweep(now_ms)
+
+    def _sweep(self, now_ms: int) -> list[str]:
+        entries = {e.ls_key: e for e in self.registry.all()}
+        today = now_ms // DAY_MS
+        dropped = []
+        for name, day in sorted(self._shared_indices().items(), key=lambda x: x[1]):
+            if day >= today or not _all_hidden(self._groups_of(name), entries, day):
+                continue
+            if self._drop_if_hidden(name, day):
+                dropped.append(name)
+        for e in entries.values():
+            if e.deleted_ms and self._count_before_marker(e) == 0 and self.registry.clear_marker(e):
+                log.info(
+                    "deletion marker of %s/%s/%s (account %s) removed: nothing left to hide",
+                    e.region,
+                    e.project,
+                    e.log_store,
+                    e.account_id,
+                )
+        if dropped:
+            log.info("sweep dropped %d shared day index(es): %s", len(dropped), ", ".join(dropped))
+        return dropped
+
+    def _groups_of(self, index: str, cached: bool = True) -> dict[str, int]:
+        """ls_key -> the latest ingested_ms of its records in the index (one composite
+        aggregation, kept while the index's document count stays the same)."""
+        with _translate_errors("count"):
+            docs = int(self._client.count(index=index, ignore_unavailable=True)["count"])
+        hit = self._groups.get(index)
+        if cached and hit is not None and hit[0] == docs:
+            return hit[1]
+        groups: dict[str, int] = {}
+        after: dict[str, Any] | None = None
+        while True:
+            comp: dict[str, Any] = {"size": 1000, "sources": [{"k": {"terms": {"field": "ls_key"}}}]}
+            if after is not None:
+                comp["after"] = after
+            with _translate_errors("aggregate"):
+                resp = self._client.search(
+                    index=index,
+                    size=0,
+                    aggs={"g": {"composite": comp, "aggs": {"m": {"max": {"field": "ingested_ms"}}}}},
+                    track_total_hits=False,
+                    ignore_unavailable=True,
+                )
+            g = resp.get("aggregations", {}).get("g", {})
+            for bucket in g.get("buckets", []):
+                groups[bucket["key"]["k"]] = int(bucket["m"]["value"] or 0)
+            after = g.get("after_key")
+            if not g.get("buckets") or after is None:
+                break
+        self._groups[index] = (docs, groups)
+        return groups
+
+    def _drop_if_hidden(self, name: str, day: int) -> bool:
+        with _translate_errors("block writes"):
+            self._client.indices.put_settings(index=name, settings={"index.blocks.write": True})
+        deleted = False
+        try:
+            with _translate_errors("refresh"):
+                self._client.indices.refresh(index=name)
+            groups = self._groups_of(name, cached=False)
+            with _translate_errors("read the LogStore registry"):
+                entries = self.registry.get(groups)
+            if _all_hidden(groups, entries, day):
+                self._delete_indices([name])
+                self._groups.pop(name, None)
+                deleted = True
+        finally:
+            if not deleted:
+                with _translate_errors("unblock writes"):
+                    self._client.indices.put_settings(index=name, settings={"index.blocks.write": None})
+        return deleted
+
+    def _count_before_marker(self, e: Entry) -> int:
+        with _translate_errors("count"):
+            resp = self._client.count(
+                index=f"{self._base}-*",
+                query={
+                    "bool": {
+                        "filter": [
+                            {"term": {"ls_key": e.ls_key}},
+                            {"range": {"ingested_ms": {"lt": e.deleted_ms, "format": "epoch_millis"}}},
+                        ]
+                    }
+                },
+                ignore_unavailable=True,
+                allow_no_indices=True,
+            )
+        return int(resp["count"])
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -579,6 +954,38 @@ class ElasticsearchRecordStore:
     def close(self) -> None:
         if self._own_client:
             self._client.close()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _hidden_clauses(e: Entry, term: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """A must_not clause matching the records entry hides (none: []), limited to `term` (the
+    LogStore's name inside a query already filtered on account, region and project) if given."""
+    should: list[dict[str, Any]] = []
+    if e.floor_ms > 0:
+        should.append({"range": {"start_time": {"lt": e.floor_ms, "format": "epoch_millis"}}})
+    if e.deleted_ms > 0:
+        should.append({"range": {"ingested_ms": {"lt": e.deleted_ms, "format": "epoch_millis"}}})
+        # first-layout documents have no ingested_ms: all of them predate any marker
+        should.append({"bool": {"must_not": {"exists": {"field": "ingested_ms"}}}})
+    if not should:
+        return []
+    clause: dict[str, Any] = {"should": should, "minimum_should_match": 1}
+    if term is not None:
+        clause["filter"] = [{"term": term}]
+    return [{"bool": clause}]
+
+
+def _all_hidden(groups: dict[str, int], entries: dict[str, Entry], day: int) -> bool:
+    """Whether every LogStore with records in a day index hides all of them."""
+    end = (day + 1) * DAY_MS
+    for key, latest in groups.items():
+        e = entries.get(key)
+        if e is None or not (e.floor_ms >= end or e.deleted_ms > latest):
+            return False
+    return True
 
 
 def _make_client(cfg: ElasticsearchConfig) -> Elasticsearch:

@@ -259,7 +259,8 @@ def _elasticsearch(request: pytest.FixtureRequest, tmp: Path) -> Backend:
             ]
             for i in range(0, len(names), 20):
                 admin.indices.delete(index=",".join(names[i : i + 20]), ignore_unavailable=True)
-            admin.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-records")
+            for template in (f"{prefix}-flows", f"{prefix}-records"):
+                admin.options(ignore_status=404).indices.delete_index_template(name=template)
         except ConnectionError:
             # The service fixture stops Elasticsearch at session end, which can come before the
             # teardown of a module fixture (e.g. after -x): its data dir goes away with it.

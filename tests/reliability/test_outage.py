@@ -225,7 +225,7 @@ def test_elasticsearch_refuses_writes_then_recovers(server_factory, dedicated_es
     target = create_target(a)
     ing = Ingester(target, per_message=200, messages=2, pause_s=0.1)
     ing.start()
-    pattern = f"rel{tag}-records-*"
+    pattern = f"rel{tag}-flows-*"
     try:
         wait_for(lambda: len(query_ids(target)) > 0, 30, what="records in Elasticsearch (the day index exists)")
         t_block = time.monotonic()
