@@ -245,7 +245,9 @@ class App:
         from server.purge_loop import PurgeLoop
 
         self.purger = Purger(self.metadata, self._purge_steps())
-        self.purge_loop = PurgeLoop(self.purger)
+        # several replicas: another replica's deletion reaches this one's purge loop (its local steps)
+        shared_meta = isinstance(self.metadata, SharedMetadata)
+        self.purge_loop = PurgeLoop(self.purger, generation=self.metadata.generation if shared_meta else None)
         from server.core.lifecycle import ActiveFlowLogs
 
         self._active_check = ActiveFlowLogs(self.metadata)
