@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from bisect import bisect_right
 from typing import Iterable, Sequence
 
@@ -61,7 +62,7 @@ class AddressMatcher:
     resources; a matcher never raises on what it is given). Safe to share between threads (the
     cache is a dict: a racing fill computes the same answer)."""
 
-    __slots__ = ("_cache", "_max_cache", "_ranges", "size")
+    __slots__ = ("_cache", "_max_cache", "_ranges", "_packed", "size")
 
     def __init__(self, addresses: Iterable[str], max_cache: int = 65536) -> None:
         per_version: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
@@ -77,6 +78,20 @@ class AddressMatcher:
         self.size = size
         self._cache: dict[str, bool] = {}
         self._max_cache = max_cache
+        self._packed: tuple[bytes, bytes] | None = None
+
+    def packed(self) -> tuple[bytes, bytes]:
+        """The ranges as the compiled path reads them (server/native/_fastingest.c, `addrset`):
+        IPv4 as native-order uint64 (start, end) pairs, IPv6 as (start high, start low, end high,
+        end low) quadruples, sorted and disjoint, both ends inclusive."""
+        if self._packed is None:
+            m = 2**64 - 1
+            starts4, ends4 = self._ranges[4]
+            starts6, ends6 = self._ranges[6]
+            v4 = b"".join(struct.pack("=QQ", s, e) for s, e in zip(starts4, ends4))
+            v6 = b"".join(struct.pack("=QQQQ", s >> 64, s & m, e >> 64, e & m) for s, e in zip(starts6, ends6))
+            self._packed = (v4, v6)
+        return self._packed
 
     def _lookup(self, address: str) -> bool:
         parsed = _address_int(address) if address else None

@@ -327,17 +327,33 @@ class RecordPipeline(Protocol):
 @runtime_checkable
 class CompiledIngest(Protocol):
     """Optional: the compiled Ingest path (server/native/_fastingest.c, built when a C compiler is
-    there). It reads an IngestRequest's bytes and takes only batches in which every record passes
-    every check; anything else it declines (None) and the Python path decides."""
+    there). It reads an IngestRequest's bytes (or the collector's decoded flows) and takes only
+    batches in which every record passes every check; anything else it declines (None) and the
+    Python path decides."""
 
     def split(self, message: bytes) -> tuple[str, int] | None:
         """(flow_log_id, number of records) of the message, or None: not for the compiled path."""
         ...
 
     def accept(
-        self, message: bytes, head: tuple[Any, ...], record_type: type, now_ms: int, want_columns: bool = False
+        self,
+        message: bytes,
+        head: tuple[Any, ...],
+        record_type: type,
+        now_ms: int,
+        want_columns: bool = False,
+        matcher: tuple[bytes, bytes] | None = None,
     ) -> tuple[list[FlowRecord], bytes, Any] | None:
-        """(records, spool payload, Arrow buffers) when every record passes, else None."""
+        """(records, spool payload, Arrow buffers) when every record passes, else None. `matcher`:
+        the resource's addresses (AddressMatcher.packed()), which derive a missing direction."""
+        ...
+
+    def accept_flows(
+        self, flows: list[tuple[Any, ...]], directions: bytes, head: tuple[Any, ...], record_type: type, now_ms: int
+    ) -> tuple[list[FlowRecord], bytes, Any] | None:
+        """The collector's flows (server.sources.flows.Flow tuples) of one flow log, with one
+        Direction number per flow: (records, spool payload, Arrow buffers) when every one passes
+        the Ingest checks as an OK record without a rule, else None."""
         ...
 
 

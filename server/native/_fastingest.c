@@ -199,6 +199,7 @@ typedef struct {
     int64_t start, end;
     char src_txt[ADDR_MAX], dst_txt[ADDR_MAX];
     uint8_t src_len, dst_len;
+    unsigned char src_bin[16], dst_bin[16];
     char id[32];
 } rec;
 
@@ -375,10 +376,10 @@ static size_t ntop6(const unsigned char b[16], char *out) {
     return (size_t)(p - out);
 }
 
-/* server.core.records.canonical_address for what inet_pton takes: 0 when not sure. */
-static int canonical(const uint8_t *s, size_t n, char out[ADDR_MAX], uint8_t *out_len) {
+/* server.core.records.canonical_address for what inet_pton takes: 0 when not sure. The address's
+ * bytes (network order; 4 for IPv4) go to bin. */
+static int canonical(const uint8_t *s, size_t n, char out[ADDR_MAX], uint8_t *out_len, unsigned char bin[16]) {
     char text[ADDR_MAX];
-    unsigned char bin[16];
     size_t len;
     if (n == 0 || n > 45 || memchr(s, 0, n)) return 0;
     memcpy(text, s, n);
@@ -437,23 +438,63 @@ static int rule_id_ok(const uint8_t *s, size_t n) {
     return 1;
 }
 
+/* A resource's addresses as server.core.attribution.AddressMatcher.packed() gives them: sorted,
+ * disjoint, inclusive ranges; IPv4 as (start, end) uint64 pairs, IPv6 as (start high, start low,
+ * end high, end low) uint64 quadruples, in native byte order. */
+typedef struct {
+    const uint64_t *v4, *v6;
+    size_t n4, n6; /* ranges */
+} addrset;
+
+static int in_ranges(const uint64_t *r, size_t n, size_t width, uint64_t hi, uint64_t lo) {
+    /* the last range whose start <= address, then address <= its end */
+    size_t a = 0, b = n;
+    while (a < b) {
+        size_t m = (a + b) / 2;
+        const uint64_t *s = r + m * width;
+        int le = width == 2 ? s[0] <= lo : (s[0] < hi || (s[0] == hi && s[1] <= lo));
+        if (le)
+            a = m + 1;
+        else
+            b = m;
+    }
+    if (a == 0) return 0;
+    const uint64_t *e = r + (a - 1) * width + width / 2;
+    return width == 2 ? lo <= e[0] : (hi < e[0] || (hi == e[0] && lo <= e[1]));
+}
+
+static uint64_t be64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
+    return v;
+}
+
+static int addrset_has(const addrset *set, const unsigned char *bin, int v6) {
+    if (!v6) return in_ranges(set->v4, set->n4, 2, 0, (uint64_t)bin[0] << 24 | bin[1] << 16 | bin[2] << 8 | bin[3]);
+    return in_ranges(set->v6, set->n6, 4, be64(bin), be64(bin + 8));
+}
+
 typedef struct {
     const uint8_t *fid, *account;
     size_t fid_n, account_n;
     int64_t now_ms;
+    const addrset *resource; /* derives a missing direction; NULL: such records take the Python path */
 } batch_ctx;
 
 /* Check a parsed record as accept_columns' column-wise checks do, and give it its id. */
 static int check_and_id(const batch_ctx *b, rec *o, char *key) {
     if (o->flid_n && (o->flid_n != b->fid_n || memcmp(o->flid, b->fid, b->fid_n))) return 0;
     if (o->acc_n && (o->acc_n != b->account_n || memcmp(o->acc, b->account, b->account_n))) return 0;
-    if (!(o->status == 1 || o->status == 3) || !(o->action == 1 || o->action == 2) ||
-        !(o->direction == 1 || o->direction == 2))
+    if (!(o->status == 1 || o->status == 3) || !(o->action == 1 || o->action == 2) || o->direction > 2 ||
+        (o->direction == 0 && !b->resource))
         return 0;
-    if (!canonical(o->src, o->src_n, o->src_txt, &o->src_len) ||
-        !canonical(o->dst, o->dst_n, o->dst_txt, &o->dst_len))
+    if (!canonical(o->src, o->src_n, o->src_txt, &o->src_len, o->src_bin) ||
+        !canonical(o->dst, o->dst_n, o->dst_txt, &o->dst_len, o->dst_bin))
         return 0;
-    if ((memchr(o->src_txt, ':', o->src_len) != NULL) != (memchr(o->dst_txt, ':', o->dst_len) != NULL)) return 0;
+    int v6 = memchr(o->src_txt, ':', o->src_len) != NULL;
+    if (v6 != (memchr(o->dst_txt, ':', o->dst_len) != NULL)) return 0;
+    if (o->direction == 0) /* server.core.attribution: destination the resource's -> INGRESS, else source -> EGRESS */
+        o->direction = addrset_has(b->resource, o->dst_bin, v6) ? 1 : addrset_has(b->resource, o->src_bin, v6) ? 2 : 0;
     if (o->start <= 0 || o->start > b->now_ms + L.max_future_ms || o->start < b->now_ms - L.max_past_ms) return 0;
     if (o->end < o->start || o->end - o->start > L.max_window_ms) return 0;
     if (o->sport > L.max_port || o->dport > L.max_port || o->proto > L.max_protocol || o->flags > L.max_tcp_flags)
@@ -785,95 +826,14 @@ static PyObject *arrow_buffers(const rec *records, Py_ssize_t n) {
 
 /* ---- Python functions --------------------------------------------------------------------- */
 
-PyDoc_STRVAR(split_doc,
-"split(data) -> (flow_log_id, number of records), or None\n\n"
-"The flow log id and record count of a serialized IngestRequest, without parsing the records;\n"
-"None when the message is not plainly encoded (then parse it with protobuf).");
-
-static PyObject *fi_split(PyObject *self, PyObject *args) {
-    Py_buffer buf;
-    if (!PyArg_ParseTuple(args, "y*:split", &buf)) return NULL;
-    const uint8_t *fid;
-    size_t fid_n;
-    Py_ssize_t count;
-    int ok = rd_request(buf.buf, (size_t)buf.len, &fid, &fid_n, &count, NULL);
-    PyObject *out = ok ? Py_BuildValue("(s#n)", (const char *)fid, (Py_ssize_t)fid_n, count) : Py_NewRef(Py_None);
-    PyBuffer_Release(&buf);
-    return out;
-}
-
 #define HEAD_N 9 /* version .. network_id: the stored fields that come from the flow log */
 #define ROW_N 26
 
-PyDoc_STRVAR(accept_doc,
-"accept(data, head, record_type, now_ms, columns=False) -> list of records, or None\n\n"
-"The stored records of a serialized IngestRequest, as server.core.ingest.accept_columns\n"
-"returns them, when every record passes every check; None otherwise (take the Python path).\n"
-"head: (version, account_id, flow_log_id, region, project, log_store, resource_type,\n"
-"resource_id, network_id) of the batch's flow log; record_type: server.core.model.FlowRecord.\n"
-"columns=True: (records, spool payload before compression, Arrow buffers) instead; see\n"
-"spool_marshal and arrow_buffers in server/native/_fastingest.c.");
-
-static PyObject *fi_accept(PyObject *self, PyObject *args) {
-    Py_buffer buf;
-    PyObject *head, *type_obj;
-    long long now_ms;
-    int want_columns = 0;
-    if (!PyArg_ParseTuple(args, "y*O!OL|p:accept", &buf, &PyTuple_Type, &head, &type_obj, &now_ms, &want_columns))
-        return NULL;
-    PyObject *out = NULL;
-    rec *records = NULL;
-    char *key = NULL;
-    if (!L.configured) {
-        PyErr_SetString(PyExc_RuntimeError, "_fastingest.configure(limits) was not called (server/native/fastpath.py)");
-        goto done;
-    }
-    if (PyTuple_GET_SIZE(head) != HEAD_N) {
-        PyErr_SetString(PyExc_ValueError, "head must have 9 items");
-        goto done;
-    }
-    if (!PyType_Check(type_obj) || !PyType_IsSubtype((PyTypeObject *)type_obj, &PyTuple_Type) ||
-        ((PyTypeObject *)type_obj)->tp_basicsize != PyTuple_Type.tp_basicsize) {
-        PyErr_SetString(PyExc_TypeError, "record_type must be a tuple subclass without instance fields");
-        goto done;
-    }
-    PyTypeObject *type = (PyTypeObject *)type_obj;
-    batch_ctx b;
-    Py_ssize_t fid_n, account_n;
-    const char *fid = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(head, 2), &fid_n);
-    const char *account = fid ? PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(head, 1), &account_n) : NULL;
-    if (!account) goto done;
-    b.fid = (const uint8_t *)fid;
-    b.fid_n = (size_t)fid_n;
-    b.account = (const uint8_t *)account;
-    b.account_n = (size_t)account_n;
-    b.now_ms = now_ms;
-
-    const uint8_t *req_fid;
-    size_t req_fid_n;
-    Py_ssize_t n;
-    if (!rd_request(buf.buf, (size_t)buf.len, &req_fid, &req_fid_n, &n, NULL)) {
-        out = Py_NewRef(Py_None);
-        goto done;
-    }
-    records = PyMem_RawMalloc(sizeof(rec) * (size_t)(n ? n : 1));
-    key = PyMem_RawMalloc(b.fid_n + 2 * ADDR_MAX + 128);
-    if (!records || !key) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    int ok = 1;
-    Py_BEGIN_ALLOW_THREADS
-    Py_ssize_t count;
-    ok = rd_request(buf.buf, (size_t)buf.len, &req_fid, &req_fid_n, &count, records);
-    for (Py_ssize_t i = 0; ok && i < n; i++) ok = check_and_id(&b, &records[i], key);
-    Py_END_ALLOW_THREADS
-    if (!ok) {
-        out = Py_NewRef(Py_None);
-        goto done;
-    }
+/* The checked records as stored rows of record_type (a FlowRecord), or with want_columns the tuple
+ * (rows, spool payload, Arrow buffers). */
+static PyObject *stored_rows(const rec *records, Py_ssize_t n, PyObject *head, PyTypeObject *type, int want_columns) {
     PyObject *list = PyList_New(n);
-    if (!list) goto done;
+    if (!list) return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
         rec *o = &records[i];
         PyObject *row = type->tp_alloc(type, ROW_N);
@@ -920,20 +880,256 @@ static PyObject *fi_accept(PyObject *self, PyObject *args) {
             Py_XDECREF(payload);
             goto fail;
         }
-        out = PyTuple_Pack(3, list, payload, bufs);
+        PyObject *out = PyTuple_Pack(3, list, payload, bufs);
         Py_DECREF(payload);
         Py_DECREF(bufs);
         Py_DECREF(list);
-        goto done;
+        return out;
     }
-    out = list;
-    goto done;
+    return list;
 fail:
     Py_DECREF(list);
+    return NULL;
+}
+
+PyDoc_STRVAR(split_doc,
+"split(data) -> (flow_log_id, number of records), or None\n\n"
+"The flow log id and record count of a serialized IngestRequest, without parsing the records;\n"
+"None when the message is not plainly encoded (then parse it with protobuf).");
+
+static PyObject *fi_split(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    if (!PyArg_ParseTuple(args, "y*:split", &buf)) return NULL;
+    const uint8_t *fid;
+    size_t fid_n;
+    Py_ssize_t count;
+    int ok = rd_request(buf.buf, (size_t)buf.len, &fid, &fid_n, &count, NULL);
+    PyObject *out = ok ? Py_BuildValue("(s#n)", (const char *)fid, (Py_ssize_t)fid_n, count) : Py_NewRef(Py_None);
+    PyBuffer_Release(&buf);
+    return out;
+}
+
+PyDoc_STRVAR(accept_doc,
+"accept(data, head, record_type, now_ms, columns=False, matcher=None) -> list of records, or None\n\n"
+"The stored records of a serialized IngestRequest, as server.core.ingest.accept_columns\n"
+"returns them, when every record passes every check; None otherwise (take the Python path).\n"
+"head: (version, account_id, flow_log_id, region, project, log_store, resource_type,\n"
+"resource_id, network_id) of the batch's flow log; record_type: server.core.model.FlowRecord.\n"
+"columns=True: (records, spool payload before compression, Arrow buffers) instead; see\n"
+"spool_marshal and arrow_buffers in server/native/_fastingest.c. matcher: the flow log's resource\n"
+"addresses (server.core.attribution.AddressMatcher.packed()), which give a record without a\n"
+"direction its direction; None: such a batch is declined.");
+
+/* matcher: None, or (IPv4 ranges, IPv6 ranges) as bytes (see addrset). 0 with an exception when malformed. */
+static int parse_addrset(PyObject *matcher, addrset *set) {
+    if (matcher == NULL || matcher == Py_None) return 1;
+    if (!PyTuple_Check(matcher) || PyTuple_GET_SIZE(matcher) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(matcher, 0)) ||
+        !PyBytes_Check(PyTuple_GET_ITEM(matcher, 1))) {
+        PyErr_SetString(PyExc_TypeError, "matcher must be None or (bytes, bytes): AddressMatcher.packed()");
+        return 0;
+    }
+    PyObject *b4 = PyTuple_GET_ITEM(matcher, 0), *b6 = PyTuple_GET_ITEM(matcher, 1);
+    const char *p4 = PyBytes_AS_STRING(b4), *p6 = PyBytes_AS_STRING(b6);
+    if (PyBytes_GET_SIZE(b4) % 16 || PyBytes_GET_SIZE(b6) % 32 || (uintptr_t)p4 % 8 || (uintptr_t)p6 % 8) {
+        PyErr_SetString(PyExc_ValueError, "matcher ranges must be 16-byte (IPv4) and 32-byte (IPv6) records");
+        return 0;
+    }
+    set->v4 = (const uint64_t *)(const void *)p4;
+    set->n4 = (size_t)PyBytes_GET_SIZE(b4) / 16;
+    set->v6 = (const uint64_t *)(const void *)p6;
+    set->n6 = (size_t)PyBytes_GET_SIZE(b6) / 32;
+    return 2;
+}
+
+static PyObject *fi_accept(PyObject *self, PyObject *args) {
+    Py_buffer buf;
+    PyObject *head, *type_obj, *matcher = NULL;
+    long long now_ms;
+    int want_columns = 0;
+    if (!PyArg_ParseTuple(args, "y*O!OL|pO:accept", &buf, &PyTuple_Type, &head, &type_obj, &now_ms, &want_columns,
+                          &matcher))
+        return NULL;
+    addrset resource;
+    int has_resource = parse_addrset(matcher, &resource);
+    if (!has_resource) {
+        PyBuffer_Release(&buf);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    rec *records = NULL;
+    char *key = NULL;
+    if (!L.configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastingest.configure(limits) was not called (server/native/fastpath.py)");
+        goto done;
+    }
+    if (PyTuple_GET_SIZE(head) != HEAD_N) {
+        PyErr_SetString(PyExc_ValueError, "head must have 9 items");
+        goto done;
+    }
+    if (!PyType_Check(type_obj) || !PyType_IsSubtype((PyTypeObject *)type_obj, &PyTuple_Type) ||
+        ((PyTypeObject *)type_obj)->tp_basicsize != PyTuple_Type.tp_basicsize) {
+        PyErr_SetString(PyExc_TypeError, "record_type must be a tuple subclass without instance fields");
+        goto done;
+    }
+    PyTypeObject *type = (PyTypeObject *)type_obj;
+    batch_ctx b;
+    Py_ssize_t fid_n, account_n;
+    const char *fid = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(head, 2), &fid_n);
+    const char *account = fid ? PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(head, 1), &account_n) : NULL;
+    if (!account) goto done;
+    b.fid = (const uint8_t *)fid;
+    b.fid_n = (size_t)fid_n;
+    b.account = (const uint8_t *)account;
+    b.account_n = (size_t)account_n;
+    b.now_ms = now_ms;
+    b.resource = has_resource == 2 ? &resource : NULL;
+
+    const uint8_t *req_fid;
+    size_t req_fid_n;
+    Py_ssize_t n;
+    if (!rd_request(buf.buf, (size_t)buf.len, &req_fid, &req_fid_n, &n, NULL)) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    records = PyMem_RawMalloc(sizeof(rec) * (size_t)(n ? n : 1));
+    key = PyMem_RawMalloc(b.fid_n + 2 * ADDR_MAX + 128);
+    if (!records || !key) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    Py_ssize_t count;
+    ok = rd_request(buf.buf, (size_t)buf.len, &req_fid, &req_fid_n, &count, records);
+    for (Py_ssize_t i = 0; ok && i < n; i++) ok = check_and_id(&b, &records[i], key);
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    out = stored_rows(records, n, head, type, want_columns);
 done:
     PyMem_RawFree(records);
     PyMem_RawFree(key);
     PyBuffer_Release(&buf);
+    return out;
+}
+
+PyDoc_STRVAR(accept_flows_doc,
+"accept_flows(flows, directions, head, record_type, now_ms) -> (records, payload, buffers), or None\n\n"
+"The collector's path: flows as server.sources.flows.Flow tuples (src_addr, dst_addr, src_port,\n"
+"dst_port, protocol, packets, bytes, start_time, end_time, tcp_flags, action, sampling_rate) of one\n"
+"flow log, directions a bytes-like of one Direction number per flow (attribution's). Each becomes\n"
+"the record Ingest would store for the same values (log_status OK, no rule), checked the same way;\n"
+"returns accept(columns=True)'s triple when every flow passes, else None (take the Python path,\n"
+"server.core.ingest.accept_columns, which rejects the bad ones). The list must not change during\n"
+"the call (its strings are read with the GIL released).");
+
+/* An int of a Flow tuple as uint64 (0 when it is not an int or is negative: the caller declines). */
+static int flow_u64(PyObject *o, uint64_t *out) {
+    if (!PyLong_Check(o)) return 0;
+    unsigned long long v = PyLong_AsUnsignedLongLong(o);
+    if (v == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+static int flow_i64(PyObject *o, int64_t *out) {
+    if (!PyLong_Check(o)) return 0;
+    long long v = PyLong_AsLongLong(o);
+    if (v == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    *out = v;
+    return 1;
+}
+
+static int flow_str(PyObject *o, const uint8_t **s, size_t *n) {
+    if (!PyUnicode_Check(o) || !PyUnicode_IS_ASCII(o)) return 0;
+    *s = (const uint8_t *)PyUnicode_DATA(o);
+    *n = (size_t)PyUnicode_GET_LENGTH(o);
+    return 1;
+}
+
+#define FLOW_N 12
+
+static PyObject *fi_accept_flows(PyObject *self, PyObject *args) {
+    PyObject *flows, *head, *type_obj;
+    Py_buffer dirs;
+    long long now_ms;
+    if (!PyArg_ParseTuple(args, "O!y*O!OL:accept_flows", &PyList_Type, &flows, &dirs, &PyTuple_Type, &head, &type_obj,
+                          &now_ms))
+        return NULL;
+    PyObject *out = NULL;
+    rec *records = NULL;
+    char *key = NULL;
+    Py_ssize_t n = PyList_GET_SIZE(flows);
+    if (!L.configured) {
+        PyErr_SetString(PyExc_RuntimeError, "_fastingest.configure(limits) was not called (server/native/fastpath.py)");
+        goto done;
+    }
+    if (PyTuple_GET_SIZE(head) != HEAD_N) {
+        PyErr_SetString(PyExc_ValueError, "head must have 9 items");
+        goto done;
+    }
+    if (dirs.len != n) {
+        PyErr_SetString(PyExc_ValueError, "directions must hold one byte per flow");
+        goto done;
+    }
+    if (!PyType_Check(type_obj) || !PyType_IsSubtype((PyTypeObject *)type_obj, &PyTuple_Type) ||
+        ((PyTypeObject *)type_obj)->tp_basicsize != PyTuple_Type.tp_basicsize) {
+        PyErr_SetString(PyExc_TypeError, "record_type must be a tuple subclass without instance fields");
+        goto done;
+    }
+    batch_ctx b;
+    Py_ssize_t fid_n, account_n;
+    const char *fid = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(head, 2), &fid_n);
+    const char *account = fid ? PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(head, 1), &account_n) : NULL;
+    if (!account) goto done;
+    b.fid = (const uint8_t *)fid;
+    b.fid_n = (size_t)fid_n;
+    b.account = (const uint8_t *)account;
+    b.account_n = (size_t)account_n;
+    b.now_ms = now_ms;
+    b.resource = NULL; /* attribution gave every flow its direction */
+    records = PyMem_RawMalloc(sizeof(rec) * (size_t)(n ? n : 1));
+    key = PyMem_RawMalloc(b.fid_n + 2 * ADDR_MAX + 128);
+    if (!records || !key) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const uint8_t *d = dirs.buf;
+    static const uint8_t empty[1] = {0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *f = PyList_GET_ITEM(flows, i);
+        rec *o = &records[i];
+        memset(o, 0, offsetof(rec, src_txt));
+        o->rid = o->acc = o->flid = o->rule = empty;
+        PyObject **v = PyTuple_Check(f) && PyTuple_GET_SIZE(f) == FLOW_N ? ((PyTupleObject *)f)->ob_item : NULL;
+        if (!v || !flow_str(v[0], &o->src, &o->src_n) || !flow_str(v[1], &o->dst, &o->dst_n) ||
+            !flow_u64(v[2], &o->sport) || !flow_u64(v[3], &o->dport) || !flow_u64(v[4], &o->proto) ||
+            !flow_u64(v[5], &o->pkts) || !flow_u64(v[6], &o->bytes) || !flow_i64(v[7], &o->start) ||
+            !flow_i64(v[8], &o->end) || !flow_u64(v[9], &o->flags) || !flow_u64(v[10], &o->action) ||
+            !flow_u64(v[11], &o->sampling)) {
+            out = Py_NewRef(Py_None);
+            goto done;
+        }
+        o->status = 1; /* LOG_STATUS_OK */
+        o->direction = d[i];
+    }
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; ok && i < n; i++) ok = check_and_id(&b, &records[i], key);
+    Py_END_ALLOW_THREADS
+    out = ok ? stored_rows(records, n, head, (PyTypeObject *)type_obj, 1) : Py_NewRef(Py_None);
+done:
+    PyMem_RawFree(records);
+    PyMem_RawFree(key);
+    PyBuffer_Release(&dirs);
     return out;
 }
 
@@ -1024,6 +1220,7 @@ static PyMethodDef methods[] = {
     {"limits", fi_limits, METH_NOARGS, limits_doc},
     {"split", fi_split, METH_VARARGS, split_doc},
     {"accept", fi_accept, METH_VARARGS, accept_doc},
+    {"accept_flows", fi_accept_flows, METH_VARARGS, accept_flows_doc},
     {"blake2b128_hex", fi_blake2b, METH_VARARGS, blake2b_doc},
     {NULL, NULL, 0, NULL},
 };

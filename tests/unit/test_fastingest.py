@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from flowlog.v1 import ingest_pb2, record_pb2
 from server.api import services
+from server.core.attribution import AddressMatcher
 from server.core.ingest import accept_columns, stored_head
 from server.core.model import FlowLog, FlowRecord, ResourceType, TrafficType
 from server.native import fastpath
@@ -59,21 +60,25 @@ def test_built_wherever_a_c_compiler_is():
 pytestmark_fast = pytest.mark.skipif(fast is None, reason="server/native/_fastingest.c is not built here")
 
 
-def python_path(data: bytes):
+def python_path(data: bytes, matcher: AddressMatcher | None = None):
     """What the Ingest servicer does without the compiled path: (records, rejections), or None
     when protobuf refuses the bytes."""
     try:
         msg = ingest_pb2.IngestRequest.FromString(data)
     except pb_message.DecodeError:
         return None
-    return accept_columns(FL, services._raw_columns(msg.records), 0, NOW)
+    return accept_columns(FL, services._raw_columns(msg.records), 0, NOW, matcher)
 
 
-def compare(data: bytes):
-    """The compiled path's answer for `data`, checked against the Python path's; returns it."""
-    got = fast.accept(data, HEAD, FlowRecord, NOW)
+def compare(data: bytes, matcher: AddressMatcher | None = None):
+    """The compiled path's answer for `data`, checked against the Python path's; returns it.
+    `matcher`: the resource's addresses, which derive a missing direction (both paths get them)."""
+    if matcher is None:
+        got = fast.accept(data, HEAD, FlowRecord, NOW)
+    else:
+        got = fast.accept(data, HEAD, FlowRecord, NOW, False, matcher.packed())
     head = fast.split(data)
-    want = python_path(data)
+    want = python_path(data, matcher)
     if head is not None and want is not None:
         msg = ingest_pb2.IngestRequest.FromString(data)
         assert head == (msg.flow_log_id, len(msg.records))
@@ -416,6 +421,74 @@ def test_arbitrary_records_never_disagree(records):
         start, length = r.pop("start"), r.pop("length")
         msgs.append(record_pb2.FlowRecord(start_time=ts(start), end_time=ts(start + length), **r))
     compare(ingest_pb2.IngestRequest(flow_log_id=FL.id, records=msgs).SerializeToString())
+
+
+RESOURCE = AddressMatcher(["10.1.0.0/16", "10.9.9.9", "2001:db8:0:1::/64", "::ffff:0.0.0.0/96", "0.0.0.0/32"])
+
+
+@pytestmark_fast
+def test_a_missing_direction_is_derived_from_the_resource_addresses_as_the_python_path_does():
+    pairs = [
+        ("192.0.2.1", "10.1.2.3", 1),  # to the resource: INGRESS
+        ("10.1.200.1", "192.0.2.1", 2),  # from it: EGRESS
+        ("10.1.0.1", "10.1.0.2", 1),  # both ends: the destination wins
+        ("10.9.9.9", "10.9.9.10", 2),  # a single address, and the address just past it
+        ("192.0.2.1", "198.51.100.1", 0),  # neither: stays unspecified
+        ("2001:db8:0:2::1", "2001:db8:0:1:ffff:ffff:ffff:ffff", 1),  # the last address of the /64
+        ("2001:db8:0:1::", "2001:db8::1", 2),
+        ("2001:db8:0:0:ffff:ffff:ffff:ffff", "2001:db8:0:2::", 0),  # just outside on both sides
+    ]
+    records = [
+        record_pb2.FlowRecord(
+            src_addr=s, dst_addr=d, protocol=6, packets=1, bytes=60, action=1, log_status=1,
+            start_time=ts(NOW - 5000), end_time=ts(NOW - 4000),
+        )
+        for s, d, _ in pairs
+    ]  # fmt: skip
+    data = ingest_pb2.IngestRequest(flow_log_id=FL.id, records=records).SerializeToString()
+    assert fast.accept(data, HEAD, FlowRecord, NOW) is None, "without the resource it must decline"
+    got = compare(data, RESOURCE)
+    assert got is not None and [r.direction for r in got] == [want for _, _, want in pairs]
+    # the record id covers the derived direction, as if the collector had sent it
+    sent = ingest_pb2.IngestRequest(
+        flow_log_id=FL.id, records=[record_pb2.FlowRecord(**{**_fields(r), "direction": w}) for r, (_, _, w) in
+                                    zip(records, pairs)]
+    ).SerializeToString()  # fmt: skip
+    assert [r.record_id for r in fast.accept(sent, HEAD, FlowRecord, NOW, False, RESOURCE.packed()) or []] == [
+        r.record_id for r in got
+    ]
+
+
+def _fields(r: record_pb2.FlowRecord) -> dict:
+    return {f.name: v for f, v in r.ListFields()}
+
+
+_v4_in_or_near = st.sampled_from(["10.1.0.0", "10.1.255.255", "10.0.255.255", "10.2.0.0", "10.9.9.9", "10.9.9.8"])
+_v6_in_or_near = st.sampled_from(["2001:db8:0:1::", "2001:db8:0:1:ffff:ffff:ffff:ffff", "2001:db8:0:2::", "::2"])
+
+
+@pytestmark_fast
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.one_of(_v4_in_or_near, _addr), st.one_of(_v4_in_or_near, _addr)),
+            st.tuples(_v6_in_or_near, _v6_in_or_near),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    st.lists(st.sampled_from(["10.1.0.0/16", "10.9.9.9/32", "2001:db8:0:1::/64", "10.0.0.0/8", "::/0"]), max_size=3),
+)
+def test_derived_directions_never_disagree(pairs, addresses):
+    records = [
+        record_pb2.FlowRecord(
+            src_addr=s, dst_addr=d, protocol=17, packets=1, bytes=60, action=2, log_status=1,
+            start_time=ts(NOW - 5000), end_time=ts(NOW - 4000),
+        )
+        for s, d in pairs
+    ]  # fmt: skip
+    compare(ingest_pb2.IngestRequest(flow_log_id=FL.id, records=records).SerializeToString(), AddressMatcher(addresses))
 
 
 @pytestmark_fast

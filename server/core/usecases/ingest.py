@@ -10,10 +10,10 @@ once at wiring), parses any other message and checks it record by record in Pyth
 records to the pipeline with their spool payload and Arrow table when the compiled path made
 them. Durable when add() returns.
 
-A record may leave `direction` unspecified (API.md, "Flows from real sources"): the Python path
-derives it from the addresses of the flow log's resource (server.core.attribution, compiled once
-per flow log per stream) before the record id is made; the compiled path leaves such messages
-to it.
+A record may leave `direction` unspecified (API.md, "Flows from real sources"): it is derived
+from the addresses of the flow log's resource (server.core.attribution, compiled once per flow
+log per stream) before the record id is made, by either path: the compiled path gets the
+resource's ranges (AddressMatcher.packed()) and applies the same rule.
 """
 
 from __future__ import annotations
@@ -203,10 +203,13 @@ class IngestStream:
         bad: list[Rejection] = []
         parsed = msg.parsed
         clock = self._ingest.clock
+        matcher = self._matchers.get(fl.id)
+        if matcher is None:  # the resource of a flow log never changes
+            matcher = self._matchers[fl.id] = ingest_core.resource_matcher(self._ingest.metadata, fl)
         if msg.data is not None:
             head = ingest_core.stored_head(fl)
             assert self._compiled is not None
-            got = self._compiled.accept(msg.data, head, FlowRecord, clock(), True)
+            got = self._compiled.accept(msg.data, head, FlowRecord, clock(), True, matcher.packed())
             if got is None:
                 parsed = self._parse(msg.data)
             else:  # the records, and their spool payload and Arrow table made alongside
@@ -214,9 +217,6 @@ class IngestStream:
                 prepared = (raw, columns.table_of_buffers(len(ok), head, buffers))
         if ok is None:
             assert parsed is not None
-            matcher = self._matchers.get(fl.id)
-            if matcher is None:  # the resource of a flow log never changes
-                matcher = self._matchers[fl.id] = ingest_core.resource_matcher(self._ingest.metadata, fl)
             ok, bad = ingest_core.accept_columns(fl, parsed.columns(), self._index, clock(), matcher)
         if ok:
             self._ingest.pipeline.submit(ok, prepared, admit=watch.current)
