@@ -420,6 +420,66 @@ class ReplicaDirectory(Protocol):
 
     def remove(self, replica_id: str) -> None:
         """Forget a replica at once (an operator retiring its data dir)."""
+
+
+# -- GeneratorLeases (issue 19.3: several replicas; owner: lease) ------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One replica's right to generate one flow log (server.core.leases says the rules)."""
+
+    flow_log_id: str
+    owner: str  # the replica id: the spool id of the replica's data dir
+    epoch: int  # the fencing token: a new value at every claim, so a former owner's commit fails
+    next_window_ms: int  # start of the next window owed; 0: none generated yet
+    expires_ms: int  # live until then (exclusive), unless renewed
+
+
+@dataclass(frozen=True)
+class LeaseView:
+    """What the lease store says at the start of a generator tick."""
+
+    mine: tuple[Lease, ...]  # this replica's leases, just renewed
+    unowned: tuple[str, ...]  # active flow logs with no live lease (new, released or expired)
+    live_replicas: int  # replicas whose heartbeat has not expired, this one included
+
+
+class GeneratorLeases(Protocol):
+    """Leases on the generator's work, kept with the metadata when several replicas share it
+    (backends/postgres/leases.py). Absent (None) with the embedded metadata store: one process
+    generates every flow log, as before.
+
+    Times are the caller's clock in epoch milliseconds (`now_ms`), the clock the windows are cut
+    with; replicas need synchronised clocks (NTP) anyway, since records carry their times. Each
+    call is one transaction, durable when it returns.
+    """
+
+    def sync(self, replica_id: str, active: Sequence[str], now_ms: int, ttl_ms: int) -> LeaseView:
+        """The tick's heartbeat: mark the replica live until now + ttl, renew its leases, drop
+        the leases of flow logs not in `active` (paused or deleted: a resumed flow log starts
+        afresh) that are this replica's or expired, and say which active flow logs are unowned
+        and how many replicas are live."""
+        ...
+
+    def claim(self, replica_id: str, flow_log_ids: Sequence[str], now_ms: int, ttl_ms: int) -> list[Lease]:
+        """Take those of the flow logs that have no live lease, each with a new epoch, keeping
+        its stored next window; the ones another replica holds are left out. Concurrent claimers
+        never both get one flow log."""
+        ...
+
+    def commit(self, replica_id: str, windows: Sequence[tuple[str, int, int]], now_ms: int, ttl_ms: int) -> set[str]:
+        """Store (flow_log_id, epoch, next_window_ms) for each window the sink accepted, only
+        where this replica still holds that lease with that epoch (fenced), and renew it.
+        Returns the flow log ids committed; the others' leases were lost."""
+        ...
+
+    def release(self, replica_id: str, flow_log_ids: Sequence[str]) -> None:
+        """Give leases up at once (fair share, shutdown), keeping their next window."""
+        ...
+
+    def leave(self, replica_id: str) -> None:
+        """The replica stops generating: release all its leases and its heartbeat."""
         ...
 
     def close(self) -> None: ...
