@@ -137,3 +137,12 @@ def test_owed_window_skips_an_old_backlog_and_never_precedes_creation():
 def test_leases_are_renewed_three_times_per_ttl():
     assert renew_interval_ms(15_000) == 5_000
     assert renew_interval_ms(1) == 1
+
+
+def test_the_lease_ttl_setting_is_checked_and_named():
+    from server.config import ConfigError, load
+
+    assert load(env={}).generator.lease_ttl_seconds == 15.0
+    assert load(env={"FLOWLOG_GENERATOR_LEASE_TTL_SECONDS": "3"}).generator.lease_ttl_seconds == 3.0
+    with pytest.raises(ConfigError, match="generator.lease_ttl_seconds"):
+        load(env={"FLOWLOG_GENERATOR_LEASE_TTL_SECONDS": "0.5"})
