@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="UDP port for NetFlow v5/v9/IPFIX exporters (config collector.listen; default off)",
     )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    p.add_argument(
+        "--es-migrate",
+        action="store_true",
+        help="copy the Elasticsearch indices of the per-LogStore layout into the shared day indices, delete "
+        "them, and exit (README: Elasticsearch: shared day indices)",
+    )
     return p.parse_args(argv)
 
 
@@ -212,10 +218,31 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"flowlog-server: {e}", file=sys.stderr)
         return 2
+    if args.es_migrate:
+        return es_migrate(cfg)
     configure_gc()
     configure_malloc()
     configure_arrow()
     return asyncio.run(serve(cfg))
+
+
+def es_migrate(cfg) -> int:
+    """--es-migrate: the first Elasticsearch layout into the shared one (backends/elasticsearch)."""
+    if cfg.query_backend != "elasticsearch":
+        print("flowlog-server: --es-migrate needs query_backend: elasticsearch", file=sys.stderr)
+        return 2
+    from backends.elasticsearch.records import ElasticsearchRecordStore
+
+    store = ElasticsearchRecordStore(cfg.elasticsearch)
+    try:
+        indices, records = store.migrate_first_layout()
+    except Exception as e:  # noqa: BLE001 - report and fail; running again resumes
+        log.error("migration stopped: %s (running it again resumes)", e)
+        return 1
+    finally:
+        store.close()
+    log.info("migrated %d index(es) of the per-LogStore layout, %d record(s)", indices, records)
+    return 0
 
 
 if __name__ == "__main__":

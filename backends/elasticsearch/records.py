@@ -939,6 +939,55 @@ class ElasticsearchRecordStore:
             )
         return int(resp["count"])
 
+    # -- migration -----------------------------------------------------------------------------
+
+    def migrate_first_layout(self, batch_size: int = 5000) -> tuple[int, int]:
+        """Copy every index of the first layout into the shared day indices, then delete it
+        (once its document count matches what was copied). Idempotent: writes are create-only,
+        so a run interrupted half way is simply run again. Run it while no LogStore is being
+        deleted (a copy racing a purge could bring the deleted records back under a new
+        LogStore of the same name). Returns (indices migrated, records copied)."""
+        with _translate_errors("list indices"):
+            resp = self._client.indices.resolve_index(
+                name=legacy_pattern(self._cfg.index_prefix), expand_wildcards="open"
+            )
+        names = sorted(i["name"] for i in resp.get("indices", []))
+        copied_total = 0
+        for name in names:
+            copied = 0
+            with _translate_errors("open point in time"):
+                pit_id = self._client.open_point_in_time(index=name, keep_alive=self._cfg.pit_keep_alive)["id"]
+            try:
+                after: list[Any] | None = None
+                while True:
+                    extra: dict[str, Any] = {} if after is None else {"search_after": after}
+                    with _translate_errors("search"):
+                        page = self._client.search(
+                            pit={"id": pit_id, "keep_alive": self._cfg.pit_keep_alive},
+                            size=batch_size,
+                            sort=["_shard_doc"],
+                            track_total_hits=False,
+                            **extra,
+                        )
+                    pit_id = page.get("pit_id", pit_id)
+                    hits = page["hits"]["hits"]
+                    if not hits:
+                        break
+                    self.write([_record(h["_source"]) for h in hits])
+                    copied += len(hits)
+                    after = hits[-1]["sort"]
+            finally:
+                self._close_pit(pit_id)
+            with _translate_errors("count"):
+                left = int(self._client.count(index=name)["count"])
+            if left != copied:
+                raise RuntimeError(f"{name}: copied {copied} of {left} documents (written to meanwhile?); run again")
+            self._delete_indices([name])
+            copied_total += copied
+            log.info("migrated %s: %d record(s) into the shared day indices", name, copied)
+        self._legacy = None  # look again at the next read
+        return len(names), copied_total
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def healthy(self) -> bool:
