@@ -844,7 +844,8 @@ class ElasticsearchRecordStore:
 
         Each candidate is checked again under a write block (index.blocks.write) right before the
         delete: a record written to it meanwhile is refused (the sink retries it, into a new index
-        of that day) or makes the check fail, never lost with the index."""
+        of that day) or makes the check fail, never lost with the index. A write block on a past
+        day index is taken for one a killed sweep left: checked again, and dropped or lifted."""
         with self._sweep_lock:
             self._last_sweep = time.monotonic()
             return self._sweep(now_ms)
@@ -852,12 +853,17 @@ class ElasticsearchRecordStore:
     def _sweep(self, now_ms: int) -> list[str]:
         entries = {e.ls_key: e for e in self.registry.all()}
         today = now_ms // DAY_MS
+        past = {n: d for n, d in self._shared_indices().items() if d < today}
+        if not past and not any(e.deleted_ms for e in entries.values()):
+            return []
+        docs, blocked = self._index_states(list(past))
         dropped = []
-        for name, day in sorted(self._shared_indices().items(), key=lambda x: x[1]):
-            if day >= today or not _all_hidden(self._groups_of(name), entries, day):
-                continue
-            if self._drop_if_hidden(name, day):
-                dropped.append(name)
+        for name, day in sorted(past.items(), key=lambda x: x[1]):
+            # A past day index left write-blocked (a sweep killed between block and delete) is
+            # checked again here, which drops or unblocks it.
+            if name in blocked or _all_hidden(self._groups_of(name, docs.get(name, -1)), entries, day):
+                if self._drop_if_hidden(name, day):
+                    dropped.append(name)
         for e in entries.values():
             if e.deleted_ms and self._count_before_marker(e) == 0 and self.registry.clear_marker(e):
                 log.info(
@@ -871,13 +877,24 @@ class ElasticsearchRecordStore:
             log.info("sweep dropped %d shared day index(es): %s", len(dropped), ", ".join(dropped))
         return dropped
 
-    def _groups_of(self, index: str, cached: bool = True) -> dict[str, int]:
+    def _index_states(self, names: list[str]) -> tuple[dict[str, int], set[str]]:
+        """(documents per index, the indices with a write block), two requests for all."""
+        if not names:
+            return {}, set()
+        pattern = f"{self._base}-*"
+        with _translate_errors("index stats"):
+            stats = self._client.indices.stats(index=pattern, metric="docs", expand_wildcards="all")
+            settings = self._client.indices.get_settings(index=pattern, name="index.blocks.write", flat_settings=True)
+        docs = {n: int(v["primaries"].get("docs", {}).get("count", 0)) for n, v in stats.get("indices", {}).items()}
+        blocked = {n for n, v in settings.items() if str(v.get("settings", {}).get("index.blocks.write")) == "true"}
+        return docs, blocked & set(names)
+
+    def _groups_of(self, index: str, docs: int = -1) -> dict[str, int]:
         """ls_key -> the latest ingested_ms of its records in the index (one composite
-        aggregation, kept while the index's document count stays the same)."""
-        with _translate_errors("count"):
-            docs = int(self._client.count(index=index, ignore_unavailable=True)["count"])
+        aggregation, kept while the index's document count, `docs`, stays the same; -1: do not
+        use the kept one)."""
         hit = self._groups.get(index)
-        if cached and hit is not None and hit[0] == docs:
+        if docs >= 0 and hit is not None and hit[0] == docs:
             return hit[1]
         groups: dict[str, int] = {}
         after: dict[str, Any] | None = None
@@ -899,7 +916,8 @@ class ElasticsearchRecordStore:
             after = g.get("after_key")
             if not g.get("buckets") or after is None:
                 break
-        self._groups[index] = (docs, groups)
+        if docs >= 0:
+            self._groups[index] = (docs, groups)
         return groups
 
     def _drop_if_hidden(self, name: str, day: int) -> bool:
@@ -909,7 +927,7 @@ class ElasticsearchRecordStore:
         try:
             with _translate_errors("refresh"):
                 self._client.indices.refresh(index=name)
-            groups = self._groups_of(name, cached=False)
+            groups = self._groups_of(name)
             with _translate_errors("read the LogStore registry"):
                 entries = self.registry.get(groups)
             if _all_hidden(groups, entries, day):

@@ -238,6 +238,16 @@ def test_retention_of_two_log_stores_in_one_index_is_exact(es: Es):
     assert len(es.indices(f"{es.prefix}-flows-*")) == 4
     for names in (("ls-short",), ("ls-long",), both):
         assert fetch(es.store, query(names)) == expected(kept, query(names))
+    # A past day index left write-blocked (as by a sweep killed between block and delete) is
+    # checked again by the next sweep: still needed here, so it is unblocked and takes records.
+    day1 = f"{es.prefix}-flows-2026.03.02"
+    es.raw("PUT", f"/{day1}/_settings", {"index.blocks.write": True})
+    assert es.store.sweep(now) == []
+    flat = es.raw("GET", f"/{day1}/_settings?flat_settings=true")[day1]["settings"]
+    assert "index.blocks.write" not in flat, flat
+    late = make_records(ACCOUNT, REGION, PROJECT, "ls-long", 5, seed=52, first_ms=DAY0_MS + DAY_MS, span_ms=DAY_MS)
+    es.store.write(late)
+    assert fetch(es.store, query(("ls-long",))) == expected(kept + late, query(("ls-long",)))
 
 
 def test_records_of_the_first_layout_are_still_read_deleted_aged_out_and_migrated(es: Es, tmp_path):
