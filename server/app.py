@@ -577,6 +577,16 @@ class App:
             forget_s=r.forget_after_seconds,
         )
         self.replica_loop.start()
+        if isinstance(self.metadata, SharedMetadata):  # purges wait for every replica's own steps
+            from server.core.purge import PurgeCluster
+
+            loop = self.replica_loop
+            self.purger.cluster = PurgeCluster(
+                replica_id=spool.spool_id,
+                members=lambda: [r.replica_id for r in loop.snapshot().replicas],
+                acks=self.metadata,
+                local_steps=2,  # "tails" and "spool" (see _purge_steps)
+            )
         self._peers = GrpcPeers(
             self.replica_secret, root_certificates=roots, max_message_bytes=cfg.limits.max_message_bytes
         )

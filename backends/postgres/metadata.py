@@ -86,6 +86,10 @@ CREATE TABLE IF NOT EXISTS log_store_tombstones (
   account_id TEXT NOT NULL, region TEXT NOT NULL, project TEXT NOT NULL, name TEXT NOT NULL,
   deleted_ms BIGINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
   PRIMARY KEY (account_id, region, project, name));
+CREATE TABLE IF NOT EXISTS log_store_purge_acks (
+  account_id TEXT NOT NULL, region TEXT NOT NULL, project TEXT NOT NULL, name TEXT NOT NULL,
+  replica_id TEXT NOT NULL, acked_ms BIGINT NOT NULL,
+  PRIMARY KEY (account_id, region, project, name, replica_id));
 CREATE TABLE IF NOT EXISTS metadata_generation (id INTEGER PRIMARY KEY CHECK (id = 1), value BIGINT NOT NULL);
 INSERT INTO metadata_generation VALUES (1, 0) ON CONFLICT (id) DO NOTHING;
 """
@@ -507,11 +511,27 @@ class PostgresMetadataStore:
     def remove_tombstone(self, account: str, key: LogStoreKey) -> None:
         with self.transaction() as tx:
             tx.changed = True
-            tx._exec(
-                account,
-                "DELETE FROM log_store_tombstones WHERE account_id=%s AND region=%s AND project=%s AND name=%s",
-                (account, key.region, key.project, key.name),
+            for table in ("log_store_tombstones", "log_store_purge_acks"):
+                tx._exec(
+                    account,
+                    f"DELETE FROM {table} WHERE account_id=%s AND region=%s AND project=%s AND name=%s",
+                    (account, key.region, key.project, key.name),
+                )
+
+    def purge_ack(self, account: str, key: LogStoreKey, replica_id: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO log_store_purge_acks VALUES (%s,%s,%s,%s,%s,(extract(epoch FROM now()) * 1000)::bigint) "
+                "ON CONFLICT DO NOTHING",
+                (account, key.region, key.project, key.name, replica_id),
             )
+
+    def purge_acks(self, account: str, key: LogStoreKey) -> set[str]:
+        rows = self._query(
+            "SELECT replica_id FROM log_store_purge_acks WHERE account_id=%s AND region=%s AND project=%s AND name=%s",
+            (account, key.region, key.project, key.name),
+        )
+        return {r["replica_id"] for r in rows}
 
     def regions_in_use(self) -> dict[str, int]:
         out: dict[str, int] = {}

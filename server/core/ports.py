@@ -375,6 +375,15 @@ class SharedMetadata(Protocol):
         """Store a server-wide setting, replacing its value (setting() reads it)."""
         ...
 
+    def purge_ack(self, account: str, key: LogStoreKey, replica_id: str) -> None:
+        """Replica `replica_id` has done its own steps of the LogStore's purge (ended its Tails,
+        dropped its spooled batches); removed with the tombstone."""
+        ...
+
+    def purge_acks(self, account: str, key: LogStoreKey) -> set[str]:
+        """The replicas that have done their own steps of the LogStore's purge."""
+        ...
+
 
 # -- replicas (owner: tail, issue 19) ---------------------------------------------------------
 

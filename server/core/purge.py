@@ -8,26 +8,50 @@ failed half way (a backend down, the process killed) is simply run again from th
 by the deletion itself first, then by the background loop (server.purge_loop) with back-off,
 and at every start for the tombstones left by a previous process. Only when every step has
 succeeded is the tombstone removed, which frees the name for a new LogStore.
+
+With several replicas (`cluster` given) the first steps are each replica's own (its Tails, its
+spool) and the rest are shared (the query backend, the archive). Every replica runs its own steps
+for every tombstone and records that it did (an ack in the shared metadata); the shared steps run,
+and the tombstone goes, only once every replica of the directory has acked. Otherwise a replica
+whose spool still held undelivered batches of the LogStore could write them into Elasticsearch or
+S3 after the shared deletion (and a new LogStore of the same name would show them). A replica that
+is down but not yet forgotten by the directory therefore holds the name until it returns (its
+purge loop runs the pending tombstones at start) or is forgotten (replica.forget_after_seconds);
+the LogStore is gone from the API at once either way.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from server.core.model import LogStoreKey
-from server.core.ports import MetadataStore, Tombstone
+from server.core.ports import MetadataStore, SharedMetadata, Tombstone
 
 log = logging.getLogger(__name__)
 
 PurgeStep = Callable[[str, LogStoreKey], object]
 
 
+@dataclass
+class PurgeCluster:
+    """How a replica takes part in purges shared with other replicas (see the module docstring)."""
+
+    replica_id: str
+    members: Callable[[], list[str]]  # the replica ids of the directory (live, or down but not forgotten)
+    acks: SharedMetadata
+    local_steps: int  # how many of the first steps are this replica's own
+
+
 class Purger:
-    def __init__(self, metadata: MetadataStore, steps: Sequence[tuple[str, PurgeStep]]) -> None:
+    def __init__(
+        self, metadata: MetadataStore, steps: Sequence[tuple[str, PurgeStep]], cluster: PurgeCluster | None = None
+    ) -> None:
         self.metadata = metadata
         self.steps = list(steps)
+        self.cluster = cluster
         self._lock = threading.Lock()
         self._busy: set[tuple[str, LogStoreKey]] = set()
 
@@ -41,7 +65,9 @@ class Purger:
                 return False
             self._busy.add(ident)
         try:
-            for name, step in self.steps:
+            for i, (name, step) in enumerate(self.steps):
+                if self.cluster is not None and i == self.cluster.local_steps and not self._all_acked(account, key):
+                    return False
                 try:
                     step(account, key)
                 except Exception as e:  # noqa: BLE001 - any backend error: keep the tombstone, retry later
@@ -58,6 +84,19 @@ class Purger:
         finally:
             with self._lock:
                 self._busy.discard(ident)
+
+    def _all_acked(self, account: str, key: LogStoreKey) -> bool:
+        """This replica's own steps are done: ack them; True once every replica has."""
+        c = self.cluster
+        assert c is not None
+        c.acks.purge_ack(account, key, c.replica_id)
+        missing = set(c.members()) - c.acks.purge_acks(account, key)
+        if missing:
+            log.info(
+                "LogStore purge waits for other replicas' own steps",
+                extra={"account": account, "log_store": str(key), "replicas": sorted(missing)},
+            )
+        return not missing
 
     def pending(self) -> list[Tombstone]:
         return self.metadata.tombstones()

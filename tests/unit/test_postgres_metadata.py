@@ -164,3 +164,29 @@ def test_postgres_without_dsn_is_refused_naming_the_setting():
         load(None, env={"FLOWLOG_METADATA_BACKEND": "postgres"})
     cfg = load(None, env={"FLOWLOG_METADATA_BACKEND": "postgres", "FLOWLOG_POSTGRES_DSN": "postgresql://x@h/db"})
     assert cfg.postgres.dsn == "postgresql://x@h/db"
+
+
+def test_a_purge_waits_for_every_replicas_own_steps_before_the_shared_ones(two_replicas):
+    from server.core.purge import PurgeCluster, Purger
+
+    a, b = two_replicas
+    key = LogStoreKey("bj", "proj", "gone")
+    done: list[tuple[str, str]] = []  # (replica, step) in the order they ran
+    members = lambda: ["r-a", "r-b"]  # noqa: E731 - the directory's replicas
+
+    def purger(store, rid: str) -> Purger:
+        steps = [
+            ("tails", lambda acct, k: done.append((rid, "tails"))),
+            ("spool", lambda acct, k: done.append((rid, "spool"))),
+            ("query backend", lambda acct, k: done.append((rid, "query"))),
+        ]
+        return Purger(store, steps, PurgeCluster(rid, members, store, local_steps=2))
+
+    with a.transaction() as tx:
+        tx.insert_tombstone(A, key, 1)
+    pa, pb = purger(a, "r-a"), purger(b, "r-b")
+    assert pa.purge(A, key) is False  # r-b has not dropped its spool yet: nothing shared is deleted
+    assert done == [("r-a", "tails"), ("r-a", "spool")] and [t.key for t in a.tombstones()] == [key]
+    assert pb.purge(A, key) is True  # the last replica's own steps, then the shared ones
+    assert done[2:] == [("r-b", "tails"), ("r-b", "spool"), ("r-b", "query")]
+    assert a.tombstones() == [] and a.purge_acks(A, key) == set()
