@@ -190,3 +190,22 @@ def test_a_purge_waits_for_every_replicas_own_steps_before_the_shared_ones(two_r
     assert pb.purge(A, key) is True  # the last replica's own steps, then the shared ones
     assert done[2:] == [("r-b", "tails"), ("r-b", "spool"), ("r-b", "query")]
     assert a.tombstones() == [] and a.purge_acks(A, key) == set()
+
+
+def test_the_readmes_replica_config_loads():
+    """README "Running several replicas": its YAML is real settings (unknown keys are refused)."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from server.config import Config, _apply
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme[readme.index("### What each replica needs") :]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    cfg = Config()
+    _apply(cfg, yaml.safe_load(block), "")
+    cfg.validate()
+    assert cfg.metadata_backend == "postgres" and cfg.postgres.dsn.startswith("postgresql://")
+    assert (cfg.query_backend, cfg.archive_backend) == ("elasticsearch", "minio")
