@@ -245,3 +245,28 @@ def test_the_cursor_names_every_spool_and_its_position(cluster):
     assert a.spool is not None and b.spool is not None
     assert decoded.positions[b.spool.spool_id] == Position(2, 0)
     assert set(decoded.positions) == {a.spool.spool_id, b.spool.spool_id}
+
+
+def test_the_readmes_replica_settings_load_and_bad_ones_are_refused_naming_the_setting():
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from server.config import Config, ConfigError, _apply
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if b.startswith("replica:"))
+    cfg = Config()
+    _apply(cfg, yaml.safe_load(block), "")
+    cfg.validate()
+    assert cfg.replica.advertise == "10.0.0.5:50051" and cfg.replica.down_after_seconds == 10
+    for bad, setting in (
+        ({"advertise": "nohostport"}, "replica.advertise"),
+        ({"heartbeat_seconds": 5, "down_after_seconds": 6}, "replica.down_after_seconds"),
+        ({"clock_skew_seconds": -1}, "replica.clock_skew_seconds"),
+    ):
+        cfg = Config()
+        _apply(cfg, {"replica": bad}, "")
+        with pytest.raises(ConfigError, match=re.escape(setting)):
+            cfg.validate()
