@@ -209,3 +209,41 @@ def test_the_readmes_replica_config_loads():
     cfg.validate()
     assert cfg.metadata_backend == "postgres" and cfg.postgres.dsn.startswith("postgresql://")
     assert (cfg.query_backend, cfg.archive_backend) == ("elasticsearch", "minio")
+
+
+def test_a_postgres_outage_is_unavailable_and_the_store_recovers_by_itself():
+    """PostgreSQL stopped under a running store: metadata calls are UNAVAILABLE (the API's retry
+    signal), not a crash; once it is back on the same port the pool and the change listener
+    reconnect with no help. Its own server (the session's is shared by other tests)."""
+    from server.core.errors import Unavailable
+    from tests.fixtures_services import _svc
+
+    info = _svc.start("postgres", owner_pid=__import__("os").getpid())
+    store = other = None
+    try:
+        dsn = info["dsn"]
+        store = PostgresMetadataStore(PostgresConfig(dsn=dsn, connect_timeout_seconds=2))
+        assert store.setting("k", b"v") == b"v"
+        _svc.stop(info, keep_data=True)  # a clean stop, data kept
+        with pytest.raises(Unavailable, match="PostgreSQL at 127.0.0.1"):
+            with store.transaction() as tx:
+                tx.count_flow_logs(A, "bj")
+        info = _svc.start("postgres", data_dir=info["data_dir"], port=int(info["port"]))
+
+        def works() -> bool:
+            try:
+                return store.setting("k", b"other") == b"v"
+            except Unavailable:
+                return False
+
+        wait_for(works, "the pool to reconnect after PostgreSQL came back")
+        other = PostgresMetadataStore(PostgresConfig(dsn=dsn))
+        g = store.generation()
+        with other.transaction() as tx:
+            tx.insert_tombstone(A, LogStoreKey("bj", "proj", "x"), 1)
+        wait_for(lambda: store.generation() > g, "the change listener to reconnect and see another replica's change")
+    finally:
+        for s in (store, other):
+            if s is not None:
+                s.close()
+        _svc.stop(info)
