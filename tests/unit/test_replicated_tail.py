@@ -24,6 +24,7 @@ from server.pipeline import Pipeline
 from server.pipeline.replicated import PeerMessage, Position, ReplicaTails, VectorCursorCodec
 from server.pipeline.tail import CursorCodec
 from tests.unit.test_pipeline import ACCOUNT, BASE_MS, PROJECT, REGION, SECRET, make_pipeline, make_records
+from tests.waiting import wait_for
 
 
 class Directory:
@@ -95,10 +96,10 @@ class Cluster:
         self.pipelines: dict[str, Pipeline] = {}
         self.stores: list[EmbeddedRecordStore] = []
 
-    def start(self, name: str) -> Pipeline:
+    def start(self, name: str, **kw) -> Pipeline:
         store = EmbeddedRecordStore(self.tmp / f"{name}.duckdb", checkpoint_interval_s=0)
         self.stores.append(store)
-        p = make_pipeline(self.tmp / name, store, heartbeat_s=0.2)
+        p = make_pipeline(self.tmp / name, store, heartbeat_s=0.2, **kw)
         assert p.spool is not None
         self.dir.replicas[p.spool.spool_id] = name
         self.dir.down.discard(p.spool.spool_id)
@@ -222,6 +223,31 @@ def test_a_replica_that_appears_mid_session_is_followed(cluster):
     more, _ = take(s, 4)
     s.close()
     assert got + more == [0, 1, 2, 10_000, 10_001, 10_002, 10_003]
+
+
+def test_a_client_that_does_not_read_ends_with_the_cursor_and_resumes_from_it(cluster):
+    # The peer's queue for this tail holds 2,000 records; the merged session stops reading the
+    # peer after 5,000 queued: 20,000 records unread overflow the peer, not this process.
+    a, b = cluster.start("a"), cluster.start("b", tail_buffer_records=2000)
+    s = tail(a, start_ms=0)
+    assert next(s)[0] == "heartbeat"  # the session runs: its sources are started
+    wait_for(lambda: b.hub.subscriber_count == 1, "the peer's stream following b's spool live")
+    for i in range(20):
+        b.submit(make_records(1000, start=10_000 + i * 1000))
+    a.submit(make_records(10, start=0))
+    received: list[int] = []
+    with pytest.raises(ResourceExhausted) as err:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            kind, payload, _ = next(s)
+            if kind == "records":
+                received.extend(indexes(payload))
+    s.close()
+    assert "reconnect with resume_cursor=" in str(err.value)
+    s2 = tail(a, cursor=err.value.cursor)  # type: ignore[attr-defined]
+    rest, _ = take(s2, 20_010 - len(received))
+    s2.close()
+    assert sorted(received + rest) == list(range(10)) + list(range(10_000, 30_000))
 
 
 def test_a_single_spool_cursor_of_a_server_without_replicas_still_resumes(cluster):
