@@ -1,7 +1,19 @@
-"""Aggregate (server.core.aggregate) as Elasticsearch composite aggregations, paged to the end.
+"""Aggregate (server.core.aggregate) as Elasticsearch aggregations: a `terms` top N where its
+exactness is proven, otherwise composite aggregations paged to the end.
 
-Why composite and not terms: a terms aggregation's top N is approximate across shards
-(doc_count_error_upper_bound), a composite aggregation visits every group exactly once, page by
+The top N with a proof (terms_plan()): one key without a prefix, no time buckets, metrics count
+and sums (what `other` can be derived for). One search asks a `terms` aggregation for the top
+limit + 1 groups in the answer's order (ties by key ascending, which is the core's order for
+addresses, numbers and text), with a `shard_size` large enough for every shard to send every
+group it has, a `missing` aggregation for the records without the key (one group of their own)
+and the totals. A terms top N is exact when no shard cut its list: Elasticsearch then reports
+doc_count_error_upper_bound 0 (a shard that cut its list makes it positive, or -1 when the
+order is a sub-aggregation), so the coordinating node reduced complete per-group values and
+its top N is the exact one. `other` = the totals minus the top N (counts and sums subtract
+exactly), folded exactly when more than `limit` groups came back. Without the proof (more
+groups on a shard than TERMS_SHARD_SIZE) the answer comes from the composite path below.
+
+Why composite otherwise: a composite aggregation visits every group exactly once, page by
 page (`after_key`), so counts, sums, min and max are exact whatever the shard count.
 
 - Sources: a `date_histogram` on start_time with a fixed interval in milliseconds (aligned to
@@ -22,8 +34,9 @@ page (`after_key`), so counts, sums, min and max are exact whatever the shard co
   against the same bound. (Elasticsearch's `cardinality` is approximate: not used.)
 - sum/min/max are sub-aggregations. Elasticsearch adds in doubles, exact while a sum stays below
   2**53 (about 9 PB per group); a sum at or above that sets `approximate` (README).
-- Time: every page request gets the time left before the deadline as its timeout; running out
-  is ResourceExhausted naming limits.aggregate_timeout_seconds.
+- Time: every request gets the time left before the deadline as its timeout; running out (the
+  request timing out, or the deadline passed when an answer arrives) is ResourceExhausted
+  naming limits.aggregate_timeout_seconds.
 """
 
 from __future__ import annotations
@@ -34,9 +47,12 @@ from elasticsearch import ConnectionTimeout
 
 from backends.elasticsearch.filter_dsl import ENUM_FIELDS, enum_number
 from server.core import aggregate as agg
+from server.core.errors import Unavailable
 
 PAGE = 10_000  # buckets per request: fewer round trips (search.max_buckets is 65,536)
 EXACT_DOUBLE = 2**53
+TERMS_SHARD_SIZE = 65_536  # groups a shard may send for the terms top N (beyond: composite)
+_ENUM_TERMS = 256  # an enum kept as its name sorts by name, not number: ask for every value
 
 _SUB = {
     ("sum", "bytes"): ("sb", {"sum": {"field": "bytes"}}),
@@ -95,10 +111,108 @@ def streams(q: agg.AggregateQuery) -> bool:
     return not keys or not keys[-1].masked or keys[-1].prefix6 >= 80
 
 
-def run(q: agg.AggregateQuery, search: Callable[[dict[str, Any], float], dict[str, Any]]) -> agg.Groups:
-    """Page the composite aggregation to its end through `search(body_aggs, timeout_s)` (which
-    returns the `aggregations` of one search response) and rank the groups as they complete."""
+Search = Callable[[dict[str, Any], float], dict[str, Any]]
+
+
+def _ask(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: dict[str, Any]) -> dict[str, Any]:
+    """One search with the time left as its timeout; out of time is ResourceExhausted naming
+    limits.aggregate_timeout_seconds (the store reports a timed-out request as Unavailable, with
+    the client's ConnectionTimeout as its cause)."""
+    budget.check_time()
+    try:
+        resp = search(aggs, max(budget.remaining(), 0.001))
+    except ConnectionTimeout:
+        raise agg.timed_out(q) from None
+    except Unavailable as exc:
+        if isinstance(exc.__cause__, ConnectionTimeout) or budget.remaining() <= 0:
+            raise agg.timed_out(q) from None
+        raise
+    budget.check_time()
+    return resp
+
+
+def terms_plan(q: agg.AggregateQuery) -> dict[str, Any] | None:
+    """The aggregations of the terms top N (module docstring), or None where it does not apply."""
+    if q.interval_ms or len(q.group_by) != 1 or q.group_by[0].masked:
+        return None
+    if any(m.op not in ("count", "sum") for m in q.metrics):
+        return None
+    key = q.group_by[0]
+    subs = dict(_SUB[(m.op, m.field)] for m in q.metrics if m.op == "sum")
+    order_metric = q.metrics[q.order_index]
+    order_by = "_count" if order_metric.op == "count" else _SUB[("sum", order_metric.field)][0]
+    size = q.limit + 1
+    if key.field in ENUM_FIELDS:
+        size = max(size, _ENUM_TERMS)
+    terms = {
+        "field": key.field,
+        "size": size,
+        "shard_size": max(TERMS_SHARD_SIZE, size),
+        "order": [{order_by: "desc" if q.descending else "asc"}, {"_key": "asc"}],
+    }
+    totals = {f"t_{name}": body for name, body in subs.items()}
+    return {
+        "t": {"terms": terms, **({"aggs": subs} if subs else {})},
+        "m": {"missing": {"field": key.field}, **({"aggs": subs} if subs else {})},
+        "n": {"filter": {"match_all": {}}, **({"aggs": totals} if totals else {})},
+    }
+
+
+def _run_terms(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: dict[str, Any]) -> agg.Groups | None:
+    """The terms top N, or None when Elasticsearch cannot show it is exact."""
+    resp = _ask(q, budget, search, aggs)
+    t = resp.get("t", {})
+    if t.get("doc_count_error_upper_bound", -1) != 0:
+        return None
+    conv = _converter(q.group_by[0])
+    approximate = False
+
+    def values(b: dict[str, Any], prefix: str = "") -> tuple[int, ...]:
+        nonlocal approximate
+        n = int(b["doc_count"])
+        out = [n]
+        for m in q.metrics:
+            if m.op == "count":
+                out.append(n)
+            else:
+                v = b[prefix + _SUB[("sum", m.field)][0]]["value"]
+                approximate = approximate or v >= EXACT_DOUBLE
+                out.append(int(v))
+        return tuple(out)
+
+    groups = [agg.Group(None, (conv(b["key"]),), values(b)) for b in t.get("buckets", [])]
+    missing = resp.get("m", {})
+    if int(missing.get("doc_count", 0)) > 0:
+        groups.append(agg.Group(None, (None,), values(missing)))
+    total = values(resp.get("n") or {"doc_count": 0, **{f"t_{v[0]}": {"value": 0} for v in _SUB.values()}}, "t_")
+    budget.check_groups(min(len(groups), q.limit))
+    rank = agg.group_order(q)
+    groups.sort(key=rank)
+    top = groups[: q.limit]
+    other = None
+    if len(groups) > q.limit:  # some group was folded: other = totals - top N
+        other = tuple(
+            0 if m.op == "count_distinct" else total[j + 1] - sum(g.values[j + 1] for g in top)
+            for j, m in enumerate(q.metrics)
+        )
+    why = "a sum at or above 2**53" if approximate else ""
+    return agg.Groups(top, approximate, why, ranked=True, other=other, matched=total[0])
+
+
+def run(q: agg.AggregateQuery, search: Search) -> agg.Groups:
+    """The answer through `search(body_aggs, timeout_s)` (which returns the `aggregations` of one
+    search response): the terms top N when it is exact, else the composite aggregation paged to
+    its end, the groups ranked as they complete."""
     budget = agg.Budget(q)
+    aggs = terms_plan(q)
+    if aggs is not None:
+        answer = _run_terms(q, budget, search, aggs)
+        if answer is not None:
+            return answer
+    return _run_composite(q, budget, search)
+
+
+def _run_composite(q: agg.AggregateQuery, budget: agg.Budget, search: Search) -> agg.Groups:
     sources, subs = composite_body(q)
     keys = [_converter(k) for k in q.group_by]
     distinct = [m for m in q.metrics if m.distinct is not None]
@@ -136,16 +250,10 @@ def run(q: agg.AggregateQuery, search: Callable[[dict[str, Any], float], dict[st
 
     after: dict[str, Any] | None = None
     while True:
-        budget.check_time()
         comp: dict[str, Any] = {"size": PAGE, "sources": sources}
         if after is not None:
             comp["after"] = after
-        body = {"g": {"composite": comp, **({"aggs": subs} if subs else {})}}
-        try:
-            resp = search(body, max(budget.remaining(), 0.001))
-        except ConnectionTimeout:
-            raise agg.timed_out(q) from None
-        g = resp.get("g", {})
+        g = _ask(q, budget, search, {"g": {"composite": comp, **({"aggs": subs} if subs else {})}}).get("g", {})
         for b in g.get("buckets", []):
             k = b["key"]
             bucket = int(k["b"]) if q.interval_ms else None

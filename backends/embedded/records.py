@@ -369,6 +369,9 @@ class EmbeddedRecordStore:
         finally:
             timer.cancel()
             _release(cur)
+        # An interrupt that lands before DuckDB starts the statement is lost (each statement
+        # clears it): an answer that came after the deadline is out of time all the same.
+        budget.check_time()
         address = [k.kind is agg.FieldKind.ADDRESS for k in q.group_by]
         n = len(q.group_by)
         if fast:
