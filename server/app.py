@@ -368,6 +368,7 @@ class App:
         from server.api.auth import LOCAL_ACCOUNT
         from server.collector import Collector, ExporterMap
         from server.core import ingest as ingest_core
+        from server.native.fastpath import compiled_ingest
         from server.sources import Limits
 
         c = cfg.collector
@@ -375,8 +376,10 @@ class App:
         if not cfg.api_keys and c.exporters:
             exporters = ExporterMap({k: LOCAL_ACCOUNT for k in c.exporters}, LOCAL_ACCOUNT)
 
-        def accept(fl, cols, first_index):  # the collector's rows are accept_columns' 19 columns
-            return ingest_core.accept_columns(fl, cols, first_index, time.time_ns() // 1_000_000)
+        compiled = compiled_ingest(cfg.native_ingest)
+
+        def accept(fl, flows, directions):  # the Ingest rules, on the compiled path when built
+            return ingest_core.accept_flows(fl, flows, directions, time.time_ns() // 1_000_000, compiled)
 
         limits = Limits(
             max_sessions=c.max_exporters,
@@ -436,10 +439,11 @@ class App:
                 out.append((fl, cache[key]))
         return out
 
-    def _submit_checked(self, records: list[FlowRecord]) -> int:
+    def _submit_checked(self, records: list[FlowRecord], prepared: tuple[bytes, object] | None = None) -> int:
         """The sink of the generator and the collector: records of one flow log, spooled unless
         that flow log was paused or deleted since they listed it (checked inside the submit, so
-        a LogStore purge waits for it: see Pipeline.submit). Returns the spool seq, 0 if dropped."""
+        a LogStore purge waits for it: see Pipeline.submit). `prepared`: their spool payload and
+        Arrow table when the compiled path made them. Returns the spool seq, 0 if dropped."""
 
         def admit() -> None:
             if records:
@@ -448,7 +452,7 @@ class App:
                     raise _FlowLogGone()
 
         try:
-            return self.pipeline.submit(records, admit=admit)
+            return self.pipeline.submit(records, prepared, admit=admit)
         except _FlowLogGone:
             return 0
 

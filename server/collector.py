@@ -1,9 +1,16 @@
 """The NetFlow v5 / v9 / IPFIX collector: a UDP port feeding decoded flows into the record pipeline.
 
     UDP socket ──> receiver thread: Decoder (server.sources) ──> attribution (AccountIndex)
-                                         │ per flow log, batches of rows (≤ batch_records or ≤ 50 ms old)
+                                         │ per flow log, the flow tuples and their directions
+                                         │ (≤ batch_records or ≤ 50 ms old)
                                          ▼ bounded queue
-                   submit thread: the Ingest rules (server.core.ingest.accept_columns) ──> Pipeline.submit
+                   submit thread: the Ingest rules (server.core.ingest.accept_flows) ──> Pipeline.submit
+
+No Python object is made per flow past the decoder's tuple: attribution appends the tuple itself
+and a direction byte per flow log it goes to, and the compiled path (server/native/_fastingest.c,
+accept_flows) checks the batch, makes the record ids, the records, the spool's payload and its
+Arrow buffers in one call, with the GIL released for the checks and hashing; a batch it is not sure
+of takes the Python path (server.core.ingest.accept_columns), which rejects the bad flows by name.
 
 One port takes all three versions (the decoder tells them apart by the version field). The
 exporter's account comes from `collector.exporters` (exporter address or CIDR -> account); without
@@ -30,19 +37,22 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from server.core.model import FlowLog, FlowRecord, Resource
+from server.pipeline.spool_codec import MAX_BATCH_RECORDS
 from server.sources import Decoder, Limits
-from server.sources.attribution import AccountIndex
+from server.sources.attribution import AccountIndex, Group
 from server.sources.flows import COUNTER_HELP
 
 log = logging.getLogger("flowlog.collector")
 
 ListFlowLogs = Callable[[], Sequence[tuple[FlowLog, Resource]]]
-# (flow log, 16 Ingest columns + sampling rates) -> (accepted records, rejections); the Ingest use case
-Accept = Callable[[FlowLog, Sequence[Sequence], int], tuple[list[FlowRecord], list]]
-Submit = Callable[[list[FlowRecord]], int]
+# (flow log, Flow tuples, their directions) -> (accepted records, rejections, prepared spool payload and
+# Arrow table or None): the Ingest rules, server.core.ingest.accept_flows
+Accept = Callable[[FlowLog, list, bytes], tuple[list[FlowRecord], list, Any]]
+# (records of one flow log, prepared or None) -> spool seq (0: dropped, the flow log is gone)
+Submit = Callable[[list[FlowRecord], Any], int]
 
 COLLECTOR_COUNTER_HELP: dict[str, str] = {
     "unknown_exporter": "datagrams dropped: the exporter is not in collector.exporters (server with API keys)",
@@ -285,7 +295,7 @@ class Collector:
         sock = self._sock
         assert sock is not None
         recv = sock.recvfrom
-        groups: dict[str, list] = {}
+        groups: dict[str, Group] = {}
         pending = 0
         first_at = 0.0
         empty = AccountIndex(())
@@ -323,9 +333,9 @@ class Collector:
         self._queue.put(None)
 
     def _take(
-        self, data: bytes, addr: tuple, now: float, groups: dict[str, list], empty: AccountIndex, pending: int
+        self, data: bytes, addr: tuple, now: float, groups: dict[str, Group], empty: AccountIndex, pending: int
     ) -> int:
-        """Decode one datagram and attribute its flows into `groups`; the rows now pending.
+        """Decode one datagram and attribute its flows into `groups`; the records now pending.
 
         Templates are kept per transport session, the exporter's address and source port (RFC
         7011 section 10.3.1: a restarted exporter, on a new port, starts afresh, without the
@@ -347,12 +357,12 @@ class Collector:
                 self.counts["unattributed"] += missed
         return sum(map(len, groups.values()))
 
-    def _hand_over(self, groups: dict[str, list], index_of: dict[str, AccountIndex]) -> None:
+    def _hand_over(self, groups: dict[str, Group], index_of: dict[str, AccountIndex]) -> None:
         batch = []
-        for fid, rows in groups.items():
+        for fid, group in groups.items():
             fl = next((ix.flow_logs[fid] for ix in index_of.values() if fid in ix.flow_logs), None)
             if fl is not None:
-                batch.append((fl, rows))
+                batch.append((fl, group))
         while not self._stop.is_set():
             try:
                 self._queue.put(batch, timeout=0.2)
@@ -374,16 +384,16 @@ class Collector:
             end = batch is None
             # Whatever queued up while the last submit was waiting for its commit goes in one
             # submit per flow log (fewer, larger spool commits: the pipeline's group commit).
-            merged: dict[str, tuple[FlowLog, list]] = {}
+            merged: dict[str, tuple[FlowLog, Group]] = {}
             size = 0
             while batch:
-                for fl, rows in batch:
+                for fl, group in batch:
                     into = merged.get(fl.id)
                     if into is None:
-                        merged[fl.id] = (fl, list(rows))
+                        merged[fl.id] = (fl, group)
                     else:
-                        into[1].extend(rows)
-                    size += len(rows)
+                        into[1].extend(group)
+                    size += len(group)
                 if size >= self.MERGE_RECORDS:
                     break
                 try:
@@ -393,8 +403,11 @@ class Collector:
                 if batch is None:
                     end = True
                     break
-            for fl, rows in merged.values():
-                self._ingest(fl, rows)
+            for fl, group in merged.values():
+                for i in range(0, len(group), MAX_BATCH_RECORDS):  # one spool batch each
+                    self._ingest(
+                        fl, group.flows[i : i + MAX_BATCH_RECORDS], group.directions[i : i + MAX_BATCH_RECORDS]
+                    )
             if end:
                 break
             now = time.monotonic()
@@ -405,17 +418,17 @@ class Collector:
                 next_log = now + self.status_log_seconds
                 log.info("collector status", extra=self.status())
 
-    def _ingest(self, fl: FlowLog, rows: list) -> None:
-        cols = list(zip(*rows))
+    def _ingest(self, fl: FlowLog, flows: list, directions: bytes) -> None:
         try:
-            ok, bad = self._accept(fl, cols, 0)
+            ok, bad, prepared = self._accept(fl, flows, bytes(directions))
             if ok:
-                self._submit(ok)
+                self._submit(ok, prepared)
         except Exception as e:  # noqa: BLE001 - a refused batch is counted, the collector goes on
             with self._lock:
-                self.counts["dropped"] += len(rows)
+                self.counts["dropped"] += len(flows)
             log.warning(
-                "collector batch not spooled", extra={"flow_log_id": fl.id, "records": len(rows), "error": str(e)[:200]}
+                "collector batch not spooled",
+                extra={"flow_log_id": fl.id, "records": len(flows), "error": str(e)[:200]},
             )
             return
         with self._lock:

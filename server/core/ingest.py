@@ -20,9 +20,10 @@ from typing import Any, Iterable, Sequence
 
 from server.core import rules
 from server.core.attribution import AddressMatcher
+from server.core.columns import table_of_buffers
 from server.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from server.core.model import RECORD_VERSION, FlowLog, FlowLogState, FlowRecord, RuleKind
-from server.core.ports import MetadataStore
+from server.core.ports import CompiledIngest, MetadataStore
 from server.core.records import (
     MAX_FUTURE_MS,
     MAX_PAST_MS,
@@ -314,6 +315,45 @@ def accept_columns(
             ),
         )
     ), []
+
+
+# A record of the collector is OK with no rule (an exporter does not say which rule decided).
+_LOG_STATUS_OK = 1
+
+
+def accept_flows(
+    fl: FlowLog, flows: list[tuple[Any, ...]], directions: bytes, now_ms: int, compiled: CompiledIngest | None = None
+) -> tuple[list[FlowRecord], list[Rejection], tuple[bytes, Any] | None]:
+    """The collector's decoded flows of one flow log as Ingest would store them: (records,
+    rejections, prepared). `flows` are server.sources.flows.Flow tuples, `directions` one
+    Direction number per flow (attribution's). Each flow is the record an Ingest client would
+    send with the same values, no rule, log_status OK; the same checks apply and the same
+    record_id results. The compiled path takes the batch when every flow passes and gives the
+    spool's payload and Arrow table with the records (`prepared`, for RecordPipeline.submit);
+    otherwise accept_columns decides, rejecting the bad flows with their reasons."""
+    if not flows:
+        return [], [], None
+    head = stored_head(fl)
+    if compiled is not None:
+        got = compiled.accept_flows(flows, directions, head, FlowRecord, now_ms)
+        if got is not None:
+            ok, raw, buffers = got
+            return ok, [], (raw, table_of_buffers(len(ok), head, buffers))
+    src, dst, sport, dport, proto, pkts, nbytes, start, end, flags, action, sampling = map(list, zip(*flows))
+    n = len(flows)
+    empty = [""] * n
+    cols = [
+        *(empty, empty, empty),
+        *(src, dst, sport, dport, proto, pkts, nbytes, start, end, action),
+        [_LOG_STATUS_OK] * n,
+        list(directions),
+        flags,
+        empty,
+        [0] * n,
+        sampling,
+    ]
+    ok, bad = accept_columns(fl, cols, 0, now_ms)
+    return ok, bad, None
 
 
 def _zone_hint(text: str) -> str:

@@ -33,6 +33,23 @@ def admits(traffic_type: int, action: int) -> bool:
 _ADMITTED = {t: frozenset(a for a in (_ACCEPT, _REJECT) if admits(t, a)) for t in TrafficType}
 
 
+class Group:
+    """The flows going to one flow log, and the direction (a Direction number) of each there."""
+
+    __slots__ = ("flows", "directions")
+
+    def __init__(self) -> None:
+        self.flows: list[tuple] = []
+        self.directions = bytearray()
+
+    def __len__(self) -> int:
+        return len(self.flows)
+
+    def extend(self, other: "Group") -> None:
+        self.flows.extend(other.flows)
+        self.directions.extend(other.directions)
+
+
 class AccountIndex:
     """The ACTIVE flow logs of one account, findable by address.
 
@@ -65,81 +82,41 @@ class AccountIndex:
             return ()
         return tuple(fl for matcher, fls in self._resources if matcher.contains(address) for fl in fls)
 
-    def attribute(self, flows: Sequence[tuple], groups: dict[str, list], status_ok: int = 1) -> int:
-        """Append each flow's Ingest row (server.core.ingest.accept's 19 fields: no rule id or kind,
-        an exporter does not say which rule decided; its sampling rate) to groups[flow_log_id];
-        returns how many flows went nowhere."""
+    def attribute(self, flows: Sequence[tuple], groups: dict[str, Group]) -> int:
+        """Add each flow (a server.sources.flows.Flow tuple, kept as it is: no row is built per
+        flow) to groups[flow_log_id] with its direction, once per flow log it goes to; returns how
+        many flows went nowhere."""
         cache = self._targets
         targets = self._targets_of
         missed = 0
-        for src, dst, sport, dport, proto, pkts, octets, start, end, flags, action, rate in flows:
-            hit = False
-            into = cache.get(dst)
+        for f in flows:
+            into = cache.get(f[1])
             if into is None:
-                into = targets(dst)
-            if into:
-                for fid, actions in into:
-                    if action in actions:
-                        hit = True
-                        rows = groups.get(fid)
-                        if rows is None:
-                            rows = groups[fid] = []
-                        rows.append(
-                            (
-                                "",
-                                "",
-                                "",
-                                src,
-                                dst,
-                                sport,
-                                dport,
-                                proto,
-                                pkts,
-                                octets,
-                                start,
-                                end,
-                                action,
-                                status_ok,
-                                INGRESS,
-                                flags,
-                                "",
-                                0,
-                                rate,
-                            )
-                        )
-            out = cache.get(src)
+                into = targets(f[1])
+            out = cache.get(f[0])
             if out is None:
-                out = targets(src)
-            if out:
-                for fid, actions in out:
-                    if action in actions:
-                        hit = True
-                        rows = groups.get(fid)
-                        if rows is None:
-                            rows = groups[fid] = []
-                        rows.append(
-                            (
-                                "",
-                                "",
-                                "",
-                                src,
-                                dst,
-                                sport,
-                                dport,
-                                proto,
-                                pkts,
-                                octets,
-                                start,
-                                end,
-                                action,
-                                status_ok,
-                                EGRESS,
-                                flags,
-                                "",
-                                0,
-                                rate,
-                            )
-                        )
+                out = targets(f[0])
+            if not (into or out):
+                missed += 1
+                continue
+            action = f[10]
+            hit = False
+            for fid, actions in into:
+                if action in actions:
+                    hit = True
+                    g = groups.get(fid)
+                    if g is None:
+                        g = groups[fid] = Group()
+                    g.flows.append(f)
+                    g.directions.append(INGRESS)
+            for fid, actions in out:
+                if action in actions:
+                    hit = True
+                    g = groups.get(fid)
+                    if g is None:
+                        g = groups[fid] = Group()
+                    g.flows.append(f)
+                    g.directions.append(EGRESS)
             if not hit:
                 missed += 1
         return missed

@@ -4,7 +4,6 @@ the records a test sent."""
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from dataclasses import dataclass
 
@@ -12,6 +11,7 @@ import pytest
 
 from clients.client import FlowLogClient
 from tests.e2e.conftest import KEY_A, KEY_B, ServerProcess, start_server
+from tests.waiting import wait_for
 
 REGION = "bj"
 PROJECT = "netflow"
@@ -87,14 +87,17 @@ def records(c: FlowLogClient, store: str, since: str = "2h") -> list:
 def wait_records(c: FlowLogClient, store: str, n: int, timeout: float = 60, since: str = "2h") -> list:
     """The store's records once there are at least n (the caller compares them with what it sent:
     an extra record is a failure there)."""
-    deadline = time.monotonic() + timeout
     got: list = []
-    while time.monotonic() < deadline:
-        got = records(c, store, since)
-        if len(got) >= n:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"{store}: {len(got)} records after {timeout}s, expected {n}")
+
+    def enough() -> bool:
+        got[:] = records(c, store, since)
+        return len(got) >= n
+
+    try:
+        wait_for(enough, f"{n} records in {store}", timeout, step=0.2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {len(got)} came") from None
+    return got
 
 
 def send(port: int, datagrams: list[bytes], source: str = "127.0.0.1") -> None:

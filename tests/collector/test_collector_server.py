@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.collector import datagrams as d
 from tests.collector.conftest import KEY_B, ROOT_DIR, records, resource_with_flow_logs, send, wait_records
+from tests.waiting import wait_for
 
 FIELDS = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (2, 4), (1, 4), (152, 8), (153, 8), (89, 1)]
 FORWARDED, DROPPED = 0x40, 0x80
@@ -128,47 +129,40 @@ def wait_inventory(collector) -> None:
 
 def wait_status(collector, cond, timeout: float = 30) -> dict:
     """The collector's counters as `flowlog collector status --json` prints them, once cond holds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
+    last: dict = {}
+
+    def matched() -> dict | None:
         out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "clients.cli",
-                "collector",
-                "status",
-                "--data-dir",
-                str(collector.server.data_dir),
-                "--json",
-            ],
+            [sys.executable, "-m", "clients.cli", "collector", "status", "--data-dir", str(collector.server.data_dir)]
+            + ["--json"],
             cwd=ROOT_DIR,
             capture_output=True,
             text=True,
         )
         if out.returncode == 0:
-            last = json.loads(out.stdout)["counters"]
+            last.update(json.loads(out.stdout)["counters"])
             if cond(last):
-                return last
-        time.sleep(0.3)
-    raise AssertionError(f"collector status never matched: {last}")
+                return dict(last)
+        return None
+
+    try:
+        return wait_for(matched, "the collector status to match", timeout, step=0.1)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; last counters: {last}") from None
 
 
 def test_health_and_status(collector):
     with grpc.insecure_channel(collector.server.address) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
-        deadline = time.monotonic() + 30
-        while True:
+
+        def serving() -> bool:
             try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(service="flowlog.collector"), timeout=2).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    break
+                got = stub.Check(health_pb2.HealthCheckRequest(service="flowlog.collector"), timeout=2).status
             except grpc.RpcError:
-                pass
-            assert time.monotonic() < deadline, "flowlog.collector never SERVING"
-            time.sleep(0.2)
+                return False
+            return got == health_pb2.HealthCheckResponse.SERVING
+
+        wait_for(serving, "flowlog.collector SERVING")
     send(collector.udp_port, [b"\x00\x0a\x00\x30garbage"])
     status = wait_status(collector, lambda s: s["malformed"] >= 1)
     assert status["datagrams"] >= 1

@@ -31,6 +31,7 @@ import pytest
 from tests.collector import pcap
 from tests.collector.conftest import records, resource_with_flow_logs, wait_records
 from tests.collector.test_collector_server import wait_inventory
+from tests.waiting import wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import flowlog_services  # noqa: E402
@@ -134,22 +135,22 @@ def run_softflowd(tmp: Path, pcap_path: Path, frames: int, port: int, version: s
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def read_the_file() -> bool:
             out = subprocess.run([tool("softflowctl"), "-c", str(ctl), "statistics"], capture_output=True, text=True)
-            if (
-                out.returncode == 0
-                and _stat(out.stdout, "Packets processed")
+            if out.returncode == 0 and (
+                _stat(out.stdout, "Packets processed")
                 + _stat(out.stdout, "Ignored packets")
                 + max(0, _stat(out.stdout, "Packets non-sampled"))
                 >= frames
             ):
-                break
+                return True
             if proc.poll() == 0:  # it read the whole file, exported and shut down by itself
-                break
+                return True
             assert proc.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, f"softflowd never read the file: {out.stdout}{out.stderr}"
-            time.sleep(0.1)
+            return False
+
+        wait_for(read_the_file, "softflowd to read the whole pcap", 20, step=0.1)
         # it may have shut down by itself at the end of the file ("Shutting down after pcap EOF")
         subprocess.run([tool("softflowctl"), "-c", str(ctl), "shutdown"], capture_output=True)
         assert proc.wait(30) == 0, log.read_text(errors="replace")
@@ -263,11 +264,12 @@ def test_pmacct_nfprobe_live_on_a_veth(collector, tmp_path, veth, version, n):
         [tool("pmacctd"), "-f", str(conf)], stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 20
-        while "link type is" not in log.read_text(errors="replace"):
+
+        def capturing() -> bool:
             assert proc.poll() is None, log.read_text(errors="replace")
-            assert time.monotonic() < deadline, "pmacctd never started capturing:\n" + log.read_text(errors="replace")
-            time.sleep(0.1)
+            return "link type is" in log.read_text(errors="replace")
+
+        wait_for(capturing, "pmacctd to start capturing", 20, step=0.1)
         t_start = time.time_ns() // 1_000_000
         subprocess.run(
             ["ip", "netns", "exec", ns, tool("tcpreplay"), "-q", "-i", there, str(tmp_path / "flows.pcap")],

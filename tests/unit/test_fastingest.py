@@ -700,3 +700,110 @@ def test_wire_encoders_take_their_field_numbers_from_the_proto_descriptor():
 
     want = sorted((f.name, f.number) for f in record_pb2.FlowRecord.DESCRIPTOR.fields)
     assert sorted((name, number) for name, number, _ in wire._FIELDS) == want
+
+
+# -- the collector's flows (accept_flows) ------------------------------------------------------------
+
+
+def _flows(rnd: random.Random, n: int) -> tuple[list[tuple], bytes]:
+    """Decoded flows (server.sources.flows.Flow tuples) as the decoder makes them, and directions."""
+    out = []
+    for i in range(n):
+        if rnd.random() < 0.2:
+            src, dst = f"2001:db8::{rnd.randrange(1, 0xFFFF):x}", f"2001:db8:1::{rnd.randrange(1, 0xFFFF):x}"
+        else:
+            src, dst = f"198.51.100.{rnd.randrange(1, 255)}", f"10.200.{rnd.randrange(256)}.{rnd.randrange(1, 255)}"
+        start = NOW - rnd.randrange(1000, 3_600_000)
+        pkts = rnd.randrange(0, 50)
+        out.append(
+            (
+                src,
+                dst,
+                rnd.randrange(65536),
+                rnd.choice((0, 80, 443)),
+                rnd.choice((6, 17, 1)),
+                pkts,
+                pkts * rnd.randrange(40, 1500),
+                start,
+                start + rnd.randrange(0, 60_000),
+                rnd.randrange(0x1000),
+                rnd.choice((1, 2)),
+                rnd.choice((0, 1, 100, 2**31 - 1)),
+            )
+        )
+    return out, bytes(rnd.choice((1, 2)) for _ in range(n))
+
+
+def _python_flows(flows: list[tuple], directions: bytes):
+    from server.core.ingest import accept_flows
+
+    return accept_flows(FL, flows, directions, NOW, None)
+
+
+@pytestmark_fast
+@pytest.mark.parametrize("seed", range(5))
+def test_accept_flows_makes_the_records_the_python_path_makes(seed):
+    import marshal
+
+    from server.core.columns import table_of, table_of_buffers
+    from server.core.ingest import accept_flows
+    from server.pipeline import spool_codec
+
+    flows, directions = _flows(random.Random(seed), 700)
+    want, bad, prepared = _python_flows(flows, directions)
+    assert bad == [] and prepared is None
+    got = fast.accept_flows(flows, directions, HEAD, FlowRecord, NOW)
+    assert got is not None
+    records, raw, buffers = got
+    assert records == want and all(type(r) is FlowRecord for r in records)
+    assert [type(v) for v in records[0]] == [type(v) for v in want[0]]
+    cols = [list(c) for c in zip(*want)]
+    assert raw == marshal.dumps(tuple(cols[i] for i in spool_codec._VALUE_IDX), 2)
+    assert table_of_buffers(len(records), HEAD, buffers).equals(table_of(want))
+    ok, bad, prepared = accept_flows(FL, flows, directions, NOW, fast)  # what the collector calls
+    assert ok == want and bad == [] and prepared is not None and prepared[1].equals(table_of(want))
+
+
+FLOW_EDITS = [
+    ("start in the future", 7, NOW + 400_000),
+    ("start zero", 7, 0),
+    ("window over a day", 8, NOW - 60_000 + 86_400_001),
+    ("end before start", 8, NOW - 120_000),
+    ("more packets than bytes", 5, 10**9),
+    ("sampling too large", 11, 2**31),
+    ("negative port", 2, -1),
+    ("port too large", 3, 65536),
+    ("flags past 12 bits", 9, 0x1000),
+    ("not an address", 0, "10.0.0.256"),
+    ("IPv6 to IPv4", 0, "2001:db8::1"),
+    ("a float", 5, 1.0),
+    ("not ASCII", 1, "١٠.0.0.1"),
+    ("action unknown", 10, 3),
+]
+
+
+@pytestmark_fast
+@pytest.mark.parametrize("what,field,value", FLOW_EDITS, ids=[e[0] for e in FLOW_EDITS])
+def test_a_flow_it_is_not_sure_of_leaves_the_batch_to_the_python_path(what, field, value):
+    flows, directions = _flows(random.Random(9), 40)
+    f = list(flows[17])
+    f[0], f[1], f[7], f[8] = "198.51.100.1", "10.200.0.1", NOW - 60_000, NOW - 59_000
+    f[field] = value
+    flows[17] = tuple(f)
+    assert fast.accept_flows(flows, directions, HEAD, FlowRecord, NOW) is None
+    ok, bad, prepared = _python_flows(flows, directions)
+    if what == "a float":  # the Python path stores what it is given; the compiled one only takes ints
+        assert bad == [] and len(ok) == 40
+        return
+    assert [r.index for r in bad] == [17] and len(ok) == 39 and prepared is None
+
+
+@pytestmark_fast
+def test_accept_flows_takes_a_missing_direction_only_from_attribution():
+    flows, directions = _flows(random.Random(3), 10)
+    assert fast.accept_flows(flows, bytes(10), HEAD, FlowRecord, NOW) is None  # 0: attribution always says
+    with pytest.raises(ValueError, match="one byte per flow"):
+        fast.accept_flows(flows, directions[:5], HEAD, FlowRecord, NOW)
+    with pytest.raises(TypeError):
+        fast.accept_flows(tuple(flows), directions, HEAD, FlowRecord, NOW)
+    assert fast.accept_flows([], b"", HEAD, FlowRecord, NOW)[0] == []
