@@ -835,7 +835,7 @@ static PyObject *stored_rows(const rec *records, Py_ssize_t n, PyObject *head, P
     PyObject *list = PyList_New(n);
     if (!list) return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        rec *o = &records[i];
+        const rec *o = &records[i];
         PyObject *row = type->tp_alloc(type, ROW_N);
         if (!row) goto fail;
         PyList_SET_ITEM(list, i, row);
@@ -1133,6 +1133,212 @@ done:
     return out;
 }
 
+
+/* ---- the collector's decoder: fixed-length data records -> Flow tuples --------------------- */
+
+/* Information elements a Flow is made of, in the order of the spec server/sources/layout.py
+ * writes (NATIVE_ROLES there): each has an offset in the record and a length, or -1. */
+enum {
+    R_SRC4, R_SRC6, R_DST4, R_DST6, R_SPORT, R_DPORT, R_PROTO, R_PKTS, R_PKTS_TOTAL, R_OCTETS, R_OCTETS_TOTAL,
+    R_FLAGS, R_FWD, R_SAMPLING, R_SAMPLER_RANDOM, R_PKT_INTERVAL, R_PKT_SPACE, R_SELECTOR_ID, R_SAMPLER_ID,
+    R_INIT_MS, R_START_MS, R_START_S, R_START_US, R_START_NS, R_START_UPTIME, R_START_DELTA, R_END_MS, R_END_S,
+    R_END_US, R_END_NS, R_END_UPTIME, R_END_DELTA, R_DURATION_MS, R_DURATION_US, R_COUNT
+};
+
+typedef struct {
+    int32_t size, ipfix, off[R_COUNT], len[R_COUNT];
+} flow_spec;
+
+#define HAS(r) (sp->off[r] >= 0)
+
+static uint64_t rd_be(const uint8_t *p, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) v = (v << 8) | p[i];
+    return v;
+}
+
+#define NTP_EPOCH_OFFSET_S 2208988800LL
+#define TIME_LIMIT (1LL << 61) /* beyond: the Python path (its ints do not overflow) */
+
+static int fits(uint64_t v) { return v < (uint64_t)TIME_LIMIT; }
+
+/* layout.py's when(): the time of one end, 0 = none of its elements; *ok = 0 when out of range. */
+static int flow_when(const flow_spec *sp, const uint8_t *r, int ms, int s, int us, int ns, int up, int delta,
+                     int64_t E, int64_t U, int64_t init, int64_t *out, int *ok) {
+    uint64_t v;
+    if (sp->off[ms] >= 0) {
+        v = rd_be(r + sp->off[ms], sp->len[ms]);
+        if (!fits(v)) *ok = 0;
+        *out = (int64_t)v;
+    } else if (sp->off[us] >= 0 || sp->off[ns] >= 0) {
+        int k = sp->off[us] >= 0 ? us : ns;
+        v = rd_be(r + sp->off[k], sp->len[k]);
+        *out = ((int64_t)(v >> 32) - NTP_EPOCH_OFFSET_S) * 1000 + (int64_t)(((v & 0xFFFFFFFFULL) * 1000) >> 32);
+    } else if (sp->off[s] >= 0) {
+        v = rd_be(r + sp->off[s], sp->len[s]);
+        if (v >= (uint64_t)TIME_LIMIT / 1000) *ok = 0;
+        *out = (int64_t)v * 1000;
+    } else if (sp->off[up] >= 0) {
+        v = rd_be(r + sp->off[up], sp->len[up]);
+        if (!fits(v)) *ok = 0;
+        if (!sp->ipfix) /* NetFlow v9: ms of sysUpTime; the difference to the header's, signed 32 bits */
+            *out = E - ((int64_t)(((uint64_t)U - v + 0x80000000ULL) & 0xFFFFFFFFULL) - 0x80000000LL);
+        else
+            *out = init + (int64_t)v;
+    } else if (sp->off[delta] >= 0) {
+        v = rd_be(r + sp->off[delta], sp->len[delta]);
+        *out = E - (int64_t)(v / 1000);
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *flow_int(int64_t v) { return PyLong_FromLongLong(v); }
+
+PyDoc_STRVAR(extract_doc,
+"extract(body, spec, E, U, I, S) -> list of Flow tuples, or None\n\n"
+"server/sources/layout.py's generated extract() for a template of fixed-length fields, in C: the\n"
+"flows of one data set's records (trailing padding ignored). spec: Layout.native (record size,\n"
+"IPFIX or not, then offset and length of each element of NATIVE_ROLES, -1 when absent). E export\n"
+"time (ms), U sysUpTime (v9), I systemInitTimeMilliseconds (IPFIX; 0 unknown), S the sampling\n"
+"interval in force. None when not sure (a sampler id to look up, a time past 2**61): then the\n"
+"Python extract() decides, so both give the same flows (tests/collector/test_native_decoder.py).");
+
+static PyObject *fi_extract(PyObject *self, PyObject *args) {
+    Py_buffer body, spec_buf;
+    long long E, U, I, S;
+    if (!PyArg_ParseTuple(args, "y*y*LLLL:extract", &body, &spec_buf, &E, &U, &I, &S)) return NULL;
+    PyObject *out = NULL;
+    flow_spec spec;
+    const flow_spec *sp = &spec;
+    if (spec_buf.len != (Py_ssize_t)sizeof spec) {
+        PyErr_SetString(PyExc_ValueError, "spec must be Layout.native");
+        goto done;
+    }
+    memcpy(&spec, spec_buf.buf, sizeof spec);
+    if (spec.size <= 0 || (!HAS(R_SRC4) && !HAS(R_SRC6)) || (!HAS(R_DST4) && !HAS(R_DST6))) {
+        PyErr_SetString(PyExc_ValueError, "spec has no record size or no addresses");
+        goto done;
+    }
+    for (int k = 0; k < R_COUNT; k++)
+        if (spec.off[k] >= 0 && (spec.len[k] < 1 || spec.off[k] + spec.len[k] > spec.size)) {
+            PyErr_SetString(PyExc_ValueError, "spec places an element outside the record");
+            goto done;
+        }
+    if (!HAS(R_SAMPLING) && !HAS(R_SAMPLER_RANDOM) && !HAS(R_PKT_INTERVAL) && (HAS(R_SELECTOR_ID) || HAS(R_SAMPLER_ID))) {
+        out = Py_NewRef(Py_None); /* the interval is in the session's sampler table: Python's */
+        goto done;
+    }
+    Py_ssize_t n = body.len / spec.size;
+    PyObject *list = PyList_New(n);
+    if (!list) goto done;
+    const uint8_t *base = body.buf;
+    int start_from_uptime = HAS(R_START_UPTIME) && !HAS(R_START_MS) && !HAS(R_START_US) && !HAS(R_START_NS) &&
+                            !HAS(R_START_S);
+    int end_from_uptime = HAS(R_END_UPTIME) && !HAS(R_END_MS) && !HAS(R_END_US) && !HAS(R_END_NS) && !HAS(R_END_S);
+    int unknown_init = spec.ipfix && !HAS(R_INIT_MS) && start_from_uptime && end_from_uptime;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const uint8_t *r = base + i * spec.size;
+#define V(role) rd_be(r + spec.off[role], spec.len[role])
+        char src[INET6_ADDRSTRLEN], dst[INET6_ADDRSTRLEN];
+        size_t src_n, dst_n;
+        static const uint8_t ZERO4[4] = {0, 0, 0, 0};
+        /* an IPv6 flow in a template with both: the IPv4 field is 0.0.0.0 */
+        int src6 = HAS(R_SRC6) && (!HAS(R_SRC4) || !memcmp(r + spec.off[R_SRC4], ZERO4, 4));
+        int dst6 = HAS(R_DST6) && (!HAS(R_DST4) || !memcmp(r + spec.off[R_DST4], ZERO4, 4));
+        if (src6) {
+            if (!inet_ntop(AF_INET6, r + spec.off[R_SRC6], src, sizeof src)) goto unsure;
+            src_n = strlen(src);
+        } else {
+            src_n = ntop4(r + spec.off[R_SRC4], src);
+        }
+        if (dst6) {
+            if (!inet_ntop(AF_INET6, r + spec.off[R_DST6], dst, sizeof dst)) goto unsure;
+            dst_n = strlen(dst);
+        } else {
+            dst_n = ntop4(r + spec.off[R_DST4], dst);
+        }
+        uint64_t proto = HAS(R_PROTO) ? V(R_PROTO) : 0;
+        uint64_t sport = HAS(R_SPORT) ? V(R_SPORT) : 0, dport = HAS(R_DPORT) ? V(R_DPORT) : 0;
+        if (HAS(R_PROTO) && (proto == 1 || proto == 58)) sport = dport = 0; /* ICMP: no ports */
+        uint64_t pkts = HAS(R_PKTS) ? V(R_PKTS) : HAS(R_PKTS_TOTAL) ? V(R_PKTS_TOTAL) : 0;
+        uint64_t octets = HAS(R_OCTETS) ? V(R_OCTETS) : HAS(R_OCTETS_TOTAL) ? V(R_OCTETS_TOTAL) : 0;
+        uint64_t flags = HAS(R_FLAGS) ? V(R_FLAGS) & 0xFFF : 0;
+        uint64_t action = HAS(R_FWD) && ((V(R_FWD) & 0xFF) >> 6) == 2 ? 2 : 1;
+        int64_t sampling;
+        if (HAS(R_SAMPLING)) {
+            sampling = (int64_t)V(R_SAMPLING);
+        } else if (HAS(R_SAMPLER_RANDOM)) {
+            sampling = (int64_t)V(R_SAMPLER_RANDOM);
+        } else if (HAS(R_PKT_INTERVAL)) {
+            uint64_t a = V(R_PKT_INTERVAL);
+            sampling = (int64_t)(HAS(R_PKT_SPACE) ? (a ? (a + V(R_PKT_SPACE)) / a : 0) : a);
+            if (HAS(R_PKT_SPACE) && a && a + V(R_PKT_SPACE) < a) goto unsure; /* Python's ints do not wrap */
+        } else {
+            sampling = S;
+        }
+        if ((HAS(R_SAMPLING) || HAS(R_SAMPLER_RANDOM) || HAS(R_PKT_INTERVAL)) && sampling < 0) goto unsure;
+        int64_t init = HAS(R_INIT_MS) ? (int64_t)V(R_INIT_MS) : I;
+        if (HAS(R_INIT_MS) && !fits(V(R_INIT_MS))) goto unsure;
+        int ok = 1;
+        int64_t start = 0, end = 0;
+        int has_start = flow_when(sp, r, R_START_MS, R_START_S, R_START_US, R_START_NS, R_START_UPTIME,
+                                  R_START_DELTA, E, U, init, &start, &ok);
+        int has_end = flow_when(sp, r, R_END_MS, R_END_S, R_END_US, R_END_NS, R_END_UPTIME, R_END_DELTA, E, U, init,
+                                &end, &ok);
+        if (!ok) goto unsure;
+        if (unknown_init && !I) { /* relative to a system init time not told yet: end at the export time */
+            start = E - (int64_t)V(R_END_UPTIME) + (int64_t)V(R_START_UPTIME);
+            end = E;
+        }
+        int has_duration = HAS(R_DURATION_MS) || HAS(R_DURATION_US);
+        int64_t duration = 0;
+        if (HAS(R_DURATION_MS)) {
+            if (!fits(V(R_DURATION_MS))) goto unsure;
+            duration = (int64_t)V(R_DURATION_MS);
+        } else if (HAS(R_DURATION_US)) {
+            duration = (int64_t)(V(R_DURATION_US) / 1000);
+        }
+        if (!has_start && !has_end) {
+            start = end = E;
+        } else if (!has_start) {
+            start = has_duration ? end - duration : end;
+        } else if (!has_end) {
+            end = has_duration ? start + duration : start;
+        }
+#undef V
+        PyObject *t = PyTuple_New(FLOW_N);
+        if (!t) goto fail;
+        PyList_SET_ITEM(list, i, t);
+        PyObject *items[FLOW_N] = {
+            address_str(src, (uint8_t)src_n), address_str(dst, (uint8_t)dst_n),
+            PyLong_FromUnsignedLongLong(sport), PyLong_FromUnsignedLongLong(dport),
+            PyLong_FromUnsignedLongLong(proto), PyLong_FromUnsignedLongLong(pkts),
+            PyLong_FromUnsignedLongLong(octets), flow_int(start), flow_int(end),
+            PyLong_FromUnsignedLongLong(flags), PyLong_FromUnsignedLongLong(action), flow_int(sampling),
+        };
+        int bad = 0;
+        for (int k = 0; k < FLOW_N; k++) {
+            bad |= items[k] == NULL;
+            PyTuple_SET_ITEM(t, k, items[k]);
+        }
+        if (bad) goto fail;
+    }
+    out = list;
+    goto done;
+unsure:
+    Py_DECREF(list);
+    out = Py_NewRef(Py_None);
+    goto done;
+fail:
+    Py_DECREF(list);
+done:
+    PyBuffer_Release(&body);
+    PyBuffer_Release(&spec_buf);
+    return out;
+}
+
 PyDoc_STRVAR(blake2b_doc, "blake2b128_hex(data) -> str: hashlib.blake2b(data, digest_size=16).hexdigest()");
 
 static PyObject *fi_blake2b(PyObject *self, PyObject *args) {
@@ -1221,6 +1427,7 @@ static PyMethodDef methods[] = {
     {"split", fi_split, METH_VARARGS, split_doc},
     {"accept", fi_accept, METH_VARARGS, accept_doc},
     {"accept_flows", fi_accept_flows, METH_VARARGS, accept_flows_doc},
+    {"extract", fi_extract, METH_VARARGS, extract_doc},
     {"blake2b128_hex", fi_blake2b, METH_VARARGS, blake2b_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -21,6 +21,12 @@ from typing import Hashable
 from server.sources.flows import ACCEPT, Counters, Limits
 from server.sources.layout import VARIABLE, Field, Layout, _n4
 
+try:  # the compiled extract (server/native/_fastingest.c); without it, each Layout's Python one
+    from server.native.fastpath import compiled as _native
+except ImportError:  # pragma: no cover - the stubs are missing: only the pure decoder is used
+    _native = None
+_I64 = 2**63
+
 _V5_HEADER = struct.Struct("!HHIIIIBBH")
 _V5_RECORD = struct.Struct("!4s4s4x2x2xIIIIHHxBBx2x2x1x1x2x")
 _V9_HEADER = struct.Struct("!HHIIII")
@@ -76,8 +82,10 @@ class _Malformed(Exception):
 class Decoder:
     """Decodes datagrams of any number of exporters; `counters` says what happened."""
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, native: bool = True) -> None:
         self.limits = limits or Limits()
+        # native=False: always the generated Python extract (what the compiled one is tested against)
+        self._extract_c = _native.extract if native and _native is not None else None
         self.counters = Counters()
         self.sessions: OrderedDict[tuple, Session] = OrderedDict()
         self._layouts: OrderedDict[tuple, Layout] = OrderedDict()
@@ -266,12 +274,18 @@ class Decoder:
 
     def _data(self, s: Session, t: _Template, body: memoryview, export_ms: int, uptime: int, out: list) -> None:
         layout = t.layout
-        rows = layout.records(body)
         if t.options:
-            self._options(s, layout, rows)
+            self._options(s, layout, layout.records(body))
             return
-        if layout.extract is not None:
-            out.extend(layout.extract(rows, export_ms, uptime, s.init_ms, s.sampling, s.samplers))
+        if layout.extract is None:
+            return
+        c = self._extract_c
+        if c is not None and layout.native is not None and -_I64 < s.init_ms < _I64 and -_I64 < s.sampling < _I64:
+            got = c(body, layout.native, export_ms, uptime, s.init_ms, s.sampling)
+            if got is not None:
+                out.extend(got)
+                return
+        out.extend(layout.extract(layout.records(body), export_ms, uptime, s.init_ms, s.sampling, s.samplers))
 
     def _options(self, s: Session, layout: Layout, rows) -> None:
         slots = layout.slots

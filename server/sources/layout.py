@@ -88,7 +88,7 @@ def used(f: Field) -> bool:
 class Layout:
     """One template's compiled form. `slots` maps a used IE to its index in the record tuples."""
 
-    __slots__ = ("fields", "struct", "size", "variable", "slots", "extract", "ipfix")
+    __slots__ = ("fields", "struct", "size", "variable", "slots", "extract", "ipfix", "native")
 
     def __init__(self, fields: tuple[Field, ...], ipfix: bool) -> None:
         self.fields = fields
@@ -112,6 +112,11 @@ class Layout:
             else sum(f.length for f in fields if f.length != VARIABLE) + sum(1 for f in fields if f.length == VARIABLE)
         )
         self.extract: Callable[..., list] | None = _compile_extract(self.slots, fields, ipfix)
+        # The same extraction in C (server/native/_fastingest.c, extract) for fixed-length records:
+        # where each used element sits in a record, as NATIVE_ROLES lists them.
+        self.native: bytes | None = None
+        if self.extract is not None and not self.variable:
+            self.native = _native_spec(fields, self.size, ipfix)
 
     def records(self, body: memoryview) -> list[tuple] | Any:
         """The record tuples of one data set's body (trailing padding ignored); raises ValueError
@@ -167,6 +172,28 @@ def _ntp_ms(v: int) -> int:
 def _u(v: Any) -> int:
     """A reduced-size unsigned integer read as bytes (lengths 3, 5, 6, 7)."""
     return int.from_bytes(v, "big")
+
+
+# The elements the compiled extract reads, in the order of its spec (the R_* roles of
+# server/native/_fastingest.c): addresses, ports, protocol, counters, flags, forwardingStatus,
+# sampling, systemInitTime, then start, end and duration in each representation.
+NATIVE_ROLES = (8, 27, 12, 28, 7, 11, 4, 2, 86, 1, 85, 6, 89, 34, 50, 305, 306, 302, 48, 160)
+NATIVE_ROLES += (152, 150, 154, 156, 22, 158, 153, 151, 155, 157, 21, 159, 161, 162)
+_SPEC = struct.Struct(f"=ii{len(NATIVE_ROLES)}i{len(NATIVE_ROLES)}i")
+
+
+def _native_spec(fields: tuple[Field, ...], size: int, ipfix: bool) -> bytes:
+    """The compiled extract's spec: record size, IPFIX or not, then the offset (-1: absent) and the
+    length of each NATIVE_ROLES element: its first used occurrence, as `slots` takes it."""
+    where: dict[int, tuple[int, int]] = {}
+    off = 0
+    for f in fields:
+        if used(f) and f.ie not in where:
+            where[f.ie] = (off, f.length)
+        off += f.length
+    offsets = [where[ie][0] if ie in where else -1 for ie in NATIVE_ROLES]
+    lengths = [where[ie][1] if ie in where else 0 for ie in NATIVE_ROLES]
+    return _SPEC.pack(size, int(ipfix), *offsets, *lengths)
 
 
 ICMP = frozenset({1, 58})
