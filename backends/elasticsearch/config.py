@@ -41,9 +41,10 @@ class ElasticsearchConfig:
         segments) or "true" (an explicit refresh of the touched indices right after the bulk:
         lowest latency, more small segments to merge).
     codec: "best_compression" (zstd stored fields: flow logs compress well) or "default".
-    index_sort: sort each index's segments by (start_time, record_id) descending, so that the
-        default newest-first query can stop early in big indices; costs ~10-25% of bulk+refresh
-        time. Applies to indices created after a change.
+    index_sort: sort each shared day index by (ls_key, start_time desc, record_id desc), so that a
+        LogStore's records are contiguous and newest first: a query of a few LogStores reads a
+        few runs of neighbouring documents instead of blocks scattered over the whole day. Costs
+        ~10-25% of bulk+refresh time. Applies to indices created after a change.
     request_timeout_s / max_retries: for every request; kept short so a down cluster surfaces as
         an error quickly instead of hanging a query.
     health_timeout_s: healthy() answers within about this long.

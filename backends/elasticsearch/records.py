@@ -310,10 +310,13 @@ class ElasticsearchRecordStore:
                 "codec": cfg.codec,
             }
             if cfg.index_sort:
-                # Newest-first is the default query: segments sorted that way let a top-N
-                # search stop early instead of visiting every matching document.
-                settings["sort.field"] = ["start_time", "record_id"]
-                settings["sort.order"] = ["desc", "desc"]
+                # Each LogStore's records contiguous, newest first: the default query (some
+                # LogStores, newest first) then reads a few runs of neighbouring documents. Sorted
+                # by time alone, one LogStore's newest 100 were scattered over as many compressed
+                # stored-field blocks: 88 ms against 10 ms this way (20 LogStores x 10k records in
+                # one index, this 2-core machine under load; README "Elasticsearch: shared ...").
+                settings["sort.field"] = ["ls_key", "start_time", "record_id"]
+                settings["sort.order"] = ["asc", "desc", "desc"]
             with _translate_errors("put index template"):
                 self._client.indices.put_index_template(
                     name=self.template_name,
