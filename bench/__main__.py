@@ -47,6 +47,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(PHASES), help="comma-separated: " + ",".join(PHASES))
     p.add_argument("--repeat", type=int, default=None, help="repeats of each ingest/generator run (default 2; quick 1)")
     p.add_argument("--query-reps", type=int, default=None, help="runs per query (default 20; quick 4)")
+    p.add_argument(
+        "--dataset-cache",
+        default=None,
+        help="aggregate phase: keep the generated embedded records files in this folder and reuse them",
+    )
     p.add_argument("--workdir", default=None, help="scratch folder (default: a new temp dir, removed at the end)")
     p.add_argument(
         "--write-results-md", action="store_true", help="also write bench/RESULTS.md for a --quick or partial run"
@@ -486,23 +491,24 @@ def main(argv: list[str] | None = None) -> int:
             from bench import aggregate as agg_bench
 
             res["aggregate"] = {}
+            cache = Path(args.dataset_cache) if args.dataset_cache else None
             label = "1M" if args.records == 1_000_000 else "small"
             big = "10M" if args.big == 10_000_000 else "big"
             if "embedded" in args.backends:
                 res["aggregate"][f"embedded-{label}"] = agg_bench.run_embedded(
-                    args.records, args.query_reps, workdir, label
+                    args.records, args.query_reps, workdir, label, cache
                 )
                 if args.big:
                     res["aggregate"][f"embedded-{big}"] = agg_bench.run_embedded(
-                        args.big, args.query_reps, workdir, big
+                        args.big, args.query_reps, workdir, big, cache
                     )
             if "elasticsearch" in args.backends:
                 res["aggregate"][f"elasticsearch-{label}"] = agg_bench.run_elasticsearch(
-                    args.records, args.query_reps, services, workdir, label
+                    args.records, args.query_reps, services, workdir, label, cache
                 )
                 if args.big:
                     res["aggregate"][f"elasticsearch-{big}"] = agg_bench.run_elasticsearch(
-                        args.big, args.query_reps, services, workdir, big
+                        args.big, args.query_reps, services, workdir, big, cache
                     )
         if "import" in args.only:
             from bench import import_aws

@@ -239,6 +239,11 @@ class Services:
         self._infos: dict[str, dict] = {}
 
     def get(self, name: str) -> dict:
+        external = os.environ.get("FLOWLOG_BENCH_ES_URL") if name == "es" else None
+        if external and name not in self._infos:
+            # an Elasticsearch started elsewhere (kept between runs with its data): not stopped here
+            log(f"using the Elasticsearch at {external} (FLOWLOG_BENCH_ES_URL)")
+            return {"service": "es", "url": external.rstrip("/"), "external": True}
         if name not in self._infos:
             fs = services_module()
             log(f"starting {name} (scripts/flowlog_services.py)")

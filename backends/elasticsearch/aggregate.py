@@ -49,7 +49,7 @@ from backends.elasticsearch.filter_dsl import ENUM_FIELDS, enum_number
 from server.core import aggregate as agg
 from server.core.errors import Unavailable
 
-PAGE = 10_000  # buckets per request: fewer round trips (search.max_buckets is 65,536)
+PAGE = 50_000  # buckets per request: fewer round trips (search.max_buckets is 65,536); 10,000 was ~1.5x slower
 EXACT_DOUBLE = 2**53
 TERMS_SHARD_SIZE = 65_536  # groups a shard may send for the terms top N (beyond: composite)
 _ENUM_TERMS = 256  # an enum kept as its name sorts by name, not number: ask for every value
