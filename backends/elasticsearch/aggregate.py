@@ -248,6 +248,23 @@ def _run_composite(q: agg.AggregateQuery, budget: agg.Budget, search: Search) ->
             held -= sum(len(x) for x in acc.sets)
         return agg.Group(gkey[0], gkey[1], (acc.count, *values))
 
+    # Keys are converted (addresses parsed, masked) once per distinct raw key, not per bucket:
+    # consecutive buckets share their group's raw key, and Elasticsearch writes an address one way.
+    names = [f"k{i}" for i in range(len(keys))]
+    current_raw: tuple[Any, ...] | None = None
+    memo: dict[tuple[Any, ...], tuple[int | None, agg.Key]] = {}
+
+    def convert(raw: tuple[Any, ...]) -> tuple[int | None, agg.Key]:
+        gkey = memo.get(raw)
+        if gkey is None:
+            if len(memo) >= PAGE:
+                memo.clear()
+            gkey = memo[raw] = (
+                int(raw[0]) if raw[0] is not None else None,
+                tuple(conv(v) for conv, v in zip(keys, raw[1:])),
+            )
+        return gkey
+
     after: dict[str, Any] | None = None
     while True:
         comp: dict[str, Any] = {"size": PAGE, "sources": sources}
@@ -256,15 +273,19 @@ def _run_composite(q: agg.AggregateQuery, budget: agg.Budget, search: Search) ->
         g = _ask(q, budget, search, {"g": {"composite": comp, **({"aggs": subs} if subs else {})}}).get("g", {})
         for b in g.get("buckets", []):
             k = b["key"]
-            bucket = int(k["b"]) if q.interval_ms else None
-            gkey = (bucket, tuple(conv(k[f"k{i}"]) for i, conv in enumerate(keys)))
+            raw = (k["b"] if q.interval_ms else None, *(k[n] for n in names))
             if streaming:
-                if current is None or current[0] != gkey:
-                    if current is not None:
-                        ranker.add(group(*current))
-                    current = (gkey, _Acc(ops, 0 if count_buckets else len(distinct)))
+                if raw != current_raw:
+                    current_raw = raw
+                    gkey = convert(raw)
+                    if current is None or current[0] != gkey:
+                        if current is not None:
+                            ranker.add(group(*current))
+                        current = (gkey, _Acc(ops, 0 if count_buckets else len(distinct)))
+                assert current is not None
                 acc = current[1]
             else:
+                gkey = convert(raw)
                 acc = accs.get(gkey)  # type: ignore[assignment]
                 if acc is None:
                     acc = accs[gkey] = _Acc(ops, 0 if count_buckets else len(distinct))
@@ -284,15 +305,16 @@ def _run_composite(q: agg.AggregateQuery, budget: agg.Budget, search: Search) ->
                 elif m.op == "max":
                     x = int(b["mx"]["value"])
                     acc.values[i] = x if acc.values[i] is None else max(acc.values[i], x)
+                elif count_buckets:
+                    if k[f"d{j}"] is not None:  # a value (not the bucket of records without one)
+                        acc.values[i] += 1
+                    j += 1
                 else:
                     d = dconv[j](k[f"d{j}"])
                     if d is not None:
-                        if count_buckets:
-                            acc.values[i] += 1
-                        else:
-                            before = len(acc.sets[j])
-                            acc.sets[j].add(d)
-                            held += len(acc.sets[j]) - before
+                        before = len(acc.sets[j])
+                        acc.sets[j].add(d)
+                        held += len(acc.sets[j]) - before
                     j += 1
             if q.max_groups and held > q.max_groups:
                 raise agg.too_many_groups(q)
