@@ -54,9 +54,11 @@ def write_flow_log_file(
     with gzip.open(path, "wt", compresslevel=6) as f:
         f.write(header + "\n")
         out = []
+        last_nodata = -1  # (several in one window would be one record: the same record id)
         for i in range(lines):
             window = start_s + (i * 3600 // lines) // 60 * 60
-            if i % 5000 == 4999:
+            if i % 5000 == 4999 and window != last_nodata:  # one NODATA line per window, as AWS writes them
+                last_nodata = window
                 row = f"2 123456789012 eni-0a1b2c3d4e5f67890 - - - - - - - {window} {window + 60} - NODATA"
                 out.append(row + (" -" if direction else ""))
             else:
