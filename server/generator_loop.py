@@ -297,11 +297,9 @@ class GeneratorLoop:
             del self._leased[flow_log_id]
 
         wms = self.window_ms
-        records = windows = failures = 0
-        commits: list[tuple[str, int, int]] = []
+        owed: list[tuple[int, str]] = []
         for flow_log_id in sorted(held):
             lease = held[flow_log_id]
-            flow_log, resource = active[flow_log_id]
             known = self._leased.get(flow_log_id)
             if known is None:  # just acquired: go on where the last owner committed, or start afresh
                 next_start = first_window(
@@ -309,15 +307,28 @@ class GeneratorLoop:
                 )
             else:
                 next_start = known[1]
-            due = self._due(flow_log, next_start, latest)
+            due = self._due(active[flow_log_id][0], next_start, latest)
             self._leased[flow_log_id] = (lease.epoch, due.next_ms)
-            if due.start_ms is None:
-                continue
-            n = self._deliver(flow_log, resource, due.start_ms)
+            if due.start_ms is not None:
+                owed.append((due.start_ms, flow_log_id))
+        # The most overdue first, and no longer than a renewal interval: a slow sink (back-pressure)
+        # must not keep the leases from being renewed. What is left is owed to the next tick,
+        # which starts at once (behind) and renews first.
+        owed.sort()
+        budget_end = now_ms + renew_interval_ms(ttl)
+        records = windows = failures = 0
+        out_of_time = False
+        commits: list[tuple[str, int, int]] = []
+        for i, (start, flow_log_id) in enumerate(owed):
+            if i and self._clock() >= budget_end:
+                out_of_time = True
+                break
+            flow_log, resource = active[flow_log_id]
+            n = self._deliver(flow_log, resource, start)
             if n is None:
                 failures += 1
                 continue
-            commits.append((flow_log_id, lease.epoch, due.start_ms + wms))
+            commits.append((flow_log_id, held[flow_log_id].epoch, start + wms))
             records += n
             windows += 1
         if commits:
@@ -336,5 +347,5 @@ class GeneratorLoop:
                         "the same records again",
                         extra={"flow_log_id": flow_log_id, "window_start_ms": next_start - wms},
                     )
-        behind = any(next_start <= latest for _, next_start in self._leased.values())
+        behind = out_of_time or any(next_start <= latest for _, next_start in self._leased.values())
         return TickResult(records, windows, failures, behind)

@@ -252,3 +252,34 @@ def test_three_replicas_split_the_flow_logs_and_a_dead_ones_move_without_gap_or_
             copies = [x for x in by_replica if x]
             assert len(copies) == 2 and copies[0] == copies[1]
             assert copies[0] == sorted(r.record_id for r in generate_window(fl, res, w, WINDOW, SEED))
+
+
+def test_a_slow_sink_does_not_keep_leases_from_being_renewed(stores):
+    """Each delivery takes a whole renewal interval (the clock moves in the sink): a tick stops
+    after its budget, says it is behind, and the next tick renews the leases before going on with
+    the rest; every flow log gets its window, the most overdue first."""
+    pairs, inventory = inventory_of(4)
+    clock = Clock(T0 + 3 * WINDOW + 1)
+    delivered: list[str] = []
+
+    def slow_sink(batch: list[FlowRecord]) -> None:
+        delivered.append(batch[0].flow_log_id)
+        clock.now += SEC  # a renewal interval of the 3-second TTL below
+
+    store = stores()
+    loop = GeneratorLoop(
+        inventory,
+        slow_sink,
+        window_seconds=WINDOW / 1000,
+        seed=SEED,
+        clock=clock,
+        leasing=Leasing(store, lambda: "slow", ttl_seconds=3),
+    )
+    results = [loop.run_once(clock.now)]
+    while results[-1].behind and len(results) < 10:
+        results.append(loop.run_once(clock.now))
+    assert sorted(delivered) == sorted(fl.id for fl, _ in pairs)
+    assert [r.windows for r in results] == [1, 1, 1, 1] and results[-1].behind is False
+    # Every tick renewed the leases: none expired although the whole run took longer than the TTL.
+    assert clock.now - (T0 + 3 * WINDOW + 1) > 3 * SEC
+    assert store.claim("other", [fl.id for fl, _ in pairs], clock.now, TTL) == []
