@@ -297,8 +297,7 @@ class ElasticsearchRecordStore:
     # -- writing -------------------------------------------------------------------------------
 
     def ensure_template(self) -> None:
-        """Put (or update) the composable index template `<prefix>-flows` and create the
-        registry; idempotent."""
+        """Put (or update) the composable index template `<prefix>-flows`; idempotent."""
         with self._template_lock:
             if self._template_ready:
                 return
@@ -325,7 +324,8 @@ class ElasticsearchRecordStore:
                     priority=100,
                     meta={"managed_by": "flowlog"},
                 )
-                self.registry.ensure()
+            # The registry is created by its first entry (a retention floor or a deletion), not
+            # here: the first write of a new deployment waits for one index creation, not two.
             self._template_ready = True
 
     def _ensure_days(self, days: Iterable[int]) -> None:

@@ -121,8 +121,9 @@ def es(es_service) -> Iterator[Es]:
 
 
 def test_500_log_stores_share_a_fixed_number_of_shards(es: Es):
-    """500 LogStores with records on 3 UTC days: 3 day indices + the registry, 1 primary each, 0
-    replicas: 4 shards (the first layout made 1,500). Every LogStore reads back its own records."""
+    """500 LogStores with records on 3 UTC days: 3 day indices, 1 primary each, 0 replicas: 3 shards
+    (the first layout made 1,500), 4 once retention or a deletion made the registry. Every
+    LogStore reads back its own records, and its retention floor is its own."""
     names = tuple(f"ls-{i:03d}" for i in range(500))
     records = [
         r
@@ -134,13 +135,18 @@ def test_500_log_stores_share_a_fixed_number_of_shards(es: Es):
         es.store.write(records[i : i + 1000])
 
     shards = es.shards()
-    assert len(shards) == 4, shards
+    assert len(shards) == 3, shards
     assert all(s["prirep"] == "p" for s in shards)
     assert len(es.indices(f"{es.prefix}-flows-*")) == 3
+    now = DAY0_MS + 2 * DAY_MS + HOUR_MS
+    for n in names[:250]:  # half of them keep only today (day 2)
+        es.store.enforce_retention(ACCOUNT, key(n), 0, now)
     used, bound = es.store.shard_usage()
     assert (used, bound) == (4, 900)
     health = es.raw("GET", f"/_cluster/health/{es.prefix}-*")
     assert health["active_shards"] == 4 and health["status"] == "green"
+    assert len(es.shards()) == 4
+    records = [r for r in records if r.log_store >= "ls-250" or r.start_time >= DAY0_MS + 2 * DAY_MS]
 
     assert es.store.count(query(names)) == len(records)
     for n in ("ls-000", "ls-137", "ls-499"):
@@ -149,18 +155,18 @@ def test_500_log_stores_share_a_fixed_number_of_shards(es: Es):
 
 
 def test_the_shard_budget_refuses_a_new_day_index_with_a_message_naming_the_setting(es_service):
-    with _open(es_service, max_shards=3) as e:
+    with _open(es_service, max_shards=2) as e:
         day = [
             make_records(ACCOUNT, REGION, PROJECT, "ls-a", 5, seed=d, first_ms=DAY0_MS + d * DAY_MS, span_ms=DAY_MS)
             for d in range(3)
         ]
         e.store.write(day[0])
-        e.store.write(day[1])  # 2 day indices + the registry: 3 shards, the bound
-        with pytest.raises(ShardBudgetExceeded, match=r"elasticsearch\.max_shards = 3") as exc:
+        e.store.write(day[1])  # 2 day indices: 2 shards, the bound
+        with pytest.raises(ShardBudgetExceeded, match=r"elasticsearch\.max_shards = 2") as exc:
             e.store.write(day[2])
         assert "retention_days" in str(exc.value)
         e.store.write(day[0][:2])  # the existing day indices still take records
-        assert len(e.shards()) == 3
+        assert len(e.shards()) == 2
         assert fetch(e.store, query(("ls-a",))) == expected(day[0] + day[1], query(("ls-a",)))
 
 
