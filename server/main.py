@@ -215,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
 
         check_listen_address(cfg)
         check_http_listen(cfg)
+        from server.app import REPLICA_DIRECTORIES, advertise_address
+
+        if cfg.metadata_backend in REPLICA_DIRECTORIES:
+            advertise_address(cfg, None)  # a wildcard --listen needs replica.advertise
     except ConfigError as e:
         print(f"flowlog-server: {e}", file=sys.stderr)
         return 2

@@ -296,3 +296,17 @@ def test_the_readmes_replica_settings_load_and_bad_ones_are_refused_naming_the_s
         _apply(cfg, {"replica": bad}, "")
         with pytest.raises(ConfigError, match=re.escape(setting)):
             cfg.validate()
+
+
+def test_the_address_other_replicas_dial_is_the_listen_address_unless_advertised():
+    from server.app import advertise_address
+    from server.config import Config, ConfigError
+
+    cfg = Config()
+    cfg.listen = "127.0.0.1:0"
+    assert advertise_address(cfg, 41234) == "127.0.0.1:41234"  # the port actually bound
+    cfg.listen = "0.0.0.0:50051"
+    with pytest.raises(ConfigError, match="replica.advertise"):
+        advertise_address(cfg, None)
+    cfg.replica.advertise = "10.0.0.5:50051"
+    assert advertise_address(cfg, 50051) == "10.0.0.5:50051"
