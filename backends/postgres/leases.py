@@ -4,6 +4,9 @@ Two tables of its own, created at open (CREATE ... IF NOT EXISTS under an adviso
 replicas starting together do not race on the catalogue):
 - `generator_replicas(replica_id, expires_ms)`: one heartbeat row per replica whose generator
   runs; a replica is live while its row has not expired. The fair share divides by their count.
+  (Not the replica directory of Tail, backends/postgres/replicas.py: a replica with
+  `generator.enabled: false` is in that directory but must not count here, or the others would
+  leave its share of flow logs ungenerated.)
 - `generator_leases(flow_log_id, owner, epoch, next_window_ms, expires_ms)`: at most one row per
   flow log, so at most one owner. A claim is `INSERT ... ON CONFLICT DO UPDATE ... WHERE the
   lease expired`: under READ COMMITTED PostgreSQL locks the row and re-checks the condition on

@@ -283,3 +283,33 @@ def test_a_slow_sink_does_not_keep_leases_from_being_renewed(stores):
     # Every tick renewed the leases: none expired although the whole run took longer than the TTL.
     assert clock.now - (T0 + 3 * WINDOW + 1) > 3 * SEC
     assert store.claim("other", [fl.id for fl, _ in pairs], clock.now, TTL) == []
+
+
+def test_no_backfill_with_leases_for_a_new_or_resumed_flow_log(stores):
+    """Leased, as on a single server: a flow log seen first starts at the latest finished window,
+    and one paused for a while starts afresh at the latest window when resumed (its lease was
+    dropped while paused), never with the windows of the pause."""
+    (pair,) = inventory_of(1)[0]
+    listed = [pair]
+    clock = Clock(T0 + 50 * WINDOW + 1)
+    starts: list[int] = []
+    loop = GeneratorLoop(
+        lambda: listed,
+        lambda batch: starts.append(batch[0].start_time - batch[0].start_time % WINDOW),
+        window_seconds=WINDOW / 1000,
+        seed=SEED,
+        clock=clock,
+        leasing=Leasing(stores(), lambda: "solo", ttl_seconds=TTL / 1000),
+    )
+    assert loop.run_once(clock.now).windows == 1
+    assert starts == [T0 + 49 * WINDOW]  # the latest finished window, not the 49 before it
+    clock.now += WINDOW
+    loop.run_once(clock.now)
+    listed.clear()  # paused
+    for _ in range(5):
+        clock.now += WINDOW
+        assert loop.run_once(clock.now).windows == 0
+    listed.append(pair)  # resumed
+    clock.now += WINDOW
+    loop.run_once(clock.now)
+    assert starts == [T0 + 49 * WINDOW, T0 + 50 * WINDOW, T0 + 56 * WINDOW]
