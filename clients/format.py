@@ -398,7 +398,7 @@ def to_json_line(message: Message) -> str:
     return json.dumps(to_dict(message), ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
-_RECORD_ENUMS = {
+_RECORD_ENUMS: dict[str, Any] = {
     "resource_type": types_pb2.ResourceType,
     "resourceType": types_pb2.ResourceType,
     "action": types_pb2.Action,

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from elasticsearch import ConnectionTimeout
+from elasticsearch import ApiError, ConnectionTimeout
 
 from backends.elasticsearch.filter_dsl import ENUM_FIELDS, enum_number
 from server.core import aggregate as agg
@@ -51,7 +51,7 @@ from server.core.errors import Unavailable
 
 PAGE = 50_000  # buckets per request: fewer round trips (search.max_buckets is 65,536); 10,000 was ~1.5x slower
 EXACT_DOUBLE = 2**53
-TERMS_SHARD_SIZE = 65_536  # groups a shard may send for the terms top N (beyond: composite)
+TERMS_SHARD_SIZE = 500_000  # groups a shard may send for the terms top N (beyond: composite)
 _ENUM_TERMS = 256  # an enum kept as its name sorts by name, not number: ask for every value
 
 _SUB = {
@@ -159,8 +159,14 @@ def terms_plan(q: agg.AggregateQuery) -> dict[str, Any] | None:
 
 
 def _run_terms(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: dict[str, Any]) -> agg.Groups | None:
-    """The terms top N, or None when Elasticsearch cannot show it is exact."""
-    resp = _ask(q, budget, search, aggs)
+    """The terms top N, or None when Elasticsearch cannot show it is exact (or refuses to hold
+    that many groups: a circuit breaker, search.max_buckets)."""
+    try:
+        resp = _ask(q, budget, search, aggs)
+    except ApiError as exc:
+        if exc.status_code in (400, 429, 503) and budget.remaining() > 0:
+            return None
+        raise
     t = resp.get("t", {})
     if t.get("doc_count_error_upper_bound", -1) != 0:
         return None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import Sequence
 
 from server.core.filter import (
     FIELDS,
@@ -79,7 +80,7 @@ class _Builder:
     def __init__(self) -> None:
         self.params: list[object] = []
 
-    def placeholders(self, values: list[object] | tuple[object, ...]) -> str:
+    def placeholders(self, values: Sequence[object]) -> str:
         self.params.extend(values)
         return ", ".join("?" * len(values))
 

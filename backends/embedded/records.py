@@ -142,7 +142,7 @@ class EmbeddedRecordStore:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
-        config: dict[str, str | int] = {
+        config: dict[str, str | bool | int | float | list[str]] = {
             # Checkpoints belong to the background thread; this is only a safety net if it keeps
             # failing (e.g. a reader holding a snapshot for a long time).
             "checkpoint_threshold": "1GB",
@@ -377,17 +377,18 @@ class EmbeddedRecordStore:
         if fast:
             # (its count per group is not computed: 1 stands in, finish() never shows it)
             rows = [(0, row[0], *row[1 : 1 + n], 1, *row[1 + n :]) for row in top[: q.limit]]
-            matched = int(totals[0]) if totals else 0
+            sums = totals or (0, 0, 0)
+            matched = int(sums[0] or 0)
             if len(top) > q.limit:  # some group was folded: other = totals - top N
-                total = {"count": matched, "bytes": int(totals[1] or 0), "packets": int(totals[2] or 0)}
-                other = []
+                total = {"count": matched, "bytes": int(sums[1] or 0), "packets": int(sums[2] or 0)}
+                folded: list[int] = []
                 for j, m in enumerate(q.metrics):
                     if m.op == "count_distinct":
-                        other.append(0)
+                        folded.append(0)
                     else:
                         whole = total["count" if m.op == "count" else m.field]
-                        other.append(whole - sum(int(row[3 + n + j]) for row in rows))
-                rows.append((1, None, *([None] * n), 0, *other))
+                        folded.append(whole - sum(int(row[3 + n + j]) for row in rows))
+                rows.append((1, None, *([None] * n), 0, *folded))
             rows.append((2, None, *([None] * n), matched, *([None] * len(q.metrics))))
         groups = []
         other: tuple[int, ...] | None = None

@@ -21,7 +21,7 @@ counters: they become records with only times and log_status.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -233,7 +233,7 @@ def _builder(index: dict[str, int]) -> Callable[[Sequence[Any]], _FlowRecord]:
             value = row[i]
             if not _absent(value):
                 kwargs[targets[name]] = _whole(name, value)
-        status = types_pb2.LOG_STATUS_OK
+        status: int = types_pb2.LOG_STATUS_OK
         if i_status is not None and not _absent(row[i_status]):
             status = _enum("log-status", row[i_status], _STATUSES)
         kwargs["log_status"] = status
@@ -280,7 +280,7 @@ def _seconds(name: str, value: Any) -> int:
     return number
 
 
-def _enum(name: str, value: Any, choices: dict[str, int]) -> int:
+def _enum(name: str, value: Any, choices: Mapping[str, int]) -> int:
     key = str(value)
     number = choices.get(key)
     if number is None:

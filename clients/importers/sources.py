@@ -116,7 +116,7 @@ def read(path: str, fmt: str, stdin: IO[bytes] | None = None, aws_fields: Sequen
 
 
 def _read_stream(raw: IO[bytes], source: str, fmt: str, aws_fields: Sequence[str] | None = None) -> Items:
-    buffered = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type]
+    buffered: io.BufferedReader = raw if isinstance(raw, io.BufferedReader) else io.BufferedReader(raw)  # type: ignore[arg-type,type-var]
     try:
         head = buffered.peek(4)[:4]
     except OSError as e:
@@ -128,7 +128,9 @@ def _read_stream(raw: IO[bytes], source: str, fmt: str, aws_fields: Sequence[str
             return
         yield from _parquet(buffered, source)
         return
-    stream: IO[bytes] = gzip.GzipFile(fileobj=buffered, mode="rb") if head.startswith(GZIP_MAGIC) else buffered
+    stream: IO[bytes] = (
+        gzip.GzipFile(fileobj=buffered, mode="rb") if head.startswith(GZIP_MAGIC) else buffered  # type: ignore[assignment]
+    )
     if fmt == "azure":
         try:
             data = stream.read()
