@@ -179,13 +179,10 @@ class ESBaseline:
         elif name == "timeseries_1m_day":
             return self.run(name, t0, t1)
         else:
-            f.append({"term": {"action": "REJECT"}})
-            aggs = {
-                "t": {
-                    "terms": {"field": "src_addr", "size": 10, "order": {"d": "desc"}},
-                    "aggs": {"d": {"cardinality": {"field": "dst_addr"}}},
-                }
-            }
+            # terms size 10 ordered by cardinality(dst_addr) would be the approximate one: on the
+            # benchmark's 512 MB Elasticsearch it trips the parent circuit breaker at 1M records
+            # (a HyperLogLog per source) and leaves the heap full for the next requests
+            raise RuntimeError("not run: terms + cardinality trips a 512 MB Elasticsearch's circuit breaker")
         return len(self._search(f, aggs)["t"]["buckets"])
 
     def close(self) -> None:

@@ -646,8 +646,29 @@ class Ranker:
             entry = heapq.heapreplace(heap, entry)
         self._fold(entry.group)
 
+    def outranked(self, bucket: int | None, values: tuple[int, ...]) -> bool:
+        """Whether a group with these values (count first) would be folded whatever its keys:
+        its bucket holds `limit` groups already and its order metric is strictly worse than the
+        worst of them (a tie would need the keys). Such a group is fold()ed without its keys
+        being made (converting keys costs a backend more than the rest of a group)."""
+        heap = self._heaps.get(bucket)
+        if heap is None or len(heap) < self.q.limit:
+            return False
+        i = self.q.order_index + 1
+        worst = heap[0].group.values[i]
+        return values[i] < worst if self.q.descending else values[i] > worst
+
+    def fold(self, values: tuple[int, ...]) -> None:
+        """Fold a group that outranked() says cannot be a row (values with the count first)."""
+        if values[0] <= 0:
+            return
+        self.matched += values[0]
+        self._fold_values(values[1:])
+
     def _fold(self, g: Group) -> None:
-        values = g.values[1:]
+        self._fold_values(g.values[1:])
+
+    def _fold_values(self, values: tuple[int, ...]) -> None:
         if self._other is None:
             self._other = [0 if m.op == "count_distinct" else v for m, v in zip(self.q.metrics, values)]
             return
