@@ -55,6 +55,7 @@ def write_flow_log_file(
         f.write(header + "\n")
         out = []
         last_nodata = -1  # (several in one window would be one record: the same record id)
+        icmp_seen: set[tuple] = set()
         for i in range(lines):
             window = start_s + (i * 3600 // lines) // 60 * 60
             if i % 5000 == 4999 and window != last_nodata:  # one NODATA line per window, as AWS writes them
@@ -67,12 +68,19 @@ def write_flow_log_file(
                 ephemeral = 32768 + (i * 7919) % 28000
                 inbound = rnd.random() < 0.5
                 src, dst, sport, dport = (peer, host, ephemeral, port) if inbound else (host, peer, ephemeral, port)
-                if proto == 1:
-                    sport = dport = 0
+                if proto == 1:  # no ports: two ICMP lines of a window may be one flow (one record id)
+                    key = (src, dst, inbound, window, first := window + rnd.randrange(50))
+                    if key in icmp_seen:
+                        proto, port = 6, 443
+                        sport, dport = ephemeral, port
+                    else:
+                        icmp_seen.add(key)
+                        sport = dport = 0
+                else:
+                    first = window + rnd.randrange(50)
                 packets = 1 + rnd.randrange(200)
                 nbytes = packets * (40 + rnd.randrange(1400))
                 action = "REJECT" if rnd.random() < 0.08 else "ACCEPT"
-                first = window + rnd.randrange(50)
                 row = (
                     f"2 123456789012 eni-0a1b2c3d4e5f67890 {src} {dst} {sport} {dport} {proto} {packets} {nbytes} "
                     f"{first} {window + 60} {action} OK"

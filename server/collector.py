@@ -4,7 +4,7 @@
                                          │ per flow log, the flow tuples and their directions
                                          │ (≤ batch_records or ≤ 50 ms old)
                                          ▼ bounded queue
-                   submit thread: the Ingest rules (server.core.ingest.accept_flows) ──> Pipeline.submit
+                   submit threads (3): the Ingest rules (server.core.ingest.accept_flows) ──> Pipeline.submit
 
 No Python object is made per flow past the decoder's tuple: attribution appends the tuple itself
 and a direction byte per flow log it goes to, and the compiled path (server/native/_fastingest.c,
@@ -18,7 +18,7 @@ API keys every exporter feeds the local account; with API keys a datagram from a
 map does not name is dropped and counted. Records go through exactly what Ingest does (checks,
 record_id, durable spool, dedupe, Tail): a submit that raises (spool full, stopping) drops that
 batch and counts it. The receiver never waits for the pipeline longer than the queue allows:
-while the submit thread is behind, the socket's receive buffer (receive_buffer_bytes) absorbs
+while the submit threads are behind, the socket's receive buffer (receive_buffer_bytes) absorbs
 bursts, and past it the kernel drops datagrams (UDP has no backpressure).
 
 Counters (Collector.status()) go to the health detail of `flowlog.collector`, to a log line
@@ -121,6 +121,11 @@ class Collector:
     threads after handing over what was decoded."""
 
     MERGE_RECORDS = 50_000  # rows the submit thread merges from queued batches into one round of submits
+    # Submit threads. Each submit waits for its spool commit and, while a sink is behind, up to
+    # pipeline.ingest_pace_max_seconds; one thread made the collector wait out every pause in turn
+    # (17k flows/s where the same run's paced-off collector did 31k). Several overlap their
+    # waits and share group commits, as Ingest's concurrent streams do.
+    SUBMITTERS = 3
 
     def __init__(
         self,
@@ -202,7 +207,10 @@ class Collector:
         self._stop.clear()
         self._threads = [
             threading.Thread(target=self._receive_loop, name="flowlog-collector-recv", daemon=True),
-            threading.Thread(target=self._submit_loop, name="flowlog-collector-submit", daemon=True),
+            *(
+                threading.Thread(target=self._submit_loop, args=(k,), name=f"flowlog-collector-submit-{k}", daemon=True)
+                for k in range(self.SUBMITTERS)
+            ),
         ]
         for t in self._threads:
             t.start()
@@ -330,7 +338,8 @@ class Collector:
                 first_at = 0.0
         if groups:
             self._hand_over(groups, index_of=self._indexes)
-        self._queue.put(None)
+        for _ in range(self.SUBMITTERS):  # one end marker each
+            self._queue.put(None)
 
     def _take(
         self, data: bytes, addr: tuple, now: float, groups: dict[str, Group], empty: AccountIndex, pending: int
@@ -369,11 +378,12 @@ class Collector:
                 return
             except queue.Full:
                 continue
-        self._queue.put(batch)  # stopping: the submit thread drains until the end marker
+        self._queue.put(batch)  # stopping: the submit threads drain until the end marker
 
     # -- submitting ---------------------------------------------------------------------------------
 
-    def _submit_loop(self) -> None:
+    def _submit_loop(self, k: int) -> None:
+        """Submit thread k (0 also writes the status file and the status log line)."""
         next_status = time.monotonic() + self.status_file_seconds
         next_log = time.monotonic() + self.status_log_seconds
         while True:
@@ -410,6 +420,8 @@ class Collector:
                     )
             if end:
                 break
+            if k:
+                continue
             now = time.monotonic()
             if now >= next_status:
                 next_status = now + self.status_file_seconds
