@@ -22,7 +22,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Sequence, TextIO, cast
 
 from clients import format as fmt
 from clients import presets
@@ -171,16 +171,16 @@ def parse_rule(text: str) -> resource_pb2.SecurityRule:
             raise ValueError("a rule needs priority= and action=")
         rule = resource_pb2.SecurityRule(
             priority=int(values["priority"]),
-            action=fmt.parse_enum(types_pb2.Action, values["action"]),
+            action=cast(Any, fmt.parse_enum(types_pb2.Action, values["action"])),
             protocol=fmt.parse_protocol(values.get("protocol", "any")),
         )
         if values.get("direction", "any").lower() not in anything:
-            rule.direction = fmt.parse_enum(types_pb2.Direction, values["direction"])
+            rule.direction = cast(Any, fmt.parse_enum(types_pb2.Direction, values["direction"]))
         if values.get("id"):
             rule.id = values["id"]
         kind = values.get("kind", "").lower()
         if kind:
-            rule.kind = fmt.parse_enum(types_pb2.RuleKind, {"sg": "security_group"}.get(kind, kind))
+            rule.kind = cast(Any, fmt.parse_enum(types_pb2.RuleKind, {"sg": "security_group"}.get(kind, kind)))
         if values.get("peer", "any").lower() not in anything:
             rule.peer_cidr = values["peer"]
         ports = values.get("ports", "any").lower()
@@ -700,8 +700,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else 2
     # Everything printed from here on goes through SafeWriter: data never reaches the terminal
     # as control characters (escape sequences in a record or a resource name are shown escaped).
-    out = fmt.SafeWriter(out, json_style=bool(getattr(args, "json", False)))  # type: ignore[assignment]
-    err = fmt.SafeWriter(err)  # type: ignore[assignment]
+    # (a SafeWriter is a text stream: write/flush/isatty; typed as the TextIO it stands in for)
+    out = cast(TextIO, fmt.SafeWriter(out, json_style=bool(getattr(args, "json", False))))
+    err = cast(TextIO, fmt.SafeWriter(err))
     ctx = Ctx(args, out, err)
     try:
         client = make_client(args)

@@ -289,7 +289,9 @@ def _split_store(value: str | tuple[str, str], what: str) -> tuple[str, str]:
     return project, name
 
 
-def _enum(enum_type: Any, value: str | int | None) -> int:
+def _enum(enum_type: Any, value: str | int | None) -> Any:
+    """The enum number of `value` (0 for None): Any, as the message constructors' stubs take
+    their enum's own type."""
     return 0 if value is None else parse.parse_enum(enum_type, value)
 
 
@@ -510,8 +512,8 @@ class FlowLogClient:
         self.ingest_stub = ingest_pb2_grpc.IngestServiceStub(self.channel)
         self.query_stub = query_pb2_grpc.QueryServiceStub(self.channel)
         # `client.query` / `client.ingest` are both the raw stub and the helper method.
-        self.query: Any = _StubWithHelper(self.query_stub, FlowLogClient.query.__get__(self))
-        self.ingest: Any = _StubWithHelper(self.ingest_stub, FlowLogClient.ingest.__get__(self))
+        self.query: Any = _StubWithHelper(self.query_stub, FlowLogClient.query.__get__(self))  # type: ignore[method-assign]
+        self.ingest: Any = _StubWithHelper(self.ingest_stub, FlowLogClient.ingest.__get__(self))  # type: ignore[method-assign]
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -682,10 +684,10 @@ class FlowLogClient:
         request = flow_log_pb2.CreateFlowLogRequest(
             region=region,
             name=name,
-            resource_type=parse.parse_enum(types_pb2.ResourceType, resource_type),
+            resource_type=_enum(types_pb2.ResourceType, resource_type),
             resource_id=resource_id,
             network_id=network_id,
-            traffic_type=parse.parse_enum(types_pb2.TrafficType, traffic_type),
+            traffic_type=_enum(types_pb2.TrafficType, traffic_type),
             description=description,
             client_token=client_token,
             state=types_pb2.FLOW_LOG_STATE_PAUSED if paused else types_pb2.FLOW_LOG_STATE_UNSPECIFIED,
@@ -1006,7 +1008,6 @@ class _ErrorTranslator:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if isinstance(exc, grpc.RpcError):
             raise FlowLogError.from_rpc_error(exc, target=self._client.target, tls=self._client.tls) from None
-        return False
