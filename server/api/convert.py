@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable, cast
+
 from google.protobuf import timestamp_pb2
 
 from flowlog.v1 import flow_log_pb2, log_store_pb2, query_pb2, record_pb2, resource_pb2
@@ -13,6 +15,12 @@ def ts(ms: int) -> timestamp_pb2.Timestamp:
     return timestamp_pb2.Timestamp(seconds=ms // 1000, nanos=(ms % 1000) * 1_000_000)
 
 
+def _e(value: int) -> Any:
+    """A core enum as the number a message field takes (the stubs type each field with its
+    proto enum's own type)."""
+    return int(value)
+
+
 def ms_of(t: timestamp_pb2.Timestamp) -> int:
     return t.seconds * 1000 + t.nanos // 1_000_000
 
@@ -20,7 +28,7 @@ def ms_of(t: timestamp_pb2.Timestamp) -> int:
 def resource_to_pb(r: Resource) -> resource_pb2.Resource:
     return resource_pb2.Resource(
         id=r.id,
-        type=int(r.type),
+        type=_e(r.type),
         region=r.region,
         network_id=r.network_id,
         name=r.name,
@@ -29,14 +37,14 @@ def resource_to_pb(r: Resource) -> resource_pb2.Resource:
         rules=[
             resource_pb2.SecurityRule(
                 priority=x.priority,
-                direction=int(x.direction),
-                action=int(x.action),
+                direction=_e(x.direction),
+                action=_e(x.action),
                 protocol=x.protocol,
                 peer_cidr=x.peer_cidr,
                 port_from=x.port_from,
                 port_to=x.port_to,
                 id=x.id,
-                kind=int(x.kind),
+                kind=_e(x.kind),
             )
             for x in r.rules
         ],
@@ -46,7 +54,7 @@ def resource_to_pb(r: Resource) -> resource_pb2.Resource:
 def resource_from_pb(m: resource_pb2.Resource) -> Resource:
     return Resource(
         id=m.id,
-        type=m.type,
+        type=cast(Any, m.type),  # the proto's number; Resource keeps it as the core enum's
         region=m.region,
         network_id=m.network_id,
         name=m.name,
@@ -91,19 +99,20 @@ def flow_log_to_pb(f: FlowLog) -> flow_log_pb2.FlowLog:
         id=f.id,
         region=f.region,
         name=f.name,
-        resource_type=int(f.resource_type),
+        resource_type=_e(f.resource_type),
         resource_id=f.resource_id,
         network_id=f.network_id,
-        traffic_type=int(f.traffic_type),
+        traffic_type=_e(f.traffic_type),
         destination=flow_log_pb2.FlowLogDestination(project=f.project, log_store=f.log_store),
         description=f.description,
-        state=int(f.state),
+        state=_e(f.state),
         create_time=ts(f.create_time_ms),
         update_time=ts(f.update_time_ms),
     )
 
 
-_Record = record_pb2.FlowRecord
+# (typed as a plain callable: the core's int enums go in as they are, no conversion per record)
+_Record: Callable[..., record_pb2.FlowRecord] = record_pb2.FlowRecord
 _Timestamp = timestamp_pb2.Timestamp
 
 
