@@ -159,7 +159,8 @@ def _cleanup_es(url: str, prefix: str) -> None:
         names = list(es.indices.get(index=f"{prefix}*", allow_no_indices=True, ignore_unavailable=True))
         for i in range(0, len(names), 50):  # explicit names: wildcard deletes are refused by default
             es.indices.delete(index=",".join(names[i : i + 50]), ignore_unavailable=True)
-        templates = es.indices.get_index_template(name=f"{prefix}*").get("index_templates", [])
+        found = es.options(ignore_status=404).indices.get_index_template(name=f"{prefix}*")
+        templates = found.get("index_templates", [])
         for t in templates:
             es.indices.delete_index_template(name=t["name"])
     except Exception as e:  # noqa: BLE001 - cleanup of throwaway indices: report, do not fail the test
