@@ -23,6 +23,7 @@ from tests.reliability.conftest import (
     Target,
     check_exactly_once,
     create_target,
+    expected_id,
     query_ids,
     wait_delivered,
 )
@@ -37,12 +38,16 @@ class Follower(threading.Thread):
     and reconnects, with its last cursor, to `address` when told to or when the stream ends with a
     status that says to (RESOURCE_EXHAUSTED: it fell behind; UNAVAILABLE: its replica stops)."""
 
-    def __init__(self, target: Target, address: str, start_ms: int) -> None:
+    def __init__(self, target: Target, address: str, start_ms: int, filter_text: str = "") -> None:
         super().__init__(daemon=True, name="follower")
         self.target = target
         self.address = address
         self.start_ms = start_ms
+        self.filter = filter_text
         self.ids: list[str] = []
+        # dst_port of each record received whose id the test recomputes from its fields (so the
+        # fields are the ones the test sent): the oracle of a filtered Tail.
+        self.ports: dict[str, int] = {}
         self.cursor = ""
         self.ends: list[str] = []
         self.messages = 0
@@ -63,7 +68,9 @@ class Follower(threading.Thread):
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            req = query_pb2.TailRequest(region="bj", project=self.target.project, log_stores=[self.target.log_store])
+            req = query_pb2.TailRequest(
+                region="bj", project=self.target.project, log_stores=[self.target.log_store], filter=self.filter
+            )
             if self.cursor:
                 req.resume_cursor = self.cursor
             else:
@@ -74,7 +81,10 @@ class Follower(threading.Thread):
                 self._call = stub.Tail(req, metadata=(("authorization", f"Bearer {KEY_A}"),))
                 for resp in self._call:
                     with self.lock:
-                        self.ids.extend(r.record_id for r in resp.batch.records)
+                        for r in resp.batch.records:
+                            self.ids.append(r.record_id)
+                            if expected_id(self.target.flow_log_id, r) == r.record_id:
+                                self.ports[r.record_id] = r.dst_port
                         self.cursor = resp.cursor
                         self.messages += 1
             except grpc.RpcError as e:
@@ -125,6 +135,9 @@ def test_a_tail_on_one_replica_sees_every_replica_once_and_resumes_on_another(re
     ts = targets(cluster)
     follower = Follower(ts[0], cluster[0].address, now_ms() - 1000)
     follower.start()
+    # Filtered at each source replica: the records of port 22 only (a quarter of them).
+    ssh = Follower(ts[1], cluster[1].address, now_ms() - 1000, filter_text="dst_port = 22")
+    ssh.start()
     ingesters = [Ingester(t, per_message=200, messages=2, pause_s=0.01, max_calls=10, keep_calls=True) for t in ts]
     try:
         for ing in ingesters:
@@ -139,13 +152,20 @@ def test_a_tail_on_one_replica_sees_every_replica_once_and_resumes_on_another(re
         sent = set().union(*(i.books.sent for i in ingesters))
         assert len(acked) == 3 * 10 * 400, [i.books.errors[:2] for i in ingesters]
         wait_for(lambda: acked <= follower.received(), "every acknowledged record in the tail", 120)
+        assert set(follower.ports) >= acked, "records whose fields are not the ones sent"
+        port22 = {i for i in acked if follower.ports[i] == 22}
+        assert len(port22) == len(acked) // 4
+        wait_for(lambda: port22 <= ssh.received(), "every port-22 record in the filtered tail", 120)
     finally:
+        ssh.stop()
         follower.stop()
         for ing in ingesters:
             ing.stop()
     assert "CANCELLED" in follower.ends  # it did move to replica 1
     check_exactly_once(follower.ids, acked, sent, "tail across replicas")
     check_order(follower.ids, ingesters)
+    check_exactly_once(ssh.ids, port22, sent, "filtered tail across replicas")
+    assert all(ssh.ports[i] == 22 for i in ssh.ids)
 
     # ReplicaService is internal: an API key does not open it.
     with grpc.insecure_channel(cluster[0].address) as ch:
