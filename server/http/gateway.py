@@ -104,8 +104,8 @@ class ProtocolError(Exception):
 @dataclass(frozen=True)
 class Method:
     path: str  # "/flowlog.v1.QueryService/Query"
-    request: type
-    response: type
+    request: type[pb_message.Message]
+    response: type[pb_message.Message]
     client_streaming: bool
     server_streaming: bool
 
@@ -136,7 +136,7 @@ class Codec:
     def __init__(self, json_mode: bool) -> None:
         self.json = json_mode
 
-    def decode(self, cls: type, data: bytes) -> Any:
+    def decode(self, cls: type[pb_message.Message], data: bytes) -> Any:
         if not self.json:
             try:
                 return cls.FromString(data)
@@ -413,11 +413,11 @@ class Gateway:
         except ProtocolError as e:
             return self._unary_error(e) if not streaming else await self._stream_error(request, codec, e)
         except web.HTTPRequestEntityTooLarge:
-            e = ProtocolError(
+            big = ProtocolError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"request body larger than {self.max_body_bytes} bytes (limits.max_message_bytes)",
             )
-            return self._unary_error(e) if not streaming else await self._stream_error(request, codec, e)
+            return self._unary_error(big) if not streaming else await self._stream_error(request, codec, big)
         if streaming:
             return await self._streaming(request, method, codec, body, timeout)
         return await self._unary(method, codec, body, timeout, _metadata(request))
@@ -432,7 +432,7 @@ class Gateway:
         except Unauthenticated as e:
             raise ProtocolError(grpc.StatusCode.UNAUTHENTICATED, e.message) from None
 
-    async def _decode(self, codec: Codec, cls: type, data: bytes) -> Any:
+    async def _decode(self, codec: Codec, cls: type[pb_message.Message], data: bytes) -> Any:
         if len(data) <= PARSE_INLINE_BYTES:
             return codec.decode(cls, data)
         return await asyncio.get_running_loop().run_in_executor(None, codec.decode, cls, data)
