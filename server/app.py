@@ -298,7 +298,7 @@ class App:
         )
         compiled = compiled_ingest(cfg.native_ingest)
         if compiled is not None and not isinstance(compiled, CompiledIngest):
-            raise TypeError("server.native._fastingest does not provide split/accept: rebuild it (make install)")
+            raise TypeError("server.native._fastingest lacks split/accept/accept_flows: rebuild it (make install)")
         self.ingest = Ingest(
             self.metadata,
             self.pipeline,

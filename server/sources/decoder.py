@@ -85,7 +85,8 @@ class Decoder:
     def __init__(self, limits: Limits | None = None, native: bool = True) -> None:
         self.limits = limits or Limits()
         # native=False: always the generated Python extract (what the compiled one is tested against)
-        self._extract_c = _native.extract if native and _native is not None else None
+        # (getattr: a module built from an older _fastingest.c has none; then the Python one serves)
+        self._extract_c = getattr(_native, "extract", None) if native else None
         self.counters = Counters()
         self.sessions: OrderedDict[tuple, Session] = OrderedDict()
         self._layouts: OrderedDict[tuple, Layout] = OrderedDict()
