@@ -520,10 +520,14 @@ class PostgresMetadataStore:
 
     def purge_ack(self, account: str, key: LogStoreKey, replica_id: str) -> None:
         with self.db.transaction() as conn:
+            # Only while the tombstone is there: an ack written after another replica finished
+            # the purge would outlive it and count for the next deletion of the same name.
             conn.execute(
-                "INSERT INTO log_store_purge_acks VALUES (%s,%s,%s,%s,%s,(extract(epoch FROM now()) * 1000)::bigint) "
+                "INSERT INTO log_store_purge_acks "
+                "SELECT %s,%s,%s,%s,%s,(extract(epoch FROM now()) * 1000)::bigint WHERE EXISTS ("
+                "SELECT 1 FROM log_store_tombstones WHERE account_id=%s AND region=%s AND project=%s AND name=%s) "
                 "ON CONFLICT DO NOTHING",
-                (account, key.region, key.project, key.name, replica_id),
+                (account, key.region, key.project, key.name, replica_id, account, key.region, key.project, key.name),
             )
 
     def purge_acks(self, account: str, key: LogStoreKey) -> set[str]:

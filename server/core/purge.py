@@ -12,7 +12,8 @@ succeeded is the tombstone removed, which frees the name for a new LogStore.
 With several replicas (`cluster` given) the first steps are each replica's own (its Tails, its
 spool) and the rest are shared (the query backend, the archive). Every replica runs its own steps
 for every tombstone and records that it did (an ack in the shared metadata); the shared steps run,
-and the tombstone goes, only once every replica of the directory has acked. Otherwise a replica
+and the tombstone goes, only once every replica of the directory has acked, on one replica at a time
+(a cluster-wide lock, inside which the tombstone and the acks are read again). Otherwise a replica
 whose spool still held undelivered batches of the LogStore could write them into Elasticsearch or
 S3 after the shared deletion (and a new LogStore of the same name would show them). A replica that
 is down but not yet forgotten by the directory therefore holds the name until it returns (its
@@ -65,31 +66,59 @@ class Purger:
                 return False
             self._busy.add(ident)
         try:
-            for i, (name, step) in enumerate(self.steps):
-                if self.cluster is not None and i == self.cluster.local_steps and not self._all_acked(account, key):
+            c = self.cluster
+            if c is None:
+                if not self._run(self.steps, account, key):
                     return False
-                try:
-                    step(account, key)
-                except Exception as e:  # noqa: BLE001 - any backend error: keep the tombstone, retry later
-                    error = f"{name}: {type(e).__name__}: {e}"
-                    log.warning(
-                        "LogStore purge incomplete; will retry",
-                        extra={"account": account, "log_store": str(key), "error": error[:300]},
-                    )
-                    self.metadata.purge_failed(account, key, error)
+                self.metadata.remove_tombstone(account, key)
+            else:
+                if not self._run(self.steps[: c.local_steps], account, key):
                     return False
-            self.metadata.remove_tombstone(account, key)
+                c.acks.purge_ack(account, key, c.replica_id)
+                # The shared steps and the tombstone's removal run under one cluster-wide lock,
+                # and everything they depend on is read again inside it: a replica that got here
+                # first may have finished this purge already, and the name may since have been
+                # used and deleted again (a new tombstone, which this replica has not acked yet).
+                # Without the lock a slower replica could drop a new LogStore's records.
+                with c.acks.exclusive(f"purge:{account}:{key.region}/{key.project}/{key.name}", wait=False) as held:
+                    if not held:
+                        return False  # another replica is running the shared steps right now
+                    if not self._tombstone_exists(account, key):
+                        return True  # done by another replica
+                    if not self._all_acked(account, key):
+                        return False
+                    if not self._run(self.steps[c.local_steps :], account, key):
+                        return False
+                    self.metadata.remove_tombstone(account, key)
             log.info("LogStore purged", extra={"account": account, "log_store": str(key)})
             return True
         finally:
             with self._lock:
                 self._busy.discard(ident)
 
+    def _run(self, steps: Sequence[tuple[str, PurgeStep]], account: str, key: LogStoreKey) -> bool:
+        """Run steps in order; False (the error kept with the tombstone) at the first failure."""
+        for name, step in steps:
+            try:
+                step(account, key)
+            except Exception as e:  # noqa: BLE001 - any backend error: keep the tombstone, retry later
+                error = f"{name}: {type(e).__name__}: {e}"
+                log.warning(
+                    "LogStore purge incomplete; will retry",
+                    extra={"account": account, "log_store": str(key), "error": error[:300]},
+                )
+                self.metadata.purge_failed(account, key, error)
+                return False
+        return True
+
+    def _tombstone_exists(self, account: str, key: LogStoreKey) -> bool:
+        with self.metadata.transaction() as tx:
+            return tx.tombstone_exists(account, key)
+
     def _all_acked(self, account: str, key: LogStoreKey) -> bool:
-        """This replica's own steps are done: ack them; True once every replica has."""
+        """True once every replica of the directory has acked its own steps."""
         c = self.cluster
         assert c is not None
-        c.acks.purge_ack(account, key, c.replica_id)
         missing = set(c.members()) - c.acks.purge_acks(account, key)
         if missing:
             log.info(

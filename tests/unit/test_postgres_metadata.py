@@ -192,6 +192,51 @@ def test_a_purge_waits_for_every_replicas_own_steps_before_the_shared_ones(two_r
     assert a.tombstones() == [] and a.purge_acks(A, key) == set()
 
 
+def test_a_replica_that_comes_second_to_a_purge_runs_no_shared_step(two_replicas):
+    """Two replicas purge the same LogStore at once: the one that gets there second must not run
+    the shared steps after the first removed the tombstone (by then the name may be a new
+    LogStore's, whose records a late deletion would drop), nor leave an ack behind that would
+    count for the next deletion of the name."""
+    from server.core.purge import PurgeCluster, Purger
+
+    a, b = two_replicas
+    key = LogStoreKey("bj", "proj", "raced")
+    done: list[tuple[str, str]] = []
+    members = lambda: ["r-a", "r-b"]  # noqa: E731 - the directory's replicas
+    interleave: list = []
+
+    def spool_a(acct, k):
+        done.append(("r-a", "spool"))
+        while interleave:  # r-b finishes the whole purge while r-a is still in its own steps
+            assert interleave.pop()() is True
+
+    pa = Purger(
+        a,
+        [
+            ("tails", lambda acct, k: None),
+            ("spool", spool_a),
+            ("query backend", lambda acct, k: done.append(("r-a", "query"))),
+        ],
+        PurgeCluster("r-a", members, a, local_steps=2),
+    )
+    pb = Purger(
+        b,
+        [
+            ("tails", lambda acct, k: None),
+            ("spool", lambda acct, k: None),
+            ("query backend", lambda acct, k: done.append(("r-b", "query"))),
+        ],
+        PurgeCluster("r-b", members, b, local_steps=2),
+    )
+    with a.transaction() as tx:
+        tx.insert_tombstone(A, key, 1)
+    assert pa.purge(A, key) is False  # r-a acked; r-b has not
+    interleave.append(lambda: pb.purge(A, key))
+    assert pa.purge(A, key) is True  # done by r-b meanwhile
+    assert [d for d in done if d[1] == "query"] == [("r-b", "query")]
+    assert a.tombstones() == [] and a.purge_acks(A, key) == set()
+
+
 def test_the_readmes_replica_config_loads():
     """README "Running several replicas": its YAML is real settings (unknown keys are refused)."""
     import re
