@@ -13,6 +13,7 @@ lease table; how long the move took is printed, not asserted (durations belong i
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -84,7 +85,8 @@ def test_killed_replicas_flow_logs_move_and_every_window_is_stored_once(replica_
     cluster = replica_cluster(3, SETTINGS)
     dsn = cluster.dsn
     store = "gen" + uuid.uuid4().hex[:8]
-    with FlowLogClient(cluster[0].address, KEY_A) as c:
+    with contextlib.ExitStack() as stack:
+        c = stack.enter_context(FlowLogClient(cluster[0].address, KEY_A))
         fls = [make_flow_log(c, store, traffic=("all", "allow", "deny")[i % 3], new=(i == 0)) for i in range(6)]
         ids = {fl.id for fl in fls}
 
@@ -114,6 +116,9 @@ def test_killed_replicas_flow_logs_move_and_every_window_is_stored_once(replica_
         victim_id = owners[fls[0].id]
         victim = next(r for r in cluster.replicas if r.address == address[victim_id])
         moved = {f for f, o in owners.items() if o == victim_id}
+        # Read from a replica that stays up: `c` may be connected to the victim.
+        survivor = next(r for r in cluster.replicas if r is not victim)
+        c = stack.enter_context(FlowLogClient(survivor.address, KEY_A))
         victim.kill()
         killed_at = now_ms()
 
