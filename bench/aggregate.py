@@ -346,13 +346,25 @@ def run_elasticsearch(
     n: int, reps: int, services: Services, workdir: Path, label: str, cache: Path | None = None
 ) -> dict[str, Any]:
     """`cache` with an external Elasticsearch (FLOWLOG_BENCH_ES_URL): the records an earlier run
-    loaded there are used again when the LogStore still holds exactly n of them."""
+    loaded there are used again when the LogStore still holds exactly n of them. With `cache`
+    holding the embedded data set of this size (run_embedded's file), its records are bulked
+    into the shared day indices as the server writes them (bench/es_layout.py load_from_duckdb:
+    10M in minutes, where the generator path below took ~20 min per 1M on a loaded machine), so
+    both backends answer on the same records."""
     es = services.get("es")
     log_store = f"a{label}"
     cached = cache / f"aggregate-es-{label}-{n}.json" if cache and es.get("external") else None
+    source = cache / f"aggregate-{label}-{n}.duckdb" if cache else None
     if cached is not None and cached.exists() and _es_count(es, log_store) == n:
         total, lo, hi = json.loads(cached.read_text())
         log(f"aggregate dataset {log_store} (elasticsearch): {total:,} records already loaded")
+    elif source is not None and source.exists():  # create-only: a half-loaded LogStore is completed
+        from bench.es_layout import load_from_duckdb
+
+        total, lo, hi = load_from_duckdb(es["url"], ES_PREFIX, source, log_store)
+        log(f"aggregate dataset {log_store} (elasticsearch): {total:,} records bulked from {source}")
+        if cached is not None:
+            cached.write_text(json.dumps([total, lo, hi]))
     else:
         total, lo, hi = build_elasticsearch(es, log_store, n)
         if cached is not None:

@@ -75,6 +75,7 @@ from backends.elasticsearch import aggregate as es_aggregate
 from backends.elasticsearch.config import ElasticsearchConfig
 from backends.elasticsearch.filter_dsl import ENUM_FIELDS, enum_name, enum_number, to_query
 from backends.elasticsearch.registry import Entry, Registry
+from backends.elasticsearch.registry import entry_of as _registry_entry
 from server.core import aggregate as agg
 from server.core.errors import Unavailable
 from server.core.model import FlowRecord, LogStoreKey
@@ -233,6 +234,10 @@ def _month_end(d: date) -> date:
     return nxt - timedelta(days=1)
 
 
+class _NothingToRead(Exception):
+    """The registry hides every day the Aggregate's range could touch: no index to read."""
+
+
 class ShardBudgetExceeded(RuntimeError):
     """Creating a day index would take flowlog's shards past elasticsearch.max_shards."""
 
@@ -263,6 +268,9 @@ class ElasticsearchRecordStore:
         self._sweep_lock = threading.Lock()
         self._last_sweep = float("-inf")
         self._groups: dict[str, tuple[int, dict[str, int]]] = {}  # index -> (docs, ls_key -> max ingested)
+        # ls_key -> its registry entry as last read (None: it had none). Only a guess: Aggregate
+        # plans with it and checks it in the same round trip (_checked_search), never trusts it.
+        self._seen: dict[str, Entry | None] = {}
 
     # -- names ---------------------------------------------------------------------------------
 
@@ -559,33 +567,128 @@ class ElasticsearchRecordStore:
         return int(resp["count"])
 
     def aggregate(self, q: agg.AggregateQuery) -> agg.Groups:
-        """RecordAggregation: a composite aggregation paged to its end (see
-        backends/elasticsearch/aggregate.py), each page one search with size 0."""
+        """RecordAggregation: the terms top N or composite pages (backends/elasticsearch/aggregate.py),
+        each step one search with size 0.
+
+        One round trip for the usual call, with the registry as exact as a read of its own: the
+        query is planned with the registry entries this store last read for the LogStores (a
+        guess), and the first search goes out as an _msearch that also reads those entries (a
+        search of the registry by id, which sees every change made before the call began: the
+        registry's writes refresh before they return). If what it read differs from the guess
+        (another replica deleted the LogStore or raised its floor meanwhile), the answer is
+        discarded and the query planned again with what was read, as the two-request way did."""
         rq = q.query
-        hidden, floor = self._visibility(rq)
-        indices = self._indices(rq, floor)
-        if not indices:
-            return agg.Groups([])
-        body_query = self._query(rq, hidden, with_after=False)
+        keys = self._keys(rq)
+        guess = self._guess(keys)
+        if guess is not None and self._indices(rq, self._rules(keys, guess)[1]):
+            plan: list[Any] = [guess, False]  # entries, checked
+        else:  # nothing seen yet, or a guess that names no index: read the registry first
+            plan = [self._read_registry(keys), True]
+
+        made: list[Any] = [None, "", {}]  # the entries planned with, their indices and query
 
         def search(aggs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+            if made[0] is not plan[0]:
+                hidden, floor = self._rules(keys, plan[0])
+                made[:] = [plan[0], self._indices(rq, floor), self._query(rq, hidden, with_after=False)]
+            indices, body_query = made[1], made[2]
+            body = {"size": 0, "query": body_query, "aggs": aggs, "track_total_hits": False}
+            if not plan[1]:
+                plan[1] = True
+                read, answer = self._checked_search(keys, indices, body, timeout_s)
+                if read == plan[0] and answer is not None:
+                    return answer
+                if read != plan[0]:
+                    plan[0] = read
+                    return search(aggs, timeout_s)
+            if not indices:
+                raise _NothingToRead
             with _translate_errors("aggregate"):
                 resp = _while_shards_start(
                     lambda: self._client.options(request_timeout=timeout_s).search(
                         index=indices,
-                        size=0,
-                        query=body_query,
-                        aggs=aggs,
-                        track_total_hits=False,
                         ignore_unavailable=True,
                         allow_no_indices=True,
                         allow_partial_search_results=False,
                         filter_path=["aggregations"],
+                        **body,
                     )
                 )
             return resp.get("aggregations", {})
 
-        return es_aggregate.run(q, search)
+        try:
+            return es_aggregate.run(q, search)
+        except _NothingToRead:
+            return agg.Groups([])
+
+    def _checked_search(
+        self, keys: dict[str, str], indices: str, body: dict[str, Any], timeout_s: float
+    ) -> tuple[dict[str, Entry], dict[str, Any] | None]:
+        """One _msearch: the registry entries of `keys` and the search `body` on `indices`.
+        Returns (the entries read, the search's aggregations or None if it failed: the caller
+        then runs it alone, which raises or retries as a plain search does)."""
+        searches: list[dict[str, Any]] = [
+            {"index": self.registry.name, "ignore_unavailable": True, "allow_no_indices": True},
+            {"size": len(keys), "query": {"ids": {"values": list(keys)}}},
+            {
+                "index": indices,
+                "ignore_unavailable": True,
+                "allow_no_indices": True,
+                "allow_partial_search_results": False,
+            },
+            body,
+        ]
+        with _translate_errors("aggregate"):
+            resp = self._client.options(request_timeout=timeout_s).msearch(
+                searches=searches,
+                filter_path=[
+                    "responses.hits.hits._id",
+                    "responses.hits.hits._source",
+                    "responses.aggregations",
+                    "responses.error.type",
+                    "responses._shards.failed",
+                ],
+            )
+        registry, answer = resp["responses"]
+        if "error" in registry:
+            return self._read_registry(keys), None
+        read = {h["_id"]: _registry_entry(h["_source"]) for h in registry.get("hits", {}).get("hits", [])}
+        self._remember(keys, read)
+        if "error" in answer or answer.get("_shards", {}).get("failed", 0):
+            return read, None
+        return read, answer.get("aggregations", {})
+
+    def _keys(self, query: RecordQuery) -> dict[str, str]:
+        """ls_key -> LogStore name of the queried LogStores."""
+        return {ls_key(query.account_id, query.region, query.project, s): s for s in dict.fromkeys(query.log_stores)}
+
+    def _guess(self, keys: dict[str, str]) -> dict[str, Entry] | None:
+        """The entries last read for keys (None: some key was never read)."""
+        seen = self._seen
+        if any(k not in seen for k in keys):
+            return None
+        return {k: e for k in keys if (e := seen[k]) is not None}
+
+    def _remember(self, keys: dict[str, str], entries: dict[str, Entry]) -> None:
+        if len(self._seen) > 100_000:
+            self._seen.clear()
+        for k in keys:
+            self._seen[k] = entries.get(k)
+
+    def _read_registry(self, keys: dict[str, str]) -> dict[str, Entry]:
+        with _translate_errors("read the LogStore registry"):
+            entries = self.registry.get(keys)
+        self._remember(keys, entries)
+        return entries
+
+    def _rules(self, keys: dict[str, str], entries: dict[str, Entry]) -> tuple[list[dict[str, Any]], int]:
+        """Clauses that exclude the hidden records of entries, and the earliest start_time any of
+        the LogStores can show."""
+        hidden: list[dict[str, Any]] = []
+        for e in entries.values():
+            hidden += _hidden_clauses(e, term={"log_store": e.log_store})
+        floors = [entries[k].floor_ms if k in entries else 0 for k in keys]
+        return hidden, min(floors, default=0)
 
     def _close_pit(self, pit_id: str) -> None:
         try:
@@ -607,18 +710,11 @@ class ElasticsearchRecordStore:
         return start, end
 
     def _visibility(self, query: RecordQuery) -> tuple[list[dict[str, Any]], int]:
-        """The registry's rules for the queried LogStores (registry.py): clauses that exclude
-        their hidden records, and the earliest start_time any of them can show (so the indices
-        of days every one of them has aged out of are not even named)."""
-        stores = list(dict.fromkeys(query.log_stores))
-        keys = {ls_key(query.account_id, query.region, query.project, s): s for s in stores}
-        with _translate_errors("read the LogStore registry"):
-            entries = self.registry.get(keys)
-        hidden: list[dict[str, Any]] = []
-        for e in entries.values():
-            hidden += _hidden_clauses(e, term={"log_store": e.log_store})
-        floors = [entries[k].floor_ms if k in entries else 0 for k in keys]
-        return hidden, min(floors, default=0)
+        """The registry's rules for the queried LogStores (registry.py), read now: clauses that
+        exclude their hidden records, and the earliest start_time any of them can show (so the
+        indices of days every one of them has aged out of are not even named)."""
+        keys = self._keys(query)
+        return self._rules(keys, self._read_registry(keys))
 
     def _indices(self, query: RecordQuery, floor: int = 0) -> str:
         """Comma-joined names/patterns of the indices the query can touch ("" = none): the

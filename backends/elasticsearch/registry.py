@@ -108,7 +108,7 @@ class Registry:
         out = {}
         for d in resp["docs"]:
             if d.get("found"):
-                out[d["_id"]] = _entry(d["_source"])
+                out[d["_id"]] = entry_of(d["_source"])
         return out
 
     def all(self) -> Iterator[Entry]:
@@ -124,7 +124,7 @@ class Registry:
                 return
             hits = resp["hits"]["hits"]
             for h in hits:
-                yield _entry(h["_source"])
+                yield entry_of(h["_source"])
             if len(hits) < 1000:
                 return
             after = hits[-1]["sort"]
@@ -174,7 +174,7 @@ class Registry:
         for _ in range(_RETRIES):
             try:
                 got = self._client.get(index=self.name, id=ls_key, realtime=True)
-                old: Entry | None = _entry(got["_source"])
+                old: Entry | None = entry_of(got["_source"])
                 seq: dict[str, Any] = {"if_seq_no": got["_seq_no"], "if_primary_term": got["_primary_term"]}
             except NotFoundError:
                 old, seq = None, {}
@@ -194,7 +194,8 @@ class Registry:
         raise RuntimeError(f"could not update the LogStore registry entry {ls_key}: too many concurrent changes")
 
 
-def _entry(src: dict[str, Any]) -> Entry:
+def entry_of(src: dict[str, Any]) -> Entry:
+    """An entry from its document's _source."""
     return Entry(
         src["ls_key"],
         src["account_id"],

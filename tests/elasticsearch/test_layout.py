@@ -329,3 +329,34 @@ def _write_first_layout(es: Es, records: list[FlowRecord]) -> None:
 
 
 _ENUMS = {f: {int(m): m.name for m in cls} for f, cls in ENUM_FIELDS.items()}
+
+
+def test_aggregate_sees_another_replicas_deletion_and_retention_at_the_next_call(es_service):
+    """Two stores on one cluster, as two replicas: Aggregate on one plans with the registry
+    entries it read last and checks them in the same round trip, so a deletion or a retention
+    floor set by the other before the call is applied by that very call."""
+    with _open(es_service, sweep_interval_s=3600) as a:
+        b = ElasticsearchRecordStore(ElasticsearchConfig(url=es_service["url"], index_prefix=a.prefix))
+        try:
+            names = ("ls-x", "ls-y")
+            old = make_records(ACCOUNT, REGION, PROJECT, "ls-x", 120, seed=70, first_ms=DAY0_MS, span_ms=3 * DAY_MS)
+            other = make_records(ACCOUNT, REGION, PROJECT, "ls-y", 80, seed=71, first_ms=DAY0_MS, span_ms=3 * DAY_MS)
+            a.store.write(old + other)
+            assert counts_by_log_store(a.store, names) == {"ls-x": 120, "ls-y": 80}
+            assert counts_by_log_store(a.store, names) == {"ls-x": 120, "ls-y": 80}  # planned with what it read
+
+            b.drop_log_store(ACCOUNT, key("ls-x"))
+            assert counts_by_log_store(a.store, names) == {"ls-y": 80}
+            again = make_records(ACCOUNT, REGION, PROJECT, "ls-x", 15, seed=72, first_ms=DAY0_MS, span_ms=3 * DAY_MS)
+            b.write(again)
+            assert counts_by_log_store(a.store, names) == {"ls-x": 15, "ls-y": 80}
+
+            now = DAY0_MS + 2 * DAY_MS + HOUR_MS
+            b.enforce_retention(ACCOUNT, key("ls-y"), 1, now)  # keeps days 1 and 2
+            kept = [r for r in other if r.start_time >= DAY0_MS + DAY_MS]
+            assert counts_by_log_store(a.store, names) == {"ls-x": 15, "ls-y": len(kept)}
+            b.enforce_retention(ACCOUNT, key("ls-x"), 0, now + 2 * DAY_MS)  # every day of ls-x aged out
+            b.enforce_retention(ACCOUNT, key("ls-y"), 0, now + 2 * DAY_MS)
+            assert counts_by_log_store(a.store, names) == {}
+        finally:
+            b.close()
