@@ -7,7 +7,7 @@ sums (what `other` can be derived for). One search asks a `terms` aggregation fo
 limit + 1 groups in the answer's order (ties by key ascending, which is the core's order for
 addresses, numbers and text), with a `shard_size` large enough for every shard to send every
 group it has, a `missing` aggregation for the records without the key (one group of their own)
-and the totals. A terms top N is exact when no shard cut its list: Elasticsearch then reports
+and the totals (neither where every group comes back anyway: an enum key or none, see whole()). A terms top N is exact when no shard cut its list: Elasticsearch then reports
 doc_count_error_upper_bound 0 (a shard that cut its list makes it positive, or -1 when the
 order is a sub-aggregation), so the coordinating node reduced complete per-group values and
 its top N is the exact one. `other` = the totals minus the top N (counts and sums subtract
@@ -144,6 +144,16 @@ def _ask(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: dict[s
     return resp
 
 
+def whole(q: agg.AggregateQuery) -> bool:
+    """Whether the terms plan asks for every group, not a top N: with no key (one group per time
+    bucket) or an enum key (a few values; _ENUM_TERMS asked for). Then the totals and the
+    records without the key need no aggregation of their own (another pass over the records
+    each): `matched` is the sum of the buckets' counts, `other` the groups beyond the top N, and
+    a bucket whose terms do not add up to its count (records without the key, or more values
+    than asked for: sum_other_doc_count) sends the call to the composite path."""
+    return not q.group_by or q.group_by[0].field in ENUM_FIELDS
+
+
 def terms_plan(q: agg.AggregateQuery) -> dict[str, Any] | None:
     """The aggregations of the terms top N (module docstring), or None where it does not apply:
     one key without a prefix (or, with time buckets, none), metrics count and sums. With an
@@ -154,28 +164,31 @@ def terms_plan(q: agg.AggregateQuery) -> dict[str, Any] | None:
     if any(m.op not in ("count", "sum") for m in q.metrics):
         return None
     subs = dict(_SUB[(m.op, m.field)] for m in q.metrics if m.op == "sum")
+    every = whole(q)
     inner: dict[str, Any] = {}
     if q.group_by:
         key = q.group_by[0]
         order_metric = q.metrics[q.order_index]
         order_by = "_count" if order_metric.op == "count" else _SUB[("sum", order_metric.field)][0]
-        size = q.limit + 1
-        if key.field in ENUM_FIELDS:
-            size = max(size, _ENUM_TERMS)
+        size = max(q.limit + 1, _ENUM_TERMS) if every else q.limit + 1
         terms = {
             "field": key.field,
             "size": size,
             "shard_size": max(TERMS_SHARD_SIZE, size),
-            "order": [{order_by: "desc" if q.descending else "asc"}, {"_key": "asc"}],
+            # every group comes back: any order will do, and the key's is the cheapest
+            "order": [{"_key": "asc"}] if every else [{order_by: "desc" if q.descending else "asc"}, {"_key": "asc"}],
         }
-        inner = {
-            "t": {"terms": terms, **({"aggs": subs} if subs else {})},
-            "m": {"missing": {"field": key.field}, **({"aggs": subs} if subs else {})},
-        }
+        inner = {"t": {"terms": terms, **({"aggs": subs} if subs else {})}}
+        if not every:
+            inner["m"] = {"missing": {"field": key.field}, **({"aggs": subs} if subs else {})}
     else:
         inner = dict(subs)  # one group per time bucket: its own sums
-    totals = {f"t_{name}": body for name, body in subs.items()}
-    out: dict[str, Any] = {"n": {"filter": {"match_all": {}}, **({"aggs": totals} if totals else {})}}
+    out: dict[str, Any] = {}
+    if not every:
+        totals = {f"t_{name}": body for name, body in subs.items()}
+        out["n"] = {"filter": {"match_all": {}}, **({"aggs": totals} if totals else {})}
+    elif not q.interval_ms:
+        out["n"] = {"filter": {"match_all": {}}}  # the count alone (no sub-aggregation: no pass over values)
     if q.interval_ms:
         histogram = {"field": "start_time", "fixed_interval": f"{int(q.interval_ms)}ms", "min_doc_count": 1}
         out["h"] = {"date_histogram": histogram, **({"aggs": inner} if inner else {})}
@@ -217,6 +230,11 @@ def _run_terms(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: 
         if t.get("doc_count_error_upper_bound", -1) != 0:
             return None
         groups = [agg.Group(bucket, (conv(b["key"]),), values(b)) for b in t.get("buckets", [])]
+        if every:  # every record of the bucket must be in its groups (whole())
+            count = int(parent["doc_count"] if bucket is not None else resp.get("n", {}).get("doc_count", 0))
+            if t.get("sum_other_doc_count", -1) != 0 or sum(g.values[0] for g in groups) != count:
+                return None
+            return groups
         missing = parent.get("m", {})
         if int(missing.get("doc_count", 0)) > 0:
             groups.append(agg.Group(bucket, (None,), values(missing)))
@@ -225,19 +243,28 @@ def _run_terms(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: 
     parts: list[tuple[int | None, dict[str, Any]]] = (
         [(int(b["key"]), b) for b in resp.get("h", {}).get("buckets", [])] if q.interval_ms else [(None, resp)]
     )
+    every = whole(q)
     rank = agg.group_order(q)
     top: list[agg.Group] = []
     folded = False
+    sums = [0] * (1 + len(q.metrics))  # whole(): the totals, from every group
     for bucket, parent in parts:
         groups = bucket_groups(bucket, parent)
         if groups is None:
             return None
+        if every:
+            for g in groups:
+                for j, v in enumerate(g.values):
+                    sums[j] += v
         groups.sort(key=rank)
         top += groups[: q.limit]
         folded = folded or len(groups) > q.limit
         budget.check_groups(len(top))
-    zero = {"doc_count": 0, **{f"t_{v[0]}": {"value": 0} for v in _SUB.values()}}
-    total = values(resp.get("n") or zero, "t_")
+    if every:
+        total = tuple(sums)
+    else:
+        zero = {"doc_count": 0, **{f"t_{v[0]}": {"value": 0} for v in _SUB.values()}}
+        total = values(resp.get("n") or zero, "t_")
     other = None
     if folded:  # some group was folded: other = totals - the rows (counts and sums subtract exactly)
         other = tuple(

@@ -327,6 +327,18 @@ def test_limit_per_bucket_and_other(filled_store, dataset: DataSet):
     assert len(per_bucket) > 2 and set(per_bucket.values()) == {2}
     assert want["other"] is not None and want["other"][4] == 0, "count_distinct is 0 in other"
     check(filled_store, dataset.records, group_by=["src_port"], limit=1, order_by="sum(packets)")
+    # an enum key, fewer rows than its values: `other` from the groups folded, per bucket and overall
+    want = check(
+        filled_store,
+        dataset.records,
+        interval_ms=6 * HOUR_MS,
+        group_by=["action"],
+        metrics=["sum(bytes)", "count"],
+        limit=1,
+    )
+    assert want["other"] is not None
+    want = check(filled_store, dataset.records, group_by=["direction"], metrics=["count", "sum(packets)"], limit=1)
+    assert want["other"] is not None
 
 
 def test_count_distinct(filled_store, dataset: DataSet):
