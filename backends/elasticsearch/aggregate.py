@@ -7,7 +7,8 @@ sums (what `other` can be derived for). One search asks a `terms` aggregation fo
 limit + 1 groups in the answer's order (ties by key ascending, which is the core's order for
 addresses, numbers and text), with a `shard_size` large enough for every shard to send every
 group it has, a `missing` aggregation for the records without the key (one group of their own)
-and the totals (neither where every group comes back anyway: an enum key or none, see whole()). A terms top N is exact when no shard cut its list: Elasticsearch then reports
+and the totals (neither where every group comes back anyway: an enum key or none, see whole()).
+A terms top N is exact when no shard cut its list: Elasticsearch then reports
 doc_count_error_upper_bound 0 (a shard that cut its list makes it positive, or -1 when the
 order is a sub-aggregation), so the coordinating node reduced complete per-group values and
 its top N is the exact one. `other` = the totals minus the top N (counts and sums subtract
