@@ -10,7 +10,11 @@ import queue
 import threading
 from collections.abc import Generator
 from concurrent.futures import Executor
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
 
 
 class Failed:
@@ -97,9 +101,15 @@ class Feed:
     one is sent, instead of one thread round trip (and GIL hand-over) per response. In order; an
     error of `produce` arrives after the items before it; `produce` returning None ends the feed.
     Uses one thread per feed. close() stops it; the caller then closes what `produce` reads,
-    which wakes a producer blocked waiting for it."""
+    which wakes a producer blocked waiting for it.
 
-    def __init__(self, produce: Callable[[], Any], executor: Executor, depth: int = 4) -> None:
+    A stream pumps it with `async with Feed(..., source=session) as feed: async for item in feed:`:
+    leaving the block (the end, an error, the client going away) closes the feed, then `source`."""
+
+    def __init__(
+        self, produce: Callable[[], Any], executor: Executor, depth: int = 4, *, source: Closable | None = None
+    ) -> None:
+        self._source = source
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue = asyncio.Queue()
         self._slots = threading.Semaphore(depth)
@@ -134,3 +144,20 @@ class Feed:
 
     def close(self) -> None:
         self._stop.set()
+
+    async def __aenter__(self) -> Feed:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        if self._source is not None:
+            self._source.close()
+
+    def __aiter__(self) -> Feed:
+        return self
+
+    async def __anext__(self) -> Any:
+        item = await self.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 import logging
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
 import grpc
 
@@ -24,7 +24,6 @@ from flowlog.v1 import replica_pb2, replica_pb2_grpc
 from server.api import wire
 from server.api.errors import handle_errors
 from server.api.gate import Gate
-from server.api.handoff import Feed
 from server.api.services import Runner, _Base
 from server.core import filter as flt
 from server.core.errors import (
@@ -37,7 +36,7 @@ from server.core.errors import (
 )
 from server.core.limits import Limiter
 from server.pipeline import Pipeline
-from server.pipeline.replicated import PeerMessage, Position
+from server.pipeline.replicated import PeerMessage, Position, Subscription
 
 log = logging.getLogger("flowlog.replica")
 
@@ -114,16 +113,9 @@ class ReplicaServicer(_Base):
             # The first message says where the stream starts (a stored-since start resolved).
             yield _response(b"", 0, session.position)
             shared = self._shared
-            feed = Feed(lambda: _next_message(session, shared), self.runner.stream_executor)
-            try:
-                while True:
-                    response = await feed.get()
-                    if response is None:
-                        break
+            async with self.feed(lambda: _next_message(session, shared), session) as feed:
+                async for response in feed:
                     yield response
-            finally:
-                feed.close()
-                session.close()
         finally:
             self.slots.release(account)
 
@@ -219,24 +211,14 @@ class GrpcPeers:
             return found[1]
 
     def open(
-        self,
-        address: str,
-        spool_id: str,
-        *,
-        account_id: str,
-        region: str,
-        project: str,
-        log_stores: Sequence[str],
-        filter_text: str,
-        position: Position,
-        heartbeat_s: float,
+        self, address: str, spool_id: str, subscription: Subscription, position: Position, heartbeat_s: float
     ) -> _Call:
         request = replica_pb2.StreamSpoolRequest(
-            account_id=account_id,
-            region=region,
-            project=project,
-            log_stores=list(log_stores),
-            filter=filter_text,
+            account_id=subscription.account_id,
+            region=subscription.region,
+            project=subscription.project,
+            log_stores=list(subscription.log_stores),
+            filter=subscription.filter_text,
             spool_id=spool_id,
             has_position=not position.pending,
             next_seq=0 if position.pending else position.next_seq,

@@ -35,7 +35,7 @@ from server.api import convert, wire
 from server.api.auth import Authenticator
 from server.api.errors import handle_errors, parse_message
 from server.api.gate import CURRENT_ACCOUNT
-from server.api.handoff import Feed, ReadAhead
+from server.api.handoff import Closable, Feed, ReadAhead
 from server.core.errors import InvalidArgument
 from server.core.ingest import RAW_FIELDS
 from server.core.model import LogStoreKey
@@ -74,6 +74,11 @@ class _Base:
         """For calls that block waiting on events (Tail), on their own pool so they never starve
         short requests of threads."""
         return await asyncio.get_running_loop().run_in_executor(self.runner.stream_executor, fn, *args)
+
+    def feed(self, produce: Callable[[], Any], session: Closable) -> Feed:
+        """A stream's responses made by `produce` on the stream pool, ahead of sending (server.api.
+        handoff.Feed): `async with` it, `async for` its responses; leaving the block closes it, then `session`."""
+        return Feed(produce, self.runner.stream_executor, source=session)
 
     async def wait_query(self, fn: Callable[..., Any], *args: Any) -> Any:
         """The same for Query streams, on the Query pool (sized by limits.max_query_streams)."""
@@ -522,16 +527,9 @@ class QueryServicer(_Base, query_pb2_grpc.QueryServiceServicer):
                 )
             )
             shared = self._shared
-            feed = Feed(lambda: _next_tail_response(session, shared), self.runner.stream_executor)
-            try:
-                while True:
-                    response = await feed.get()
-                    if response is None:
-                        break
+            async with self.feed(lambda: _next_tail_response(session, shared), session) as feed:
+                async for response in feed:
                     yield response
-            finally:
-                feed.close()
-                session.close()
         finally:
             uc.release(account)
 

@@ -144,6 +144,18 @@ class PeerMessage(NamedTuple):
     fell_behind: bool
 
 
+@dataclass(frozen=True)
+class Subscription:
+    """What a merged session follows in every peer's spool: these LogStores of one account, the
+    records filtered at the source by `filter_text` (the Tail filter language)."""
+
+    account_id: str
+    region: str
+    project: str
+    log_stores: Sequence[str]
+    filter_text: str
+
+
 class PeerCall(Protocol):
     """An open StreamSpool call: iterate its messages; cancel() from any thread ends it."""
 
@@ -158,17 +170,7 @@ class PeerStreams(Protocol):
     FailedPrecondition / ResourceExhausted / InvalidArgument / NotFound as the peer answered."""
 
     def open(
-        self,
-        address: str,
-        spool_id: str,
-        *,
-        account_id: str,
-        region: str,
-        project: str,
-        log_stores: Sequence[str],
-        filter_text: str,
-        position: Position,
-        heartbeat_s: float,
+        self, address: str, spool_id: str, subscription: Subscription, position: Position, heartbeat_s: float
     ) -> PeerCall: ...
 
 
@@ -255,6 +257,7 @@ class MergedTailSession:
         self.log_stores = tuple(dict.fromkeys(log_stores))
         self._scope = scope
         self._filter = filter_text
+        self._subscription = Subscription(account_id, region, project, self.log_stores, filter_text)
         self._codec = codec
         self._peers = peers
         self._snapshot = snapshot
@@ -403,15 +406,7 @@ class MergedTailSession:
                 continue
             try:
                 call = self._peers.open(
-                    address,
-                    src.spool_id,
-                    account_id=self.account_id,
-                    region=self.region,
-                    project=self.project,
-                    log_stores=self.log_stores,
-                    filter_text=self._filter,
-                    position=pos,
-                    heartbeat_s=max(0.2, self._heartbeat_s / 2),
+                    address, src.spool_id, self._subscription, pos, heartbeat_s=max(0.2, self._heartbeat_s / 2)
                 )
                 src.call = call
                 if self._closed:

@@ -67,17 +67,18 @@ class Peers:
     def __init__(self) -> None:
         self.at: dict[str, Pipeline] = {}
 
-    def open(self, address, spool_id, *, account_id, region, project, log_stores, filter_text, position, heartbeat_s):
+    def open(self, address, spool_id, subscription, position, heartbeat_s):
         p = self.at.get(address)
         if p is None or p.spool is None or p.spool.spool_id != spool_id:
             raise Unavailable(f"nothing at {address}")
-        predicate = flt.compile_predicate(flt.parse(filter_text)) if filter_text else None
+        sub = subscription
+        predicate = flt.compile_predicate(flt.parse(sub.filter_text)) if sub.filter_text else None
         try:
             session = p.spool_stream(
-                account_id,
-                region,
-                project,
-                log_stores,
+                sub.account_id,
+                sub.region,
+                sub.project,
+                sub.log_stores,
                 predicate,
                 position=None if position.pending else (position.next_seq, position.skip),
                 start_ms=position.since_ms if position.pending else None,
