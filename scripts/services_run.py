@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Callable
 
 from services_common import (
     ES_MIN_JAVA,
@@ -188,6 +189,50 @@ def _wait_ready(
         time.sleep(0.25)
 
 
+def _register_and_wait(
+    info: dict,
+    proc: subprocess.Popen,
+    probe: Callable[[], bool],
+    timeout: float,
+    what: str,
+    *,
+    t0: float,
+    ready_at: str,
+    owner_pid: int | None,
+    on_spawn: Callable[[dict], object] | None,
+    keep_data: bool,
+    port_taken: Callable[[str], bool],
+    pause_before_retry: bool,
+    extra_logs: tuple[str, ...] = (),
+) -> ServiceError | None:
+    """A just-spawned service: write its registry file, watch its owner, tell on_spawn, then wait
+    until `probe` says it is ready. None when ready (info["started_in"] set and logged). The error,
+    after stopping it, when it lost the race for its "free" port (port_taken(message)): the caller
+    retries, after 2 s if it asked for the same port or data dir again. Anything else stops it and
+    raises."""
+    with open(_registry_path(info), "w") as fh:
+        json.dump(info, fh)
+    if owner_pid:
+        _start_watchdog(info, owner_pid)
+    if on_spawn:
+        on_spawn(info)
+    try:
+        _wait_ready(proc, probe, timeout, what, info["log"], extra_logs)
+    except ServiceError as e:
+        stop(info, keep_data=keep_data)
+        if port_taken(str(e)):
+            if pause_before_retry:  # the old process may still hold the port or the data dir
+                time.sleep(2.0)
+            return e
+        raise
+    except BaseException:
+        stop(info, keep_data=keep_data)
+        raise
+    info["started_in"] = round(time.monotonic() - t0, 1)
+    log(f"{ready_at} in {info['started_in']}s (pid {proc.pid})")
+    return None
+
+
 def _ensure_es_user() -> tuple[int, int]:
     return _ensure_user(_es_user(), "Elasticsearch")
 
@@ -351,32 +396,21 @@ def start_es(
                 "server_log": os.path.join(inst, "logs", "flowlog-test.log"),
                 "java_home": java_home,
             }
-            with open(_registry_path(info), "w") as fh:
-                json.dump(info, fh)
-            if owner_pid:
-                _start_watchdog(info, owner_pid)
-            if on_spawn:
-                on_spawn(info)
 
             def probe() -> bool:
                 status, body = _http_get(f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s", timeout=3)
                 return status == 200 and json.loads(body).get("status") in ("yellow", "green")
 
-            try:
-                _wait_ready(
-                    proc, probe, ES_START_TIMEOUT, f"elasticsearch {ES_VERSION}", log_path, (info["server_log"],)
-                )
-            except ServiceError as e:
-                stop(info, keep_data=not own_dir)
-                if "BindException" in str(e) or "Address already in use" in str(e):
-                    last_err = e
-                    if not own_dir or port:  # same dir/port asked for: give the old one time to go
-                        time.sleep(2.0)
-                    continue
-                raise
-            info["started_in"] = round(time.monotonic() - t0, 1)
-            log(f"elasticsearch ready at {url} in {info['started_in']}s (pid {proc.pid})")
-            return info
+            lost = _register_and_wait(
+                info, proc, probe, ES_START_TIMEOUT, f"elasticsearch {ES_VERSION}",
+                t0=t0, ready_at=f"elasticsearch ready at {url}", owner_pid=owner_pid, on_spawn=on_spawn,
+                keep_data=not own_dir, extra_logs=(info["server_log"],),
+                port_taken=lambda m: "BindException" in m or "Address already in use" in m,
+                pause_before_retry=bool(not own_dir or port),
+            )  # fmt: skip
+            if lost is None:
+                return info
+            last_err = lost
         except BaseException:
             if spawned:
                 stop(info, keep_data=not own_dir)  # idempotent; also covers KeyboardInterrupt while waiting
@@ -463,34 +497,15 @@ def start_s3(
             "data_dir": inst,
             "log": log_path,
         }
-        with open(_registry_path(info), "w") as fh:
-            json.dump(info, fh)
-        if owner_pid:
-            _start_watchdog(info, owner_pid)
-        if on_spawn:
-            on_spawn(info)
-        try:
-            _wait_ready(
-                proc,
-                lambda: _http_get(url + health, timeout=2)[0] == 200,
-                S3_START_TIMEOUT,
-                f"{name} {version}",
-                log_path,
-            )
-        except ServiceError as e:
-            stop(info, keep_data=not own_dir)
-            if "address already in use" in str(e).lower():
-                last_err = e
-                if wanted_port or not own_dir:
-                    time.sleep(2.0)
-                continue
-            raise
-        except BaseException:
-            stop(info, keep_data=not own_dir)
-            raise
-        info["started_in"] = round(time.monotonic() - t0, 1)
-        log(f"{name} ready at {url} in {info['started_in']}s (pid {proc.pid})")
-        return info
+        lost = _register_and_wait(
+            info, proc, lambda: _http_get(url + health, timeout=2)[0] == 200, S3_START_TIMEOUT, f"{name} {version}",
+            t0=t0, ready_at=f"{name} ready at {url}", owner_pid=owner_pid, on_spawn=on_spawn,
+            keep_data=not own_dir, port_taken=lambda m: "address already in use" in m.lower(),
+            pause_before_retry=bool(wanted_port or not own_dir),
+        )  # fmt: skip
+        if lost is None:
+            return info
+        last_err = lost
     assert last_err is not None
     raise last_err
 
@@ -612,12 +627,6 @@ def start_postgres(
             "data_dir": inst,
             "log": log_path,
         }
-        with open(_registry_path(info), "w") as fh:
-            json.dump(info, fh)
-        if owner_pid:
-            _start_watchdog(info, owner_pid)
-        if on_spawn:
-            on_spawn(info)
 
         def probe() -> bool:
             r = subprocess.run(
@@ -626,22 +635,15 @@ def start_postgres(
             )  # fmt: skip
             return r.returncode == 0
 
-        try:
-            _wait_ready(proc, probe, PG_START_TIMEOUT, f"postgres {_pg_major(bin_dir)}", log_path)
-        except ServiceError as e:
-            stop(info, keep_data=not own_dir)
-            if "could not bind" in str(e) or "already in use" in str(e):
-                last_err = e
-                if wanted_port or not own_dir:
-                    time.sleep(2.0)
-                continue
-            raise
-        except BaseException:
-            stop(info, keep_data=not own_dir)
-            raise
-        info["started_in"] = round(time.monotonic() - t0, 1)
-        log(f"postgres ready at 127.0.0.1:{port} in {info['started_in']}s (pid {proc.pid})")
-        return info
+        lost = _register_and_wait(
+            info, proc, probe, PG_START_TIMEOUT, f"postgres {_pg_major(bin_dir)}",
+            t0=t0, ready_at=f"postgres ready at 127.0.0.1:{port}", owner_pid=owner_pid, on_spawn=on_spawn,
+            keep_data=not own_dir, port_taken=lambda m: "could not bind" in m or "already in use" in m,
+            pause_before_retry=bool(wanted_port or not own_dir),
+        )  # fmt: skip
+        if lost is None:
+            return info
+        last_err = lost
     assert last_err is not None
     raise last_err
 
