@@ -62,6 +62,7 @@ def _embedded_records(cfg: Config):
         cfg.data_path / "records.duckdb",
         memory_limit=cfg.embedded.memory_limit or None,
         threads=cfg.embedded.duckdb_threads(),
+        aggregate_threads=cfg.embedded.duckdb_aggregate_threads(),
     )
 
 

@@ -10,7 +10,10 @@ The rules are server/core/aggregate.py's; this module only writes them in SQL:
   addresses, whatever the record count), then the masked keys of those groups. Sums add, min
   and max combine, and count_distinct stays exact because the first stage also groups by the
   raw distinct value.
-- Buckets: start_time minus start_time modulo the interval (start times are positive).
+- Buckets: start_time minus start_time modulo the interval (start times are positive), computed
+  as the interval times the group of `start_time // interval`: the same integer (DuckDB's `//`
+  and `%` both truncate), but DuckDB groups by the quotient at half the CPU of grouping by the
+  subtraction's result (bench: 10M records, 150 instead of 345 ms of CPU).
 - count_distinct of an address ignores NULL (no address), as the core says.
 The statement also ranks (a window per bucket: the top `limit` groups, the rest folded into
 `other` in SQL), so only the answer reaches Python, however many groups DuckDB makes (its
@@ -69,7 +72,8 @@ def _grouped(q: AggregateQuery, where: str, with_n: bool = True) -> str:
     if not q.interval_ms:
         # No buckets: a constant NULL bucket outside the grouping (grouping by it cost ~40%).
         return f"SELECT NULL::BIGINT AS b, * FROM ({_grouped_by(q, where, None, with_n)})"
-    return _grouped_by(q, where, f"start_time - start_time % {int(q.interval_ms)}", with_n)
+    i = int(q.interval_ms)
+    return f"SELECT b * {i} AS b, * EXCLUDE (b) FROM ({_grouped_by(q, where, f'start_time // {i}', with_n)})"
 
 
 def _grouped_by(q: AggregateQuery, where: str, bucket: str | None, with_n: bool) -> str:
@@ -127,9 +131,15 @@ def top_sql(q: AggregateQuery, where: str) -> str:
     return f"SELECT * FROM ({_grouped(q, where, with_n=False)}) ORDER BY {', '.join(order)} LIMIT {int(q.limit) + 1}"
 
 
-def totals_sql(where: str) -> str:
-    """fast_path: count, sum(bytes), sum(packets) of every matching record."""
-    return f"SELECT count(*), sum(bytes), sum(packets) FROM records WHERE {where}"
+TOTALS = ("bytes", "packets")
+
+
+def totals_sql(q: AggregateQuery, where: str) -> str:
+    """fast_path: count, sum(bytes), sum(packets) of every matching record; a sum no metric of
+    `q` folds into `other` is left out (NULL): reading a column costs (~30 ms per 10M records)."""
+    wanted = {m.field for m in q.metrics if m.op == "sum"}
+    sums = [f"sum({f})" if f in wanted else "NULL" for f in TOTALS]
+    return f"SELECT count(*), {', '.join(sums)} FROM records WHERE {where}"
 
 
 def aggregate_sql(q: AggregateQuery, where: str) -> str:

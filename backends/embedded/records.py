@@ -136,6 +136,7 @@ class EmbeddedRecordStore:
         *,
         memory_limit: str | None = None,
         threads: int | None = None,
+        aggregate_threads: int | None = None,
         checkpoint_interval_s: float = 30.0,
         checkpoint_rows: int = 100_000,
     ) -> None:
@@ -156,6 +157,12 @@ class EmbeddedRecordStore:
         for name, sql in _ADDED_COLUMNS:
             self._con.execute(f"ALTER TABLE records ADD COLUMN IF NOT EXISTS {name} {sql}")
         self._lock = threading.Lock()
+        # DuckDB's thread count is one setting of the database: `aggregate_threads` while at least
+        # one aggregate() runs (EmbeddedConfig.aggregate_threads says why), `threads` otherwise.
+        self._threads = threads or 0
+        self._aggregate_threads = aggregate_threads or 0
+        self._aggregates = 0
+        self._threads_lock = threading.Lock()
         self._dirty = False
         self._closed = threading.Event()
         self._checkpoint_rows = checkpoint_rows
@@ -356,11 +363,14 @@ class EmbeddedRecordStore:
         timer = threading.Timer(max(budget.remaining(), 0.0), cur.interrupt)
         timer.daemon = True
         timer.start()
+        more_threads = bool(self._threads) and self._aggregate_threads > self._threads
         try:
+            if more_threads:
+                self._aggregate_started(cur)
             if fast:
                 cur.begin()  # one snapshot for both statements
                 top = cur.execute(top_sql(q, where), params).fetchall()
-                totals = cur.execute(totals_sql(where), params).fetchone()
+                totals = cur.execute(totals_sql(q, where), params).fetchone()
                 cur.commit()
             else:
                 rows = cur.execute(aggregate_sql(q, where), params).fetchall()
@@ -368,6 +378,8 @@ class EmbeddedRecordStore:
             raise agg.timed_out(q) from None
         finally:
             timer.cancel()
+            if more_threads:
+                self._aggregate_ended(cur)
             _release(cur)
         # An interrupt that lands before DuckDB starts the statement is lost (each statement
         # clears it): an answer that came after the deadline is out of time all the same.
@@ -404,6 +416,21 @@ class EmbeddedRecordStore:
                 matched = int(row[2 + n] or 0)
         budget.check_groups(len(groups))
         return agg.Groups(groups, ranked=True, other=other, matched=matched)
+
+    def _aggregate_started(self, cur: duckdb.DuckDBPyConnection) -> None:
+        with self._threads_lock:
+            self._aggregates += 1
+            if self._aggregates == 1:
+                cur.execute(f"SET threads = {int(self._aggregate_threads)}")
+
+    def _aggregate_ended(self, cur: duckdb.DuckDBPyConnection) -> None:
+        with self._threads_lock:
+            self._aggregates -= 1
+            if self._aggregates == 0:
+                try:
+                    cur.execute(f"SET threads = {int(self._threads)}")
+                except duckdb.Error as exc:  # e.g. the store closed meanwhile
+                    log.info("could not set DuckDB's threads back to %d: %s", self._threads, exc)
 
     # -- deleting ------------------------------------------------------------------------------
 

@@ -231,7 +231,8 @@ class Backend:
 def _embedded(request: pytest.FixtureRequest, tmp: Path) -> Backend:
     from backends.embedded.records import EmbeddedRecordStore
 
-    store = EmbeddedRecordStore(tmp / "records.duckdb")
+    # As the server runs it on 2 cores: one DuckDB thread, two while an Aggregate runs.
+    store = EmbeddedRecordStore(tmp / "records.duckdb", threads=1, aggregate_threads=2)
     return Backend(store, store.close)
 
 
