@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
 
             res["aggregate"] = {}
             cache = Path(args.dataset_cache) if args.dataset_cache else None
-            label = "1M" if args.records == 1_000_000 else "small"
+            label = {1_000_000: "1M", 10_000_000: "10M"}.get(args.records, "small")  # 10M alone: --big 0
             big = "10M" if args.big == 10_000_000 else "big"
             if "embedded" in args.backends:
                 res["aggregate"][f"embedded-{label}"] = agg_bench.run_embedded(

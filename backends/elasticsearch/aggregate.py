@@ -43,6 +43,7 @@ page (`after_key`), so counts, sums, min and max are exact whatever the shard co
 
 from __future__ import annotations
 
+import re
 import socket
 from typing import Any, Callable
 
@@ -50,7 +51,7 @@ from elasticsearch import ApiError, ConnectionTimeout
 
 from backends.elasticsearch.filter_dsl import ENUM_FIELDS, enum_number
 from server.core import aggregate as agg
-from server.core.errors import Unavailable
+from server.core.errors import ResourceExhausted, Unavailable
 
 PAGE = 50_000  # buckets per request: fewer round trips (search.max_buckets is 65,536); 10,000 was ~1.5x slower
 EXACT_DOUBLE = 2**53
@@ -128,10 +129,44 @@ def streams(q: agg.AggregateQuery) -> bool:
 Search = Callable[[dict[str, Any], float], dict[str, Any]]
 
 
+_BREAKERS = {
+    "parent": "indices.breaker.total.limit",
+    "request": "indices.breaker.request.limit",
+    "fielddata": "indices.breaker.fielddata.limit",
+    "in_flight_requests": "network.breaker.inflight_requests.limit",
+}
+_BREAKER = re.compile(r"\[(\w+)\] Data too large")
+
+
+def refusal(exc: BaseException) -> ResourceExhausted | None:
+    """Elasticsearch refusing an aggregation for its size (a circuit breaker: 429, or 503 when
+    every shard tripped, which the store reports as Unavailable; search.max_buckets: 400), as
+    ResourceExhausted naming the Elasticsearch setting; None for any other error."""
+    api = exc if isinstance(exc, ApiError) else exc.__cause__
+    if not isinstance(api, ApiError):
+        return None
+    text = str(api.body)
+    if "too_many_buckets_exception" in text:
+        return ResourceExhausted(
+            "Elasticsearch refused the aggregation: more buckets in one response than its search.max_buckets; "
+            "group by fewer fields, use address prefixes or a longer interval, or narrow the time range or the filter"
+        )
+    if "circuit_breaking_exception" in text:
+        m = _BREAKER.search(text)
+        name = m[1] if m else ""
+        return ResourceExhausted(
+            f"Elasticsearch's {name or 'memory'} circuit breaker refused the aggregation "
+            f"({_BREAKERS.get(name, 'indices.breaker.*.limit')}, a share of Elasticsearch's heap); narrow the "
+            "time range or the filter, group by fewer or coarser fields, or give Elasticsearch more heap"
+        )
+    return None
+
+
 def _ask(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: dict[str, Any]) -> dict[str, Any]:
     """One search with the time left as its timeout; out of time is ResourceExhausted naming
     limits.aggregate_timeout_seconds (the store reports a timed-out request as Unavailable, with
-    the client's ConnectionTimeout as its cause)."""
+    the client's ConnectionTimeout as its cause); a refusal for size (refusal()) is
+    ResourceExhausted naming Elasticsearch's setting."""
     budget.check_time()
     try:
         resp = search(aggs, max(budget.remaining(), 0.001))
@@ -140,6 +175,14 @@ def _ask(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: dict[s
     except Unavailable as exc:
         if isinstance(exc.__cause__, ConnectionTimeout) or budget.remaining() <= 0:
             raise agg.timed_out(q) from None
+        refused = refusal(exc)
+        if refused is not None:
+            raise refused from None
+        raise
+    except ApiError as exc:
+        refused = refusal(exc)
+        if refused is not None:
+            raise refused from None
         raise
     budget.check_time()
     return resp
@@ -203,6 +246,10 @@ def _run_terms(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: 
     that many groups: a circuit breaker, search.max_buckets)."""
     try:
         resp = _ask(q, budget, search, aggs)
+    except ResourceExhausted:
+        if budget.remaining() > 0:  # refused for its size: the composite pages may fit
+            return None
+        raise
     except ApiError as exc:
         if exc.status_code in (400, 429, 503) and budget.remaining() > 0:
             return None

@@ -1228,8 +1228,8 @@ def _while_shards_start(call: Callable[[], Any]) -> Any:
         try:
             return call()
         except ApiError as exc:
-            if exc.status_code != 503:
-                raise
+            if exc.status_code != 503 or "circuit_breaking_exception" in str(exc.body):
+                raise  # a full heap is no shard starting: waiting would not help
             log.info("a shard is not started yet; retrying the search in %.1fs: %s", pause, exc)
             time.sleep(pause)
     return call()
