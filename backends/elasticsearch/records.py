@@ -66,7 +66,7 @@ import re
 import threading
 import time
 from datetime import date, timedelta
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 from elasticsearch import ApiError, ConnectionTimeout, Elasticsearch, NotFoundError, helpers
 from elasticsearch import ConnectionError as ESConnectionError
@@ -1259,7 +1259,7 @@ class _translate_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is not None and isinstance(exc, (ESConnectionError, ConnectionTimeout)):
             raise Unavailable(f"Elasticsearch is unreachable ({self.what}): {exc}") from exc
         if exc is not None and isinstance(exc, ApiError) and exc.status_code in (502, 503, 504):

@@ -496,7 +496,7 @@ class SharedBatches:
     def __init__(self, size: int = 64, encode: Callable[[Sequence[FlowRecord]], bytes] | None = None) -> None:
         self._encode = encode or encode_batch_rows
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple, tuple[Sequence[FlowRecord], bytes]] = OrderedDict()
+        self._entries: OrderedDict[tuple, tuple[Sequence[FlowRecord], bytes | _Pending]] = OrderedDict()
         self._size = size
 
     def get(self, records: Sequence[FlowRecord]) -> bytes:
