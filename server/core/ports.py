@@ -430,6 +430,9 @@ class ReplicaDirectory(Protocol):
     def remove(self, replica_id: str) -> None:
         """Forget a replica at once (an operator retiring its data dir)."""
 
+    def close(self) -> None:
+        """Release its connections (the server is stopping)."""
+
 
 # -- GeneratorLeases (issue 19.3: several replicas; owner: lease) ------------------------------
 
