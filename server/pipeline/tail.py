@@ -232,6 +232,7 @@ class TailSession:
             return
         pred = self._predicate
         n = len(records)
+        idx: Sequence[int]
         if pred is None:
             idx = range(start, n)
         else:
