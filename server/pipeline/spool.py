@@ -418,7 +418,7 @@ class Spool(SinkOffsets, TailScan):
         )
 
     def _op_append(
-        self, c: sqlite3.Connection, encoded: list[tuple[BatchKey, list[FlowRecord], bytes, object]]
+        self, c: sqlite3.Connection, encoded: list[tuple[BatchKey, Sequence[FlowRecord], bytes, object]]
     ) -> list[SpoolBatch]:
         need = sum(len(p) for _, _, p, _ in encoded)
         refusal = self._refusal(need)

@@ -10,7 +10,7 @@ import logging
 import marshal
 import operator
 from collections import abc
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from server.core.columns import table_of, table_of_columns
 from server.core.model import FlowRecord, record_columns
@@ -87,7 +87,7 @@ class SpoolCorrupt(Exception):
 # -- encoding ---------------------------------------------------------------------------------
 
 
-def _plain(v: object) -> object:
+def _plain(v: Any) -> Any:
     if isinstance(v, bool) or not isinstance(v, (int, str)):
         return v
     return int(v) if isinstance(v, int) else str(v)
@@ -110,7 +110,7 @@ def encode(records: Sequence[FlowRecord]) -> bytes:
     return encode_columns(record_columns(records))
 
 
-def encode_columns(cols: list[Sequence[object]]) -> bytes:
+def encode_columns(cols: list[Any]) -> bytes:
     """The payload of records given column by column (record_columns()); the enum columns are
     replaced in `cols` by plain ints.
 
