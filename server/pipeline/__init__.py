@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 from server.core.errors import Unavailable
 from server.core.model import FlowRecord, LogStoreKey
@@ -235,7 +235,7 @@ class Pipeline:
     def _pace(self) -> None:
         """Hold a submit back while a healthy sink is further behind than the spool keeps in
         memory (minus one query write), until it is not or pace_max_s has passed."""
-        spool = self.spool
+        spool = cast(Spool, self.spool)  # submit() found it open
         limit = self._pace_records
         behind = [n for n, w in self.workers.items() if w.healthy and spool.backlog(n)[0] > limit]
         if not behind or self.pace_max_s <= 0:
