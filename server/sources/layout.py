@@ -177,7 +177,7 @@ def _u(v: Any) -> int:
 # The elements the compiled extract reads, in the order of its spec (the R_* roles of
 # server/native/_fastingest.c): addresses, ports, protocol, counters, flags, forwardingStatus,
 # sampling, systemInitTime, then start, end and duration in each representation.
-NATIVE_ROLES = (8, 27, 12, 28, 7, 11, 4, 2, 86, 1, 85, 6, 89, 34, 50, 305, 306, 302, 48, 160)
+NATIVE_ROLES: tuple[int, ...] = (8, 27, 12, 28, 7, 11, 4, 2, 86, 1, 85, 6, 89, 34, 50, 305, 306, 302, 48, 160)
 NATIVE_ROLES += (152, 150, 154, 156, 22, 158, 153, 151, 155, 157, 21, 159, 161, 162)
 _SPEC = struct.Struct(f"=ii{len(NATIVE_ROLES)}i{len(NATIVE_ROLES)}i")
 
@@ -292,6 +292,6 @@ def _compile_extract(slots: dict[int, int], fields: tuple[Field, ...], ipfix: bo
         f"    return [({src}, {dst}, {sport}, {dport}, {proto}, {packets}, {octets}, {start}, {end}, {flags}, "
         f"{action}, {sampling}) for t in rows]\n"
     )
-    ns = dict(_NAMESPACE)
+    ns: dict[str, Any] = dict(_NAMESPACE)
     exec(compile(code, "<flowlog template>", "exec"), ns)  # noqa: S102 - code made of slot numbers only
     return ns["extract"]
