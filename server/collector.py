@@ -430,7 +430,7 @@ class Collector:
                 next_log = now + self.status_log_seconds
                 log.info("collector status", extra=self.status())
 
-    def _ingest(self, fl: FlowLog, flows: list, directions: bytes) -> None:
+    def _ingest(self, fl: FlowLog, flows: list, directions: bytes | bytearray) -> None:
         try:
             ok, bad, prepared = self._accept(fl, flows, bytes(directions))
             if ok:

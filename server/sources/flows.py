@@ -75,6 +75,20 @@ class Counters:
         "sessions_evicted",
         "option_records",
     )
+    datagrams: int
+    decoded: int
+    flows: int
+    malformed: int
+    unsupported_version: int
+    template_misses: int
+    held_decoded: int
+    undecodable: int
+    templates: int
+    templates_withdrawn: int
+    templates_evicted: int
+    templates_refused: int
+    sessions_evicted: int
+    option_records: int
 
     def __init__(self) -> None:
         for name in self.__slots__:
