@@ -401,16 +401,15 @@ def start_es(
                 status, body = _http_get(f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s", timeout=3)
                 return status == 200 and json.loads(body).get("status") in ("yellow", "green")
 
-            lost = _register_and_wait(
+            last_err = _register_and_wait(
                 info, proc, probe, ES_START_TIMEOUT, f"elasticsearch {ES_VERSION}",
                 t0=t0, ready_at=f"elasticsearch ready at {url}", owner_pid=owner_pid, on_spawn=on_spawn,
                 keep_data=not own_dir, extra_logs=(info["server_log"],),
                 port_taken=lambda m: "BindException" in m or "Address already in use" in m,
                 pause_before_retry=bool(not own_dir or port),
             )  # fmt: skip
-            if lost is None:
+            if last_err is None:
                 return info
-            last_err = lost
         except BaseException:
             if spawned:
                 stop(info, keep_data=not own_dir)  # idempotent; also covers KeyboardInterrupt while waiting
@@ -497,15 +496,14 @@ def start_s3(
             "data_dir": inst,
             "log": log_path,
         }
-        lost = _register_and_wait(
+        last_err = _register_and_wait(
             info, proc, lambda: _http_get(url + health, timeout=2)[0] == 200, S3_START_TIMEOUT, f"{name} {version}",
             t0=t0, ready_at=f"{name} ready at {url}", owner_pid=owner_pid, on_spawn=on_spawn,
-            keep_data=not own_dir, port_taken=lambda m: "address already in use" in m.lower(),
-            pause_before_retry=bool(wanted_port or not own_dir),
+            keep_data=not own_dir, pause_before_retry=bool(wanted_port or not own_dir),
+            port_taken=lambda m: "address already in use" in m.lower(),
         )  # fmt: skip
-        if lost is None:
+        if last_err is None:
             return info
-        last_err = lost
     assert last_err is not None
     raise last_err
 
@@ -635,15 +633,14 @@ def start_postgres(
             )  # fmt: skip
             return r.returncode == 0
 
-        lost = _register_and_wait(
+        last_err = _register_and_wait(
             info, proc, probe, PG_START_TIMEOUT, f"postgres {_pg_major(bin_dir)}",
             t0=t0, ready_at=f"postgres ready at 127.0.0.1:{port}", owner_pid=owner_pid, on_spawn=on_spawn,
-            keep_data=not own_dir, port_taken=lambda m: "could not bind" in m or "already in use" in m,
-            pause_before_retry=bool(wanted_port or not own_dir),
+            keep_data=not own_dir, pause_before_retry=bool(wanted_port or not own_dir),
+            port_taken=lambda m: "could not bind" in m or "already in use" in m,
         )  # fmt: skip
-        if lost is None:
+        if last_err is None:
             return info
-        last_err = lost
     assert last_err is not None
     raise last_err
 
