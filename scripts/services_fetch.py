@@ -417,11 +417,11 @@ def fetch_exporters() -> str:
     return ", ".join(exporter_path(cmd) or cmd for cmd in EXPORTER_PACKAGES)
 
 
-_PG_TOOLS = ("initdb", "postgres", "pg_isready")
+_PG_TOOLS = ("initdb", "postgres", "psql")  # psql: the readiness check
 
 
 def pg_bin_dir() -> str | None:
-    """The newest /usr/lib/postgresql/<major>/bin holding initdb, postgres and pg_isready
+    """The newest /usr/lib/postgresql/<major>/bin holding initdb, postgres and psql
     (FLOWLOG_PG_BIN overrides), or None."""
     override = os.environ.get("FLOWLOG_PG_BIN")
     if override:
@@ -440,7 +440,7 @@ def pg_bin_dir() -> str | None:
 
 def fetch_postgres() -> str:
     """Debian's postgresql package, installed with apt-get when it is missing (as root); returns
-    the versioned bin dir holding initdb and postgres (not on PATH)."""
+    the versioned bin dir holding initdb, postgres and psql (not on PATH)."""
     found = pg_bin_dir()
     if found:
         return found
@@ -505,7 +505,7 @@ def how_to_get(name: str) -> str:
     if name == "postgres":
         return (
             f"run `{cli} fetch postgres` (as root it installs Debian's {PG_PACKAGE} package with apt-get; "
-            f"otherwise install it yourself, or set FLOWLOG_PG_BIN to a folder with initdb and postgres), "
+            f"otherwise install it yourself, or set FLOWLOG_PG_BIN to a folder with initdb, postgres and psql), "
             "or point FLOWLOG_TEST_POSTGRES_DSN at a running PostgreSQL whose user may create databases"
         )
     if name == "es":

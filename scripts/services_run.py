@@ -189,6 +189,28 @@ def _wait_ready(
         time.sleep(0.25)
 
 
+def _same_path(reported: object, ours: str) -> bool:
+    """A data path a server reports is the one we started it with (readiness proves it reached OUR server)."""
+    return isinstance(reported, str) and os.path.realpath(reported) == os.path.realpath(ours)
+
+
+def _listens_on(pid: int, port: int) -> bool:
+    """Process `pid` holds the listening TCP socket on 127.0.0.1:port (Linux /proc): for servers whose
+    health check cannot say who answers it."""
+    wanted = set()
+    with open("/proc/net/tcp") as fh:
+        next(fh)
+        for line in fh:
+            f = line.split()
+            if f[1] == f"0100007F:{port:04X}" and f[3] == "0A":  # 127.0.0.1:port, LISTEN
+                wanted.add(f"socket:[{f[9]}]")
+    for fd in os.listdir(f"/proc/{pid}/fd") if wanted else ():
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}") in wanted:
+                return True
+    return False
+
+
 def _register_and_wait(
     info: dict,
     proc: subprocess.Popen,
@@ -398,6 +420,13 @@ def start_es(
             }
 
             def probe() -> bool:
+                # Another Elasticsearch on this port (ours lost the race for it and is still booting) would be
+                # yellow too: ready only when the node answering serves OUR data path.
+                status, body = _http_get(f"{url}/_nodes/_local/settings?filter_path=nodes.*.settings.path.data", 3)
+                nodes = json.loads(body).get("nodes", {}) if status == 200 else {}
+                paths = [n.get("settings", {}).get("path", {}).get("data") for n in nodes.values()]
+                if not any(_same_path(p, os.path.join(inst, "data")) for p in paths):
+                    return False
                 status, body = _http_get(f"{url}/_cluster/health?wait_for_status=yellow&timeout=1s", timeout=3)
                 return status == 200 and json.loads(body).get("status") in ("yellow", "green")
 
@@ -496,8 +525,13 @@ def start_s3(
             "data_dir": inst,
             "log": log_path,
         }
+
+        def probe() -> bool:
+            # The health URL says nothing of who answers: another S3 server holding this port would pass it.
+            return _http_get(url + health, timeout=2)[0] == 200 and _listens_on(proc.pid, port)
+
         last_err = _register_and_wait(
-            info, proc, lambda: _http_get(url + health, timeout=2)[0] == 200, S3_START_TIMEOUT, f"{name} {version}",
+            info, proc, probe, S3_START_TIMEOUT, f"{name} {version}",
             t0=t0, ready_at=f"{name} ready at {url}", owner_pid=owner_pid, on_spawn=on_spawn,
             keep_data=not own_dir, pause_before_retry=bool(wanted_port or not own_dir),
             port_taken=lambda m: "address already in use" in m.lower(),
@@ -627,11 +661,14 @@ def start_postgres(
         }
 
         def probe() -> bool:
+            # Accepting connections is not enough: another PostgreSQL on this port (ours then fails to bind and
+            # exits, which is the retry below) would accept them too. Ready when the server answering is OURS.
             r = subprocess.run(
-                [os.path.join(bin_dir, "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port), "-U", PG_SUPERUSER],
-                env=env, capture_output=True,
+                [os.path.join(bin_dir, "psql"), "-XAtq", "-h", "127.0.0.1", "-p", str(port), "-U", PG_SUPERUSER,
+                 "-d", "postgres", "-c", "SHOW data_directory"],
+                env=dict(env, PGCONNECT_TIMEOUT="3"), capture_output=True, text=True,
             )  # fmt: skip
-            return r.returncode == 0
+            return r.returncode == 0 and _same_path(r.stdout.strip(), pgdata)
 
         last_err = _register_and_wait(
             info, proc, probe, PG_START_TIMEOUT, f"postgres {_pg_major(bin_dir)}",

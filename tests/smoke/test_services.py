@@ -2,6 +2,8 @@
 Python clients (elasticsearch, minio).  No mocks."""
 
 import io
+import os
+import sys
 import uuid
 
 import pytest
@@ -124,3 +126,40 @@ def test_postgres_fresh_database_per_test(postgres_service, postgres_dsn):
         with open(f"/proc/{postgres_service['pid']}/status") as fh:
             uid = next(int(line.split()[1]) for line in fh if line.startswith("Uid:"))
         assert uid != 0
+
+
+@pytest.mark.parametrize("kind", ["postgres", "s3"])
+def test_a_server_whose_free_port_another_one_took_starts_again_elsewhere(kind, monkeypatch):
+    """The lost race for a "free" port: another server of the same kind holds it when ours starts. Ours fails
+    to bind and exits; the readiness check must not take the other server's answer for ours (it did: the
+    script returned a dead server on the other's port), so that the script retries on another port.
+    free_port() is made to hand out the taken port once, which is the race; the servers are real."""
+    from tests.fixtures_services import _svc
+
+    run = sys.modules["services_run"]
+    other = _svc.start(kind, owner_pid=os.getpid())
+    try:
+        handed: list[int] = []
+        real_free_port = run.free_port
+
+        def free_port() -> int:
+            handed.append(int(other["port"]) if not handed else real_free_port())
+            return handed[-1]
+
+        monkeypatch.setattr(run, "free_port", free_port)
+        ours = _svc.start(kind, owner_pid=os.getpid())
+        try:
+            assert handed[0] == other["port"] and ours["port"] != other["port"]
+            with open(f"/proc/{ours['pid']}/stat") as fh:
+                assert fh.read().rsplit(")", 1)[1].split()[0] != "Z", "the server reported ready has exited"
+            if kind == "postgres":
+                import psycopg
+
+                for info in (other, ours):
+                    with psycopg.connect(info["dsn"]) as conn:
+                        [(data_directory,)] = conn.execute("SHOW data_directory").fetchall()
+                    assert data_directory == os.path.join(info["data_dir"], "data")
+        finally:
+            _svc.stop(ours)
+    finally:
+        _svc.stop(other)
