@@ -347,6 +347,26 @@ def fetch_grpcurl() -> str:
 CHROMIUM = "/usr/bin/chromium"
 
 
+def _apt_install(packages: list[str], unavailable: str) -> None:
+    """Install Debian packages with apt-get, as root: first from the package lists as they are (quietly; enough
+    when they are fresh), else after an `apt-get update` (whose failure, e.g. one unreachable source, is logged,
+    not fatal) once more, relaying apt's output; ServiceError when that install fails too. Not root or no
+    apt-get: ServiceError(unavailable), which says how to install them by hand."""
+    apt = shutil.which("apt-get")
+    if apt is None or os.geteuid() != 0:
+        raise ServiceError(unavailable)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = [apt, "install", "-y", "-q", "--no-install-recommends", *packages]
+    log(f"installing Debian packages {', '.join(packages)} with apt-get ...")
+    if subprocess.run(install, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+        return
+    try:
+        _run_with_progress([apt, "update", "-q"], "apt-get update", env=env)
+    except ServiceError as e:
+        log(f"{e}\n-> installing anyway: the sources that did answer may hold the packages")
+    _run_with_progress(install, f"apt-get install {' '.join(packages)}", env=env)
+
+
 def chromium_path() -> str:
     return os.environ.get("FLOWLOG_CHROMIUM") or CHROMIUM
 
@@ -356,15 +376,10 @@ def fetch_browser() -> str:
     path = chromium_path()
     if os.path.exists(path):
         return path
-    if os.geteuid() != 0:
-        raise ServiceError(
-            f"{path} is missing: run `apt-get install -y chromium` as root "
-            "(or point FLOWLOG_CHROMIUM at a Chromium binary)"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    _run_with_progress(["apt-get", "update", "-q"], "apt-get update", env=env)
-    _run_with_progress(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"], "apt-get install chromium", env=env
+    _apt_install(
+        ["chromium"],
+        f"{path} is missing: run `apt-get install -y chromium` as root "
+        "(or point FLOWLOG_CHROMIUM at a Chromium binary)",
     )
     if not os.path.exists(path):
         raise ServiceError(f"apt-get installed chromium but {path} is not there")
@@ -390,27 +405,12 @@ def fetch_exporters() -> str:
         with _locked("exporters"):
             missing = sorted({pkg for cmd, pkg in EXPORTER_PACKAGES.items() if exporter_path(cmd) is None})
             if missing:
-                apt = shutil.which("apt-get")
-                if apt is None or os.geteuid() != 0:
-                    raise ServiceError(
-                        f"the exporters' Debian packages {', '.join(missing)} are missing; install "
-                        f"them as root: apt-get install -y {' '.join(missing)}"
-                    )
-                env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-                log(f"installing Debian packages {', '.join(missing)} with apt-get ...")
                 # policy-rc.d-less machines would start nfdump's service: nothing listens on our ports anyway
-                if (
-                    subprocess.run(
-                        [apt, "install", "-y", "--no-install-recommends", *missing], env=env, stdout=subprocess.DEVNULL
-                    ).returncode
-                    != 0
-                ):
-                    subprocess.run([apt, "update"], env=env, stdout=subprocess.DEVNULL)
-                    _run_with_progress(
-                        [apt, "install", "-y", "--no-install-recommends", *missing],
-                        f"apt-get install {' '.join(missing)}",
-                        env=env,
-                    )
+                _apt_install(
+                    missing,
+                    f"the exporters' Debian packages {', '.join(missing)} are missing; install "
+                    f"them as root: apt-get install -y {' '.join(missing)}",
+                )
     still = sorted(cmd for cmd in EXPORTER_PACKAGES if exporter_path(cmd) is None)
     if still:
         raise ServiceError(f"after apt-get, still missing: {', '.join(still)}")
@@ -450,29 +450,12 @@ def fetch_postgres() -> str:
         found = pg_bin_dir()
         if found:
             return found
-        apt = shutil.which("apt-get")
-        if apt is None or os.geteuid() != 0:
-            raise ServiceError(
-                f"PostgreSQL {PG_MIN_MAJOR}+ is missing (no {PG_LIB_ROOT}/<major>/bin/initdb): install it as root "
-                f"with `apt-get install -y {PG_PACKAGE}`, or point FLOWLOG_PG_BIN at a folder with initdb and postgres"
-            )
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        log(f"installing Debian's {PG_PACKAGE} package with apt-get ...")
-        if (
-            subprocess.run(
-                [apt, "install", "-y", "--no-install-recommends", PG_PACKAGE],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            ).returncode
-            != 0
-        ):
-            _run_with_progress([apt, "update", "-q"], "apt-get update", env=env)
-            _run_with_progress(
-                [apt, "install", "-y", "-q", "--no-install-recommends", PG_PACKAGE],
-                f"apt-get install {PG_PACKAGE}",
-                env=env,
-            )
+        _apt_install(
+            [PG_PACKAGE],
+            f"PostgreSQL {PG_MIN_MAJOR}+ is missing (no {PG_LIB_ROOT}/<major>/bin/initdb): install it as root "
+            f"with `apt-get install -y {PG_PACKAGE}`, or point FLOWLOG_PG_BIN at a folder with initdb, postgres "
+            "and psql",
+        )
         found = pg_bin_dir()
         if not found:
             raise ServiceError(f"apt-get installed {PG_PACKAGE} but no {PG_LIB_ROOT}/<major>/bin/initdb is there")
