@@ -198,11 +198,17 @@ def whole(q: agg.AggregateQuery) -> bool:
     return not q.group_by or q.group_by[0].field in ENUM_FIELDS
 
 
-def terms_plan(q: agg.AggregateQuery) -> dict[str, Any] | None:
+def terms_plan(q: agg.AggregateQuery, one_shard: bool = False) -> dict[str, Any] | None:
     """The aggregations of the terms top N (module docstring), or None where it does not apply:
     one key without a prefix (or, with time buckets, none), metrics count and sums. With an
     interval the same sits under a date_histogram (epoch-aligned fixed interval, like the
-    composite's source): the top N of each bucket."""
+    composite's source): the top N of each bucket.
+
+    one_shard: the search is expected to read one shard (one day index of one primary). One shard
+    computes every group's values completely and sends its top `size` in the answer's order, so
+    that top N is exact whatever the shard cut, and no large shard_size is needed (at 10M records
+    and 700,000 sources, shard_size 500,000 took 16-23 s where size 11 takes 1.7 s). The proof is
+    the response's shard count (_run_terms), not the expectation."""
     if len(q.group_by) > 1 or (not q.interval_ms and not q.group_by) or any(k.masked for k in q.group_by):
         return None
     if any(m.op not in ("count", "sum") for m in q.metrics):
@@ -218,7 +224,7 @@ def terms_plan(q: agg.AggregateQuery) -> dict[str, Any] | None:
         terms = {
             "field": key.field,
             "size": size,
-            "shard_size": max(TERMS_SHARD_SIZE, size),
+            "shard_size": size if one_shard else max(TERMS_SHARD_SIZE, size),
             # every group comes back: any order will do, and the key's is the cheapest
             "order": [{"_key": "asc"}] if every else [{order_by: "desc" if q.descending else "asc"}, {"_key": "asc"}],
         }
@@ -241,9 +247,13 @@ def terms_plan(q: agg.AggregateQuery) -> dict[str, Any] | None:
     return out
 
 
-def _run_terms(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: dict[str, Any]) -> agg.Groups | None:
+def _run_terms(
+    q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: dict[str, Any], one_shard: bool = False
+) -> agg.Groups | None:
     """The terms top N, or None when Elasticsearch cannot show it is exact (or refuses to hold
-    that many groups: a circuit breaker, search.max_buckets)."""
+    that many groups: a circuit breaker, search.max_buckets). Exact: no shard cut its list
+    (doc_count_error_upper_bound 0), or, planned for one shard, at most one shard was read
+    (`_shards`, the shard count the store's search adds to the aggregations)."""
     try:
         resp = _ask(q, budget, search, aggs)
     except ResourceExhausted:
@@ -256,6 +266,7 @@ def _run_terms(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: 
         raise
     conv = _converter(q.group_by[0]) if q.group_by else None
     approximate = False
+    single = one_shard and int(resp.get("_shards", 2)) <= 1
 
     def values(b: dict[str, Any], prefix: str = "") -> tuple[int, ...]:
         nonlocal approximate
@@ -275,7 +286,7 @@ def _run_terms(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: 
         if conv is None:
             return [agg.Group(bucket, (), values(parent))]
         t = parent.get("t", {})
-        if t.get("doc_count_error_upper_bound", -1) != 0:
+        if t.get("doc_count_error_upper_bound", -1) != 0 and not single:
             return None
         groups = [agg.Group(bucket, (conv(b["key"]),), values(b)) for b in t.get("buckets", [])]
         if every:  # every record of the bucket must be in its groups (whole())
@@ -323,11 +334,18 @@ def _run_terms(q: agg.AggregateQuery, budget: agg.Budget, search: Search, aggs: 
     return agg.Groups(top, approximate, why, ranked=True, other=other, matched=total[0])
 
 
-def run(q: agg.AggregateQuery, search: Search) -> agg.Groups:
+def run(q: agg.AggregateQuery, search: Search, one_shard: bool = False) -> agg.Groups:
     """The answer through `search(body_aggs, timeout_s)` (which returns the `aggregations` of one
-    search response): the terms top N when it is exact, else the composite aggregation paged to
-    its end, the groups ranked as they complete."""
+    search response, plus `_shards`: how many shards it read): the terms top N when it is exact
+    (first planned for one shard when one_shard says the search reads one, see terms_plan), else
+    the composite aggregation paged to its end, the groups ranked as they complete."""
     budget = agg.Budget(q)
+    if one_shard:
+        aggs = terms_plan(q, one_shard=True)
+        if aggs is not None:
+            answer = _run_terms(q, budget, search, aggs, one_shard=True)
+            if answer is not None:
+                return answer
     aggs = terms_plan(q)
     if aggs is not None:
         answer = _run_terms(q, budget, search, aggs)

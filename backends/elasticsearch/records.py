@@ -612,14 +612,14 @@ class ElasticsearchRecordStore:
                         ignore_unavailable=True,
                         allow_no_indices=True,
                         allow_partial_search_results=False,
-                        filter_path=["aggregations"],
+                        filter_path=["aggregations", "_shards.total"],
                         **body,
                     )
                 )
-            return resp.get("aggregations", {})
+            return {**resp.get("aggregations", {}), "_shards": resp.get("_shards", {}).get("total", 0)}
 
         try:
-            return es_aggregate.run(q, search)
+            return es_aggregate.run(q, search, one_shard=self._one_shard(rq, plan[0], keys))
         except _NothingToRead:
             return agg.Groups([])
 
@@ -660,6 +660,7 @@ class ElasticsearchRecordStore:
                     "responses.aggregations",
                     "responses.error.type",
                     "responses._shards.failed",
+                    "responses._shards.total",
                 ],
             )
         registry, answer = resp["responses"]
@@ -669,7 +670,14 @@ class ElasticsearchRecordStore:
         self._remember(keys, read)
         if "error" in answer or answer.get("_shards", {}).get("failed", 0):
             return read, None
-        return read, answer.get("aggregations", {})
+        return read, {**answer.get("aggregations", {}), "_shards": answer.get("_shards", {}).get("total", 0)}
+
+    def _one_shard(self, rq: RecordQuery, entries: dict[str, Entry], keys: dict[str, str]) -> bool:
+        """Whether the aggregation is expected to read one shard: one primary per day index, and
+        one day index named (a range within one UTC day, no first-layout index left). Only an
+        expectation: the plan checks the shard count each response reports."""
+        indices = self._indices(rq, self._rules(keys, entries)[1])
+        return self._cfg.shards == 1 and "," not in indices and "*" not in indices
 
     def _keys(self, query: RecordQuery) -> dict[str, str]:
         """ls_key -> LogStore name of the queried LogStores."""

@@ -222,6 +222,12 @@ def _predicate(filter_text: str):
 def test_top_talkers_by_address_with_other(filled_store, dataset: DataSet):
     want = check(filled_store, dataset.records, group_by=["src_addr"], metrics=["sum(bytes)", "count"])
     assert len(want["rows"]) == 10 and want["other"] is not None and want["matched"] > 1000
+    # within one UTC day (one day index on Elasticsearch: the one-shard top N), per minute too
+    day = {"start_ms": DAY0_MS, "end_ms": DAY0_MS + DAY_MS}
+    want = check(filled_store, dataset.records, group_by=["src_addr"], metrics=["sum(bytes)", "count"], **day)
+    assert want["other"] is not None
+    check(filled_store, dataset.records, group_by=["dst_port"], metrics=["count"], limit=3, order_by="-count", **day)
+    check(filled_store, dataset.records, group_by=["src_addr"], metrics=["count"], interval_ms=HOUR_MS, limit=2, **day)
 
 
 @pytest.mark.parametrize(
