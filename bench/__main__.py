@@ -341,18 +341,6 @@ def render(res: dict[str, Any], args: argparse.Namespace, command: str) -> str:
             "",
         ]
         L += agg_bench.render(ag) + [""]
-    for ds, qs in res.get("aggregate", {}).items():  # issue 16: per data set, its worst question
-        rows = {k: v for k, v in qs.items() if not k.startswith("_")}
-        if not rows:
-            continue
-        ratio, worst = max((v["ratio"], k) for k, v in rows.items())
-        check(f"Aggregate {ds} <= 2x the hand-written query (same run)", ratio <= 2, f"worst {ratio:.2f}x ({worst})")
-        if ds.startswith("embedded-") and qs.get("_dataset", {}).get("records", 0) >= 10_000_000:
-            p50, slow = max((v["grpc_p50_ms"], k) for k, v in rows.items())
-            check(f"Aggregate {ds} p50 < 300 ms (each question)", p50 < 300, f"worst {p50:.1f} ms ({slow})")
-        rss = qs.get("_dataset", {}).get("peak_rss_mb")
-        if rss is not None:
-            check(f"server RSS < 500 MB during Aggregate ({ds})", rss < 500, f"{rss:.0f} MB")
     t = res.get("tail")
     if t:
         L += [

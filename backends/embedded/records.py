@@ -45,6 +45,8 @@ from server.core.ports import RecordQuery
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
+# How long DuckDB keeps `aggregate_threads` after the last Aggregate (EmbeddedRecordStore.__init__).
+_THREADS_LINGER_S = 1.0
 
 # SQL types of the columns, FlowRecord field order; their Arrow types are server.core.columns.SCHEMA
 # (what the pipeline hands over). Then the two derived address blobs.
@@ -158,10 +160,14 @@ class EmbeddedRecordStore:
             self._con.execute(f"ALTER TABLE records ADD COLUMN IF NOT EXISTS {name} {sql}")
         self._lock = threading.Lock()
         # DuckDB's thread count is one setting of the database: `aggregate_threads` while at least
-        # one aggregate() runs (EmbeddedConfig.aggregate_threads says why), `threads` otherwise.
+        # one aggregate() runs (EmbeddedConfig.aggregate_threads says why), `threads` again
+        # _THREADS_LINGER_S after the last one (off the call's path: lowering joins DuckDB's
+        # worker, ~2.5 ms; and the next Aggregate of a burst finds it running).
         self._threads = threads or 0
         self._aggregate_threads = aggregate_threads or 0
         self._aggregates = 0
+        self._raised = False
+        self._lowering: threading.Timer | None = None
         self._threads_lock = threading.Lock()
         self._dirty = False
         self._closed = threading.Event()
@@ -379,7 +385,7 @@ class EmbeddedRecordStore:
         finally:
             timer.cancel()
             if more_threads:
-                self._aggregate_ended(cur)
+                self._aggregate_ended()
             _release(cur)
         # An interrupt that lands before DuckDB starts the statement is lost (each statement
         # clears it): an answer that came after the deadline is out of time all the same.
@@ -420,17 +426,41 @@ class EmbeddedRecordStore:
     def _aggregate_started(self, cur: duckdb.DuckDBPyConnection) -> None:
         with self._threads_lock:
             self._aggregates += 1
-            if self._aggregates == 1:
+            if self._lowering is not None:
+                self._lowering.cancel()
+                self._lowering = None
+            if not self._raised:
                 cur.execute(f"SET threads = {int(self._aggregate_threads)}")
+                self._raised = True
 
-    def _aggregate_ended(self, cur: duckdb.DuckDBPyConnection) -> None:
+    def _aggregate_ended(self) -> None:
         with self._threads_lock:
             self._aggregates -= 1
-            if self._aggregates == 0:
-                try:
-                    cur.execute(f"SET threads = {int(self._threads)}")
-                except duckdb.Error as exc:  # e.g. the store closed meanwhile
-                    log.info("could not set DuckDB's threads back to %d: %s", self._threads, exc)
+            if self._aggregates == 0 and self._raised:
+                if self._lowering is not None:
+                    self._lowering.cancel()
+                self._lowering = threading.Timer(_THREADS_LINGER_S, self._lower_threads)
+                self._lowering.daemon = True
+                self._lowering.start()
+
+    def _lower_threads(self) -> None:
+        try:
+            cur = self._cursor()  # before _threads_lock: it waits for a write in progress
+        except RuntimeError:  # closed
+            return
+        try:
+            with self._threads_lock:
+                if self._aggregates:
+                    return  # the last one to end schedules another
+                self._lowering = None
+                if not self._raised:
+                    return
+                cur.execute(f"SET threads = {int(self._threads)}")
+                self._raised = False
+        except duckdb.Error as exc:  # e.g. the store closed meanwhile
+            log.info("could not set DuckDB's threads back to %d: %s", self._threads, exc)
+        finally:
+            _release(cur)
 
     # -- deleting ------------------------------------------------------------------------------
 
@@ -500,6 +530,9 @@ class EmbeddedRecordStore:
             return
         self._closed.set()
         self._checkpoint_due.set()
+        with self._threads_lock:
+            if self._lowering is not None:
+                self._lowering.cancel()
         if self._checkpointer is not None:
             self._checkpointer.join(timeout=10)
         with self._lock:
