@@ -395,7 +395,15 @@ def run_elasticsearch(
             "elasticsearch": {"url": es["url"], "index_prefix": ES_PREFIX},
         },
     )
-    return _measure_server(srv, ESBaseline(es, log_store), log_store, total, lo, hi, reps, f"elasticsearch-{label}", wd)
+    try:
+        res = _measure_server(
+            srv, ESBaseline(es, log_store), log_store, total, lo, hi, reps, f"elasticsearch-{label}", wd
+        )
+    finally:
+        if cache_setting in ("0", "1"):
+            _request_cache(es, None)
+    res["_dataset"]["request_cache"] = {"0": "off", "1": "on"}.get(cache_setting, "index default (on)")
+    return res
 
 
 def render(res: dict[str, Any]) -> list[str]:
@@ -434,7 +442,7 @@ def _load(values: list[float] | None) -> str:
     return " / ".join(f"{x:.1f}" for x in values) if values else "-"
 
 
-def _request_cache(es: dict, on: bool) -> None:
+def _request_cache(es: dict, on: bool | None) -> None:
     """FLOWLOG_BENCH_ES_REQUEST_CACHE=0|1: the shard request cache of the data set's day indices
     off (every call does the aggregation's work; the default caches size-0 results, so repeated
     small answers, like a 1-minute series, are a cache lookup for flowlog and baseline alike) or on."""
@@ -446,7 +454,8 @@ def _request_cache(es: dict, on: bool) -> None:
         index = shared_base(ES_PREFIX) + "-*"
         client.indices.put_settings(index=index, settings={"index.requests.cache.enable": on})
         client.indices.clear_cache(index=index, request=True)
-    log(f"aggregate (elasticsearch): shard request cache {'on' if on else 'off'} (FLOWLOG_BENCH_ES_REQUEST_CACHE)")
+    state = {True: "on", False: "off", None: "back to the index default"}[on]
+    log(f"aggregate (elasticsearch): shard request cache {state} (FLOWLOG_BENCH_ES_REQUEST_CACHE)")
 
 
 def _es_count(es: dict, log_store: str) -> int:
