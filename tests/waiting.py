@@ -12,16 +12,51 @@ from typing import Any, Callable
 DEADLINE_S = 30.0
 
 
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE_S, step: float = 0.01) -> Any:
-    """cond()'s first truthy value; AssertionError naming `what` if none comes within `timeout`."""
+def wait_for(
+    probe: Callable[[], Any],
+    what: str,
+    timeout: float = DEADLINE_S,
+    step: float = 0.01,
+    *,
+    until: Callable[[Any], Any] = bool,
+    ignoring: tuple[type[BaseException], ...] = (),
+    describe: Callable[[Any], str] | None = None,
+) -> Any:
+    """The first value of probe() that is truthy (or for which until(value) is): the one condition wait of
+    the tests. probe() is called every `step` seconds; an exception of the `ignoring` types counts as "not yet"
+    (a server still starting). AssertionError if none comes within `timeout`, saying what was awaited and
+    what was last seen (the exception, or the value as describe(value) puts it, else its cut repr)."""
     deadline = time.monotonic() + timeout
     while True:
-        value = cond()
-        if value:
-            return value
+        try:
+            value = probe()
+            if until(value):
+                return value
+            last = describe(value) if describe else _shown(value)
+        except ignoring as e:
+            last = f"{type(e).__name__}: {e}"
         if time.monotonic() >= deadline:
-            raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}")
+            raise AssertionError(f"gave up after {timeout:.0f} s waiting for {what}; last seen: {last}")
         time.sleep(step)  # the polling interval of the condition above
+
+
+def poll(probe: Callable[[], Any], timeout: float, step: float = 0.01, *, until: Callable[[Any], Any] = bool) -> Any:
+    """The first value of probe() that is truthy (or for which until(value) is), else its last value once
+    `timeout` has passed: for a test that judges what came itself, e.g. that a ninth record did NOT come
+    within 3 s (a wait that must succeed is wait_for, whose failure says what it waited for)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if until(value) or time.monotonic() >= deadline:
+            return value
+        time.sleep(step)  # the polling interval of the condition above
+
+
+def _shown(value: Any, limit: int = 300) -> str:
+    """A value in a failure message: its repr, cut at `limit` characters, with its length when it has one."""
+    text = repr(value)
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{text} ({len(value)} items)" if isinstance(value, (list, tuple, set, frozenset, dict)) else text
 
 
 def finishes(fn: Callable[..., Any], *args: Any, what: str, timeout: float = DEADLINE_S) -> Any:

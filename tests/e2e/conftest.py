@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from flowlog.v1 import flow_log_pb2_grpc, ingest_pb2_grpc, log_store_pb2_grpc, query_pb2_grpc, resource_pb2_grpc
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_A = "test-key-account-a-0123456789"
@@ -61,6 +61,16 @@ def _channel(address: str, ca: bytes | None, client: tuple[bytes, bytes] | None)
     return grpc.secure_channel(address, grpc.ssl_channel_credentials(ca, key, cert))
 
 
+def serving(proc: subprocess.Popen, address: str, ca: bytes | None = None, client=None) -> bool:
+    """One probe of a starting flowlog-server (for wait_for, ignoring grpc.RpcError: not listening yet): its
+    health service reports SERVING. RuntimeError when the process has exited, since nothing will come."""
+    if proc.poll() is not None:
+        raise RuntimeError(f"flowlog-server exited with {proc.returncode}")
+    with _channel(address, ca, client) as ch:
+        resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+    return resp.status == health_pb2.HealthCheckResponse.SERVING
+
+
 def start_server(
     tmp: Path,
     settings: dict | None = None,
@@ -99,20 +109,17 @@ def start_server(
         start_new_session=True,
     )
     sp = ServerProcess(proc, f"127.0.0.1:{port}", data_dir, config_path, log_path)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"flowlog-server exited with {proc.returncode}:\n{sp.log_tail()}")
-        try:
-            with _channel(sp.address, health_tls, health_client) as ch:
-                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return sp
-        except grpc.RpcError:
-            pass
-        time.sleep(0.2)
-    sp.stop(signal.SIGKILL)
-    raise RuntimeError(f"flowlog-server did not become healthy in {timeout}s:\n{sp.log_tail()}")
+    try:
+        wait_for(
+            lambda: serving(proc, sp.address, health_tls, health_client), "flowlog-server to report SERVING",
+            timeout, 0.2, ignoring=(grpc.RpcError,),
+        )  # fmt: skip
+    except RuntimeError as e:  # it exited
+        raise RuntimeError(f"{e}:\n{sp.log_tail()}") from None
+    except AssertionError as e:
+        sp.stop(signal.SIGKILL)
+        raise RuntimeError(f"flowlog-server did not become healthy in {timeout}s ({e}):\n{sp.log_tail()}") from None
+    return sp
 
 
 class Stubs:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.client
 import json
 import struct
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import ServerProcess, free_port, start_server
+from tests.waiting import wait_for
 
 
 @dataclass
@@ -31,19 +31,22 @@ class ConsoleServer:
 def start_console_server(tmp: Path, settings: dict | None = None, timeout: float = 60) -> ConsoleServer:
     port = free_port()
     sp = start_server(tmp, {**(settings or {}), "http": {"listen": f"127.0.0.1:{port}"}}, timeout=timeout)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:  # the HTTP listener opens right after gRPC reports SERVING
+
+    def console_open() -> bool:  # the HTTP listener opens right after gRPC reports SERVING
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as r:
-                if r.status == 200:
-                    return ConsoleServer(sp, port)
+                return r.status == 200
         except (urllib.error.URLError, ConnectionError):
-            pass
-        if sp.proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    sp.stop()
-    raise RuntimeError(f"the web console did not open on port {port}:\n{sp.log_tail()}")
+            if sp.proc.poll() is not None:
+                raise  # the server exited: nothing to wait for
+            return False
+
+    try:
+        wait_for(console_open, f"the web console on port {port}", timeout, 0.1)
+    except (AssertionError, urllib.error.URLError, ConnectionError) as e:
+        sp.stop()
+        raise RuntimeError(f"the web console did not open on port {port} ({e}):\n{sp.log_tail()}") from None
+    return ConsoleServer(sp, port)
 
 
 class HttpError(Exception):

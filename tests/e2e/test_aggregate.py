@@ -25,6 +25,7 @@ from clients.client import FlowLogClient, FlowLogError
 from flowlog.v1 import query_pb2
 from tests.e2e.conftest import ROOT, start_server
 from tests.e2e.test_readme import grpcurl
+from tests.waiting import wait_for
 
 STORES = ["web", "nat", "vpn", "bastion"]  # the demo flow logs', and the README's bastion flow log
 SCOPE = {"region": "bj", "project": "sample", "log_stores": STORES}
@@ -57,20 +58,24 @@ def demo(tmp_path_factory):
         )
         start = int(time.time() * 1000) - 60_000
         end = int(time.time() * 1000) + 10_000
-        deadline = time.monotonic() + 90
-        while True:  # wait on a condition: records after `end` have been stored
-            after = client.query(
-                region="bj",
-                project="sample",
-                log_stores=STORES,
-                start=rfc3339(end),
-                end=rfc3339(end + 3_600_000),
-                limit=1,
+        try:
+            wait_for(
+                lambda: list(
+                    client.query(
+                        region="bj",
+                        project="sample",
+                        log_stores=STORES,
+                        start=rfc3339(end),
+                        end=rfc3339(end + 3_600_000),
+                        limit=1,
+                    )
+                ),
+                "records after the window",
+                90,
+                0.5,
             )
-            if list(after):
-                break
-            assert time.monotonic() < deadline, f"no records after the window:\n{sp.log_tail()}"
-            time.sleep(0.5)
+        except AssertionError as e:
+            raise AssertionError(f"{e}:\n{sp.log_tail()}") from None
         records = list(
             client.query_all(region="bj", project="sample", log_stores=STORES, start=rfc3339(start), end=rfc3339(end))
         )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import time
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +23,7 @@ from flowlog.v1 import query_pb2
 from flowlog.v1 import types_pb2 as t
 from tests.e2e.conftest import KEY_A, ROOT, Stubs, start_server
 from tests.e2e.console_support import ConsoleServer, start_console_server
+from tests.waiting import wait_for
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 CHROMIUM_ARGS = [
@@ -161,16 +161,6 @@ def query_records(
         token = summary.next_page_token
 
 
-def wait_for(fn, timeout: float = 60, interval: float = 0.25, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not met in {timeout}s")
-
-
 def settled_records(s: Stubs, region, project, stores, start, end, flt=""):
     """The records of a paused flow log once the pipeline has delivered them all: two reads in a
     row that agree (records still in flight only ever add)."""
@@ -182,7 +172,7 @@ def settled_records(s: Stubs, region, project, stores, start, end, flt=""):
         last[0] = ids
         return ids if same else None
 
-    return wait_for(read, interval=1.0, what="records settle")
+    return wait_for(read, "records settle", 60, 1.0)
 
 
 def pause(s: Stubs, fid: str) -> None:
@@ -327,7 +317,9 @@ def traffic(console):
             )
             == 2
         ),
-        what="both flow logs have records",
+        "both flow logs have records",
+        60,
+        0.25,
     )
     yield {"flow_log": f, "other": other, "start": start, "stubs": s}
     s.close()
@@ -353,14 +345,16 @@ def test_tail_shows_generated_records_pause_and_resume_from_the_cursor(page, con
         ids = {r.record_id for r in recs}
         return ids if set(seen) <= ids else None
 
-    stored = wait_for(stored_ids, what="tailed records are stored")
+    stored = wait_for(stored_ids, "tailed records are stored", 60, 0.25)
     assert set(seen) <= stored
     bodies: list[bytes] = []
     record_tail_bodies(page, bodies)
     page.get_by_role("button", name="Resume").click()
     wait_for(
         lambda: page.locator("table[aria-label='Live records'] tbody tr").count() > len(seen),
-        what="new records after resume",
+        "new records after resume",
+        60,
+        0.25,
     )
     assert any(b"resumeCursor" in b for b in bodies), "resume sends the cursor"
     after = row_ids(page, "Live records")
@@ -380,7 +374,7 @@ def test_search_with_a_filter_paging_download_and_a_filter_error(page, console, 
         rows = query_records(s, "bj", "shop", ["edge", "nat"], start, datetime.now(UTC), flt)
         return any(r.start_time.ToDatetime(tzinfo=UTC) < cutoff for r in rows)
 
-    wait_for(a_settled_match, interval=1.0, what="a record matching the filter")
+    wait_for(a_settled_match, "a record matching the filter", 60, 1.0)
     end = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
     want = settled_records(s, "bj", "shop", ["edge", "nat"], start, end, flt)
     login(
@@ -513,7 +507,7 @@ def test_lost_tail_connection_resumes_from_its_cursor(page, console, traffic, tm
     restarted = start_server(tmp_path, settings, data_dir=data_dir, port=port)
     console["cs"] = ConsoleServer(restarted, cs.http_port)
     sync_api.expect(page.locator("#tail-status")).to_have_attribute("data-state", "live", timeout=60_000)
-    wait_for(lambda: rows.count() > before, what="records after reconnecting")
+    wait_for(lambda: rows.count() > before, "records after reconnecting", 60, 0.25)
     assert any(b"resumeCursor" in b for b in bodies), "the reconnect carries the cursor"
     ids = row_ids(page, "Live records")
     assert len(ids) == len(set(ids))

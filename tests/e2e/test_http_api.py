@@ -4,7 +4,6 @@ RPC reachable, streaming Query and Tail (with resume), and the same answers as g
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -16,6 +15,7 @@ from google.protobuf import timestamp_pb2
 from flowlog.v1 import query_pb2
 from tests.e2e.conftest import KEY_A, KEY_B, Stubs
 from tests.e2e.console_support import HttpError, Stream, start_console_server, unary
+from tests.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +37,6 @@ def new_flow_log(base: str, key: str, project: str = "web", store: str | None = 
         **kw,
     }
     return unary(base, "FlowLogService/CreateFlowLog", body, key)
-
-
-def wait_for(fn, timeout: float = 60, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError("condition not met in time")
 
 
 def test_no_key_or_a_wrong_key_is_401_unauthenticated(console):
@@ -187,7 +177,7 @@ def test_streaming_query_matches_grpc_and_errors_end_the_stream(console):
                 ids += [r.record_id for r in resp.batch.records]
             return ids, end
 
-        wait_for(lambda: len(grpc_ids()[0]) >= 5)
+        wait_for(lambda: len(grpc_ids()[0]) >= 5, "5 records queryable over gRPC", 60, 0.2)
         unary(
             console.base,
             "FlowLogService/UpdateFlowLog",
@@ -323,7 +313,7 @@ def test_without_a_config_file_the_console_opens_on_demo_flow_logs_with_traffic(
             finally:
                 s.close()
 
-        assert wait_for(records)
+        wait_for(records, "records in the HTTP Query stream", 60, 0.2)
     finally:
         assert cs.grpc.stop() == 0
     from server.config import load

@@ -12,7 +12,6 @@ import gzip
 import io
 import json
 import re
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -25,6 +24,7 @@ from clients.cli import main
 from clients.client import FlowLogClient
 from flowlog.v1 import types_pb2 as t
 from tests.e2e.conftest import KEY_A, start_server
+from tests.waiting import poll
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "importers"
 # The hosts of the examples (AWS's ENIs and instances, Azure's VM) belong to the imported resource.
@@ -85,13 +85,9 @@ def stored(client, fl) -> list:
 
 
 def wait_for_count(client, fl, n: int, timeout: float = 30) -> list:
-    """Records reach the query backend shortly after they are durable: poll until n are there."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = stored(client, fl)
-        if len(records) >= n or time.monotonic() > deadline:
-            return records
-        time.sleep(0.2)
+    """Records reach the query backend shortly after they are durable: poll until n are there (or `timeout` has
+    passed: some callers check that no more than n-1 come, duplicates)."""
+    return poll(lambda: stored(client, fl), timeout, 0.2, until=lambda records: len(records) >= n)
 
 
 def key(r) -> tuple:

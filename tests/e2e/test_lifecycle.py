@@ -22,7 +22,8 @@ from flowlog.v1 import log_store_pb2 as ls
 from flowlog.v1 import query_pb2
 from flowlog.v1 import types_pb2 as t
 from tests.e2e.conftest import KEY_A, Stubs, start_server
-from tests.reliability.conftest import Target, batch, create_target, query_ids, wait_for
+from tests.reliability.conftest import Target, batch, create_target, query_ids
+from tests.waiting import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,7 @@ def test_pausing_a_flow_log_fails_the_open_streams_next_message(a):
     stream = OpenIngest(a)
     first, first_ids = batch(target.flow_log_id, 20)
     stream.send(first)
-    wait_for(lambda: set(first_ids) <= set(query_ids(target)), 30, what="the first message stored")
+    wait_for(lambda: set(first_ids) <= set(query_ids(target)), "the first message stored", 30, 0.2)
     set_state(a, target.flow_log_id, t.FLOW_LOG_STATE_PAUSED)
     refused, refused_ids = batch(target.flow_log_id, 20)
     stream.send(refused)
@@ -106,7 +107,7 @@ def test_pausing_a_flow_log_fails_the_open_streams_next_message(a):
     later, later_ids = batch(target.flow_log_id, 20)
     resp = a.ingest.Ingest(iter([later]), metadata=a.md, timeout=30)
     assert resp.accepted == 20
-    wait_for(lambda: set(later_ids) <= set(query_ids(target)), 30, what="the later message stored")
+    wait_for(lambda: set(later_ids) <= set(query_ids(target)), "the later message stored", 30, 0.2)
     stored = set(query_ids(target))
     assert set(first_ids) <= stored and not set(refused_ids) & stored
 
@@ -116,7 +117,7 @@ def test_deleting_the_flow_log_and_its_log_store_fails_the_open_stream_and_orpha
     stream = OpenIngest(a)
     first, first_ids = batch(target.flow_log_id, 20)
     stream.send(first)
-    wait_for(lambda: set(first_ids) <= set(query_ids(target)), 30, what="the first message stored")
+    wait_for(lambda: set(first_ids) <= set(query_ids(target)), "the first message stored", 30, 0.2)
     delete_all(target)
     stream.send(batch(target.flow_log_id, 20)[0])
     e = stream.error()
@@ -128,7 +129,7 @@ def test_deleting_the_flow_log_and_its_log_store_fails_the_open_stream_and_orpha
     again = create_target(a, store=target.log_store)
     new, new_ids = batch(again.flow_log_id, 10)
     assert a.ingest.Ingest(iter([new]), metadata=a.md, timeout=30).accepted == 10
-    wait_for(lambda: set(new_ids) <= set(query_ids(again)), 30, what="the new LogStore's records")
+    wait_for(lambda: set(new_ids) <= set(query_ids(again)), "the new LogStore's records", 30, 0.2)
     assert sorted(query_ids(again)) == sorted(new_ids)
 
 
@@ -138,7 +139,7 @@ def test_only_the_paused_flow_logs_stream_is_refused(a):
     stream = OpenIngest(a)
     m1, ids1 = batch(target.flow_log_id, 10)
     stream.send(m1)
-    wait_for(lambda: set(ids1) <= set(query_ids(target)), 30, what="the first message stored")
+    wait_for(lambda: set(ids1) <= set(query_ids(target)), "the first message stored", 30, 0.2)
     set_state(a, other.flow_log_id, t.FLOW_LOG_STATE_PAUSED)
     m2, ids2 = batch(target.flow_log_id, 10)
     stream.send(m2)
@@ -172,11 +173,12 @@ def test_an_open_tail_of_a_deleted_log_store_ends_with_not_found(a, busy):
         assert a.ingest.Ingest(iter([m]), metadata=a.md, timeout=30).accepted == 10
         wait_for(
             lambda: sum(len(e.batch.records) for e in events if e.HasField("batch")) >= 10,
+            "the tail's records",
             30,
-            what="the tail's records",
+            0.2,
         )
     else:
-        wait_for(lambda: any(e.HasField("heartbeat") for e in events), 30, what="the tail's first heartbeat")
+        wait_for(lambda: any(e.HasField("heartbeat") for e in events), "the tail's first heartbeat", 30, 0.2)
     cursor = events[-1].cursor
     delete_all(target)
     reader.join(30)
@@ -192,7 +194,7 @@ def test_a_deleted_log_store_is_gone_from_every_api_at_once(a):
     target = create_target(a)
     m, ids = batch(target.flow_log_id, 10)
     assert a.ingest.Ingest(iter([m]), metadata=a.md, timeout=30).accepted == 10
-    wait_for(lambda: set(ids) <= set(query_ids(target)), 30, what="records stored")
+    wait_for(lambda: set(ids) <= set(query_ids(target)), "records stored", 30, 0.2)
     delete_all(target)
     key = dict(region=target.region, project=target.project, name=target.log_store)
     for call, req in (

@@ -39,7 +39,8 @@ from server.archive import Archive
 from server.core.model import LogStoreKey
 from server.demo import demo_resources
 from tests.e2e.conftest import KEY_A, ROOT, Stubs, free_port, start_server
-from tests.reliability.conftest import Target, batch, create_target, query_ids, wait_for
+from tests.reliability.conftest import Target, batch, create_target, query_ids
+from tests.waiting import wait_for
 
 DAY_MS = 86_400_000
 
@@ -295,7 +296,7 @@ def test_page_tokens_are_bound_to_filter_and_order_and_a_flipped_byte_is_refused
     target = create_target(a)
     msg, ids = batch(target.flow_log_id, 30)
     assert a.ingest.Ingest(iter([msg]), metadata=a.md, timeout=30).accepted == 30
-    wait_for(lambda: set(ids) <= set(query_ids(target)), 30, what="records searchable")
+    wait_for(lambda: set(ids) <= set(query_ids(target)), "records searchable", 30, 0.2)
     flt = "dst_port IN (22, 443, 80, 53)"
     token = _summary(a, _query(target, limit=5, filter=flt, order=query_pb2.ORDER_OLDEST_FIRST)).next_page_token
     assert token
@@ -371,8 +372,9 @@ def test_a_slow_tail_ends_with_resource_exhausted_and_resumes_without_gap_or_dup
         sent.extend(ids)
     wait_for(
         lambda: server.log_path.read_text(errors="replace").count("tail subscriber overflowed") > before,
+        "the tail's buffer overflowing",
         60,
-        what="the tail's buffer overflowing",
+        0.2,
     )
     got: list[str] = []
     with pytest.raises(grpc.RpcError) as e:
@@ -442,7 +444,7 @@ def test_flowlog_environment_settings_and_their_precedence(tmp_path):
             except grpc.RpcError:
                 return False
 
-        wait_for(serving, 60, what="the server on the flag's port")
+        wait_for(serving, "the server on the flag's port", 60, 0.2)
         assert (tmp_path / "env-data" / "metadata.db").exists() and not (tmp_path / "file-data").exists()
         for port in (file_port, env_port):  # nothing listens there
             with pytest.raises(ConnectionRefusedError):
@@ -523,8 +525,8 @@ def test_the_retention_pass_drops_whole_days_on_every_backend(tmp_path, request,
         def archived() -> set[str]:
             return {r.record_id for b in archive.read("acct-a", key, 0, 4_000_000_000_000) for r in b}
 
-        wait_for(lambda: set(query_ids(target)) == everything, 60, what="every day stored")
-        wait_for(lambda: archived() == everything, 60, what="every day archived")
+        wait_for(lambda: set(query_ids(target)) == everything, "every day stored", 60, 0.2)
+        wait_for(lambda: archived() == everything, "every day archived", 60, 0.2)
         a.log_stores.UpdateLogStore(
             ls.UpdateLogStoreRequest(
                 log_store=ls.LogStore(
@@ -535,8 +537,8 @@ def test_the_retention_pass_drops_whole_days_on_every_backend(tmp_path, request,
             metadata=a.md,
             timeout=30,
         )
-        wait_for(lambda: set(query_ids(target)) == kept, 60, what="the query backend's old days dropped")
-        wait_for(lambda: archived() == kept, 60, what="the archive's old days dropped")
+        wait_for(lambda: set(query_ids(target)) == kept, "the query backend's old days dropped", 60, 0.2)
+        wait_for(lambda: archived() == kept, "the archive's old days dropped", 60, 0.2)
         if kind != "embedded":
             from tests.reliability.test_outage import es_request
 
@@ -547,7 +549,7 @@ def test_the_retention_pass_drops_whole_days_on_every_backend(tmp_path, request,
 
             # The only LogStore of these shared day indices is past retention in the two old
             # ones: the sweep drops them whole, today's and yesterday's stay.
-            wait_for(lambda: len(day_indices()) == 2, 60, what="the old shared day indices dropped")
+            wait_for(lambda: len(day_indices()) == 2, "the old shared day indices dropped", 60, 0.2)
     finally:
         a.close()
         archive.store.close()

@@ -8,12 +8,12 @@ import re
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import ROOT, start_server
+from tests.waiting import poll
 
 README = (ROOT / "README.md").read_text()
 DEFAULT_ADDRESS = "127.0.0.1:50051"
@@ -91,12 +91,10 @@ def test_try_it_examples_work_as_written(readme_server):
         if cmd.startswith("flowlog query") and not waited:
             # The first query waits (polling, 30 s at most) until the new flow log's first
             # generator windows are stored.
-            deadline = time.monotonic() + 30
-            while True:
-                r = run(cmd, readme_server.address, tool, flowlog_bin)
-                if r.returncode != 0 or "ACCEPT" in r.stdout or "REJECT" in r.stdout or time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)  # the polling interval
+            r = poll(
+                lambda: run(cmd, readme_server.address, tool, flowlog_bin), 30, 0.2,
+                until=lambda r: r.returncode != 0 or "ACCEPT" in r.stdout or "REJECT" in r.stdout,
+            )  # fmt: skip
             waited = True
         else:
             r = run(cmd, readme_server.address, tool, flowlog_bin)

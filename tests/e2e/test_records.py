@@ -4,7 +4,6 @@ LogStores with paging, Tail live and resumed, LogStore deletion. A real server p
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -16,6 +15,7 @@ from flowlog.v1 import record_pb2
 from server.core.filter import compile_predicate, parse
 from server.core.model import FlowRecord
 from tests.e2e.conftest import KEY_A, KEY_B
+from tests.waiting import poll, wait_for
 
 WINDOW_S = 1.0  # the test server's generator window (conftest)
 
@@ -57,15 +57,6 @@ def query_all(c: FlowLogClient, stores, *, filter="", since="1h", limit=0, order
     )
 
 
-def wait_for(fn, timeout: float, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 def pb_record(i: int, base: datetime, **kw) -> record_pb2.FlowRecord:
     r = record_pb2.FlowRecord(
         src_addr=f"10.1.{i // 250}.{i % 250 + 1}",
@@ -91,8 +82,10 @@ def test_generated_records_appear_within_two_windows(client):
     store = uid("gen")
     fl = make_flow_log(client, store)
     try:
-        records = wait_for(lambda: query_all(client, [store], since="5m"), timeout=2 * WINDOW_S + 30)
-        assert records, "no records after two windows (and a generous margin)"
+        records = wait_for(
+            lambda: query_all(client, [store], since="5m"), "records after two windows (and a generous margin)",
+            2 * WINDOW_S + 30, 0.1,
+        )  # fmt: skip
         r = records[0]
         assert r.flow_log_id == fl.id and r.resource_id == "eip-bj-01" and r.log_store == store
         assert r.network_id == "vpc-bjdemo" and r.region == "bj" and r.project == "proj"
@@ -106,8 +99,10 @@ def test_traffic_type_deny_keeps_only_rejects_and_pause_stops(client):
     store = uid("deny")
     fl = make_flow_log(client, store, traffic="deny")
     try:
-        records = wait_for(lambda: [r for r in query_all(client, [store], since="5m") if r.log_status == 1], timeout=30)
-        assert records and all(r.action == 2 for r in records)
+        records = wait_for(
+            lambda: [r for r in query_all(client, [store], since="5m") if r.log_status == 1], "OK records", 30, 0.1
+        )
+        assert all(r.action == 2 for r in records)
         client.update_flow_log(fl.id, state="paused")
         # A witness flow log, ACTIVE from after the pause. The generator submits windows one after
         # another from one thread, and the query backend stores them in that order: once the
@@ -116,11 +111,12 @@ def test_traffic_type_deny_keeps_only_rejects_and_pause_stops(client):
         witness_store = uid("wit")
         witness = make_flow_log(client, witness_store)
         try:
-            first = len(wait_for(lambda: query_all(client, [witness_store], since="5m"), timeout=30))
+            first = len(wait_for(lambda: query_all(client, [witness_store], since="5m"), "witness records", 30, 0.1))
             before = len(query_all(client, [store], since="5m"))
-            assert first and wait_for(
-                lambda: len(query_all(client, [witness_store], since="5m")) > first, timeout=30
-            ), "the generator did not run again within 30 s"
+            wait_for(
+                lambda: len(query_all(client, [witness_store], since="5m")) > first,
+                "the generator to run again (more witness records)", 30, 0.1,
+            )  # fmt: skip
             assert len(query_all(client, [store], since="5m")) == before
         finally:
             client.delete_flow_log(witness.id)
@@ -162,7 +158,9 @@ def test_ingest_rejects_bad_records_keeps_good_and_never_duplicates(client):
             if len(query_all(client, [store], since="1h", filter="src_addr = 10.1.0.0/16")) >= 50
             else []
         ),
+        "50 records stored",
         10,
+        0.1,
     )
     assert len(got) == 50 and len({r.record_id for r in got}) == 50
     # a retry of the same records never duplicates
@@ -170,7 +168,7 @@ def test_ingest_rejects_bad_records_keeps_good_and_never_duplicates(client):
     # A marker stored after the retry: the query backend stores in order, so once the marker is
     # searchable the retried records are stored too (or deduplicated).
     assert client.ingest(fl.id, [[pb_record(0, base, src_addr="10.2.0.1")]]).accepted == 1
-    assert wait_for(lambda: query_all(client, [store], since="1h", filter="src_addr = 10.2.0.1"), timeout=30)
+    wait_for(lambda: query_all(client, [store], since="1h", filter="src_addr = 10.2.0.1"), "the marker", 30, 0.1)
     assert len(query_all(client, [store], since="1h", filter="src_addr = 10.1.0.0/16")) == 50
     client.delete_flow_log(fl.id)
 
@@ -220,8 +218,7 @@ def test_ingest_bytes_that_are_not_an_ingest_request(client):
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "is not a valid flowlog.v1.IngestRequest" in e.value.details()
     assert raw(iter([good.SerializeToString()]), timeout=10).accepted == 20
-    got = wait_for(lambda: len(query_all(client, [store], filter="src_addr = 10.1.0.0/16")) >= 20, 10)
-    assert got
+    wait_for(lambda: len(query_all(client, [store], filter="src_addr = 10.1.0.0/16")) >= 20, "20 records", 10, 0.1)
     stored = query_all(client, [store], filter="src_addr = 10.1.0.0/16")
     assert len(stored) == 20, "the retries of the same 20 records must not duplicate"
     client.delete_flow_log(fl.id)
@@ -242,7 +239,7 @@ def two_stores(server):
             assert c.ingest(fl.id, [recs[:700], recs[700:]]).accepted == 1500
             c.update_flow_log(fl.id, state="paused")  # keep the generator out of these stores
         # generated records of the window before the pause can land too: count what is there
-        wait_for(lambda: len(query_all(c, stores, since="2h", filter="src_addr = 10.1.0.0/16")) >= 3000, 15)
+        poll(lambda: len(query_all(c, stores, since="2h", filter="src_addr = 10.1.0.0/16")) >= 3000, 15, 0.1)
         yield stores, base
 
 
@@ -366,7 +363,7 @@ def test_tail_live_filtered_and_resumed(client):
     client.update_flow_log(fl.id, state="active")
     base = datetime.now(timezone.utc) - timedelta(seconds=30)
     client.ingest(fl.id, [[pb_record(i, base) for i in range(40)]])  # 10 of them go to port 22
-    wait_for(lambda: len([r for r in seen if r.src_addr.startswith("10.1.")]) >= 10, 10)
+    wait_for(lambda: len([r for r in seen if r.src_addr.startswith("10.1.")]) >= 10, "10 tailed records", 10, 0.1)
     mine = [r for r in seen if r.src_addr.startswith("10.1.")]
     assert len(mine) == 10 and all(r.dst_port == 22 for r in seen)
     tail.cancel()
@@ -395,7 +392,12 @@ def test_deleting_a_log_store_deletes_its_records(client):
     fl = make_flow_log(client, store)
     base = datetime.now(timezone.utc) - timedelta(minutes=2)
     client.ingest(fl.id, [[pb_record(i, base) for i in range(20)]])
-    assert wait_for(lambda: len(query_all(client, [store], since="1h", filter="src_addr = 10.1.0.0/16")) == 20, 10)
+    wait_for(
+        lambda: len(query_all(client, [store], since="1h", filter="src_addr = 10.1.0.0/16")) == 20,
+        "20 records",
+        10,
+        0.1,
+    )
     client.delete_flow_log(fl.id)
     assert query_all(client, [store], since="1h", filter="src_addr = 10.1.0.0/16"), "rule 8: records stay"
     client.delete_log_store("bj", "proj", store)
@@ -435,7 +437,9 @@ def test_rule_fields_and_a_missing_direction_through_ingest_query_and_tail(clien
                 if len(query_all(client, [store], filter=MARK)) >= 5
                 else []
             ),
+            "5 marked records",
             10,
+            0.1,
         )
         by_port = {r.src_port: r for r in got}
         assert len(got) == 5
@@ -492,8 +496,9 @@ def test_generated_records_say_which_rule_decided(client):
     store = uid("genrule")
     fl = make_flow_log(client, store, resource="eip-bj-02")  # the bastion: ACL + security group
     try:
-        records = wait_for(lambda: [r for r in query_all(client, [store], since="5m") if r.log_status == 1], 30)
-        assert records
+        records = wait_for(
+            lambda: [r for r in query_all(client, [store], since="5m") if r.log_status == 1], "OK records", 30, 0.1
+        )
         for r in records:
             assert r.rule_id and r.rule_kind in (1, 2, 3), r
             if r.rule_kind == 3:

@@ -15,14 +15,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import venv
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.e2e.conftest import free_port
+from tests.e2e.conftest import free_port, serving
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("FLOWLOG_CACHE", Path.home() / ".cache" / "flowlog"))
@@ -137,21 +136,10 @@ def test_wheel_from_a_clean_checkout_installs_working_commands(tmp_path):
 
 def _wait_serving(address: str, proc: subprocess.Popen, log_path: Path, deadline_s: float = 120) -> None:
     """Poll the health service until SERVING; fail with the server's log if it exits or never serves."""
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"the installed flowlog-server exited with {proc.returncode}:\n"
-                f"{log_path.read_text(errors='replace')[-3000:]}"
-            )
-        try:
-            with grpc.insecure_channel(address) as ch:
-                resp = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-        except grpc.RpcError:
-            time.sleep(0.2)  # polling interval of a condition wait, not a fixed wait before a check
-    raise AssertionError(
-        f"the installed flowlog-server did not serve within {deadline_s} s:\n"
-        f"{log_path.read_text(errors='replace')[-3000:]}"
-    )
+    try:
+        wait_for(
+            lambda: serving(proc, address), "the installed flowlog-server to serve", deadline_s, 0.2,
+            ignoring=(grpc.RpcError,),
+        )  # fmt: skip
+    except (AssertionError, RuntimeError) as e:  # RuntimeError: it exited
+        raise AssertionError(f"{e}:\n{log_path.read_text(errors='replace')[-3000:]}") from None

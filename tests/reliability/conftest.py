@@ -29,6 +29,7 @@ from flowlog.v1 import ingest_pb2, query_pb2, record_pb2
 from flowlog.v1 import types_pb2 as t
 from server.core.records import canonical_address, record_id
 from tests.e2e.conftest import KEY_A, KEY_B, ServerProcess, Stubs, free_port, start_server  # noqa: F401
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 _SCRIPTS = str(ROOT / "scripts")
@@ -50,39 +51,14 @@ BASE_SETTINGS = {
 }
 
 
-def wait_for(fn, timeout: float, interval: float = 0.2, what: str = "condition"):
-    """fn() until truthy; returns its value, or fails with `what` after timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last value {value!r})")
-        time.sleep(interval)
-
-
 def wait_delivered(fetch, acked: set, timeout: float, what: str) -> list[str]:
-    """Poll fetch() until it holds every acknowledged id; returns the last result."""
-    last: list[str] = []
-
-    def done():
-        nonlocal last
-        try:
-            last = fetch()
-        except grpc.RpcError:
-            return False
-        return acked <= set(last)
-
-    deadline = time.monotonic() + timeout
-    while not done():
-        if time.monotonic() > deadline:
-            missing = acked - set(last)
-            pytest.fail(
-                f"{what}: {len(missing)} of {len(acked)} acknowledged records still missing after {timeout:.0f}s"
-            )
-        time.sleep(1.0)
-    return last
+    """Poll fetch() every second (an RpcError: the backend is not answering yet) until it holds every
+    acknowledged id; returns that result."""
+    return wait_for(
+        fetch, f"{what}: every acknowledged record", timeout, 1.0,
+        until=lambda got: acked <= set(got), ignoring=(grpc.RpcError,),
+        describe=lambda got: f"{len(acked - set(got))} of {len(acked)} acknowledged records missing",
+    )  # fmt: skip
 
 
 # -- records with ids known in advance ----------------------------------------------------------

@@ -35,8 +35,8 @@ from tests.reliability.conftest import (
     report,
     settings,
     wait_delivered,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 ACCOUNT_A = "acct-a"
@@ -91,7 +91,7 @@ def test_kill9_mid_ingest_and_restart(tmp_path, server_factory, record_property)
             # Kill at different points of the work: after a different number of acknowledgements each cycle.
             at = (cycle + 1) * 3000 + (cycle * 1117) % 3600
             wait_for(
-                lambda: sum(len(i.books.acked) for i in ingesters) > at, 30, what="acknowledgements before the kill"
+                lambda: sum(len(i.books.acked) for i in ingesters) > at, "acknowledgements before the kill", 30, 0.2
             )
             sp.proc.kill()
             sp.proc.wait(10)
@@ -101,8 +101,9 @@ def test_kill9_mid_ingest_and_restart(tmp_path, server_factory, record_property)
         after = sum(len(i.books.acked) for i in ingesters)
         wait_for(
             lambda: sum(len(i.books.acked) for i in ingesters) > after + 1800,
+            "acknowledgements after the last restart",
             30,
-            what="acknowledgements after the last restart",
+            0.2,
         )
     finally:
         for ing in ingesters:
@@ -166,8 +167,8 @@ def test_sigterm_during_ingest_exits_cleanly_and_delivers(tmp_path, server_facto
     tails = [Tailer(target) for _ in range(3)]
     for th in tails + ingesters:
         th.start()
-    wait_for(lambda: sum(len(i.books.acked) for i in ingesters) > 20_000, 30, what="acknowledgements")
-    wait_for(lambda: all(t.records > 0 for t in tails), 30, what="tails receiving records")
+    wait_for(lambda: sum(len(i.books.acked) for i in ingesters) > 20_000, "acknowledgements", 30, 0.2)
+    wait_for(lambda: all(t.records > 0 for t in tails), "tails receiving records", 30, 0.2)
     t0 = time.monotonic()
     sp.proc.send_signal(signal.SIGTERM)
     try:

@@ -45,6 +45,7 @@ from tests.reliability.conftest import (
     settings,
     start_server,
 )
+from tests.waiting import wait_for
 
 ALLOWED = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -244,15 +245,6 @@ def ctx(srv):
     yield state
     a.close()
     b.close()
-
-
-def _wait(fn, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not fn():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.5)
-    return True
 
 
 def _count(ctx, key):
@@ -526,7 +518,9 @@ def test_after_fuzzing_server_is_healthy_and_every_accepted_record_is_stored(srv
     # dozens of indices takes a while on a busy 2-core machine.
     t0 = time.monotonic()
     try:
-        if not _wait(stored_all, 60):
+        try:
+            wait_for(stored_all, "every accepted record in the query backend", 60, 0.5)
+        except AssertionError:
             missing = accepted - set(query_ids(ta))
             shown = [str(ctx.get("records", {}).get(m, m)).replace("\n", " ") for m in sorted(missing)[:3]]
             pytest.fail(

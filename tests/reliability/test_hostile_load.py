@@ -23,8 +23,8 @@ from tests.reliability.conftest import (
     report,
     settings,
     start_server,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 MIB = 1 << 20
 CLIENTS = 20
@@ -108,7 +108,7 @@ def test_floods_of_huge_messages_cost_bounded_memory_and_other_tenants_keep_work
         ta, tb = create_target(a, "flooder"), create_target(b, "victim")
         req, ids = batch(tb.flow_log_id, 50)
         assert b.ingest.Ingest(iter([req]), metadata=b.md, timeout=30).accepted == 50
-        wait_for(lambda: set(ids) <= set(query_ids(tb)), 30, what="the victim's records to be searchable")
+        wait_for(lambda: set(ids) <= set(query_ids(tb)), "the victim's records to be searchable", 30, 0.2)
 
         # The victim's Tail, read on a thread for the whole test: it must keep receiving.
         tail = b.query.Tail(
@@ -125,7 +125,7 @@ def test_floods_of_huge_messages_cost_bounded_memory_and_other_tenants_keep_work
 
         reader = threading.Thread(target=read_tail, daemon=True)
         reader.start()
-        wait_for(lambda: tail_seen[0] > 0, 30, what="the victim's Tail to answer")
+        wait_for(lambda: tail_seen[0] > 0, "the victim's Tail to answer", 30, 0.2)
 
         pid = srv.proc.pid
         rss_before, hwm_before = vm(pid, "VmRSS"), vm(pid, "VmHWM")
@@ -194,7 +194,7 @@ def test_floods_of_huge_messages_cost_bounded_memory_and_other_tenants_keep_work
             assert codes <= expected and codes & expected, f"{name}: got {codes}, expected {expected}"
             details = {d for f in floods for d in f.details}
             assert all(d for d in details), f"{name}: an error without a message"
-            wait_for(lambda: tail_seen[0] > seen, 20, what=f"the victim's Tail to keep answering ({name})")
+            wait_for(lambda: tail_seen[0] > seen, f"the victim's Tail to keep answering ({name})", 20, 0.2)
             growth[name] = round((vm(pid, "VmHWM") - rss_before) / MIB, 1)
             report(
                 record_property,

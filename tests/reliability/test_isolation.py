@@ -30,8 +30,8 @@ from tests.reliability.conftest import (
     query_ids,
     settings,
     start_server,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 WRONG_KEY = "wrong-key-" + uuid.uuid4().hex
 # A key that shares a long prefix with a real one: the answer must not differ from any wrong key.
@@ -60,7 +60,7 @@ def world(srv):
         resp = target.stubs.ingest.Ingest(iter([req]), metadata=target.stubs.md, timeout=30)
         assert resp.accepted == n
         ids[name] = set(rec_ids)
-    wait_for(lambda: set(query_ids(ta)) >= ids["a"] and set(query_ids(tb)) >= ids["b"], 30, what="records stored")
+    wait_for(lambda: set(query_ids(ta)) >= ids["a"] and set(query_ids(tb)) >= ids["b"], "records stored", 30, 0.2)
     yield {"a": a, "b": b, "ta": ta, "tb": tb, "ta_only": ta_only, "ids": ids}
     a.close()
     b.close()
@@ -114,7 +114,7 @@ def test_records_naming_another_account_or_flow_log_are_rejected(world):
     resp = b.ingest.Ingest(iter([req]), metadata=b.md, timeout=20)
     assert (resp.accepted, resp.rejected) == (1, 2)
     assert {(r.index, r.field) for r in resp.rejections} == {(0, "account_id"), (1, "flow_log_id")}
-    wait_for(lambda: ids[2] in set(query_ids(tb)), 20, what="B's good record stored")
+    wait_for(lambda: ids[2] in set(query_ids(tb)), "B's good record stored", 20, 0.2)
     assert not set(ids[:2]) & set(query_ids(ta)) and not set(ids[:2]) & set(query_ids(tb))
     world["ids"]["b"].add(ids[2])
 
@@ -207,7 +207,7 @@ def test_tail_of_same_named_log_store_never_sees_the_other_account(world):
         b_new |= set(ids)
     # A's batches were stored before B's last one, and a tail delivers in storage order: had any of
     # A's records reached B's tail, they would be in `seen` by the time all of B's are.
-    wait_for(lambda: b_new <= set(seen), 20, what="B's tail receiving B's records")
+    wait_for(lambda: b_new <= set(seen), "B's tail receiving B's records", 20, 0.2)
     call.cancel()
     th.join(5)
     world["ids"]["a"] |= a_new

@@ -9,7 +9,8 @@ import grpc
 import pytest
 
 from flowlog.v1 import query_pb2
-from tests.reliability.conftest import KEY_A, KEY_B, Stubs, create_target, settings, start_server, wait_for
+from tests.reliability.conftest import KEY_A, KEY_B, Stubs, create_target, settings, start_server
+from tests.waiting import wait_for
 
 LIMIT = 5
 
@@ -66,7 +67,7 @@ def test_tail_streams_per_account_are_bounded_and_slots_come_back(srv):
             open_calls.append(call)
             return call
 
-        wait_for(reopened, 10, interval=0.3, what="a cancelled Tail's slot to be given back")
+        wait_for(reopened, "a cancelled Tail's slot to be given back", 10, 0.3)
         for c in open_calls:
             c.cancel()
 
@@ -78,7 +79,7 @@ def test_tail_streams_per_account_are_bounded_and_slots_come_back(srv):
                     c.cancel()
             return calls if ok else None
 
-        calls = wait_for(all_slots_back, 30, interval=0.3, what=f"all {LIMIT} Tail slots to come back")
+        calls = wait_for(all_slots_back, f"all {LIMIT} Tail slots to come back", 30, 0.3)
         for c, _, _ in calls:
             c.cancel()
     finally:

@@ -38,8 +38,8 @@ from tests.reliability.conftest import (
     report,
     settings,
     wait_delivered,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 ACCOUNT_A = "acct-a"
@@ -111,26 +111,26 @@ def test_elasticsearch_killed_and_restarted(server_factory, dedicated_es, dedica
     ing.start()
     watch.start()
     try:
-        wait_for(lambda: len(ing.books.acked) >= 2000, 30, what="first acknowledgements")
-        wait_for(lambda: len(query_ids(target)) > 0, 30, what="records searchable in Elasticsearch")
+        wait_for(lambda: len(ing.books.acked) >= 2000, "first acknowledgements", 30, 0.2)
+        wait_for(lambda: len(query_ids(target)) > 0, "records searchable in Elasticsearch", 30, 0.2)
 
         t_down = time.monotonic()
         dedicated_es.down(kill=True)  # kill -9: a crash, not a clean stop
-        wait_for(lambda: health(a, QUERY_HEALTH) == NOT_SERVING, 15, what="query backend NOT_SERVING")
+        wait_for(lambda: health(a, QUERY_HEALTH) == NOT_SERVING, "query backend NOT_SERVING", 15, 0.2)
         # A query while Elasticsearch is gone is UNAVAILABLE (retryable), not INTERNAL.
         with pytest.raises(grpc.RpcError) as err:
             query_ids(target, timeout=30)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
         # Down while 30 Ingest calls (12,000 records) are acknowledged, plus Elasticsearch's own boot.
-        wait_for(lambda: _acks_since(ing.books, t_down) >= 30, 60, what="acknowledgements while Elasticsearch is down")
+        wait_for(lambda: _acks_since(ing.books, t_down) >= 30, "acknowledgements while Elasticsearch is down", 60, 0.2)
         boot_s = dedicated_es.start_again()  # same port, same data dir
         t_back = time.monotonic()
         # Within a few health intervals, not after the sink's backoff (up to 30 s): the health probe
         # seeing Elasticsearch back makes the sink retry at once.
-        wait_for(lambda: health(a, QUERY_HEALTH) == SERVING, 20, interval=0.5, what="query backend SERVING again")
+        wait_for(lambda: health(a, QUERY_HEALTH) == SERVING, "query backend SERVING again", 20, 0.5)
         t_serving = time.monotonic()
         acks_during = _assert_acks_during(ing.books, t_down, t_back)
-        wait_for(lambda: _acks_since(ing.books, t_serving) >= 10, 60, what="records after the recovery")
+        wait_for(lambda: _acks_since(ing.books, t_serving) >= 10, "records after the recovery", 60, 0.2)
     finally:
         ing.stop()
         watch.stop()
@@ -171,21 +171,21 @@ def test_s3_killed_and_restarted(server_factory, dedicated_es, dedicated_s3, rec
     ing.start()
     watch.start()
     try:
-        wait_for(lambda: len(ing.books.acked) >= 2000, 30, what="first acknowledgements")
-        wait_for(lambda: len(archive_ids(dedicated_s3, bucket, target)) > 0, 30, what="a first archive object")
+        wait_for(lambda: len(ing.books.acked) >= 2000, "first acknowledgements", 30, 0.2)
+        wait_for(lambda: len(archive_ids(dedicated_s3, bucket, target)) > 0, "a first archive object", 30, 0.2)
 
         t_down = time.monotonic()
         dedicated_s3.down(kill=True)
-        wait_for(lambda: health(a, ARCHIVE_HEALTH) == NOT_SERVING, 15, what="archive NOT_SERVING")
+        wait_for(lambda: health(a, ARCHIVE_HEALTH) == NOT_SERVING, "archive NOT_SERVING", 15, 0.2)
         assert health(a, QUERY_HEALTH) == SERVING, "an archive outage must not make the query backend unhealthy"
         # Down while 60 Ingest calls (24,000 records) are acknowledged: past the archive's object age.
-        wait_for(lambda: _acks_since(ing.books, t_down) >= 60, 90, what="acknowledgements while the archive is down")
+        wait_for(lambda: _acks_since(ing.books, t_down) >= 60, "acknowledgements while the archive is down", 90, 0.2)
         t_back = time.monotonic()
         dedicated_s3.start_again()
-        wait_for(lambda: health(a, ARCHIVE_HEALTH) == SERVING, 15, interval=0.5, what="archive SERVING again")
+        wait_for(lambda: health(a, ARCHIVE_HEALTH) == SERVING, "archive SERVING again", 15, 0.5)
         t_serving = time.monotonic()
         acks_during = _assert_acks_during(ing.books, t_down, t_back)
-        wait_for(lambda: _acks_since(ing.books, t_serving) >= 10, 60, what="records after the recovery")
+        wait_for(lambda: _acks_since(ing.books, t_serving) >= 10, "records after the recovery", 60, 0.2)
     finally:
         ing.stop()
         watch.stop()
@@ -227,18 +227,18 @@ def test_elasticsearch_refuses_writes_then_recovers(server_factory, dedicated_es
     ing.start()
     pattern = f"rel{tag}-flows-*"
     try:
-        wait_for(lambda: len(query_ids(target)) > 0, 30, what="records in Elasticsearch (the day index exists)")
+        wait_for(lambda: len(query_ids(target)) > 0, "records in Elasticsearch (the day index exists)", 30, 0.2)
         t_block = time.monotonic()
         es_request(dedicated_es, "PUT", f"/{pattern}/_settings", {"index.blocks.write": True})
-        wait_for(lambda: health(a, QUERY_HEALTH) == NOT_SERVING, 20, what="query backend NOT_SERVING under the block")
+        wait_for(lambda: health(a, QUERY_HEALTH) == NOT_SERVING, "query backend NOT_SERVING under the block", 20, 0.2)
         assert health(a, "") == NOT_SERVING, "overall health follows the backends"
         blocked_count = len(query_ids(target))
-        wait_for(lambda: _acks_since(ing.books, t_block) >= 30, 60, what="acknowledgements while the index is blocked")
+        wait_for(lambda: _acks_since(ing.books, t_block) >= 30, "acknowledgements while the index is blocked", 60, 0.2)
         assert len(query_ids(target)) == blocked_count, "nothing can be written while the index is blocked"
         es_request(dedicated_es, "PUT", f"/{pattern}/_settings", {"index.blocks.write": None})
         t_unblock = time.monotonic()
         acks_during = _assert_acks_during(ing.books, t_block, t_unblock)
-        wait_for(lambda: health(a, QUERY_HEALTH) == SERVING, 45, interval=0.5, what="query backend SERVING again")
+        wait_for(lambda: health(a, QUERY_HEALTH) == SERVING, "query backend SERVING again", 45, 0.5)
         t_serving = time.monotonic()
     finally:
         ing.stop()
@@ -280,8 +280,8 @@ def test_spool_bound_refuses_ingestion_during_a_long_outage_then_resumes(
     ing = Ingester(target, per_message=400, messages=1, pause_s=0.2, timeout_s=20)
     for _ in range(5):
         assert ing.one_call()
-    wait_for(lambda: len(query_ids(target)) >= 2000, 30, what="the first records in Elasticsearch")
-    wait_for(lambda: len(archive_ids(dedicated_s3, bucket, target)) >= 2000, 30, what="the first records archived")
+    wait_for(lambda: len(query_ids(target)) >= 2000, "the first records in Elasticsearch", 30, 0.2)
+    wait_for(lambda: len(archive_ids(dedicated_s3, bucket, target)) >= 2000, "the first records archived", 30, 0.2)
     dedicated_s3.down(kill=True)
     refused = None
     deadline = time.monotonic() + 60
@@ -300,7 +300,7 @@ def test_spool_bound_refuses_ingestion_during_a_long_outage_then_resumes(
     def accepted_again():
         return ing.one_call()
 
-    wait_for(accepted_again, 60, interval=1.0, what="ingestion accepted again after the archive came back")
+    wait_for(accepted_again, "ingestion accepted again after the archive came back", 60, 1.0)
     resumed_s = time.monotonic() - t0
     for _ in range(5):
         assert ing.one_call()
@@ -336,7 +336,7 @@ def test_sigterm_while_a_backend_is_down_exits_in_bounded_time_and_delivers_afte
     ing = Ingester(target, per_message=400, messages=1, pause_s=0.1)
     for _ in range(5):
         assert ing.one_call()
-    wait_for(lambda: len(archive_ids(dedicated_s3, bucket, target)) >= 2000, 30, what="the first records archived")
+    wait_for(lambda: len(archive_ids(dedicated_s3, bucket, target)) >= 2000, "the first records archived", 30, 0.2)
     dedicated_s3.down(kill=True)
     for _ in range(10):
         assert ing.one_call()

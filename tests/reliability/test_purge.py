@@ -30,9 +30,9 @@ from tests.reliability.conftest import (
     query_ids,
     report,
     wait_delivered,
-    wait_for,
 )
 from tests.reliability.test_outage import ACCOUNT_A, archive_ids, backend_settings, es_request
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,7 @@ def test_purge_survives_an_elasticsearch_outage_and_a_kill_9(
     assert not recreate(a, first), "the name must wait for the purge"
     es_boot_s = dedicated_es.start_again()
     t_back = time.monotonic()
-    wait_for(lambda: recreate(a, first), 120, interval=0.5, what="the purge after Elasticsearch came back")
+    wait_for(lambda: recreate(a, first), "the purge after Elasticsearch came back", 120, 0.5)
     purged_after_es_back_s = time.monotonic() - t_back
     assert_purged(a, first, dedicated_es, dedicated_s3, prefix, bucket)
 
@@ -121,13 +121,13 @@ def test_purge_survives_an_elasticsearch_outage_and_a_kill_9(
     dedicated_s3.down(kill=True)
     delete_all(second)
     assert not recreate(a, second)
-    wait_for(lambda: es_visible(dedicated_es, prefix, second) == 0, 30, what="the Elasticsearch part of the purge")
+    wait_for(lambda: es_visible(dedicated_es, prefix, second) == 0, "the Elasticsearch part of the purge", 30, 0.2)
     sp.stop(signal.SIGKILL)
     dedicated_s3.start_again()
     sp2 = server_factory(cfg, data_dir=sp.data_dir)
     t_up = time.monotonic()
     a2 = Stubs(sp2.address, KEY_A)
-    wait_for(lambda: recreate(a2, second), 120, interval=0.5, what="the purge resumed after the restart")
+    wait_for(lambda: recreate(a2, second), "the purge resumed after the restart", 120, 0.5)
     purged_after_restart_s = time.monotonic() - t_up
     assert_purged(a2, second, dedicated_es, dedicated_s3, prefix, bucket)
     log = sp.log_path.read_text(errors="replace") + sp2.log_path.read_text(errors="replace")

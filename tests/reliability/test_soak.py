@@ -33,8 +33,8 @@ from tests.reliability.conftest import (
     create_target,
     query_ids,
     report,
-    wait_for,
 )
+from tests.waiting import poll, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -207,7 +207,7 @@ def test_soak(server_factory, record_property):
     for th in tailers:
         th.start()
     # Each tail counts as live from its first message.
-    wait_for(lambda: all(t.live_since is not None for t in tailers), 60, what="every tail's first message")
+    wait_for(lambda: all(t.live_since is not None for t in tailers), "every tail's first message", 60, 0.2)
     t0 = time.monotonic()
     for th in ingesters + queriers:
         th.start()
@@ -232,10 +232,7 @@ def test_soak(server_factory, record_property):
         # Everything acknowledged is in the query backend, once.
         t_drain = time.monotonic()
         wait_for(
-            lambda: len(query_ids(targets[0], page=50_000)) >= len(acked),
-            30,
-            interval=1.0,
-            what="the query backend to catch up",
+            lambda: len(query_ids(targets[0], page=50_000)) >= len(acked), "the query backend to catch up", 30, 1.0
         )
         drain_s = time.monotonic() - t_drain
         stored = query_ids(targets[0], page=50_000)
@@ -243,11 +240,10 @@ def test_soak(server_factory, record_property):
         # Every tail: nothing twice, nothing acknowledged after it went live missing. The tails
         # take the last batches (each waited for, as for the query backend above).
         # (no failure here: what is still missing after 30 s is counted and judged below).
-        deadline = time.monotonic() + 30
-        for t in tailers:
-            due = {i for started, ids in books.acked_calls if started > t.live_since + 0.5 for i in ids}
-            while not due <= t.seen and time.monotonic() < deadline:
-                time.sleep(0.5)  # the polling interval
+        due = {
+            t: {i for started, ids in books.acked_calls if started > t.live_since + 0.5 for i in ids} for t in tailers
+        }
+        poll(lambda: all(due[t] <= t.seen for t in tailers), 30, 0.5)
     finally:
         for t in tailers:
             t.cancel()

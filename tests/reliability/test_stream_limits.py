@@ -25,8 +25,8 @@ from tests.reliability.conftest import (
     report,
     settings,
     start_server,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 SEND_TIMEOUT_S = 2.0
 RECORDS = 60_000  # ~6.6 MB per Query: more than a connection buffers (~4 MB) before sends block
@@ -61,7 +61,7 @@ def loaded(srv):
     for stubs, target in ((a, ta), (b, tb)):
         msgs = [batch(target.flow_log_id, 5000)[0] for _ in range(RECORDS // 5000)]
         assert stubs.ingest.Ingest(iter(msgs), metadata=stubs.md, timeout=120).accepted == RECORDS
-        wait_for(lambda: len(query_ids(target, page=RECORDS)) == RECORDS, 120, what="the records to be searchable")
+        wait_for(lambda: len(query_ids(target, page=RECORDS)) == RECORDS, "the records to be searchable", 120, 0.2)
     yield a, b, ta, tb
     a.close()
     b.close()
@@ -138,7 +138,7 @@ def test_query_streams_bounded_per_account_and_in_total_and_stalled_ones_time_ou
                 for f in fresh:
                     f.close()
 
-        wait_for(all_slots_back, 60, interval=0.5, what="the stalled Queries' slots to come back")
+        wait_for(all_slots_back, "the stalled Queries' slots to come back", 60, 0.5)
 
         def a_queries():  # once the probes' own slots are back (they were cancelled)
             try:
@@ -147,7 +147,7 @@ def test_query_streams_bounded_per_account_and_in_total_and_stalled_ones_time_ou
                 assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (e.code(), e.details())
                 return False
 
-        wait_for(a_queries, 30, interval=0.3, what="A's Query to run to its end")
+        wait_for(a_queries, "A's Query to run to its end", 30, 0.3)
         # ... and what the stalled clients read in the end is the reason.
         ends = [s.drain() for s in stalled]
         for end in ends:
@@ -188,7 +188,7 @@ def test_tail_streams_bounded_per_account_and_in_total(srv, loaded):
             except grpc.RpcError:
                 return False
 
-        wait_for(b_again, 10, interval=0.3, what="a cancelled Tail's slot to come back")
+        wait_for(b_again, "a cancelled Tail's slot to come back", 10, 0.3)
     finally:
         for c in calls:
             c.cancel()
@@ -231,7 +231,7 @@ def test_ingest_bytes_in_flight_bounded_per_account(srv, loaded):
             except grpc.RpcError as e:
                 return e
 
-        e = wait_for(fourth, 30, what="a fourth Ingest stream of the account to be refused")
+        e = wait_for(fourth, "a fourth Ingest stream of the account to be refused", 30, 0.2)
         assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (e.code(), e.details())
         assert "limits.max_ingest_inflight_bytes_per_account" in e.details(), e.details()
         m, _ = batch(tb.flow_log_id, 10)

@@ -35,8 +35,8 @@ from tests.unit.test_pipeline import (
     count_archive,
     count_query,
     make_records,
-    wait_until,
 )
+from tests.waiting import wait_for
 
 A = "acct-a"
 KEY = LogStoreKey("bj", "proj", "web")
@@ -326,7 +326,7 @@ def test_a_drop_waits_for_submits_in_flight_and_later_ones_see_the_change(tmp_pa
         dropper = threading.Thread(target=p.drop_log_store, args=(ACCOUNT, LogStoreKey(REGION, PROJECT, "web")))
         gone.set()  # the metadata change comes first, then the drop
         dropper.start()
-        assert wait_until(lambda: p._epoch == 1)  # the drop is at its barrier
+        wait_for(lambda: p._epoch == 1, "the drop at its barrier (epoch 1)")
         with pytest.raises(NotFound):
             p.submit(make_records(5, start=100), admit=admit_after)  # later submits are not held up
         release.set()

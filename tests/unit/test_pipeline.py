@@ -101,15 +101,6 @@ class FlakyStore:
         return getattr(self.store, name)
 
 
-def wait_until(cond, timeout: float = DEADLINE_S) -> bool:
-    """cond() became true within `timeout` (a bound on a hang: tests/waiting.py)."""
-    try:
-        wait_for(cond, "a condition of the test", timeout)
-    except AssertionError:
-        return False
-    return True
-
-
 @pytest.fixture
 def store(tmp_path):
     s = EmbeddedRecordStore(tmp_path / "records.duckdb", checkpoint_interval_s=0)
@@ -367,13 +358,13 @@ def test_failing_query_sink_does_not_stop_archive_then_catches_up_exactly_once(t
             seq = p.submit(make_records(1000, start=i * 1000))
         assert p.wait_delivered(seq, 10, sinks=["archive"])
         assert count_archive(archive) == 5000
-        assert wait_until(lambda: not p.health()["query"][0])
+        wait_for(lambda: not p.health()["query"][0], "the query sink reported unhealthy")
         ok, detail = p.health()["query"]
         assert "backend down (injected)" in detail and "5000 records" in detail
         assert p.health()["archive"][0]
         assert count_query(store) == 0
         calls = flaky.calls
-        assert wait_until(lambda: flaky.calls > calls + 2)  # it keeps retrying
+        wait_for(lambda: flaky.calls > calls + 2, "three more write attempts")  # it keeps retrying
         flaky.down.clear()
         assert p.wait_delivered(seq, 10)
         assert count_query(store) == 5000
@@ -489,7 +480,7 @@ def test_a_failing_sink_does_not_hold_submits_back(tmp_path, store):
     p = make_pipeline(tmp_path, flaky, coalesce_records=1000, pace_max_s=5.0)
     try:
         p.submit(make_records(1000))
-        assert wait_until(lambda: not p.health()["query"][0])
+        wait_for(lambda: not p.health()["query"][0], "the query sink reported unhealthy")
         for i in range(1, 60):
             p.submit(make_records(1000, start=i * 1000))
         assert p.paced_calls == 0  # no submit was held for the failing sink
@@ -534,7 +525,7 @@ def test_drop_log_store_keeps_its_spooled_records_out_of_the_sinks(tmp_path, sto
     p = make_pipeline(tmp_path, flaky, archive, archive_max_age_s=3600)
     try:
         p.submit(make_records(500, log_store="gone") + make_records(300, start=1000, log_store="kept"))
-        assert wait_until(lambda: flaky.calls >= 1)
+        wait_for(lambda: flaky.calls >= 1, "a first write attempt to the query sink")
         p.drop_log_store(ACCOUNT, LogStoreKey(REGION, PROJECT, "gone"))
         batches = p.spool.read_after(0, None)
         assert {(b.key.log_store, b.skipped, len(b.records)) for b in batches} == {

@@ -149,14 +149,17 @@ def indexes(payload) -> list[int]:
 
 def take(session, n: int, timeout: float = 20.0) -> tuple[list[int], str]:
     got: list[int] = []
-    cursor = ""
-    deadline = time.monotonic() + timeout
-    while len(got) < n:
-        assert time.monotonic() < deadline, f"only {len(got)} of {n} records arrived"
-        kind, payload, cursor = next(session)
+    cursor = [""]
+
+    def pull() -> int:  # one event of the session; how many records arrived so far
+        kind, payload, cursor[0] = next(session)
         if kind == "records":
             got.extend(indexes(payload))
-    return got, cursor
+        return len(got)
+
+    if n > 0:
+        wait_for(pull, f"{n} records", timeout, 0, until=lambda k: k >= n, describe=lambda k: f"{k} records")
+    return got, cursor[0]
 
 
 def tail(p: Pipeline, **kw):
@@ -237,12 +240,15 @@ def test_a_client_that_does_not_read_ends_with_the_cursor_and_resumes_from_it(cl
         b.submit(make_records(1000, start=10_000 + i * 1000))
     a.submit(make_records(10, start=0))
     received: list[int] = []
+
+    def pull() -> bool:  # until the session overflows (raises)
+        kind, payload, _ = next(s)
+        if kind == "records":
+            received.extend(indexes(payload))
+        return False
+
     with pytest.raises(ResourceExhausted) as err:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            kind, payload, _ = next(s)
-            if kind == "records":
-                received.extend(indexes(payload))
+        wait_for(pull, "the merged session to overflow", 30, 0)
     s.close()
     assert "reconnect with resume_cursor=" in str(err.value)
     s2 = tail(a, cursor=err.value.cursor)  # type: ignore[attr-defined]

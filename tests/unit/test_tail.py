@@ -37,15 +37,20 @@ def index(r: FlowRecord) -> int:
 def take(session, n_records: int, timeout: float = DEADLINE_S) -> tuple[list[int], str]:
     """Iterate until n_records records arrived; return their indexes and the last cursor."""
     got: list[int] = []
-    cursor = ""
-    deadline = time.monotonic() + timeout
-    while len(got) < n_records:
-        assert time.monotonic() < deadline, f"only {len(got)} of {n_records} records arrived"
+    cursor = [""]
+
+    def pull() -> int:  # one event of the session; how many records arrived so far
         ev = next(session)
-        cursor = ev[-1]
+        cursor[0] = ev[-1]
         if ev[0] == "records":
             got.extend(index(r) for r in ev[1])
-    return got, cursor
+        return len(got)
+
+    if n_records > 0:
+        wait_for(
+            pull, f"{n_records} records", timeout, 0, until=lambda n: n >= n_records, describe=lambda n: f"{n} records"
+        )
+    return got, cursor[0]
 
 
 def test_replay_then_live_has_no_gap_or_duplicate_under_concurrent_ingestion(pipeline):
@@ -260,7 +265,7 @@ def test_close_from_another_thread_ends_a_blocked_session_and_frees_the_hub(pipe
 
     t = threading.Thread(target=consume)
     t.start()
-    assert _wait(lambda: pipeline.hub.subscriber_count == 1)
+    wait_for(lambda: pipeline.hub.subscriber_count == 1, "the tail subscribed to the hub")
     s.close()
     t.join(2)
     assert not t.is_alive() and result == []
@@ -292,12 +297,3 @@ def test_tail_is_independent_of_a_failing_query_backend(tmp_path, store):
     finally:
         flaky.down.clear()
         p.stop(5)
-
-
-def _wait(cond, timeout: float = DEADLINE_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
