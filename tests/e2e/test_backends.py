@@ -14,7 +14,8 @@ from clients.client import FlowLogClient
 from server.archive import Archive
 from server.core.model import LogStoreKey
 from tests.e2e.conftest import KEY_A, start_server
-from tests.e2e.test_records import make_flow_log, pb_record, query_all, uid, wait_for
+from tests.e2e.test_records import make_flow_log, pb_record, query_all, uid
+from tests.waiting import poll, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -51,14 +52,17 @@ def test_generated_and_ingested_records_reach_elasticsearch_and_the_archive(es_s
         store = uid("es")
         t0 = time.monotonic()
         fl = make_flow_log(c, store)
-        generated = wait_for(lambda: query_all(c, [store], since="5m"), timeout=15)
+        generated = poll(lambda: query_all(c, [store], since="5m"), 15, 0.1)
         assert generated, f"no records in Elasticsearch after {time.monotonic() - t0:.1f}s:\n{sp.log_tail()}"
         base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
         resp = c.ingest(fl.id, [[pb_record(i, base) for i in range(300)]])
         assert resp.accepted == 300
         flt = "src_addr = 10.1.0.0/16"
         got = wait_for(
-            lambda: (lambda r: r if len(r) >= 300 else [])(query_all(c, [store], since="1h", filter=flt)), 15
+            lambda: (lambda r: r if len(r) >= 300 else [])(query_all(c, [store], since="1h", filter=flt)),
+            "300 ingested records in Elasticsearch",
+            15,
+            0.1,
         )
         assert len(got) == 300 and len({r.record_id for r in got}) == 300
         c.update_flow_log(fl.id, state="paused")
@@ -75,7 +79,7 @@ def test_generated_and_ingested_records_reach_elasticsearch_and_the_archive(es_s
             ]
             return ids if len(ids) >= 300 else []
 
-        ids = wait_for(archived, 20, interval=0.5)
+        ids = wait_for(archived, "300 ingested records in the archive", 20, 0.5)
         assert sorted(ids) == sorted(r.record_id for r in got), "archive holds exactly the ingested records once"
         # deleting the LogStore removes its records from both backends
         c.delete_flow_log(fl.id)
