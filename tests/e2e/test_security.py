@@ -45,6 +45,8 @@ def test_refuses_unknown_setting_and_bad_values(tmp_path):
     assert r.returncode == 2 and "pipeline.ingest_pace_max_seconds must be 0 (never wait) or more" in r.stderr
     r = run_server(["--data-dir", str(tmp_path)], env={"FLOWLOG_EMBEDDED_THREADS": "-2"})
     assert r.returncode == 2 and "threads must be 0" in r.stderr and "embedded" in r.stderr
+    r = run_server(["--data-dir", str(tmp_path)], env={"FLOWLOG_EMBEDDED_AGGREGATE_THREADS": "-1"})
+    assert r.returncode == 2 and "aggregate_threads must be 0 (every core) or more" in r.stderr
 
 
 def _openssl(*args: str, cwd: Path) -> None:
