@@ -43,6 +43,7 @@ page (`after_key`), so counts, sums, min and max are exact whatever the shard co
 
 from __future__ import annotations
 
+import operator
 import re
 import socket
 from typing import Any, Callable
@@ -368,6 +369,15 @@ def _run_composite(q: agg.AggregateQuery, budget: agg.Budget, search: Search) ->
         and not any(m.distinct.masked for m in distinct if m.distinct is not None)
     )
     streaming = streams(q)
+    lazy = not any(k.masked for k in q.group_by)
+    if (
+        streaming
+        and lazy
+        and count_buckets
+        and (q.group_by or q.interval_ms)
+        and all(m.op in ("count", "count_distinct") for m in q.metrics)
+    ):
+        return _run_bucket_counts(q, budget, search, sources)
     ranker = agg.Ranker(q)
     accs: dict[tuple[int | None, agg.Key], _Acc] = {}
     held = 0  # distinct values held
@@ -375,7 +385,6 @@ def _run_composite(q: agg.AggregateQuery, budget: agg.Budget, search: Search) ->
     # Streaming: the group being filled (its first bucket's raw key, its keys once made, its
     # accumulator). Without a prefix a group is one raw key, so its keys are made only if it may
     # be a row (complete()); with one, raw keys of one network must be told apart by their keys.
-    lazy = not any(k.masked for k in q.group_by)
     current: tuple[tuple[Any, ...], tuple[int | None, agg.Key] | None, _Acc] | None = None
 
     def values_of(acc: _Acc) -> tuple[int, ...]:
@@ -483,3 +492,58 @@ def _run_composite(q: agg.AggregateQuery, budget: agg.Budget, search: Search) ->
     for gkey, acc in accs.items():
         ranker.add(agg.Group(gkey[0], gkey[1], values_of(acc)))
     return ranker.result(approximate, "a sum at or above 2**53" if approximate else "")
+
+
+def _run_bucket_counts(q: agg.AggregateQuery, budget: agg.Budget, search: Search, sources: list[Any]) -> agg.Groups:
+    """_run_composite for count and one count_distinct without prefixes (scanners): groups arrive as
+    runs of buckets, each bucket one distinct value of its group (or the records without one), so a
+    group is two integers while it fills; a group that cannot be a row is folded without its keys.
+    The same answer as the general loop, at about half its CPU per bucket (its accumulator, metric
+    loop and tuples per bucket showed when Elasticsearch's side of the call was cached)."""
+    ranker = agg.Ranker(q)
+    names = (["b"] if q.interval_ms else []) + [f"k{i}" for i in range(len(q.group_by))]
+    raw_of = operator.itemgetter(*names)  # one name: the value itself; several: a tuple
+    single = len(names) == 1
+    interval = bool(q.interval_ms)
+    keys = [_converter(k) for k in q.group_by]
+    distinct = [m.op == "count_distinct" for m in q.metrics]
+    outranked, add = ranker.outranked, ranker.add
+    folded = [0]  # records of the groups folded: `other` adds counts and keeps count_distinct 0, so one fold at the end
+
+    def finish(raw: Any, count: int, values: int) -> None:
+        parts = (raw,) if single else raw
+        bucket = (int(parts[0]) if parts[0] is not None else None) if interval else None
+        row = (count, *[values if d else count for d in distinct])
+        if outranked(bucket, row):
+            folded[0] += count
+        else:
+            add(agg.Group(bucket, tuple(conv(v) for conv, v in zip(keys, parts[interval:])), row))
+
+    current: Any = None
+    started = False
+    count = values = 0
+    after: dict[str, Any] | None = None
+    while True:
+        comp: dict[str, Any] = {"size": PAGE, "sources": sources}
+        if after is not None:
+            comp["after"] = after
+        g = _ask(q, budget, search, {"g": {"composite": comp}}).get("g", {})
+        buckets = g.get("buckets", [])
+        for b in buckets:
+            k = b["key"]
+            raw = raw_of(k)
+            if not started or raw != current:
+                if started:
+                    finish(current, count, values)
+                current, started, count, values = raw, True, 0, 0
+            count += b["doc_count"]
+            if k["d0"] is not None:  # a value, not the bucket of records without one
+                values += 1
+        after = g.get("after_key")
+        if not buckets or after is None:
+            break
+    if started:
+        finish(current, count, values)
+    if folded[0]:
+        ranker.fold((folded[0], *[0 if d else folded[0] for d in distinct]))
+    return ranker.result(False, "")

@@ -357,6 +357,25 @@ def test_count_distinct(filled_store, dataset: DataSet):
         metrics=["count_distinct(dst_addr)", "count_distinct(dst_port)", "count"],
         limit=15,
     )
+    # the benchmark's scanners (one count_distinct, most sources folded into `other`), and per hour
+    want = check(
+        filled_store,
+        dataset.records,
+        filter_text="action = REJECT",
+        group_by=["src_addr"],
+        metrics=["count_distinct(dst_addr)"],
+        limit=3,
+    )
+    assert want["other"] is not None
+    check(
+        filled_store,
+        dataset.records,
+        group_by=["dst_port"],
+        metrics=["count", "count_distinct(src_addr)"],
+        interval_ms=6 * HOUR_MS,
+        limit=2,
+        order_by="count_distinct(src_addr)",
+    )
     check(
         filled_store,
         dataset.records,
