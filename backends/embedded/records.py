@@ -131,12 +131,6 @@ class EmbeddedRecordStore:
     """
 
     name = "embedded"
-    # server.core.ports.BulkWriter: DuckDB's row group. An insert of that many rows or more writes
-    # its full row groups straight to the database file, compressed, with only a reference in the
-    # WAL; smaller inserts go to the WAL row by row and are compressed again by the next checkpoint
-    # (bench, 600k-740k collector rows: 1.9 us of CPU per row in 122,880-row inserts, 4.4 us in
-    # 20,000-row inserts plus their checkpoints).
-    bulk_rows = 122_880
 
     def __init__(
         self,
@@ -240,8 +234,7 @@ class EmbeddedRecordStore:
             finally:
                 self._con.unregister("incoming")
             self._dirty = True
-            # Only the rows past the last full row group wait in the WAL (and memory) for a checkpoint.
-            self._rows_since_checkpoint += table.num_rows % self.bulk_rows
+            self._rows_since_checkpoint += table.num_rows
             if self._rows_since_checkpoint >= self._checkpoint_rows:
                 self._checkpoint_due.set()
 

@@ -5,7 +5,7 @@ backend), the archive and the object storage under it, the record pipeline the u
 records to. Each implementation says in its docstring exactly when written data is durable.
 
 Abilities a backend may or may not have are small declared Protocols of their own
-(`TableWriter`, `BulkWriter`, `ArrowSearch`, `RecordAggregation`, `ArchiveTableWriter`, `CompiledIngest`): the
+(`TableWriter`, `ArrowSearch`, `RecordAggregation`, `ArchiveTableWriter`, `CompiledIngest`): the
 composition root (server.app) or the object that uses one checks `isinstance(x, Ability)` once
 when it is wired, never with hasattr/getattr on the hot path.
 """
@@ -241,17 +241,6 @@ class TableWriter(Protocol):
     (server.core.columns.SCHEMA), with the same durability."""
 
     def write_table(self, table: Any) -> None: ...
-
-
-@runtime_checkable
-class BulkWriter(Protocol):
-    """Optional ability of a RecordStore: writes of at least `bulk_rows` records cost it much
-    less per record than smaller ones (DuckDB writes a full row group straight to the database
-    file, compressed, instead of to its WAL and again at the next checkpoint). The pipeline's
-    query sink then gathers that many records per write while records arrive fast enough to
-    fill one within a second; slower ingestion is written as it comes."""
-
-    bulk_rows: int
 
 
 @runtime_checkable

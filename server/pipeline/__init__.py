@@ -39,7 +39,7 @@ from typing import Callable, Sequence, cast
 
 from server.core.errors import Unavailable
 from server.core.model import FlowRecord, LogStoreKey
-from server.core.ports import ArchiveTableWriter, BulkWriter, RecordArchive, RecordStore, TableWriter
+from server.core.ports import ArchiveTableWriter, RecordArchive, RecordStore, TableWriter
 from server.pipeline.fanout import ArchiveSinkWorker, DropFence, RecordSinkWorker, SinkStatus, SinkWorker
 from server.pipeline.hub import Hub
 from server.pipeline.replicated import MergedTailSession, ReplicaTails
@@ -119,10 +119,7 @@ class Pipeline:
         # range plus a query write, so that sinks keeping up never read back and decode the file;
         # submit() paces ingestion to keep healthy sinks inside it.
         archive_range = self._archive_max_records if self.archive is not None else 0
-        # A bulk-writing query store (ports.BulkWriter) takes up to bulk_rows per write: room for one
-        # and what arrives while it is written (two bulks in memory cost ~50 MB more RSS, bench).
-        bulk = self.query_store.bulk_rows if isinstance(self.query_store, BulkWriter) else 0
-        memory_records = max(50_000, 2 * archive_range, 2 * self._coalesce_records, bulk + 2 * self._coalesce_records)
+        memory_records = max(50_000, 2 * archive_range, 2 * self._coalesce_records)
         self._pace_records = memory_records - self._coalesce_records
         spool = Spool(
             self.data_dir / "spool.db",
@@ -132,8 +129,6 @@ class Pipeline:
             on_commit=self.hub.publish,
             memory_records=memory_records,
             tables=isinstance(self.query_store, TableWriter) or isinstance(self.archive, ArchiveTableWriter),
-            lean_memory=isinstance(self.query_store, TableWriter)
-            and (self.archive is None or isinstance(self.archive, ArchiveTableWriter)),
         )
         self.spool = spool
         self.hub.last_seq = spool.head_seq

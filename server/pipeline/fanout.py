@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 from server.core import columns
 from server.core.model import FlowRecord
-from server.core.ports import ArchiveTableWriter, BulkWriter, RecordArchive, RecordStore, TableWriter
+from server.core.ports import ArchiveTableWriter, RecordArchive, RecordStore, TableWriter
 from server.pipeline.spool import BatchKey, Spool, SpoolBatch
 
 log = logging.getLogger(__name__)
@@ -289,13 +289,7 @@ class SinkWorker:
 
 class RecordSinkWorker(SinkWorker):
     """Copies the spool to the query backend (RecordStore.write is idempotent by record_id and
-    durable + searchable on return), coalescing up to `coalesce_records` per write.
-
-    A store that writes bulk much cheaper (server.core.ports.BulkWriter: DuckDB, from a full row
-    group on) gets up to `bulk_rows` records per write instead, while records arrive fast enough
-    to fill one within `bulk_wait_s`: the worker then waits for the next spool commits (at most
-    `bulk_idle_s` for each) before writing. Slower or pausing ingestion is written as it comes,
-    so only a fast stream's records become searchable later, by at most bulk_wait_s."""
+    durable + searchable on return), coalescing up to `coalesce_records` per write."""
 
     def __init__(
         self,
@@ -305,47 +299,23 @@ class RecordSinkWorker(SinkWorker):
         fence: DropFence | None = None,
         *,
         coalesce_records: int = 20_000,
-        bulk_wait_s: float = 1.0,
-        bulk_idle_s: float = 0.05,
         backoff_min_s: float = BACKOFF_MIN_S,
         backoff_max_s: float = BACKOFF_MAX_S,
-        clock_ms: Callable[[], int] | None = None,
     ) -> None:
         super().__init__(name, spool, fence, backoff_min_s=backoff_min_s, backoff_max_s=backoff_max_s)
         self.store = store
         self.coalesce_records = coalesce_records
-        self.bulk_records = max(coalesce_records, store.bulk_rows) if isinstance(store, BulkWriter) else 0
-        self.bulk_wait_s = bulk_wait_s
-        self.bulk_idle_s = bulk_idle_s
-        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._write = batch_writer(store.write, store.write_table if isinstance(store, TableWriter) else None)
-
-    def _gather(self, batches: list[SpoolBatch]) -> bool:
-        """True when the batches (fewer records than a bulk write) should wait for more: the
-        records arrive fast enough to fill a bulk write within bulk_wait_s of the oldest's
-        commit, and another commit came within bulk_idle_s."""
-        if self._draining.is_set():
-            return False
-        n = sum(len(b.records) for b in batches)
-        if n >= self.bulk_records:
-            return False
-        age_ms = max(1, self._clock_ms() - batches[0].stored_ms)
-        if age_ms >= self.bulk_wait_s * 1000 or n * self.bulk_wait_s * 1000 < self.bulk_records * age_ms:
-            return False  # too old already, or the rate so far would not fill one in time
-        return self.spool.wait_for(batches[-1].seq, self.bulk_idle_s) and not self._abort.is_set()
 
     def _loop(self) -> None:
         offset = self.delivered_seq
-        most = self.bulk_records or self.coalesce_records
         while not self._abort.is_set():
-            batches = self.spool.read_after(offset, most)
+            batches = self.spool.read_after(offset, self.coalesce_records)
             if not batches:
                 if self._draining.is_set():
                     return
                 self.spool.wait_for(offset, 0.5)  # woken by the next commit, or by stop()
                 continue
-            if self.bulk_records and self._gather(batches):
-                continue  # more came: read again, with it
             if not self._deliver(batches, self._write):
                 return
             offset = batches[-1].seq

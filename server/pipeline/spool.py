@@ -64,7 +64,6 @@ from server.pipeline.spool_codec import (
     SpoolBatch,
     SpoolCorrupt,
     StoredRecords,
-    TableRecords,
     _all_columns,
     _key_of,
     _value_columns,
@@ -142,7 +141,6 @@ class Spool(SinkOffsets, TailScan):
         memory_records: int = 50_000,
         clock_ms: Callable[[], int] = _now_ms,
         tables: bool = False,
-        lean_memory: bool = False,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,8 +151,6 @@ class Spool(SinkOffsets, TailScan):
         self._trim_interval_s = trim_interval_s
         self._clock_ms = clock_ms
         self.tables = tables
-        # Every sink writes tables: the memory copy of a batch keeps its table, not its records.
-        self.lean_memory = lean_memory and tables
         # Why a sink is behind, set by its worker; quoted when ingestion is refused.
         self.sink_notes: dict[str, str] = {}
 
@@ -456,11 +452,9 @@ class Spool(SinkOffsets, TailScan):
 
     def _remember(self, batches: list[SpoolBatch]) -> None:
         recent = self._recent
-        lean = self.lean_memory
         for b in batches:
-            n = len(b.records)
-            recent[b.seq] = b._replace(records=TableRecords(b.table, n)) if lean and b.table is not None else b
-            self._recent_records += n
+            recent[b.seq] = b
+            self._recent_records += len(b.records)
         while self._recent_records > self.memory_records and recent:
             old = recent.pop(self._recent_lo, None)
             if old is not None:

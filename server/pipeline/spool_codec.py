@@ -12,7 +12,7 @@ import operator
 from collections import abc
 from typing import Any, NamedTuple, Sequence
 
-from server.core.columns import records_of, table_of, table_of_columns
+from server.core.columns import table_of, table_of_columns
 from server.core.model import FlowRecord, record_columns
 
 log = logging.getLogger("server.pipeline.spool")
@@ -206,33 +206,6 @@ class StoredRecords(abc.Sequence):
 
     def table(self):
         return decode_table(self._data, self._key)
-
-
-class TableRecords(abc.Sequence):
-    """The records of a batch kept in the spool's memory only as its Arrow table (when every sink
-    writes tables, see Spool(lean_memory=True)): its length without decoding anything, the
-    FlowRecords only if something asks for them (made from the table each time). A FlowRecord
-    costs ~450 bytes of Python objects, its table row ~150."""
-
-    __slots__ = ("_table", "_n")
-
-    def __init__(self, table: object, n: int) -> None:
-        self._table, self._n = table, n
-
-    def __len__(self) -> int:
-        return self._n
-
-    def _decoded(self) -> list[FlowRecord]:
-        return records_of(self._table)
-
-    def __getitem__(self, i):  # type: ignore[override]
-        return self._decoded()[i]
-
-    def __iter__(self):
-        return iter(self._decoded())
-
-    def __eq__(self, other: object) -> bool:
-        return list(self) == (list(other) if isinstance(other, abc.Sequence) else other)
 
 
 def group_by_log_store(records: Sequence[FlowRecord]) -> list[tuple[BatchKey, list[FlowRecord]]]:

@@ -441,9 +441,7 @@ def test_a_healthy_sink_past_the_memory_window_holds_submits_back_for_a_bounded_
     p = make_pipeline(tmp_path, slow, coalesce_records=1000, pace_max_s=0.4)
     try:
         limit = p._pace_records
-        # the spool keeps a bulk write of the store and two sink writes in memory (at least 50,000
-        # records); minus one sink write
-        assert limit == max(50_000, store.bulk_rows + 2 * 1000) - 1000
+        assert limit == 50_000 - 1000  # the spool keeps 50,000 records in memory; minus one sink write
         n = 0
         while p.spool.backlog("query")[0] <= limit:  # the sink holds its first write: nothing stored
             p.submit(make_records(1000, start=n))
@@ -625,41 +623,3 @@ def test_hub_wakes_a_blocked_consumer():
     finishes(t.join, what="the woken consumer")
     assert got and got[0].seq == 9
     sub.close()
-
-
-class CountingBulkStore(FlakyStore):
-    """The real query store declaring a small bulk size (ports.BulkWriter), counting the records
-    of each write."""
-
-    bulk_rows = 4000
-
-    def __init__(self, store: EmbeddedRecordStore) -> None:
-        super().__init__(store)
-        self.sizes: list[int] = []
-
-    def write_table(self, table):
-        self.sizes.append(table.num_rows)
-        super().write_table(table)
-
-
-def test_a_bulk_writing_store_gets_every_record_once_whether_gathered_or_not(tmp_path, store, archive):
-    bulk = CountingBulkStore(store)
-    p = make_pipeline(tmp_path, bulk, archive, coalesce_records=1000)
-    try:
-        assert p.workers["query"].bulk_records == 4000
-        n = 0
-        for _ in range(10):  # a fast stream: the sink may gather up to 4,000 per write
-            p.submit(make_records(1000, start=n))
-            n += 1000
-        p.submit(make_records(1000, start=0))  # repeats: stored once
-        assert p.wait_delivered(p.spool.head_seq, DEADLINE_S)
-        assert count_query(store) == n
-        assert max(bulk.sizes) <= 4000 + 1000  # whole batches, at most one past the bulk size
-        # A lone small submit is written too (not held for a bulk that is not coming).
-        p.submit(make_records(10, start=n))
-        assert p.wait_delivered(p.spool.head_seq, DEADLINE_S)
-        assert count_query(store) == n + 10
-        p.submit(make_records(500, start=n + 10))
-    finally:
-        assert p.stop(10)  # stopping writes what the sink was gathering
-    assert count_query(store) == n + 510
